@@ -1,0 +1,1 @@
+"""Plain-Python domain objects: no Dagster import allowed here."""

@@ -1,0 +1,141 @@
+"""Datasets: the manifest that names them and a loader that refuses bad files before anything runs.
+
+Every check fails with one paragraph naming the file, the rows and the fix, because a bad dataset
+found after an hour of LLM calls wastes the hour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from promptopt_dagster.core.errors import DatasetError, ManifestError
+
+COLUMNS = ("user_input", "ground_truth_output")
+SPLITS = ("train", "dev", "test")
+
+
+class DatasetSpec(BaseModel):
+    name: str
+    description: str = ""
+    files: dict[str, str]  # split -> path relative to the data dir
+    labels: list[str] = Field(default_factory=list)  # empty: free-form outputs
+    target_metric: str = "accuracy"
+    initial_prompt: str  # path relative to the prompts dir
+    max_output_tokens: int = 8
+
+
+def load_manifest(path: Path) -> dict[str, DatasetSpec]:
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ManifestError(f"Dataset manifest {path} does not exist. Create it with a `datasets:` "
+                            "mapping (see data/manifest.yaml in the repository).") from None
+    entries = raw.get("datasets")
+    if not isinstance(entries, dict) or not entries:
+        raise ManifestError(f"Dataset manifest {path} has no `datasets:` mapping. Add one entry per dataset.")
+    specs = {}
+    for name, entry in entries.items():
+        try:
+            specs[name] = DatasetSpec(name=name, **(entry or {}))
+        except (ValidationError, TypeError) as exc:
+            raise ManifestError(f"Dataset manifest {path}, entry '{name}': {exc}. Each entry needs "
+                                "files (train, dev, test), target_metric and initial_prompt.") from None
+        missing = [s for s in SPLITS if s not in specs[name].files]
+        if missing:
+            raise ManifestError(f"Dataset manifest {path}, entry '{name}' names no file for split(s) "
+                                f"{', '.join(missing)}. Add them under `files:`.")
+    return specs
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    name: str
+    train: pd.DataFrame
+    dev: pd.DataFrame
+    test: pd.DataFrame
+
+    def split(self, name: str) -> pd.DataFrame:
+        return getattr(self, name)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One long table (dataset, split, row_id, user_input, ground_truth_output) for the warehouse."""
+        frames = [f.assign(split=s) for s, f in zip(SPLITS, (self.train, self.dev, self.test))]
+        out = pd.concat(frames, ignore_index=True).assign(dataset=self.name)
+        return out[["dataset", "split", "row_id", "user_input", "ground_truth_output"]]
+
+    @classmethod
+    def from_frame(cls, name: str, frame: pd.DataFrame) -> "DatasetSplits":
+        parts = {s: frame[frame["split"] == s][["row_id", *COLUMNS]].reset_index(drop=True) for s in SPLITS}
+        return cls(name=name, **parts)
+
+
+def read_split(path: Path, labels: list[str] | None = None) -> pd.DataFrame:
+    """Read one CSV and validate it on its own; row numbers in errors are 1-based data rows."""
+    if not path.exists():
+        raise DatasetError(f"Dataset file {path} does not exist. Check the path in data/manifest.yaml "
+                           f"or add the file with the header `{','.join(COLUMNS)}`.")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        frame = pd.DataFrame()
+    except pd.errors.ParserError as exc:
+        raise DatasetError(f"Dataset file {path} is not valid CSV ({exc}). Quote fields that contain "
+                           "commas or newlines with double quotes.") from None
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise DatasetError(f"Dataset file {path} is missing the column(s) {', '.join(missing)} "
+                           f"(found: {', '.join(map(str, frame.columns)) or 'none'}). The first line must be "
+                           f"the header `{','.join(COLUMNS)}`, one row per example.")
+    if frame.empty:
+        raise DatasetError(f"Dataset file {path} has a header but no rows. Add labeled examples, "
+                           f"one per line as `{','.join(COLUMNS)}`.")
+    frame = frame[list(COLUMNS)].copy()
+    blank = frame[(frame["user_input"].str.strip() == "") | (frame["ground_truth_output"].str.strip() == "")]
+    if len(blank):
+        raise DatasetError(f"Dataset file {path} has empty fields in data row(s) {_rows(blank.index)}. "
+                           "Fill them in or delete those rows.")
+    dupes = frame[frame.duplicated("user_input", keep="first")]
+    if len(dupes):
+        raise DatasetError(f"Dataset file {path} repeats the same user_input in data row(s) {_rows(dupes.index)}. "
+                           "Delete the repeats so no example counts twice.")
+    if labels:
+        allowed = {l.casefold() for l in labels}
+        bad = frame[~frame["ground_truth_output"].str.strip().str.casefold().isin(allowed)]
+        if len(bad):
+            raise DatasetError(f"Dataset file {path} has labels outside {labels} in data row(s) {_rows(bad.index)}. "
+                               "Fix those rows or add the label to `labels:` in data/manifest.yaml.")
+    frame.insert(0, "row_id", range(len(frame)))
+    return frame
+
+
+def load_splits(spec: DatasetSpec, data_dir: Path) -> DatasetSplits:
+    splits = {s: read_split(Path(data_dir) / spec.files[s], spec.labels) for s in SPLITS}
+    seen: dict[str, str] = {}
+    for split, frame in splits.items():
+        for text in frame["user_input"]:
+            if text in seen:
+                overlap = set(splits[seen[text]]["user_input"]) & set(frame["user_input"])
+                raise DatasetError(
+                    f"Dataset '{spec.name}': {len(overlap)} user_input value(s) appear in both "
+                    f"{spec.files[seen[text]]} and {spec.files[split]}, e.g. {next(iter(overlap))[:80]!r}. "
+                    "A held-out split must share no example with the others: delete them from one file.")
+            seen[text] = split
+    return DatasetSplits(name=spec.name, **splits)
+
+
+def _rows(index: pd.Index, limit: int = 10) -> str:
+    numbers = [str(i + 1) for i in index[:limit]]
+    more = f" (and {len(index) - limit} more)" if len(index) > limit else ""
+    return ", ".join(numbers) + more
+
+
+def sample_rows(frame: pd.DataFrame, size: int | None, seed: int) -> pd.DataFrame:
+    """A fixed, seeded subset: every iteration and every rerun scores exactly the same rows."""
+    if size is None or size <= 0 or size >= len(frame):
+        return frame.reset_index(drop=True)
+    return frame.sample(n=size, random_state=seed).sort_values("row_id").reset_index(drop=True)

@@ -1,0 +1,79 @@
+"""The one place where the loop decides to accept a refinement and whether to go on.
+
+Both the sensor (under `dagster dev`) and the CLI (headless) act on the Decision made here, so
+the stop rule cannot drift between the two ways of running.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from pydantic import BaseModel
+
+
+class StopPolicy(BaseModel):
+    target_score: float = 0.95  # stop when the best dev score reaches this
+    patience: int = 2  # stop after this many iterations in a row without an accepted refinement
+    max_iterations: int = 5  # iterations 0..max_iterations-1 at most
+    min_improvement: float = 0.0  # a refinement must beat the baseline by more than this
+
+
+@dataclass(frozen=True)
+class LoopState:
+    """What an iteration inherits from the previous one."""
+
+    best_score: float | None = None
+    iterations_without_improvement: int = 0
+
+
+@dataclass(frozen=True)
+class Decision:
+    iteration: int
+    baseline_score: float
+    refined_score: float | None
+    accepted: bool
+    best_score: float
+    iterations_without_improvement: int
+    stop_reason: str | None  # None: run the next iteration; else threshold | patience | max_iterations
+    why: str
+
+    @property
+    def should_continue(self) -> bool:
+        return self.stop_reason is None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def decide(
+    iteration: int,
+    baseline_score: float,
+    refined_score: float | None,
+    state: LoopState,
+    policy: StopPolicy,
+) -> Decision:
+    """Accept the refinement only if it strictly improves on the baseline, then apply the stop rules.
+
+    refined_score is None when the optimizer produced nothing usable; that counts as a rejection.
+    Stop rules are checked in order threshold, patience, max_iterations, so the reported reason is
+    the most informative one when several hold at once.
+    """
+    accepted = refined_score is not None and refined_score > baseline_score + policy.min_improvement
+    best = refined_score if accepted else baseline_score
+    streak = 0 if accepted else state.iterations_without_improvement + 1
+    if accepted:
+        why = f"accepted: refined {refined_score:.4f} > baseline {baseline_score:.4f}"
+    elif refined_score is None:
+        why = "rejected: the optimizer produced no usable prompt"
+    else:
+        why = f"rejected: refined {refined_score:.4f} does not beat baseline {baseline_score:.4f}"
+
+    if best >= policy.target_score:
+        stop = "threshold"
+    elif streak >= policy.patience:
+        stop = "patience"
+    elif iteration + 1 >= policy.max_iterations:
+        stop = "max_iterations"
+    else:
+        stop = None
+    return Decision(iteration, baseline_score, refined_score, accepted, best, streak, stop, why)

@@ -1,0 +1,17 @@
+"""Errors a user can act on: each message names the file, row or field and says what to do."""
+
+
+class PromptOptError(Exception):
+    """Base class so the CLI can print our messages as one paragraph instead of a traceback."""
+
+
+class DatasetError(PromptOptError):
+    pass
+
+
+class PromptError(PromptOptError):
+    pass
+
+
+class ManifestError(PromptOptError):
+    pass

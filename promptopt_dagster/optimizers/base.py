@@ -1,0 +1,53 @@
+"""The interface every optimization strategy implements, and the lookup by name."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pandas as pd
+
+from promptopt_dagster.core.prompts import PromptVersion
+from promptopt_dagster.llm.base import LLMClient
+from promptopt_dagster.scoring.registry import ScoreResult
+
+#: Scores a prompt on a set of rows with the task model; optimizers that search use it.
+Evaluator = Callable[[PromptVersion, pd.DataFrame], ScoreResult]
+
+
+@dataclass
+class OptimizerInput:
+    prompt: PromptVersion  # the best prompt so far, which this iteration tries to beat
+    scored_rows: pd.DataFrame  # its dev answers: row_id, user_input, ground_truth_output, prediction, score
+    baseline_score: float
+    metric: str
+    train: pd.DataFrame  # labeled rows usable as demos; never the test split
+    labels: list[str]
+    iteration: int
+    seed: int = 0
+
+
+@dataclass
+class Proposal:
+    prompt: PromptVersion | None  # None: nothing usable, see rejected_reason
+    rejected_reason: str | None = None
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # what was tried, with scores
+    raw_output: str | None = None  # the optimizer LLM's text, kept for inspection
+
+
+class Optimizer(ABC):
+    name: str = "abstract"
+
+    @abstractmethod
+    def propose(self, inp: OptimizerInput, evaluate: Evaluator, optimizer_llm: LLMClient | None) -> Proposal: ...
+
+
+def get_optimizer(name: str, **options: Any) -> Optimizer:
+    from promptopt_dagster.optimizers.fewshot import FewShotOptimizer
+    from promptopt_dagster.optimizers.reflective import ReflectiveOptimizer
+
+    known = {FewShotOptimizer.name: FewShotOptimizer, ReflectiveOptimizer.name: ReflectiveOptimizer}
+    if name not in known:
+        raise ValueError(f"Unknown optimizer {name!r}; choose one of {', '.join(sorted(known))}.")
+    return known[name](**options)

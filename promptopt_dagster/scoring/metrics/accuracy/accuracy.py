@@ -1,0 +1,41 @@
+"""Classification accuracy over string labels, with a 0/1 score per row.
+
+The answer is mapped to the label it starts with after normalisation ("Positive." -> positive);
+an answer naming no label is wrong. An `evaluate` metric module: `evaluate.load(<this directory>)`.
+"""
+
+import datasets
+import evaluate
+
+from promptopt_dagster.scoring.normalize import normalize, to_label
+
+_DESCRIPTION = "Fraction of answers whose label equals the reference label; per-row scores in `scores`."
+_KWARGS = """
+Args:
+    predictions (list of str): model answers.
+    references (list of str): expected labels.
+    labels (list of str, optional): the label set; default: the distinct references.
+Returns:
+    accuracy (float): mean of `scores`; scores (list of float): 1.0 or 0.0 per row;
+    invalid_rate (float): fraction of answers that name no label.
+"""
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
+class Accuracy(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation="",
+            inputs_description=_KWARGS,
+            features=datasets.Features({"predictions": datasets.Value("string"),
+                                        "references": datasets.Value("string")}),
+        )
+
+    def _compute(self, predictions, references, labels=None):
+        labels = list(labels) if labels else sorted({normalize(r) for r in references})
+        mapped = [to_label(p, labels) for p in predictions]
+        scores = [float(m is not None and m == normalize(r)) for m, r in zip(mapped, references)]
+        n = len(scores)
+        return {"accuracy": sum(scores) / n if n else 0.0, "scores": scores,
+                "invalid_rate": sum(m is None for m in mapped) / n if n else 0.0}

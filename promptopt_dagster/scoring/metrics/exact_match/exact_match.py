@@ -1,0 +1,38 @@
+"""Exact match after normalisation (first line, trim, case), with a 0/1 score per row.
+
+An `evaluate` metric module: load it offline with `evaluate.load(<this directory>)`.
+"""
+
+import datasets
+import evaluate
+
+from promptopt_dagster.scoring.normalize import normalize
+
+_DESCRIPTION = "Fraction of predictions equal to their reference after normalisation; per-row scores in `scores`."
+_KWARGS = """
+Args:
+    predictions (list of str): model answers.
+    references (list of str): expected answers.
+    first_line (bool): keep only the first non-empty line of each text. Default True.
+    ignore_case (bool): compare case-folded. Default True.
+    strip (bool): trim whitespace and punctuation at both ends. Default True.
+Returns:
+    exact_match (float): mean of `scores`; scores (list of float): 1.0 or 0.0 per row.
+"""
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
+class ExactMatch(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation="",
+            inputs_description=_KWARGS,
+            features=datasets.Features({"predictions": datasets.Value("string"),
+                                        "references": datasets.Value("string")}),
+        )
+
+    def _compute(self, predictions, references, first_line=True, ignore_case=True, strip=True):
+        scores = [float(normalize(p, first_line, ignore_case, strip) == normalize(r, first_line, ignore_case, strip))
+                  for p, r in zip(predictions, references)]
+        return {"exact_match": sum(scores) / len(scores) if scores else 0.0, "scores": scores}

@@ -1,0 +1,52 @@
+"""Every knob in one place, read from PROMPTOPT_* environment variables and `.env`.
+
+Nothing here needs a cloud account: the defaults run the whole loop offline on the embedded model,
+with state kept under `.promptopt/` in the project so `dagster dev` and the CLI see the same runs.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PROMPTOPT_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(PROJECT_ROOT / "data", description="Holds manifest.yaml and the CSV splits.")
+    prompts_dir: Path = Field(PROJECT_ROOT / "prompts", description="Initial prompt per dataset.")
+    state_dir: Path = Field(
+        PROJECT_ROOT / ".promptopt", description="Warehouse, LLM cache and the Dagster home."
+    )
+    model_dir: Path = Field(
+        Path.home() / ".cache" / "promptopt" / "models",
+        description="Where the packaged GGUF is assembled once and reused.",
+    )
+    llm_threads: int = Field(default_factory=lambda: os.cpu_count() or 1)
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.state_dir / "warehouse.duckdb"
+
+    @property
+    def llm_cache_path(self) -> Path:
+        return self.state_dir / "llm_cache.duckdb"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.state_dir / "dagster_home"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.data_dir / "manifest.yaml"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

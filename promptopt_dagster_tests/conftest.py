@@ -1,0 +1,18 @@
+"""Shared fixtures. Every test gets its own state dir, so no test touches the project's .promptopt/."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from promptopt_dagster.settings import PROJECT_ROOT
+
+# Nothing in the test suite may reach the network; Hugging Face libraries must not try.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
+
+
+@pytest.fixture
+def project_root():
+    return PROJECT_ROOT

