@@ -29,6 +29,10 @@ class Settings(BaseSettings):
         description="Where the packaged GGUF is assembled once and reused.",
     )
     llm_threads: int = Field(default_factory=lambda: os.cpu_count() or 1)
+    task_backend: str = Field("local", description="Backend of the model that answers rows: local | fake.")
+    task_model: str | None = Field(None, description="Model name or path; empty: the backend's default.")
+    optimizer_backend: str = Field("local", description="Backend of the model the reflective optimizer asks.")
+    optimizer_model: str | None = None
 
     @property
     def warehouse_path(self) -> Path:

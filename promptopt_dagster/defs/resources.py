@@ -98,8 +98,8 @@ def default_resources() -> dict:
     llm = dict(model_dir=str(s.model_dir), threads=s.llm_threads, cache_path=str(s.llm_cache_path))
     return {
         "project": ProjectResource(data_dir=str(s.data_dir), prompts_dir=str(s.prompts_dir)),
-        "task_model": LLMResource(**llm),
-        "optimizer_model": LLMResource(**llm),
+        "task_model": LLMResource(backend=s.task_backend, model=s.task_model, **llm),
+        "optimizer_model": LLMResource(backend=s.optimizer_backend, model=s.optimizer_model, **llm),
         "optimization": OptimizationConfig.configure_at_launch(),
         "warehouse": DuckDBResource(database=str(s.warehouse_path)),
         "io_manager": WarehouseIOManager(database=str(s.warehouse_path), schema="promptopt"),

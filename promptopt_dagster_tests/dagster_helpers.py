@@ -1,0 +1,99 @@
+"""Test wiring for the Dagster layer: real instance, real DuckDB file, scripted fake model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from dagster_duckdb import DuckDBResource
+
+from promptopt_dagster.defs.io_managers import WarehouseIOManager
+from promptopt_dagster.defs.partitions import iteration_dimension, iteration_key
+from promptopt_dagster.defs.resources import LLMResource, OptimizationConfig, ProjectResource
+from promptopt_dagster.definitions import build_definitions
+from promptopt_dagster.llm.base import LLMClient, LLMRequest
+from promptopt_dagster.llm.fake import FakeLLM
+from promptopt_dagster.settings import PROJECT_ROOT
+
+DATA_DIR = PROJECT_ROOT / "data"
+PROMPTS_DIR = PROJECT_ROOT / "prompts"
+
+
+def _sst2_labels() -> dict[str, str]:
+    frames = [pd.read_csv(DATA_DIR / "sst2" / f"{s}.csv", dtype=str, keep_default_na=False) for s in ("train", "dev", "test")]
+    frame = pd.concat(frames)
+    return dict(zip(frame["user_input"], frame["ground_truth_output"]))
+
+
+_LABELS: dict[str, str] = {}
+
+
+def demos_help(request: LLMRequest) -> str:
+    """Right only when the prompt carries labeled demos: the fewshot optimizer must find that out."""
+    if not _LABELS:
+        _LABELS.update(_sst2_labels())
+    prompt = request.prompt or ""
+    user_input = prompt.rsplit("Review: ", 1)[-1].rsplit("\nSentiment:", 1)[0]
+    has_demos = "\nSentiment: positive" in prompt or "\nSentiment: negative" in prompt
+    return " " + _LABELS[user_input] if has_demos else " maybe"
+
+
+def never_right(request: LLMRequest) -> str:
+    return " maybe"
+
+
+SCRIPTS = {"demos_help": demos_help, "never_right": never_right}
+
+
+class ScriptedLLMResource(LLMResource):
+    """LLMResource whose client is a FakeLLM following a named script (no model, no cache)."""
+
+    script: str = "demos_help"
+
+    def get_client(self) -> LLMClient:
+        if self._client is None:
+            self._client = FakeLLM(responder=SCRIPTS[self.script], name=f"scripted-{self.script}")
+        return self._client
+
+
+def make_defs(tmp_path: Path, script: str = "demos_help", data_dir: Path = DATA_DIR,
+              prompts_dir: Path = PROMPTS_DIR) -> dg.Definitions:
+    warehouse = str(tmp_path / "warehouse.duckdb")
+    llm = dict(script=script, backend="fake", model_dir=str(tmp_path / "models"), threads=1)
+    return build_definitions({
+        "project": ProjectResource(data_dir=str(data_dir), prompts_dir=str(prompts_dir)),
+        "task_model": ScriptedLLMResource(**llm),
+        "optimizer_model": ScriptedLLMResource(**llm),
+        "optimization": OptimizationConfig.configure_at_launch(),
+        "warehouse": DuckDBResource(database=warehouse),
+        "io_manager": WarehouseIOManager(database=warehouse, schema="promptopt"),
+    })
+
+
+SMALL = {"eval_size": 20, "test_size": 20, "num_candidates": 2, "minibatch_size": 10}
+
+
+def run_config(**overrides) -> dict:
+    return {"resources": {"optimization": {"config": {**SMALL, **overrides}}}}
+
+
+def prepare(defs: dg.Definitions, instance: dg.DagsterInstance, dataset: str = "sst2"):
+    return defs.resolve_job_def("prepare_dataset").execute_in_process(
+        partition_key=dataset, instance=instance, raise_on_error=False)
+
+
+def run_iteration(defs: dg.Definitions, instance: dg.DagsterInstance, iteration: int, dataset: str = "sst2",
+                  tags: dict | None = None, **config):
+    if not instance.has_dynamic_partition(iteration_dimension.name, str(iteration)):
+        instance.add_dynamic_partitions(iteration_dimension.name, [str(iteration)])
+    return defs.resolve_job_def("optimize_iteration").execute_in_process(
+        partition_key=iteration_key(dataset, iteration), instance=instance, run_config=run_config(**config),
+        tags=tags or {"promptopt/driver": "test"}, raise_on_error=False)
+
+
+def query(tmp_path: Path, sql: str, params: list | None = None) -> pd.DataFrame:
+    import duckdb
+
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
+        return con.execute(sql, params or []).fetchdf()

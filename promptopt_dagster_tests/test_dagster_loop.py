@@ -1,0 +1,167 @@
+"""The Dagster layer end to end with a scripted fake model: assets, checks, tables, sensor."""
+
+from __future__ import annotations
+
+import shutil
+
+import dagster as dg
+import pytest
+
+from promptopt_dagster.defs.loop import DRIVER_TAG
+from promptopt_dagster_tests.dagster_helpers import (DATA_DIR, make_defs, prepare, query, run_config,
+                                                     run_iteration)
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def _checks(result) -> dict[str, bool]:
+    return {f"{e.asset_key.to_user_string()}:{e.check_name}": e.passed for e in result.get_asset_check_evaluations()}
+
+
+def test_one_iteration_materializes_every_asset_and_passes_the_gates(tmp_path, instance):
+    defs = make_defs(tmp_path)
+    assert prepare(defs, instance).success
+    result = run_iteration(defs, instance, 0, target_score=1.1)
+    assert result.success
+
+    checks = _checks(result)
+    assert checks == {"baseline_predictions:all_rows_answered": True, "baseline_metrics:scores_in_range": True,
+                      "refined_prompt:prompt_is_usable": True, "refined_predictions:all_rows_answered": True,
+                      "refined_metrics:scores_in_range": True}
+
+    report = query(tmp_path, "select * from promptopt.comparison_report")
+    assert len(report) == 1
+    row = report.iloc[0]
+    # Without demos the scripted model is always wrong; the fewshot optimizer adds demos and wins.
+    assert (row["baseline_score"], row["refined_score"], bool(row["accepted"])) == (0.0, 1.0, True)
+    assert row["stop_reason"] is None or str(row["stop_reason"]) in ("<NA>", "nan")
+
+    preds = query(tmp_path, "select * from promptopt.baseline_predictions")
+    assert len(preds) == 20 and set(preds["dataset"]) == {"sst2"} and set(preds["iteration"]) == {0}
+    best = query(tmp_path, "select * from promptopt.best_prompt")
+    assert best.iloc[0]["num_demos"] > 0 and best.iloc[0]["version"] == 1
+
+    meta = result.asset_materializations_for_node("comparison_report")[0].metadata
+    assert "```diff" in meta["report"].value and "+[demos:" in meta["report"].value
+    assert meta["baseline_score"].value == 0.0 and meta["refined_score"].value == 1.0
+    assert [r.data["prompt"] for r in meta["scores"].value.records] == ["baseline", "refined"]
+
+
+def test_next_iteration_starts_from_best_prompt_and_partitions_round_trip(tmp_path, instance):
+    defs = make_defs(tmp_path)
+    prepare(defs, instance)
+    assert run_iteration(defs, instance, 0, target_score=1.1).success
+    assert run_iteration(defs, instance, 1, target_score=1.1).success
+
+    prompts = query(tmp_path, "select iteration, prompt_id from promptopt.best_prompt order by iteration")
+    baseline_1 = query(tmp_path, "select prompt_id, best_score from promptopt.baseline_prompt where iteration = 1")
+    assert baseline_1.iloc[0]["prompt_id"] == prompts.iloc[0]["prompt_id"]
+    assert baseline_1.iloc[0]["best_score"] == 1.0
+
+    # Each partition write replaced only its own rows, and the IO manager reads each one back.
+    counts = query(tmp_path, "select iteration, count(*) n from promptopt.baseline_predictions group by 1 order by 1")
+    assert counts["n"].tolist() == [20, 20]
+    for iteration in (0, 1):
+        key = dg.MultiPartitionKey({"dataset": "sst2", "iteration": str(iteration)})
+        loaded = defs.load_asset_value("baseline_predictions", partition_key=key, instance=instance)
+        assert len(loaded) == 20 and set(loaded["iteration"]) == {iteration}
+
+    # Rematerializing iteration 0 keeps iteration 1 intact.
+    assert run_iteration(defs, instance, 0, target_score=1.1).success
+    counts = query(tmp_path, "select iteration, count(*) n from promptopt.baseline_predictions group by 1 order by 1")
+    assert counts["n"].tolist() == [20, 20]
+
+
+def _tick(defs, instance, cursor=None):
+    sensor = defs.resolve_sensor_def("iteration_sensor")
+    context = dg.build_sensor_context(instance=instance, definitions=defs, cursor=cursor,
+                                      instance_ref=instance.get_ref())
+    return sensor.evaluate_tick(context)
+
+
+def test_sensor_adds_the_next_partition_and_requests_its_run(tmp_path, instance):
+    defs = make_defs(tmp_path)
+    prepare(defs, instance)
+    run_iteration(defs, instance, 0, target_score=1.1, max_iterations=4)
+    tick = _tick(defs, instance)
+
+    assert [r.partition_keys for r in tick.dynamic_partitions_requests] == [["1"]]
+    (request,) = tick.run_requests
+    assert request.job_name == "optimize_iteration"
+    assert request.partition_key == "sst2|1"
+    assert request.run_config == run_config(target_score=1.1, max_iterations=4)  # the optimization's settings
+    assert request.tags[DRIVER_TAG] == "sensor"
+
+    # The cursor moved past that materialization: the next tick requests nothing new.
+    again = _tick(defs, instance, cursor=tick.cursor)
+    assert again.run_requests == [] and again.dynamic_partitions_requests == []
+
+
+def test_sensor_stops_on_threshold_and_requests_the_final_report(tmp_path, instance):
+    defs = make_defs(tmp_path)
+    prepare(defs, instance)
+    result = run_iteration(defs, instance, 0, target_score=0.9)
+    assert result.asset_materializations_for_node("best_prompt")[0].metadata["stop_reason"].value == "threshold"
+    tick = _tick(defs, instance)
+    assert tick.dynamic_partitions_requests == []
+    assert [(r.job_name, r.partition_key) for r in tick.run_requests] == [("final_report_job", "sst2")]
+
+
+def test_sensor_stops_on_patience(tmp_path, instance):
+    defs = make_defs(tmp_path, script="never_right")
+    prepare(defs, instance)
+    run_iteration(defs, instance, 0, target_score=0.9, patience=2)
+    first = _tick(defs, instance)
+    assert [r.partition_key for r in first.run_requests] == ["sst2|1"]  # one rejection: patience left
+    run_iteration(defs, instance, 1, target_score=0.9, patience=2)
+    second = _tick(defs, instance, cursor=first.cursor)
+    assert [(r.job_name, r.partition_key) for r in second.run_requests] == [("final_report_job", "sst2")]
+    stop = query(tmp_path, "select stop_reason, iterations_without_improvement from promptopt.best_prompt "
+                           "where iteration = 1")
+    assert (stop.iloc[0]["stop_reason"], stop.iloc[0]["iterations_without_improvement"]) == ("patience", 2)
+
+
+def test_sensor_leaves_cli_driven_runs_alone(tmp_path, instance):
+    defs = make_defs(tmp_path)
+    prepare(defs, instance)
+    run_iteration(defs, instance, 0, target_score=1.1, tags={DRIVER_TAG: "cli"})
+    tick = _tick(defs, instance)
+    assert tick.run_requests == [] and tick.dynamic_partitions_requests == []
+
+
+def test_final_report_scores_initial_and_best_prompt_on_test(tmp_path, instance):
+    defs = make_defs(tmp_path)
+    prepare(defs, instance)
+    run_iteration(defs, instance, 0, target_score=0.9)
+    result = defs.resolve_job_def("final_report_job").execute_in_process(
+        partition_key="sst2", instance=instance, run_config=run_config(target_score=0.9))
+    report = result.asset_materializations_for_node("final_report")[0].metadata["report"].value
+    assert report["stop_reason"] == "threshold" and report["iterations"] == 1
+    assert (report["initial_test_score"], report["best_test_score"]) == (0.0, 1.0)
+    assert report["initial_dev_score"] == 0.0 and report["best_dev_score"] == 1.0
+    # baseline 20 + refined 20 + 2 candidates x 10 + test 2 x 20; the fake model has no cache here
+    assert report["llm_calls"] == 20 + 20 + 20 + 40
+    assert set(report["best_prompt"]) >= {"system_prompt", "output_prompt", "demos", "id", "parent_id", "version"}
+
+
+def test_bad_dataset_file_fails_the_run_and_keeps_stored_rows(tmp_path, instance):
+    defs = make_defs(tmp_path)
+    assert prepare(defs, instance).success
+    before = query(tmp_path, "select * from promptopt.dataset_splits order by split, row_id")
+
+    bad_data = tmp_path / "data"
+    shutil.copytree(DATA_DIR, bad_data)
+    (bad_data / "sst2" / "dev.csv").write_text("text,label\ngood film,positive\n")
+    result = prepare(make_defs(tmp_path, data_dir=bad_data), instance)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
+    while failure.cause is not None:
+        failure = failure.cause
+    assert "dev.csv" in failure.message and "ground_truth_output" in failure.message
+
+    after = query(tmp_path, "select * from promptopt.dataset_splits order by split, row_id")
+    assert after.equals(before)
