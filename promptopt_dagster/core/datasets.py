@@ -35,7 +35,10 @@ def load_manifest(path: Path) -> dict[str, DatasetSpec]:
     except FileNotFoundError:
         raise ManifestError(f"Dataset manifest {path} does not exist. Create it with a `datasets:` "
                             "mapping (see data/manifest.yaml in the repository).") from None
-    entries = raw.get("datasets")
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"Dataset manifest {path} is not valid YAML ({exc}). Fix the syntax; "
+                            "it needs a `datasets:` mapping.") from None
+    entries = raw.get("datasets") if isinstance(raw, dict) else None
     if not isinstance(entries, dict) or not entries:
         raise ManifestError(f"Dataset manifest {path} has no `datasets:` mapping. Add one entry per dataset.")
     specs = {}

@@ -58,7 +58,8 @@ def decide(
     Stop rules are checked in order threshold, patience, max_iterations, so the reported reason is
     the most informative one when several hold at once.
     """
-    accepted = refined_score is not None and refined_score > baseline_score + policy.min_improvement
+    # The tolerance keeps a gain of exactly min_improvement (0.8 - 0.7 == 0.1000000000000001) a rejection.
+    accepted = refined_score is not None and refined_score - baseline_score > policy.min_improvement + 1e-12
     best = refined_score if accepted else baseline_score
     streak = 0 if accepted else state.iterations_without_improvement + 1
     if accepted:

@@ -43,6 +43,11 @@ def write_text(uri: str | Path, text: str) -> None:
 def read_text(uri: str | Path) -> str:
     uri = str(uri)
     if uri.startswith("gs://"):
+        from google.api_core.exceptions import NotFound
+
         bucket, blob = _split_gs(uri)
-        return _gcs_client().bucket(bucket).blob(blob).download_as_text()
+        try:
+            return _gcs_client().bucket(bucket).blob(blob).download_as_text()
+        except NotFound:
+            raise FileNotFoundError(uri) from None
     return Path(uri).read_text(encoding="utf-8")

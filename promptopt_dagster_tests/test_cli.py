@@ -1,0 +1,124 @@
+"""The `promptopt` command as a user runs it: a subprocess with its own data, prompts and state dirs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+
+from promptopt_dagster.settings import PROJECT_ROOT
+
+SMALL_ROWS = {"train": 40, "dev": 20, "test": 20}
+
+
+def _small_project(root: Path) -> Path:
+    """A copy of the sst2 entry with few rows, so a fake-model optimize takes seconds."""
+    data, prompts = root / "data", root / "prompts"
+    (data / "sst2").mkdir(parents=True)
+    prompts.mkdir()
+    for split, n in SMALL_ROWS.items():
+        frame = pd.read_csv(PROJECT_ROOT / "data" / "sst2" / f"{split}.csv", dtype=str, keep_default_na=False)
+        frame.head(n).to_csv(data / "sst2" / f"{split}.csv", index=False)
+    manifest = (PROJECT_ROOT / "data" / "manifest.yaml").read_text().split("  sms_spam:")[0]
+    (data / "manifest.yaml").write_text(manifest)
+    shutil.copy(PROJECT_ROOT / "prompts" / "sst2.json", prompts / "sst2.json")
+    return root
+
+
+def _promptopt(root: Path, *args: str, backend: str = "fake", timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PROMPTOPT_DATA_DIR": str(root / "data"), "PROMPTOPT_PROMPTS_DIR": str(root / "prompts"),
+           "PROMPTOPT_STATE_DIR": str(root / "state"), "PROMPTOPT_TASK_BACKEND": backend,
+           "PROMPTOPT_OPTIMIZER_BACKEND": backend}
+    env.pop("DAGSTER_HOME", None)
+    return subprocess.run([sys.executable, "-m", "promptopt_dagster.cli", *args], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _tables(root: Path) -> dict[str, pd.DataFrame]:
+    with duckdb.connect(str(root / "state" / "warehouse.duckdb"), read_only=True) as con:
+        names = [r[0] for r in con.execute("select table_name from information_schema.tables "
+                                           "where table_schema = 'promptopt' order by 1").fetchall()]
+        return {n: con.execute(f"select * from promptopt.{n}").fetchdf() for n in names}
+
+
+@pytest.fixture(scope="module")
+def optimized(tmp_path_factory):
+    """One fake-model optimization whose stored results the error tests must leave untouched."""
+    root = _small_project(tmp_path_factory.mktemp("cli"))
+    done = _promptopt(root, "optimize", "--dataset", "sst2", "--max-iterations", "1", "--eval-size", "0",
+                      "--test-size", "0", "--report-json", str(root / "report.json"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root
+
+
+def test_optimize_writes_the_report_and_records_runs(optimized):
+    report = json.loads((optimized / "report.json").read_text())
+    for key in ("dataset", "iterations", "stop_reason", "initial_dev_score", "best_dev_score", "initial_test_score",
+                "best_test_score", "llm_calls", "cache_hits", "best_prompt"):
+        assert key in report
+    assert report["iterations"] == 1 and report["stop_reason"] == "max_iterations"
+    assert report["test_size"] == SMALL_ROWS["test"]
+    # The runs live in the project's Dagster home, where `dagster dev` will find them.
+    assert (optimized / "state" / "dagster_home" / "dagster.yaml").exists()
+    assert any((optimized / "state" / "dagster_home").rglob("*.db"))
+
+
+@pytest.mark.parametrize("breakage, expected", [
+    (lambda root: (root / "data" / "sst2" / "dev.csv").write_text("user_input,label\nfine film,positive\n"),
+     ["dev.csv", "missing the column(s) ground_truth_output", "header"]),
+    (lambda root: (root / "data" / "sst2" / "train.csv").write_text("user_input,ground_truth_output\n"),
+     ["train.csv", "no rows", "Add labeled examples"]),
+    (lambda root: (root / "prompts" / "sst2.json").write_text(
+        json.dumps({"system_prompt": "Classify.", "output_prompt": "Review:\nSentiment:"})),
+     ["sst2.json", "{user_input}", "exactly once"]),
+])
+def test_bad_input_gives_one_paragraph_error_and_changes_nothing(optimized, tmp_path, breakage, expected):
+    root = tmp_path / "project"
+    shutil.copytree(optimized, root)
+    before = _tables(root)
+    breakage(root)
+    done = _promptopt(root, "optimize", "--dataset", "sst2", "--max-iterations", "1")
+    assert done.returncode == 2
+    message = done.stderr.strip()
+    assert message.startswith("error: ") and "\n" not in message and "Traceback" not in done.stderr
+    for fragment in expected:
+        assert fragment in message
+    after = _tables(root)
+    assert before.keys() == after.keys()
+    for name in before:
+        assert before[name].equals(after[name]), name
+
+
+def test_unknown_dataset_is_named(optimized, tmp_path):
+    done = _promptopt(optimized, "optimize", "--dataset", "imdb")
+    assert done.returncode == 2 and "'imdb'" in done.stderr and "manifest.yaml" in done.stderr
+
+
+@pytest.mark.slow
+def test_real_model_optimizes_and_a_rerun_is_served_from_cache(tmp_path):
+    """The embedded Gemma 3 270M through the whole loop on 20 dev rows, then the same command again."""
+    root = _small_project(tmp_path)
+    args = ["optimize", "--dataset", "sst2", "--max-iterations", "1", "--eval-size", "20", "--test-size", "20",
+            "--report-json", str(root / "report.json")]
+    first = _promptopt(root, *args, backend="local")
+    assert first.returncode == 0, first.stderr[-3000:]
+    report = json.loads((root / "report.json").read_text())
+    assert report["llm_calls"] > 0
+    # One-line instruction versus the optimizer's demos: the small base model needs the demos.
+    assert report["best_dev_score"] > report["initial_dev_score"]
+    preds = _tables(root)["baseline_predictions"]
+    assert len(preds) == 20 and preds["error"].isna().all() and (preds["prediction"].str.strip() != "").any()
+
+    second = _promptopt(root, *args, backend="local")
+    assert second.returncode == 0, second.stderr[-3000:]
+    rerun = json.loads((root / "report.json").read_text())
+    assert rerun["llm_calls"] == 0
+    assert rerun["cache_hits"] == report["llm_calls"] + report["cache_hits"]
+    assert rerun["best_test_score"] == report["best_test_score"]
