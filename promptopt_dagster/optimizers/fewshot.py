@@ -1,9 +1,11 @@
 """Few-shot and instruction search: no optimizer LLM, just labeled train demos tried on dev.
 
 Small base models learn the answer format mostly from demos, so the search space is which demos,
-how many and in what order, crossed with a few instruction variants. Candidates are scored on a
-seeded minibatch of the dev rows (as DSPy and GEPA do) and the best one is proposed; the full dev
-comparison that follows decides whether it is accepted.
+how many and in what order, crossed with a few instruction variants. Once the best prompt has
+demos, half of the candidates mutate that set (swap one or two demos for fresh ones of the same
+label) instead of starting over, so later iterations refine what already works, as GEPA does with
+its best candidate. Candidates are scored on a seeded minibatch of the dev rows (as DSPy and GEPA
+do) and the best one is proposed; the full dev comparison that follows decides whether it is accepted.
 """
 
 from __future__ import annotations
@@ -55,6 +57,19 @@ class FewShotOptimizer(Optimizer):
             rows = [r for _, r in pool.sample(n=min(count, len(pool)), random_state=rng.randrange(2**31)).iterrows()]
         return [Demo(user_input=r["user_input"], ground_truth_output=r["ground_truth_output"]) for r in rows]
 
+    def mutate_demos(self, demos: list[Demo], train: pd.DataFrame, rng: random.Random) -> list[Demo]:
+        """Swap one or two demos for unused train rows with the same label, keeping balance and order."""
+        out = list(demos)
+        used = {d.user_input for d in demos}
+        pool = train[(train["user_input"].str.len() <= self.max_demo_chars) & ~train["user_input"].isin(used)]
+        for position in rng.sample(range(len(out)), k=min(len(out), rng.choice((1, 2)))):
+            same = pool[pool["ground_truth_output"] == out[position].ground_truth_output]
+            if len(same):
+                row = same.iloc[rng.randrange(len(same))]
+                out[position] = Demo(user_input=row["user_input"], ground_truth_output=row["ground_truth_output"])
+                pool = pool[pool["user_input"] != row["user_input"]]
+        return out
+
     def propose(self, inp: OptimizerInput, evaluate: Evaluator, optimizer_llm: LLMClient | None = None) -> Proposal:
         rng = random.Random(f"{inp.seed}:{inp.iteration}")
         rows = inp.scored_rows
@@ -63,15 +78,21 @@ class FewShotOptimizer(Optimizer):
 
         candidates, tried = [], []
         for j in range(self.num_candidates):
-            count = self.demo_counts[j % len(self.demo_counts)]
-            instruction = instructions[(j // len(self.demo_counts)) % len(instructions)]
-            demos = self.pick_demos(inp.train, inp.labels, count, rng)
+            if inp.prompt.demos and j % 2 == 1:
+                kind, instruction = "mutate", inp.prompt.system_prompt
+                demos = self.mutate_demos(inp.prompt.demos, inp.train, rng)
+            else:
+                kind = "fresh"
+                count = self.demo_counts[(j // 2 if inp.prompt.demos else j) % len(self.demo_counts)]
+                instruction = instructions[(j // len(self.demo_counts)) % len(instructions)]
+                demos = self.pick_demos(inp.train, inp.labels, count, rng)
             cand = inp.prompt.child(system_prompt=instruction, demos=demos)
             result = evaluate(cand, minibatch)
-            candidates.append((result.value, -count, j, cand))
-            tried.append({"candidate": j, "demos": count, "instruction": instruction, "minibatch_score": result.value})
-            log.info("fewshot candidate %d/%d: %d demos, minibatch %s=%.3f", j + 1, self.num_candidates, count,
-                     inp.metric, result.value)
+            candidates.append((result.value, -len(demos), j, cand))
+            tried.append({"candidate": j, "kind": kind, "demos": len(demos), "instruction": instruction,
+                          "minibatch_score": result.value})
+            log.info("fewshot candidate %d/%d (%s): %d demos, minibatch %s=%.3f", j + 1, self.num_candidates, kind,
+                     len(demos), inp.metric, result.value)
         best_score, _, best_j, best = max(candidates, key=lambda c: c[:3])
         best.metadata.update({"optimizer": self.name, "candidate": best_j, "minibatch_score": best_score,
                               "minibatch_size": len(minibatch)})
