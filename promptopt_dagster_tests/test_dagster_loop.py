@@ -165,3 +165,11 @@ def test_bad_dataset_file_fails_the_run_and_keeps_stored_rows(tmp_path, instance
 
     after = query(tmp_path, "select * from promptopt.dataset_splits order by split, row_id")
     assert after.equals(before)
+
+
+def test_partition_keys_parse_from_strings_as_the_ui_sends_them():
+    from promptopt_dagster.defs.partitions import iteration_key, parse_key
+
+    # Runs launched from the UI or GraphQL carry "sst2|3", not a MultiPartitionKey (seen under dagster dev).
+    assert parse_key("sst2|3") == ("sst2", 3)
+    assert parse_key(iteration_key("sms_spam", 12)) == ("sms_spam", 12)

@@ -25,6 +25,15 @@ def iteration_key(dataset: str, iteration: int) -> dg.MultiPartitionKey:
     return dg.MultiPartitionKey({"dataset": dataset, "iteration": str(iteration)})
 
 
-def split_key(context: dg.AssetExecutionContext) -> tuple[str, int]:
-    keys = context.partition_key.keys_by_dimension  # type: ignore[union-attr]
+def parse_key(partition_key: str) -> tuple[str, int]:
+    """(dataset, iteration) from "sst2|3" or a MultiPartitionKey.
+
+    Runs launched from the UI, a backfill or the GraphQL API carry the key as a plain string, not a
+    MultiPartitionKey, so never rely on `keys_by_dimension` being there.
+    """
+    keys = iteration_partitions.get_partition_key_from_str(str(partition_key)).keys_by_dimension
     return keys["dataset"], int(keys["iteration"])
+
+
+def split_key(context: dg.AssetExecutionContext) -> tuple[str, int]:
+    return parse_key(context.partition_key)

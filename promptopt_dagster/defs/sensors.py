@@ -10,7 +10,7 @@ import dagster as dg
 
 from promptopt_dagster.defs.assets import best_prompt
 from promptopt_dagster.defs.loop import DRIVER_TAG, next_step, stop_reason_of
-from promptopt_dagster.defs.partitions import iteration_dimension
+from promptopt_dagster.defs.partitions import iteration_dimension, parse_key
 
 
 def build_iteration_sensor(jobs: list) -> dg.SensorDefinition:
@@ -31,8 +31,8 @@ def build_iteration_sensor(jobs: list) -> dg.SensorDefinition:
             run = context.instance.get_run_by_id(record.run_id)
             if run is None or run.tags.get(DRIVER_TAG) == "cli" or record.partition_key is None:
                 continue
-            keys = _keys(record.partition_key)
-            step = next_step(keys["dataset"], int(keys["iteration"]), stop_reason_of(record.asset_materialization))
+            dataset, iteration = parse_key(record.partition_key)
+            step = next_step(dataset, iteration, stop_reason_of(record.asset_materialization))
             if step.iteration is not None:
                 key = str(step.iteration)
                 if key not in new_iterations and not context.instance.has_dynamic_partition(
@@ -53,8 +53,3 @@ def build_iteration_sensor(jobs: list) -> dg.SensorDefinition:
 
     return iteration_sensor
 
-
-def _keys(partition_key: str) -> dict[str, str]:
-    """"sst2|3" -> {"dataset": "sst2", "iteration": "3"}: dimensions are ordered by name."""
-    dataset, iteration = partition_key.split("|")
-    return {"dataset": dataset, "iteration": iteration}
