@@ -61,7 +61,8 @@ def optimize(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from promptopt_dagster.defs.home import ensure_dagster_home
-    from promptopt_dagster.defs.loop import DATASET_JOB, DRIVER_TAG, REPORT_JOB, next_step, stop_reason_of
+    from promptopt_dagster.defs.loop import (DATASET_JOB, DRIVER_TAG, ITERATION_JOB, REPORT_JOB, next_step,
+                                             stop_reason_of)
     from promptopt_dagster.defs.partitions import iteration_dimension, iteration_key
 
     settings = get_settings()
@@ -70,11 +71,7 @@ def optimize(args: argparse.Namespace) -> int:
 
     # Fail fast, with the file named, before any run is recorded or any table touched.
     project = defs.resources["project"]
-    spec = project.spec(args.dataset) if args.dataset in project.manifest() else None
-    if spec is None:
-        raise PromptOptError(f"Dataset '{args.dataset}' is not in {settings.manifest_path} "
-                             f"(known: {', '.join(sorted(project.manifest()))}). Add an entry there.")
-    project.splits(args.dataset)
+    project.splits(args.dataset)  # also names an unknown dataset
     project.initial_prompt(args.dataset)
 
     instance = dg.DagsterInstance.get()
@@ -102,7 +99,7 @@ def optimize(args: argparse.Namespace) -> int:
             instance.add_dynamic_partitions(iteration_dimension.name, [str(iteration)])
         print(f"[{args.dataset}] iteration {iteration}: baseline -> optimizer ({args.optimizer}) -> refined -> compare",
               flush=True)
-        result = run(next_step(args.dataset, iteration - 1, None).job_name, iteration_key(args.dataset, iteration))
+        result = run(ITERATION_JOB, iteration_key(args.dataset, iteration))
         best = result.asset_materializations_for_node("best_prompt")[-1]
         compare = result.asset_materializations_for_node("comparison_report")[-1].metadata
         stop_reason = stop_reason_of(best)

@@ -6,6 +6,7 @@ iteration 1, see the patience stop, and run the final report, all by itself.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -97,7 +98,7 @@ print(json.dumps(sorted((r.job_name, r.tags.get("dagster/partition"), r.status.v
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "FAILURE" not in done.stdout, done.stderr[-5000:]
-    runs = [tuple(r) for r in __import__("json").loads(done.stdout.strip().splitlines()[-1])]
+    runs = [tuple(r) for r in json.loads(done.stdout.strip().splitlines()[-1])]
     assert ("optimize_iteration", "sst2|0", "SUCCESS", None) in runs
     assert ("optimize_iteration", "sst2|1", "SUCCESS", "sensor") in runs  # added and launched by the sensor
     assert ("final_report_job", "sst2", "SUCCESS", "sensor") in runs  # patience reached after iteration 1

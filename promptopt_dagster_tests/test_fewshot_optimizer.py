@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pandas as pd
 
 from promptopt_dagster.core.prompts import Demo, PromptVersion
@@ -55,7 +57,7 @@ def test_later_iterations_mutate_the_best_demo_set():
     proposal = get_optimizer("fewshot", num_candidates=4).propose(_input(best, iteration=1), _by_demo_count, None)
     mutations = [c for c in proposal.candidates if c["kind"] == "mutate"]
     assert len(mutations) == 2 and all(c["demos"] == 4 for c in mutations)
-    mutated = get_optimizer("fewshot").mutate_demos(demos, TRAIN, __import__("random").Random(1))
+    mutated = get_optimizer("fewshot").mutate_demos(demos, TRAIN, random.Random(1))
     changed = [(a, b) for a, b in zip(demos, mutated) if a != b]
     assert 1 <= len(changed) <= 2
     assert all(a.ground_truth_output == b.ground_truth_output for a, b in changed)  # labels and order kept

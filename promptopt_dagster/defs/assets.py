@@ -105,13 +105,20 @@ def baseline_prompt(context: dg.AssetExecutionContext, project: ProjectResource,
                         iterations_without_improvement=state.iterations_without_improvement)
 
 
+def _fetch(con, sql: str, params: list) -> pd.DataFrame:
+    """Rows of a query on the warehouse; empty when the table does not exist yet (nothing finished)."""
+    import duckdb
+
+    try:
+        return con.execute(sql, params).fetchdf()
+    except duckdb.CatalogException:
+        return pd.DataFrame()
+
+
 def _previous_best(warehouse: DuckDBResource, dataset: str, iteration: int) -> dict:
     with warehouse.get_connection() as con:
-        try:
-            found = con.execute("select * from promptopt.best_prompt where dataset = ? and iteration = ?",
-                                [dataset, iteration]).fetchdf()
-        except Exception:  # table not created yet: no iteration has finished anywhere
-            found = pd.DataFrame()
+        found = _fetch(con, "select * from promptopt.best_prompt where dataset = ? and iteration = ?",
+                       [dataset, iteration])
     if found.empty:
         raise dg.Failure(f"Iteration {iteration} of dataset '{dataset}' has no best_prompt yet, so iteration "
                          f"{iteration + 1} has nothing to start from. Materialize partition "
@@ -208,9 +215,8 @@ def refined_prompt(context: dg.AssetExecutionContext, dataset_splits: pd.DataFra
                        seed=optimization.seed),
         evaluate, opt)
     usage = _usage([task, opt], before)
-    if proposal.prompt is None:
+    if proposal.prompt is None:  # the optimizer already logged why; the reason is also stored below
         refined, status = prompt, "rejected_by_optimizer"
-        context.log.warning(f"optimizer proposal rejected: {proposal.rejected_reason}")
     else:
         refined, status = proposal.prompt, "proposed"
     metadata = {"status": status, "prompt": _prompt_md(refined), "version": refined.version,
@@ -346,11 +352,8 @@ def final_report(context: dg.AssetExecutionContext, dataset_splits: pd.DataFrame
 def _optimization_history(warehouse: DuckDBResource, dataset: str) -> dict:
     """The latest finished iteration of a dataset plus the totals of the iterations leading to it."""
     with warehouse.get_connection() as con:
-        try:
-            best = con.execute("select * from promptopt.best_prompt where dataset = ? order by written_at desc limit 1",
-                               [dataset]).fetchdf()
-        except Exception:
-            best = pd.DataFrame()
+        best = _fetch(con, "select * from promptopt.best_prompt where dataset = ? order by written_at desc limit 1",
+                      [dataset])
         if best.empty:
             raise dg.Failure(f"Dataset '{dataset}' has no finished iteration, so there is no best prompt to report. "
                              f"Run `promptopt optimize --dataset {dataset}` or materialize partition {dataset}|0 first.")

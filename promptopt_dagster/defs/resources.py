@@ -13,6 +13,7 @@ from pydantic import PrivateAttr
 
 from promptopt_dagster.core.datasets import DatasetSpec, DatasetSplits, load_manifest, load_splits
 from promptopt_dagster.core.decisions import StopPolicy
+from promptopt_dagster.core.errors import ManifestError
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.llm.factory import ModelSettings, build_client
@@ -31,8 +32,8 @@ class ProjectResource(dg.ConfigurableResource):
     def spec(self, dataset: str) -> DatasetSpec:
         specs = self.manifest()
         if dataset not in specs:
-            raise dg.Failure(f"Dataset '{dataset}' is not in {Path(self.data_dir) / 'manifest.yaml'}; "
-                             f"known: {', '.join(sorted(specs))}. Add an entry there.")
+            raise ManifestError(f"Dataset '{dataset}' is not in {Path(self.data_dir) / 'manifest.yaml'}; "
+                                f"known: {', '.join(sorted(specs))}. Add an entry there.")
         return specs[dataset]
 
     def splits(self, dataset: str) -> DatasetSplits:
@@ -43,11 +44,12 @@ class ProjectResource(dg.ConfigurableResource):
 
 
 class LLMResource(dg.ConfigurableResource):
-    """One model (task or optimizer): backend, model name and sampling, behind the response cache."""
+    """One model (task or optimizer): backend and model name, behind the response cache.
+
+    Sampling is part of each request (greedy for the task), not of the resource."""
 
     backend: str = "local"
     model: str | None = None
-    temperature: float = 0.0
     model_dir: str
     threads: int
     cache_path: str | None = None  # None disables the response cache
@@ -56,7 +58,7 @@ class LLMResource(dg.ConfigurableResource):
 
     def get_client(self) -> LLMClient:
         if self._client is None:
-            settings = ModelSettings(backend=self.backend, model=self.model, temperature=self.temperature)
+            settings = ModelSettings(backend=self.backend, model=self.model)
             self._client = build_client(settings, Path(self.model_dir), self.threads,
                                         Path(self.cache_path) if self.cache_path else None)
         return self._client

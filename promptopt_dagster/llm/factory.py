@@ -15,8 +15,6 @@ BACKENDS = ("local", "fake")
 class ModelSettings(BaseModel):
     backend: str = "local"
     model: str | None = None  # None: the backend's default model
-    temperature: float = 0.0
-    max_tokens: int = 16
 
 
 def build_client(settings: ModelSettings, model_dir: Path, threads: int, cache_path: Path | None) -> LLMClient:

@@ -51,7 +51,8 @@ class FewShotOptimizer(Optimizer):
             groups = [g for g in groups if len(g)]
             per = [g.sample(n=min(len(g), -(-count // len(groups))), random_state=rng.randrange(2**31)) for g in groups]
             order = [g.iloc[i] for i in range(max(len(g) for g in per)) for g in per if i < len(g)]
-            rng.shuffle(order) if rng.random() < 0.5 else None  # half the candidates try a shuffled order
+            if rng.random() < 0.5:  # half the candidates try a shuffled order
+                rng.shuffle(order)
             rows = order[:count]
         else:
             rows = [r for _, r in pool.sample(n=min(count, len(pool)), random_state=rng.randrange(2**31)).iterrows()]
