@@ -13,11 +13,14 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from promptopt_dagster.llm.factory import ModelSettings
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PROMPTOPT_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="PROMPTOPT_", env_file=".env", extra="ignore",
+                                      env_nested_delimiter="__")
 
     data_dir: Path = Field(PROJECT_ROOT / "data", description="Holds manifest.yaml and the CSV splits.")
     prompts_dir: Path = Field(PROJECT_ROOT / "prompts", description="Initial prompt per dataset.")
@@ -29,10 +32,11 @@ class Settings(BaseSettings):
         description="Where the packaged GGUF is assembled once and reused.",
     )
     llm_threads: int = Field(default_factory=lambda: os.cpu_count() or 1)
-    task_backend: str = Field("local", description="Backend of the model that answers rows: local | fake.")
-    task_model: str | None = Field(None, description="Model name or path; empty: the backend's default.")
-    optimizer_backend: str = Field("local", description="Backend of the model the reflective optimizer asks.")
-    optimizer_model: str | None = None
+    task: ModelSettings = Field(default_factory=ModelSettings,
+                                description="The model that answers rows: PROMPTOPT_TASK__BACKEND, __MODEL, ...")
+    optimizer: ModelSettings = Field(default_factory=ModelSettings,
+                                     description="The model the reflective optimizer asks: PROMPTOPT_OPTIMIZER__*")
+    progress_interval_s: float = Field(5.0, description="Seconds between progress lines during inference.")
 
     @property
     def warehouse_path(self) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from promptopt_dagster.core.decisions import Decision, LoopState, StopPolicy, decide
+from promptopt_dagster.core.decisions import Budget, Decision, LoopState, Spend, StopPolicy, decide
 
 # Scores are multiples of 1/8 so every comparison below is exact in binary floating point.
 POLICY = StopPolicy(target_score=0.875, patience=2, max_iterations=5, min_improvement=0.0)
@@ -149,4 +149,34 @@ def test_to_dict_round_trip():
     d = decide(0, 0.5, 0.625, FRESH, POLICY)
     data = d.to_dict()
     assert data["accepted"] is True and data["stop_reason"] is None
-    assert Decision(**data) == d
+    assert data["spent"] == {"requests": 0, "tokens": 0, "cost_usd": 0.0}
+    assert Decision(**{**data, "spent": Spend(**data["spent"])}) == d
+
+
+# --- budget ------------------------------------------------------------------------------------------
+
+def test_budget_counts_earlier_iterations_and_this_one():
+    policy = StopPolicy(target_score=0.99, patience=5, max_iterations=10, budget=Budget(max_requests=1000))
+    state = LoopState(best_score=0.5, spent=Spend(requests=600, tokens=10, cost_usd=0.01))
+    under = decide(3, 0.5, 0.6, state, policy, spent=Spend(requests=399))
+    assert under.stop_reason is None and under.spent == Spend(999, 10, 0.01)
+    over = decide(3, 0.5, 0.6, state, policy, spent=Spend(requests=400))
+    assert over.stop_reason == "budget" and over.accepted  # the paid-for refinement still counts
+    assert "requests 1000 reached the budget of 1000" in over.why
+
+
+def test_each_budget_unit_stops_the_loop_and_zero_means_no_cap():
+    base = dict(target_score=0.99, patience=5, max_iterations=10)
+    spent = Spend(requests=10, tokens=5000, cost_usd=0.25)
+    assert decide(0, 0.5, None, LoopState(), StopPolicy(**base), spent).stop_reason is None
+    assert decide(0, 0.5, None, LoopState(), StopPolicy(**base, budget=Budget(max_tokens=4000)),
+                  spent).stop_reason == "budget"
+    assert decide(0, 0.5, None, LoopState(), StopPolicy(**base, budget=Budget(max_cost_usd=0.2)),
+                  spent).stop_reason == "budget"
+    assert decide(0, 0.5, None, LoopState(), StopPolicy(**base, budget=Budget(max_cost_usd=0.3)),
+                  spent).stop_reason is None
+
+
+def test_threshold_outranks_budget():
+    policy = StopPolicy(target_score=0.9, budget=Budget(max_requests=1))
+    assert decide(0, 0.5, 0.95, LoopState(), policy, Spend(requests=5)).stop_reason == "threshold"

@@ -11,11 +11,42 @@ from dataclasses import asdict, dataclass
 from pydantic import BaseModel
 
 
+@dataclass(frozen=True)
+class Spend:
+    """What an optimization has used so far, in the units a budget is given in."""
+
+    requests: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0
+
+    def __add__(self, other: "Spend") -> "Spend":
+        return Spend(self.requests + other.requests, self.tokens + other.tokens, self.cost_usd + other.cost_usd)
+
+
+class Budget(BaseModel):
+    """Caps on one whole optimization; 0 means no cap. Checked after each iteration, so the
+    iteration that crosses a cap finishes (its answers are paid for) and then the loop stops."""
+
+    max_requests: int = 0
+    max_tokens: int = 0
+    max_cost_usd: float = 0.0
+
+    def exceeded(self, spent: Spend) -> str | None:
+        """Which cap `spent` has reached, as a sentence, or None."""
+        for name, cap, used in (("requests", self.max_requests, spent.requests),
+                                ("tokens", self.max_tokens, spent.tokens),
+                                ("cost_usd", self.max_cost_usd, spent.cost_usd)):
+            if cap and used >= cap:
+                return f"{name} {used:g} reached the budget of {cap:g}"
+        return None
+
+
 class StopPolicy(BaseModel):
     target_score: float = 0.95  # stop when the best dev score reaches this
     patience: int = 2  # stop after this many iterations in a row without an accepted refinement
     max_iterations: int = 5  # iterations 0..max_iterations-1 at most
     min_improvement: float = 0.0  # a refinement must beat the baseline by more than this
+    budget: Budget = Budget()
 
 
 @dataclass(frozen=True)
@@ -24,6 +55,7 @@ class LoopState:
 
     best_score: float | None = None
     iterations_without_improvement: int = 0
+    spent: Spend = Spend()  # by all earlier iterations of this optimization
 
 
 @dataclass(frozen=True)
@@ -34,8 +66,9 @@ class Decision:
     accepted: bool
     best_score: float
     iterations_without_improvement: int
-    stop_reason: str | None  # None: run the next iteration; else threshold | patience | max_iterations
+    stop_reason: str | None  # None: run the next iteration; else threshold | budget | patience | max_iterations
     why: str
+    spent: Spend = Spend()  # by this optimization up to and including this iteration
 
     @property
     def should_continue(self) -> bool:
@@ -51,13 +84,16 @@ def decide(
     refined_score: float | None,
     state: LoopState,
     policy: StopPolicy,
+    spent: Spend = Spend(),
 ) -> Decision:
     """Accept the refinement only if it strictly improves on the baseline, then apply the stop rules.
 
     refined_score is None when the optimizer produced nothing usable; that counts as a rejection.
-    Stop rules are checked in order threshold, patience, max_iterations, so the reported reason is
-    the most informative one when several hold at once.
+    `spent` is what this iteration used; it is added to what earlier ones did before the budget
+    check. Stop rules are checked in order threshold, budget, patience, max_iterations, so the
+    reported reason is the most informative one when several hold at once.
     """
+    total_spent = state.spent + spent
     # The tolerance keeps a gain of exactly min_improvement (0.8 - 0.7 == 0.1000000000000001) a rejection.
     accepted = refined_score is not None and refined_score - baseline_score > policy.min_improvement + 1e-12
     best = refined_score if accepted else baseline_score
@@ -69,12 +105,16 @@ def decide(
     else:
         why = f"rejected: refined {refined_score:.4f} does not beat baseline {baseline_score:.4f}"
 
+    over_budget = policy.budget.exceeded(total_spent)
     if best >= policy.target_score:
         stop = "threshold"
+    elif over_budget:
+        stop = "budget"
+        why += f"; stopping: {over_budget}"
     elif streak >= policy.patience:
         stop = "patience"
     elif iteration + 1 >= policy.max_iterations:
         stop = "max_iterations"
     else:
         stop = None
-    return Decision(iteration, baseline_score, refined_score, accepted, best, streak, stop, why)
+    return Decision(iteration, baseline_score, refined_score, accepted, best, streak, stop, why, total_spent)

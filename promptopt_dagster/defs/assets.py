@@ -16,7 +16,7 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 
 from promptopt_dagster.core.datasets import DatasetSplits, sample_rows
-from promptopt_dagster.core.decisions import LoopState, decide
+from promptopt_dagster.core.decisions import LoopState, Spend, decide
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.core.quality import (GateResult, dataset_gate, metric_range_gate, predictions_gate,
                                             prompt_gate)
@@ -24,11 +24,14 @@ from promptopt_dagster.core.reports import comparison_markdown, worst_rows_markd
 from promptopt_dagster.defs.partitions import (DATASET_EXPR, ITERATION_EXPR, dataset_partitions,
                                                iteration_partitions, split_key)
 from promptopt_dagster.defs.resources import LLMResource, OptimizationConfig, ProjectResource
-from promptopt_dagster.defs.tables import prompt_frame, prompt_from_frame, with_partition
-from promptopt_dagster.llm.base import LLMClient, UsageStats
+from promptopt_dagster.defs.tables import prompt_frame, prompt_from_frame, spent_from_frame, with_partition
+from promptopt_dagster.llm import usage as llm_usage
+from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.llm.inference import predict
+from promptopt_dagster.llm.usage import UsageByModel, UsageStats
 from promptopt_dagster.optimizers import OptimizerInput, get_optimizer
 from promptopt_dagster.scoring import score
+from promptopt_dagster.settings import get_settings
 
 LOOP = "prompt_optimization"
 
@@ -46,19 +49,32 @@ def _prompt_md(prompt: PromptVersion) -> dg.MetadataValue:
                                f"**Output prompt**\n```\n{prompt.output_prompt}\n```\n**Demos**\n{demos}")
 
 
-def _usage(clients: list[LLMClient], before: list[UsageStats]) -> UsageStats:
-    total = UsageStats()
-    for client, snapshot in zip(clients, before):
-        total.add(client.usage.since(snapshot))
-    return total
+def _usage(clients: list[LLMClient], before: list[UsageStats]) -> UsageByModel:
+    """What each client used since the snapshot, keyed by model (two roles on one model add up)."""
+    return llm_usage.merge(*({c.model_key: c.usage.since(b)} for c, b in zip(clients, before)))
 
 
 def _snapshot(clients: list[LLMClient]) -> list[UsageStats]:
     return [dataclasses.replace(c.usage) for c in clients]
 
 
-def _usage_metadata(usage: UsageStats) -> dict:
-    return {k: dg.MetadataValue.int(v) for k, v in usage.to_dict().items()}
+def _usage_metadata(by_model: UsageByModel) -> dict:
+    """Totals as numbers (plottable across partitions in the UI) plus the split by model."""
+    totals = llm_usage.total(by_model).to_dict()
+    out: dict = {k: dg.MetadataValue.int(v) for k, v in totals.items() if k != "cost_usd"}
+    out["cost_usd"] = dg.MetadataValue.float(totals["cost_usd"])
+    out["usage_by_model"] = dg.MetadataValue.json({m: u.to_dict() for m, u in sorted(by_model.items())})
+    return out
+
+
+def _spend(by_model: UsageByModel) -> Spend:
+    t = llm_usage.total(by_model)
+    return Spend(requests=t.requests, tokens=t.tokens, cost_usd=t.cost_usd)
+
+
+def _predict(client: LLMClient, prompt: PromptVersion, rows: pd.DataFrame, max_tokens: int, label: str):
+    return predict(client, prompt, rows, max_tokens, label=label,
+                   progress_interval_s=get_settings().progress_interval_s)
 
 
 def _eval_rows(dataset_splits: pd.DataFrame, dataset: str, optimization: OptimizationConfig) -> pd.DataFrame:
@@ -96,13 +112,14 @@ def baseline_prompt(context: dg.AssetExecutionContext, project: ProjectResource,
         row = _previous_best(warehouse, dataset, iteration - 1)
         prompt = PromptVersion.model_validate_json(row["prompt_json"])
         state = LoopState(best_score=row["best_score"],
-                          iterations_without_improvement=int(row["iterations_without_improvement"]))
+                          iterations_without_improvement=int(row["iterations_without_improvement"]),
+                          spent=Spend(**json.loads(row["spent_json"])))
         if row["stop_reason"]:
             context.log.warning(f"iteration {iteration - 1} decided to stop ({row['stop_reason']}); "
                                 "running this iteration anyway because it was requested")
     context.add_output_metadata({"prompt": _prompt_md(prompt), "version": prompt.version, "prompt_id": prompt.id})
     return prompt_frame(dataset, iteration, prompt, status="baseline", best_score=state.best_score,
-                        iterations_without_improvement=state.iterations_without_improvement)
+                        iterations_without_improvement=state.iterations_without_improvement, spent=state.spent)
 
 
 def _fetch(con, sql: str, params: list) -> pd.DataFrame:
@@ -135,13 +152,13 @@ def _predictions(context: dg.AssetExecutionContext, asset: str, dataset_splits: 
     dataset, iteration = split_key(context)
     spec, prompt = project.spec(dataset), prompt_from_frame(prompt_table)
     rows = _eval_rows(dataset_splits, dataset, optimization)
-    client = task_model.get_client()
-    before = _snapshot([client])
-    preds = predict(client, prompt, rows, spec.max_output_tokens, label=f"{asset} {dataset}|{iteration}")
-    usage = _usage([client], before)
+    preds = _predict(task_model.get_client(), prompt, rows, spec.max_output_tokens, f"{asset} {dataset}|{iteration}")
+    usage = llm_usage.from_rows(preds.to_dict("records"))
     frame = with_partition(preds, dataset, iteration)
     frame.insert(2, "prompt_id", prompt.id)
-    context.log.info(f"{asset}: {len(frame)} rows, {usage.llm_calls} sent to the model, {usage.cache_hits} from cache")
+    t = llm_usage.total(usage)
+    context.log.info(f"{asset}: {len(frame)} rows, {t.llm_calls} answered by the model in {t.requests} requests, "
+                     f"{t.cache_hits} from cache, {t.errors} failed")
     yield dg.Output(frame, metadata={"rows": len(frame), "prompt_id": prompt.id, **_usage_metadata(usage)})
     yield _gate("all_rows_answered", predictions_gate(frame, rows["row_id"], optimization.max_failed_fraction), asset)
 
@@ -204,7 +221,7 @@ def refined_prompt(context: dg.AssetExecutionContext, dataset_splits: pd.DataFra
     before = _snapshot([task, opt])
 
     def evaluate(candidate: PromptVersion, rows: pd.DataFrame):
-        answers = predict(task, candidate, rows, spec.max_output_tokens, label=f"candidate {dataset}|{iteration}")
+        answers = _predict(task, candidate, rows, spec.max_output_tokens, f"candidate {dataset}|{iteration}")
         return score(spec.target_metric, answers["prediction"].tolist(), answers["ground_truth_output"].tolist(),
                      labels=spec.labels)
 
@@ -226,7 +243,7 @@ def refined_prompt(context: dg.AssetExecutionContext, dataset_splits: pd.DataFra
     if proposal.raw_output is not None:
         metadata["optimizer_output"] = dg.MetadataValue.md(f"```\n{proposal.raw_output[:4000]}\n```")
     yield dg.Output(prompt_frame(dataset, iteration, refined, status=status, note=proposal.rejected_reason,
-                                 llm_calls=usage.llm_calls, cache_hits=usage.cache_hits), metadata=metadata)
+                                 usage_json=llm_usage.to_json(usage)), metadata=metadata)
     yield _gate("prompt_is_usable", prompt_gate(refined), "refined_prompt")
 
 
@@ -248,18 +265,25 @@ def refined_metrics(context: dg.AssetExecutionContext, refined_predictions: pd.D
 
 @dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP)
 def comparison_report(context: dg.AssetExecutionContext, baseline_prompt: pd.DataFrame, refined_prompt: pd.DataFrame,
+                      baseline_predictions: pd.DataFrame, refined_predictions: pd.DataFrame,
                       baseline_metrics: pd.DataFrame, refined_metrics: pd.DataFrame, project: ProjectResource,
                       optimization: OptimizationConfig) -> pd.DataFrame:
-    """Baseline versus refined on the same rows, the accept/reject decision and whether to go on."""
+    """Baseline versus refined on the same rows, the accept/reject decision and whether to go on.
+
+    It also sums what the iteration's model calls used, so the budget is part of the same decision."""
     dataset, iteration = split_key(context)
     metric = project.spec(dataset).target_metric
     base_row, ref_row = baseline_prompt.iloc[0], refined_prompt.iloc[0]
     baseline, refined = prompt_from_frame(baseline_prompt), prompt_from_frame(refined_prompt)
     state = LoopState(best_score=None if pd.isna(base_row["best_score"]) else float(base_row["best_score"]),
-                      iterations_without_improvement=int(base_row["iterations_without_improvement"]))
+                      iterations_without_improvement=int(base_row["iterations_without_improvement"]),
+                      spent=spent_from_frame(baseline_prompt))
     baseline_score = float(baseline_metrics["score"].mean())
     refined_score = None if ref_row["status"] == "rejected_by_optimizer" else float(refined_metrics["score"].mean())
-    decision = decide(iteration, baseline_score, refined_score, state, optimization.stop_policy())
+    usage = llm_usage.merge(llm_usage.from_rows(baseline_predictions.to_dict("records")),
+                            llm_usage.from_json(ref_row["usage_json"]),
+                            llm_usage.from_rows(refined_predictions.to_dict("records")))
+    decision = decide(iteration, baseline_score, refined_score, state, optimization.stop_policy(), _spend(usage))
     report_md = comparison_markdown(metric, decision, baseline, refined,
                                     None if pd.isna(ref_row["note"]) else ref_row["note"])
     context.log.info(f"{dataset}|{iteration}: {decision.why}; "
@@ -277,6 +301,8 @@ def comparison_report(context: dg.AssetExecutionContext, baseline_prompt: pd.Dat
         "best_score": dg.MetadataValue.float(decision.best_score),
         "accepted": dg.MetadataValue.bool(decision.accepted),
         "stop_reason": decision.stop_reason or "",
+        **_usage_metadata(usage),
+        "spent_so_far": dg.MetadataValue.json(dataclasses.asdict(decision.spent)),
     })
     return pd.DataFrame([{
         "dataset": dataset, "iteration": iteration, "metric": metric, "baseline_prompt_id": baseline.id,
@@ -284,6 +310,7 @@ def comparison_report(context: dg.AssetExecutionContext, baseline_prompt: pd.Dat
         "refined_score": float("nan") if refined_score is None else refined_score, "accepted": decision.accepted,
         "best_score": decision.best_score, "iterations_without_improvement": decision.iterations_without_improvement,
         "stop_reason": decision.stop_reason, "why": decision.why, "report_md": report_md,
+        "usage_json": llm_usage.to_json(usage), "spent_json": json.dumps(dataclasses.asdict(decision.spent)),
     }]).astype({"stop_reason": "string"})
 
 
@@ -302,7 +329,7 @@ def best_prompt(context: dg.AssetExecutionContext, comparison_report: pd.DataFra
     })
     return prompt_frame(dataset, iteration, winner, status="best", note=row["why"], best_score=float(row["best_score"]),
                         iterations_without_improvement=int(row["iterations_without_improvement"]),
-                        stop_reason=stop_reason)
+                        stop_reason=stop_reason, spent=Spend(**json.loads(row["spent_json"])))
 
 
 # --- after the loop ---------------------------------------------------------------------------------
@@ -321,20 +348,22 @@ def final_report(context: dg.AssetExecutionContext, dataset_splits: pd.DataFrame
     initial = project.initial_prompt(dataset)
     test = sample_rows(DatasetSplits.from_frame(dataset, dataset_splits).test, optimization.test_size, optimization.seed)
     client = task_model.get_client()
-    before = _snapshot([client])
-    test_scores = {}
+    test_scores, test_usage = {}, {}
     for name, prompt in (("initial", initial), ("best", best)):
-        answers = predict(client, prompt, test, spec.max_output_tokens, label=f"test {name} {dataset}")
+        answers = _predict(client, prompt, test, spec.max_output_tokens, f"test {name} {dataset}")
         test_scores[name] = score(spec.target_metric, answers["prediction"].tolist(),
                                   answers["ground_truth_output"].tolist(), labels=spec.labels).value
-    usage = _usage([client], before)
+        test_usage = llm_usage.merge(test_usage, llm_usage.from_rows(answers.to_dict("records")))
+    usage = llm_usage.merge(history["usage"], test_usage)
+    totals = llm_usage.total(usage)
     report = {
         "dataset": dataset, "metric": spec.target_metric, "iterations": int(history["iteration"]) + 1,
         "stop_reason": history["stop_reason"], "eval_size": optimization.eval_size, "test_size": len(test),
         "initial_dev_score": history["initial_dev_score"], "best_dev_score": float(history["best_score"]),
         "initial_test_score": test_scores["initial"], "best_test_score": test_scores["best"],
-        "llm_calls": int(history["llm_calls"]) + usage.llm_calls,
-        "cache_hits": int(history["cache_hits"]) + usage.cache_hits,
+        "llm_calls": totals.llm_calls, "cache_hits": totals.cache_hits, "requests": totals.requests,
+        "usage": {"total": totals.to_dict(), "by_model": {m: u.to_dict() for m, u in sorted(usage.items())},
+                  "final_report": llm_usage.total(test_usage).to_dict()},
         "best_prompt": json.loads(best.to_json()),
     }
     context.log.info(f"{dataset}: test {spec.target_metric} initial {test_scores['initial']:.4f} -> "
@@ -344,6 +373,7 @@ def final_report(context: dg.AssetExecutionContext, dataset_splits: pd.DataFrame
         "initial_test_score": dg.MetadataValue.float(test_scores["initial"]),
         "best_test_score": dg.MetadataValue.float(test_scores["best"]),
         "best_prompt": _prompt_md(best),
+        **_usage_metadata(usage),
     })
     return pd.DataFrame([{"dataset": dataset, "initial_test_score": test_scores["initial"],
                           "best_test_score": test_scores["best"], "report_json": json.dumps(report)}])
@@ -363,15 +393,9 @@ def _optimization_history(warehouse: DuckDBResource, dataset: str) -> dict:
         row["initial_dev_score"] = con.execute(
             "select baseline_score from promptopt.comparison_report where dataset = ? and iteration = 0", [dataset]
         ).fetchone()[0]
-        sent, hits = con.execute(
-            "select count(*) filter (where not cached), count(*) filter (where cached) from ("
-            " select cached from promptopt.baseline_predictions where dataset = ? and iteration <= ?"
-            " union all select cached from promptopt.refined_predictions where dataset = ? and iteration <= ?)",
-            args + args).fetchone()
-        opt_sent, opt_hits = con.execute(
-            "select coalesce(sum(llm_calls), 0), coalesce(sum(cache_hits), 0) from promptopt.refined_prompt"
-            " where dataset = ? and iteration <= ?", args).fetchone()
-    row["llm_calls"], row["cache_hits"] = sent + opt_sent, hits + opt_hits
+        per_iteration = con.execute("select usage_json from promptopt.comparison_report"
+                                    " where dataset = ? and iteration <= ?", args).fetchall()
+    row["usage"] = llm_usage.merge(*(llm_usage.from_json(u) for (u,) in per_iteration))
     row["stop_reason"] = None if pd.isna(row["stop_reason"]) else row["stop_reason"]
     return row
 

@@ -6,13 +6,14 @@ settings.
 """
 
 
+import os
 from pathlib import Path
 
 import dagster as dg
 from pydantic import PrivateAttr
 
 from promptopt_dagster.core.datasets import DatasetSpec, DatasetSplits, load_manifest, load_splits
-from promptopt_dagster.core.decisions import StopPolicy
+from promptopt_dagster.core.decisions import Budget, StopPolicy
 from promptopt_dagster.core.errors import ManifestError
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.llm.base import LLMClient
@@ -43,24 +44,26 @@ class ProjectResource(dg.ConfigurableResource):
         return PromptVersion.load(Path(self.prompts_dir) / self.spec(dataset).initial_prompt)
 
 
-class LLMResource(dg.ConfigurableResource):
-    """One model (task or optimizer): backend and model name, behind the response cache.
+class LLMResource(dg.ConfigurableResource, ModelSettings):
+    """One model (task or optimizer): every ModelSettings knob, the API key, and the response cache.
 
-    Sampling is part of each request (greedy for the task), not of the resource."""
+    Give `api_key` as `dg.EnvVar("NAME")` so run config and the UI show the variable's name, never
+    the key. Sampling is part of each request (greedy for the task), not of the resource."""
 
-    backend: str = "local"
-    model: str | None = None
+    api_key: str | None = None  # None: read the variable named by api_key_env (or the backend default)
     model_dir: str
     threads: int
     cache_path: str | None = None  # None disables the response cache
 
     _client: LLMClient | None = PrivateAttr(default=None)
 
+    def settings(self) -> ModelSettings:
+        return ModelSettings(**{name: getattr(self, name) for name in ModelSettings.model_fields})
+
     def get_client(self) -> LLMClient:
         if self._client is None:
-            settings = ModelSettings(backend=self.backend, model=self.model)
-            self._client = build_client(settings, Path(self.model_dir), self.threads,
-                                        Path(self.cache_path) if self.cache_path else None)
+            self._client = build_client(self.settings(), Path(self.model_dir), self.threads,
+                                        Path(self.cache_path) if self.cache_path else None, api_key=self.api_key)
         return self._client
 
 
@@ -76,17 +79,31 @@ class OptimizationConfig(dg.ConfigurableResource):
     min_improvement: float = 0.0
     num_candidates: int = 6  # fewshot: candidates tried per iteration
     minibatch_size: int = 50  # fewshot: dev rows each candidate is scored on
-    max_failed_fraction: float = 0.0  # prediction gate: share of rows allowed to end in an error
+    max_failed_fraction: float = 0.02  # prediction gate: share of rows allowed to end in an error
+    max_requests: int = 0  # budget of the whole optimization in model calls (retries included); 0 = none
+    max_tokens: int = 0  # budget in prompt + completion tokens; 0 = none
+    max_cost_usd: float = 0.0  # budget in estimated US dollars (llm/prices.yaml); 0 = none
     seed: int = 0
 
     def stop_policy(self) -> StopPolicy:
         return StopPolicy(target_score=self.target_score, patience=self.patience,
-                          max_iterations=self.max_iterations, min_improvement=self.min_improvement)
+                          max_iterations=self.max_iterations, min_improvement=self.min_improvement,
+                          budget=Budget(max_requests=self.max_requests, max_tokens=self.max_tokens,
+                                        max_cost_usd=self.max_cost_usd))
 
     def optimizer_options(self) -> dict:
         if self.optimizer == "fewshot":
             return {"num_candidates": self.num_candidates, "minibatch_size": self.minibatch_size}
         return {}
+
+
+def model_resource(settings: ModelSettings) -> LLMResource:
+    """A model resource from settings; the key stays an EnvVar reference so no run config holds it."""
+    s = get_settings()
+    key_env = settings.key_env()
+    api_key = dg.EnvVar(key_env) if key_env and os.environ.get(key_env) else None
+    return LLMResource(**settings.model_dump(), api_key=api_key, model_dir=str(s.model_dir), threads=s.llm_threads,
+                       cache_path=str(s.llm_cache_path))
 
 
 def default_resources() -> dict:
@@ -97,11 +114,10 @@ def default_resources() -> dict:
 
     s = get_settings()
     s.state_dir.mkdir(parents=True, exist_ok=True)
-    llm = dict(model_dir=str(s.model_dir), threads=s.llm_threads, cache_path=str(s.llm_cache_path))
     return {
         "project": ProjectResource(data_dir=str(s.data_dir), prompts_dir=str(s.prompts_dir)),
-        "task_model": LLMResource(backend=s.task_backend, model=s.task_model, **llm),
-        "optimizer_model": LLMResource(backend=s.optimizer_backend, model=s.optimizer_model, **llm),
+        "task_model": model_resource(s.task),
+        "optimizer_model": model_resource(s.optimizer),
         "optimization": OptimizationConfig.configure_at_launch(),
         "warehouse": DuckDBResource(database=str(s.warehouse_path)),
         "io_manager": WarehouseIOManager(database=str(s.warehouse_path), schema="promptopt"),

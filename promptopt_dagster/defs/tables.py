@@ -6,35 +6,45 @@ order and fixed dtypes; the full version also travels as JSON so it round-trips 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from datetime import datetime, timezone
 from typing import Any
 
 import pandas as pd
 
+from promptopt_dagster.core.decisions import Spend
 from promptopt_dagster.core.prompts import PromptVersion
 
 PROMPT_COLUMNS = {
     "dataset": "string", "iteration": "int64", "prompt_id": "string", "parent_id": "string",
     "version": "int64", "system_prompt": "string", "output_prompt": "string", "num_demos": "int64",
     "status": "string", "note": "string", "best_score": "float64", "iterations_without_improvement": "int64",
-    "stop_reason": "string", "llm_calls": "int64", "cache_hits": "int64", "prompt_json": "string",
+    "stop_reason": "string", "usage_json": "string", "spent_json": "string", "prompt_json": "string",
     "written_at": "string",
 }
 
 
 def prompt_frame(dataset: str, iteration: int, prompt: PromptVersion, status: str, note: str | None = None,
                  best_score: float | None = None, iterations_without_improvement: int = 0,
-                 stop_reason: str | None = None, llm_calls: int = 0, cache_hits: int = 0) -> pd.DataFrame:
+                 stop_reason: str | None = None, usage_json: str | None = None,
+                 spent: Spend = Spend()) -> pd.DataFrame:
+    """usage_json: model usage of the asset that wrote the row (refined_prompt); spent: the loop's
+    cumulative spend, carried from best_prompt to the next iteration's baseline_prompt."""
     row: dict[str, Any] = {
         "dataset": dataset, "iteration": iteration, "prompt_id": prompt.id, "parent_id": prompt.parent_id,
         "version": prompt.version, "system_prompt": prompt.system_prompt, "output_prompt": prompt.output_prompt,
         "num_demos": len(prompt.demos), "status": status, "note": note,
         "best_score": float("nan") if best_score is None else best_score,
         "iterations_without_improvement": iterations_without_improvement, "stop_reason": stop_reason,
-        "llm_calls": llm_calls, "cache_hits": cache_hits, "prompt_json": prompt.to_json(),
+        "usage_json": usage_json, "spent_json": json.dumps(dataclasses.asdict(spent)), "prompt_json": prompt.to_json(),
         "written_at": datetime.now(timezone.utc).isoformat(),
     }
     return pd.DataFrame([row], columns=list(PROMPT_COLUMNS)).astype(PROMPT_COLUMNS)
+
+
+def spent_from_frame(frame: pd.DataFrame) -> Spend:
+    return Spend(**json.loads(frame.iloc[0]["spent_json"]))
 
 
 def prompt_from_frame(frame: pd.DataFrame) -> PromptVersion:

@@ -1,15 +1,20 @@
-"""The contract every backend meets: a batch of requests in, one response per request out.
+"""The contract every backend meets: requests in, one response per request out, in any order.
 
 A row that fails comes back with `error` set instead of raising, so one bad row never costs the
-rest of the batch; callers decide what fraction of errors is acceptable.
+rest of the batch; callers decide what fraction of errors is acceptable. Backends stream results
+as they finish, which lets callers log progress and store answers before a long batch is over.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from abc import ABC
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Literal, Sequence
+
+from promptopt_dagster.llm.usage import Price, UsageStats
+
+__all__ = ["LLMClient", "LLMRequest", "LLMResponse", "UsageStats"]
 
 
 @dataclass(frozen=True)
@@ -19,6 +24,7 @@ class LLMRequest:
     max_tokens: int = 16
     temperature: float = 0.0
     stop: tuple[str, ...] = ()
+    json_schema: dict | None = None  # ask for JSON matching this schema (backends with a JSON mode)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -33,28 +39,8 @@ class LLMResponse:
     finish_reason: str | None = None
     error: str | None = None
     cached: bool = False
-
-
-@dataclass
-class UsageStats:
-    """Requests actually sent to a model versus answered from the response cache."""
-
-    llm_calls: int = 0
-    cache_hits: int = 0
-    errors: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    def add(self, other: "UsageStats") -> None:
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-    def to_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
-
-    def since(self, before: "UsageStats") -> "UsageStats":
-        """What was used after the snapshot `before` (take one with dataclasses.replace(usage))."""
-        return UsageStats(**{f.name: getattr(self, f.name) - getattr(before, f.name) for f in dataclasses.fields(self)})
+    attempts: int = 1  # calls it took, retries included; 0 when answered from the cache
+    cost_usd: float = 0.0
 
 
 class LLMClient(ABC):
@@ -64,26 +50,57 @@ class LLMClient(ABC):
 
     def __init__(self) -> None:
         self.usage = UsageStats()
+        self.price = Price()
 
     @property
-    @abstractmethod
-    def model(self) -> str: ...
+    def model(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def model_key(self) -> str:
+        """The name usage is summed under: one price and one rate limit apply to it."""
+        return f"{self.backend}/{self.model}"
 
     def identity(self) -> dict[str, Any]:
         """What, besides the request, determines the answer. Part of the cache key; never secrets."""
         return {"backend": self.backend, "model": self.model}
 
-    @abstractmethod
-    def _generate(self, requests: Sequence[LLMRequest]) -> list[LLMResponse]: ...
+    def _generate(self, requests: Sequence[LLMRequest]) -> list[LLMResponse]:
+        raise NotImplementedError(f"{type(self).__name__} implements neither _generate nor _stream")
 
-    def generate(self, requests: Sequence[LLMRequest]) -> list[LLMResponse]:
-        responses = self._generate(requests)
-        if len(responses) != len(requests):
-            raise RuntimeError(f"{self.backend} returned {len(responses)} responses for {len(requests)} requests")
-        for r in responses:
-            if not r.cached:
-                self.usage.llm_calls += 1
-                self.usage.prompt_tokens += r.prompt_tokens
-                self.usage.completion_tokens += r.completion_tokens
-            self.usage.errors += r.error is not None
-        return responses
+    def _stream(self, requests: Sequence[LLMRequest]) -> Iterator[tuple[int, LLMResponse]]:
+        """(index, response) pairs as they finish; a backend without streaming answers in one go."""
+        yield from enumerate(self._generate(requests))
+
+    def stream(self, requests: Sequence[LLMRequest]) -> Iterator[tuple[int, LLMResponse]]:
+        for i, r in self._stream(requests):
+            self._account(r)
+            yield i, r
+
+    def generate(self, requests: Sequence[LLMRequest],
+                 on_result: Callable[[int, LLMResponse], None] | None = None) -> list[LLMResponse]:
+        out: list[LLMResponse | None] = [None] * len(requests)
+        for i, r in self.stream(requests):
+            if out[i] is not None:
+                raise RuntimeError(f"{self.backend} answered request {i} twice")
+            out[i] = r
+            if on_result is not None:
+                on_result(i, r)
+        missing = [i for i, r in enumerate(out) if r is None]
+        if missing:
+            raise RuntimeError(f"{self.backend} returned no response for {len(missing)} of {len(requests)} requests")
+        return out  # type: ignore[return-value]
+
+    def _account(self, r: LLMResponse) -> None:
+        u = self.usage
+        u.errors += r.error is not None
+        if r.cached:
+            r.attempts, r.cost_usd = 0, 0.0
+            u.cache_hits += 1
+            return
+        r.cost_usd = self.price.cost(r.prompt_tokens, r.completion_tokens)
+        u.llm_calls += 1
+        u.requests += r.attempts
+        u.prompt_tokens += r.prompt_tokens
+        u.completion_tokens += r.completion_tokens
+        u.cost_usd += r.cost_usd

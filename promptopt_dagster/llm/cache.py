@@ -7,6 +7,7 @@ The connection is opened per batch, so a second process waits for the file lock 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -31,7 +32,10 @@ create table if not exists llm_cache (
 
 
 def cache_key(identity: dict, request: LLMRequest) -> str:
-    payload = json.dumps({"identity": identity, "request": request.to_dict()}, sort_keys=True, ensure_ascii=False)
+    req = request.to_dict()
+    if req["json_schema"] is None:  # keys written before JSON mode existed stay valid
+        del req["json_schema"]
+    payload = json.dumps({"identity": identity, "request": req}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -86,14 +90,20 @@ class ResponseCache:
 
 
 class CachedClient(LLMClient):
-    """Wraps any backend; only cache misses reach it, so `usage.llm_calls` counts real requests."""
+    """Wraps any backend; only cache misses reach it, so `usage.requests` counts real model calls.
 
-    def __init__(self, inner: LLMClient, cache: ResponseCache) -> None:
+    Answers are written to the cache while the batch is still running (every `flush_every` answers
+    or `flush_s` seconds), so an interrupted run keeps what it had already paid for.
+    """
+
+    def __init__(self, inner: LLMClient, cache: ResponseCache, flush_every: int = 64, flush_s: float = 2.0) -> None:
         super().__init__()
         self.inner = inner
         self.cache = cache
         self.backend = inner.backend
         self.mode = inner.mode
+        self.price = inner.price
+        self.flush_every, self.flush_s = flush_every, flush_s
 
     @property
     def model(self) -> str:
@@ -102,24 +112,31 @@ class CachedClient(LLMClient):
     def identity(self) -> dict:
         return self.inner.identity()
 
-    def _generate(self, requests: Sequence[LLMRequest]) -> list[LLMResponse]:
+    def _stream(self, requests: Sequence[LLMRequest]) -> Iterator[tuple[int, LLMResponse]]:
         ident = self.identity()
         keys = [cache_key(ident, r) for r in requests]
-        found = self.cache.get_many(keys)
-        self.usage.cache_hits += len([k for k in keys if k in found])
-        # Duplicate requests inside one batch are sent once.
-        miss_keys = list(dict.fromkeys(k for k in keys if k not in found))
-        if miss_keys:
-            by_key = dict(zip(keys, requests))
-            fresh = self.inner.generate([by_key[k] for k in miss_keys])
-            self.cache.put_many([(k, ident, by_key[k], r) for k, r in zip(miss_keys, fresh)])
-            found.update(zip(miss_keys, fresh))
-        out, sent = [], set()
-        for k in keys:
-            r = found[k]
-            if not r.cached and k in sent:  # a within-batch duplicate: answered, not sent again
-                r = LLMResponse(**{**r.__dict__, "cached": True})
-                self.usage.cache_hits += 1
-            sent.add(k)
-            out.append(r)
-        return out
+        found = self.cache.get_many(list(dict.fromkeys(keys)))
+        to_send: list[int] = []  # index of the first request with each missing key
+        duplicates: dict[str, list[int]] = {}  # later requests identical to one being sent
+        for i, k in enumerate(keys):
+            if k in found:
+                yield i, dataclasses.replace(found[k])
+            elif k in duplicates:
+                duplicates[k].append(i)
+            else:
+                duplicates[k] = []
+                to_send.append(i)
+        pending: list[tuple[str, dict, LLMRequest, LLMResponse]] = []
+        last_flush = time.monotonic()
+        try:
+            for j, r in self.inner.stream([requests[i] for i in to_send]):
+                i = to_send[j]
+                pending.append((keys[i], ident, requests[i], r))
+                yield i, r
+                for dup in duplicates[keys[i]]:  # answered once, not sent again
+                    yield dup, dataclasses.replace(r, cached=True)
+                if len(pending) >= self.flush_every or time.monotonic() - last_flush > self.flush_s:
+                    self.cache.put_many(pending)
+                    pending, last_flush = [], time.monotonic()
+        finally:
+            self.cache.put_many(pending)

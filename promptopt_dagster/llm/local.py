@@ -13,7 +13,7 @@ import threading
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from promptopt_dagster.llm.base import LLMClient, LLMRequest, LLMResponse
 
@@ -68,26 +68,24 @@ class LlamaCppClient(LLMClient):
         path = self._model_path or ensure_model_file(self._model_dir)
         return _load_llama(str(path), self._n_ctx, self._n_threads, self._seed)
 
-    def _generate(self, requests: Sequence[LLMRequest]) -> list[LLMResponse]:
+    def _stream(self, requests: Sequence[LLMRequest]) -> Iterator[tuple[int, LLMResponse]]:
         llm, lock = self._llama()
-        out = []
         with lock:  # one llama context cannot serve two threads at once
-            for req in requests:
-                if req.prompt is None:
-                    out.append(LLMResponse(error="the local model is a completion model; send `prompt`, not `messages`"))
-                    continue
-                started = time.perf_counter()
-                try:
-                    res = llm.create_completion(req.prompt, max_tokens=req.max_tokens, temperature=req.temperature,
-                                                top_k=1 if req.temperature == 0 else 40,
-                                                stop=list(req.stop) or None, echo=False)
-                except Exception as exc:  # e.g. prompt longer than the context window
-                    out.append(LLMResponse(error=f"{type(exc).__name__}: {exc}",
-                                           latency_s=time.perf_counter() - started))
-                    continue
-                choice, usage = res["choices"][0], res.get("usage", {})
-                out.append(LLMResponse(text=choice["text"], prompt_tokens=usage.get("prompt_tokens", 0),
-                                       completion_tokens=usage.get("completion_tokens", 0),
-                                       latency_s=time.perf_counter() - started,
-                                       finish_reason=choice.get("finish_reason")))
-        return out
+            for i, req in enumerate(requests):
+                yield i, self._complete(llm, req)
+
+    @staticmethod
+    def _complete(llm, req: LLMRequest) -> LLMResponse:
+        if req.prompt is None:
+            return LLMResponse(error="the local model is a completion model; send `prompt`, not `messages`")
+        started = time.perf_counter()
+        try:
+            res = llm.create_completion(req.prompt, max_tokens=req.max_tokens, temperature=req.temperature,
+                                        top_k=1 if req.temperature == 0 else 40,
+                                        stop=list(req.stop) or None, echo=False)
+        except Exception as exc:  # e.g. prompt longer than the context window
+            return LLMResponse(error=f"{type(exc).__name__}: {exc}", latency_s=time.perf_counter() - started)
+        choice, usage = res["choices"][0], res.get("usage", {})
+        return LLMResponse(text=choice["text"], prompt_tokens=usage.get("prompt_tokens", 0),
+                           completion_tokens=usage.get("completion_tokens", 0),
+                           latency_s=time.perf_counter() - started, finish_reason=choice.get("finish_reason"))

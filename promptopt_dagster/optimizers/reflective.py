@@ -32,6 +32,15 @@ SYSTEM = (
 )
 
 
+#: JSON mode for backends that have one (Gemini response_schema, OpenAI json_schema); the strict parser
+#: still checks the reply, because not every server enforces the schema.
+PROPOSAL_SCHEMA = {
+    "type": "object",
+    "properties": {"system_prompt": {"type": "string"}, "output_prompt": {"type": "string"}},
+    "required": ["system_prompt", "output_prompt"],
+}
+
+
 def _text(value: object) -> str:
     text = "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
     return text if len(text) <= MAX_ROW_FIELD_CHARS else text[:MAX_ROW_FIELD_CHARS] + "...[cut]"
@@ -92,7 +101,7 @@ class ReflectiveOptimizer(Optimizer):
         user = self.build_user_message(inp, rows)
         if mode == "chat":
             return LLMRequest(messages=(("system", SYSTEM), ("user", user)), max_tokens=self.max_tokens,
-                              temperature=0.0)
+                              temperature=0.0, json_schema=PROPOSAL_SCHEMA)
         return LLMRequest(prompt=f"{SYSTEM}\n\n{user}\n\nJSON:\n", max_tokens=self.max_tokens, temperature=0.0,
                           stop=())
 

@@ -1,0 +1,76 @@
+"""Any OpenAI-compatible chat-completions server (OpenAI, vLLM, Ollama, llama.cpp server) via the openai SDK.
+
+The SDK's own retries are switched off (max_retries=0) so that attempts are counted, jittered and
+rate-limited in one place (llm/remote.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from promptopt_dagster.llm.base import LLMRequest, LLMResponse
+from promptopt_dagster.llm.remote import Failure, MalformedReply, RemoteClient, failure_from_status
+
+DEFAULT_MODEL = "gpt-4o-mini"
+#: Local servers (vLLM, Ollama, llama.cpp) need no key, but the SDK refuses to start without one.
+NO_KEY = "not-needed"
+
+
+class OpenAIClient(RemoteClient):
+    backend = "openai"
+
+    def __init__(self, model: str | None = None, *, base_url: str | None = None, api_key: str | None = None,
+                 json_mode: Literal["schema", "object", "off"] = "schema", **engine: Any) -> None:
+        import openai
+
+        self._base_url = base_url
+        self.json_mode = json_mode
+        super().__init__(model or DEFAULT_MODEL, secrets=[api_key or ""], **engine)
+        self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or NO_KEY, max_retries=0,
+                                          timeout=self.timeout_s)
+
+    def endpoint(self) -> str:
+        return self._base_url or "api.openai.com"
+
+    def identity(self) -> dict:
+        # Two servers may serve different weights under one model name, so the endpoint is part of it.
+        return {"backend": self.backend, "model": self.model, "endpoint": self.endpoint()}
+
+    def _response_format(self, request: LLMRequest) -> dict | None:
+        if request.json_schema is None or self.json_mode == "off":
+            return None
+        if self.json_mode == "object":
+            return {"type": "json_object"}
+        return {"type": "json_schema", "json_schema": {"name": "response", "schema": request.json_schema}}
+
+    async def _send(self, request: LLMRequest) -> LLMResponse:
+        if request.prompt is not None:
+            messages = [{"role": "user", "content": request.prompt}]
+        else:
+            messages = [{"role": r, "content": c} for r, c in request.messages or ()]
+        kwargs: dict[str, Any] = dict(model=self.model, messages=messages, max_tokens=request.max_tokens,
+                                      temperature=request.temperature)
+        if request.stop:
+            kwargs["stop"] = list(request.stop)
+        fmt = self._response_format(request)
+        if fmt is not None:
+            kwargs["response_format"] = fmt
+        reply = await self._client.chat.completions.create(**kwargs)
+        if not getattr(reply, "choices", None):
+            raise MalformedReply("no choices in the reply")
+        choice = reply.choices[0]
+        usage = reply.usage
+        return LLMResponse(text=choice.message.content or "", finish_reason=choice.finish_reason,
+                           prompt_tokens=(usage.prompt_tokens or 0) if usage else 0,
+                           completion_tokens=(usage.completion_tokens or 0) if usage else 0)
+
+    def _classify(self, exc: BaseException) -> Failure:
+        import openai
+
+        if isinstance(exc, openai.APIStatusError):
+            return failure_from_status(exc.status_code, f"{exc.status_code}: {exc.message}", exc.response.headers)
+        if isinstance(exc, openai.APITimeoutError):
+            return Failure("timeout", f"no reply within {self.timeout_s:g}s", True)
+        if isinstance(exc, openai.APIConnectionError):
+            return Failure("connection", f"connection failed: {exc}", True)
+        return super()._classify(exc)
