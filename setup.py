@@ -11,7 +11,7 @@ setup(
     version="0.1.0",
     description="Prompt optimization as partitioned Dagster assets, offline by default on Gemma 3 270M.",
     packages=find_packages(exclude=["promptopt_dagster_tests"]),
-    package_data={"promptopt_dagster": ["scoring/metrics/*/*.py"]},
+    package_data={"promptopt_dagster": ["scoring/metrics/*/*.py", "llm/prices.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         f"dagster=={DAGSTER}",
@@ -29,12 +29,16 @@ setup(
         "pydantic-settings>=2.2,<3",
         "pyyaml>=6",
         "google-cloud-storage>=2.14,<4",
+        # Production models. google-genai stays below 3 so google-cloud-aiplatform 2.7 can sit beside it.
+        "google-genai==2.34.0",
+        "openai==3.52.0",
     ],
     extras_require={
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
             "gcp-storage-emulator>=2024.8.3",
+            "cryptography>=42",  # signs the fake service-account key the Vertex tests authenticate with
         ]
     },
     entry_points={"console_scripts": ["promptopt=promptopt_dagster.cli:main"]},

@@ -20,6 +20,7 @@ import json
 import re
 import signal
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -147,6 +148,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+class _QuietServer(ThreadingHTTPServer):
+    request_queue_size = 256  # socketserver's default backlog of 5 resets connections under a burst
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that gave up (its timeout) closes the socket under us: expected, not worth a traceback."""
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+
 class FakeLLMServer:
     """A threaded HTTP server on 127.0.0.1 speaking Gemini generateContent or OpenAI chat completions."""
 
@@ -167,7 +177,7 @@ class FakeLLMServer:
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def start(self) -> "FakeLLMServer":
-        httpd = ThreadingHTTPServer(("127.0.0.1", self._port), _Handler)
+        httpd = _QuietServer(("127.0.0.1", self._port), _Handler)
         httpd.daemon_threads = True
         httpd.fake = self  # type: ignore[attr-defined]
         self._httpd, self._stopping = httpd, threading.Event()

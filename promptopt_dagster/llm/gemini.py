@@ -21,12 +21,17 @@ class GeminiClient(RemoteClient):
     def __init__(self, model: str | None = None, *, vertexai: bool = True, project: str | None = None,
                  location: str | None = None, api_key: str | None = None, base_url: str | None = None,
                  api_version: str | None = None, credentials: Any = None, **engine: Any) -> None:
+        import httpx
         from google import genai
         from google.genai import types
 
         self._vertexai, self._project, self._location, self._base_url = vertexai, project, location, base_url
         super().__init__(model or DEFAULT_MODEL, secrets=[api_key or ""], **engine)
-        http = types.HttpOptions(base_url=base_url, api_version=api_version, timeout=int(self.timeout_s * 1000))
+        # httpx, not aiohttp (which the SDK prefers when installed): aiohttp silently re-sends a POST
+        # when a kept-alive connection drops, so a call could be billed twice yet counted once.
+        http = types.HttpOptions(base_url=base_url, api_version=api_version, timeout=int(self.timeout_s * 1000),
+                                 httpx_async_client=httpx.AsyncClient(
+                                     timeout=self.timeout_s, limits=httpx.Limits(max_connections=max(100, self.max_in_flight))))
         if vertexai:
             if not project or not location:
                 raise ValueError("Gemini on Vertex AI needs a project and a location "
