@@ -60,6 +60,10 @@ class LLMResource(dg.ConfigurableResource, ModelSettings):
     def settings(self) -> ModelSettings:
         return ModelSettings(**{name: getattr(self, name) for name in ModelSettings.model_fields})
 
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._client is not None:
+            self._client.close()
+
     def get_client(self) -> LLMClient:
         if self._client is None:
             self._client = build_client(self.settings(), Path(self.model_dir), self.threads,

@@ -91,6 +91,9 @@ class LLMClient(ABC):
             raise RuntimeError(f"{self.backend} returned no response for {len(missing)} of {len(requests)} requests")
         return out  # type: ignore[return-value]
 
+    def close(self) -> None:
+        """Release connections; the client must not be used afterwards."""
+
     def _account(self, r: LLMResponse) -> None:
         u = self.usage
         u.errors += r.error is not None

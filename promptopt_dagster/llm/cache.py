@@ -112,6 +112,9 @@ class CachedClient(LLMClient):
     def identity(self) -> dict:
         return self.inner.identity()
 
+    def close(self) -> None:
+        self.inner.close()
+
     def _stream(self, requests: Sequence[LLMRequest]) -> Iterator[tuple[int, LLMResponse]]:
         ident = self.identity()
         keys = [cache_key(ident, r) for r in requests]

