@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument("--target-score", type=float, default=0.95, help="stop once the best dev score reaches this")
     opt.add_argument("--patience", type=int, default=2, help="stop after this many iterations without improvement")
     opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--max-requests", type=int, default=0, help="budget: model calls, retries included (0: no cap)")
+    opt.add_argument("--max-tokens", type=int, default=0, help="budget: prompt + completion tokens (0: no cap)")
+    opt.add_argument("--max-cost-usd", type=float, default=0.0, help="budget: estimated US dollars (0: no cap)")
+    opt.add_argument("--max-failed-fraction", type=float, default=0.02,
+                     help="share of rows that may end in an error before an iteration fails (default 0.02)")
     opt.add_argument("--report-json", type=Path, help="also write the report to this file")
     opt.add_argument("--verbose", action="store_true", help="show Dagster's own step logs")
     sub.add_parser("ui", help="start `dagster dev` on this project's Dagster home")
@@ -43,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
 def _optimization_config(args: argparse.Namespace) -> dict:
     return {"optimizer": args.optimizer, "eval_size": args.eval_size, "test_size": args.test_size,
             "max_iterations": args.max_iterations, "target_score": args.target_score, "patience": args.patience,
-            "seed": args.seed}
+            "seed": args.seed, "max_requests": args.max_requests, "max_tokens": args.max_tokens,
+            "max_cost_usd": args.max_cost_usd, "max_failed_fraction": args.max_failed_fraction}
 
 
 def _failure_message(result) -> str:
@@ -74,6 +80,12 @@ def optimize(args: argparse.Namespace) -> int:
     project.splits(args.dataset)  # also names an unknown dataset
     project.initial_prompt(args.dataset)
 
+    if not args.verbose:  # Dagster's console shows only warnings; inference progress still reaches the user
+        progress = logging.getLogger("promptopt.inference")
+        progress.setLevel(logging.INFO)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("  %(message)s"))
+        progress.addHandler(handler)
     instance = dg.DagsterInstance.get()
     resource_config = {"resources": {"optimization": {"config": _optimization_config(args)}}}
     level = "DEBUG" if args.verbose else "WARNING"
@@ -106,7 +118,8 @@ def optimize(args: argparse.Namespace) -> int:
         print(f"[{args.dataset}] iteration {iteration}: baseline {compare['baseline_score'].value:.4f}, refined "
               f"{compare['refined_score'].value:.4f}, {'accepted' if compare['accepted'].value else 'rejected'}; "
               f"best {compare['best_score'].value:.4f}; "
-              f"{'stop: ' + stop_reason if stop_reason else 'continue'} ({time.perf_counter() - started:.0f}s)",
+              f"{'stop: ' + stop_reason if stop_reason else 'continue'}; {compare['requests'].value} model calls, "
+              f"${compare['cost_usd'].value:.4f} ({time.perf_counter() - started:.0f}s)",
               flush=True)
         step = next_step(args.dataset, iteration, stop_reason)
         if step.iteration is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import dagster as dg
@@ -43,7 +44,14 @@ def never_right(request: LLMRequest) -> str:
     return " maybe"
 
 
-SCRIPTS = {"demos_help": demos_help, "never_right": never_right}
+def fails_one_row_in_five(request: LLMRequest) -> str:
+    """demos_help, except that a fixed fifth of the rows fail every time (like a row the API rejects)."""
+    if int(hashlib.sha256(request.prompt.encode()).hexdigest(), 16) % 5 == 0:
+        raise RuntimeError("http_400: the provider rejected this row")
+    return demos_help(request)
+
+
+SCRIPTS = {"demos_help": demos_help, "never_right": never_right, "fails_one_row_in_five": fails_one_row_in_five}
 
 
 class ScriptedLLMResource(LLMResource):

@@ -34,8 +34,8 @@ def _small_project(root: Path) -> Path:
 
 def _promptopt(root: Path, *args: str, backend: str = "fake", timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PROMPTOPT_DATA_DIR": str(root / "data"), "PROMPTOPT_PROMPTS_DIR": str(root / "prompts"),
-           "PROMPTOPT_STATE_DIR": str(root / "state"), "PROMPTOPT_TASK_BACKEND": backend,
-           "PROMPTOPT_OPTIMIZER_BACKEND": backend}
+           "PROMPTOPT_STATE_DIR": str(root / "state"), "PROMPTOPT_TASK__BACKEND": backend,
+           "PROMPTOPT_OPTIMIZER__BACKEND": backend}
     env.pop("DAGSTER_HOME", None)
     return subprocess.run([sys.executable, "-m", "promptopt_dagster.cli", *args], env=env, cwd=root,
                           capture_output=True, text=True, timeout=timeout)

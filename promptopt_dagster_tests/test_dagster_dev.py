@@ -32,8 +32,8 @@ def _free_port() -> int:
 @pytest.fixture
 def dagster_dev(tmp_path):
     state, port = tmp_path / "state", _free_port()
-    env = {**os.environ, "PROMPTOPT_STATE_DIR": str(state), "PROMPTOPT_TASK_BACKEND": "fake",
-           "PROMPTOPT_OPTIMIZER_BACKEND": "fake", "DAGSTER_HOME": str(state / "dagster_home")}
+    env = {**os.environ, "PROMPTOPT_STATE_DIR": str(state), "PROMPTOPT_TASK__BACKEND": "fake",
+           "PROMPTOPT_OPTIMIZER__BACKEND": "fake", "DAGSTER_HOME": str(state / "dagster_home")}
     from promptopt_dagster.defs.home import DAGSTER_YAML
 
     (state / "dagster_home").mkdir(parents=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import dagster as dg
@@ -173,3 +174,47 @@ def test_partition_keys_parse_from_strings_as_the_ui_sends_them():
     # Runs launched from the UI or GraphQL carry "sst2|3", not a MultiPartitionKey (seen under dagster dev).
     assert parse_key("sst2|3") == ("sst2", 3)
     assert parse_key(iteration_key("sms_spam", 12)) == ("sms_spam", 12)
+
+
+# --- failed rows, usage and budget ------------------------------------------------------------------------
+
+def test_failed_rows_are_stored_and_the_blocking_check_stops_the_iteration_over_the_limit(tmp_path, instance):
+    from promptopt_dagster.defs.resources import OptimizationConfig
+
+    assert OptimizationConfig().max_failed_fraction == 0.02
+    defs = make_defs(tmp_path, script="fails_one_row_in_five")
+    assert prepare(defs, instance).success
+    result = run_iteration(defs, instance, 0, target_score=1.1)
+    assert not result.success
+    assert _checks(result) == {"baseline_predictions:all_rows_answered": False}
+    stored = query(tmp_path, "select error, attempts from promptopt.baseline_predictions")
+    failed = stored[stored["error"].notna()]
+    assert len(stored) == 20 and 0 < len(failed) < 20  # every row kept, failures with their reason
+    assert failed["error"].str.contains("rejected this row").all() and (failed["attempts"] == 1).all()
+    assert query(tmp_path, "select count(*) as n from information_schema.tables "
+                           "where table_name = 'refined_prompt'")["n"][0] == 0  # nothing ran downstream
+
+    # The same failures under a looser limit: the iteration goes on, failed rows score 0.
+    assert run_iteration(defs, instance, 0, target_score=1.1, max_failed_fraction=0.5).success
+
+
+def test_usage_is_summed_per_iteration_and_a_budget_stops_the_loop(tmp_path, instance):
+    defs = make_defs(tmp_path)
+    assert prepare(defs, instance).success
+    # Iteration 0 sends 20 baseline rows, 2 candidates x 10 minibatch rows and 20 refined rows.
+    result = run_iteration(defs, instance, 0, target_score=1.1, max_requests=50)
+    assert result.success
+    report = query(tmp_path, "select stop_reason, why, usage_json, spent_json from promptopt.comparison_report").iloc[0]
+    assert report["stop_reason"] == "budget" and "requests 60 reached the budget of 50" in report["why"]
+    assert json.loads(report["spent_json"])["requests"] == 60
+    assert json.loads(report["usage_json"])["fake/scripted-demos_help"]["llm_calls"] == 60
+    meta = result.asset_materializations_for_node("comparison_report")[0].metadata
+    assert meta["requests"].value == 60 and meta["stop_reason"].value == "budget"
+
+    final = defs.resolve_job_def("final_report_job").execute_in_process(
+        partition_key="sst2", instance=instance, run_config=run_config())
+    data = final.asset_materializations_for_node("final_report")[0].metadata["report"].value
+    assert data["stop_reason"] == "budget"
+    assert data["usage"]["total"]["requests"] == 60 + 40 == data["requests"]  # + initial and best on 20 test rows
+    assert data["usage"]["final_report"]["requests"] == 40
+    assert set(data["usage"]["by_model"]) == {"fake/scripted-demos_help"}
