@@ -62,9 +62,10 @@ def main() -> None:
         warm.generate(requests(args.in_flight, "warm-up"))  # connections and imports, not measured
 
         platform = make_client(args.backend, url, args.in_flight)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         out = platform.generate(requests(args.requests, "platform"))
         platform_s = time.perf_counter() - started
+        cpu_ms = 1000 * (time.process_time() - cpu_started) / args.requests
         failed = sum(r.error is not None for r in out)
 
         seed = make_client(args.backend, url, 10)
@@ -84,7 +85,7 @@ def main() -> None:
     print(f"backend {args.backend}, {args.requests} requests, {args.latency_s * 1000:.0f} ms latency, "
           f"{os.cpu_count()} cores")
     print(f"platform ({args.in_flight} in flight): {platform_s:6.2f} s  {rate:7.1f} req/s  "
-          f"{rate / ideal:.3f} of ideal {ideal:.0f} req/s  ({failed} failed)")
+          f"{rate / ideal:.3f} of ideal {ideal:.0f} req/s  ({failed} failed; client CPU {cpu_ms:.2f} ms/request)")
     print(f"seed (sequential batches of 10): {seed_s:6.2f} s  {seed_rate:7.1f} req/s  "
           f"{seed_rate / (10 / args.latency_s):.3f} of its ideal {10 / args.latency_s:.0f} req/s")
     print(f"speed-up {rate / seed_rate:.1f}x; target >= 0.9 of ideal: {'met' if rate / ideal >= 0.9 else 'NOT met'}")
