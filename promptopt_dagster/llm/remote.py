@@ -157,7 +157,7 @@ class RemoteClient(LLMClient):
         if isinstance(exc, (ConnectionError, OSError)):
             return Failure("connection", f"connection failed: {type(exc).__name__}: {exc}", True)
         name = type(exc).__module__.split(".")[0]
-        if name in ("aiohttp", "httpx", "httpcore"):  # transport errors of the SDKs' HTTP stacks
+X
             return Failure("connection", f"connection failed: {type(exc).__name__}: {exc}", True)
         return Failure("error", f"{type(exc).__name__}: {exc}", False)
 
