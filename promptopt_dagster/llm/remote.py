@@ -157,7 +157,7 @@ class RemoteClient(LLMClient):
         if isinstance(exc, (ConnectionError, OSError)):
             return Failure("connection", f"connection failed: {type(exc).__name__}: {exc}", True)
         name = type(exc).__module__.split(".")[0]
-X
+        if name in ("aiohttp", "httpx", "httpcore", "httpx2", "httpcore2"):  # the SDKs' HTTP transports
             return Failure("connection", f"connection failed: {type(exc).__name__}: {exc}", True)
         return Failure("error", f"{type(exc).__name__}: {exc}", False)
 
