@@ -180,3 +180,8 @@ def test_each_budget_unit_stops_the_loop_and_zero_means_no_cap():
 def test_threshold_outranks_budget():
     policy = StopPolicy(target_score=0.9, budget=Budget(max_requests=1))
     assert decide(0, 0.5, 0.95, LoopState(), policy, Spend(requests=5)).stop_reason == "threshold"
+
+
+def test_spend_round_trips_through_its_stored_json():
+    spent = Spend(requests=3, tokens=120, cost_usd=0.0125)
+    assert Spend.from_json(spent.to_json()) == spent and Spend() + spent == spent

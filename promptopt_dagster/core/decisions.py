@@ -6,6 +6,7 @@ the stop rule cannot drift between the two ways of running.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 
 from pydantic import BaseModel
@@ -21,6 +22,14 @@ class Spend:
 
     def __add__(self, other: "Spend") -> "Spend":
         return Spend(self.requests + other.requests, self.tokens + other.tokens, self.cost_usd + other.cost_usd)
+
+    def to_json(self) -> str:
+        """The form stored in the warehouse's `spent_json` columns."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Spend":
+        return cls(**json.loads(text))
 
 
 class Budget(BaseModel):

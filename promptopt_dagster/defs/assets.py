@@ -24,7 +24,7 @@ from promptopt_dagster.core.reports import comparison_markdown, worst_rows_markd
 from promptopt_dagster.defs.partitions import (DATASET_EXPR, ITERATION_EXPR, dataset_partitions,
                                                iteration_partitions, split_key)
 from promptopt_dagster.defs.resources import LLMResource, OptimizationConfig, ProjectResource
-from promptopt_dagster.defs.tables import prompt_frame, prompt_from_frame, spent_from_frame, with_partition
+from promptopt_dagster.defs.tables import prompt_frame, prompt_from_frame, with_partition
 from promptopt_dagster.llm import usage as llm_usage
 from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.llm.inference import predict
@@ -113,7 +113,7 @@ def baseline_prompt(context: dg.AssetExecutionContext, project: ProjectResource,
         prompt = PromptVersion.model_validate_json(row["prompt_json"])
         state = LoopState(best_score=row["best_score"],
                           iterations_without_improvement=int(row["iterations_without_improvement"]),
-                          spent=Spend(**json.loads(row["spent_json"])))
+                          spent=Spend.from_json(row["spent_json"]))
         if row["stop_reason"]:
             context.log.warning(f"iteration {iteration - 1} decided to stop ({row['stop_reason']}); "
                                 "running this iteration anyway because it was requested")
@@ -277,7 +277,7 @@ def comparison_report(context: dg.AssetExecutionContext, baseline_prompt: pd.Dat
     baseline, refined = prompt_from_frame(baseline_prompt), prompt_from_frame(refined_prompt)
     state = LoopState(best_score=None if pd.isna(base_row["best_score"]) else float(base_row["best_score"]),
                       iterations_without_improvement=int(base_row["iterations_without_improvement"]),
-                      spent=spent_from_frame(baseline_prompt))
+                      spent=Spend.from_json(base_row["spent_json"]))
     baseline_score = float(baseline_metrics["score"].mean())
     refined_score = None if ref_row["status"] == "rejected_by_optimizer" else float(refined_metrics["score"].mean())
     usage = llm_usage.merge(llm_usage.from_rows(baseline_predictions.to_dict("records")),
@@ -310,7 +310,7 @@ def comparison_report(context: dg.AssetExecutionContext, baseline_prompt: pd.Dat
         "refined_score": float("nan") if refined_score is None else refined_score, "accepted": decision.accepted,
         "best_score": decision.best_score, "iterations_without_improvement": decision.iterations_without_improvement,
         "stop_reason": decision.stop_reason, "why": decision.why, "report_md": report_md,
-        "usage_json": llm_usage.to_json(usage), "spent_json": json.dumps(dataclasses.asdict(decision.spent)),
+        "usage_json": llm_usage.to_json(usage), "spent_json": decision.spent.to_json(),
     }]).astype({"stop_reason": "string"})
 
 
@@ -329,7 +329,7 @@ def best_prompt(context: dg.AssetExecutionContext, comparison_report: pd.DataFra
     })
     return prompt_frame(dataset, iteration, winner, status="best", note=row["why"], best_score=float(row["best_score"]),
                         iterations_without_improvement=int(row["iterations_without_improvement"]),
-                        stop_reason=stop_reason, spent=Spend(**json.loads(row["spent_json"])))
+                        stop_reason=stop_reason, spent=Spend.from_json(row["spent_json"]))
 
 
 # --- after the loop ---------------------------------------------------------------------------------

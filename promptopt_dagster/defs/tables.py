@@ -6,8 +6,6 @@ order and fixed dtypes; the full version also travels as JSON so it round-trips 
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from datetime import datetime, timezone
 from typing import Any
 
@@ -37,14 +35,10 @@ def prompt_frame(dataset: str, iteration: int, prompt: PromptVersion, status: st
         "num_demos": len(prompt.demos), "status": status, "note": note,
         "best_score": float("nan") if best_score is None else best_score,
         "iterations_without_improvement": iterations_without_improvement, "stop_reason": stop_reason,
-        "usage_json": usage_json, "spent_json": json.dumps(dataclasses.asdict(spent)), "prompt_json": prompt.to_json(),
+        "usage_json": usage_json, "spent_json": spent.to_json(), "prompt_json": prompt.to_json(),
         "written_at": datetime.now(timezone.utc).isoformat(),
     }
     return pd.DataFrame([row], columns=list(PROMPT_COLUMNS)).astype(PROMPT_COLUMNS)
-
-
-def spent_from_frame(frame: pd.DataFrame) -> Spend:
-    return Spend(**json.loads(frame.iloc[0]["spent_json"]))
 
 
 def prompt_from_frame(frame: pd.DataFrame) -> PromptVersion:
