@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from promptopt_dagster.llm.factory import ModelSettings
+from promptopt_dagster.llm.model_settings import ModelSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,8 @@ from promptopt_dagster.core.decisions import Budget, StopPolicy
 from promptopt_dagster.core.errors import ManifestError
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.llm.base import LLMClient
-from promptopt_dagster.llm.factory import ModelSettings, build_client
+from promptopt_dagster.llm.factory import build_client
+from promptopt_dagster.llm.model_settings import ModelSettings
 from promptopt_dagster.settings import get_settings
 
 

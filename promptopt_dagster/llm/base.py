@@ -8,7 +8,7 @@ as they finish, which lets callers log progress and store answers before a long 
 from __future__ import annotations
 
 import dataclasses
-from abc import ABC
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal, Sequence
 
@@ -53,8 +53,8 @@ class LLMClient(ABC):
         self.price = Price()
 
     @property
-    def model(self) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def model(self) -> str: ...
 
     @property
     def model_key(self) -> str:

@@ -1,63 +1,19 @@
-"""Build a (cached) client from plain settings, so the Dagster resource, the CLI and the tests share one path.
-
-`ModelSettings` is every knob of one model; the task model and the optimizer model each get their
-own (PROMPTOPT_TASK__* and PROMPTOPT_OPTIMIZER__* in settings.py, or the `task_model` and
-`optimizer_model` resources in Dagster). Secrets are not settings: the key is read from the
-environment variable the settings name, and never stored, logged or hashed.
-"""
+"""Build a (cached) client from plain settings, so the Dagster resource, the CLI and the tests share one path."""
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
-from typing import Literal
-
-from pydantic import BaseModel, Field
 
 from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.llm.cache import CachedClient, ResponseCache
+from promptopt_dagster.llm.model_settings import BACKENDS, ModelSettings, api_key_from_env
 from promptopt_dagster.llm.remote import RetryPolicy
 from promptopt_dagster.llm.usage import price_for
 
+__all__ = ["ModelSettings", "build_client"]
+
 log = logging.getLogger("promptopt.llm")
-
-BACKENDS = ("local", "gemini", "openai", "fake")
-DEFAULT_KEY_ENV = {"gemini": "GOOGLE_API_KEY", "openai": "OPENAI_API_KEY"}
-
-
-class ModelSettings(BaseModel):
-    backend: str = Field("local", description="local (embedded llama.cpp) | gemini | openai | fake (tests)")
-    model: str | None = Field(None, description="Model name (or GGUF path for local); empty: the backend's default")
-    # where: gemini
-    vertexai: bool = Field(True, description="gemini: Vertex AI with ADC (true) or the Gemini API with a key (false)")
-    project: str | None = Field(None, description="gemini on Vertex: Google Cloud project id")
-    location: str = Field("us-central1", description="gemini on Vertex: region, or 'global'")
-    # where: openai, or a proxy/test server for gemini
-    base_url: str | None = Field(None, description="openai: server URL ending in /v1; gemini: endpoint override")
-    api_key_env: str | None = Field(None, description="Environment variable holding the API key "
-                                                      "(default GOOGLE_API_KEY / OPENAI_API_KEY)")
-    json_mode: Literal["schema", "object", "off"] = Field(
-        "schema", description="openai: how to ask for JSON (json_schema, json_object, or not at all)")
-    # how fast
-    max_in_flight: int = Field(16, description="Requests sent at once (remote backends)")
-    rpm: int | None = Field(None, description="Requests per minute, shared by everything this process sends to the model")
-    tpm: int | None = Field(None, description="Tokens per minute, shared likewise")
-    timeout_s: float = Field(60.0, description="Seconds to wait for one reply")
-    max_attempts: int = Field(6, description="Tries per row, the first included, on 408/429/5xx/timeouts/broken replies")
-    backoff_initial_s: float = Field(1.0, description="First retry waits up to this long (full jitter, doubling)")
-    backoff_max_s: float = Field(60.0, description="Cap of one backoff wait; a longer Retry-After is still honoured")
-    # what it costs
-    input_price_per_mtok: float | None = Field(None, description="USD per million prompt tokens (default: llm/prices.yaml)")
-    output_price_per_mtok: float | None = Field(None, description="USD per million completion tokens")
-
-    def key_env(self) -> str | None:
-        return self.api_key_env or DEFAULT_KEY_ENV.get(self.backend)
-
-
-def api_key_from_env(settings: ModelSettings) -> str | None:
-    name = settings.key_env()
-    return os.environ.get(name) or None if name else None
 
 
 def build_client(settings: ModelSettings, model_dir: Path, threads: int, cache_path: Path | None,
