@@ -28,7 +28,8 @@ class GeminiClient(RemoteClient):
         self._vertexai, self._project, self._location, self._base_url = vertexai, project, location, base_url
         super().__init__(model or DEFAULT_MODEL, secrets=[api_key or ""], **engine)
         # httpx, not the aiohttp the SDK prefers when installed: aiohttp silently re-sends a POST when a
-        # kept-alive connection drops (billed twice, counted once), and measured no faster here.
+        # kept-alive connection drops (billed twice, counted once); the 'drop' case of
+        # test_llm_remote.py::test_transient_failures_are_retried_until_answered pins the exact count.
         http = types.HttpOptions(base_url=base_url, api_version=api_version, timeout=int(self.timeout_s * 1000),
                                  httpx_async_client=httpx.AsyncClient(
                                      timeout=self.timeout_s, limits=httpx.Limits(max_connections=max(100, self.max_in_flight))))

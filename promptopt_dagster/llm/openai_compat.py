@@ -26,8 +26,8 @@ class OpenAIClient(RemoteClient):
         self._base_url = base_url
         self.json_mode = json_mode
         super().__init__(model or DEFAULT_MODEL, secrets=[api_key or ""], **engine)
-        # aiohttp under the SDK (openai[aiohttp]) costs about 30% less CPU per request than its default
-        # httpx stack; at 32 in flight on 2 cores that is the difference between ~0.8 and ~0.9 of ideal.
+        # aiohttp under the SDK (openai[aiohttp]) costs less CPU per request than its default httpx
+        # stack, and on a small machine CPU per request bounds throughput (bench/llm_throughput.py).
         self._reply_type = openai.types.chat.ChatCompletion
         self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or NO_KEY, max_retries=0,
                                           timeout=self.timeout_s, http_client=openai.DefaultAioHttpClient(
@@ -63,7 +63,7 @@ class OpenAIClient(RemoteClient):
         if fmt is not None:
             kwargs["response_format"] = fmt
         # The SDK's documented raw `post` (README, "undocumented endpoints") skips the per-call walk over
-        # the typed parameters that `chat.completions.create` does: a fifth of its CPU per request.
+        # the typed parameters that `chat.completions.create` does on every call.
         reply = await self._client.post("/chat/completions", cast_to=self._reply_type, body=kwargs)
         if not getattr(reply, "choices", None):
             raise MalformedReply("no choices in the reply")
