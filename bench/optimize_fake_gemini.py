@@ -2,7 +2,7 @@
 
 Prints what the server counted next to what the report says, so the accounting can be checked by
 eye, plus the fault mix, the wall time and the scores. The fake model is a word-list classifier
-(promptopt_dagster_tests/test_remote_optimize.py::lexicon_model), so the scores say nothing about
+(promptopt_dagster_tests/remote_helpers.py::lexicon_model), so the scores say nothing about
 Gemini; the point is that every row is answered and every request and token is accounted for.
 
     .venv/bin/python bench/optimize_fake_gemini.py
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from promptopt_dagster_tests.fake_llm_servers import FaultPlan, FakeLLMServer  # noqa: E402
-from promptopt_dagster_tests.test_remote_optimize import gemini_env, lexicon_model, run_cli  # noqa: E402
+from promptopt_dagster_tests.remote_helpers import gemini_env, lexicon_model, run_cli  # noqa: E402
 
 
 def main() -> None:

@@ -3,52 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import duckdb
 import pytest
 
-from promptopt_dagster.settings import PROJECT_ROOT
 from promptopt_dagster_tests.fake_llm_servers import FaultPlan, FakeLLMServer
-from promptopt_dagster_tests.remote_helpers import SECRET, adc_file
+from promptopt_dagster_tests.remote_helpers import SECRET, gemini_env, lexicon_model, run_cli, warehouse
 from promptopt_dagster_tests.test_cli import _small_project
-
-POSITIVE = {"good", "great", "best", "love", "fun", "beautiful", "wonderful", "funny", "fine", "enjoy", "moving",
-            "remarkable", "charming", "entertaining", "brilliant", "well", "solid", "sweet", "pleasure", "delight"}
-NEGATIVE = {"bad", "worst", "dull", "boring", "mess", "fails", "stupid", "flat", "tedious", "awful", "lack",
-            "nothing", "problem", "poor", "unfunny", "pointless", "never", "no", "not", "too"}
-
-
-def lexicon_model(req) -> str:
-    """A crude sentiment 'model': good enough for the optimizer to have something to move."""
-    words = set(req.user.lower().replace(",", " ").replace(".", " ").split())
-    pos, neg = len(words & POSITIVE), len(words & NEGATIVE)
-    if pos == neg and not req.messages[:-1]:  # without demos it hedges, with demos it commits
-        return "neutral"
-    return "positive" if pos >= neg else "negative"
-
-
-def run_cli(state: Path, env_extra: dict, *args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PROMPTOPT_STATE_DIR": str(state), "PROMPTOPT_OPTIMIZER__BACKEND": "fake", **env_extra}
-    env.pop("DAGSTER_HOME", None)
-    return subprocess.run([sys.executable, "-m", "promptopt_dagster.cli", "optimize", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=1200)
-
-
-def gemini_env(srv: FakeLLMServer, tmp_path: Path) -> dict:
-    return {"PROMPTOPT_TASK__BACKEND": "gemini", "PROMPTOPT_TASK__BASE_URL": srv.url,
-            "PROMPTOPT_TASK__PROJECT": "proj-1", "PROMPTOPT_TASK__LOCATION": "us-central1",
-            "GOOGLE_APPLICATION_CREDENTIALS": str(adc_file(tmp_path, srv)),
-            "PROMPTOPT_TASK__TIMEOUT_S": "0.5", "PROMPTOPT_TASK__BACKOFF_INITIAL_S": "0.01",
-            "PROMPTOPT_TASK__BACKOFF_MAX_S": "0.05"}
-
-
-def warehouse(state: Path, sql: str):
-    with duckdb.connect(str(state / "warehouse.duckdb"), read_only=True) as con:
-        return con.execute(sql).fetchdf()
 
 
 @pytest.mark.slow
