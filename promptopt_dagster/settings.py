@@ -36,6 +36,8 @@ class Settings(BaseSettings):
                                 description="The model that answers rows: PROMPTOPT_TASK__BACKEND, __MODEL, ...")
     optimizer: ModelSettings = Field(default_factory=ModelSettings,
                                      description="The model the reflective optimizer asks: PROMPTOPT_OPTIMIZER__*")
+    judge: ModelSettings = Field(default_factory=ModelSettings,
+                                 description="The model the llm_judge scorer asks: PROMPTOPT_JUDGE__*")
     progress_interval_s: float = Field(5.0, description="Seconds between progress lines during inference.")
 
     @property

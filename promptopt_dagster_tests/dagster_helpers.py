@@ -66,13 +66,14 @@ class ScriptedLLMResource(LLMResource):
 
 
 def make_defs(tmp_path: Path, script: str = "demos_help", data_dir: Path = DATA_DIR,
-              prompts_dir: Path = PROMPTS_DIR) -> dg.Definitions:
+              prompts_dir: Path = PROMPTS_DIR, judge_script: str = "never_right") -> dg.Definitions:
     warehouse = str(tmp_path / "warehouse.duckdb")
     llm = dict(script=script, backend="fake", model_dir=str(tmp_path / "models"), threads=1)
     return build_definitions({
         "project": ProjectResource(data_dir=str(data_dir), prompts_dir=str(prompts_dir)),
         "task_model": ScriptedLLMResource(**llm),
         "optimizer_model": ScriptedLLMResource(**llm),
+        "judge_model": ScriptedLLMResource(**{**llm, "script": judge_script}),
         "optimization": OptimizationConfig.configure_at_launch(),
         "warehouse": DuckDBResource(database=warehouse),
         "io_manager": WarehouseIOManager(database=warehouse, schema="promptopt"),

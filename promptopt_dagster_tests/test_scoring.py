@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 
+from promptopt_dagster.core.errors import ScorerError
 from promptopt_dagster.scoring import available_metrics, score
 from promptopt_dagster.scoring.normalize import normalize, to_label
 from promptopt_dagster.settings import PROJECT_ROOT
@@ -23,9 +24,9 @@ def test_available_metrics():
 
 
 def test_unknown_metric_names_the_fix():
-    with pytest.raises(ValueError) as info:
-        score("bleu", ["a"], ["a"])
-    assert "bleu" in str(info.value) and "accuracy" in str(info.value) and "manifest.yaml" in str(info.value)
+    with pytest.raises(ScorerError) as info:
+        score("bleurt", ["a"], ["a"])
+    assert "bleurt" in str(info.value) and "accuracy" in str(info.value) and "manifest.yaml" in str(info.value)
 
 
 # --- exact_match -------------------------------------------------------------------------------

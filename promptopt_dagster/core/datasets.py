@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from promptopt_dagster.core.errors import DatasetError, ManifestError
+from promptopt_dagster.scoring.suite import AGGREGATE, ScorerSpec
 
 COLUMNS = ("user_input", "ground_truth_output")
 SPLITS = ("train", "dev", "test")
@@ -24,12 +25,23 @@ class DatasetSpec(BaseModel):
     description: str = ""
     files: dict[str, str]  # split -> path relative to the data dir
     labels: list[str] = Field(default_factory=list)  # empty: free-form outputs
-    target_metric: str = "accuracy"
+    #: Scorers with weights; none given means the single scorer `target_metric` (default accuracy).
+    scorers: list[ScorerSpec] = Field(default_factory=list)
+    #: What the loop accepts and stops on: a scorer's name or "aggregate" (the weighted mean of all).
+    target_metric: str | None = None
     initial_prompt: str  # path relative to the prompts dir
     max_output_tokens: int = 8
 
+    @model_validator(mode="after")
+    def _one_scorer_by_default(self) -> "DatasetSpec":
+        if not self.scorers:
+            self.scorers = [ScorerSpec(name=self.target_metric or "accuracy")]
+        if self.target_metric is None:
+            self.target_metric = AGGREGATE if len(self.scorers) > 1 else self.scorers[0].name
+        return self
 
-def load_manifest(path: Path) -> dict[str, DatasetSpec]:
+
+def _read_manifest(path: Path) -> dict:
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
@@ -38,6 +50,28 @@ def load_manifest(path: Path) -> dict[str, DatasetSpec]:
     except yaml.YAMLError as exc:
         raise ManifestError(f"Dataset manifest {path} is not valid YAML ({exc}). Fix the syntax; "
                             "it needs a `datasets:` mapping.") from None
+    return raw
+
+
+def load_user_scorers(path: Path) -> dict[str, str]:
+    """The manifest's top-level `scorers:` mapping, name -> dotted path (or a path to an evaluate
+    module, taken relative to the manifest's folder)."""
+    raw = _read_manifest(path)
+    entries = raw.get("scorers") if isinstance(raw, dict) else None
+    if entries is None:
+        return {}
+    if not isinstance(entries, dict) or not all(isinstance(v, str) for v in entries.values()):
+        raise ManifestError(f"Dataset manifest {path}: `scorers:` must map names to dotted paths, e.g. "
+                            "`scorers: {{keyword_overlap: mypackage.scorers:keyword_overlap}}`.")
+    out = {}
+    for name, target in entries.items():
+        local = Path(path).parent / target
+        out[str(name)] = str(local) if target.endswith(".py") or "/" in target else target
+    return out
+
+
+def load_manifest(path: Path) -> dict[str, DatasetSpec]:
+    raw = _read_manifest(path)
     entries = raw.get("datasets") if isinstance(raw, dict) else None
     if not isinstance(entries, dict) or not entries:
         raise ManifestError(f"Dataset manifest {path} has no `datasets:` mapping. Add one entry per dataset.")
@@ -47,7 +81,7 @@ def load_manifest(path: Path) -> dict[str, DatasetSpec]:
             specs[name] = DatasetSpec(name=name, **(entry or {}))
         except (ValidationError, TypeError) as exc:
             raise ManifestError(f"Dataset manifest {path}, entry '{name}': {exc}. Each entry needs "
-                                "files (train, dev, test), target_metric and initial_prompt.") from None
+                                "files (train, dev, test), initial_prompt, and a target_metric or scorers.") from None
         missing = [s for s in SPLITS if s not in specs[name].files]
         if missing:
             raise ManifestError(f"Dataset manifest {path}, entry '{name}' names no file for split(s) "

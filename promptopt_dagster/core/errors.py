@@ -15,3 +15,7 @@ class PromptError(PromptOptError):
 
 class ManifestError(PromptOptError):
     pass
+
+
+class ScorerError(PromptOptError):
+    """A scorer that cannot be found, loaded or run as configured (names the scorer and its source)."""

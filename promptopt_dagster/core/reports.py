@@ -9,7 +9,7 @@ from promptopt_dagster.core.prompts import PromptVersion, unified_diff
 
 
 def comparison_markdown(metric: str, decision: Decision, baseline: PromptVersion, refined: PromptVersion,
-                        refined_note: str | None) -> str:
+                        refined_note: str | None, scores: dict[str, dict[str, float] | None] | None = None) -> str:
     refined_score = "n/a" if decision.refined_score is None else f"{decision.refined_score:.4f}"
     diff = unified_diff(baseline, refined) or "(no change)"
     lines = [
@@ -23,22 +23,35 @@ def comparison_markdown(metric: str, decision: Decision, baseline: PromptVersion
         f"**Decision:** {decision.why}. Iterations without improvement: {decision.iterations_without_improvement}. "
         f"**Next:** {'stop (' + decision.stop_reason + ')' if decision.stop_reason else 'continue'}.",
     ]
+    if scores and len(scores.get("baseline") or {}) > 2:  # several scorers: show each beside the aggregate
+        names = list(scores["baseline"])
+        lines += ["", "| prompt | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for which in ("baseline", "refined"):
+            values = scores.get(which) or {}
+            lines.append(f"| {which} | " + " | ".join(f"{values[n]:.4f}" if n in values else "n/a" for n in names) + " |")
     if refined_note:
         lines += ["", f"**Optimizer note:** {refined_note}"]
     lines += ["", "#### Prompt diff", "```diff", diff, "```"]
     return "\n".join(lines)
 
 
-def worst_rows_markdown(scored: pd.DataFrame, limit: int = 10) -> str:
-    worst = scored.sort_values(["score", "row_id"]).head(limit)
-    lines = ["| row | input | expected | answer | score |", "|---|---|---|---|---|"]
-    for r in worst.itertuples():
-        cells = [str(r.row_id), _cell(r.user_input), _cell(r.ground_truth_output), _cell(r.prediction), f"{r.score:.2f}"]
+def worst_rows_markdown(scored: pd.DataFrame, scorers: list[str] | None = None, limit: int = 10) -> str:
+    """The lowest-scored rows first (by the target `score`), with every scorer's score and the judge's why."""
+    worst = scored.sort_values(["score", "row_id"], kind="stable").head(limit)
+    scorers = [c for c in (scorers or []) if c in scored.columns]
+    explained = "rationale" in scored.columns and scored["rationale"].notna().any()
+    head = ["row", "input", "expected", "answer", "score", *scorers, *(["rationale"] if explained else [])]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in worst.to_dict("records"):
+        cells = [str(r["row_id"]), _cell(r["user_input"]), _cell(r["ground_truth_output"]), _cell(r["prediction"]),
+                 f"{r['score']:.2f}", *(f"{r[c]:.2f}" for c in scorers)]
+        if explained:
+            cells.append(_cell(r.get("rationale"), 160))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def _cell(text, width: int = 80) -> str:
-    text = "" if text is None or (isinstance(text, float) and pd.isna(text)) else str(text)
+    text = "" if text is None or text is pd.NA or (isinstance(text, float) and pd.isna(text)) else str(text)
     text = text.replace("|", "\\|").replace("\n", " ")
     return text if len(text) <= width else text[: width - 1] + "…"

@@ -30,7 +30,7 @@ from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.llm.inference import predict
 from promptopt_dagster.llm.usage import UsageByModel, UsageStats
 from promptopt_dagster.optimizers import OptimizerInput, get_optimizer
-from promptopt_dagster.scoring import score
+from promptopt_dagster.scoring.suite import ScoringSuite, objective_value, summary_from_frame, wide_scores
 from promptopt_dagster.settings import get_settings
 
 LOOP = "prompt_optimization"
@@ -92,10 +92,12 @@ def _eval_rows(dataset_splits: pd.DataFrame, dataset: str, optimization: Optimiz
 def dataset_splits(context: dg.AssetExecutionContext, project: ProjectResource):
     """train / dev / test rows of one dataset, validated on load (bad files fail before any LLM call)."""
     spec = project.spec(context.partition_key)
+    suite = project.suite(context.partition_key)  # an unknown scorer or option fails here, before any model call
     frame = project.splits(context.partition_key).to_frame()
     counts = frame["split"].value_counts().to_dict()
     yield dg.Output(frame, metadata={**{f"rows_{s}": dg.MetadataValue.int(int(n)) for s, n in counts.items()},
-                                     "labels": ", ".join(spec.labels), "target_metric": spec.target_metric})
+                                     "labels": ", ".join(spec.labels), "target_metric": suite.target,
+                                     "scorers": suite.describe()})
     yield _gate("splits_valid_and_disjoint", dataset_gate(frame), "dataset_splits")
 
 
@@ -178,19 +180,40 @@ def baseline_predictions(context: dg.AssetExecutionContext, dataset_splits: pd.D
                             optimization)
 
 
-def _metrics(context: dg.AssetExecutionContext, asset: str, predictions: pd.DataFrame, project: ProjectResource):
+def _suite(project: ProjectResource, dataset: str, judge_model: LLMResource,
+           optimization: OptimizationConfig) -> ScoringSuite:
+    return project.suite(dataset, judge_model, optimization.target_metric)
+
+
+def _score_answers(suite: ScoringSuite, judge_model: LLMResource, answers: pd.DataFrame):
+    """Every scorer on a predictions table, plus what the judge model used doing it."""
+    judge = [judge_model.get_client()] if suite.uses_judge else []
+    before = _snapshot(judge)
+    result = suite.score(answers["prediction"].tolist(), answers["ground_truth_output"].tolist(),
+                         inputs=answers["user_input"].tolist())
+    return result, _usage(judge, before)
+
+
+def _metrics(context: dg.AssetExecutionContext, asset: str, predictions: pd.DataFrame, project: ProjectResource,
+             judge_model: LLMResource, optimization: OptimizationConfig):
     dataset, iteration = split_key(context)
-    spec = project.spec(dataset)
-    result = score(spec.target_metric, predictions["prediction"].tolist(),
-                   predictions["ground_truth_output"].tolist(), labels=spec.labels)
-    frame = predictions[["dataset", "iteration", "row_id"]].assign(metric=spec.target_metric, score=result.per_row)
-    scored = predictions.assign(score=result.per_row)
-    context.log.info(f"{asset}: {spec.target_metric} = {result.value:.4f} on {len(frame)} rows")
+    suite = _suite(project, dataset, judge_model, optimization)
+    result, usage = _score_answers(suite, judge_model, predictions)
+    frame = with_partition(result.to_frame(predictions["row_id"].tolist()), dataset, iteration)
+    frame["usage_json"] = llm_usage.to_json(usage)  # judge calls count toward the budget (comparison_report)
+    summary = result.summary()
+    context.log.info(f"{asset}: {suite.target} = {result.value:.4f} on {len(predictions)} rows ("
+                     + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()) + ")")
+    details = {f"{name}.{k}": dg.MetadataValue.float(float(v)) for name, r in result.results.items()
+               for k, v in r.details.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    scored = predictions.merge(wide_scores(frame), on="row_id")
     yield dg.Output(frame, metadata={
         "score": dg.MetadataValue.float(result.value),
-        spec.target_metric: dg.MetadataValue.float(result.value),
-        **{k: dg.MetadataValue.float(float(v)) for k, v in result.details.items() if isinstance(v, (int, float))},
-        "worst_rows": dg.MetadataValue.md(worst_rows_markdown(scored)),
+        "target_metric": suite.target,
+        **{name: dg.MetadataValue.float(v) for name, v in summary.items()},
+        **details,
+        "worst_rows": dg.MetadataValue.md(worst_rows_markdown(scored, [*result.results])),
+        **(_usage_metadata(usage) if usage else {}),
     })
     yield _gate("scores_in_range", metric_range_gate(frame["score"]), asset, dg.AssetCheckSeverity.WARN)
 
@@ -201,9 +224,10 @@ def _in_range(asset: str) -> list[dg.AssetCheckSpec]:
 
 @dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP,
           check_specs=_in_range("baseline_metrics"))
-def baseline_metrics(context: dg.AssetExecutionContext, baseline_predictions: pd.DataFrame, project: ProjectResource):
-    """Per-row scores of the baseline answers (evaluate metric modules); the mean is the iteration's baseline."""
-    yield from _metrics(context, "baseline_metrics", baseline_predictions, project)
+def baseline_metrics(context: dg.AssetExecutionContext, baseline_predictions: pd.DataFrame, project: ProjectResource,
+                     judge_model: LLMResource, optimization: OptimizationConfig):
+    """Per-row and aggregate scores of the baseline answers, per scorer and weighted (the iteration's baseline)."""
+    yield from _metrics(context, "baseline_metrics", baseline_predictions, project, judge_model, optimization)
 
 
 @dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP,
@@ -211,27 +235,33 @@ def baseline_metrics(context: dg.AssetExecutionContext, baseline_predictions: pd
                                          description="Not empty and keeps exactly one {user_input}.")])
 def refined_prompt(context: dg.AssetExecutionContext, dataset_splits: pd.DataFrame, baseline_prompt: pd.DataFrame,
                    baseline_predictions: pd.DataFrame, baseline_metrics: pd.DataFrame, project: ProjectResource,
-                   task_model: LLMResource, optimizer_model: LLMResource, optimization: OptimizationConfig):
-    """The optimizer's proposal. When it has nothing usable, the baseline is kept and the reason recorded."""
+                   task_model: LLMResource, optimizer_model: LLMResource, judge_model: LLMResource,
+                   optimization: OptimizationConfig):
+    """The optimizer's proposal. When it has nothing usable, the baseline is kept and the reason recorded.
+
+    The optimizer sees the target's per-row scores and, from an LLM judge, why each row scored low."""
     dataset, iteration = split_key(context)
     spec, prompt = project.spec(dataset), prompt_from_frame(baseline_prompt)
+    suite = _suite(project, dataset, judge_model, optimization)
     splits = DatasetSplits.from_frame(dataset, dataset_splits)
-    scored = baseline_predictions.merge(baseline_metrics[["row_id", "score"]], on="row_id")
-    task, opt = task_model.get_client(), optimizer_model.get_client()
-    before = _snapshot([task, opt])
+    scored = baseline_predictions.merge(wide_scores(baseline_metrics)[["row_id", "score", "rationale"]], on="row_id")
+    clients = [task_model.get_client(), optimizer_model.get_client()]
+    clients += [judge_model.get_client()] if suite.uses_judge else []
+    task, opt = clients[0], clients[1]
+    before = _snapshot(clients)
 
     def evaluate(candidate: PromptVersion, rows: pd.DataFrame):
         answers = _predict(task, candidate, rows, spec.max_output_tokens, f"candidate {dataset}|{iteration}")
-        return score(spec.target_metric, answers["prediction"].tolist(), answers["ground_truth_output"].tolist(),
-                     labels=spec.labels)
+        return suite.score(answers["prediction"].tolist(), answers["ground_truth_output"].tolist(),
+                           inputs=answers["user_input"].tolist()).objective()
 
     optimizer = get_optimizer(optimization.optimizer, **optimization.optimizer_options())
     proposal = optimizer.propose(
-        OptimizerInput(prompt=prompt, scored_rows=scored, baseline_score=float(scored["score"].mean()),
-                       metric=spec.target_metric, train=splits.train, labels=spec.labels, iteration=iteration,
+        OptimizerInput(prompt=prompt, scored_rows=scored, baseline_score=objective_value(baseline_metrics),
+                       metric=suite.describe(), train=splits.train, labels=spec.labels, iteration=iteration,
                        seed=optimization.seed),
         evaluate, opt)
-    usage = _usage([task, opt], before)
+    usage = _usage(clients, before)
     if proposal.prompt is None:  # the optimizer already logged why; the reason is also stored below
         refined, status = prompt, "rejected_by_optimizer"
     else:
@@ -258,9 +288,10 @@ def refined_predictions(context: dg.AssetExecutionContext, dataset_splits: pd.Da
 
 @dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP,
           check_specs=_in_range("refined_metrics"))
-def refined_metrics(context: dg.AssetExecutionContext, refined_predictions: pd.DataFrame, project: ProjectResource):
-    """Per-row scores of the refined answers."""
-    yield from _metrics(context, "refined_metrics", refined_predictions, project)
+def refined_metrics(context: dg.AssetExecutionContext, refined_predictions: pd.DataFrame, project: ProjectResource,
+                    judge_model: LLMResource, optimization: OptimizationConfig):
+    """Per-row and aggregate scores of the refined answers, per scorer and weighted."""
+    yield from _metrics(context, "refined_metrics", refined_predictions, project, judge_model, optimization)
 
 
 @dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP)
@@ -272,30 +303,36 @@ def comparison_report(context: dg.AssetExecutionContext, baseline_prompt: pd.Dat
 
     It also sums what the iteration's model calls used, so the budget is part of the same decision."""
     dataset, iteration = split_key(context)
-    metric = project.spec(dataset).target_metric
+    metric = _target_name(baseline_metrics)
     base_row, ref_row = baseline_prompt.iloc[0], refined_prompt.iloc[0]
     baseline, refined = prompt_from_frame(baseline_prompt), prompt_from_frame(refined_prompt)
     state = LoopState(best_score=None if pd.isna(base_row["best_score"]) else float(base_row["best_score"]),
                       iterations_without_improvement=int(base_row["iterations_without_improvement"]),
                       spent=Spend.from_json(base_row["spent_json"]))
-    baseline_score = float(baseline_metrics["score"].mean())
-    refined_score = None if ref_row["status"] == "rejected_by_optimizer" else float(refined_metrics["score"].mean())
+    baseline_score = objective_value(baseline_metrics)
+    rejected = ref_row["status"] == "rejected_by_optimizer"
+    refined_score = None if rejected else objective_value(refined_metrics)
+    scores = {"baseline": summary_from_frame(baseline_metrics),
+              "refined": None if rejected else summary_from_frame(refined_metrics)}
     usage = llm_usage.merge(llm_usage.from_rows(baseline_predictions.to_dict("records")),
-                            llm_usage.from_json(ref_row["usage_json"]),
-                            llm_usage.from_rows(refined_predictions.to_dict("records")))
+                            _judge_usage(baseline_metrics), llm_usage.from_json(ref_row["usage_json"]),
+                            llm_usage.from_rows(refined_predictions.to_dict("records")), _judge_usage(refined_metrics))
     decision = decide(iteration, baseline_score, refined_score, state, optimization.stop_policy(), _spend(usage))
     report_md = comparison_markdown(metric, decision, baseline, refined,
-                                    None if pd.isna(ref_row["note"]) else ref_row["note"])
+                                    None if pd.isna(ref_row["note"]) else ref_row["note"], scores)
+    columns = list(scores["baseline"])
     context.log.info(f"{dataset}|{iteration}: {decision.why}; "
                      f"{'stop: ' + decision.stop_reason if decision.stop_reason else 'continue'}")
     context.add_output_metadata({
         "report": dg.MetadataValue.md(report_md),
         "scores": dg.MetadataValue.table(
-            records=[dg.TableRecord({"prompt": "baseline", "version": baseline.version, metric: baseline_score}),
-                     dg.TableRecord({"prompt": "refined", "version": refined.version,
-                                     metric: float("nan") if refined_score is None else refined_score})],
+            records=[dg.TableRecord({"prompt": name, "version": prompt.version,
+                                     **{c: (values or {}).get(c, float("nan")) for c in columns}})
+                     for name, prompt, values in (("baseline", baseline, scores["baseline"]),
+                                                  ("refined", refined, scores["refined"]))],
             schema=dg.TableSchema(columns=[dg.TableColumn("prompt", "string"), dg.TableColumn("version", "int"),
-                                           dg.TableColumn(metric, "float")])),
+                                           *(dg.TableColumn(c, "float") for c in columns)])),
+        "target_metric": metric,
         "baseline_score": dg.MetadataValue.float(baseline_score),
         "refined_score": dg.MetadataValue.float(float("nan") if refined_score is None else refined_score),
         "best_score": dg.MetadataValue.float(decision.best_score),
@@ -310,8 +347,18 @@ def comparison_report(context: dg.AssetExecutionContext, baseline_prompt: pd.Dat
         "refined_score": float("nan") if refined_score is None else refined_score, "accepted": decision.accepted,
         "best_score": decision.best_score, "iterations_without_improvement": decision.iterations_without_improvement,
         "stop_reason": decision.stop_reason, "why": decision.why, "report_md": report_md,
-        "usage_json": llm_usage.to_json(usage), "spent_json": decision.spent.to_json(),
+        "scores_json": json.dumps(scores), "usage_json": llm_usage.to_json(usage),
+        "spent_json": decision.spent.to_json(),
     }]).astype({"stop_reason": "string"})
+
+
+def _target_name(metrics: pd.DataFrame) -> str:
+    target = metrics[metrics["is_target"].astype(bool)]["scorer"]
+    return str(target.iloc[0]) if len(target) else "score"
+
+
+def _judge_usage(metrics: pd.DataFrame) -> UsageByModel:
+    return llm_usage.from_json(metrics["usage_json"].iloc[0]) if len(metrics) else {}
 
 
 @dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP)
@@ -336,37 +383,41 @@ def best_prompt(context: dg.AssetExecutionContext, comparison_report: pd.DataFra
 
 @dg.asset(partitions_def=dataset_partitions, metadata=DATASET_EXPR, group_name=LOOP, deps=[best_prompt])
 def final_report(context: dg.AssetExecutionContext, dataset_splits: pd.DataFrame, project: ProjectResource,
-                 task_model: LLMResource, optimization: OptimizationConfig, warehouse: DuckDBResource) -> pd.DataFrame:
+                 task_model: LLMResource, judge_model: LLMResource, optimization: OptimizationConfig,
+                 warehouse: DuckDBResource) -> pd.DataFrame:
     """The latest best prompt and the initial prompt scored on the held-out test split.
 
     The optimizer never sees test rows: they enter the loop only here, after it has stopped.
     """
     dataset = context.partition_key
     spec = project.spec(dataset)
+    suite = _suite(project, dataset, judge_model, optimization)
     history = _optimization_history(warehouse, dataset)
     best = PromptVersion.model_validate_json(history["prompt_json"])
     initial = project.initial_prompt(dataset)
     test = sample_rows(DatasetSplits.from_frame(dataset, dataset_splits).test, optimization.test_size, optimization.seed)
     client = task_model.get_client()
-    test_scores, test_usage = {}, {}
+    test_scores, test_summaries, test_usage = {}, {}, {}
     for name, prompt in (("initial", initial), ("best", best)):
         answers = _predict(client, prompt, test, spec.max_output_tokens, f"test {name} {dataset}")
-        test_scores[name] = score(spec.target_metric, answers["prediction"].tolist(),
-                                  answers["ground_truth_output"].tolist(), labels=spec.labels).value
-        test_usage = llm_usage.merge(test_usage, llm_usage.from_rows(answers.to_dict("records")))
+        result, judge_usage = _score_answers(suite, judge_model, answers)
+        test_scores[name], test_summaries[name] = result.value, result.summary()
+        test_usage = llm_usage.merge(test_usage, llm_usage.from_rows(answers.to_dict("records")), judge_usage)
     usage = llm_usage.merge(history["usage"], test_usage)
     totals = llm_usage.total(usage)
     report = {
-        "dataset": dataset, "metric": spec.target_metric, "iterations": int(history["iteration"]) + 1,
+        "dataset": dataset, "metric": suite.target, "iterations": int(history["iteration"]) + 1,
+        "scorers": [s.model_dump() for s in suite.specs],
         "stop_reason": history["stop_reason"], "eval_size": optimization.eval_size, "test_size": len(test),
         "initial_dev_score": history["initial_dev_score"], "best_dev_score": float(history["best_score"]),
         "initial_test_score": test_scores["initial"], "best_test_score": test_scores["best"],
+        "test_scores": test_summaries, "dev_scores": history["dev_scores"],
         "llm_calls": totals.llm_calls, "cache_hits": totals.cache_hits, "requests": totals.requests,
         "usage": {"total": totals.to_dict(), "by_model": {m: u.to_dict() for m, u in sorted(usage.items())},
                   "final_report": llm_usage.total(test_usage).to_dict()},
         "best_prompt": json.loads(best.to_json()),
     }
-    context.log.info(f"{dataset}: test {spec.target_metric} initial {test_scores['initial']:.4f} -> "
+    context.log.info(f"{dataset}: test {suite.target} initial {test_scores['initial']:.4f} -> "
                      f"best {test_scores['best']:.4f}")
     context.add_output_metadata({
         "report": dg.MetadataValue.json(report),
@@ -377,6 +428,16 @@ def final_report(context: dg.AssetExecutionContext, dataset_splits: pd.DataFrame
     })
     return pd.DataFrame([{"dataset": dataset, "initial_test_score": test_scores["initial"],
                           "best_test_score": test_scores["best"], "report_json": json.dumps(report)}])
+
+
+def _best_dev_scores(con, dataset: str, last: int) -> dict[str, float]:
+    """Per-scorer dev scores of the best prompt: those of the last accepted refinement, else of iteration 0."""
+    accepted = con.execute("select scores_json from promptopt.comparison_report where dataset = ? and iteration <= ?"
+                           " and accepted order by iteration desc limit 1", [dataset, last]).fetchone()
+    if accepted:
+        return json.loads(accepted[0])["refined"]
+    return json.loads(con.execute("select scores_json from promptopt.comparison_report where dataset = ? and "
+                                  "iteration = 0", [dataset]).fetchone()[0])["baseline"]
 
 
 def _optimization_history(warehouse: DuckDBResource, dataset: str) -> dict:
@@ -390,9 +451,10 @@ def _optimization_history(warehouse: DuckDBResource, dataset: str) -> dict:
         row = best.iloc[0].to_dict()
         last = int(row["iteration"])
         args = [dataset, last]
-        row["initial_dev_score"] = con.execute(
-            "select baseline_score from promptopt.comparison_report where dataset = ? and iteration = 0", [dataset]
-        ).fetchone()[0]
+        first = con.execute("select baseline_score, scores_json from promptopt.comparison_report"
+                            " where dataset = ? and iteration = 0", [dataset]).fetchone()
+        row["initial_dev_score"] = first[0]
+        row["dev_scores"] = {"initial": json.loads(first[1])["baseline"], "best": _best_dev_scores(con, dataset, last)}
         per_iteration = con.execute("select usage_json from promptopt.comparison_report"
                                     " where dataset = ? and iteration <= ?", args).fetchall()
     row["usage"] = llm_usage.merge(*(llm_usage.from_json(u) for (u,) in per_iteration))

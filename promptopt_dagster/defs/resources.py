@@ -12,13 +12,15 @@ from pathlib import Path
 import dagster as dg
 from pydantic import PrivateAttr
 
-from promptopt_dagster.core.datasets import DatasetSpec, DatasetSplits, load_manifest, load_splits
+from promptopt_dagster.core.datasets import DatasetSpec, DatasetSplits, load_manifest, load_splits, load_user_scorers
 from promptopt_dagster.core.decisions import Budget, StopPolicy
 from promptopt_dagster.core.errors import ManifestError
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.llm.factory import build_client
 from promptopt_dagster.llm.model_settings import ModelSettings
+from promptopt_dagster.scoring.registry import ScorerRegistry
+from promptopt_dagster.scoring.suite import ScoringSuite
 from promptopt_dagster.settings import get_settings
 
 
@@ -37,6 +39,19 @@ class ProjectResource(dg.ConfigurableResource):
             raise ManifestError(f"Dataset '{dataset}' is not in {Path(self.data_dir) / 'manifest.yaml'}; "
                                 f"known: {', '.join(sorted(specs))}. Add an entry there.")
         return specs[dataset]
+
+    def scorer_registry(self) -> ScorerRegistry:
+        """Built-ins, entry points and the manifest's `scorers:`; a name clash fails here."""
+        path = Path(self.data_dir) / "manifest.yaml"
+        return ScorerRegistry(load_user_scorers(path), config_source=str(path))
+
+    def suite(self, dataset: str, judge_model: "LLMResource | None" = None,
+              target: str | None = None) -> ScoringSuite:
+        """The dataset's scorers, checked; `target` overrides the manifest's target_metric for one run."""
+        spec = self.spec(dataset)
+        return ScoringSuite(spec.scorers, target or spec.target_metric, self.scorer_registry(), spec.labels,
+                            judge_client=judge_model.get_client if judge_model is not None else None,
+                            where=f"{Path(self.data_dir) / 'manifest.yaml'}, dataset '{dataset}'")
 
     def splits(self, dataset: str) -> DatasetSplits:
         return load_splits(self.spec(dataset), Path(self.data_dir))
@@ -88,6 +103,7 @@ class OptimizationConfig(dg.ConfigurableResource):
     max_requests: int = 0  # budget of the whole optimization in model calls (retries included); 0 = none
     max_tokens: int = 0  # budget in prompt + completion tokens; 0 = none
     max_cost_usd: float = 0.0  # budget in estimated US dollars (llm/prices.yaml); 0 = none
+    target_metric: str | None = None  # overrides the manifest's: a scorer name or "aggregate"
     seed: int = 0
 
     def stop_policy(self) -> StopPolicy:
@@ -123,6 +139,7 @@ def default_resources() -> dict:
         "project": ProjectResource(data_dir=str(s.data_dir), prompts_dir=str(s.prompts_dir)),
         "task_model": model_resource(s.task),
         "optimizer_model": model_resource(s.optimizer),
+        "judge_model": model_resource(s.judge),
         "optimization": OptimizationConfig.configure_at_launch(),
         "warehouse": DuckDBResource(database=str(s.warehouse_path)),
         "io_manager": WarehouseIOManager(database=str(s.warehouse_path), schema="promptopt"),

@@ -7,7 +7,7 @@ an answer naming no label is wrong. An `evaluate` metric module: `evaluate.load(
 import datasets
 import evaluate
 
-from promptopt_dagster.scoring.normalize import normalize, to_label
+from promptopt_dagster.scoring.normalize import normalize_many, to_label_many
 
 _DESCRIPTION = "Fraction of answers whose label equals the reference label; per-row scores in `scores`."
 _KWARGS = """
@@ -33,9 +33,10 @@ class Accuracy(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, labels=None):
-        labels = list(labels) if labels else sorted({normalize(r) for r in references})
-        mapped = [to_label(p, labels) for p in predictions]
-        scores = [float(m is not None and m == normalize(r)) for m, r in zip(mapped, references)]
+        refs = normalize_many(references)
+        labels = list(labels) if labels else sorted(set(refs))
+        mapped = to_label_many(predictions, labels)
+        scores = (mapped == refs).astype(float)
         n = len(scores)
-        return {"accuracy": sum(scores) / n if n else 0.0, "scores": scores,
-                "invalid_rate": sum(m is None for m in mapped) / n if n else 0.0}
+        return {"accuracy": float(scores.mean()) if n else 0.0, "scores": scores.tolist(),
+                "invalid_rate": float(sum(m is None for m in mapped)) / n if n else 0.0}

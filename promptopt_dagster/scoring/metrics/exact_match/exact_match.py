@@ -6,7 +6,7 @@ An `evaluate` metric module: load it offline with `evaluate.load(<this directory
 import datasets
 import evaluate
 
-from promptopt_dagster.scoring.normalize import normalize
+from promptopt_dagster.scoring.normalize import normalize_many
 
 _DESCRIPTION = "Fraction of predictions equal to their reference after normalisation; per-row scores in `scores`."
 _KWARGS = """
@@ -33,6 +33,6 @@ class ExactMatch(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, first_line=True, ignore_case=True, strip=True):
-        scores = [float(normalize(p, first_line, ignore_case, strip) == normalize(r, first_line, ignore_case, strip))
-                  for p, r in zip(predictions, references)]
-        return {"exact_match": sum(scores) / len(scores) if scores else 0.0, "scores": scores}
+        options = dict(first_line=first_line, ignore_case=ignore_case, strip=strip)
+        scores = (normalize_many(predictions, **options) == normalize_many(references, **options)).astype(float)
+        return {"exact_match": float(scores.mean()) if len(scores) else 0.0, "scores": scores.tolist()}
