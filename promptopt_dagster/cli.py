@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument("--test-size", type=int, default=500, help="held-out test rows in the report (0: all)")
     opt.add_argument("--optimizer", choices=["fewshot", "reflective"], default="fewshot")
     opt.add_argument("--target-score", type=float, default=0.95, help="stop once the best dev score reaches this")
+    opt.add_argument("--target-metric", help="what the loop accepts and stops on: one of the dataset's scorers or "
+                                             "'aggregate' (default: target_metric in data/manifest.yaml)")
     opt.add_argument("--patience", type=int, default=2, help="stop after this many iterations without improvement")
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--max-requests", type=int, default=0, help="budget: model calls, retries included (0: no cap)")
@@ -49,7 +51,8 @@ def _optimization_config(args: argparse.Namespace) -> dict:
     return {"optimizer": args.optimizer, "eval_size": args.eval_size, "test_size": args.test_size,
             "max_iterations": args.max_iterations, "target_score": args.target_score, "patience": args.patience,
             "seed": args.seed, "max_requests": args.max_requests, "max_tokens": args.max_tokens,
-            "max_cost_usd": args.max_cost_usd, "max_failed_fraction": args.max_failed_fraction}
+            "max_cost_usd": args.max_cost_usd, "max_failed_fraction": args.max_failed_fraction,
+            "target_metric": args.target_metric}
 
 
 def _failure_message(result) -> str:
@@ -79,6 +82,7 @@ def optimize(args: argparse.Namespace) -> int:
     project = defs.resources["project"]
     project.splits(args.dataset)  # also names an unknown dataset
     project.initial_prompt(args.dataset)
+    suite = project.suite(args.dataset, target=args.target_metric)  # unknown scorers, options, name clashes
 
     if not args.verbose:  # Dagster's console shows only warnings; inference progress still reaches the user
         progress = logging.getLogger("promptopt.inference")
@@ -103,7 +107,7 @@ def optimize(args: argparse.Namespace) -> int:
                                  f"{_failure_message(result)}")
         return result
 
-    print(f"[{args.dataset}] loading and validating the dataset splits", flush=True)
+    print(f"[{args.dataset}] loading and validating the dataset splits; scoring with {suite.describe()}", flush=True)
     run(DATASET_JOB, args.dataset, with_config=False)
     iteration = 0
     while True:
@@ -115,7 +119,8 @@ def optimize(args: argparse.Namespace) -> int:
         best = result.asset_materializations_for_node("best_prompt")[-1]
         compare = result.asset_materializations_for_node("comparison_report")[-1].metadata
         stop_reason = stop_reason_of(best)
-        print(f"[{args.dataset}] iteration {iteration}: baseline {compare['baseline_score'].value:.4f}, refined "
+        print(f"[{args.dataset}] iteration {iteration}: {suite.target} baseline "
+              f"{compare['baseline_score'].value:.4f}, refined "
               f"{compare['refined_score'].value:.4f}, {'accepted' if compare['accepted'].value else 'rejected'}; "
               f"best {compare['best_score'].value:.4f}; "
               f"{'stop: ' + stop_reason if stop_reason else 'continue'}; {compare['requests'].value} model calls, "

@@ -51,7 +51,20 @@ def fails_one_row_in_five(request: LLMRequest) -> str:
     return demos_help(request)
 
 
-SCRIPTS = {"demos_help": demos_help, "never_right": never_right, "fails_one_row_in_five": fails_one_row_in_five}
+def judge_exact(request: LLMRequest) -> str:
+    """A completion-mode judge: 5 when the answer equals the reference, else 1, always with a reason."""
+    import json
+
+    row = request.prompt.rsplit("Reference answer (JSON string): ", 1)[1]
+    reference = json.loads(row.split("\n", 1)[0])
+    answer = json.loads(row.split("Answer to judge (JSON string): ", 1)[1].split("\n", 1)[0])
+    if answer.strip() == reference:
+        return ' 5, "rationale": "matches the reference"}'
+    return f' 1, "rationale": "says {answer.strip()} where the review is {reference}"}}'
+
+
+SCRIPTS = {"demos_help": demos_help, "never_right": never_right, "fails_one_row_in_five": fails_one_row_in_five,
+           "judge_exact": judge_exact}
 
 
 class ScriptedLLMResource(LLMResource):

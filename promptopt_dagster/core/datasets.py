@@ -31,6 +31,8 @@ class DatasetSpec(BaseModel):
     target_metric: str | None = None
     initial_prompt: str  # path relative to the prompts dir
     max_output_tokens: int = 8
+    #: Where a base (completion-mode) model's answer ends; chat models end on their own.
+    completion_stop: list[str] = Field(default_factory=lambda: ["\n"])
 
     @model_validator(mode="after")
     def _one_scorer_by_default(self) -> "DatasetSpec":

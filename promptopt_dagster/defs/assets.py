@@ -15,7 +15,7 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from promptopt_dagster.core.datasets import DatasetSplits, sample_rows
+from promptopt_dagster.core.datasets import DatasetSpec, DatasetSplits, sample_rows
 from promptopt_dagster.core.decisions import LoopState, Spend, decide
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.core.quality import (GateResult, dataset_gate, metric_range_gate, predictions_gate,
@@ -72,9 +72,9 @@ def _spend(by_model: UsageByModel) -> Spend:
     return Spend(requests=t.requests, tokens=t.tokens, cost_usd=t.cost_usd)
 
 
-def _predict(client: LLMClient, prompt: PromptVersion, rows: pd.DataFrame, max_tokens: int, label: str):
-    return predict(client, prompt, rows, max_tokens, label=label,
-                   progress_interval_s=get_settings().progress_interval_s)
+def _predict(client: LLMClient, prompt: PromptVersion, rows: pd.DataFrame, spec: DatasetSpec, label: str):
+    return predict(client, prompt, rows, spec.max_output_tokens, label=label,
+                   progress_interval_s=get_settings().progress_interval_s, stop=tuple(spec.completion_stop))
 
 
 def _eval_rows(dataset_splits: pd.DataFrame, dataset: str, optimization: OptimizationConfig) -> pd.DataFrame:
@@ -154,7 +154,7 @@ def _predictions(context: dg.AssetExecutionContext, asset: str, dataset_splits: 
     dataset, iteration = split_key(context)
     spec, prompt = project.spec(dataset), prompt_from_frame(prompt_table)
     rows = _eval_rows(dataset_splits, dataset, optimization)
-    preds = _predict(task_model.get_client(), prompt, rows, spec.max_output_tokens, f"{asset} {dataset}|{iteration}")
+    preds = _predict(task_model.get_client(), prompt, rows, spec, f"{asset} {dataset}|{iteration}")
     usage = llm_usage.from_rows(preds.to_dict("records"))
     frame = with_partition(preds, dataset, iteration)
     frame.insert(2, "prompt_id", prompt.id)
@@ -251,7 +251,7 @@ def refined_prompt(context: dg.AssetExecutionContext, dataset_splits: pd.DataFra
     before = _snapshot(clients)
 
     def evaluate(candidate: PromptVersion, rows: pd.DataFrame):
-        answers = _predict(task, candidate, rows, spec.max_output_tokens, f"candidate {dataset}|{iteration}")
+        answers = _predict(task, candidate, rows, spec, f"candidate {dataset}|{iteration}")
         return suite.score(answers["prediction"].tolist(), answers["ground_truth_output"].tolist(),
                            inputs=answers["user_input"].tolist()).objective()
 
@@ -399,7 +399,7 @@ def final_report(context: dg.AssetExecutionContext, dataset_splits: pd.DataFrame
     client = task_model.get_client()
     test_scores, test_summaries, test_usage = {}, {}, {}
     for name, prompt in (("initial", initial), ("best", best)):
-        answers = _predict(client, prompt, test, spec.max_output_tokens, f"test {name} {dataset}")
+        answers = _predict(client, prompt, test, spec, f"test {name} {dataset}")
         result, judge_usage = _score_answers(suite, judge_model, answers)
         test_scores[name], test_summaries[name] = result.value, result.summary()
         test_usage = llm_usage.merge(test_usage, llm_usage.from_rows(answers.to_dict("records")), judge_usage)

@@ -14,16 +14,19 @@ PREDICTION_DTYPES = {"row_id": "int64", "attempts": "int64", "model": "string", 
                      "completion_tokens": "int64", "cost_usd": "float64", "latency_s": "float64", "cached": "bool"}
 
 
-def build_request(client: LLMClient, prompt: PromptVersion, user_input: str, max_tokens: int) -> LLMRequest:
+def build_request(client: LLMClient, prompt: PromptVersion, user_input: str, max_tokens: int,
+                  stop: tuple[str, ...] = ("\n",)) -> LLMRequest:
     if client.mode == "chat":
         messages = tuple((m["role"], m["content"]) for m in prompt.render_chat(user_input))
         return LLMRequest(messages=messages, max_tokens=max_tokens, stop=())
-    # A base model continues the pattern past the answer; the newline ends a one-line answer.
-    return LLMRequest(prompt=prompt.render_completion(user_input), max_tokens=max_tokens, stop=("\n",))
+    # A base model continues the pattern past the answer; by default the newline ends a one-line answer
+    # (datasets with multi-line answers set their own stop, e.g. the start of the next demo).
+    return LLMRequest(prompt=prompt.render_completion(user_input), max_tokens=max_tokens, stop=tuple(stop))
 
 
 def predict(client: LLMClient, prompt: PromptVersion, rows: pd.DataFrame, max_tokens: int,
-            label: str = "inference", progress_interval_s: float = 5.0) -> pd.DataFrame:
+            label: str = "inference", progress_interval_s: float = 5.0,
+            stop: tuple[str, ...] = ("\n",)) -> pd.DataFrame:
     """One prediction row per input row, in input order; failed rows keep their error and attempt count.
 
     All rows go to the client in one batch, so a remote backend keeps its full number of requests
@@ -34,7 +37,7 @@ def predict(client: LLMClient, prompt: PromptVersion, rows: pd.DataFrame, max_to
     def on_result(_: int, r: LLMResponse) -> None:
         progress.advance(failed=r.error is not None, cached=r.cached)
 
-    responses = client.generate([build_request(client, prompt, r["user_input"], max_tokens) for r in inputs],
+    responses = client.generate([build_request(client, prompt, r["user_input"], max_tokens, stop) for r in inputs],
                                 on_result=on_result)
     records = [{"row_id": row["row_id"], "user_input": row["user_input"],
                 "ground_truth_output": row["ground_truth_output"],

@@ -19,8 +19,7 @@ _EDGE = string.punctuation + string.whitespace + "“”‘’«»"
 def normalize(text: str | None, first_line: bool = True, ignore_case: bool = True, strip: bool = True) -> str:
     text = text or ""
     if first_line:
-        lines = [line for line in text.splitlines() if line.strip()]
-        text = lines[0] if lines else ""
+        text = next((line for line in text.splitlines() if not line.isspace() and line), "")
     if strip:
         text = text.strip(_EDGE)
     if ignore_case:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import metadata
@@ -25,6 +26,7 @@ from promptopt_dagster.core.errors import ScorerError
 METRICS_DIR = Path(__file__).parent / "metrics"
 ENTRY_POINT_GROUP = "promptopt_dagster.scorers"
 JUDGE = "llm_judge"  # built in, but not an evaluate module: it needs a model client
+RESERVED = {"aggregate", "score", "rationale", "row_id"}  # column and row names of the score tables
 
 
 def available_metrics() -> list[str]:
@@ -82,6 +84,10 @@ class ScorerRegistry:
         user += [ScorerEntry(str(name), str(target), f"'{name}: {target}' under scorers: in {config_source}")
                  for name, target in (user_scorers or {}).items()]
         for entry in user:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", entry.name) or entry.name in RESERVED:
+                raise ScorerError(f"Scorer name '{entry.name}' ({entry.source}) is not allowed: use letters, digits "
+                                  f"and underscores, and none of {', '.join(sorted(RESERVED))} (the score tables "
+                                  "use those words).")
             known = self._entries.get(entry.name)
             if known is not None and known.target != entry.target:
                 what = "the built-in scorer" if known.builtin else "the user scorer"

@@ -120,12 +120,16 @@ class ScoringSuite:
         self._judge_client = judge_client
         self._scorers: dict[str, Scorer] = {}
         for spec in self.specs:
-            self.registry.entry(spec.name)  # unknown names fail here, with the known ones listed
+            try:  # unknown names and unloadable user scorers fail here, with the known ones listed
+                self.registry.entry(spec.name)
+                if spec.name != JUDGE:
+                    self._scorers[spec.name] = self.registry.load(spec.name)
+            except ScorerError as exc:
+                raise ScorerError(f"{where}: {exc}") from None
             if spec.name == JUDGE:
                 unknown = set(spec.options) - JUDGE_OPTIONS
             else:
-                scorer = self._scorers[spec.name] = self.registry.load(spec.name)
-                accepted = scorer.accepts()
+                accepted = self._scorers[spec.name].accepts()
                 unknown = set() if accepted is None else set(spec.options) - accepted
             if unknown:
                 accepted_text = ", ".join(sorted(JUDGE_OPTIONS if spec.name == JUDGE else accepted or ())) or "none"
