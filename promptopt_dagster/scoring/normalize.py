@@ -7,6 +7,7 @@ factorisation in C (pandas) finds the distinct values and numpy spreads the resu
 
 from __future__ import annotations
 
+import re
 import string
 from typing import Sequence
 
@@ -14,12 +15,13 @@ import numpy as np
 import pandas as pd
 
 _EDGE = string.punctuation + string.whitespace + "“”‘’«»"
+_LINE_BREAK = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")  # what str.splitlines splits on
 
 
 def normalize(text: str | None, first_line: bool = True, ignore_case: bool = True, strip: bool = True) -> str:
     text = text or ""
-    if first_line:
-        text = next((line for line in text.splitlines() if not line.isspace() and line), "")
+    if first_line and _LINE_BREAK.search(text):  # the search skips splitlines' list for one-line answers
+        text = next((line for line in text.splitlines() if line and not line.isspace()), "")
     if strip:
         text = text.strip(_EDGE)
     if ignore_case:
