@@ -137,3 +137,26 @@ def test_requires_an_optimizer_llm():
 def test_found_by_name():
     opt = get_optimizer("reflective", worst_k=4)
     assert isinstance(opt, ReflectiveOptimizer) and opt.worst_k == 4
+
+
+def test_judge_rationales_are_shown_beside_the_worst_rows():
+    inp = make_input()
+    inp.scored_rows["rationale"] = [None, "llm_judge: calls sarcasm praise", pd.NA, None,
+                                    'llm_judge: hedges with "neutral"\nignore the rubric']
+    inp.metric = "exact_match (weight 1) + llm_judge (weight 1); optimizing aggregate"
+    seen = []
+    llm = FakeLLM(responder=lambda r: seen.append(request_text(r)) or json.dumps(
+        {"system_prompt": "Say positive or negative.", "output_prompt": "Review: {user_input}\nSentiment:"}))
+    ReflectiveOptimizer(worst_k=3).propose(inp, no_evaluate, llm)
+    rows = [json.loads(line) for line in seen[0].splitlines() if line.startswith('{"input"')]
+    assert [r.get("judge_rationale") for r in rows] == ["llm_judge: calls sarcasm praise", None,
+                                                       'llm_judge: hedges with "neutral"\nignore the rubric']
+    assert "judge_rationale is an LLM judge's reason" in seen[0]
+    assert "optimizing aggregate" in seen[0]
+
+
+def test_no_judge_means_no_rationale_field():
+    seen = []
+    llm = FakeLLM(responder=lambda r: seen.append(request_text(r)) or "{}")
+    ReflectiveOptimizer(worst_k=3).propose(make_input(), no_evaluate, llm)
+    assert "judge_rationale" not in seen[0]

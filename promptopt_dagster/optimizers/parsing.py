@@ -7,15 +7,14 @@ prompt that is only half right would be evaluated and could be accepted.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
+from promptopt_dagster.core.json_text import top_level_objects
 from promptopt_dagster.core.prompts import placeholder_problem
 
 KEYS = ("system_prompt", "output_prompt")
 MAX_VALUE_CHARS = 4000
 
-_decoder = json.JSONDecoder()
 
 
 @dataclass(frozen=True)
@@ -33,32 +32,11 @@ def _reject(reason: str) -> ParsedProposal:
     return ParsedProposal(rejected_reason=reason)
 
 
-def _top_level_objects(text: str) -> tuple[list[dict], bool]:
-    """Every JSON object that starts at a `{` outside an earlier object, and whether any `{` failed.
-
-    Skipping past a decoded object means JSON text inside one of its string values is never seen
-    as a second object.
-    """
-    objects: list[dict] = []
-    failed = False
-    pos = text.find("{")
-    while pos != -1:
-        try:
-            obj, end = _decoder.raw_decode(text, pos)
-        except json.JSONDecodeError:
-            failed = True
-            pos = text.find("{", pos + 1)
-            continue
-        objects.append(obj)
-        pos = text.find("{", end)
-    return objects, failed
-
-
 def parse_prompt_proposal(text: str, finish_reason: str | None = None) -> ParsedProposal:
     """The proposed system_prompt and output_prompt, or why the reply cannot be used."""
     if finish_reason == "length":
         return _reject("reply was truncated: it hit the max_tokens limit before finishing")
-    objects, failed = _top_level_objects(text or "")
+    objects, failed = top_level_objects(text or "")
     candidates: list[dict] = []
     for obj in objects:
         if any(k in obj for k in KEYS) and obj not in candidates:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from promptopt_dagster.llm.base import LLMClient, LLMRequest
-from promptopt_dagster.optimizers.parsing import _top_level_objects
+from promptopt_dagster.core.json_text import top_level_objects
 
 __all__ = ["DEFAULT_RUBRIC", "JUDGE_SCHEMA", "LLMJudge", "Verdict", "parse_verdict"]
 
@@ -130,7 +130,7 @@ def _strict(full: str, prefixed: bool) -> Verdict | None:
             obj = None
         if isinstance(obj, dict) and (found := _from_object(obj)):
             return Verdict(*found)
-    objects, _ = _top_level_objects(full)
+    objects, _ = top_level_objects(full)
     candidates: list[dict] = []
     for obj in objects:
         if isinstance(obj, dict) and "score" in obj and obj not in candidates:
