@@ -4,10 +4,11 @@ The answer is mapped to the label it starts with after normalisation ("Positive.
 an answer naming no label is wrong. An `evaluate` metric module: `evaluate.load(<this directory>)`.
 """
 
-import datasets
 import evaluate
 
+from promptopt_dagster.scoring.module_info import text_pair_info
 from promptopt_dagster.scoring.normalize import normalize_many, to_label_many
+
 
 _DESCRIPTION = "Fraction of answers whose label equals the reference label; per-row scores in `scores`."
 _KWARGS = """
@@ -24,13 +25,7 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
 class Accuracy(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS,
-            features=datasets.Features({"predictions": datasets.Value("string"),
-                                        "references": datasets.Value("string")}),
-        )
+        return text_pair_info(_DESCRIPTION, _KWARGS)
 
     def _compute(self, predictions, references, labels=None):
         refs = normalize_many(references)

@@ -24,9 +24,10 @@ capped at 1.0 so they stay in [0, 1].
 An `evaluate` metric module: `evaluate.load(<this directory>)`.
 """
 
-import datasets
 import evaluate
 from sacrebleu.metrics import BLEU
+
+from promptopt_dagster.scoring.module_info import text_pair_info
 
 _DESCRIPTION = "Corpus BLEU (sacrebleu) / 100; per-row sentence BLEU / 100 in `scores`."
 _KWARGS = """
@@ -46,14 +47,9 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
 class Bleu(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="Post, A Call for Clarity in Reporting BLEU Scores (WMT 2018); "
-                     "Papineni et al., BLEU (ACL 2002)",
-            inputs_description=_KWARGS,
-            features=datasets.Features({"predictions": datasets.Value("string"),
-                                        "references": datasets.Value("string")}),
-        )
+        return text_pair_info(_DESCRIPTION, _KWARGS,
+                              "Post, A Call for Clarity in Reporting BLEU Scores (WMT 2018); "
+                              "Papineni et al., BLEU (ACL 2002)")
 
     def _compute(self, predictions, references, tokenize="13a", lowercase=False):
         corpus = BLEU(tokenize=tokenize, lowercase=lowercase)  # what corpus_bleu builds

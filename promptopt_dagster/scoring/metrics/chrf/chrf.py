@@ -19,9 +19,10 @@ float rounding (sacrebleu can return a hair over 100).
 An `evaluate` metric module: `evaluate.load(<this directory>)`.
 """
 
-import datasets
 import evaluate
 from sacrebleu.metrics import CHRF
+
+from promptopt_dagster.scoring.module_info import text_pair_info
 
 _DESCRIPTION = "Corpus chrF (sacrebleu) / 100; per-row sentence chrF / 100 in `scores`."
 _KWARGS = """
@@ -41,14 +42,9 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
 class Chrf(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="Popovic, chrF: character n-gram F-score for automatic MT evaluation (WMT 2015); "
-                     "Popovic, chrF++ (WMT 2017)",
-            inputs_description=_KWARGS,
-            features=datasets.Features({"predictions": datasets.Value("string"),
-                                        "references": datasets.Value("string")}),
-        )
+        return text_pair_info(_DESCRIPTION, _KWARGS,
+                              "Popovic, chrF: character n-gram F-score for automatic MT evaluation (WMT 2015); "
+                              "Popovic, chrF++ (WMT 2017)")
 
     def _compute(self, predictions, references, char_order=6, word_order=0, beta=2, lowercase=False):
         metric = CHRF(char_order=char_order, word_order=word_order, beta=beta, lowercase=lowercase)

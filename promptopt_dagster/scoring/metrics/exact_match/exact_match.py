@@ -3,10 +3,11 @@
 An `evaluate` metric module: load it offline with `evaluate.load(<this directory>)`.
 """
 
-import datasets
 import evaluate
 
+from promptopt_dagster.scoring.module_info import text_pair_info
 from promptopt_dagster.scoring.normalize import normalize_many
+
 
 _DESCRIPTION = "Fraction of predictions equal to their reference after normalisation; per-row scores in `scores`."
 _KWARGS = """
@@ -24,13 +25,7 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
 class ExactMatch(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS,
-            features=datasets.Features({"predictions": datasets.Value("string"),
-                                        "references": datasets.Value("string")}),
-        )
+        return text_pair_info(_DESCRIPTION, _KWARGS)
 
     def _compute(self, predictions, references, first_line=True, ignore_case=True, strip=True):
         options = dict(first_line=first_line, ignore_case=ignore_case, strip=strip)

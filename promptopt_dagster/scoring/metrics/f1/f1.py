@@ -20,10 +20,11 @@ an empty reference belongs to no class, so its row scores 0.0 and can only add a
 An `evaluate` metric module: `evaluate.load(<this directory>)`.
 """
 
-import datasets
 import evaluate
 
-from promptopt_dagster.scoring.normalize import normalize, to_label
+from promptopt_dagster.scoring.module_info import text_pair_info
+from promptopt_dagster.scoring.normalize import normalize, normalize_many, to_label_many
+
 
 _DESCRIPTION = "Macro F1 over the label set (unmapped answers are wrong); per-row correctness in `scores`."
 _KWARGS = """
@@ -50,27 +51,17 @@ def _label_set(labels, refs):
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
 class F1(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS,
-            features=datasets.Features({"predictions": datasets.Value("string"),
-                                        "references": datasets.Value("string")}),
-        )
+        return text_pair_info(_DESCRIPTION, _KWARGS)
 
     def _compute(self, predictions, references, labels=None):
-        refs = [normalize(r) for r in references]
+        refs = normalize_many(references)
         labels = _label_set(labels, refs)
-        cache = {}
+        mapped = to_label_many(predictions, labels) if labels else [None] * len(refs)
         tp = dict.fromkeys(labels, 0)
         fp = dict.fromkeys(labels, 0)
         fn = dict.fromkeys(labels, 0)
         scores = []
-        for p, r in zip(predictions, refs):
-            if p in cache:
-                m = cache[p]
-            else:
-                m = cache[p] = to_label(p, labels) if labels else None
+        for m, r in zip(mapped, refs):
             if m is not None and m == r:
                 tp[m] += 1
                 scores.append(1.0)

@@ -20,8 +20,8 @@ An `evaluate` metric module: `evaluate.load(<this directory>)`.
 import json
 import re
 
-import datasets
 import evaluate
+from promptopt_dagster.scoring.module_info import text_pair_info
 
 # ``` then an optional info string (json, JSON, javascript...) then the content, then ```: all of the answer.
 _FENCE = re.compile(r"\s*```[ \t]*(?:[A-Za-z][\w+.-]*(?=\s))?(.*?)```\s*", re.DOTALL)
@@ -61,13 +61,7 @@ def parse_json(text, strip_code_fence=True):
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
 class JsonValid(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS,
-            features=datasets.Features({"predictions": datasets.Value("string"),
-                                        "references": datasets.Value("string")}),
-        )
+        return text_pair_info(_DESCRIPTION, _KWARGS)
 
     def _compute(self, predictions, references, strip_code_fence=True, require_object=False, required_keys=None):
         if isinstance(required_keys, str):

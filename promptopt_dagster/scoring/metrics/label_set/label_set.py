@@ -10,10 +10,11 @@ set. An empty label never counts, so an empty answer always scores 0.0.
 An `evaluate` metric module: `evaluate.load(<this directory>)`.
 """
 
-import datasets
 import evaluate
 
-from promptopt_dagster.scoring.normalize import normalize
+from promptopt_dagster.scoring.module_info import text_pair_info
+from promptopt_dagster.scoring.normalize import map_distinct, normalize
+
 
 _DESCRIPTION = "Fraction of answers that are exactly one of the labels after normalisation; per-row in `scores`."
 _KWARGS = """
@@ -29,22 +30,11 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
 class LabelSet(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS,
-            features=datasets.Features({"predictions": datasets.Value("string"),
-                                        "references": datasets.Value("string")}),
-        )
+        return text_pair_info(_DESCRIPTION, _KWARGS)
 
     def _compute(self, predictions, references, labels=None):
         allowed = {normalize(label) for label in (labels if labels else set(references))}
         allowed.discard("")
-        cache = {}
-        scores = []
-        for p in predictions:
-            if p not in cache:
-                cache[p] = float(normalize(p) in allowed)
-            scores.append(cache[p])
+        scores = [float(ok) for ok in map_distinct(lambda p: normalize(p) in allowed, predictions)]
         n = len(scores)
         return {"label_set": sum(scores) / n if n else 0.0, "scores": scores}

@@ -29,8 +29,9 @@ An `evaluate` metric module: `evaluate.load(<this directory>)`.
 import re
 from decimal import Decimal
 
-import datasets
 import evaluate
+from promptopt_dagster.scoring.module_info import text_pair_info
+from promptopt_dagster.scoring.normalize import map_distinct
 
 _DESCRIPTION = "Fraction of answers whose last number equals the reference number; per-row scores in `scores`."
 _KWARGS = """
@@ -96,13 +97,7 @@ def _tolerance(tolerance):
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
 class NumericMatch(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS,
-            features=datasets.Features({"predictions": datasets.Value("string"),
-                                        "references": datasets.Value("string")}),
-        )
+        return text_pair_info(_DESCRIPTION, _KWARGS)
 
     def compute(self, *, predictions=None, references=None, **kwargs):
         """`evaluate.Metric.compute`, with the options checked first.\n"""  # evaluate appends the args doc
@@ -116,13 +111,8 @@ class NumericMatch(evaluate.Metric):
     def _compute(self, predictions, references, tolerance=1e-6):
         tol = _tolerance(tolerance)
         refs = [parse_reference(i, r) for i, r in enumerate(references)]
-        cache = {}
         scores, missing = [], 0
-        for p, ref in zip(predictions, refs):
-            if p in cache:
-                value = cache[p]
-            else:
-                value = cache[p] = last_number(p)
+        for value, ref in zip(map_distinct(last_number, predictions), refs):
             if value is None:
                 missing += 1
                 scores.append(0.0)

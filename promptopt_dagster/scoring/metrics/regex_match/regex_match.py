@@ -14,8 +14,8 @@ An `evaluate` metric module: `evaluate.load(<this directory>)`.
 
 import re
 
-import datasets
 import evaluate
+from promptopt_dagster.scoring.module_info import text_pair_info
 
 _FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE, "a": re.ASCII}
 _MODES = ("search", "fullmatch")
@@ -61,13 +61,7 @@ def _check_mode(mode):
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
 class RegexMatch(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS,
-            features=datasets.Features({"predictions": datasets.Value("string"),
-                                        "references": datasets.Value("string")}),
-        )
+        return text_pair_info(_DESCRIPTION, _KWARGS)
 
     def compute(self, *, predictions=None, references=None, **kwargs):
         """`evaluate.Metric.compute`, with the options checked first.\n"""  # evaluate appends the args doc

@@ -30,10 +30,11 @@ An `evaluate` metric module: `evaluate.load(<this directory>)`.
 from collections import Counter
 from functools import lru_cache
 
-import datasets
 import evaluate
 from rouge_score import scoring
 from rouge_score import tokenize as rouge_tokenize
+
+from promptopt_dagster.scoring.module_info import text_pair_info
 
 _TYPES = ("rouge1", "rouge2", "rougeL")
 
@@ -100,14 +101,9 @@ def _check_type(rouge_type):
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
 class Rouge(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="Lin, ROUGE: A Package for Automatic Evaluation of Summaries (2004); "
-                     "https://github.com/google-research/google-research/tree/master/rouge",
-            inputs_description=_KWARGS,
-            features=datasets.Features({"predictions": datasets.Value("string"),
-                                        "references": datasets.Value("string")}),
-        )
+        return text_pair_info(_DESCRIPTION, _KWARGS,
+                              "Lin, ROUGE: A Package for Automatic Evaluation of Summaries (2004); "
+                              "https://github.com/google-research/google-research/tree/master/rouge")
 
     def compute(self, *, predictions=None, references=None, **kwargs):
         """`evaluate.Metric.compute`, with the options checked first.\n"""  # evaluate appends the args doc
