@@ -27,6 +27,7 @@ setup(
         "rouge_score==0.1.2",  # rouge: its tokenizer and F-measure (brings absl-py)
         "nltk>=3.8",  # rouge's Porter stemmer, imported by the module itself
         "sacrebleu==2.6.0",  # bleu and chrf; exact pin: the modules use its corpus-statistics hook
+        "tqdm>=4.66,<5",  # progress bars of `promptopt optimize` on a terminal
         "duckdb>=1.1,<3",
         "pandas>=2.1,<3",
         "pydantic>=2.6,<3",
@@ -46,5 +47,5 @@ setup(
             "cryptography>=42",  # signs the fake service-account key the Vertex tests authenticate with
         ]
     },
-    entry_points={"console_scripts": ["promptopt=promptopt_dagster.cli:main"]},
+    entry_points={"console_scripts": ["promptopt=promptopt_dagster.cli:run"]},
 )

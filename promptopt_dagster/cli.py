@@ -22,28 +22,78 @@ from promptopt_dagster.settings import PROJECT_ROOT, get_settings
 log = logging.getLogger("promptopt.cli")
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad flag is one line naming the flag and the rule, like every other promptopt error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _int_from(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {low} or more, got {value}")
+        return value
+    return parse
+
+
+def _float_in(low: float, high: float | None = None):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (value >= low and (high is None or value <= high)):
+            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, got {text}" if high is not None
+                                             else f"must be {low:g} or more, got {text}")
+        return value
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="promptopt", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    opt = sub.add_parser("optimize", help="optimize one dataset's prompt and report it on the held-out test split")
+    parser = _Parser(prog="promptopt", description=__doc__.splitlines()[0], formatter_class=_Help)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    opt = sub.add_parser("optimize", help="optimize one dataset's prompt and report it on the held-out test split",
+                         description="Optimize one dataset's prompt, then score the initial and the best prompt "
+                                     "on the held-out test split.", formatter_class=_Help)
     opt.add_argument("--dataset", required=True, help="a dataset named in data/manifest.yaml")
-    opt.add_argument("--max-iterations", type=int, default=5)
-    opt.add_argument("--eval-size", type=int, default=200, help="dev rows scored per prompt (0: all)")
-    opt.add_argument("--test-size", type=int, default=500, help="held-out test rows in the report (0: all)")
-    opt.add_argument("--optimizer", choices=["fewshot", "reflective"], default="fewshot")
-    opt.add_argument("--target-score", type=float, default=0.95, help="stop once the best dev score reaches this")
+    opt.add_argument("--max-iterations", type=_int_from(1), default=5, help="stop after this many iterations")
+    opt.add_argument("--eval-size", type=_int_from(0), default=200, help="dev rows scored per prompt (0: all)")
+    opt.add_argument("--test-size", type=_int_from(0), default=500, help="held-out test rows in the report (0: all)")
+    opt.add_argument("--optimizer", choices=["fewshot", "reflective"], default="fewshot",
+                     help="fewshot: search demos and instructions; reflective: an LLM rewrites the prompt")
+    opt.add_argument("--target-score", type=_float_in(0.0, 1.0), default=0.95,
+                     help="stop once the best dev score reaches this")
     opt.add_argument("--target-metric", help="what the loop accepts and stops on: one of the dataset's scorers or "
                                              "'aggregate' (default: target_metric in data/manifest.yaml)")
-    opt.add_argument("--patience", type=int, default=2, help="stop after this many iterations without improvement")
-    opt.add_argument("--seed", type=int, default=0)
-    opt.add_argument("--max-requests", type=int, default=0, help="budget: model calls, retries included (0: no cap)")
-    opt.add_argument("--max-tokens", type=int, default=0, help="budget: prompt + completion tokens (0: no cap)")
-    opt.add_argument("--max-cost-usd", type=float, default=0.0, help="budget: estimated US dollars (0: no cap)")
-    opt.add_argument("--max-failed-fraction", type=float, default=0.02,
-                     help="share of rows that may end in an error before an iteration fails (default 0.02)")
-    opt.add_argument("--report-json", type=Path, help="also write the report to this file")
-    opt.add_argument("--verbose", action="store_true", help="show Dagster's own step logs")
-    sub.add_parser("ui", help="start `dagster dev` on this project's Dagster home")
+    opt.add_argument("--patience", type=_int_from(1), default=2,
+                     help="stop after this many iterations in a row without an accepted refinement")
+    opt.add_argument("--seed", type=int, default=0, help="seeds row sampling and the optimizer's choices")
+    opt.add_argument("--max-requests", type=_int_from(0), default=0,
+                     help="budget: model calls, retries included (0: no cap)")
+    opt.add_argument("--max-tokens", type=_int_from(0), default=0, help="budget: prompt + completion tokens (0: no cap)")
+    opt.add_argument("--max-cost-usd", type=_float_in(0.0), default=0.0, help="budget: estimated US dollars (0: no cap)")
+    opt.add_argument("--max-failed-fraction", type=_float_in(0.0, 1.0), default=0.02,
+                     help="share of rows that may end in an error before an iteration fails")
+    opt.add_argument("--report-json", type=Path, metavar="PATH", help="write the full report as JSON to this file")
+    opt.add_argument("--json", action="store_true", help="print the full report as JSON instead of the summary")
+    opt.add_argument("--verbose", action="store_true", help="show Dagster's own step logs and llama.cpp's messages")
+    ui = sub.add_parser("ui", help="start the Dagster UI and daemon on this project's Dagster home",
+                        description="Start `dagster dev` (web UI, daemon, sensors) on this project's Dagster home, "
+                                    "with the interpreter and packages this command runs with.", formatter_class=_Help)
+    ui.add_argument("--port", type=_int_from(1), default=3000, help="port of the web UI")
+    ui.add_argument("--host", default="127.0.0.1", help="address the web UI listens on (0.0.0.0: every interface)")
     return parser
 
 
@@ -55,8 +105,34 @@ def _optimization_config(args: argparse.Namespace) -> dict:
             "target_metric": args.target_metric}
 
 
+class _Interrupted(Exception):
+    """Ctrl-C inside a run: Dagster turns the SIGINT into a failed step instead of raising it."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+
+
+def _was_interrupted(result) -> bool:
+    for event in result.all_events:
+        error = event.step_failure_data.error if event.is_step_failure else None
+        while error is not None:
+            if error.cls_name in ("DagsterExecutionInterruptedError", "KeyboardInterrupt"):
+                return True
+            error = error.cause
+    return False
+
+
 def _failure_message(result) -> str:
-    """The innermost user-facing error of a failed run (e.g. a DatasetError), not Dagster's wrapper."""
+    """Why a run failed in the user's terms: a failed blocking check's own description, else the
+    innermost error of the failed step (e.g. a DatasetError), never Dagster's wrapper."""
+    import dagster as dg
+
+    checks = [e for e in result.get_asset_check_evaluations()
+              if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR]
+    if checks:
+        return "; ".join(f"quality check {e.check_name} on {e.asset_key.to_user_string()} failed: "
+                         f"{e.description or 'no description'}" for e in checks)
     for event in result.all_events:
         if event.is_step_failure:
             error = event.step_failure_data.error
@@ -66,6 +142,47 @@ def _failure_message(result) -> str:
     return "the run failed; open it in the Dagster UI for details"
 
 
+def _check_target(args: argparse.Namespace, spec) -> None:
+    from promptopt_dagster.scoring.suite import AGGREGATE
+
+    names = [s.name for s in spec.scorers]
+    if args.target_metric and args.target_metric not in (*names, AGGREGATE):
+        raise PromptOptError(f"--target-metric {args.target_metric!r} is neither '{AGGREGATE}' nor one of the "
+                             f"scorers of dataset '{spec.name}' ({', '.join(names)}). Pass one of those, or leave "
+                             f"the flag out to use the manifest's target_metric ({spec.target_metric}).")
+
+
+def _check_context(client, spec, splits, prompt, args: argparse.Namespace) -> None:
+    """The initial prompt over every dev and test row the run will use fits the task model's context."""
+    from promptopt_dagster.core.datasets import sample_rows
+    from promptopt_dagster.llm.inference import build_request, check_context
+
+    for split, size in (("dev", args.eval_size), ("test", args.test_size)):
+        rows = sample_rows(splits.split(split), size, args.seed)
+        requests = [build_request(client, prompt, text, spec.max_output_tokens, tuple(spec.completion_stop))
+                    for text in rows["user_input"]]
+        check_context(client, requests, rows["row_id"].tolist(), prompt, str(Path(args.data_dir) / spec.files[split]))
+
+
+def _summary(dataset: str, report: dict, this_run: dict, best_path: Path) -> str:
+    """A few lines a person reads at the end of a run; the full report is one flag away."""
+    total = report["usage"]["total"]
+    best = report["best_prompt"]
+    lines = [
+        f"[{dataset}] {report['metric']} on {report['test_size']} held-out test rows: "
+        f"initial {report['initial_test_score']:.4f} -> best {report['best_test_score']:.4f}",
+        f"  dev ({report['eval_size'] or 'all'} rows): {report['initial_dev_score']:.4f} -> "
+        f"{report['best_dev_score']:.4f} after {report['iterations']} iteration(s); stopped: {report['stop_reason']}",
+        f"  model calls this run: {this_run['llm_calls']:,} ({this_run['cache_hits']:,} answers from the cache); "
+        f"whole optimization: {total['llm_calls']:,} calls + {total['cache_hits']:,} cached answers, "
+        f"{total['requests']:,} requests, ${total['cost_usd']:.4f}",
+        f"  best prompt: v{best['version']} ({len(best['demos'])} demos), written to {best_path}",
+        f"  report: final_report[{dataset}] in the Dagster UI (`promptopt ui`); "
+        "the JSON with --json or --report-json PATH",
+    ]
+    return "\n".join(lines)
+
+
 def optimize(args: argparse.Namespace) -> int:
     import dagster as dg
 
@@ -73,99 +190,197 @@ def optimize(args: argparse.Namespace) -> int:
     from promptopt_dagster.defs.loop import (DATASET_JOB, DRIVER_TAG, ITERATION_JOB, REPORT_JOB, next_step,
                                              stop_reason_of)
     from promptopt_dagster.defs.partitions import iteration_dimension, iteration_key
+    from promptopt_dagster.defs.runs import PID_TAG, describe, fail_dead_cli_runs, process_tags, wait_for_other_runs
+    from promptopt_dagster.llm.progress import bars_shown
 
     settings = get_settings()
+    args.data_dir = settings.data_dir
     ensure_dagster_home(settings.dagster_home)
     from promptopt_dagster.definitions import defs
 
-    # Fail fast, with the file named, before any run is recorded or any table touched.
+    # Fail fast, with the file named, before any run is recorded, any table touched or any model called.
     project = defs.resources["project"]
-    project.splits(args.dataset)  # also names an unknown dataset
-    project.initial_prompt(args.dataset)
+    spec = project.spec(args.dataset)  # also names an unknown dataset
+    splits = project.splits(args.dataset)
+    initial = project.initial_prompt(args.dataset)
+    _check_target(args, spec)
     suite = project.suite(args.dataset, target=args.target_metric)  # unknown scorers, options, name clashes
+    _check_context(defs.resources["task_model"].get_client(), spec, splits, initial, args)
 
-    if not args.verbose:  # Dagster's console shows only warnings; inference progress still reaches the user
-        progress = logging.getLogger("promptopt.inference")
-        progress.setLevel(logging.INFO)
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("  %(message)s"))
-        progress.addHandler(handler)
     instance = dg.DagsterInstance.get()
+    for run in fail_dead_cli_runs(instance):
+        say(f"marked {describe(run)} failed: its process {run.tags[PID_TAG]} is gone")
     resource_config = {"resources": {"optimization": {"config": _optimization_config(args)}}}
-    level = "DEBUG" if args.verbose else "WARNING"
+    level = "DEBUG" if args.verbose else "CRITICAL"  # failures are reported below, in the user's terms
     loggers = {"loggers": {"console": {"config": {"log_level": level}}}}
-    tags = {DRIVER_TAG: "cli"}
+    tags = {DRIVER_TAG: "cli", **process_tags()}
     started = time.perf_counter()
+    this_run = {"llm_calls": 0, "cache_hits": 0}
+
+    def mine(run: dg.DagsterRun) -> bool:
+        return all(run.tags.get(k) == v for k, v in tags.items())
 
     def run(job_name: str, partition_key, with_config: bool = True):
+        wait_for_other_runs(instance, mine, say)
         job = defs.resolve_job_def(job_name)
         config = {**loggers, **(resource_config if with_config else {})}
         result = job.execute_in_process(partition_key=partition_key, instance=instance, run_config=config,
                                         tags=tags, raise_on_error=False)
+        if not result.success and _was_interrupted(result):
+            raise _Interrupted(result.run_id)
         if not result.success:
             raise PromptOptError(f"Run {result.run_id} ({job_name}, partition {partition_key}) failed: "
                                  f"{_failure_message(result)}")
         return result
 
-    print(f"[{args.dataset}] loading and validating the dataset splits; scoring with {suite.describe()}", flush=True)
-    run(DATASET_JOB, args.dataset, with_config=False)
-    iteration = 0
-    while True:
-        if not instance.has_dynamic_partition(iteration_dimension.name, str(iteration)):
-            instance.add_dynamic_partitions(iteration_dimension.name, [str(iteration)])
-        print(f"[{args.dataset}] iteration {iteration}: baseline -> optimizer ({args.optimizer}) -> refined -> compare",
-              flush=True)
-        result = run(ITERATION_JOB, iteration_key(args.dataset, iteration))
-        best = result.asset_materializations_for_node("best_prompt")[-1]
-        compare = result.asset_materializations_for_node("comparison_report")[-1].metadata
-        stop_reason = stop_reason_of(best)
-        print(f"[{args.dataset}] iteration {iteration}: {suite.target} baseline "
-              f"{compare['baseline_score'].value:.4f}, refined "
-              f"{compare['refined_score'].value:.4f}, {'accepted' if compare['accepted'].value else 'rejected'}; "
-              f"best {compare['best_score'].value:.4f}; "
-              f"{'stop: ' + stop_reason if stop_reason else 'continue'}; {compare['requests'].value} model calls, "
-              f"${compare['cost_usd'].value:.4f} ({time.perf_counter() - started:.0f}s)",
-              flush=True)
-        step = next_step(args.dataset, iteration, stop_reason)
-        if step.iteration is None:
-            break
-        iteration = step.iteration
+    try:
+        say(f"[{args.dataset}] loading and validating the dataset splits; scoring with {suite.describe()}")
+        run(DATASET_JOB, args.dataset, with_config=False)
+        iteration = 0
+        while True:
+            if not instance.has_dynamic_partition(iteration_dimension.name, str(iteration)):
+                instance.add_dynamic_partitions(iteration_dimension.name, [str(iteration)])
+            if bars_shown():
+                say(f"[{args.dataset}] iteration {iteration}: baseline -> optimizer ({args.optimizer}) -> refined")
+            result = run(ITERATION_JOB, iteration_key(args.dataset, iteration))
+            best = result.asset_materializations_for_node("best_prompt")[-1]
+            compare = result.asset_materializations_for_node("comparison_report")[-1].metadata
+            for key in this_run:
+                this_run[key] += compare[key].value
+            stop_reason = stop_reason_of(best)
+            say(f"[{args.dataset}] iteration {iteration}: {suite.target} baseline "
+                f"{compare['baseline_score'].value:.4f}, refined {compare['refined_score'].value:.4f}, "
+                f"{'accepted' if compare['accepted'].value else 'rejected'}; best {compare['best_score'].value:.4f}; "
+                f"{'stop: ' + stop_reason if stop_reason else 'continue'}; {compare['llm_calls'].value} model calls, "
+                f"{compare['cache_hits'].value} cached ({time.perf_counter() - started:.0f}s)")
+            step = next_step(args.dataset, iteration, stop_reason)
+            if step.iteration is None:
+                break
+            iteration = step.iteration
 
-    print(f"[{args.dataset}] final report: initial and best prompt on the held-out test split", flush=True)
-    result = run(REPORT_JOB, args.dataset)
-    report = result.asset_materializations_for_node("final_report")[-1].metadata["report"].value
+        say(f"[{args.dataset}] final report: initial and best prompt on the held-out test split")
+        result = run(REPORT_JOB, args.dataset)
+    except (KeyboardInterrupt, _Interrupted) as exc:
+        _cancel_interrupted(instance, mine, getattr(exc, "run_id", None))
+        return 130
+    final = result.asset_materializations_for_node("final_report")[-1].metadata
+    for key in this_run:
+        this_run[key] += final[key].value
+    report = final["report"].value
     report["elapsed_s"] = round(time.perf_counter() - started, 1)
+    report["this_run"] = this_run
     text = json.dumps(report, indent=2, ensure_ascii=False)
-    print(text)
+    best_path = settings.state_dir / "best_prompts" / f"{args.dataset}.json"
+    best_path.parent.mkdir(parents=True, exist_ok=True)
+    best_path.write_text(json.dumps(report["best_prompt"], indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if args.report_json:
         args.report_json.parent.mkdir(parents=True, exist_ok=True)
         args.report_json.write_text(text + "\n", encoding="utf-8")
-        print(f"report written to {args.report_json}")
+    print(text if args.json else _summary(args.dataset, report, this_run, best_path), flush=True)
+    if args.report_json and not args.json:
+        print(f"  report JSON written to {args.report_json}", flush=True)
     return 0
 
 
-def ui() -> int:
+def _cancel_interrupted(instance, mine, run_id: str | None) -> None:
+    """Ctrl-C: one line, and the run that was executing is marked canceled, not left STARTED or FAILED."""
+    from promptopt_dagster.defs.runs import describe, in_progress_runs
+
+    runs = [r for r in in_progress_runs(instance) if mine(r)]
+    if run_id is not None:
+        runs.append(instance.get_run_by_id(run_id))
+    canceled = []
+    for run in runs:
+        if run is not None and run.status != dg_canceled():
+            instance.report_run_canceled(run, "Interrupted with Ctrl-C in `promptopt optimize`.")
+            canceled.append(describe(run))
+    what = f"{canceled[0]} marked canceled" if canceled else "no run was in progress"
+    print(f"interrupted: {what}. Answers already received are cached; the same command resumes from there.",
+          file=sys.stderr, flush=True)
+
+
+def dg_canceled():
+    import dagster as dg
+
+    return dg.DagsterRunStatus.CANCELED
+
+
+def ui(args: argparse.Namespace) -> int:
+    """`dagster dev` from this interpreter's environment: works without activating the venv (no PATH lookup)."""
+    import dagster as dg
+
     from promptopt_dagster.defs.home import ensure_dagster_home
+    from promptopt_dagster.defs.partitions import iteration_dimension
 
     ensure_dagster_home(get_settings().dagster_home)
+    instance = dg.DagsterInstance.get()
+    # Iteration 0 exists from the start, so a first backfill over `<dataset>|0` can be picked in the UI.
+    if not instance.has_dynamic_partition(iteration_dimension.name, "0"):
+        instance.add_dynamic_partitions(iteration_dimension.name, ["0"])
     os.chdir(PROJECT_ROOT)
-    os.execvp("dagster", ["dagster", "dev", "-w", "workspace.yaml"])
-    return 0
+    argv = [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
+            "--port", str(args.port), "--host", args.host]
+    print(f"Dagster UI on http://{args.host}:{args.port} (Dagster home {os.environ['DAGSTER_HOME']}); "
+          "Ctrl-C stops it.", flush=True)
+    os.execv(sys.executable, argv)
+    return 0  # not reached
+
+
+def say(text: str) -> None:
+    """A status line for the person at the terminal (stderr; stdout keeps the summary or the JSON)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    """One handler, on stderr: each promptopt log line is printed once. On a terminal, progress is a
+    bar (llm/progress.py) and its log lines are kept out; llama.cpp's own messages go to a file."""
+    from promptopt_dagster.llm.progress import PROGRESS_ATTR, show_bars
+
+    bars = sys.stderr.isatty()
+    show_bars(bars)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("  %(message)s"))
+    if bars:
+        handler.addFilter(lambda record: not getattr(record, PROGRESS_ATTR, False))
+    root = logging.getLogger("promptopt")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    native = logging.getLogger("promptopt.llama")
+    verbose = bool(getattr(args, "verbose", False))
+    native.propagate = verbose
+    native.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if args.command == "optimize" and not verbose:
+        state = get_settings().state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(state / "llama.log", encoding="utf-8", delay=True)
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        native.addHandler(file_handler)
+        native.setLevel(logging.DEBUG)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("  %(message)s"))
-    root = logging.getLogger("promptopt")
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
+    _setup_logging(args)
     try:
-        return optimize(args) if args.command == "optimize" else ui()
+        return optimize(args) if args.command == "optimize" else ui(args)
     except PromptOptError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before or between runs: nothing to mark
+        print("interrupted.", file=sys.stderr)
+        return 130
+
+
+def run() -> None:
+    """The console script. After a failed run DuckDB still holds native objects that the interpreter's
+    shutdown reports as ~50 lines of 'nanobind: leaked ...' noise; every file and table is closed or
+    flushed by then, so the process ends without that teardown."""
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -5,7 +5,7 @@ import dagster as dg
 from promptopt_dagster.defs.assets import ITERATION_ASSETS, dataset_splits, final_report
 from promptopt_dagster.defs.jobs import final_report_job, optimize_iteration, prepare_dataset
 from promptopt_dagster.defs.resources import default_resources
-from promptopt_dagster.defs.sensors import build_iteration_sensor
+from promptopt_dagster.defs.sensors import build_iteration_sensor, dead_cli_run_sensor
 
 
 def build_definitions(resources: dict | None = None) -> dg.Definitions:
@@ -13,7 +13,7 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=[dataset_splits, *ITERATION_ASSETS, final_report],
         jobs=[prepare_dataset, optimize_iteration, final_report_job],
-        sensors=[build_iteration_sensor([optimize_iteration, final_report_job])],
+        sensors=[build_iteration_sensor([optimize_iteration, final_report_job]), dead_cli_run_sensor],
         resources=resources if resources is not None else default_resources(),
         executor=dg.in_process_executor,
     )

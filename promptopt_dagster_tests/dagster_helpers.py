@@ -75,13 +75,19 @@ class ScriptedLLMResource(LLMResource):
     def get_client(self) -> LLMClient:
         if self._client is None:
             self._client = FakeLLM(responder=SCRIPTS[self.script], name=f"scripted-{self.script}")
+            if self.cache_path:  # the real response cache in front of the script, as in production
+                from promptopt_dagster.llm.cache import CachedClient, ResponseCache
+
+                self._client = CachedClient(self._client, ResponseCache(Path(self.cache_path)))
         return self._client
 
 
 def make_defs(tmp_path: Path, script: str = "demos_help", data_dir: Path = DATA_DIR,
-              prompts_dir: Path = PROMPTS_DIR, judge_script: str = "never_right") -> dg.Definitions:
+              prompts_dir: Path = PROMPTS_DIR, judge_script: str = "never_right",
+              cache: bool = False) -> dg.Definitions:
     warehouse = str(tmp_path / "warehouse.duckdb")
-    llm = dict(script=script, backend="fake", model_dir=str(tmp_path / "models"), threads=1)
+    llm = dict(script=script, backend="fake", model_dir=str(tmp_path / "models"), threads=1,
+               cache_path=str(tmp_path / "llm_cache.duckdb") if cache else None)
     return build_definitions({
         "project": ProjectResource(data_dir=str(data_dir), prompts_dir=str(prompts_dir)),
         "task_model": ScriptedLLMResource(**llm),

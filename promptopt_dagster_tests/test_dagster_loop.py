@@ -218,3 +218,36 @@ def test_usage_is_summed_per_iteration_and_a_budget_stops_the_loop(tmp_path, ins
     assert data["usage"]["total"]["requests"] == 60 + 40 == data["requests"]  # + initial and best on 20 test rows
     assert data["usage"]["final_report"]["requests"] == 40
     assert set(data["usage"]["by_model"]) == {"fake/scripted-demos_help"}
+
+
+def test_usage_shows_this_run_and_the_whole_optimization_after_a_cached_rerun(tmp_path, instance):
+    defs = make_defs(tmp_path, cache=True)
+    assert prepare(defs, instance).success
+    first = [run_iteration(defs, instance, i, target_score=1.1).asset_materializations_for_node("comparison_report")[0]
+             .metadata for i in (0, 1)]
+    calls = [m["llm_calls"].value for m in first]
+    assert all(c > 0 for c in calls)
+    assert first[1]["optimization_llm_calls"].value == sum(calls)  # iterations 0 and 1 together
+
+    rerun = run_iteration(defs, instance, 1, target_score=1.1).asset_materializations_for_node(
+        "comparison_report")[0].metadata
+    assert rerun["llm_calls"].value == 0 and rerun["cache_hits"].value > 0  # this run: all from the cache
+    assert rerun["optimization_llm_calls"].value == calls[0]  # iteration 0 as materialized, plus 0
+    assert rerun["optimization_answers"].value == first[1]["optimization_answers"].value  # same answers consumed
+
+    final = defs.resolve_job_def("final_report_job").execute_in_process(
+        partition_key="sst2", instance=instance, run_config=run_config()).asset_materializations_for_node(
+        "final_report")[0].metadata
+    assert final["llm_calls"].value + final["cache_hits"].value == 40  # this run: initial and best on 20 test rows
+    assert final["optimization_answers"].value == rerun["optimization_answers"].value + 40
+
+
+def test_an_iteration_without_loaded_splits_names_the_fix(tmp_path, instance):
+    """A backfill over `<dataset>|0` on a fresh home used to fail with '0 rows failed (100.0% > 2.0%)'."""
+    defs = make_defs(tmp_path)
+    result = run_iteration(defs, instance, 0)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    message = failure.step_failure_data.error.message
+    assert "never loaded" in message and "prepare_dataset" in message and "sst2" in message
+    assert "rows failed" not in message

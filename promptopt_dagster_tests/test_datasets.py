@@ -125,6 +125,24 @@ def test_malformed_csv(tmp_path):
     assert "not valid CSV" in msg and "Quote fields" in msg
 
 
+def test_not_utf8_names_the_line_and_the_fix(tmp_path):
+    # Latin-1 from a spreadsheet: the é of "café" is the single byte 0xe9. Line 1 is the header.
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(HEADER.encode() + b"great film,positive\n\"a \n quoted break\",negative\ncaf\xe9 noir,positive\n")
+    msg = refused(path)
+    assert "not UTF-8" in msg and "line 5 " in msg and "0xe9" in msg
+    assert "Re-save it as UTF-8" in msg and "iconv -f latin1 -t utf-8" in msg and "CSV UTF-8" in msg
+    assert "\n" not in msg
+
+
+def test_utf8_bom_is_accepted(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + (HEADER + "caf\u00e9 noir,positive\nbad,negative\n").encode("utf-8"))
+    frame = read_split(path, LABELS)
+    assert list(frame.columns) == ["row_id", *COLUMNS]
+    assert frame["user_input"].tolist() == ["caf\u00e9 noir", "bad"]
+
+
 # --- load_splits -------------------------------------------------------------------------------
 
 

@@ -149,8 +149,14 @@ def test_to_dict_round_trip():
     d = decide(0, 0.5, 0.625, FRESH, POLICY)
     data = d.to_dict()
     assert data["accepted"] is True and data["stop_reason"] is None
-    assert data["spent"] == {"requests": 0, "tokens": 0, "cost_usd": 0.0}
+    assert data["spent"] == {"requests": 0, "tokens": 0, "cost_usd": 0.0, "llm_calls": 0, "cache_hits": 0}
     assert Decision(**{**data, "spent": Spend(**data["spent"])}) == d
+
+
+def test_spend_written_before_call_counts_existed_still_reads():
+    old = Spend.from_json('{"requests": 5, "tokens": 50, "cost_usd": 0.5}')
+    assert old == Spend(requests=5, tokens=50, cost_usd=0.5) and old.llm_calls == old.cache_hits == 0
+    assert (old + Spend(llm_calls=2, cache_hits=3)).to_json() == Spend(5, 50, 0.5, 2, 3).to_json()
 
 
 # --- budget ------------------------------------------------------------------------------------------

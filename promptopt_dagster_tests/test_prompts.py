@@ -9,6 +9,7 @@ import pytest
 
 from promptopt_dagster.core.errors import PromptError
 from promptopt_dagster.core.prompts import Demo, PromptVersion, fill, placeholder_problem
+from promptopt_dagster.core.quality import prompt_gate
 from promptopt_dagster.settings import PROJECT_ROOT
 
 SYSTEM = "Classify the sentiment as positive or negative."
@@ -259,6 +260,33 @@ def test_load_output_prompt_with_unknown_placeholder(tmp_path):
     with pytest.raises(PromptError) as info:
         PromptVersion.load(path)
     assert str(path) in str(info.value) and "{lang}" in str(info.value)
+
+
+@pytest.mark.parametrize("system, found", [("Classify {user_input} as positive or negative.", "{user_input}"),
+                                           ("Answer with {label}.", "{label}")])
+def test_load_refuses_placeholder_in_system_prompt(tmp_path, system, found):
+    # The system prompt is sent as written, so this would reach the model as literal braces.
+    path = tmp_path / "system.json"
+    path.write_text(json.dumps({"system_prompt": system, "output_prompt": OUTPUT}))
+    with pytest.raises(PromptError) as info:
+        PromptVersion.load(path)
+    msg = str(info.value)
+    assert str(path) in msg and "system_prompt" in msg and found in msg
+    assert "only filled in at {user_input} in output_prompt" in msg and "Remove them from system_prompt" in msg
+
+
+def test_load_keeps_json_braces_in_system_prompt(tmp_path):
+    system = 'Reply as JSON like {"label": "ham"} or {"label": "spam"}; {0} and {} and { x } stay too.'
+    path = tmp_path / "json.json"
+    path.write_text(json.dumps({"system_prompt": system, "output_prompt": OUTPUT}))
+    assert PromptVersion.load(path).system_prompt == system
+
+
+def test_prompt_gate_fails_on_placeholder_in_system_prompt():
+    result = prompt_gate(make(system_prompt="Classify {user_input}. Use {label}."))
+    assert not result.passed
+    assert "system_prompt" in result.message and "{label}, {user_input}" in result.message
+    assert prompt_gate(make(system_prompt='Answer like {"label": "positive"}.')).passed
 
 
 @pytest.mark.parametrize("name", ["sst2.json", "sms_spam.json"])

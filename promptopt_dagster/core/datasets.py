@@ -6,6 +6,9 @@ found after an hour of LLM calls wastes the hour.
 
 from __future__ import annotations
 
+import codecs
+import io
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,8 +121,9 @@ def read_split(path: Path, labels: list[str] | None = None) -> pd.DataFrame:
     if not path.exists():
         raise DatasetError(f"Dataset file {path} does not exist. Check the path in data/manifest.yaml "
                            f"or add the file with the header `{','.join(COLUMNS)}`.")
+    text = _utf8_text(path)
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         frame = pd.DataFrame()
     except pd.errors.ParserError as exc:
@@ -150,6 +154,26 @@ def read_split(path: Path, labels: list[str] | None = None) -> pd.DataFrame:
                                "Fix those rows or add the label to `labels:` in data/manifest.yaml.")
     frame.insert(0, "row_id", range(len(frame)))
     return frame
+
+
+def _utf8_text(path: Path) -> str:
+    """Decode up front: pandas would raise a bare UnicodeDecodeError with a byte offset, not a line.
+
+    Spreadsheets write a BOM with "CSV UTF-8", so it is allowed; it is cut off here rather than by the
+    utf-8-sig codec so that the error's offset points into `data`. The file is decoded once; lines are
+    only counted when that fails.
+    """
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        name = shlex.quote(str(path))
+        raise DatasetError(
+            f"Dataset file {path} is not UTF-8: line {line} has the byte 0x{data[exc.start]:02x}, which is not "
+            "valid UTF-8 (the file was probably saved as Latin-1 or Windows-1252). Re-save it as UTF-8, e.g. "
+            f"`iconv -f latin1 -t utf-8 {name} > {name}.utf8 && mv {name}.utf8 {name}` (use `-f cp1252` for a "
+            'file from Excel on Windows), or choose "CSV UTF-8" when saving from a spreadsheet.') from None
 
 
 def load_splits(spec: DatasetSpec, data_dir: Path) -> DatasetSplits:

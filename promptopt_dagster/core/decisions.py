@@ -19,9 +19,13 @@ class Spend:
     requests: int = 0
     tokens: int = 0
     cost_usd: float = 0.0
+    # Not budgeted, reported: rows the model answered, and rows the response cache answered (a rerun
+    # makes no calls but still needs every answer; both totals show what the optimization consumed).
+    llm_calls: int = 0
+    cache_hits: int = 0
 
     def __add__(self, other: "Spend") -> "Spend":
-        return Spend(self.requests + other.requests, self.tokens + other.tokens, self.cost_usd + other.cost_usd)
+        return Spend(*(getattr(self, f) + getattr(other, f) for f in self.__dataclass_fields__))
 
     def to_json(self) -> str:
         """The form stored in the warehouse's `spent_json` columns."""
@@ -29,6 +33,7 @@ class Spend:
 
     @classmethod
     def from_json(cls, text: str) -> "Spend":
+        """Rows written before llm_calls and cache_hits existed read as 0 for those."""
         return cls(**json.loads(text))
 
 

@@ -19,3 +19,7 @@ class ManifestError(PromptOptError):
 
 class ScorerError(PromptOptError):
     """A scorer that cannot be found, loaded or run as configured (names the scorer and its source)."""
+
+
+class ContextWindowError(PromptOptError):
+    """Rendered prompts longer than the task model reads: found before any call, with the rows named."""

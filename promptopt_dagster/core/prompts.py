@@ -98,7 +98,7 @@ class PromptVersion(BaseModel):
             fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors())
             raise PromptError(f"Prompt file {uri} has missing or invalid fields: {fields}. It needs "
                               f'string values for "system_prompt" and "output_prompt".') from None
-        problem = placeholder_problem(prompt.output_prompt)
+        problem = prompt_problem(prompt.system_prompt, prompt.output_prompt)
         if problem:
             raise PromptError(f"Prompt file {uri}: {problem}")
         return prompt
@@ -122,6 +122,29 @@ def placeholder_problem(output_prompt: str) -> str | None:
         names = ", ".join("{" + u + "}" for u in unknown)
         return f"output_prompt has unknown placeholders {names}; only {PLACEHOLDER} is filled in. Remove them."
     return None
+
+
+def system_prompt_problem(system_prompt: str) -> str | None:
+    """Why this system prompt cannot be used, or None.
+
+    The system prompt is sent as written, so a `{name}` in it would reach the model as literal text
+    and the row's input would never be seen there. Braces around anything else (JSON) are fine.
+    """
+    found = sorted(set(_PLACEHOLDER_RE.findall(system_prompt)))
+    if not found:
+        return None
+    names = ", ".join("{" + f + "}" for f in found)
+    other = next((f for f in found if f != "user_input"), None)
+    literal = f" To mean literal text, write e.g. <{other}> instead of {{{other}}}." if other else ""
+    return (f"system_prompt contains the placeholder(s) {names}, but it is sent to the model as written: the "
+            f"row's input is only filled in at {PLACEHOLDER} in output_prompt. Remove them from system_prompt "
+            f"(and put {PLACEHOLDER} in output_prompt if it is not there yet).{literal}")
+
+
+def prompt_problem(system_prompt: str, output_prompt: str) -> str | None:
+    """Why this prompt cannot be used, or None: one check for loading, the optimizer and the gate, so
+    a prompt one of them refuses is refused by all."""
+    return placeholder_problem(output_prompt) or system_prompt_problem(system_prompt)
 
 
 def unified_diff(old: PromptVersion, new: PromptVersion) -> str:

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from promptopt_dagster.core.datasets import COLUMNS, SPLITS
-from promptopt_dagster.core.prompts import PromptVersion, placeholder_problem
+from promptopt_dagster.core.prompts import PromptVersion, prompt_problem
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,9 @@ def dataset_gate(frame: pd.DataFrame) -> GateResult:
 def predictions_gate(predictions: pd.DataFrame, expected_row_ids: Iterable[int], max_failed_fraction: float) -> GateResult:
     expected = set(expected_row_ids)
     got = predictions["row_id"].tolist()
+    if not got and not expected:
+        return GateResult(False, "no evaluation rows: there was nothing to answer (is the dev split empty, or were "
+                                 "the dataset's splits never loaded?)", {"rows": 0})
     missing, duplicated = expected - set(got), len(got) - len(set(got))
     failed = int(predictions["error"].notna().sum())
     fraction = failed / len(got) if got else 1.0
@@ -57,10 +60,10 @@ def predictions_gate(predictions: pd.DataFrame, expected_row_ids: Iterable[int],
 def prompt_gate(prompt: PromptVersion) -> GateResult:
     if not (prompt.system_prompt.strip() or prompt.output_prompt.strip()):
         return GateResult(False, "prompt is empty")
-    problem = placeholder_problem(prompt.output_prompt)
+    problem = prompt_problem(prompt.system_prompt, prompt.output_prompt)
     if problem:
         return GateResult(False, problem)
-    return GateResult(True, "prompt keeps {user_input} and is not empty",
+    return GateResult(True, "prompt is not empty, output_prompt keeps {user_input}, system_prompt has no placeholders",
                       {"chars": len(prompt.system_prompt) + len(prompt.output_prompt), "demos": len(prompt.demos)})
 
 

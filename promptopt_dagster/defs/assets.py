@@ -59,7 +59,9 @@ def _snapshot(clients: list[LLMClient]) -> list[UsageStats]:
 
 
 def _usage_metadata(by_model: UsageByModel) -> dict:
-    """Totals as numbers (plottable across partitions in the UI) plus the split by model."""
+    """This materialization's model use: numbers (plottable across partitions in the UI) plus the split by model.
+
+    A rerun served from the response cache shows 0 calls here and every row under cache_hits."""
     totals = llm_usage.total(by_model).to_dict()
     out: dict = {k: dg.MetadataValue.int(v) for k, v in totals.items() if k != "cost_usd"}
     out["cost_usd"] = dg.MetadataValue.float(totals["cost_usd"])
@@ -67,19 +69,45 @@ def _usage_metadata(by_model: UsageByModel) -> dict:
     return out
 
 
+def _optimization_metadata(spent: Spend) -> dict:
+    """The whole optimization so far (every iteration as last materialized), beside this run's numbers."""
+    return {"optimization_llm_calls": dg.MetadataValue.int(spent.llm_calls),
+            "optimization_cache_hits": dg.MetadataValue.int(spent.cache_hits),
+            "optimization_answers": dg.MetadataValue.int(spent.llm_calls + spent.cache_hits),
+            "optimization_requests": dg.MetadataValue.int(spent.requests),
+            "optimization_tokens": dg.MetadataValue.int(spent.tokens),
+            "optimization_cost_usd": dg.MetadataValue.float(round(spent.cost_usd, 6))}
+
+
 def _spend(by_model: UsageByModel) -> Spend:
     t = llm_usage.total(by_model)
-    return Spend(requests=t.requests, tokens=t.tokens, cost_usd=t.cost_usd)
+    return Spend(requests=t.requests, tokens=t.tokens, cost_usd=t.cost_usd, llm_calls=t.llm_calls,
+                 cache_hits=t.cache_hits)
 
 
-def _predict(client: LLMClient, prompt: PromptVersion, rows: pd.DataFrame, spec: DatasetSpec, label: str):
+def _predict(client: LLMClient, prompt: PromptVersion, rows: pd.DataFrame, spec: DatasetSpec, label: str,
+             split: str = "dev"):
     return predict(client, prompt, rows, spec.max_output_tokens, label=label,
-                   progress_interval_s=get_settings().progress_interval_s, stop=tuple(spec.completion_stop))
+                   progress_interval_s=get_settings().progress_interval_s, stop=tuple(spec.completion_stop),
+                   where=spec.files[split])
+
+
+def _splits(dataset_splits: pd.DataFrame, dataset: str) -> DatasetSplits:
+    """The dataset's rows as stored by dataset_splits; an iteration cannot start without them."""
+    if dataset_splits.empty:
+        raise dg.Failure(f"Dataset '{dataset}' has no rows in the warehouse: its splits were never loaded "
+                         f"(or failed to load). Materialize dataset_splits for '{dataset}' first: launch the "
+                         f"prepare_dataset job for partition '{dataset}' (a backfill of prepare_dataset over "
+                         "several datasets works too), then this iteration again. `promptopt optimize` does both.")
+    return DatasetSplits.from_frame(dataset, dataset_splits)
 
 
 def _eval_rows(dataset_splits: pd.DataFrame, dataset: str, optimization: OptimizationConfig) -> pd.DataFrame:
-    dev = DatasetSplits.from_frame(dataset, dataset_splits).dev
-    return sample_rows(dev, optimization.eval_size, optimization.seed)
+    rows = sample_rows(_splits(dataset_splits, dataset).dev, optimization.eval_size, optimization.seed)
+    if rows.empty:
+        raise dg.Failure(f"Dataset '{dataset}' has no dev rows to evaluate prompts on. Add rows to its dev file "
+                         "and materialize dataset_splits again.")
+    return rows
 
 
 # --- dataset ----------------------------------------------------------------------------------
@@ -232,7 +260,8 @@ def baseline_metrics(context: dg.AssetExecutionContext, baseline_predictions: pd
 
 @dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP,
           check_specs=[dg.AssetCheckSpec("prompt_is_usable", asset="refined_prompt", blocking=True,
-                                         description="Not empty and keeps exactly one {user_input}.")])
+                                         description="Not empty, output_prompt keeps exactly one {user_input}, "
+                                                     "system_prompt has no {placeholders}.")])
 def refined_prompt(context: dg.AssetExecutionContext, dataset_splits: pd.DataFrame, baseline_prompt: pd.DataFrame,
                    baseline_predictions: pd.DataFrame, baseline_metrics: pd.DataFrame, project: ProjectResource,
                    task_model: LLMResource, optimizer_model: LLMResource, judge_model: LLMResource,
@@ -243,7 +272,7 @@ def refined_prompt(context: dg.AssetExecutionContext, dataset_splits: pd.DataFra
     dataset, iteration = split_key(context)
     spec, prompt = project.spec(dataset), prompt_from_frame(baseline_prompt)
     suite = _suite(project, dataset, judge_model, optimization)
-    splits = DatasetSplits.from_frame(dataset, dataset_splits)
+    splits = _splits(dataset_splits, dataset)
     scored = baseline_predictions.merge(wide_scores(baseline_metrics)[["row_id", "score", "rationale"]], on="row_id")
     clients = [task_model.get_client(), optimizer_model.get_client()]
     clients += [judge_model.get_client()] if suite.uses_judge else []
@@ -339,7 +368,7 @@ def comparison_report(context: dg.AssetExecutionContext, baseline_prompt: pd.Dat
         "accepted": dg.MetadataValue.bool(decision.accepted),
         "stop_reason": decision.stop_reason or "",
         **_usage_metadata(usage),
-        "spent_so_far": dg.MetadataValue.json(dataclasses.asdict(decision.spent)),
+        **_optimization_metadata(decision.spent),
     })
     return pd.DataFrame([{
         "dataset": dataset, "iteration": iteration, "metric": metric, "baseline_prompt_id": baseline.id,
@@ -395,11 +424,11 @@ def final_report(context: dg.AssetExecutionContext, dataset_splits: pd.DataFrame
     history = _optimization_history(warehouse, dataset)
     best = PromptVersion.model_validate_json(history["prompt_json"])
     initial = project.initial_prompt(dataset)
-    test = sample_rows(DatasetSplits.from_frame(dataset, dataset_splits).test, optimization.test_size, optimization.seed)
+    test = sample_rows(_splits(dataset_splits, dataset).test, optimization.test_size, optimization.seed)
     client = task_model.get_client()
     test_scores, test_summaries, test_usage = {}, {}, {}
     for name, prompt in (("initial", initial), ("best", best)):
-        answers = _predict(client, prompt, test, spec, f"test {name} {dataset}")
+        answers = _predict(client, prompt, test, spec, f"test {name} {dataset}", split="test")
         result, judge_usage = _score_answers(suite, judge_model, answers)
         test_scores[name], test_summaries[name] = result.value, result.summary()
         test_usage = llm_usage.merge(test_usage, llm_usage.from_rows(answers.to_dict("records")), judge_usage)
@@ -424,7 +453,8 @@ def final_report(context: dg.AssetExecutionContext, dataset_splits: pd.DataFrame
         "initial_test_score": dg.MetadataValue.float(test_scores["initial"]),
         "best_test_score": dg.MetadataValue.float(test_scores["best"]),
         "best_prompt": _prompt_md(best),
-        **_usage_metadata(usage),
+        **_usage_metadata(test_usage),
+        **_optimization_metadata(Spend.from_json(history["spent_json"]) + _spend(test_usage)),
     })
     return pd.DataFrame([{"dataset": dataset, "initial_test_score": test_scores["initial"],
                           "best_test_score": test_scores["best"], "report_json": json.dumps(report)}])

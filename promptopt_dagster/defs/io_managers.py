@@ -22,8 +22,16 @@ class _WithInstance(dg.IOManager):
             self._inner.handle_output(context, obj)
 
     def load_input(self, context: dg.InputContext):
+        """A table that does not exist yet reads as no rows, as a partition never written does; the
+        asset that needs the rows says what to materialize (e.g. `dataset_splits` on a fresh home)."""
+        import duckdb
+        import pandas as pd
+
         with dg.partition_loading_context(dynamic_partitions_store=context.instance):
-            return self._inner.load_input(context)
+            try:
+                return self._inner.load_input(context)
+            except duckdb.CatalogException:
+                return pd.DataFrame()
 
 
 class WarehouseIOManager(DuckDBPandasIOManager):

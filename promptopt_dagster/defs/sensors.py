@@ -11,6 +11,7 @@ import dagster as dg
 from promptopt_dagster.defs.assets import best_prompt
 from promptopt_dagster.defs.loop import DRIVER_TAG, next_step, stop_reason_of
 from promptopt_dagster.defs.partitions import iteration_dimension, parse_key
+from promptopt_dagster.defs.runs import PID_TAG, describe, fail_dead_cli_runs
 
 
 def build_iteration_sensor(jobs: list) -> dg.SensorDefinition:
@@ -53,3 +54,13 @@ def build_iteration_sensor(jobs: list) -> dg.SensorDefinition:
 
     return iteration_sensor
 
+
+@dg.sensor(name="dead_cli_run_sensor", minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Marks runs of a `promptopt optimize` process that was killed (SIGKILL, crash) as failed, "
+                       "so they stop holding the one-run-at-a-time queue. Dagster's run monitoring cannot see "
+                       "them: those runs execute in the CLI's own process, not in a launched worker.")
+def dead_cli_run_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+    dead = fail_dead_cli_runs(context.instance)
+    for run in dead:
+        context.log.warning(f"marked {describe(run)} failed: its process {run.tags[PID_TAG]} is gone")
+    return dg.SkipReason(f"marked {len(dead)} dead CLI run(s) failed" if dead else "no dead CLI runs")

@@ -94,6 +94,14 @@ class LLMClient(ABC):
     def close(self) -> None:
         """Release connections; the client must not be used afterwards."""
 
+    def context_window(self) -> int | None:
+        """Tokens one request may hold, prompt and answer together; None when unknown (nothing is checked)."""
+        return None
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int] | None:
+        """Exact prompt lengths with the model's own tokenizer; None when this backend has none at hand."""
+        return None
+
     def _account(self, r: LLMResponse) -> None:
         u = self.usage
         u.errors += r.error is not None

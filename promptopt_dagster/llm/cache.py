@@ -115,6 +115,12 @@ class CachedClient(LLMClient):
     def close(self) -> None:
         self.inner.close()
 
+    def context_window(self) -> int | None:
+        return self.inner.context_window()
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int] | None:
+        return self.inner.count_tokens(texts)
+
     def _stream(self, requests: Sequence[LLMRequest]) -> Iterator[tuple[int, LLMResponse]]:
         ident = self.identity()
         keys = [cache_key(ident, r) for r in requests]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from promptopt_dagster.core.errors import ContextWindowError
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.llm.base import LLMClient, LLMRequest, LLMResponse
 from promptopt_dagster.llm.progress import Progress
@@ -24,21 +25,51 @@ def build_request(client: LLMClient, prompt: PromptVersion, user_input: str, max
     return LLMRequest(prompt=prompt.render_completion(user_input), max_tokens=max_tokens, stop=tuple(stop))
 
 
+def check_context(client: LLMClient, requests: list[LLMRequest], row_ids: list[int], prompt: PromptVersion,
+                  where: str) -> None:
+    """Refuse, before any call, rows whose rendered prompt plus the answer budget exceed the model's context.
+
+    Such a row would only fail (or be silently truncated) after the rows before it were paid for.
+    `where` names the rows' source for the message, e.g. "sst2/dev.csv"; row ids are 0-based data rows.
+    """
+    window = client.context_window()
+    texts = [r.prompt for r in requests if r.prompt is not None]
+    if window is None or not texts or len(texts) != len(requests):
+        return
+    counts = client.count_tokens(texts)
+    if counts is None:
+        return
+    budget = requests[0].max_tokens
+    over = [(row_id, n) for row_id, n in zip(row_ids, counts) if n + budget > window]
+    if not over:
+        return
+    shown = ", ".join(f"{row_id + 1} ({n} tokens)" for row_id, n in over[:10])
+    more = f" and {len(over) - 10} more" if len(over) > 10 else ""
+    raise ContextWindowError(
+        f"{len(over)} row(s) of {where} do not fit the task model's context window of {window} tokens "
+        f"with prompt v{prompt.version} ({budget} tokens kept for the answer): data row(s) {shown}{more}. "
+        "No model call was made. Shorten or remove those rows, or use a task model with a longer context.")
+
+
 def predict(client: LLMClient, prompt: PromptVersion, rows: pd.DataFrame, max_tokens: int,
             label: str = "inference", progress_interval_s: float = 5.0,
-            stop: tuple[str, ...] = ("\n",)) -> pd.DataFrame:
+            stop: tuple[str, ...] = ("\n",), where: str = "the evaluation rows") -> pd.DataFrame:
     """One prediction row per input row, in input order; failed rows keep their error and attempt count.
 
     All rows go to the client in one batch, so a remote backend keeps its full number of requests
     in flight; the client streams answers back and progress is logged as they arrive."""
     inputs = rows.to_dict("records")
+    requests = [build_request(client, prompt, r["user_input"], max_tokens, stop) for r in inputs]
+    check_context(client, requests, [int(r["row_id"]) for r in inputs], prompt, where)
     progress = Progress(len(inputs), label, progress_interval_s)
 
     def on_result(_: int, r: LLMResponse) -> None:
         progress.advance(failed=r.error is not None, cached=r.cached)
 
-    responses = client.generate([build_request(client, prompt, r["user_input"], max_tokens, stop) for r in inputs],
-                                on_result=on_result)
+    try:
+        responses = client.generate(requests, on_result=on_result)
+    finally:
+        progress.close()
     records = [{"row_id": row["row_id"], "user_input": row["user_input"],
                 "ground_truth_output": row["ground_truth_output"],
                 "prediction": res.text if res.error is None else None, "error": res.error,

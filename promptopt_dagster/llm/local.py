@@ -31,10 +31,38 @@ def ensure_model_file(model_dir: Path) -> Path:
     return assemble(target)
 
 
+_native_log = logging.getLogger("promptopt.llama")
+_log_callback = None  # kept referenced: llama.cpp holds a raw pointer to it
+
+
+def _route_native_log() -> None:
+    """Send llama.cpp's own log lines to the `promptopt.llama` logger at DEBUG instead of stderr.
+
+    llama-cpp-python prints some of them even with verbose=False (the model load's
+    `llama_kv_cache_iswa` note comes at ERROR level), which interrupts the CLI's output; the CLI
+    writes this logger to a file in the state dir."""
+    global _log_callback
+    if _log_callback is not None:
+        return
+    import ctypes
+
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        line = text.decode("utf-8", "replace").rstrip()
+        if line:
+            _native_log.debug(line)
+
+    _log_callback = callback
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
 @lru_cache(maxsize=2)
 def _load_llama(model_path: str, n_ctx: int, n_threads: int, seed: int):
     from llama_cpp import Llama
 
+    _route_native_log()
     started = time.perf_counter()
     llm = Llama(model_path=model_path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
                 seed=seed, verbose=False)
@@ -67,6 +95,14 @@ class LlamaCppClient(LLMClient):
     def _llama(self):
         path = self._model_path or ensure_model_file(self._model_dir)
         return _load_llama(str(path), self._n_ctx, self._n_threads, self._seed)
+
+    def context_window(self) -> int | None:
+        return self._n_ctx
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int] | None:
+        llm, lock = self._llama()
+        with lock:
+            return [len(llm.tokenize(t.encode("utf-8"), add_bos=True)) for t in texts]
 
     def _stream(self, requests: Sequence[LLMRequest]) -> Iterator[tuple[int, LLMResponse]]:
         llm, lock = self._llama()

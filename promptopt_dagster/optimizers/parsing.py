@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from promptopt_dagster.core.json_text import top_level_objects
-from promptopt_dagster.core.prompts import placeholder_problem
+from promptopt_dagster.core.prompts import prompt_problem
 
 KEYS = ("system_prompt", "output_prompt")
 MAX_VALUE_CHARS = 4000
@@ -65,7 +65,7 @@ def parse_prompt_proposal(text: str, finish_reason: str | None = None) -> Parsed
             return _reject(f"{key} must be a string, got {type(value).__name__}")
         if len(value) > MAX_VALUE_CHARS:
             return _reject(f"{key} is {len(value)} characters; the limit is {MAX_VALUE_CHARS}")
-    problem = placeholder_problem(obj["output_prompt"])
+    problem = prompt_problem(obj["system_prompt"], obj["output_prompt"])
     if problem:
         return _reject(problem)
     return ParsedProposal(system_prompt=obj["system_prompt"], output_prompt=obj["output_prompt"])
