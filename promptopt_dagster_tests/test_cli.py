@@ -109,6 +109,9 @@ def test_real_model_optimizes_and_a_rerun_is_served_from_cache(tmp_path):
             "--report-json", str(root / "report.json")]
     first = _promptopt(root, *args, backend="local")
     assert first.returncode == 0, first.stderr[-3000:]
+    # llama.cpp's own notes (printed at ERROR level by llama-cpp-python) go to a log file, not the terminal.
+    assert "llama_kv_cache" not in first.stderr + first.stdout
+    assert "llama_kv_cache" in (root / "state" / "llama.log").read_text()
     report = json.loads((root / "report.json").read_text())
     assert report["llm_calls"] > 0
     # One-line instruction versus the optimizer's demos: the small base model needs the demos.
