@@ -1,13 +1,20 @@
-"""The fewshot optimizer with a scripted evaluator: balance, determinism, selection, mutation."""
+"""The fewshot optimizer with a scripted evaluator: label mix, order, determinism, selection, mutation."""
 
 from __future__ import annotations
 
+import collections
 import random
+import re
 
 import pandas as pd
+import pytest
 
 from promptopt_dagster.core.prompts import Demo, PromptVersion
+from promptopt_dagster.llm.fake import FakeLLM
+from promptopt_dagster.llm.inference import predict
 from promptopt_dagster.optimizers import OptimizerInput, get_optimizer
+from promptopt_dagster.optimizers.fewshot import label_quotas, spread
+from promptopt_dagster.scoring import score
 from promptopt_dagster.scoring.registry import ScoreResult
 
 TRAIN = pd.DataFrame({"row_id": range(40), "user_input": [f"review {i}" for i in range(40)],
@@ -27,10 +34,101 @@ def _by_demo_count(prompt: PromptVersion, rows: pd.DataFrame) -> ScoreResult:
     return ScoreResult("accuracy", value, [value] * len(rows))
 
 
-def test_demos_are_label_balanced_though_train_is_not():
-    proposal = get_optimizer("fewshot", num_candidates=3).propose(_input(), _by_demo_count, None)
-    labels = [d.ground_truth_output for d in proposal.prompt.demos]
-    assert labels.count("positive") == labels.count("negative") == len(labels) // 2
+def _train(counts: dict[str, int], long: set[str] = frozenset()) -> pd.DataFrame:
+    """Rows grouped by label; labels in `long` get inputs too long to be preferred as demos."""
+    rows = [(label, f"{label} text {i}" + ("!" * 300 if label in long else "")) for label, n in counts.items()
+            for i in range(n)]
+    return pd.DataFrame({"row_id": range(len(rows)), "user_input": [r[1] for r in rows],
+                         "ground_truth_output": [r[0] for r in rows]})
+
+
+def _picks(train: pd.DataFrame, labels: list[str], count: int, seeds=range(40)) -> list[list[str]]:
+    optimizer = get_optimizer("fewshot")
+    return [[d.ground_truth_output for d in optimizer.pick_demos(train, labels, count, random.Random(s))]
+            for s in seeds]
+
+
+def test_demo_labels_follow_the_train_label_mix():
+    # TRAIN is 25% positive: balanced demos would teach the model that half the answers are positive.
+    for count, positives in ((4, 1), (8, 2)):
+        for labels in _picks(TRAIN, ["positive", "negative"], count):
+            assert len(labels) == count and labels.count("positive") == positives
+
+
+def test_every_label_gets_a_demo_however_rare():
+    train = _train({"ham": 950, "spam": 40, "phish": 10})
+    for labels in _picks(train, ["ham", "spam", "phish"], 4):
+        assert collections.Counter(labels) == {"ham": 2, "spam": 1, "phish": 1}
+    many = _train({f"l{i}": 10 for i in range(6)})  # more labels than demos: one each, never a label left out
+    for labels in _picks(many, [f"l{i}" for i in range(6)], 4):
+        assert sorted(labels) == [f"l{i}" for i in range(6)]
+
+
+def test_a_rare_label_with_only_long_rows_still_gets_a_demo():
+    labels = _picks(_train({"ham": 90, "spam": 10}, long={"spam"}), ["ham", "spam"], 4)
+    assert all(l.count("spam") == 1 for l in labels)
+
+
+def test_last_demo_has_the_most_common_label_in_every_order():
+    # A small model leans to the last demo's label; on imbalanced data that must be the common one,
+    # also in the shuffled candidates. Label order puts the rare label last, as sms_spam's [ham, spam] does.
+    picks = _picks(_train({"ham": 87, "spam": 13}), ["ham", "spam"], 8, seeds=range(100))
+    assert all(l[-1] == "ham" for l in picks)
+    assert len({tuple(l) for l in picks}) > 1  # shuffled orders are still tried
+    picks = _picks(_train({"a": 60, "b": 25, "c": 15}), ["c", "b", "a"], 6, seeds=range(100))
+    assert all(l[-1] == "a" for l in picks)
+
+
+def test_balanced_train_still_gives_balanced_interleaved_demos():
+    train = _train({"positive": 50, "negative": 50})
+    picks = _picks(train, ["positive", "negative"], 6)
+    assert all(l.count("positive") == 3 for l in picks)
+    assert ["positive", "negative"] * 3 in picks  # the unshuffled order alternates
+    assert {l[-1] for l in picks} == {"positive", "negative"}  # a tie leaves the last label free
+
+
+@pytest.mark.parametrize("sizes, count, expected", [
+    ([87, 13], 4, [3, 1]),
+    ([87, 13], 8, [7, 1]),
+    ([99, 1], 4, [3, 1]),  # the rare label takes its demo from the most common one
+    ([52, 48], 6, [3, 3]),
+    ([60, 20, 10, 5, 5], 8, [3, 2, 1, 1, 1]),
+    ([1, 1, 1, 1, 1], 3, [1, 1, 1, 1, 1]),
+])
+def test_label_quotas(sizes, count, expected):
+    assert label_quotas(sizes, count) == expected
+
+
+def test_spread_spaces_rare_items_and_ends_on_the_largest_group():
+    order = "".join(item for _, item in spread([list("aaaaaa"), list("bb")]))
+    assert order.count("b") == 2 and "bb" not in order and order[-1] == "a"
+    assert "".join(item for _, item in spread([list("bbb"), list("aaa")])) == "bababa"
+
+
+def _copies_the_demo_majority(request) -> str:
+    """A stand-in for a small base model: it answers the label most of its demos show (ties: the last
+    demo's), whatever the input; what the real one did with balanced demos on imbalanced data."""
+    demo_labels = re.findall(r"Sentiment: (\w+)", request.prompt)
+    if not demo_labels:
+        return " maybe"
+    counts = collections.Counter(demo_labels)
+    top = max(counts.values())
+    return " " + next(l for l in reversed(demo_labels) if counts[l] == top)
+
+
+def test_no_candidate_does_worse_than_the_majority_label_on_imbalanced_data():
+    llm = FakeLLM(_copies_the_demo_majority)
+    labels = ["positive", "negative"]
+
+    def evaluate(prompt: PromptVersion, rows: pd.DataFrame) -> ScoreResult:
+        answers = predict(llm, prompt, rows, max_tokens=4)
+        return score("accuracy", answers["prediction"].tolist(), answers["ground_truth_output"].tolist(), labels)
+
+    dev = ROWS.assign(ground_truth_output=["negative" if i % 5 else "positive" for i in range(30)])
+    inp = OptimizerInput(prompt=SEED, scored_rows=dev, baseline_score=0.0, metric="accuracy", train=TRAIN,
+                         labels=["negative", "positive"], iteration=0, seed=7)
+    proposal = get_optimizer("fewshot", minibatch_size=30).propose(inp, evaluate, None)
+    assert [c["minibatch_score"] for c in proposal.candidates] == [0.8] * 6
 
 
 def test_picks_the_best_candidate_and_records_every_try():

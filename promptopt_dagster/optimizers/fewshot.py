@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+from fractions import Fraction
 
 import pandas as pd
 
@@ -42,24 +43,31 @@ class FewShotOptimizer(Optimizer):
         return variants
 
     def pick_demos(self, train: pd.DataFrame, labels: list[str], count: int, rng: random.Random) -> list[Demo]:
-        """Balanced across labels and interleaved, so the model sees no majority-label streak."""
-        pool = train[train["user_input"].str.len() <= self.max_demo_chars]
-        if len(pool) < count:
-            pool = train
-        if labels:
-            groups = [pool[pool["ground_truth_output"].str.strip().str.casefold() == l.casefold()] for l in labels]
-            groups = [g for g in groups if len(g)]
-            per = [g.sample(n=min(len(g), -(-count // len(groups))), random_state=rng.randrange(2**31)) for g in groups]
-            order = [g.iloc[i] for i in range(max(len(g) for g in per)) for g in per if i < len(g)]
-            if rng.random() < 0.5:  # half the candidates try a shuffled order
-                rng.shuffle(order)
-            rows = order[:count]
-        else:
-            rows = [r for _, r in pool.sample(n=min(count, len(pool)), random_state=rng.randrange(2**31)).iterrows()]
-        return [Demo(user_input=r["user_input"], ground_truth_output=r["ground_truth_output"]) for r in rows]
+        """Demos whose label mix follows train's, with every label shown and a most common label last.
+
+        A small base model answers with the label mix its demos show: on data that is mostly one label,
+        balanced demos made Gemma 3 270M answer the rare label for almost every row. It also leans to
+        the last demo's label, so that one is a label with the most demos, the bias that costs least."""
+        truth = train["ground_truth_output"].str.strip().str.casefold()
+        groups = [g for g in (train[truth == label.strip().casefold()] for label in labels) if len(g)]
+        if not groups:  # free-form outputs
+            pool = _prefer_short(train, count, self.max_demo_chars)
+            rows = pool.sample(n=min(count, len(pool)), random_state=rng.randrange(2**31))
+            return [_demo(r) for _, r in rows.iterrows()]
+        quotas = label_quotas([len(g) for g in groups], count)
+        picked = [[r for _, r in _prefer_short(g, n, self.max_demo_chars).sample(
+                      n=min(n, len(g)), random_state=rng.randrange(2**31)).iterrows()]
+                  for g, n in zip(groups, quotas)]
+        order = spread(picked)
+        if rng.random() < 0.5:  # half the candidates try a shuffled order, still ending on a common label
+            rng.shuffle(order)
+            most = max(len(p) for p in picked)
+            last = max(i for i, (group, _) in enumerate(order) if len(picked[group]) == most)
+            order.append(order.pop(last))
+        return [_demo(r) for _, r in order]
 
     def mutate_demos(self, demos: list[Demo], train: pd.DataFrame, rng: random.Random) -> list[Demo]:
-        """Swap one or two demos for unused train rows with the same label, keeping balance and order."""
+        """Swap one or two demos for unused train rows with the same label, keeping the label mix and order."""
         out = list(demos)
         used = {d.user_input for d in demos}
         pool = train[(train["user_input"].str.len() <= self.max_demo_chars) & ~train["user_input"].isin(used)]
@@ -67,7 +75,7 @@ class FewShotOptimizer(Optimizer):
             same = pool[pool["ground_truth_output"] == out[position].ground_truth_output]
             if len(same):
                 row = same.iloc[rng.randrange(len(same))]
-                out[position] = Demo(user_input=row["user_input"], ground_truth_output=row["ground_truth_output"])
+                out[position] = _demo(row)
                 pool = pool[pool["user_input"] != row["user_input"]]
         return out
 
@@ -98,3 +106,42 @@ class FewShotOptimizer(Optimizer):
         best.metadata.update({"optimizer": self.name, "candidate": best_j, "minibatch_score": best_score,
                               "minibatch_size": len(minibatch)})
         return Proposal(prompt=best, candidates=tried)
+
+
+def label_quotas(sizes: list[int], count: int) -> list[int]:
+    """Demos per label in proportion to its train rows (largest remainder), and at least one each.
+
+    A label the model never sees in a demo is one it rarely answers, so a rare label takes its demo
+    from the most common one, and the set grows past `count` only when there are more labels than that."""
+    total = sum(sizes)
+    quotas = [count * size // total for size in sizes]
+    by_remainder = sorted(range(len(sizes)), key=lambda i: count * sizes[i] % total, reverse=True)
+    for i in by_remainder[:count - sum(quotas)]:
+        quotas[i] += 1
+    for i, quota in enumerate(quotas):
+        if quota == 0:
+            largest = max(range(len(quotas)), key=lambda j: quotas[j])
+            if quotas[largest] > 1:
+                quotas[largest] -= 1
+            quotas[i] = 1
+    return quotas
+
+
+def spread(groups: list[list]) -> list[tuple[int, object]]:
+    """(group index, item) with each group's items evenly spaced, so no label comes in a streak.
+
+    Item i of a group of k sits at (2i+1)/2k; ties go by group order. On equal groups this is plain
+    interleaving, and the largest group always holds the last place."""
+    slots = [(Fraction(2 * i + 1, 2 * len(g)), index, item)
+             for index, g in enumerate(groups) for i, item in enumerate(g)]
+    return [(index, item) for _, index, item in sorted(slots, key=lambda s: s[:2])]
+
+
+def _prefer_short(rows: pd.DataFrame, count: int, max_chars: int) -> pd.DataFrame:
+    """Short rows when there are enough of them: long demos cost context on every request."""
+    short = rows[rows["user_input"].str.len() <= max_chars]
+    return short if len(short) >= count else rows
+
+
+def _demo(row: pd.Series) -> Demo:
+    return Demo(user_input=row["user_input"], ground_truth_output=row["ground_truth_output"])
