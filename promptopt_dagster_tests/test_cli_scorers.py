@@ -63,7 +63,7 @@ def test_the_real_model_is_optimized_on_a_user_scorer_by_dotted_path(tmp_path):
     done = _run(root, "optimize", "--dataset", "sst2", "--max-iterations", "1", "--eval-size", "20",
                 "--test-size", "20", "--report-json", str(root / "report.json"), backend="local")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "team_first_word (weight 1); optimizing team_first_word" in done.stdout
+    assert "team_first_word (weight 1); optimizing team_first_word" in done.stderr  # status lines go to stderr, the summary to stdout
     calls = [json.loads(line) for line in (root / "scorer_calls.log").read_text().splitlines()]
     assert calls.count(20) >= 4  # baseline, refined, and test initial + best; fewshot candidates add more
     report = json.loads((root / "report.json").read_text())
