@@ -51,3 +51,20 @@ def test_the_cli_waits_for_a_run_started_from_the_ui(instance):
     wait_for_other_runs(instance, mine=lambda run: False, say=said.append, poll_s=0.1)
     assert time.perf_counter() - started >= 0.9
     assert len(said) == 1 and ui_run.run_id[:8] in said[0] and "waiting for" in said[0]
+
+
+def test_a_run_waits_while_another_process_writes_the_warehouse(tmp_path, instance):
+    """The lock closes the instant between the CLI's check and a dequeued UI run starting."""
+    import fcntl
+
+    from promptopt_dagster_tests.dagster_helpers import make_defs, prepare
+
+    defs = make_defs(tmp_path)
+    holder = open(tmp_path / "warehouse.duckdb.lock", "a+")  # another run holds the warehouse
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    threading.Timer(1.5, holder.close).start()
+    started = time.perf_counter()
+    result = prepare(defs, instance)
+    assert result.success and time.perf_counter() - started >= 1.4
+    logs = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert any("waiting for another run to finish writing" in m for m in logs)

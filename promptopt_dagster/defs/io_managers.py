@@ -9,8 +9,11 @@ that without re-implementing the table writes.
 
 from __future__ import annotations
 
+import fcntl
+
 import dagster as dg
 from dagster_duckdb_pandas import DuckDBPandasIOManager
+from pydantic import PrivateAttr
 
 
 class _WithInstance(dg.IOManager):
@@ -35,7 +38,27 @@ class _WithInstance(dg.IOManager):
 
 
 class WarehouseIOManager(DuckDBPandasIOManager):
-    """DuckDBPandasIOManager that works with dynamic partition dimensions."""
+    """DuckDBPandasIOManager that works with dynamic partition dimensions, one run at a time.
+
+    DuckDB admits one writing process. The run queue serialises the daemon's runs and the CLI waits
+    for them (defs/runs.py), but a CLI run and a dequeued UI run can still start in the same
+    instant; the lock taken here for the whole run closes that gap: the later run waits for it."""
+
+    _lock: object = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._lock = open(f"{self.database}.lock", "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if context.log is not None:
+                context.log.info(f"waiting for another run to finish writing {self.database}")
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the lock
+            self._lock = None
 
     def create_io_manager(self, context) -> dg.IOManager:
         return _WithInstance(super().create_io_manager(context))
