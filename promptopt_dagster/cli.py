@@ -168,9 +168,15 @@ def _summary(dataset: str, report: dict, this_run: dict, best_path: Path) -> str
     """A few lines a person reads at the end of a run; the full report is one flag away."""
     total = report["usage"]["total"]
     best = report["best_prompt"]
+    bounds = report.get("test_intervals", {})
+
+    def score(name: str) -> str:
+        interval = bounds.get(name)
+        return f"{report[name + '_test_score']:.4f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
     lines = [
-        f"[{dataset}] {report['metric']} on {report['test_size']} held-out test rows: "
-        f"initial {report['initial_test_score']:.4f} -> best {report['best_test_score']:.4f}",
+        f"[{dataset}] {report['metric']} on {report['test_size']} held-out test rows (95% interval): "
+        f"initial {score('initial')} -> best {score('best')}",
         f"  dev ({report['eval_size'] or 'all'} rows): {report['initial_dev_score']:.4f} -> "
         f"{report['best_dev_score']:.4f} after {report['iterations']} iteration(s); stopped: {report['stop_reason']}",
         f"  model calls this run: {this_run['llm_calls']:,} ({this_run['cache_hits']:,} answers from the cache); "

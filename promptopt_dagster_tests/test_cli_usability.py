@@ -75,7 +75,9 @@ def test_progress_is_printed_once_and_the_run_ends_with_a_short_summary(project)
     assert both.count("baseline_predictions sst2|0: 20/20 rows") == 1
     assert both.count("test best sst2: 20/20 rows") == 1
     summary = done.stdout.strip().splitlines()
-    assert len(summary) <= 6 and "held-out test rows" in summary[0] and "stopped: max_iterations" in done.stdout
+    assert len(summary) <= 6 and "held-out test rows (95% interval)" in summary[0]
+    assert "stopped: max_iterations" in done.stdout
+    assert summary[0].count(" [") == 2  # an interval beside each test score
     assert "{" not in done.stdout  # no JSON dump
     best = project / "state" / "best_prompts" / "sst2.json"
     assert str(best) in done.stdout and PromptVersion.model_validate_json(best.read_text()).output_prompt

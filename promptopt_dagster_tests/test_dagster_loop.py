@@ -144,6 +144,8 @@ def test_final_report_scores_initial_and_best_prompt_on_test(tmp_path, instance)
     assert report["stop_reason"] == "threshold" and report["iterations"] == 1
     assert (report["initial_test_score"], report["best_test_score"]) == (0.0, 1.0)
     assert report["initial_dev_score"] == 0.0 and report["best_dev_score"] == 1.0
+    # every test row right (or wrong) leaves no doubt: the intervals collapse on the score
+    assert report["test_intervals"]["initial"] == [0.0, 0.0] and report["test_intervals"]["best"] == [1.0, 1.0]
     # baseline 20 + refined 20 + 2 candidates x 10 + test 2 x 20; the fake model has no cache here
     assert report["llm_calls"] == 20 + 20 + 20 + 40
     assert set(report["best_prompt"]) >= {"system_prompt", "output_prompt", "demos", "id", "parent_id", "version"}

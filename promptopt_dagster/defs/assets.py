@@ -17,6 +17,7 @@ from dagster_duckdb import DuckDBResource
 
 from promptopt_dagster.core.datasets import DatasetSpec, DatasetSplits, sample_rows
 from promptopt_dagster.core.decisions import LoopState, Spend, decide
+from promptopt_dagster.core.intervals import bootstrap_mean_interval
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.core.quality import (GateResult, dataset_gate, metric_range_gate, predictions_gate,
                                             prompt_gate)
@@ -426,11 +427,14 @@ def final_report(context: dg.AssetExecutionContext, dataset_splits: pd.DataFrame
     initial = project.initial_prompt(dataset)
     test = sample_rows(_splits(dataset_splits, dataset).test, optimization.test_size, optimization.seed)
     client = task_model.get_client()
-    test_scores, test_summaries, test_usage = {}, {}, {}
+    test_scores, test_summaries, test_usage, intervals = {}, {}, {}, {}
     for name, prompt in (("initial", initial), ("best", best)):
         answers = _predict(client, prompt, test, spec, f"test {name} {dataset}", split="test")
         result, judge_usage = _score_answers(suite, judge_model, answers)
         test_scores[name], test_summaries[name] = result.value, result.summary()
+        target = result.objective()
+        interval = bootstrap_mean_interval(target.per_row, target.value, seed=optimization.seed)
+        intervals[name] = [interval.low, interval.high] if interval else None
         test_usage = llm_usage.merge(test_usage, llm_usage.from_rows(answers.to_dict("records")), judge_usage)
     usage = llm_usage.merge(history["usage"], test_usage)
     totals = llm_usage.total(usage)
@@ -440,6 +444,8 @@ def final_report(context: dg.AssetExecutionContext, dataset_splits: pd.DataFrame
         "stop_reason": history["stop_reason"], "eval_size": optimization.eval_size, "test_size": len(test),
         "initial_dev_score": history["initial_dev_score"], "best_dev_score": float(history["best_score"]),
         "initial_test_score": test_scores["initial"], "best_test_score": test_scores["best"],
+        # None where the target is not a mean of row scores (macro f1, corpus bleu/chrf)
+        "test_intervals": {**intervals, "confidence": 0.95, "method": "percentile bootstrap of the mean row score"},
         "test_scores": test_summaries, "dev_scores": history["dev_scores"],
         "llm_calls": totals.llm_calls, "cache_hits": totals.cache_hits, "requests": totals.requests,
         "usage": {"total": totals.to_dict(), "by_model": {m: u.to_dict() for m, u in sorted(usage.items())},
@@ -452,6 +458,8 @@ def final_report(context: dg.AssetExecutionContext, dataset_splits: pd.DataFrame
         "report": dg.MetadataValue.json(report),
         "initial_test_score": dg.MetadataValue.float(test_scores["initial"]),
         "best_test_score": dg.MetadataValue.float(test_scores["best"]),
+        **{f"{name}_test_{end}": dg.MetadataValue.float(bounds[i]) for name, bounds in intervals.items() if bounds
+           for i, end in enumerate(("low_95", "high_95"))},
         "best_prompt": _prompt_md(best),
         **_usage_metadata(test_usage),
         **_optimization_metadata(Spend.from_json(history["spent_json"]) + _spend(test_usage)),
