@@ -63,7 +63,22 @@ def judge_exact(request: LLMRequest) -> str:
     return f' 1, "rationale": "says {answer.strip()} where the review is {reference}"}}'
 
 
-SCRIPTS = {"demos_help": demos_help, "never_right": never_right, "fails_one_row_in_five": fails_one_row_in_five,
+def quotes_a_row_it_was_shown(request: LLMRequest) -> str:
+    """As task model: demos_help. As reflective optimizer: an LLM that pastes a dev row it was shown
+    into its new instruction, the overfitting the leakage gate exists for."""
+    import json
+
+    prompt = request.prompt or ""
+    if not prompt.endswith("JSON:\n"):
+        return demos_help(request)
+    if not _LABELS:
+        _LABELS.update(_sst2_labels())
+    quoted = next(text for text in sorted(_LABELS, key=len, reverse=True) if len(text) >= 40 and text in prompt)
+    return json.dumps({"system_prompt": f"Classify the sentiment. For example, '{quoted}' is {_LABELS[quoted]}.",
+                       "output_prompt": "Review: {user_input}\nSentiment:"})
+
+
+SCRIPTS = {"quotes_a_row_it_was_shown": quotes_a_row_it_was_shown, "demos_help": demos_help, "never_right": never_right, "fails_one_row_in_five": fails_one_row_in_five,
            "judge_exact": judge_exact}
 
 

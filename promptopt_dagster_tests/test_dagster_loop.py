@@ -31,7 +31,8 @@ def test_one_iteration_materializes_every_asset_and_passes_the_gates(tmp_path, i
 
     checks = _checks(result)
     assert checks == {"baseline_predictions:all_rows_answered": True, "baseline_metrics:scores_in_range": True,
-                      "refined_prompt:prompt_is_usable": True, "refined_predictions:all_rows_answered": True,
+                      "refined_prompt:prompt_is_usable": True, "refined_prompt:no_held_out_rows": True,
+                      "refined_predictions:all_rows_answered": True,
                       "refined_metrics:scores_in_range": True}
 
     report = query(tmp_path, "select * from promptopt.comparison_report")
@@ -253,3 +254,14 @@ def test_an_iteration_without_loaded_splits_names_the_fix(tmp_path, instance):
     message = failure.step_failure_data.error.message
     assert "never loaded" in message and "prepare_dataset" in message and "sst2" in message
     assert "rows failed" not in message
+
+
+def test_a_prompt_that_copies_a_dev_row_is_stopped_by_the_leakage_gate(tmp_path, instance):
+    defs = make_defs(tmp_path, script="quotes_a_row_it_was_shown")
+    assert prepare(defs, instance).success
+    result = run_iteration(defs, instance, 0, optimizer="reflective", target_score=1.1)
+    assert not result.success
+    gate = next(e for e in result.get_asset_check_evaluations() if e.check_name == "no_held_out_rows")
+    assert not gate.passed and "copied verbatim from dev row(s)" in gate.description
+    assert query(tmp_path, "select count(*) as n from information_schema.tables "
+                           "where table_name = 'refined_predictions'")["n"][0] == 0  # never scored

@@ -72,3 +72,34 @@ def metric_range_gate(scores: pd.Series) -> GateResult:
     if bad:
         return GateResult(False, f"{len(bad)} scores outside [0, 1] or NaN, e.g. {bad[:3]}")
     return GateResult(True, "all scores in [0, 1]", {"rows": len(scores)})
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def leakage_gate(prompt: PromptVersion, held_out: dict[str, pd.DataFrame], min_span: int = 40) -> GateResult:
+    """Fail a prompt that carries held-out rows: as a demo, or as a long verbatim span of its text.
+
+    A test row in the prompt inflates the reported test score, and a row of the split that accepts
+    candidates inflates acceptance; neither shows up in any other number. `held_out` maps a split
+    name to its rows (row_id, user_input); spans are compared case- and whitespace-insensitively."""
+    found: list[str] = []
+    for split, rows in held_out.items():
+        inputs = {_squash(t): int(i) for t, i in zip(rows["user_input"], rows["row_id"])}
+        demo_rows = [inputs[_squash(d.user_input)] + 1 for d in prompt.demos if _squash(d.user_input) in inputs]
+        if demo_rows:
+            found.append(f"demo(s) that are {split} rows (data rows {', '.join(map(str, demo_rows[:10]))})")
+        text = _squash(f"{prompt.system_prompt}\n{prompt.output_prompt}")
+        windows = {text[i:i + min_span] for i in range(max(0, len(text) - min_span + 1))}
+        spans = [row_id + 1 for squashed, row_id in inputs.items() if len(squashed) >= min_span and any(
+            squashed[i:i + min_span] in windows for i in range(len(squashed) - min_span + 1))]
+        if spans:
+            found.append(f"{min_span}+ characters copied verbatim from {split} row(s) "
+                         f"{', '.join(map(str, spans[:10]))} in its instructions")
+    if found:
+        return GateResult(False, f"prompt v{prompt.version} leaks held-out rows: {'; '.join(found)}. Scores on "
+                                 "those rows would be inflated; the prompt is not used.",
+                          {"leaks": len(found)})
+    return GateResult(True, "no demo and no long verbatim span comes from a held-out row",
+                      {"splits_checked": ", ".join(held_out)})

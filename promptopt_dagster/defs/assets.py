@@ -19,8 +19,8 @@ from promptopt_dagster.core.datasets import DatasetSpec, DatasetSplits, sample_r
 from promptopt_dagster.core.decisions import LoopState, Spend, decide
 from promptopt_dagster.core.intervals import bootstrap_mean_interval
 from promptopt_dagster.core.prompts import PromptVersion
-from promptopt_dagster.core.quality import (GateResult, dataset_gate, metric_range_gate, predictions_gate,
-                                            prompt_gate)
+from promptopt_dagster.core.quality import (GateResult, dataset_gate, leakage_gate, metric_range_gate,
+                                            predictions_gate, prompt_gate)
 from promptopt_dagster.core.reports import comparison_markdown, worst_rows_markdown
 from promptopt_dagster.defs.partitions import (DATASET_EXPR, ITERATION_EXPR, dataset_partitions,
                                                iteration_partitions, split_key)
@@ -262,7 +262,10 @@ def baseline_metrics(context: dg.AssetExecutionContext, baseline_predictions: pd
 @dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP,
           check_specs=[dg.AssetCheckSpec("prompt_is_usable", asset="refined_prompt", blocking=True,
                                          description="Not empty, output_prompt keeps exactly one {user_input}, "
-                                                     "system_prompt has no {placeholders}.")])
+                                                     "system_prompt has no {placeholders}."),
+                       dg.AssetCheckSpec("no_held_out_rows", asset="refined_prompt", blocking=True,
+                                         description="No demo is a dev or test row, and the instructions copy "
+                                                     "no long span of one: those scores would be inflated.")])
 def refined_prompt(context: dg.AssetExecutionContext, dataset_splits: pd.DataFrame, baseline_prompt: pd.DataFrame,
                    baseline_predictions: pd.DataFrame, baseline_metrics: pd.DataFrame, project: ProjectResource,
                    task_model: LLMResource, optimizer_model: LLMResource, judge_model: LLMResource,
@@ -305,6 +308,7 @@ def refined_prompt(context: dg.AssetExecutionContext, dataset_splits: pd.DataFra
     yield dg.Output(prompt_frame(dataset, iteration, refined, status=status, note=proposal.rejected_reason,
                                  usage_json=llm_usage.to_json(usage)), metadata=metadata)
     yield _gate("prompt_is_usable", prompt_gate(refined), "refined_prompt")
+    yield _gate("no_held_out_rows", leakage_gate(refined, {"dev": splits.dev, "test": splits.test}), "refined_prompt")
 
 
 @dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP,
