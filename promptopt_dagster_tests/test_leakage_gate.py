@@ -33,3 +33,12 @@ def test_a_long_verbatim_span_in_the_instruction_fails():
 def test_short_rows_and_short_overlaps_do_not_fire():
     prompt = BASE.child(system_prompt="Answer dull reviews with negative; an utterly pointless answer is wrong.")
     assert leakage_gate(prompt, {"test": TEST}).passed  # "dull" is shorter than a span; overlap < 40 chars
+
+
+def test_the_demo_pool_drops_train_rows_that_repeat_a_held_out_row_up_to_case():
+    from promptopt_dagster.core.quality import drop_held_out
+
+    train = pd.DataFrame({"row_id": [0, 1, 2], "user_input": ["Dull", "a fine film", "AN utterly  pointless exercise in style"],
+                          "ground_truth_output": ["negative", "positive", "negative"]})
+    kept = drop_held_out(train, {"test": TEST})
+    assert kept["user_input"].tolist() == ["a fine film"]  # sms_spam has 5 such rows; a demo from them would leak

@@ -78,6 +78,13 @@ def _squash(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
+def drop_held_out(rows: pd.DataFrame, held_out: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """`rows` without those equal to a held-out row up to case and whitespace (the splits are only
+    checked for exact repeats): the demo pool an optimizer may use without tripping leakage_gate."""
+    seen = {_squash(t) for frame in held_out.values() for t in frame["user_input"]}
+    return rows[~rows["user_input"].map(_squash).isin(seen)]
+
+
 def leakage_gate(prompt: PromptVersion, held_out: dict[str, pd.DataFrame], min_span: int = 40) -> GateResult:
     """Fail a prompt that carries held-out rows: as a demo, or as a long verbatim span of its text.
 

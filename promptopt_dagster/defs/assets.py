@@ -19,8 +19,8 @@ from promptopt_dagster.core.datasets import DatasetSpec, DatasetSplits, sample_r
 from promptopt_dagster.core.decisions import LoopState, Spend, decide
 from promptopt_dagster.core.intervals import bootstrap_mean_interval
 from promptopt_dagster.core.prompts import PromptVersion
-from promptopt_dagster.core.quality import (GateResult, dataset_gate, leakage_gate, metric_range_gate,
-                                            predictions_gate, prompt_gate)
+from promptopt_dagster.core.quality import (GateResult, dataset_gate, drop_held_out, leakage_gate,
+                                            metric_range_gate, predictions_gate, prompt_gate)
 from promptopt_dagster.core.reports import comparison_markdown, worst_rows_markdown
 from promptopt_dagster.defs.partitions import (DATASET_EXPR, ITERATION_EXPR, dataset_partitions,
                                                iteration_partitions, split_key)
@@ -277,6 +277,7 @@ def refined_prompt(context: dg.AssetExecutionContext, dataset_splits: pd.DataFra
     spec, prompt = project.spec(dataset), prompt_from_frame(baseline_prompt)
     suite = _suite(project, dataset, judge_model, optimization)
     splits = _splits(dataset_splits, dataset)
+    held_out = {"dev": splits.dev, "test": splits.test}
     scored = baseline_predictions.merge(wide_scores(baseline_metrics)[["row_id", "score", "rationale"]], on="row_id")
     clients = [task_model.get_client(), optimizer_model.get_client()]
     clients += [judge_model.get_client()] if suite.uses_judge else []
@@ -291,7 +292,8 @@ def refined_prompt(context: dg.AssetExecutionContext, dataset_splits: pd.DataFra
     optimizer = get_optimizer(optimization.optimizer, **optimization.optimizer_options())
     proposal = optimizer.propose(
         OptimizerInput(prompt=prompt, scored_rows=scored, baseline_score=objective_value(baseline_metrics),
-                       metric=suite.describe(), train=splits.train, labels=spec.labels, iteration=iteration,
+                       metric=suite.describe(), train=drop_held_out(splits.train, held_out), labels=spec.labels,
+                       iteration=iteration,
                        seed=optimization.seed),
         evaluate, opt)
     usage = _usage(clients, before)
@@ -308,7 +310,7 @@ def refined_prompt(context: dg.AssetExecutionContext, dataset_splits: pd.DataFra
     yield dg.Output(prompt_frame(dataset, iteration, refined, status=status, note=proposal.rejected_reason,
                                  usage_json=llm_usage.to_json(usage)), metadata=metadata)
     yield _gate("prompt_is_usable", prompt_gate(refined), "refined_prompt")
-    yield _gate("no_held_out_rows", leakage_gate(refined, {"dev": splits.dev, "test": splits.test}), "refined_prompt")
+    yield _gate("no_held_out_rows", leakage_gate(refined, held_out), "refined_prompt")
 
 
 @dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP,
