@@ -152,16 +152,15 @@ def _check_target(args: argparse.Namespace, spec) -> None:
                              f"the flag out to use the manifest's target_metric ({spec.target_metric}).")
 
 
-def _check_context(client, spec, splits, prompt, args: argparse.Namespace) -> None:
+def _check_context(client, spec, splits, prompt, args: argparse.Namespace, data_dir: Path) -> None:
     """The initial prompt over every dev and test row the run will use fits the task model's context."""
     from promptopt_dagster.core.datasets import sample_rows
-    from promptopt_dagster.llm.inference import build_request, check_context
+    from promptopt_dagster.llm.inference import build_requests, check_context
 
     for split, size in (("dev", args.eval_size), ("test", args.test_size)):
         rows = sample_rows(splits.split(split), size, args.seed)
-        requests = [build_request(client, prompt, text, spec.max_output_tokens, tuple(spec.completion_stop))
-                    for text in rows["user_input"]]
-        check_context(client, requests, rows["row_id"].tolist(), prompt, str(Path(args.data_dir) / spec.files[split]))
+        requests = build_requests(client, prompt, rows, spec.max_output_tokens, tuple(spec.completion_stop))
+        check_context(client, requests, rows["row_id"].tolist(), prompt, str(data_dir / spec.files[split]))
 
 
 def _summary(dataset: str, report: dict, this_run: dict, best_path: Path) -> str:
@@ -195,12 +194,11 @@ def optimize(args: argparse.Namespace) -> int:
     from promptopt_dagster.defs.home import ensure_dagster_home
     from promptopt_dagster.defs.loop import (DATASET_JOB, DRIVER_TAG, ITERATION_JOB, REPORT_JOB, next_step,
                                              stop_reason_of)
-    from promptopt_dagster.defs.partitions import iteration_dimension, iteration_key
+    from promptopt_dagster.defs.partitions import ensure_iteration, iteration_key
     from promptopt_dagster.defs.runs import PID_TAG, describe, fail_dead_cli_runs, process_tags, wait_for_other_runs
     from promptopt_dagster.llm.progress import bars_shown
 
     settings = get_settings()
-    args.data_dir = settings.data_dir
     ensure_dagster_home(settings.dagster_home)
     from promptopt_dagster.definitions import defs
 
@@ -211,7 +209,7 @@ def optimize(args: argparse.Namespace) -> int:
     initial = project.initial_prompt(args.dataset)
     _check_target(args, spec)
     suite = project.suite(args.dataset, target=args.target_metric)  # unknown scorers, options, name clashes
-    _check_context(defs.resources["task_model"].get_client(), spec, splits, initial, args)
+    _check_context(defs.resources["task_model"].get_client(), spec, splits, initial, args, settings.data_dir)
 
     instance = dg.DagsterInstance.get()
     for run in fail_dead_cli_runs(instance):
@@ -244,8 +242,7 @@ def optimize(args: argparse.Namespace) -> int:
         run(DATASET_JOB, args.dataset, with_config=False)
         iteration = 0
         while True:
-            if not instance.has_dynamic_partition(iteration_dimension.name, str(iteration)):
-                instance.add_dynamic_partitions(iteration_dimension.name, [str(iteration)])
+            ensure_iteration(instance, iteration)
             if bars_shown():
                 say(f"[{args.dataset}] iteration {iteration}: baseline -> optimizer ({args.optimizer}) -> refined")
             result = run(ITERATION_JOB, iteration_key(args.dataset, iteration))
@@ -290,14 +287,16 @@ def optimize(args: argparse.Namespace) -> int:
 
 def _cancel_interrupted(instance, mine, run_id: str | None) -> None:
     """Ctrl-C: one line, and the run that was executing is marked canceled, not left STARTED or FAILED."""
-    from promptopt_dagster.defs.runs import describe, in_progress_runs
+    import dagster as dg
 
-    runs = [r for r in in_progress_runs(instance) if mine(r)]
+    from promptopt_dagster.defs.runs import describe, executing_runs
+
+    runs = [r for r in executing_runs(instance) if mine(r)]
     if run_id is not None:
         runs.append(instance.get_run_by_id(run_id))
     canceled = []
     for run in runs:
-        if run is not None and run.status != dg_canceled():
+        if run is not None and run.status != dg.DagsterRunStatus.CANCELED:
             instance.report_run_canceled(run, "Interrupted with Ctrl-C in `promptopt optimize`.")
             canceled.append(describe(run))
     what = f"{canceled[0]} marked canceled" if canceled else "no run was in progress"
@@ -305,24 +304,16 @@ def _cancel_interrupted(instance, mine, run_id: str | None) -> None:
           file=sys.stderr, flush=True)
 
 
-def dg_canceled():
-    import dagster as dg
-
-    return dg.DagsterRunStatus.CANCELED
-
-
 def ui(args: argparse.Namespace) -> int:
     """`dagster dev` from this interpreter's environment: works without activating the venv (no PATH lookup)."""
     import dagster as dg
 
     from promptopt_dagster.defs.home import ensure_dagster_home
-    from promptopt_dagster.defs.partitions import iteration_dimension
+    from promptopt_dagster.defs.partitions import ensure_iteration
 
     ensure_dagster_home(get_settings().dagster_home)
-    instance = dg.DagsterInstance.get()
     # Iteration 0 exists from the start, so a first backfill over `<dataset>|0` can be picked in the UI.
-    if not instance.has_dynamic_partition(iteration_dimension.name, "0"):
-        instance.add_dynamic_partitions(iteration_dimension.name, ["0"])
+    ensure_iteration(dg.DagsterInstance.get(), 0)
     os.chdir(PROJECT_ROOT)
     argv = [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
             "--port", str(args.port), "--host", args.host]
@@ -354,14 +345,13 @@ def _setup_logging(args: argparse.Namespace) -> None:
     native = logging.getLogger("promptopt.llama")
     verbose = bool(getattr(args, "verbose", False))
     native.propagate = verbose
-    native.setLevel(logging.DEBUG if verbose else logging.INFO)
+    native.setLevel(logging.DEBUG)
     if args.command == "optimize" and not verbose:
         state = get_settings().state_dir
         state.mkdir(parents=True, exist_ok=True)
         file_handler = logging.FileHandler(state / "llama.log", encoding="utf-8", delay=True)
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         native.addHandler(file_handler)
-        native.setLevel(logging.DEBUG)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 
 from promptopt_dagster.defs.io_managers import WarehouseIOManager
-from promptopt_dagster.defs.partitions import iteration_dimension, iteration_key
+from promptopt_dagster.defs.partitions import ensure_iteration, iteration_key
 from promptopt_dagster.defs.resources import LLMResource, OptimizationConfig, ProjectResource
 from promptopt_dagster.definitions import build_definitions
 from promptopt_dagster.llm.base import LLMClient, LLMRequest
@@ -128,8 +128,7 @@ def prepare(defs: dg.Definitions, instance: dg.DagsterInstance, dataset: str = "
 
 def run_iteration(defs: dg.Definitions, instance: dg.DagsterInstance, iteration: int, dataset: str = "sst2",
                   tags: dict | None = None, **config):
-    if not instance.has_dynamic_partition(iteration_dimension.name, str(iteration)):
-        instance.add_dynamic_partitions(iteration_dimension.name, [str(iteration)])
+    ensure_iteration(instance, iteration)
     return defs.resolve_job_def("optimize_iteration").execute_in_process(
         partition_key=iteration_key(dataset, iteration), instance=instance, run_config=run_config(**config),
         tags=tags or {"promptopt/driver": "test"}, raise_on_error=False)

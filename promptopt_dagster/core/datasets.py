@@ -140,17 +140,17 @@ def read_split(path: Path, labels: list[str] | None = None) -> pd.DataFrame:
     frame = frame[list(COLUMNS)].copy()
     blank = frame[(frame["user_input"].str.strip() == "") | (frame["ground_truth_output"].str.strip() == "")]
     if len(blank):
-        raise DatasetError(f"Dataset file {path} has empty fields in data row(s) {_rows(blank.index)}. "
+        raise DatasetError(f"Dataset file {path} has empty fields in data row(s) {data_row_numbers(blank.index)}. "
                            "Fill them in or delete those rows.")
     dupes = frame[frame.duplicated("user_input", keep="first")]
     if len(dupes):
-        raise DatasetError(f"Dataset file {path} repeats the same user_input in data row(s) {_rows(dupes.index)}. "
+        raise DatasetError(f"Dataset file {path} repeats the same user_input in data row(s) {data_row_numbers(dupes.index)}. "
                            "Delete the repeats so no example counts twice.")
     if labels:
         allowed = {l.casefold() for l in labels}
         bad = frame[~frame["ground_truth_output"].str.strip().str.casefold().isin(allowed)]
         if len(bad):
-            raise DatasetError(f"Dataset file {path} has labels outside {labels} in data row(s) {_rows(bad.index)}. "
+            raise DatasetError(f"Dataset file {path} has labels outside {labels} in data row(s) {data_row_numbers(bad.index)}. "
                                "Fix those rows or add the label to `labels:` in data/manifest.yaml.")
     frame.insert(0, "row_id", range(len(frame)))
     return frame
@@ -191,7 +191,9 @@ def load_splits(spec: DatasetSpec, data_dir: Path) -> DatasetSplits:
     return DatasetSplits(name=spec.name, **splits)
 
 
-def _rows(index: pd.Index, limit: int = 10) -> str:
+def data_row_numbers(index, limit: int = 10) -> str:
+    """0-based row positions as the 1-based data row numbers messages show, the first `limit` of them."""
+    index = list(index)
     numbers = [str(i + 1) for i in index[:limit]]
     more = f" (and {len(index) - limit} more)" if len(index) > limit else ""
     return ", ".join(numbers) + more

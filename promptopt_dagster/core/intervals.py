@@ -21,9 +21,6 @@ class Interval:
     high: float
     confidence: float
 
-    def __str__(self) -> str:
-        return f"[{self.low:.3f}, {self.high:.3f}]"
-
 
 def bootstrap_mean_interval(scores: Sequence[float], aggregate: float | None = None, confidence: float = 0.95,
                             resamples: int = 4000, seed: int = 0) -> Interval | None:

@@ -11,7 +11,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from promptopt_dagster.core.datasets import COLUMNS, SPLITS
+from promptopt_dagster.core.datasets import COLUMNS, SPLITS, data_row_numbers
 from promptopt_dagster.core.prompts import PromptVersion, prompt_problem
 
 
@@ -92,18 +92,19 @@ def leakage_gate(prompt: PromptVersion, held_out: dict[str, pd.DataFrame], min_s
     candidates inflates acceptance; neither shows up in any other number. `held_out` maps a split
     name to its rows (row_id, user_input); spans are compared case- and whitespace-insensitively."""
     found: list[str] = []
+    text = _squash(f"{prompt.system_prompt}\n{prompt.output_prompt}")
+    windows = {text[i:i + min_span] for i in range(max(0, len(text) - min_span + 1))}
+    demos = {_squash(d.user_input) for d in prompt.demos}
     for split, rows in held_out.items():
         inputs = {_squash(t): int(i) for t, i in zip(rows["user_input"], rows["row_id"])}
-        demo_rows = [inputs[_squash(d.user_input)] + 1 for d in prompt.demos if _squash(d.user_input) in inputs]
+        demo_rows = [row_id for squashed, row_id in inputs.items() if squashed in demos]
         if demo_rows:
-            found.append(f"demo(s) that are {split} rows (data rows {', '.join(map(str, demo_rows[:10]))})")
-        text = _squash(f"{prompt.system_prompt}\n{prompt.output_prompt}")
-        windows = {text[i:i + min_span] for i in range(max(0, len(text) - min_span + 1))}
-        spans = [row_id + 1 for squashed, row_id in inputs.items() if len(squashed) >= min_span and any(
+            found.append(f"demo(s) that are {split} rows (data rows {data_row_numbers(demo_rows)})")
+        spans = [row_id for squashed, row_id in inputs.items() if len(squashed) >= min_span and any(
             squashed[i:i + min_span] in windows for i in range(len(squashed) - min_span + 1))]
         if spans:
             found.append(f"{min_span}+ characters copied verbatim from {split} row(s) "
-                         f"{', '.join(map(str, spans[:10]))} in its instructions")
+                         f"{data_row_numbers(spans)} in its instructions")
     if found:
         return GateResult(False, f"prompt v{prompt.version} leaks held-out rows: {'; '.join(found)}. Scores on "
                                  "those rows would be inflated; the prompt is not used.",

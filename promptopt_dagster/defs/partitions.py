@@ -21,6 +21,12 @@ DATASET_EXPR = {"partition_expr": "dataset"}
 ITERATION_EXPR = {"partition_expr": {"dataset": "dataset", "iteration": "iteration"}}
 
 
+def ensure_iteration(instance: dg.DagsterInstance, iteration: int) -> None:
+    """Add the dynamic `iteration` partition if this instance does not have it yet."""
+    if not instance.has_dynamic_partition(iteration_dimension.name, str(iteration)):
+        instance.add_dynamic_partitions(iteration_dimension.name, [str(iteration)])
+
+
 def iteration_key(dataset: str, iteration: int) -> dg.MultiPartitionKey:
     return dg.MultiPartitionKey({"dataset": dataset, "iteration": str(iteration)})
 

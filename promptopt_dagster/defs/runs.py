@@ -58,13 +58,13 @@ def owner_is_gone(run: dg.DagsterRun) -> bool:
 EXECUTING = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
 
-def in_progress_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
+def executing_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
     return list(instance.get_runs(filters=dg.RunsFilter(statuses=EXECUTING)))
 
 
 def fail_dead_cli_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
     """Mark in-progress CLI runs whose process is gone as failed; returns those runs."""
-    dead = [run for run in in_progress_runs(instance) if owner_is_gone(run)]
+    dead = [run for run in executing_runs(instance) if owner_is_gone(run)]
     for run in dead:
         instance.report_run_failed(run, f"The promptopt process {run.tags[PID_TAG]} that executed this run is gone "
                                         "(killed or crashed); marked failed so queued runs can start.")
@@ -84,7 +84,7 @@ def wait_for_other_runs(instance: dg.DagsterInstance, mine: Callable[[dg.Dagster
     announced: set[str] = set()
     while True:
         fail_dead_cli_runs(instance)
-        others = [r for r in in_progress_runs(instance) if not mine(r)]
+        others = [r for r in executing_runs(instance) if not mine(r)]
         if not others:
             return
         for run in others:

@@ -25,22 +25,30 @@ def build_request(client: LLMClient, prompt: PromptVersion, user_input: str, max
     return LLMRequest(prompt=prompt.render_completion(user_input), max_tokens=max_tokens, stop=tuple(stop))
 
 
+def build_requests(client: LLMClient, prompt: PromptVersion, rows: pd.DataFrame, max_tokens: int,
+                   stop: tuple[str, ...] = ("\n",)) -> list[LLMRequest]:
+    return [build_request(client, prompt, text, max_tokens, stop) for text in rows["user_input"]]
+
+
 def check_context(client: LLMClient, requests: list[LLMRequest], row_ids: list[int], prompt: PromptVersion,
                   where: str) -> None:
     """Refuse, before any call, rows whose rendered prompt plus the answer budget exceed the model's context.
 
     Such a row would only fail (or be silently truncated) after the rows before it were paid for.
     `where` names the rows' source for the message, e.g. "sst2/dev.csv"; row ids are 0-based data rows.
+    Every token but BOS covers at least one byte, so only prompts longer in bytes than the window can
+    overflow: the tokenizer runs on those alone, and a typical batch (a cached rerun too) pays nothing.
     """
     window = client.context_window()
-    texts = [r.prompt for r in requests if r.prompt is not None]
-    if window is None or not texts or len(texts) != len(requests):
-        return
-    counts = client.count_tokens(texts)
-    if counts is None:
+    if window is None or any(r.prompt is None for r in requests) or not requests:
         return
     budget = requests[0].max_tokens
-    over = [(row_id, n) for row_id, n in zip(row_ids, counts) if n + budget > window]
+    suspects = [(row_id, r.prompt) for row_id, r in zip(row_ids, requests)
+                if len(r.prompt.encode("utf-8")) + 1 + budget > window]
+    counts = client.count_tokens([text for _, text in suspects]) if suspects else []
+    if counts is None:
+        return
+    over = [(row_id, n) for (row_id, _), n in zip(suspects, counts) if n + budget > window]
     if not over:
         return
     shown = ", ".join(f"{row_id + 1} ({n} tokens)" for row_id, n in over[:10])
@@ -59,7 +67,7 @@ def predict(client: LLMClient, prompt: PromptVersion, rows: pd.DataFrame, max_to
     All rows go to the client in one batch, so a remote backend keeps its full number of requests
     in flight; the client streams answers back and progress is logged as they arrive."""
     inputs = rows.to_dict("records")
-    requests = [build_request(client, prompt, r["user_input"], max_tokens, stop) for r in inputs]
+    requests = build_requests(client, prompt, rows, max_tokens, stop)
     check_context(client, requests, [int(r["row_id"]) for r in inputs], prompt, where)
     progress = Progress(len(inputs), label, progress_interval_s)
 
