@@ -58,6 +58,7 @@ class FakeRequest:
     body: dict
     headers: dict
     attempt: int  # 1-based count of times this exact prompt (model+system+messages) arrived
+    choices: tuple = ()  # the enum the response schema restricts the answer to; () when unconstrained
 
     @property
     def prompt_key(self) -> tuple:
@@ -148,6 +149,38 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+def _enum_of(schema: Any) -> tuple[str | None, tuple]:
+    """(field, values) an answer is restricted to: a top-level enum (Gemini's text/x.enum, field None)
+    or the first enum property of an object schema (a JSON label)."""
+    if not isinstance(schema, dict):
+        return None, ()
+    if schema.get("enum"):
+        return None, tuple(str(v) for v in schema["enum"])
+    for name, prop in (schema.get("properties") or {}).items():
+        if isinstance(prop, dict) and prop.get("enum"):
+            return name, tuple(str(v) for v in prop["enum"])
+    return None, ()
+
+
+def _mentioned(text: str, choices: tuple) -> str | None:
+    """The choice ``text`` equals, else the one it mentions last (case-insensitively), else None."""
+    if text.strip() in choices:
+        return text.strip()
+    low = text.lower()
+    ends = {c: low.rfind(c.lower()) + len(c) for c in choices if c.lower() in low}
+    return max(ends, key=lambda c: (ends[c], len(c))) if ends else None
+
+
+def _constrained_reply(req: FakeRequest, text: str) -> str:
+    """What a server that enforces the enum sends: the value ``answer()`` named (else the one the last
+    user turn names, else the first), as a bare enum value, a JSON string or a JSON object field."""
+    value = _mentioned(text, req.choices) or _mentioned(req.user, req.choices) or req.choices[0]
+    field = _enum_of(req.response_schema)[0]
+    if field is not None:
+        return json.dumps({field: value})
+    return json.dumps(value) if req.json_mode else value
+
+
 class _QuietServer(ThreadingHTTPServer):
     request_queue_size = 256  # socketserver's default backlog of 5 resets connections under a burst
 
@@ -162,10 +195,12 @@ class FakeLLMServer:
 
     def __init__(self, protocol: Protocol, *, answer: Callable[[FakeRequest], str] | None = None,
                  latency_s: float = 0.0, faults: Faults = None, echo_auth_in_errors: bool = False,
-                 port: int = 0) -> None:
+                 port: int = 0, honour_choices: bool = True) -> None:
         if protocol not in ("gemini", "openai"):
             raise ValueError(f"unknown protocol {protocol!r}")
         self.protocol, self.answer, self.latency_s = protocol, answer or (lambda req: "ok"), latency_s
+        # False plays a server that ignores an enum in the response schema, so tests see the client catch it.
+        self.honour_choices = honour_choices
         self.faults, self.echo_auth_in_errors, self._port = faults, echo_auth_in_errors, port
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -291,6 +326,7 @@ class FakeLLMServer:
             gc = body.get("generationConfig") or {}
             json_mode = gc.get("responseMimeType") == "application/json"
             schema = gc.get("responseSchema") or gc.get("responseJsonSchema")
+            constrained = gc.get("responseMimeType") in ("application/json", "text/x.enum")
             max_tokens, temperature = gc.get("maxOutputTokens"), gc.get("temperature")
         else:
             for msg in body.get("messages") or []:
@@ -299,6 +335,7 @@ class FakeLLMServer:
             rf = body.get("response_format") or {}
             json_mode = rf.get("type") in ("json_object", "json_schema")
             schema = (rf.get("json_schema") or {}).get("schema")
+            constrained = rf.get("type") == "json_schema"
             max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
             temperature = body.get("temperature")
         system = "\n".join(system_parts)
@@ -309,7 +346,8 @@ class FakeLLMServer:
             attempt = self._attempts[key]
         return FakeRequest(self.protocol, path, model, system, user, messages, json_mode, schema,
                            int(max_tokens) if max_tokens is not None else None,
-                           float(temperature) if temperature is not None else None, body, headers, attempt)
+                           float(temperature) if temperature is not None else None, body, headers, attempt,
+                           _enum_of(schema)[1] if constrained else ())
 
     def _generate(self, h: _Handler, headers: dict, path: str, model: str, body: dict) -> None:
         req = self._parse(headers, path, model, body)
@@ -345,6 +383,8 @@ class FakeLLMServer:
             text = str(self.answer(req))
         except Exception as exc:  # a bug in the test's answer(): surface it as a 500
             return self._error(h, "POST", headers, body, 500, "answer_error", f"answer() raised {exc!r}")
+        if req.choices and self.honour_choices:
+            text = _constrained_reply(req, text)
         tokens, truncated = text.split(), False
         if req.max_tokens is not None and len(tokens) > req.max_tokens:
             text, truncated = " ".join(tokens[: req.max_tokens]), True

@@ -21,7 +21,7 @@ def test_a_clean_prompt_passes():
 def test_a_test_row_as_a_demo_fails_with_its_row_number():
     prompt = BASE.child(demos=[Demo(user_input="DULL ", ground_truth_output="negative")])
     result = leakage_gate(prompt, {"test": TEST})
-    assert not result.passed and "demo(s) that are test rows (data rows 2)" in result.message
+    assert not result.passed and "demo(s) or demo-pool rows that are test rows (data rows 2)" in result.message
 
 
 def test_a_long_verbatim_span_in_the_instruction_fails():

@@ -11,7 +11,7 @@ import re
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -28,10 +28,32 @@ class Demo(BaseModel):
     ground_truth_output: str
 
 
+class Retrieval(BaseModel):
+    """Demos chosen per input: the k pool rows most similar to it, rendered after the static demos with
+    the most similar last (nearest the input). The pool travels with the version, so an exported
+    prompt retrieves exactly what was measured."""
+
+    k: int = Field(ge=1)
+    method: str = "tfidf"  # a name known to core.retrieval
+    pool: list[Demo]
+
+    def pick(self, user_input: str) -> list[Demo]:
+        from promptopt_dagster.core.retrieval import get_retriever
+
+        if not self.pool:
+            return []
+        nearest = get_retriever(self.method, [d.user_input for d in self.pool]).top(user_input, self.k)
+        return [self.pool[i] for i in reversed(nearest)]
+
+
 class PromptVersion(BaseModel):
     system_prompt: str
     output_prompt: str
-    demos: list[Demo] = Field(default_factory=list)
+    demos: list[Demo] = Field(default_factory=list)  # static: the same for every input, rendered first
+    retrieval: Retrieval | None = None
+    # "label": the answer is restricted to one of `labels` (the backend ranks or constrains); "free": any text.
+    answer: Literal["free", "label"] = "free"
+    labels: list[str] = Field(default_factory=list)
     id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12])
     parent_id: str | None = None
     version: int = 0
@@ -50,7 +72,27 @@ class PromptVersion(BaseModel):
             self.system_prompt == other.system_prompt
             and self.output_prompt == other.output_prompt
             and self.demos == other.demos
+            and self.retrieval == other.retrieval
+            and self.answer == other.answer
+            and self.labels == other.labels
         )
+
+    def demos_for(self, user_input: str) -> list[Demo]:
+        """The demos this input is shown: the static ones, then those retrieved for it."""
+        return self.demos + (self.retrieval.pick(user_input) if self.retrieval else [])
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The answers a constrained prompt allows, sent with each request; () for free answers."""
+        return tuple(self.labels) if self.answer == "label" else ()
+
+    def describe(self) -> str:
+        """One line of the search choices, for logs and tables."""
+        parts = [f"{len(self.demos)} static demos"]
+        if self.retrieval:
+            parts.append(f"{self.retrieval.k} retrieved ({self.retrieval.method}, pool {len(self.retrieval.pool)})")
+        parts.append("label answers" if self.answer == "label" else "free answers")
+        return ", ".join(parts)
 
     # --- rendering -------------------------------------------------------------------------
     # The shared part (instruction, demos) comes first and the row's input last: llama.cpp reuses
@@ -58,7 +100,7 @@ class PromptVersion(BaseModel):
 
     def render_completion(self, user_input: str) -> str:
         parts = [self.system_prompt.strip()] if self.system_prompt.strip() else []
-        for demo in self.demos:
+        for demo in self.demos_for(user_input):
             parts.append(fill(self.output_prompt, demo.user_input) + " " + demo.ground_truth_output)
         parts.append(fill(self.output_prompt, user_input))
         return "\n\n".join(parts)
@@ -67,7 +109,7 @@ class PromptVersion(BaseModel):
         messages = []
         if self.system_prompt.strip():
             messages.append({"role": "system", "content": self.system_prompt.strip()})
-        for demo in self.demos:
+        for demo in self.demos_for(user_input):
             messages.append({"role": "user", "content": fill(self.output_prompt, demo.user_input)})
             messages.append({"role": "assistant", "content": demo.ground_truth_output})
         messages.append({"role": "user", "content": fill(self.output_prompt, user_input)})
@@ -155,6 +197,10 @@ def unified_diff(old: PromptVersion, new: PromptVersion) -> str:
         out = ["[system_prompt]", *p.system_prompt.splitlines(), "[output_prompt]", *p.output_prompt.splitlines()]
         out.append(f"[demos: {len(p.demos)}]")
         out += [f"- {d.user_input!r} -> {d.ground_truth_output}" for d in p.demos]
+        if p.retrieval:
+            out.append(f"[retrieved demos: {p.retrieval.k} nearest of {len(p.retrieval.pool)} pool rows "
+                       f"({p.retrieval.method})]")
+        out.append(f"[answer: {'one of ' + ', '.join(p.labels) if p.answer == 'label' else 'free text'}]")
         return out
 
     return "\n".join(difflib.unified_diff(lines(old), lines(new), f"v{old.version}", f"v{new.version}", lineterm=""))

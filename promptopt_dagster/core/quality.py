@@ -94,12 +94,13 @@ def leakage_gate(prompt: PromptVersion, held_out: dict[str, pd.DataFrame], min_s
     found: list[str] = []
     text = _squash(f"{prompt.system_prompt}\n{prompt.output_prompt}")
     windows = {text[i:i + min_span] for i in range(max(0, len(text) - min_span + 1))}
-    demos = {_squash(d.user_input) for d in prompt.demos}
+    # retrieved demos come from the pool, so a held-out row in the pool is as bad as one in the demos
+    demos = {_squash(d.user_input) for d in prompt.demos + (prompt.retrieval.pool if prompt.retrieval else [])}
     for split, rows in held_out.items():
         inputs = {_squash(t): int(i) for t, i in zip(rows["user_input"], rows["row_id"])}
         demo_rows = [row_id for squashed, row_id in inputs.items() if squashed in demos]
         if demo_rows:
-            found.append(f"demo(s) that are {split} rows (data rows {data_row_numbers(demo_rows)})")
+            found.append(f"demo(s) or demo-pool rows that are {split} rows (data rows {data_row_numbers(demo_rows)})")
         spans = [row_id for squashed, row_id in inputs.items() if len(squashed) >= min_span and any(
             squashed[i:i + min_span] in windows for i in range(len(squashed) - min_span + 1))]
         if spans:

@@ -47,7 +47,8 @@ def _prompt_md(prompt: PromptVersion) -> dg.MetadataValue:
     demos = "\n".join(f"- `{d.user_input[:100]}` → **{d.ground_truth_output}**" for d in prompt.demos) or "(none)"
     return dg.MetadataValue.md(f"**v{prompt.version}** `{prompt.id}` (parent `{prompt.parent_id}`)\n\n"
                                f"**System prompt**\n```\n{prompt.system_prompt}\n```\n"
-                               f"**Output prompt**\n```\n{prompt.output_prompt}\n```\n**Demos**\n{demos}")
+                               f"**Output prompt**\n```\n{prompt.output_prompt}\n```\n**Demos** ({prompt.describe()})\n"
+                               f"{demos}")
 
 
 def _usage(clients: list[LLMClient], before: list[UsageStats]) -> UsageByModel:

@@ -25,6 +25,10 @@ class LLMRequest:
     temperature: float = 0.0
     stop: tuple[str, ...] = ()
     json_schema: dict | None = None  # ask for JSON matching this schema (backends with a JSON mode)
+    # When set, the answer must be exactly one of these strings (a label). Each backend enforces it its
+    # own way (local: label-likelihood ranking; Gemini: an enum response schema; OpenAI-compatible: a
+    # JSON schema enum) and returns the chosen string itself as `text`.
+    choices: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -35,6 +35,8 @@ def cache_key(identity: dict, request: LLMRequest) -> str:
     req = request.to_dict()
     if req["json_schema"] is None:  # keys written before JSON mode existed stay valid
         del req["json_schema"]
+    if not req["choices"]:  # and before constrained answers existed
+        del req["choices"]
     payload = json.dumps({"identity": identity, "request": req}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 

@@ -37,7 +37,16 @@ class FakeLLM(LLMClient):
             except Exception as exc:  # a responder may simulate a failing row
                 out.append(LLMResponse(error=f"{type(exc).__name__}: {exc}"))
                 continue
+            if req.choices:
+                text = _as_choice(text, req.choices)
             prompt_len = len((req.prompt or "").split())
             out.append(LLMResponse(text=text, prompt_tokens=prompt_len, completion_tokens=len(text.split()),
                                    finish_reason="stop"))
         return out
+
+
+def _as_choice(text: str, choices: Sequence[str]) -> str:
+    """The choice the scripted answer names first (a constrained backend always answers a choice)."""
+    lowered = text.strip().casefold()
+    named = [(lowered.find(c.casefold()), -len(c), c) for c in choices if c.casefold() in lowered]
+    return min(named)[2] if named else choices[0]

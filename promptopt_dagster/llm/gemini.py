@@ -63,7 +63,11 @@ class GeminiClient(RemoteClient):
                                       stop_sequences=list(request.stop) or None)
         if system:
             kwargs["system_instruction"] = system
-        if request.json_schema is not None:
+        if request.choices:
+            # The enum MIME type makes Gemini answer the bare value (application/json would quote it).
+            kwargs.update(response_mime_type="text/x.enum",
+                          response_schema={"type": "STRING", "enum": list(request.choices)})
+        elif request.json_schema is not None:
             kwargs.update(response_mime_type="application/json", response_schema=request.json_schema)
         return t.GenerateContentConfig(**kwargs)
 
@@ -94,6 +98,12 @@ class GeminiClient(RemoteClient):
         text = "".join(p.text or "" for p in (candidate.content.parts or [])) if candidate.content else ""
         if not text and finish in ("SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT"):
             return LLMResponse(error=f"blocked: the answer was withheld ({finish})", finish_reason=finish, **tokens)
+        if request.choices:
+            text = text.strip()
+            if text not in request.choices:  # the server broke its enum; a retry would say the same
+                return LLMResponse(error=f"not_a_choice: the model answered {text[:200]!r}, "
+                                         f"not one of {list(request.choices)}", finish_reason=finish.lower() or None,
+                                   **tokens)
         return LLMResponse(text=text, finish_reason=finish.lower() or None, **tokens)
 
     def _classify(self, exc: BaseException) -> Failure:

@@ -19,10 +19,11 @@ def build_request(client: LLMClient, prompt: PromptVersion, user_input: str, max
                   stop: tuple[str, ...] = ("\n",)) -> LLMRequest:
     if client.mode == "chat":
         messages = tuple((m["role"], m["content"]) for m in prompt.render_chat(user_input))
-        return LLMRequest(messages=messages, max_tokens=max_tokens, stop=())
+        return LLMRequest(messages=messages, max_tokens=max_tokens, stop=(), choices=prompt.choices)
     # A base model continues the pattern past the answer; by default the newline ends a one-line answer
     # (datasets with multi-line answers set their own stop, e.g. the start of the next demo).
-    return LLMRequest(prompt=prompt.render_completion(user_input), max_tokens=max_tokens, stop=tuple(stop))
+    return LLMRequest(prompt=prompt.render_completion(user_input), max_tokens=max_tokens, stop=tuple(stop),
+                      choices=prompt.choices)
 
 
 def build_requests(client: LLMClient, prompt: PromptVersion, rows: pd.DataFrame, max_tokens: int,

@@ -111,10 +111,23 @@ class LlamaCppClient(LLMClient):
                 yield i, self._complete(llm, req)
 
     @staticmethod
+    def _choose(llm, req: LLMRequest, started: float) -> LLMResponse:
+        from promptopt_dagster.llm.label_ranking import LabelRanker
+
+        try:
+            ranked = LabelRanker(llm).rank(req.prompt, list(req.choices))
+        except Exception as exc:
+            return LLMResponse(error=f"{type(exc).__name__}: {exc}", latency_s=time.perf_counter() - started)
+        return LLMResponse(text=ranked.choice, prompt_tokens=ranked.prompt_tokens, completion_tokens=1,
+                           latency_s=time.perf_counter() - started, finish_reason="choice")
+
+    @staticmethod
     def _complete(llm, req: LLMRequest) -> LLMResponse:
         if req.prompt is None:
             return LLMResponse(error="the local model is a completion model; send `prompt`, not `messages`")
         started = time.perf_counter()
+        if req.choices:
+            return LlamaCppClient._choose(llm, req, started)
         try:
             res = llm.create_completion(req.prompt, max_tokens=req.max_tokens, temperature=req.temperature,
                                         top_k=1 if req.temperature == 0 else 40,

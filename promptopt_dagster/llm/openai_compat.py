@@ -6,7 +6,8 @@ rate-limited in one place (llm/remote.py).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import json
+from typing import Any, Literal, Sequence
 
 from promptopt_dagster.llm.base import LLMRequest, LLMResponse
 from promptopt_dagster.llm.remote import Failure, MalformedReply, RemoteClient, failure_from_status
@@ -44,11 +45,35 @@ class OpenAIClient(RemoteClient):
         await self._client.close()
 
     def _response_format(self, request: LLMRequest) -> dict | None:
-        if request.json_schema is None or self.json_mode == "off":
+        if (request.json_schema is None and not request.choices) or self.json_mode == "off":
             return None
         if self.json_mode == "object":
             return {"type": "json_object"}
+        if request.choices:
+            return {"type": "json_schema", "json_schema": {"name": "label", "strict": True, "schema": label_schema(
+                request.choices)}}
         return {"type": "json_schema", "json_schema": {"name": "response", "schema": request.json_schema}}
+
+    def _choice(self, text: str, choices: Sequence[str]) -> tuple[str | None, str]:
+        """(the chosen label, or None and why not).
+
+        With JSON off the server constrains nothing, so a reply that names exactly one label is
+        taken as that label; with a JSON mode the reply must be {"label": <one of the choices>}."""
+        if self.json_mode == "off":
+            answer = text.strip()
+            if answer in choices:
+                return answer, ""
+            named = [c for c in choices if c.lower() in answer.lower()]
+            if len(named) == 1:
+                return named[0], ""
+            return None, f"the model answered {answer[:200]!r}, which names not exactly one of {list(choices)}"
+        try:
+            answer = json.loads(text)["label"]
+        except (ValueError, TypeError, KeyError):
+            return None, f"the model answered {text[:200]!r}, not a JSON object with a label from {list(choices)}"
+        if answer not in choices:
+            return None, f"the model answered {str(answer)[:200]!r}, not one of {list(choices)}"
+        return answer, ""
 
     async def _send(self, request: LLMRequest) -> LLMResponse:
         if request.prompt is not None:
@@ -69,9 +94,14 @@ class OpenAIClient(RemoteClient):
             raise MalformedReply("no choices in the reply")
         choice = reply.choices[0]
         usage = reply.usage
-        return LLMResponse(text=choice.message.content or "", finish_reason=choice.finish_reason,
-                           prompt_tokens=(usage.prompt_tokens or 0) if usage else 0,
-                           completion_tokens=(usage.completion_tokens or 0) if usage else 0)
+        out = LLMResponse(text=choice.message.content or "", finish_reason=choice.finish_reason,
+                          prompt_tokens=(usage.prompt_tokens or 0) if usage else 0,
+                          completion_tokens=(usage.completion_tokens or 0) if usage else 0)
+        if request.choices:
+            # An off-choice answer is the row's error, not a retry: at temperature 0 it would come back the same.
+            label, why = self._choice(out.text, request.choices)
+            out.text, out.error = (label, None) if label is not None else ("", f"not_a_choice: {why}")
+        return out
 
     def _classify(self, exc: BaseException) -> Failure:
         import openai
@@ -83,3 +113,9 @@ class OpenAIClient(RemoteClient):
         if isinstance(exc, openai.APIConnectionError):
             return Failure("connection", f"connection failed: {exc}", True)
         return super()._classify(exc)
+
+
+def label_schema(choices: Sequence[str]) -> dict:
+    """A strict-mode schema (every property required, no others) whose one field is the label."""
+    return {"type": "object", "properties": {"label": {"type": "string", "enum": list(choices)}},
+            "required": ["label"], "additionalProperties": False}

@@ -1,0 +1,77 @@
+"""Demos chosen per input: the k rows of a demo pool most similar to the row being answered.
+
+A small model copies the labels of demos that look like its input far better than it follows an
+instruction, so on multi-class data the nearest train rows beat any fixed demo set. TF-IDF cosine
+(scikit-learn) needs no model download and ranks a few thousand rows in about a millisecond.
+
+Retrievers are deterministic: ties go to the lower pool index, and the same pool gives the same
+retriever (shared by fingerprint), so a prompt version renders identically on every run.
+Another retriever (embeddings on a remote setup) plugs in with `register_retriever`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+
+class Retriever(Protocol):
+    def top(self, query: str, k: int) -> list[int]:
+        """Indices of the k most similar pool texts, most similar first."""
+
+
+class TfidfRetriever:
+    """Word unigrams and bigrams, sublinear term frequency, English-agnostic (no stop-word list)."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        self._vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True,
+                                           token_pattern=r"(?u)\b\w+\b")
+        self._matrix = self._vectorizer.fit_transform(list(texts))  # rows are L2-normalised
+        self._memo: dict[str, np.ndarray] = {}
+
+    def top(self, query: str, k: int) -> list[int]:
+        order = self._memo.get(query)
+        if order is None or len(order) < min(k, self._matrix.shape[0]):
+            sims = (self._matrix @ self._vectorizer.transform([query]).T).toarray().ravel()
+            # stable sort on -similarity: equal similarity keeps pool order, so ties are deterministic
+            order = np.argsort(-sims, kind="stable")[:max(k, 32)]
+            if len(self._memo) > 50_000:
+                self._memo.clear()
+            self._memo[query] = order
+        return [int(i) for i in order[:k]]
+
+
+_FACTORIES: dict[str, Callable[[Sequence[str]], Retriever]] = {"tfidf": TfidfRetriever}
+_BUILT: "OrderedDict[tuple[str, str], Retriever]" = OrderedDict()
+
+
+def register_retriever(name: str, factory: Callable[[Sequence[str]], Retriever]) -> None:
+    """Make `method: <name>` usable in prompt versions (e.g. an embedding retriever for remote setups)."""
+    _FACTORIES[name] = factory
+
+
+def retriever_names() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def fingerprint(texts: Sequence[str]) -> str:
+    return hashlib.sha256(json.dumps(list(texts), ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
+
+
+def get_retriever(method: str, texts: Sequence[str]) -> Retriever:
+    """One retriever per (method, pool), kept for the process: candidates of a search share the pool."""
+    if method not in _FACTORIES:
+        raise ValueError(f"Unknown retriever {method!r}; known: {', '.join(retriever_names())}.")
+    key = (method, fingerprint(texts))
+    if key not in _BUILT:
+        _BUILT[key] = _FACTORIES[method](texts)
+        while len(_BUILT) > 4:
+            _BUILT.popitem(last=False)
+    _BUILT.move_to_end(key)
+    return _BUILT[key]
