@@ -69,7 +69,13 @@ def _parser() -> argparse.ArgumentParser:
                                      "on the held-out test split.", formatter_class=_Help)
     opt.add_argument("--dataset", required=True, help="a dataset named in data/manifest.yaml")
     opt.add_argument("--max-iterations", type=_int_from(1), default=5, help="stop after this many iterations")
-    opt.add_argument("--eval-size", type=_int_from(0), default=200, help="dev rows scored per prompt (0: all)")
+    opt.add_argument("--eval-size", type=_int_from(0), default=200,
+                     help="confirm rows: dev rows on which a refined prompt is accepted or rejected (0: all)")
+    opt.add_argument("--select-size", type=_int_from(1), default=100,
+                     help="select rows: other dev rows on which the optimizer compares its candidates")
+    opt.add_argument("--confidence", type=_float_in(0.5, 0.999), default=0.9,
+                     help="a refinement is accepted only if its gain on the confirm rows holds at this confidence "
+                          "(paired bootstrap)")
     opt.add_argument("--test-size", type=_int_from(0), default=500, help="held-out test rows in the report (0: all)")
     opt.add_argument("--optimizer", choices=["fewshot", "reflective"], default="fewshot",
                      help="fewshot: search demos and instructions; reflective: an LLM rewrites the prompt")
@@ -84,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="budget: model calls, retries included (0: no cap)")
     opt.add_argument("--max-tokens", type=_int_from(0), default=0, help="budget: prompt + completion tokens (0: no cap)")
     opt.add_argument("--max-cost-usd", type=_float_in(0.0), default=0.0, help="budget: estimated US dollars (0: no cap)")
+    opt.add_argument("--max-metric-calls", type=_int_from(0), default=0,
+                     help="budget: rows scored by candidates and comparisons, cached answers included (0: no cap)")
     opt.add_argument("--max-failed-fraction", type=_float_in(0.0, 1.0), default=0.02,
                      help="share of rows that may end in an error before an iteration fails")
     opt.add_argument("--report-json", type=Path, metavar="PATH", help="write the full report as JSON to this file")
@@ -99,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _optimization_config(args: argparse.Namespace) -> dict:
     return {"optimizer": args.optimizer, "eval_size": args.eval_size, "test_size": args.test_size,
+            "select_size": args.select_size, "confidence": args.confidence, "max_metric_calls": args.max_metric_calls,
             "max_iterations": args.max_iterations, "target_score": args.target_score, "patience": args.patience,
             "seed": args.seed, "max_requests": args.max_requests, "max_tokens": args.max_tokens,
             "max_cost_usd": args.max_cost_usd, "max_failed_fraction": args.max_failed_fraction,

@@ -41,6 +41,12 @@ def demos_help(request: LLMRequest) -> str:
 
 
 def never_right(request: LLMRequest) -> str:
+    """Never the row's label: " maybe", or a wrong label when the answer is constrained to the labels."""
+    if request.choices:
+        if not _LABELS:
+            _LABELS.update(_sst2_labels())
+        user_input = (request.prompt or "").rsplit("Review: ", 1)[-1].rsplit("\nSentiment:", 1)[0]
+        return next(c for c in request.choices if c != _LABELS.get(user_input))
     return " maybe"
 
 
@@ -114,7 +120,7 @@ def make_defs(tmp_path: Path, script: str = "demos_help", data_dir: Path = DATA_
     })
 
 
-SMALL = {"eval_size": 20, "test_size": 20, "num_candidates": 2, "minibatch_size": 10}
+SMALL = {"eval_size": 20, "test_size": 20, "num_candidates": 2, "minibatch_size": 10, "select_size": 10}
 
 
 def run_config(**overrides) -> dict:

@@ -72,7 +72,7 @@ def test_progress_is_printed_once_and_the_run_ends_with_a_short_summary(project)
                       "--test-size", "0")
     assert done.returncode == 0, done.stderr[-3000:]
     both = done.stdout + done.stderr
-    assert both.count("baseline_predictions sst2|0: 20/20 rows") == 1
+    assert both.count("baseline_predictions sst2|0: 14/14 rows") == 1  # 6 of the 20 dev rows select
     assert both.count("test best sst2: 20/20 rows") == 1
     summary = done.stdout.strip().splitlines()
     assert len(summary) <= 6 and "held-out test rows (95% interval)" in summary[0]
@@ -118,7 +118,7 @@ def test_a_failed_blocking_check_shows_its_own_message(project):
     assert proc.returncode == 2, err[-3000:]
     error = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(error) == 1
-    assert "quality check all_rows_answered on baseline_predictions failed: 20 rows failed (100.0% > 2.0%)" in error[0]
+    assert "quality check all_rows_answered on baseline_predictions failed: 14 rows failed (100.0% > 2.0%)" in error[0]
     assert "Traceback" not in err and "blocking asset check" not in err and "ERROR" not in err
     assert len(err.splitlines()) <= 6, err
 

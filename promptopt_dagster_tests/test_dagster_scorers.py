@@ -85,7 +85,9 @@ def test_weighted_scorers_custom_and_judge_through_one_iteration_and_the_report(
     assert scores["refined"]["accuracy"] == 1.0 and bool(report["accepted"])
     usage = json.loads(report["usage_json"])
     judge_calls = sum(u["llm_calls"] for m, u in usage.items() if "judge" in m)
-    assert judge_calls == 20 + 20 + 2 * 10  # baseline, refined and both fewshot candidates were judged
+    # baseline and refined on confirm rows, the baseline on 10 select rows, both candidates on the minibatch
+    # and on all select rows: every answer was judged
+    assert judge_calls == 20 + 20 + 10 + 2 * (10 + 10)
 
     final = defs.resolve_job_def("final_report_job").execute_in_process(
         partition_key="sst2", instance=instance, run_config=run_config(target_score=1.1))

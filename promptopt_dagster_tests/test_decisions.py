@@ -149,7 +149,8 @@ def test_to_dict_round_trip():
     d = decide(0, 0.5, 0.625, FRESH, POLICY)
     data = d.to_dict()
     assert data["accepted"] is True and data["stop_reason"] is None
-    assert data["spent"] == {"requests": 0, "tokens": 0, "cost_usd": 0.0, "llm_calls": 0, "cache_hits": 0}
+    assert data["spent"] == {"requests": 0, "tokens": 0, "cost_usd": 0.0, "llm_calls": 0, "cache_hits": 0,
+                             "metric_calls": 0}
     assert Decision(**{**data, "spent": Spend(**data["spent"])}) == d
 
 

@@ -128,16 +128,18 @@ def test_no_candidate_does_worse_than_the_majority_label_on_imbalanced_data():
     inp = OptimizerInput(prompt=SEED, scored_rows=dev, baseline_score=0.0, metric="accuracy", train=TRAIN,
                          labels=["negative", "positive"], iteration=0, seed=7)
     proposal = get_optimizer("fewshot", minibatch_size=30).propose(inp, evaluate, None)
-    assert [c["minibatch_score"] for c in proposal.candidates] == [0.8] * 6
+    static = [c["minibatch_score"] for c in proposal.candidates if "retrieved" not in c["choices"]]
+    assert static and static == [0.8] * len(static)
 
 
 def test_picks_the_best_candidate_and_records_every_try():
-    optimizer = get_optimizer("fewshot", num_candidates=3, demo_counts=(2, 8, 4), minibatch_size=10)
+    optimizer = get_optimizer("fewshot", num_candidates=3, minibatch_size=10)
     proposal = optimizer.propose(_input(), _by_demo_count, None)
-    assert len(proposal.prompt.demos) == 8
-    assert [c["demos"] for c in proposal.candidates] == [2, 8, 4]
+    assert len(proposal.prompt.demos) == 8 and proposal.prompt.retrieval is None  # the only static seed of three
+    assert [c["choices"].split(",")[0] for c in proposal.candidates] == ["0 static demos", "8 static demos",
+                                                                         "0 static demos"]
     assert proposal.prompt.parent_id == SEED.id and proposal.prompt.version == SEED.version + 1
-    assert proposal.prompt.metadata["minibatch_size"] == 10
+    assert proposal.prompt.metadata["select_rows"] == len(ROWS)
 
 
 def test_same_seed_and_iteration_give_the_same_proposal():
@@ -149,12 +151,16 @@ def test_same_seed_and_iteration_give_the_same_proposal():
 
 
 def test_later_iterations_mutate_the_best_demo_set():
+    from promptopt_dagster.optimizers.pool import Candidate
+
     demos = [Demo(user_input=f"review {i}", ground_truth_output="positive" if i % 4 == 0 else "negative")
              for i in (0, 1, 4, 5)]
     best = SEED.child(demos=demos)
-    proposal = get_optimizer("fewshot", num_candidates=4).propose(_input(best, iteration=1), _by_demo_count, None)
-    mutations = [c for c in proposal.candidates if c["kind"] == "mutate"]
-    assert len(mutations) == 2 and all(c["demos"] == 4 for c in mutations)
+    pool = [Candidate(best, 0, "seed", {i: 0.4 for i in ROWS["row_id"]}, 0.4)]
+    inp = _input(best, iteration=1)
+    inp.history = pool
+    proposal = get_optimizer("fewshot", num_candidates=4).propose(inp, _by_demo_count, None)
+    assert proposal.candidates and all(c["kind"] == "mutate" and c["parent"] == best.id for c in proposal.candidates)
     mutated = get_optimizer("fewshot").mutate_demos(demos, TRAIN, random.Random(1))
     changed = [(a, b) for a, b in zip(demos, mutated) if a != b]
     assert 1 <= len(changed) <= 2

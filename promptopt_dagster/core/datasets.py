@@ -204,3 +204,21 @@ def sample_rows(frame: pd.DataFrame, size: int | None, seed: int) -> pd.DataFram
     if size is None or size <= 0 or size >= len(frame):
         return frame.reset_index(drop=True)
     return frame.sample(n=size, random_state=seed).sort_values("row_id").reset_index(drop=True)
+
+
+def dev_parts(dev: pd.DataFrame, eval_size: int | None, select_size: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(select, confirm): dev rows that choose among candidates, and the disjoint rows that accept them.
+
+    When the rows that pick a candidate also judge it, the loop climbs noise: the best of many
+    candidates on a row set is partly the luckiest on it. Confirm rows are the eval rows
+    (`sample_rows(dev, eval_size, seed)`, as before); select rows are drawn from the dev rows left
+    over, and carved out of the confirm rows only when too few are left (a small dev split, or
+    eval_size 0 = all of dev). A dev split of n rows gives at most n // 3 select rows."""
+    confirm = sample_rows(dev, eval_size, seed)
+    want = max(1, min(select_size, len(dev) // 3))
+    rest = dev[~dev["row_id"].isin(confirm["row_id"])]
+    if len(rest) < want:
+        moved = confirm.sample(n=min(len(confirm) - 1, want - len(rest)), random_state=seed)
+        confirm = confirm.drop(moved.index).reset_index(drop=True)
+        rest = pd.concat([rest, moved])
+    return sample_rows(rest, want, seed + 1), confirm

@@ -10,7 +10,7 @@ F1 and corpus BLEU/chrF are not, and get no interval rather than a wrong one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -39,3 +39,47 @@ def bootstrap_mean_interval(scores: Sequence[float], aggregate: float | None = N
     tail = (1.0 - confidence) / 2
     low, high = np.quantile(means, [tail, 1.0 - tail])
     return Interval(float(low), float(high), confidence)
+
+
+@dataclass(frozen=True)
+class PairedGain:
+    """Refined minus baseline on the same rows, with a paired percentile-bootstrap interval."""
+
+    gain: float
+    low: float
+    high: float
+    confidence: float
+    rows: int
+
+    def holds(self, min_improvement: float = 0.0) -> bool:
+        """The whole interval lies above min_improvement: the gain is not a fluke of which rows were drawn."""
+        return self.low > min_improvement + 1e-12
+
+    def text(self) -> str:
+        return (f"gain {self.gain:+.4f} [{self.low:+.4f}, {self.high:+.4f}] "
+                f"({self.confidence:.0%} paired bootstrap, {self.rows} rows)")
+
+
+def paired_bootstrap_gain(baseline: Sequence[float], refined: Sequence[float], confidence: float = 0.9,
+                          resamples: int = 2000, seed: int = 0,
+                          statistic: Callable[[np.ndarray], tuple[float, float]] | None = None) -> PairedGain:
+    """Resample rows (the same rows for both prompts) and read the gain's interval off the resamples.
+
+    Pairing is what makes a small gain detectable: most rows are answered the same by both prompts
+    and cancel out. `statistic(indices) -> (baseline, refined)` recomputes a target that is not a
+    mean of row scores (macro F1) on the resampled rows; without it the row scores' means are used."""
+    base, ref = np.asarray(baseline, dtype=float), np.asarray(refined, dtype=float)
+    if len(base) != len(ref) or len(base) == 0:
+        raise ValueError(f"paired test needs the same non-zero number of rows ({len(base)} vs {len(ref)})")
+    rng = np.random.default_rng(seed)
+    indices = rng.integers(0, len(base), size=(resamples, len(base)))
+    if statistic is None:
+        diffs = ref - base
+        gains, gain = diffs[indices].mean(axis=1), float(diffs.mean())
+    else:
+        gains = np.array([b_r[1] - b_r[0] for b_r in map(statistic, indices)])
+        b, r = statistic(np.arange(len(base)))
+        gain = float(r - b)
+    tail = (1.0 - confidence) / 2
+    low, high = np.quantile(gains, [tail, 1.0 - tail])
+    return PairedGain(gain, float(low), float(high), confidence, len(base))

@@ -19,6 +19,10 @@ def comparison_markdown(metric: str, decision: Decision, baseline: PromptVersion
         "|---|---|---|---|",
         f"| baseline | v{baseline.version} | `{baseline.id}` | {decision.baseline_score:.4f} |",
         f"| refined | v{refined.version} | `{refined.id}` | {refined_score} |",
+        *([f"", f"**Gain on the {decision.gain.rows} confirm rows:** {decision.gain.gain:+.4f}, "
+           f"{decision.gain.confidence:.0%} interval [{decision.gain.low:+.4f}, {decision.gain.high:+.4f}] "
+           "(paired bootstrap; accepted only when the whole interval is above min_improvement)"]
+          if decision.gain else []),
         "",
         f"**Decision:** {decision.why}. Iterations without improvement: {decision.iterations_without_improvement}. "
         f"**Next:** {'stop (' + decision.stop_reason + ')' if decision.stop_reason else 'continue'}.",

@@ -15,9 +15,9 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from promptopt_dagster.core.datasets import DatasetSpec, DatasetSplits, sample_rows
+from promptopt_dagster.core.datasets import DatasetSpec, DatasetSplits, dev_parts, sample_rows
 from promptopt_dagster.core.decisions import LoopState, Spend, decide
-from promptopt_dagster.core.intervals import bootstrap_mean_interval
+from promptopt_dagster.core.intervals import bootstrap_mean_interval, paired_bootstrap_gain
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.core.quality import (GateResult, dataset_gate, drop_held_out, leakage_gate,
                                             metric_range_gate, predictions_gate, prompt_gate)
@@ -31,6 +31,7 @@ from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.llm.inference import predict
 from promptopt_dagster.llm.usage import UsageByModel, UsageStats
 from promptopt_dagster.optimizers import OptimizerInput, get_optimizer
+from promptopt_dagster.optimizers.pool import Candidate, best, pareto_frontier, pool_frame
 from promptopt_dagster.scoring.suite import ScoringSuite, objective_value, summary_from_frame, wide_scores
 from promptopt_dagster.settings import get_settings
 
@@ -77,6 +78,7 @@ def _optimization_metadata(spent: Spend) -> dict:
             "optimization_cache_hits": dg.MetadataValue.int(spent.cache_hits),
             "optimization_answers": dg.MetadataValue.int(spent.llm_calls + spent.cache_hits),
             "optimization_requests": dg.MetadataValue.int(spent.requests),
+            "optimization_metric_calls": dg.MetadataValue.int(spent.metric_calls),
             "optimization_tokens": dg.MetadataValue.int(spent.tokens),
             "optimization_cost_usd": dg.MetadataValue.float(round(spent.cost_usd, 6))}
 
@@ -104,8 +106,16 @@ def _splits(dataset_splits: pd.DataFrame, dataset: str) -> DatasetSplits:
     return DatasetSplits.from_frame(dataset, dataset_splits)
 
 
+def _dev_parts(dataset_splits: pd.DataFrame, dataset: str,
+               optimization: OptimizationConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(select, confirm) rows of the dev split: the optimizer never sees the confirm rows."""
+    return dev_parts(_splits(dataset_splits, dataset).dev, optimization.eval_size, optimization.select_size,
+                     optimization.seed)
+
+
 def _eval_rows(dataset_splits: pd.DataFrame, dataset: str, optimization: OptimizationConfig) -> pd.DataFrame:
-    rows = sample_rows(_splits(dataset_splits, dataset).dev, optimization.eval_size, optimization.seed)
+    """The confirm rows, on which baseline and refined prompt are compared."""
+    rows = _dev_parts(dataset_splits, dataset, optimization)[1]
     if rows.empty:
         raise dg.Failure(f"Dataset '{dataset}' has no dev rows to evaluate prompts on. Add rows to its dev file "
                          "and materialize dataset_splits again.")
@@ -260,58 +270,108 @@ def baseline_metrics(context: dg.AssetExecutionContext, baseline_predictions: pd
     yield from _metrics(context, "baseline_metrics", baseline_predictions, project, judge_model, optimization)
 
 
-@dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP,
-          check_specs=[dg.AssetCheckSpec("prompt_is_usable", asset="refined_prompt", blocking=True,
-                                         description="Not empty, output_prompt keeps exactly one {user_input}, "
-                                                     "system_prompt has no {placeholders}."),
-                       dg.AssetCheckSpec("no_held_out_rows", asset="refined_prompt", blocking=True,
-                                         description="No demo is a dev or test row, and the instructions copy "
-                                                     "no long span of one: those scores would be inflated.")])
+@dg.multi_asset(
+    partitions_def=iteration_partitions, group_name=LOOP, can_subset=False,
+    deps=["baseline_metrics"],  # so a failed blocking check on the baseline's answers stops the search too
+    outs={"refined_prompt": dg.AssetOut(metadata=ITERATION_EXPR, description="The optimizer's proposal; when it has "
+                                        "nothing usable, the baseline is kept and the reason recorded."),
+          "candidate_pool": dg.AssetOut(metadata=ITERATION_EXPR, description="Every candidate of this optimization "
+                                        "so far, with its per-row scores on the select rows, its parent and whether "
+                                        "it passed the minibatch gate.")},
+    check_specs=[dg.AssetCheckSpec("prompt_is_usable", asset="refined_prompt", blocking=True,
+                                   description="Not empty, output_prompt keeps exactly one {user_input}, "
+                                               "system_prompt has no {placeholders}."),
+                 dg.AssetCheckSpec("no_held_out_rows", asset="refined_prompt", blocking=True,
+                                   description="No demo or demo-pool row is a dev or test row, and the instructions "
+                                               "copy no long span of one: those scores would be inflated.")],
+)
 def refined_prompt(context: dg.AssetExecutionContext, dataset_splits: pd.DataFrame, baseline_prompt: pd.DataFrame,
-                   baseline_predictions: pd.DataFrame, baseline_metrics: pd.DataFrame, project: ProjectResource,
-                   task_model: LLMResource, optimizer_model: LLMResource, judge_model: LLMResource,
-                   optimization: OptimizationConfig):
-    """The optimizer's proposal. When it has nothing usable, the baseline is kept and the reason recorded.
+                   project: ProjectResource, task_model: LLMResource, optimizer_model: LLMResource,
+                   judge_model: LLMResource, optimization: OptimizationConfig, warehouse: DuckDBResource):
+    """The optimizer's proposal, chosen on the select rows; the confirm rows never reach the optimizer.
 
-    The optimizer sees the target's per-row scores and, from an LLM judge, why each row scored low."""
+    The optimizer sees the baseline's per-row scores on the select rows and, from an LLM judge, why
+    each row scored low; the candidate pool carries every earlier candidate into this iteration."""
     dataset, iteration = split_key(context)
     spec, prompt = project.spec(dataset), prompt_from_frame(baseline_prompt)
     suite = _suite(project, dataset, judge_model, optimization)
     splits = _splits(dataset_splits, dataset)
+    select, confirm = _dev_parts(dataset_splits, dataset, optimization)
     held_out = {"dev": splits.dev, "test": splits.test}
-    scored = baseline_predictions.merge(wide_scores(baseline_metrics)[["row_id", "score", "rationale"]], on="row_id")
+    train = drop_held_out(splits.train, held_out)
     clients = [task_model.get_client(), optimizer_model.get_client()]
     clients += [judge_model.get_client()] if suite.uses_judge else []
     task, opt = clients[0], clients[1]
     before = _snapshot(clients)
+    scored_rows = [0]
+
+    def answer_and_score(candidate: PromptVersion, rows: pd.DataFrame):
+        answers = _predict(task, candidate, rows, spec, f"candidate {dataset}|{iteration}")
+        scored_rows[0] += len(rows)
+        return answers, suite.score(answers["prediction"].tolist(), answers["ground_truth_output"].tolist(),
+                                    inputs=answers["user_input"].tolist()).objective()
 
     def evaluate(candidate: PromptVersion, rows: pd.DataFrame):
-        answers = _predict(task, candidate, rows, spec, f"candidate {dataset}|{iteration}")
-        return suite.score(answers["prediction"].tolist(), answers["ground_truth_output"].tolist(),
-                           inputs=answers["user_input"].tolist()).objective()
+        return answer_and_score(candidate, rows)[1]
 
     optimizer = get_optimizer(optimization.optimizer, **optimization.optimizer_options())
+    history = _previous_pool(warehouse, dataset, iteration, getattr(optimizer, "demo_pool", lambda _: None)(train))
+    known = next((c for c in history if c.id == prompt.id and c.select_score is not None), None)
+    answers, result = answer_and_score(prompt, select)
+    scored = answers.assign(score=result.per_row, rationale=result.rationales or None)
     proposal = optimizer.propose(
-        OptimizerInput(prompt=prompt, scored_rows=scored, baseline_score=objective_value(baseline_metrics),
-                       metric=suite.describe(), train=drop_held_out(splits.train, held_out), labels=spec.labels,
-                       iteration=iteration,
-                       seed=optimization.seed),
+        OptimizerInput(prompt=prompt, scored_rows=scored, baseline_score=result.value if known is None
+                       else known.select_score, metric=suite.describe(), train=train, labels=spec.labels,
+                       iteration=iteration, seed=optimization.seed, select_rows=select, history=history),
         evaluate, opt)
     usage = _usage(clients, before)
     if proposal.prompt is None:  # the optimizer already logged why; the reason is also stored below
         refined, status = prompt, "rejected_by_optimizer"
     else:
         refined, status = proposal.prompt, "proposed"
+    pool = history + proposal.pool
+    frontier = pareto_frontier(pool)
+    top = best(pool)
+    context.log.info(f"refined_prompt {dataset}|{iteration}: {status} ({refined.describe()}); "
+                     f"{len(proposal.pool)} new candidates, pool {len(pool)}, frontier {len(frontier)}; "
+                     f"{scored_rows[0]} rows scored on {len(select)} select rows")
     metadata = {"status": status, "prompt": _prompt_md(refined), "version": refined.version,
+                "choices": refined.describe(), "select_rows": len(select), "confirm_rows": len(confirm),
+                "metric_calls": scored_rows[0],
                 "candidates": dg.MetadataValue.json(proposal.candidates), **_usage_metadata(usage)}
     if proposal.rejected_reason:
         metadata["rejected_reason"] = proposal.rejected_reason
     if proposal.raw_output is not None:
         metadata["optimizer_output"] = dg.MetadataValue.md(f"```\n{proposal.raw_output[:4000]}\n```")
     yield dg.Output(prompt_frame(dataset, iteration, refined, status=status, note=proposal.rejected_reason,
-                                 usage_json=llm_usage.to_json(usage)), metadata=metadata)
+                                 usage_json=llm_usage.to_json(usage), metric_calls=scored_rows[0]),
+                    output_name="refined_prompt", metadata=metadata)
     yield _gate("prompt_is_usable", prompt_gate(refined), "refined_prompt")
-    yield _gate("no_held_out_rows", leakage_gate(refined, held_out), "refined_prompt")
+    yield _gate("no_held_out_rows", leakage_gate(refined, {**held_out, "confirm": confirm}), "refined_prompt")
+    yield dg.Output(with_partition(pool_frame(pool), dataset, iteration), output_name="candidate_pool", metadata={
+        "candidates": len(pool), "new_candidates": len(proposal.pool), "frontier": len(frontier),
+        "best_select_score": dg.MetadataValue.float(float("nan") if top is None else top.select_score),
+        "table": dg.MetadataValue.md(_pool_md(pool, frontier))})
+
+
+def _pool_md(pool: list[Candidate], frontier: dict[str, int]) -> str:
+    lines = ["| candidate | parent | born | kind | choices | minibatch | select | rows won |", "|---|---|---|---|---|---|---|---|"]
+    for c in sorted(pool, key=lambda c: (c.select_score is None, -(c.select_score or 0.0))):
+        select = "-" if c.select_score is None else f"{c.select_score:.4f}"
+        mini = "-" if c.minibatch_score is None else f"{c.minibatch_score:.3f}"
+        lines.append(f"| `{c.id}` | `{c.prompt.parent_id}` | {c.born_iteration} | {c.kind} | {c.prompt.describe()} "
+                     f"| {mini} | {select} | {frontier.get(c.id, 0)} |")
+    return "\n".join(lines)
+
+
+def _previous_pool(warehouse: DuckDBResource, dataset: str, iteration: int, demo_pool) -> list[Candidate]:
+    """The pool as the previous iteration left it (empty at iteration 0), retrieval pools re-attached."""
+    if iteration == 0:
+        return []
+    with warehouse.get_connection() as con:
+        rows = _fetch(con, "select * from promptopt.candidate_pool where dataset = ? and iteration = ?",
+                      [dataset, iteration - 1])
+    return [Candidate.from_record(r, demo_pool) for r in rows.to_dict("records")]
 
 
 @dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP,
@@ -335,7 +395,7 @@ def refined_metrics(context: dg.AssetExecutionContext, refined_predictions: pd.D
 def comparison_report(context: dg.AssetExecutionContext, baseline_prompt: pd.DataFrame, refined_prompt: pd.DataFrame,
                       baseline_predictions: pd.DataFrame, refined_predictions: pd.DataFrame,
                       baseline_metrics: pd.DataFrame, refined_metrics: pd.DataFrame, project: ProjectResource,
-                      optimization: OptimizationConfig) -> pd.DataFrame:
+                      judge_model: LLMResource, optimization: OptimizationConfig) -> pd.DataFrame:
     """Baseline versus refined on the same rows, the accept/reject decision and whether to go on.
 
     It also sums what the iteration's model calls used, so the budget is part of the same decision."""
@@ -354,7 +414,12 @@ def comparison_report(context: dg.AssetExecutionContext, baseline_prompt: pd.Dat
     usage = llm_usage.merge(llm_usage.from_rows(baseline_predictions.to_dict("records")),
                             _judge_usage(baseline_metrics), llm_usage.from_json(ref_row["usage_json"]),
                             llm_usage.from_rows(refined_predictions.to_dict("records")), _judge_usage(refined_metrics))
-    decision = decide(iteration, baseline_score, refined_score, state, optimization.stop_policy(), _spend(usage))
+    metric_calls = len(baseline_predictions) + (0 if rejected else len(refined_predictions))
+    metric_calls += int(0 if pd.isna(ref_row["metric_calls"]) else ref_row["metric_calls"])
+    gain = None if rejected else _paired_gain(project, dataset, judge_model, optimization, baseline_predictions,
+                                              refined_predictions, baseline_metrics, refined_metrics)
+    decision = decide(iteration, baseline_score, refined_score, state, optimization.stop_policy(),
+                      dataclasses.replace(_spend(usage), metric_calls=metric_calls), gain)
     report_md = comparison_markdown(metric, decision, baseline, refined,
                                     None if pd.isna(ref_row["note"]) else ref_row["note"], scores)
     columns = list(scores["baseline"])
@@ -374,6 +439,9 @@ def comparison_report(context: dg.AssetExecutionContext, baseline_prompt: pd.Dat
         "refined_score": dg.MetadataValue.float(float("nan") if refined_score is None else refined_score),
         "best_score": dg.MetadataValue.float(decision.best_score),
         "accepted": dg.MetadataValue.bool(decision.accepted),
+        **({"gain": dg.MetadataValue.float(gain.gain), "gain_low": dg.MetadataValue.float(gain.low),
+            "gain_high": dg.MetadataValue.float(gain.high), "confidence": dg.MetadataValue.float(gain.confidence),
+            "confirm_rows": gain.rows} if gain else {}),
         "stop_reason": decision.stop_reason or "",
         **_usage_metadata(usage),
         **_optimization_metadata(decision.spent),
@@ -386,7 +454,33 @@ def comparison_report(context: dg.AssetExecutionContext, baseline_prompt: pd.Dat
         "stop_reason": decision.stop_reason, "why": decision.why, "report_md": report_md,
         "scores_json": json.dumps(scores), "usage_json": llm_usage.to_json(usage),
         "spent_json": decision.spent.to_json(),
+        "gain_json": json.dumps(dataclasses.asdict(gain) if gain else None),
     }]).astype({"stop_reason": "string"})
+
+
+def _paired_gain(project: ProjectResource, dataset: str, judge_model: LLMResource, optimization: OptimizationConfig,
+                 base_answers: pd.DataFrame, ref_answers: pd.DataFrame, base_metrics: pd.DataFrame,
+                 ref_metrics: pd.DataFrame):
+    """The paired bootstrap of refined minus baseline on the confirm rows.
+
+    A target that is the mean of its row scores is resampled as such; one that is not (macro F1,
+    corpus BLEU) is recomputed by its scorer on each resample, which needs no model call."""
+    base = wide_scores(base_metrics).set_index("row_id")["score"]
+    ref = wide_scores(ref_metrics).set_index("row_id")["score"].reindex(base.index)
+    statistic = None
+    if any(abs(float(rows.mean()) - objective_value(m)) > 1e-9 for rows, m in ((base, base_metrics), (ref, ref_metrics))):
+        suite = _suite(project, dataset, judge_model, optimization)
+        if not suite.uses_judge:
+            b = base_answers.set_index("row_id").reindex(base.index)
+            r = ref_answers.set_index("row_id").reindex(base.index)
+            refs, bp, rp = (b["ground_truth_output"].to_numpy(), b["prediction"].to_numpy(),
+                            r["prediction"].to_numpy())
+
+            def statistic(ix):
+                return (suite.score(list(bp[ix]), list(refs[ix])).value, suite.score(list(rp[ix]), list(refs[ix])).value)
+    return paired_bootstrap_gain(base.to_numpy(), ref.to_numpy(), optimization.confidence,
+                                 resamples=2000 if statistic is None else 400, seed=optimization.seed,
+                                 statistic=statistic)
 
 
 def _target_name(metrics: pd.DataFrame) -> str:

@@ -17,11 +17,13 @@ from pydantic import PrivateAttr
 
 
 class _WithInstance(dg.IOManager):
-    def __init__(self, inner: dg.IOManager) -> None:
+    def __init__(self, inner: dg.IOManager, database: str, schema: str) -> None:
         self._inner = inner
+        self._database, self._schema = database, schema
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         with dg.partition_loading_context(dynamic_partitions_store=context.step_context.instance):
+            _add_new_columns(self._database, self._schema, context.asset_key.path[-1], obj)
             self._inner.handle_output(context, obj)
 
     def load_input(self, context: dg.InputContext):
@@ -61,4 +63,29 @@ class WarehouseIOManager(DuckDBPandasIOManager):
             self._lock = None
 
     def create_io_manager(self, context) -> dg.IOManager:
-        return _WithInstance(super().create_io_manager(context))
+        return _WithInstance(super().create_io_manager(context), self.database, self.schema_ or "public")
+
+
+def _add_new_columns(database: str, schema: str, table: str, obj) -> None:
+    """Append columns a newer version added at the end of a table's frame to the stored table.
+
+    The library inserts rows positionally, so a warehouse written by an earlier version would refuse
+    the wider frame; adding the columns (NULL for old rows) keeps every stored row and the history."""
+    import duckdb
+    import pandas as pd
+
+    if not isinstance(obj, pd.DataFrame):
+        return
+    with duckdb.connect(database) as con:
+        try:
+            stored = [r[0] for r in con.execute(
+                "select column_name from information_schema.columns where table_schema = ? and table_name = ? "
+                "order by ordinal_position", [schema, table]).fetchall()]
+        except duckdb.Error:
+            return
+        if not stored or len(stored) >= len(obj.columns) or list(obj.columns[:len(stored)]) != stored:
+            return
+        types = {"int64": "BIGINT", "float64": "DOUBLE", "bool": "BOOLEAN"}
+        for column in obj.columns[len(stored):]:
+            kind = types.get(str(obj[column].dtype), "VARCHAR")
+            con.execute(f'alter table "{schema}"."{table}" add column "{column}" {kind}')

@@ -91,26 +91,30 @@ class OptimizationConfig(dg.ConfigurableResource):
     """How one optimization runs; every field has a default that works on the embedded model."""
 
     optimizer: str = "fewshot"
-    eval_size: int = 200  # dev rows scored per prompt; 0 = the whole dev split
+    eval_size: int = 200  # confirm rows: dev rows on which a refinement is accepted; 0 = the whole dev split
+    select_size: int = 100  # select rows: other dev rows on which the optimizer compares its candidates
+    confidence: float = 0.9  # a refinement's gain must hold at this confidence (paired bootstrap, confirm rows)
     test_size: int = 500  # held-out test rows in the final report; 0 = the whole test split
     max_iterations: int = 5
     target_score: float = 0.95
     patience: int = 2
     min_improvement: float = 0.0
     num_candidates: int = 6  # fewshot: candidates tried per iteration
-    minibatch_size: int = 50  # fewshot: dev rows each candidate is scored on
+    minibatch_size: int = 30  # fewshot: select rows a candidate must win on before it is scored on all of them
     max_failed_fraction: float = 0.02  # prediction gate: share of rows allowed to end in an error
     max_requests: int = 0  # budget of the whole optimization in model calls (retries included); 0 = none
     max_tokens: int = 0  # budget in prompt + completion tokens; 0 = none
     max_cost_usd: float = 0.0  # budget in estimated US dollars (llm/prices.yaml); 0 = none
+    max_metric_calls: int = 0  # budget in rows scored, candidates and comparisons together; 0 = none
     target_metric: str | None = None  # overrides the manifest's: a scorer name or "aggregate"
     seed: int = 0
 
     def stop_policy(self) -> StopPolicy:
         return StopPolicy(target_score=self.target_score, patience=self.patience,
                           max_iterations=self.max_iterations, min_improvement=self.min_improvement,
+                          confidence=self.confidence,
                           budget=Budget(max_requests=self.max_requests, max_tokens=self.max_tokens,
-                                        max_cost_usd=self.max_cost_usd))
+                                        max_cost_usd=self.max_cost_usd, max_metric_calls=self.max_metric_calls))
 
     def optimizer_options(self) -> dict:
         if self.optimizer == "fewshot":

@@ -19,16 +19,17 @@ PROMPT_COLUMNS = {
     "version": "int64", "system_prompt": "string", "output_prompt": "string", "num_demos": "int64",
     "status": "string", "note": "string", "best_score": "float64", "iterations_without_improvement": "int64",
     "stop_reason": "string", "usage_json": "string", "spent_json": "string", "prompt_json": "string",
-    "written_at": "string",
+    "written_at": "string", "metric_calls": "int64",
 }
 
 
 def prompt_frame(dataset: str, iteration: int, prompt: PromptVersion, status: str, note: str | None = None,
                  best_score: float | None = None, iterations_without_improvement: int = 0,
                  stop_reason: str | None = None, usage_json: str | None = None,
-                 spent: Spend = Spend()) -> pd.DataFrame:
+                 spent: Spend = Spend(), metric_calls: int = 0) -> pd.DataFrame:
     """usage_json: model usage of the asset that wrote the row (refined_prompt); spent: the loop's
-    cumulative spend, carried from best_prompt to the next iteration's baseline_prompt."""
+    cumulative spend, carried from best_prompt to the next iteration's baseline_prompt; metric_calls:
+    rows the optimizer scored (refined_prompt). New columns go last: see io_managers._add_new_columns."""
     row: dict[str, Any] = {
         "dataset": dataset, "iteration": iteration, "prompt_id": prompt.id, "parent_id": prompt.parent_id,
         "version": prompt.version, "system_prompt": prompt.system_prompt, "output_prompt": prompt.output_prompt,
@@ -36,7 +37,7 @@ def prompt_frame(dataset: str, iteration: int, prompt: PromptVersion, status: st
         "best_score": float("nan") if best_score is None else best_score,
         "iterations_without_improvement": iterations_without_improvement, "stop_reason": stop_reason,
         "usage_json": usage_json, "spent_json": spent.to_json(), "prompt_json": prompt.to_json(),
-        "written_at": datetime.now(timezone.utc).isoformat(),
+        "written_at": datetime.now(timezone.utc).isoformat(), "metric_calls": metric_calls,
     }
     return pd.DataFrame([row], columns=list(PROMPT_COLUMNS)).astype(PROMPT_COLUMNS)
 

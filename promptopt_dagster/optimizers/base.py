@@ -26,6 +26,10 @@ class OptimizerInput:
     labels: list[str]
     iteration: int
     seed: int = 0
+    # Rows that choose among candidates (never the confirm rows that accept them): row_id, user_input,
+    # ground_truth_output. scored_rows are the baseline's answers on these same rows.
+    select_rows: pd.DataFrame | None = None
+    history: list = field(default_factory=list)  # the candidate pool of earlier iterations (pool.Candidate)
 
 
 @dataclass
@@ -34,6 +38,7 @@ class Proposal:
     rejected_reason: str | None = None
     candidates: list[dict[str, Any]] = field(default_factory=list)  # what was tried, with scores
     raw_output: str | None = None  # the optimizer LLM's text, kept for inspection
+    pool: list = field(default_factory=list)  # candidates scored this iteration (pool.Candidate), for the pool table
 
 
 class Optimizer(ABC):

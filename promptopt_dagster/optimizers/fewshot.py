@@ -1,46 +1,78 @@
-"""Few-shot and instruction search: no optimizer LLM, just labeled train demos tried on dev.
+"""The default search: demos (static or retrieved per input), instruction variants and answer
+constraint, scored on select rows and grown from a persistent candidate pool. No optimizer LLM.
 
-Small base models learn the answer format mostly from demos, so the search space is which demos,
-how many and in what order, crossed with a few instruction variants. Once the best prompt has
-demos, half of the candidates mutate that set (swap one or two demos for fresh ones of the same
-label) instead of starting over, so later iterations refine what already works, as GEPA does with
-its best candidate. Candidates are scored on a seeded minibatch of the dev rows (as DSPy and GEPA
-do) and the best one is proposed; the full dev comparison that follows decides whether it is accepted.
+Small base models follow demos far more than instructions, so the levers are which demos a row is
+shown (a fixed set, or the k train rows most similar to it), how many, and whether the answer may
+only be a label. Iteration 0 seeds the pool with one candidate per region of that space; later
+iterations mutate one choice of a parent drawn from the pool's best and its per-row Pareto frontier
+(GEPA's rule). Every candidate first faces its parent on a seeded minibatch of the select rows and
+only a winner is scored on all of them (DSPy's and GEPA's minibatch gate); the best new candidate is
+proposed only if it beats the baseline on the select rows. Acceptance is decided elsewhere, on
+confirm rows this search never sees.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from dataclasses import dataclass
 from fractions import Fraction
 
 import pandas as pd
 
-from promptopt_dagster.core.prompts import Demo, PromptVersion
+from promptopt_dagster.core.prompts import Demo, PromptVersion, Retrieval
 from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.optimizers.base import Evaluator, Optimizer, OptimizerInput, Proposal
+from promptopt_dagster.optimizers.pool import Candidate, best, pick_parent
 
 log = logging.getLogger("promptopt.optimizer")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One point of the search space; what a seed candidate is built from."""
+
+    demos: str  # "static" | "retrieved"
+    count: int
+    answer: str  # "label" | "free"
+
+
+#: Iteration 0 tries these in order (as many as num_candidates): retrieved demos with label answers
+#: first, as they moved a small model most on multi-class data; the static and free variants keep the
+#: cheaper prompts in the race where they are as good.
+SEEDS = (Choice("retrieved", 8, "label"), Choice("static", 8, "label"), Choice("retrieved", 4, "label"),
+         Choice("retrieved", 8, "free"), Choice("static", 8, "free"), Choice("retrieved", 16, "label"),
+         Choice("static", 4, "label"), Choice("retrieved", 16, "free"))
 
 
 class FewShotOptimizer(Optimizer):
     name = "fewshot"
 
-    def __init__(self, num_candidates: int = 6, demo_counts: tuple[int, ...] = (4, 6, 8),
-                 minibatch_size: int = 50, max_demo_chars: int = 200) -> None:
+    def __init__(self, num_candidates: int = 6, demo_counts: tuple[int, ...] = (4, 8, 12),
+                 retrieved_counts: tuple[int, ...] = (4, 8, 16), minibatch_size: int = 30,
+                 max_demo_chars: int = 300) -> None:
         self.num_candidates = num_candidates
         self.demo_counts = demo_counts
+        self.retrieved_counts = retrieved_counts
         self.minibatch_size = minibatch_size
         self.max_demo_chars = max_demo_chars
+
+    # --- the search space ---------------------------------------------------------------------
 
     def instruction_variants(self, prompt: PromptVersion, labels: list[str]) -> list[str]:
         base = prompt.system_prompt.strip()
         variants = [base]
         if labels:
-            hint = f"Answer with exactly one word: {' or '.join(labels)}."
+            hint = f"Answer with exactly one of: {', '.join(labels)}."
             if hint not in base:
                 variants.append(f"{base} {hint}".strip())
         return variants
+
+    def demo_pool(self, train: pd.DataFrame) -> list[Demo]:
+        """Train rows retrieved demos come from, in train order; short ones when most rows are short."""
+        short = train[train["user_input"].str.len() <= self.max_demo_chars]
+        rows = short if len(short) >= max(50, len(train) // 2) else train
+        return [_demo(r) for _, r in rows.iterrows()]
 
     def pick_demos(self, train: pd.DataFrame, labels: list[str], count: int, rng: random.Random) -> list[Demo]:
         """Demos whose label mix follows train's, with every label shown and a most common label last.
@@ -79,33 +111,129 @@ class FewShotOptimizer(Optimizer):
                 pool = pool[pool["user_input"] != row["user_input"]]
         return out
 
+    def build(self, parent: PromptVersion, choice: Choice, instruction: str, inp: OptimizerInput,
+              demo_pool: list[Demo], rng: random.Random) -> PromptVersion:
+        labels = list(inp.labels)
+        answer = choice.answer if labels else "free"
+        if choice.demos == "retrieved":
+            return parent.child(system_prompt=instruction, demos=[], answer=answer, labels=labels,
+                                retrieval=Retrieval(k=choice.count, pool=demo_pool))
+        return parent.child(system_prompt=instruction, demos=self.pick_demos(inp.train, labels, choice.count, rng),
+                            answer=answer, labels=labels, retrieval=None)
+
+    def mutate(self, parent: PromptVersion, inp: OptimizerInput, demo_pool: list[Demo],
+               rng: random.Random) -> tuple[PromptVersion, str]:
+        """The parent with one choice changed, and which."""
+        instructions = self.instruction_variants(parent, inp.labels)
+        moves = ["count", "switch"] + (["answer"] if inp.labels else []) + (["instruction"] if len(instructions) > 1
+                                                                           else [])
+        if parent.demos and not parent.retrieval:
+            moves += ["swap", "swap"]  # refining a static set that works is the commonest useful move
+        move = rng.choice(moves)
+        retrieved = parent.retrieval is not None
+        count = parent.retrieval.k if retrieved else len(parent.demos)
+        answer = parent.answer
+        if move == "swap":
+            return parent.child(demos=self.mutate_demos(parent.demos, inp.train, rng)), "swap 1-2 demos"
+        if move == "answer":
+            answer = "free" if parent.answer == "label" else "label"
+            return parent.child(answer=answer, labels=list(inp.labels)), f"{answer} answers"
+        if move == "instruction":
+            others = [i for i in instructions if i != parent.system_prompt.strip()] or instructions
+            return parent.child(system_prompt=rng.choice(others)), "other instruction"
+        if move == "switch":
+            retrieved = not retrieved
+            count = min(self.retrieved_counts if retrieved else self.demo_counts, key=lambda n: abs(n - count))
+        else:
+            counts = [n for n in (self.retrieved_counts if retrieved else self.demo_counts) if n != count]
+            count = rng.choice(counts)
+        choice = Choice("retrieved" if retrieved else "static", count, answer)
+        return self.build(parent, choice, parent.system_prompt, inp, demo_pool, rng), \
+            f"{choice.demos} {count} demos"
+
+    # --- the search ---------------------------------------------------------------------------
+
     def propose(self, inp: OptimizerInput, evaluate: Evaluator, optimizer_llm: LLMClient | None = None) -> Proposal:
         rng = random.Random(f"{inp.seed}:{inp.iteration}")
-        rows = inp.scored_rows
-        minibatch = rows.sample(n=min(self.minibatch_size, len(rows)), random_state=rng.randrange(2**31))
-        instructions = self.instruction_variants(inp.prompt, inp.labels)
+        select = inp.select_rows if inp.select_rows is not None else inp.scored_rows
+        select = select[["row_id", "user_input", "ground_truth_output"]]
+        demo_pool = self.demo_pool(inp.train)
+        history = [c for c in inp.history]
+        new: list[Candidate] = []
 
-        candidates, tried = [], []
-        for j in range(self.num_candidates):
-            if inp.prompt.demos and j % 2 == 1:
-                kind, instruction = "mutate", inp.prompt.system_prompt
-                demos = self.mutate_demos(inp.prompt.demos, inp.train, rng)
+        def score_all(candidate: Candidate) -> Candidate:
+            result = evaluate(candidate.prompt, select)
+            candidate.scores = dict(zip(select["row_id"].astype(int), map(float, result.per_row)))
+            candidate.select_score = float(result.value)
+            return candidate
+
+        base = next((c for c in history if c.id == inp.prompt.id and c.select_score is not None), None)
+        if base is None:
+            rows = inp.scored_rows
+            if "score" in rows and set(rows["row_id"]) == set(select["row_id"]):  # the caller scored it already
+                base = Candidate(inp.prompt, inp.iteration, "baseline",
+                                 dict(zip(rows["row_id"].astype(int), rows["score"].astype(float))), inp.baseline_score)
             else:
-                kind = "fresh"
-                count = self.demo_counts[(j // 2 if inp.prompt.demos else j) % len(self.demo_counts)]
-                instruction = instructions[(j // len(self.demo_counts)) % len(instructions)]
-                demos = self.pick_demos(inp.train, inp.labels, count, rng)
-            cand = inp.prompt.child(system_prompt=instruction, demos=demos)
-            result = evaluate(cand, minibatch)
-            candidates.append((result.value, -len(demos), j, cand))
-            tried.append({"candidate": j, "kind": kind, "demos": len(demos), "instruction": instruction,
-                          "minibatch_score": result.value})
-            log.info("fewshot candidate %d/%d (%s): %d demos, minibatch %s=%.3f", j + 1, self.num_candidates, kind,
-                     len(demos), inp.metric, result.value)
-        best_score, _, best_j, best = max(candidates, key=lambda c: c[:3])
-        best.metadata.update({"optimizer": self.name, "candidate": best_j, "minibatch_score": best_score,
-                              "minibatch_size": len(minibatch)})
-        return Proposal(prompt=best, candidates=tried)
+                base = score_all(Candidate(inp.prompt, inp.iteration, "baseline"))
+            new.append(base)
+        log.info("fewshot: baseline v%d on %d select rows: %s=%.3f", inp.prompt.version, len(select), inp.metric,
+                 base.select_score)
+
+        minibatch = select.sample(n=min(self.minibatch_size, len(select)), random_state=rng.randrange(2**31))
+        mb_ids = minibatch["row_id"].astype(int).tolist()
+        seen = {_signature(c.prompt) for c in history + new}
+        instructions = self.instruction_variants(inp.prompt, inp.labels)
+        seeding = not any(c.kind != "baseline" for c in history)
+        tried = []
+        for j in range(self.num_candidates * 3):  # duplicates are skipped, so allow a few extra draws
+            if len(tried) >= self.num_candidates:
+                break
+            if seeding:
+                if j >= len(SEEDS):
+                    break
+                parent, why = base, SEEDS[j]
+                prompt = self.build(inp.prompt, why, instructions[rng.randrange(len(instructions))], inp, demo_pool,
+                                    rng)
+                kind, why = "seed", f"{why.demos} {why.count} demos, {why.answer if inp.labels else 'free'} answers"
+            else:
+                parent = pick_parent(history + new, rng) or base
+                prompt, why = self.mutate(parent.prompt, inp, demo_pool, rng)
+                kind = "mutate"
+            if _signature(prompt) in seen:
+                continue
+            seen.add(_signature(prompt))
+            candidate = Candidate(prompt, inp.iteration, kind)
+            result = evaluate(prompt, minibatch)
+            candidate.minibatch_score = sum(result.per_row) / max(1, len(result.per_row))
+            parent_mb = sum(parent.scores.get(i, 0.0) for i in mb_ids) / max(1, len(mb_ids))
+            candidate.passed_minibatch = candidate.minibatch_score > parent_mb or (
+                seeding and candidate.minibatch_score >= parent_mb)
+            if candidate.passed_minibatch:
+                score_all(candidate)
+            new.append(candidate)
+            tried.append({"candidate": prompt.id, "parent": parent.id, "kind": kind, "change": why,
+                          "choices": prompt.describe(), "minibatch_score": candidate.minibatch_score,
+                          "parent_minibatch_score": parent_mb, "select_score": candidate.select_score})
+            log.info("fewshot candidate %d/%d (%s: %s): minibatch %.3f vs parent %.3f%s", len(tried),
+                     self.num_candidates, kind, why, candidate.minibatch_score, parent_mb,
+                     f", select {inp.metric}={candidate.select_score:.3f}" if candidate.passed_minibatch
+                     else " (stopped at the minibatch)")
+        winner = best([c for c in new if c.kind != "baseline"])
+        if winner is None or winner.select_score <= base.select_score:
+            reason = (f"no candidate beat the baseline's {base.select_score:.4f} on the {len(select)} select rows"
+                      if tried else "every candidate this iteration would repeat one already in the pool")
+            return Proposal(prompt=None, rejected_reason=reason, candidates=tried, pool=new)
+        winner.prompt.metadata.update({"optimizer": self.name, "select_score": winner.select_score,
+                                       "select_rows": len(select), "baseline_select_score": base.select_score,
+                                       "choices": winner.prompt.describe()})
+        return Proposal(prompt=winner.prompt, candidates=tried, pool=new)
+
+
+def _signature(prompt: PromptVersion) -> tuple:
+    """What makes two candidates the same prompt (ids and lineage aside)."""
+    retrieval = (prompt.retrieval.k, prompt.retrieval.method) if prompt.retrieval else None
+    return (prompt.system_prompt, prompt.output_prompt, tuple((d.user_input, d.ground_truth_output)
+                                                              for d in prompt.demos), retrieval, prompt.answer)
 
 
 def label_quotas(sizes: list[int], count: int) -> list[int]:

@@ -1,0 +1,213 @@
+"""Overhead of the platform's local inference path against a raw llama-cpp-python loop, on sst2.
+
+Answering rows goes through `predict`: render each row's prompt (for retrieved demos a TF-IDF lookup
+of the nearest train rows), the context-window check, the client's request/response layer, usage
+accounting and progress. On the embedded model all of that must cost little next to the model itself,
+or every evaluation of every candidate pays for it. Both sides run in one process on the same loaded
+`llama_cpp.Llama` and the same rendered prompts; the raw side is a bare `create_completion` loop over
+prompts rendered before the clock starts, the platform side renders inside the timed call (that is
+the point) with no response cache, so every row is a model call.
+
+This machine is shared (2 cores; tests may run beside the bench), so one side must not get a quiet
+minute the other does not: the rows go in chunks (--chunk), each chunk answered by both sides in turn,
+the side that goes first alternating from chunk to chunk; each side's time is the sum over its chunks.
+The platform's time outside the model call (its wall time less the sum of its rows' `latency_s`) is
+printed too: rendering, the context check and the client layer, a figure contention hardly moves.
+The answers of both sides must be identical (greedy decoding).
+
+Modes: `static` (8 fixed demos), `retrieved` (the 8 most similar train rows per input), both with
+free answers, and `retrieved-label` (retrieved demos, answer ranked among the labels; its raw
+reference is `LabelRanker(llm).rank` called directly). Target: platform <= 1.2x raw in every mode;
+the exit code is 1 if a mode misses it.
+
+    .venv/bin/python bench/local_inference.py [--rows 500] [--threads N] [--modes static,retrieved]
+        [--chunk 25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+
+from promptopt_dagster.core import retrieval as retrieval_module  # noqa: E402
+from promptopt_dagster.core.prompts import PromptVersion, Retrieval  # noqa: E402
+from promptopt_dagster.llm.inference import predict  # noqa: E402
+from promptopt_dagster.llm.label_ranking import LabelRanker  # noqa: E402
+from promptopt_dagster.llm.local import LlamaCppClient  # noqa: E402
+from promptopt_dagster.optimizers.fewshot import FewShotOptimizer  # noqa: E402
+from promptopt_dagster.settings import get_settings  # noqa: E402
+
+MODES = ("static", "retrieved", "retrieved-label")
+MAX_TOKENS = 4  # sst2's max_output_tokens in data/manifest.yaml
+STOP = ["\n"]  # predict's default stop for completion prompts
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)[["user_input", "ground_truth_output"]]
+
+
+def load_rows(data_dir: Path, n: int) -> pd.DataFrame:
+    """The first n rows of dev, then of test when dev has fewer; row_id is the position."""
+    frames, have = [], 0
+    for split in ("dev", "test"):
+        if have >= n:
+            break
+        frame = read_csv(data_dir / "sst2" / f"{split}.csv").head(n - have)
+        frames.append(frame)
+        have += len(frame)
+    rows = pd.concat(frames, ignore_index=True)
+    if len(rows) < n:
+        raise SystemExit(f"sst2 dev + test hold only {len(rows)} rows; ask for --rows {len(rows)} or fewer")
+    rows.insert(0, "row_id", range(len(rows)))
+    return rows
+
+
+def build_prompts(initial: PromptVersion, train: pd.DataFrame, labels: list[str], seed: int) -> dict:
+    opt = FewShotOptimizer()
+    retrieval = Retrieval(k=8, pool=opt.demo_pool(train))
+    return {
+        "static": initial.child(demos=opt.pick_demos(train, labels, 8, random.Random(seed)), answer="free"),
+        "retrieved": initial.child(demos=[], retrieval=retrieval, answer="free"),
+        "retrieved-label": initial.child(demos=[], retrieval=retrieval, answer="label", labels=labels),
+    }
+
+
+def forget_retrievals(prompt: PromptVersion) -> None:
+    """Empty the retriever's per-query memo, so the platform's timed run pays every TF-IDF lookup.
+
+    Rendering the raw side's prompts filled it; left full, the platform would only read it back. The
+    retriever itself (the TF-IDF fit of the pool) is built once per process and stays, as in a run."""
+    if prompt.retrieval is not None:
+        r = prompt.retrieval
+        retriever = retrieval_module.get_retriever(r.method, [d.user_input for d in r.pool])
+        getattr(retriever, "_memo", {}).clear()
+
+
+def run_platform(client: LlamaCppClient, prompt: PromptVersion,
+                 rows: pd.DataFrame) -> tuple[float, list[str], float]:
+    """Wall seconds of `predict`, its answers, and the seconds its rows spent in the model call."""
+    started = time.perf_counter()
+    out = predict(client, prompt, rows, max_tokens=MAX_TOKENS, progress_interval_s=1e9, where="sst2 bench rows")
+    elapsed = time.perf_counter() - started
+    errors = out["error"].dropna()
+    if len(errors):
+        raise SystemExit(f"platform: {len(errors)} row(s) failed, e.g. {errors.iloc[0]}")
+    return elapsed, out["prediction"].tolist(), float(out["latency_s"].sum())
+
+
+def run_raw(llm, prompts: list[str], labels: list[str] | None) -> tuple[float, list[str]]:
+    answers = []
+    started = time.perf_counter()
+    if labels:  # the platform's label answers: the same ranking, called directly
+        ranker = LabelRanker(llm)
+        for p in prompts:
+            answers.append(ranker.rank(p, labels).choice)
+    else:
+        for p in prompts:
+            res = llm.create_completion(p, max_tokens=MAX_TOKENS, temperature=0.0, top_k=1, stop=STOP)
+            answers.append(res["choices"][0]["text"])
+    return time.perf_counter() - started, answers
+
+
+def main() -> None:
+    s = get_settings()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--rows", type=int, default=500,
+                    help="rows answered per mode and side: the first of sst2 dev, then test if dev has fewer")
+    ap.add_argument("--threads", type=int, default=s.llm_threads,
+                    help="llama.cpp threads; the default is the settings' llm_threads")
+    ap.add_argument("--modes", default="static,retrieved",
+                    help=f"comma-separated modes to measure, of: {', '.join(MODES)}")
+    ap.add_argument("--chunk", type=int, default=25,
+                    help="rows per turn: both sides answer each chunk, alternating which goes first; "
+                         "0 = one turn each over all rows (one predict call)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the static demo pick")
+    ap.add_argument("--target", type=float, default=1.2, help="the largest acceptable platform/raw time ratio")
+    args = ap.parse_args()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        ap.error(f"unknown mode(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(MODES)}")
+
+    labels = yaml.safe_load((s.data_dir / "manifest.yaml").read_text())["datasets"]["sst2"]["labels"]
+    train = read_csv(s.data_dir / "sst2" / "train.csv")
+    rows = load_rows(s.data_dir, args.rows)
+    initial = PromptVersion.load(s.prompts_dir / "sst2.json")
+    prompts = build_prompts(initial, train, labels, args.seed)
+
+    client = LlamaCppClient(s.model_dir, n_threads=args.threads)  # plain: no response cache in front
+    started = time.perf_counter()
+    llm, _lock = client._llama()  # the very Llama object the client answers with (one per process)
+    load_s = time.perf_counter() - started
+    llm.create_completion("Review: warm up\nSentiment:", max_tokens=1, temperature=0.0, top_k=1)
+
+    print(f"sst2, {len(rows)} rows per side, {args.threads} threads, {os.cpu_count()} cores, "
+          f"max_tokens {MAX_TOKENS}; model load {load_s:.1f} s; load average {os.getloadavg()[0]:.2f}")
+    results, failed = [], False
+    for index, mode in enumerate(modes):
+        prompt = prompts[mode]
+        forget_retrievals(prompt)
+        started = time.perf_counter()
+        rendered = [prompt.render_completion(text) for text in rows["user_input"]]  # builds the retriever
+        render_s = time.perf_counter() - started
+        tokens = client.count_tokens(rendered[:50])
+        mean_tokens = sum(tokens) / len(tokens)
+        ranked = labels if prompt.answer == "label" else None
+        forget_retrievals(prompt)
+        platform_s = raw_s = model_s = 0.0
+        platform_answers, raw_answers, chunk_ratios = [], [], []
+        step = args.chunk or len(rows)
+        for number, start in enumerate(range(0, len(rows), step)):
+            raw_first = (index + number) % 2 == 0
+            chunk = {}
+            for side in (("raw", "platform") if raw_first else ("platform", "raw")):
+                if side == "raw":
+                    elapsed, answers = run_raw(llm, rendered[start:start + step], ranked)
+                    raw_s += elapsed
+                    chunk[side] = elapsed
+                    raw_answers += answers
+                else:
+                    elapsed, answers, in_model = run_platform(client, prompt, rows.iloc[start:start + step])
+                    platform_s += elapsed
+                    chunk[side] = elapsed
+                    model_s += in_model
+                    platform_answers += answers
+            chunk_ratios.append(chunk["platform"] / chunk["raw"])
+        differ = [i for i, (a, b) in enumerate(zip(platform_answers, raw_answers)) if a != b]
+        ratio = platform_s / raw_s
+        ok = ratio <= args.target
+        failed |= not ok
+        results.append((mode, len(rows), mean_tokens, render_s, platform_s, raw_s, ratio, differ, ok,
+                        platform_s - model_s, statistics.median(chunk_ratios)))
+        for i in differ[:5]:
+            print(f"  {mode}: row {i} answers differ: platform {platform_answers[i]!r} vs raw {raw_answers[i]!r}")
+
+    print(f"{'mode':<16} {'rows':>5} {'tokens':>7} {'render s':>9} {'platform s':>11} {'raw s':>8} "
+          f"{'ratio':>6} {'median':>6} {'ms/row plat':>12} {'ms/row raw':>11} {'outside model':>15} {'differ':>7}  verdict")
+    for mode, n, mean_tokens, render_s, platform_s, raw_s, ratio, differ, ok, outside_s, median in results:
+        print(f"{mode:<16} {n:>5} {mean_tokens:>7.0f} {render_s:>9.3f} {platform_s:>11.2f} {raw_s:>8.2f} "
+              f"{ratio:>6.3f} {median:>6.3f} {1000 * platform_s / n:>12.1f} {1000 * raw_s / n:>11.1f} "
+              f"{1000 * outside_s / n:>8.1f} ms/row {len(differ):>7}  "
+              f"{'PASS' if ok else 'FAIL'} (target <= {args.target}x)")
+    print("tokens: mean prompt tokens of the first 50 rows. render s: every prompt rendered once before the clock "
+          "(a mode's first retrieval render includes the TF-IDF fit). outside model: the platform's wall time "
+          f"less its rows' time in the model call. median: the median of the per-chunk ratios. Chunks of {args.chunk or len(rows)} rows, order alternating. "
+          f"Load average now {os.getloadavg()[0]:.2f}")
+    if failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

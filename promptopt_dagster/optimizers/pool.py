@@ -1,0 +1,116 @@
+"""The candidate pool of one optimization: every prompt version tried, with its per-row scores on the
+select rows and its parent, kept across iterations.
+
+New candidates grow from the pool's best and from its per-row Pareto frontier: a candidate that is
+best on some select row stays eligible as a parent even when its mean is lower (GEPA's rule), so the
+search keeps the variants that solve different rows instead of collapsing onto one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from promptopt_dagster.core.prompts import PromptVersion
+
+POOL_COLUMNS = {"candidate_id": "string", "parent_id": "string", "born_iteration": "int64", "kind": "string",
+                "choices": "string", "select_score": "float64", "select_rows": "int64",
+                "minibatch_score": "float64", "passed_minibatch": "bool", "scores_json": "string",
+                "prompt_json": "string"}
+
+
+@dataclass
+class Candidate:
+    prompt: PromptVersion
+    born_iteration: int
+    kind: str  # baseline | seed | mutate: how it was made
+    scores: dict[int, float] = field(default_factory=dict)  # row_id -> target score on the select rows
+    select_score: float | None = None  # the target's aggregate on all select rows; None: stopped at the minibatch
+    minibatch_score: float | None = None
+    passed_minibatch: bool = True
+
+    @property
+    def id(self) -> str:
+        return self.prompt.id
+
+    def to_record(self) -> dict[str, Any]:
+        """One pool-table row. A retrieval pool is stored as its size only: it is the optimization's demo
+        pool, the same for every candidate, and re-attached when a candidate becomes a parent."""
+        stored = self.prompt.model_copy(deep=True)
+        if stored.retrieval is not None:
+            stored.retrieval.pool = []
+        return {"candidate_id": self.id, "parent_id": self.prompt.parent_id, "born_iteration": self.born_iteration,
+                "kind": self.kind, "choices": self.prompt.describe(),
+                "select_score": float("nan") if self.select_score is None else self.select_score,
+                "select_rows": len(self.scores) if self.select_score is not None else 0,
+                "minibatch_score": float("nan") if self.minibatch_score is None else self.minibatch_score,
+                "passed_minibatch": self.passed_minibatch,
+                "scores_json": json.dumps({str(k): v for k, v in self.scores.items()}),
+                "prompt_json": stored.to_json()}
+
+    @classmethod
+    def from_record(cls, row: dict[str, Any], demo_pool=None) -> "Candidate":
+        prompt = PromptVersion.model_validate_json(row["prompt_json"])
+        if prompt.retrieval is not None and demo_pool is not None:
+            prompt.retrieval.pool = list(demo_pool)
+        select = row["select_score"]
+        mini = row["minibatch_score"]
+        return cls(prompt, int(row["born_iteration"]), str(row["kind"]),
+                   {int(k): float(v) for k, v in json.loads(row["scores_json"]).items()},
+                   None if pd.isna(select) else float(select), None if pd.isna(mini) else float(mini),
+                   bool(row["passed_minibatch"]))
+
+
+def pool_frame(candidates: list[Candidate]) -> pd.DataFrame:
+    return pd.DataFrame([c.to_record() for c in candidates], columns=list(POOL_COLUMNS)).astype(POOL_COLUMNS)
+
+
+def scored(pool: list[Candidate]) -> list[Candidate]:
+    """Candidates scored on every select row: the only ones comparable with each other."""
+    return [c for c in pool if c.select_score is not None]
+
+
+def best(pool: list[Candidate]) -> Candidate | None:
+    """Highest select score; ties go to the cheaper prompt (fewer demos), then to the older one."""
+    ranked = scored(pool)
+    return max(ranked, key=lambda c: (c.select_score, -demo_cost(c.prompt), -c.born_iteration)) if ranked else None
+
+
+def demo_cost(prompt: PromptVersion) -> int:
+    return len(prompt.demos) + (prompt.retrieval.k if prompt.retrieval else 0)
+
+
+def pareto_frontier(pool: list[Candidate]) -> dict[str, int]:
+    """Candidate id -> the number of select rows on which it has the best score (ties count for each).
+
+    Only candidates best on at least one row are on the frontier; one that is everywhere matched by
+    another candidate at least as good and somewhere beaten is dropped (dominated)."""
+    ranked = scored(pool)
+    rows = set().union(*(c.scores for c in ranked)) if ranked else set()
+    wins: dict[str, int] = {}
+    for row in rows:
+        top = max(c.scores.get(row, 0.0) for c in ranked)
+        for c in ranked:
+            if c.scores.get(row, 0.0) >= top:
+                wins[c.id] = wins.get(c.id, 0) + 1
+    frontier = [c for c in ranked if c.id in wins]
+    for c in list(frontier):
+        if any(o is not c and all(o.scores.get(r, 0.0) >= c.scores.get(r, 0.0) for r in rows)
+               and any(o.scores.get(r, 0.0) > c.scores.get(r, 0.0) for r in rows) for o in frontier):
+            wins.pop(c.id, None)
+    return wins
+
+
+def pick_parent(pool: list[Candidate], rng: random.Random) -> Candidate | None:
+    """Half the time the best, otherwise a frontier member drawn in proportion to the rows it wins."""
+    top = best(pool)
+    wins = pareto_frontier(pool)
+    if top is None or not wins or rng.random() < 0.5:
+        return top
+    by_id = {c.id: c for c in scored(pool)}
+    ids = sorted(wins)
+    return by_id[rng.choices(ids, weights=[wins[i] for i in ids])[0]]
