@@ -117,7 +117,8 @@ def test_real_model_optimizes_and_a_rerun_is_served_from_cache(tmp_path):
     # One-line instruction versus the optimizer's demos: the small base model needs the demos.
     assert report["best_dev_score"] > report["initial_dev_score"]
     preds = _tables(root)["baseline_predictions"]
-    assert len(preds) == 20 and preds["error"].isna().all() and (preds["prediction"].str.strip() != "").any()
+    # 6 of the 20 dev rows are select rows (a third of a small dev split); the other 14 confirm
+    assert len(preds) == 14 and preds["error"].isna().all() and (preds["prediction"].str.strip() != "").any()
 
     second = _promptopt(root, *args, backend="local")
     assert second.returncode == 0, second.stderr[-3000:]

@@ -1,0 +1,180 @@
+"""The default optimization next to a by-hand baseline, on dev and held-out test, in one table.
+
+The by-hand baseline is what a careful person does without the platform: three seeded,
+label-balanced random k-shot prompts built on the initial prompt, the one with the best dev score
+kept. It is scored exactly as the optimizer's prompts are (same confirm rows, same test rows, same
+scorers, same model), so the table says what the search adds over picking demos by hand.
+
+    .venv/bin/python bench/quality.py                      # every dataset with labels in data/
+    .venv/bin/python bench/quality.py sst2 atis_intent     # some of them
+    .venv/bin/python bench/quality.py /path/to/my_dataset  # a directory with train/dev/test.csv
+
+A directory outside data/ gets a generated manifest entry (labels: the distinct train answers,
+target: accuracy) and a generic initial prompt, as a new user's first try would. Each dataset runs
+`promptopt optimize` with its defaults in a fresh state dir (a cold run: every model call is made);
+the by-hand prompts use the same response cache. Intervals are 95% percentile bootstraps of the
+target recomputed on resampled rows (so macro F1 gets one too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from promptopt_dagster.core.datasets import dev_parts, load_manifest, load_splits, sample_rows
+from promptopt_dagster.core.prompts import Demo, PromptVersion
+from promptopt_dagster.core.quality import drop_held_out
+from promptopt_dagster.defs.resources import ProjectResource
+from promptopt_dagster.llm.factory import build_client
+from promptopt_dagster.llm.inference import predict
+from promptopt_dagster.llm.model_settings import ModelSettings
+from promptopt_dagster.settings import PROJECT_ROOT, get_settings
+
+GENERIC_PROMPT = {"system_prompt": "Classify the input. Answer with its label only.",
+                  "output_prompt": "Input: {user_input}\nLabel:"}
+
+
+def outside_dataset(directory: Path, work: Path) -> tuple[str, Path, Path]:
+    """A data dir and prompts dir holding only this directory's dataset, as `Adding a dataset` says."""
+    name = directory.name
+    data, prompts = work / "data", work / "prompts"
+    (data / name).mkdir(parents=True)
+    prompts.mkdir()
+    for split in ("train", "dev", "test"):
+        shutil.copy(directory / f"{split}.csv", data / name / f"{split}.csv")
+    labels = sorted(pd.read_csv(directory / "train.csv", dtype=str, keep_default_na=False)["ground_truth_output"]
+                    .str.strip().unique().tolist())
+    entry = {"files": {s: f"{name}/{s}.csv" for s in ("train", "dev", "test")}, "labels": labels,
+             "target_metric": "accuracy", "initial_prompt": f"{name}.json",
+             "max_output_tokens": max(4, max(len(label) for label in labels) // 3 + 2)}
+    (data / "manifest.yaml").write_text(yaml.safe_dump({"datasets": {name: entry}}))
+    (prompts / f"{name}.json").write_text(json.dumps(GENERIC_PROMPT))
+    return name, data, prompts
+
+
+def balanced_demos(train: pd.DataFrame, labels: list[str], k: int, seed: int) -> list[Demo]:
+    """k demos, as equal a count per label as k allows, shuffled: the usual hand-made few-shot prompt."""
+    rng = random.Random(seed)
+    per_label = [train[train["ground_truth_output"].str.strip() == label] for label in labels]
+    per_label = [rows for rows in per_label if len(rows)]
+    picked = []
+    for i in range(k):
+        rows = per_label[i % len(per_label)]
+        row = rows.iloc[rng.randrange(len(rows))]
+        picked.append(Demo(user_input=row["user_input"], ground_truth_output=row["ground_truth_output"]))
+    rng.shuffle(picked)
+    return picked
+
+
+def interval(suite, predictions: list, references: list, seed: int = 0, resamples: int = 1000):
+    p, r = np.array(predictions, dtype=object), np.array(references, dtype=object)
+    rng = np.random.default_rng(seed)
+    values = [suite.score(list(p[ix]), list(r[ix])).value
+              for ix in rng.integers(0, len(p), size=(resamples, len(p)))]
+    return float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("datasets", nargs="*", help="dataset names in data/manifest.yaml or dataset directories "
+                                                    "(default: every dataset in data/ with labels)")
+    parser.add_argument("--k", type=int, default=12, help="demos in each by-hand prompt")
+    parser.add_argument("--tries", type=int, default=3, help="seeded by-hand prompts; the best on dev is kept")
+    parser.add_argument("--eval-size", type=int, default=200, help="confirm rows, as `promptopt optimize`")
+    parser.add_argument("--test-size", type=int, default=500, help="held-out test rows, as `promptopt optimize`")
+    parser.add_argument("--keep", type=Path, help="keep each dataset's state dir under this directory")
+    args = parser.parse_args()
+
+    settings = get_settings()
+    names = args.datasets or [n for n, s in load_manifest(settings.manifest_path).items() if s.labels]
+    rows_out = []
+    for item in names:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            data_dir, prompts_dir, name = settings.data_dir, settings.prompts_dir, item
+            if Path(item).is_dir():
+                name, data_dir, prompts_dir = outside_dataset(Path(item).resolve(), work)
+            state = (args.keep / name) if args.keep else work / "state"
+            state.mkdir(parents=True, exist_ok=True)
+            env = {**os.environ, "PROMPTOPT_STATE_DIR": str(state), "PROMPTOPT_DATA_DIR": str(data_dir),
+                   "PROMPTOPT_PROMPTS_DIR": str(prompts_dir)}
+            env.pop("DAGSTER_HOME", None)
+            report_path = state / "report.json"
+            started = time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "promptopt_dagster.cli", "optimize", "--dataset", name,
+                                   "--eval-size", str(args.eval_size), "--test-size", str(args.test_size),
+                                   "--report-json", str(report_path)], env=env, cwd=PROJECT_ROOT,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            wall = time.perf_counter() - started
+            if done.returncode != 0:
+                print(f"{name}: promptopt optimize failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+                continue
+            report = json.loads(report_path.read_text())
+
+            project = ProjectResource(data_dir=str(data_dir), prompts_dir=str(prompts_dir))
+            spec, suite = project.spec(name), project.suite(name)
+            splits = load_splits(spec, Path(data_dir))
+            confirm = dev_parts(splits.dev, args.eval_size, 100, 0)[1]
+            test = sample_rows(splits.test, args.test_size, 0)
+            train = drop_held_out(splits.train, {"dev": splits.dev, "test": splits.test})
+            client = build_client(ModelSettings(), settings.model_dir, settings.llm_threads,
+                                  state / "llm_cache.duckdb")
+            calls_before = client.usage.llm_calls
+
+            def answers(prompt: PromptVersion, rows: pd.DataFrame) -> tuple[list, list]:
+                out = predict(client, prompt, rows, spec.max_output_tokens, stop=tuple(spec.completion_stop),
+                              progress_interval_s=1e9)
+                return out["prediction"].fillna("").tolist(), out["ground_truth_output"].tolist()
+
+            initial = project.initial_prompt(name)
+            tries = []
+            for seed in range(args.tries):
+                prompt = initial.child(demos=balanced_demos(train, spec.labels, args.k, seed))
+                tries.append((suite.score(*answers(prompt, confirm)).value, seed, prompt))
+            hand_dev, _, hand = max(tries, key=lambda t: (t[0], -t[1]))
+            hand_test_p, refs = answers(hand, test)
+            best_test_p, _ = answers(PromptVersion.model_validate(report["best_prompt"]), test)
+            hand_calls = client.usage.llm_calls - calls_before
+            hand_test = suite.score(hand_test_p, refs).value
+            best_test = suite.score(best_test_p, refs).value
+            row = {"dataset": name, "metric": suite.target, "rows dev/test": f"{len(confirm)}/{len(test)}",
+                   "initial dev": report["initial_dev_score"], "initial test": report["initial_test_score"],
+                   "by-hand dev": hand_dev, "by-hand test": hand_test,
+                   "by-hand test 95%": interval(suite, hand_test_p, refs),
+                   "optimized dev": report["best_dev_score"], "optimized test": best_test,
+                   "optimized test 95%": interval(suite, best_test_p, refs),
+                   "dev-test drop": report["best_dev_score"] - best_test, "model calls": report["llm_calls"],
+                   "by-hand calls": hand_calls, "wall s": round(wall), "iterations": report["iterations"],
+                   "stop": report["stop_reason"], "choices": PromptVersion.model_validate(report["best_prompt"]).describe()}
+            rows_out.append(row)
+            print(json.dumps(row), flush=True)
+
+    print()
+    print("| dataset | metric | rows dev/test | initial dev/test | by-hand dev/test [95%] | optimized dev/test [95%] "
+          "| dev-test drop | model calls | wall | best prompt |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows_out:
+        bl, bh = r["by-hand test 95%"]
+        ol, oh = r["optimized test 95%"]
+        print(f"| {r['dataset']} | {r['metric']} | {r['rows dev/test']} | {r['initial dev']:.3f} / {r['initial test']:.3f} "
+              f"| {r['by-hand dev']:.3f} / {r['by-hand test']:.3f} [{bl:.3f}, {bh:.3f}] "
+              f"| {r['optimized dev']:.3f} / {r['optimized test']:.3f} [{ol:.3f}, {oh:.3f}] "
+              f"| {r['dev-test drop']:+.3f} | {r['model calls']} (+{r['by-hand calls']} by hand) | {r['wall s']} s "
+              f"| {r['choices']}; {r['iterations']} iterations, {r['stop']} |")
+
+
+if __name__ == "__main__":
+    main()
