@@ -205,3 +205,15 @@ def test_constrained_answers_are_always_a_label_with_the_real_model():
     assert answers["error"].isna().all()
     assert set(answers["prediction"]) <= set(labels)
     assert not set(free["prediction"].str.strip()) <= set(labels)  # unconstrained, the model strays
+
+
+def test_within_a_small_select_gap_the_cheaper_prompt_wins():
+    static = _candidate("static", {i: 1.0 for i in range(99)} | {99: 0.0})
+    static.prompt.demos = [Demo(user_input="x", ground_truth_output="a")] * 8
+    retrieved = _candidate("retrieved", {i: 1.0 for i in range(100)})
+    retrieved.prompt.retrieval = Retrieval(k=8, pool=POOL)
+    assert best([static, retrieved]) is retrieved  # no tolerance: the higher score
+    assert best([static, retrieved], within=0.02) is static  # one row of 100 does not pay for retrieval
+    retrieved.scores = {i: 1.0 for i in range(100)}
+    static.select_score = 0.95
+    assert best([static, retrieved], within=0.02) is retrieved  # five rows do

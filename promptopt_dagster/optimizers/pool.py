@@ -74,14 +74,26 @@ def scored(pool: list[Candidate]) -> list[Candidate]:
     return [c for c in pool if c.select_score is not None]
 
 
-def best(pool: list[Candidate]) -> Candidate | None:
-    """Highest select score; ties go to the cheaper prompt (fewer demos), then to the older one."""
+def best(pool: list[Candidate], within: float = 0.0) -> Candidate | None:
+    """Highest select score; among those within `within` of it, the cheapest to run, then the older.
+
+    A gap of a row or two on the select rows is noise, while a retrieved-demo prompt costs several
+    times a static one on every row it will ever answer, so a small tolerance buys speed for free."""
     ranked = scored(pool)
-    return max(ranked, key=lambda c: (c.select_score, -demo_cost(c.prompt), -c.born_iteration)) if ranked else None
+    if not ranked:
+        return None
+    top = max(c.select_score for c in ranked)
+    near = [c for c in ranked if c.select_score >= top - within - 1e-12]
+    return min(near, key=lambda c: (demo_cost(c.prompt), -c.select_score, c.born_iteration))
+
+
+#: A retrieved demo costs about this many static ones: static demos sit in the shared prefix that
+#: llama.cpp keeps cached, retrieved ones are evaluated anew for every row (DESIGN: ~0.1 s vs 0.7-2 s).
+RETRIEVED_DEMO_COST = 5
 
 
 def demo_cost(prompt: PromptVersion) -> int:
-    return len(prompt.demos) + (prompt.retrieval.k if prompt.retrieval else 0)
+    return len(prompt.demos) + (RETRIEVED_DEMO_COST * prompt.retrieval.k if prompt.retrieval else 0)
 
 
 def pareto_frontier(pool: list[Candidate]) -> dict[str, int]:
