@@ -38,11 +38,11 @@ class Retrieval(BaseModel):
     pool: list[Demo]
 
     def pick(self, user_input: str) -> list[Demo]:
-        from promptopt_dagster.core.retrieval import get_retriever
+        from promptopt_dagster.core.retrieval import retriever_for_pool
 
         if not self.pool:
             return []
-        nearest = get_retriever(self.method, [d.user_input for d in self.pool]).top(user_input, self.k)
+        nearest = retriever_for_pool(self.method, self.pool).top(user_input, self.k)
         return [self.pool[i] for i in reversed(nearest)]
 
 

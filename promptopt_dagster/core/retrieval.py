@@ -75,3 +75,22 @@ def get_retriever(method: str, texts: Sequence[str]) -> Retriever:
             _BUILT.popitem(last=False)
     _BUILT.move_to_end(key)
     return _BUILT[key]
+
+
+_BY_POOL: dict[tuple[str, int], tuple[object, Retriever]] = {}
+
+
+def retriever_for_pool(method: str, pool: Sequence) -> Retriever:
+    """get_retriever for a pool of demos (objects with `user_input`), found by the pool's identity.
+
+    Rendering asks for the retriever once per row; listing and fingerprinting a pool of thousands of
+    rows each time cost more than the lookup itself. The entry keeps the pool alive, so its id
+    cannot be reused by another list while cached."""
+    key = (method, id(pool))
+    hit = _BY_POOL.get(key)
+    if hit is None or hit[0] is not pool:
+        if len(_BY_POOL) > 64:
+            _BY_POOL.clear()
+        hit = (pool, get_retriever(method, [d.user_input for d in pool]))
+        _BY_POOL[key] = hit
+    return hit[1]

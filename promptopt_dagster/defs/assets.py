@@ -369,7 +369,7 @@ def _previous_pool(warehouse: DuckDBResource, dataset: str, iteration: int, demo
     if iteration == 0:
         return []
     with warehouse.get_connection() as con:
-        rows = _fetch(con, "select * from promptopt.candidate_pool where dataset = ? and iteration = ?",
+        rows = _fetch(con, "select * from promptopt.candidate_pool where dataset = ? and iteration = ? order by position",
                       [dataset, iteration - 1])
     return [Candidate.from_record(r, demo_pool) for r in rows.to_dict("records")]
 

@@ -20,7 +20,7 @@ from promptopt_dagster.core.prompts import PromptVersion
 POOL_COLUMNS = {"candidate_id": "string", "parent_id": "string", "born_iteration": "int64", "kind": "string",
                 "choices": "string", "select_score": "float64", "select_rows": "int64",
                 "minibatch_score": "float64", "passed_minibatch": "bool", "scores_json": "string",
-                "prompt_json": "string"}
+                "prompt_json": "string", "position": "int64"}
 
 
 @dataclass
@@ -66,7 +66,9 @@ class Candidate:
 
 
 def pool_frame(candidates: list[Candidate]) -> pd.DataFrame:
-    return pd.DataFrame([c.to_record() for c in candidates], columns=list(POOL_COLUMNS)).astype(POOL_COLUMNS)
+    """The pool in order (`position`): parent draws follow pool order, so it must survive the round trip."""
+    records = [{**c.to_record(), "position": i} for i, c in enumerate(candidates)]
+    return pd.DataFrame(records, columns=list(POOL_COLUMNS)).astype(POOL_COLUMNS)
 
 
 def scored(pool: list[Candidate]) -> list[Candidate]:
@@ -123,6 +125,7 @@ def pick_parent(pool: list[Candidate], rng: random.Random) -> Candidate | None:
     wins = pareto_frontier(pool)
     if top is None or not wins or rng.random() < 0.5:
         return top
-    by_id = {c.id: c for c in scored(pool)}
-    ids = sorted(wins)
-    return by_id[rng.choices(ids, weights=[wins[i] for i in ids])[0]]
+    # pool order, never id order: ids are random, and a rerun must draw the same parent (and so send
+    # the same requests, all answered from the response cache)
+    frontier = [c for c in scored(pool) if c.id in wins]
+    return rng.choices(frontier, weights=[wins[c.id] for c in frontier])[0]
