@@ -40,7 +40,7 @@ def test_reject_when_refined_score_is_none():
     assert d.refined_score is None
     assert d.best_score == 0.5
     assert d.iterations_without_improvement == 1
-    assert "no usable prompt" in d.why
+    assert "the optimizer proposed nothing" in d.why
 
 
 def test_min_improvement():

@@ -127,7 +127,7 @@ def decide(
     if accepted:
         why = f"accepted: refined {refined_score:.4f} > baseline {baseline_score:.4f}"
     elif refined_score is None:
-        why = "rejected: the optimizer produced no usable prompt"
+        why = "rejected: the optimizer proposed nothing (no candidate beat the baseline on its select rows, or none was usable; see its note)"
     elif noise:
         why = (f"rejected: refined {refined_score:.4f} > baseline {baseline_score:.4f}, but the paired test's "
                f"interval reaches {gain.low:+.4f}, not above {policy.min_improvement:g}: the gain may be noise")
