@@ -135,8 +135,8 @@ def test_no_candidate_does_worse_than_the_majority_label_on_imbalanced_data():
 def test_picks_the_best_candidate_and_records_every_try():
     optimizer = get_optimizer("fewshot", num_candidates=3, minibatch_size=10)
     proposal = optimizer.propose(_input(), _by_demo_count, None)
-    assert len(proposal.prompt.demos) == 8 and proposal.prompt.retrieval is None  # the only static seed of three
-    assert [c["choices"].split(",")[0] for c in proposal.candidates] == ["0 static demos", "8 static demos",
+    assert len(proposal.prompt.demos) == 12 and proposal.prompt.retrieval is None  # the only static seed of three
+    assert [c["choices"].split(",")[0] for c in proposal.candidates] == ["0 static demos", "12 static demos",
                                                                          "0 static demos"]
     assert proposal.prompt.parent_id == SEED.id and proposal.prompt.version == SEED.version + 1
     assert proposal.prompt.metadata["select_rows"] == len(ROWS)
