@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from promptopt_dagster.core.errors import PromptOptError
+from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.settings import PROJECT_ROOT, get_settings
 
 log = logging.getLogger("promptopt.cli")
@@ -185,12 +186,12 @@ def _summary(dataset: str, report: dict, this_run: dict, best_path: Path) -> str
     lines = [
         f"[{dataset}] {report['metric']} on {report['test_size']} held-out test rows (95% interval): "
         f"initial {score('initial')} -> best {score('best')}",
-        f"  dev ({report['eval_size'] or 'all'} rows): {report['initial_dev_score']:.4f} -> "
+        f"  dev, {report['eval_size'] or 'all'} confirm rows: {report['initial_dev_score']:.4f} -> "
         f"{report['best_dev_score']:.4f} after {report['iterations']} iteration(s); stopped: {report['stop_reason']}",
         f"  model calls this run: {this_run['llm_calls']:,} ({this_run['cache_hits']:,} answers from the cache); "
         f"whole optimization: {total['llm_calls']:,} calls + {total['cache_hits']:,} cached answers, "
         f"{total['requests']:,} requests, ${total['cost_usd']:.4f}",
-        f"  best prompt: v{best['version']} ({len(best['demos'])} demos), written to {best_path}",
+        f"  best prompt: v{best['version']} ({PromptVersion.model_validate(best).describe()}), written to {best_path}",
         f"  report: final_report[{dataset}] in the Dagster UI (`promptopt ui`); "
         "the JSON with --json or --report-json PATH",
     ]
