@@ -34,6 +34,7 @@ import pandas as pd
 import yaml
 
 from promptopt_dagster.core.datasets import dev_parts, load_manifest, load_splits, sample_rows
+from promptopt_dagster.core.intervals import bootstrap_interval
 from promptopt_dagster.core.prompts import Demo, PromptVersion
 from promptopt_dagster.core.quality import drop_held_out
 from promptopt_dagster.defs.resources import ProjectResource
@@ -78,12 +79,10 @@ def balanced_demos(train: pd.DataFrame, labels: list[str], k: int, seed: int) ->
     return picked
 
 
-def interval(suite, predictions: list, references: list, seed: int = 0, resamples: int = 1000):
+def interval(suite, predictions: list, references: list) -> tuple[float, float]:
     p, r = np.array(predictions, dtype=object), np.array(references, dtype=object)
-    rng = np.random.default_rng(seed)
-    values = [suite.score(list(p[ix]), list(r[ix])).value
-              for ix in rng.integers(0, len(p), size=(resamples, len(p)))]
-    return float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))
+    found = bootstrap_interval(len(p), lambda ix: suite.score(list(p[ix]), list(r[ix])).value)
+    return found.low, found.high
 
 
 def main() -> None:

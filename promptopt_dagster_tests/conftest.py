@@ -16,3 +16,13 @@ os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
 @pytest.fixture
 def project_root():
     return PROJECT_ROOT
+
+
+@pytest.fixture
+def adc(tmp_path, monkeypatch):
+    """Point Application Default Credentials at each test's fake token endpoint (remote-backend tests)."""
+    from promptopt_dagster_tests.remote_helpers import adc_file
+
+    def use(server):
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc_file(tmp_path, server)))
+    return use

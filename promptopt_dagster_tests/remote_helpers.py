@@ -58,6 +58,11 @@ def openai_client(server: FakeLLMServer, **kw) -> OpenAIClient:
     return OpenAIClient("gpt-4o-mini", base_url=server.openai_base_url, **kw)
 
 
+def make_client(protocol: str, server: FakeLLMServer, **kw):
+    """The real SDK client for a fake server's protocol."""
+    return gemini_client(server, **kw) if protocol == "gemini" else openai_client(server, **kw)
+
+
 def chat(user: str, system: str = "Answer in one word.", **kw) -> LLMRequest:
     return LLMRequest(messages=(("system", system), ("user", user)), **{"max_tokens": 8, **kw})
 

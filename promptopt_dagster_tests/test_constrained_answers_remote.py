@@ -15,7 +15,7 @@ import pytest
 from promptopt_dagster.llm.base import LLMRequest
 from promptopt_dagster.llm.cache import CachedClient, ResponseCache, cache_key
 from promptopt_dagster_tests.fake_llm_servers import FakeLLMServer
-from promptopt_dagster_tests.remote_helpers import adc_file, chat, gemini_client, openai_client
+from promptopt_dagster_tests.remote_helpers import chat, gemini_client, make_client, openai_client
 
 LABELS = ("positive", "negative", "neutral")
 ROWS = [("a dull mess, negative", "negative"), ("what a delight, positive", "positive"),
@@ -23,18 +23,6 @@ ROWS = [("a dull mess, negative", "negative"), ("what a delight, positive", "pos
 OPENAI_FORMAT = {"type": "json_schema", "json_schema": {"name": "label", "strict": True, "schema": {
     "type": "object", "properties": {"label": {"type": "string", "enum": list(LABELS)}},
     "required": ["label"], "additionalProperties": False}}}
-
-
-@pytest.fixture
-def adc(tmp_path, monkeypatch):
-    """Point Application Default Credentials at each test's fake token endpoint."""
-    def use(server):
-        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc_file(tmp_path, server)))
-    return use
-
-
-def make_client(protocol, server, **kw):
-    return gemini_client(server, **kw) if protocol == "gemini" else openai_client(server, **kw)
 
 
 def chatty(req) -> str:

@@ -12,21 +12,9 @@ from promptopt_dagster.llm.gemini import GeminiClient
 from promptopt_dagster.llm.openai_compat import OpenAIClient
 from promptopt_dagster.llm.remote import LLMConfigurationError, RetryPolicy
 from promptopt_dagster_tests.fake_llm_servers import ACCESS_TOKEN, FaultPlan, FakeLLMServer
-from promptopt_dagster_tests.remote_helpers import SECRET, adc_file, chat, echo, gemini_client, openai_client
+from promptopt_dagster_tests.remote_helpers import SECRET, chat, echo, gemini_client, make_client, openai_client
 
 SCHEMA = {"type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"]}
-
-
-@pytest.fixture
-def adc(tmp_path, monkeypatch):
-    """Point Application Default Credentials at each test's fake token endpoint."""
-    def use(server):
-        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc_file(tmp_path, server)))
-    return use
-
-
-def make_client(protocol, server, **kw):
-    return gemini_client(server, **kw) if protocol == "gemini" else openai_client(server, **kw)
 
 
 # --- wire format -----------------------------------------------------------------------------------------

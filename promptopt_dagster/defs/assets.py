@@ -315,13 +315,12 @@ def refined_prompt(context: dg.AssetExecutionContext, dataset_splits: pd.DataFra
         return answer_and_score(candidate, rows)[1]
 
     optimizer = get_optimizer(optimization.optimizer, **optimization.optimizer_options())
-    history = _previous_pool(warehouse, dataset, iteration, getattr(optimizer, "demo_pool", lambda _: None)(train))
-    known = next((c for c in history if c.id == prompt.id and c.select_score is not None), None)
+    history = _previous_pool(warehouse, dataset, iteration, optimizer.demo_pool(train))
     answers, result = answer_and_score(prompt, select)
     scored = answers.assign(score=result.per_row, rationale=result.rationales or None)
     proposal = optimizer.propose(
-        OptimizerInput(prompt=prompt, scored_rows=scored, baseline_score=result.value if known is None
-                       else known.select_score, metric=suite.describe(), train=train, labels=spec.labels,
+        OptimizerInput(prompt=prompt, scored_rows=scored, baseline_score=result.value, metric=suite.describe(),
+                       train=train, labels=spec.labels,
                        iteration=iteration, seed=optimization.seed, select_rows=select, history=history),
         evaluate, opt)
     usage = _usage(clients, before)

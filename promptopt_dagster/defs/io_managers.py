@@ -66,6 +66,9 @@ class WarehouseIOManager(DuckDBPandasIOManager):
         return _WithInstance(super().create_io_manager(context), self.database, self.schema_ or "public")
 
 
+_UP_TO_DATE: set[tuple[str, str, str]] = set()
+
+
 def _add_new_columns(database: str, schema: str, table: str, obj) -> None:
     """Append columns a newer version added at the end of a table's frame to the stored table.
 
@@ -74,8 +77,9 @@ def _add_new_columns(database: str, schema: str, table: str, obj) -> None:
     import duckdb
     import pandas as pd
 
-    if not isinstance(obj, pd.DataFrame):
+    if not isinstance(obj, pd.DataFrame) or (database, schema, table) in _UP_TO_DATE:
         return
+    _UP_TO_DATE.add((database, schema, table))  # once per table and process, not on every output
     with duckdb.connect(database) as con:
         try:
             stored = [r[0] for r in con.execute(

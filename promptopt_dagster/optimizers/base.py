@@ -47,6 +47,11 @@ class Optimizer(ABC):
     @abstractmethod
     def propose(self, inp: OptimizerInput, evaluate: Evaluator, optimizer_llm: LLMClient | None) -> Proposal: ...
 
+    def demo_pool(self, train: pd.DataFrame) -> list | None:
+        """The rows retrieved demos come from, re-attached to pool candidates read back from the warehouse
+        (the table stores a pool's size, not its rows); None for optimizers that do not retrieve."""
+        return None
+
 
 def get_optimizer(name: str, **options: Any) -> Optimizer:
     from promptopt_dagster.optimizers.fewshot import FewShotOptimizer
