@@ -146,7 +146,7 @@ def test_accuracy_agrees_with_sklearn(metric, labels):
 @pytest.mark.parametrize("labels", [
     None,
     ["positive", "negative", "neutral"],  # "très bien" and "好" references fall outside the set
-    ["POSITIVE", "Negative", "neutral", "très bien", "好", "mixed"],  # "mixed": no row has it (zero_division)
+    ["POSITIVE", "Negative", "neutral", "très bien", "好", "mixed"],  # "mixed": no row has it, left out
     ["positive", "Positive", "negative"],  # duplicates after normalisation
 ])
 def test_f1_agrees_with_sklearn(metric, labels):
@@ -160,14 +160,15 @@ def test_f1_agrees_with_sklearn(metric, labels):
         label_set = list(dict.fromkeys(normalize(label) for label in labels))
     else:
         label_set = sorted(set(y_true) - {""})  # an empty reference is no class
-    assert list(out["per_label"]) == label_set
     y_pred = _mapped(C_PREDICTIONS, label_set)
-    common = dict(labels=label_set, zero_division=0)
+    present = [label for label in label_set if label in y_true or label in y_pred]
+    assert list(out["per_label"]) == present
+    common = dict(labels=present, zero_division=0)
     assert out["f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro", **common), abs=TOL)
     assert out["precision"] == pytest.approx(precision_score(y_true, y_pred, average="macro", **common), abs=TOL)
     assert out["recall"] == pytest.approx(recall_score(y_true, y_pred, average="macro", **common), abs=TOL)
     per_label = f1_score(y_true, y_pred, average=None, **common)
-    for label, expected in zip(label_set, per_label):
+    for label, expected in zip(present, per_label):
         assert out["per_label"][label] == pytest.approx(expected, abs=TOL), label
     assert out["scores"] == [float(t == p) for t, p in zip(y_true, y_pred)]
 
@@ -188,6 +189,9 @@ def test_f1_small_cases(metric):
     # an answer naming no label is a false negative for its true label only
     out = f1.compute(predictions=["maybe", "no"], references=["yes", "no"])
     assert out["per_label"] == {"no": 1.0, "yes": 0.0} and out["precision"] == 0.5 and out["recall"] == 0.5
+    # a label of the set that no row has and no answer names says nothing about the prompt
+    out = f1.compute(predictions=["yes", "no"], references=["yes", "no"], labels=["yes", "no", "maybe"])
+    assert out["f1"] == 1.0 and set(out["per_label"]) == {"yes", "no"}
     # no label at all (every reference empty): 0.0, not an error
     out = f1.compute(predictions=["a", ""], references=["", ""])
     assert out == {"f1": 0.0, "scores": [0.0, 0.0], "per_label": {}, "precision": 0.0, "recall": 0.0}

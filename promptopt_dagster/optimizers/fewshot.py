@@ -51,13 +51,13 @@ class FewShotOptimizer(Optimizer):
 
     def __init__(self, num_candidates: int = 6, demo_counts: tuple[int, ...] = (4, 8, 12, 16),
                  retrieved_counts: tuple[int, ...] = (4, 8, 16), minibatch_size: int = 30,
-                 max_demo_chars: int = 300, prefer_cheaper_within: float = 0.02) -> None:
+                 max_demo_chars: int = 300, cost_confidence: float = 0.9) -> None:
         self.num_candidates = num_candidates
         self.demo_counts = demo_counts
         self.retrieved_counts = retrieved_counts
         self.minibatch_size = minibatch_size
         self.max_demo_chars = max_demo_chars
-        self.prefer_cheaper_within = prefer_cheaper_within  # select-score gap within which a cheaper prompt wins
+        self.cost_confidence = cost_confidence  # a costlier prompt must beat cheaper ones at this confidence
 
     # --- the search space ---------------------------------------------------------------------
 
@@ -198,7 +198,7 @@ class FewShotOptimizer(Optimizer):
                                     rng)
                 kind, why = "seed", f"{why.demos} {why.count} demos, {why.answer if inp.labels else 'free'} answers"
             else:
-                parent = pick_parent(history + new, rng) or base
+                parent = pick_parent(history + new, rng, self.cost_confidence) or base
                 prompt, why = self.mutate(parent.prompt, inp, demo_pool, rng)
                 kind = "mutate"
             if _signature(prompt) in seen:
@@ -220,7 +220,7 @@ class FewShotOptimizer(Optimizer):
                      self.num_candidates, kind, why, candidate.minibatch_score, parent_mb,
                      f", select {inp.metric}={candidate.select_score:.3f}" if candidate.passed_minibatch
                      else " (stopped at the minibatch)")
-        winner = best([c for c in new if c.kind != "baseline"], within=self.prefer_cheaper_within)
+        winner = best([c for c in new if c.kind != "baseline"], self.cost_confidence)
         if winner is None or winner.select_score <= base.select_score:
             reason = (f"no candidate beat the baseline's {base.select_score:.4f} on the {len(select)} select rows"
                       if tried else "every candidate this iteration would repeat one already in the pool")
