@@ -6,8 +6,10 @@ shown (a fixed set, or the k train rows most similar to it), how many, and wheth
 only be a label. Iteration 0 seeds the pool with one candidate per region of that space; later
 iterations mutate one choice of a parent drawn from the pool's best and its per-row Pareto frontier
 (GEPA's rule). Every candidate first faces its parent on a seeded minibatch of the select rows and
-only a winner is scored on all of them (DSPy's and GEPA's minibatch gate); the best new candidate is
-proposed only if it beats the baseline on the select rows. Acceptance is decided elsewhere, on
+only a winner is scored on all of them (DSPy's and GEPA's minibatch gate). The proposal is the
+cheapest new candidate that the best one does not beat for sure (paired bootstrap at
+`cost_confidence`), so retrieved demos, which cost several times static ones on every row, must earn
+it; it is proposed only if it beats the baseline on the select rows. Acceptance is decided elsewhere, on
 confirm rows this search never sees.
 """
 
