@@ -13,7 +13,7 @@ from promptopt_dagster.core.prompts import Demo, PromptVersion
 from promptopt_dagster.llm.fake import FakeLLM
 from promptopt_dagster.llm.inference import predict
 from promptopt_dagster.optimizers import OptimizerInput, get_optimizer
-from promptopt_dagster.optimizers.fewshot import label_quotas, spread
+from promptopt_dagster.optimizers.fewshot import Choice, label_quotas, spread
 from promptopt_dagster.scoring import score
 from promptopt_dagster.scoring.registry import ScoreResult
 
@@ -166,3 +166,36 @@ def test_later_iterations_mutate_the_best_demo_set():
     assert 1 <= len(changed) <= 2
     assert all(a.ground_truth_output == b.ground_truth_output for a, b in changed)  # labels and order kept
     assert len({d.user_input for d in mutated}) == len(mutated)
+
+
+def _retrieval_ahead_by(rows_won: int):
+    """An evaluator under which any prompt with retrieved demos gets `rows_won` more of 30 rows right."""
+    def evaluate(prompt: PromptVersion, rows: pd.DataFrame) -> ScoreResult:
+        ids = rows["row_id"].astype(int)
+        right = [1.0 if (i < 20 or (prompt.retrieval is not None and i < 20 + rows_won)) else 0.0 for i in ids]
+        return ScoreResult("accuracy", sum(right) / len(right), right)
+    return evaluate
+
+
+@pytest.mark.parametrize("rows_won, proposed", [(2, False), (10, True)])
+def test_a_costlier_candidate_is_proposed_only_when_surely_better_than_the_current_prompt(rows_won, proposed):
+    from promptopt_dagster.optimizers.pool import Candidate
+
+    demos = [Demo(user_input=f"review {i}", ground_truth_output="positive" if i % 4 == 0 else "negative")
+             for i in range(8)]
+    current = SEED.child(demos=demos, answer="label", labels=["positive", "negative"])
+    inp = _input(current, iteration=1)
+    inp.history = [Candidate(current, 0, "seed", {i: 1.0 if i < 20 else 0.0 for i in range(30)}, 20 / 30)]
+    optimizer = get_optimizer("fewshot", num_candidates=6, minibatch_size=30)
+
+    def to_retrieved(parent, inp, pool, rng):  # every mutation: retrieved demos
+        choice = Choice("retrieved", rng.choice((4, 8, 16)), "label")
+        return optimizer.build(parent, choice, parent.system_prompt, inp, pool, rng), "retrieved"
+
+    optimizer.mutate = to_retrieved
+    proposal = optimizer.propose(inp, _retrieval_ahead_by(rows_won), None)
+    assert any(c["select_score"] is not None for c in proposal.candidates)  # one was scored on all select rows
+    if proposed:
+        assert proposal.prompt is not None and proposal.prompt.retrieval is not None
+    else:
+        assert proposal.prompt is None and "not surely better" in proposal.rejected_reason
