@@ -64,6 +64,15 @@ def test_every_label_gets_a_demo_however_rare():
         assert sorted(labels) == [f"l{i}" for i in range(6)]
 
 
+def test_balanced_sets_show_every_label_equally_whatever_train_holds():
+    optimizer = get_optimizer("fewshot")
+    train = _train({"airfare": 365, "ground_service": 218, "airline": 131, "abbreviation": 96, "aircraft": 70})
+    for seed in range(20):
+        demos = optimizer.pick_demos(train, list(train["ground_truth_output"].unique()), 10, random.Random(seed),
+                                     balanced=True)
+        assert set(collections.Counter(d.ground_truth_output for d in demos).values()) == {2}
+
+
 def test_a_rare_label_with_only_long_rows_still_gets_a_demo():
     labels = _picks(_train({"ham": 90, "spam": 10}, long={"spam"}), ["ham", "spam"], 4)
     assert all(l.count("spam") == 1 for l in labels)
