@@ -222,3 +222,24 @@ def test_a_costlier_prompt_must_be_surely_better_than_a_cheaper_one():
     retrieved.scores = {i: 1.0 for i in range(100)} | {i: 0.0 for i in range(80, 92)}
     retrieved.select_score = 0.88
     assert best([static, retrieved], 0.9) is static  # the cheaper one is also the better one
+
+
+def test_the_local_model_runs_a_batch_in_prefix_order_and_answers_keep_their_index(monkeypatch, tmp_path):
+    import threading
+
+    from promptopt_dagster.llm.base import LLMRequest, LLMResponse
+    from promptopt_dagster.llm.local import LlamaCppClient
+
+    evaluated = []
+
+    def complete(llm, req):
+        evaluated.append(req.prompt)
+        return LLMResponse(text=req.prompt.split("|")[-1])
+
+    monkeypatch.setattr(LlamaCppClient, "_llama", lambda self: (None, threading.Lock()))
+    monkeypatch.setattr(LlamaCppClient, "_complete", staticmethod(complete))
+    # rows 0 and 2 share their retrieved demos, as do rows 1 and 3
+    prompts = ["demo b|demo a|row0", "demo c|demo d|row1", "demo b|demo a|row2", "demo c|demo d|row3"]
+    answers = LlamaCppClient(tmp_path).generate([LLMRequest(prompt=p) for p in prompts])
+    assert [a.text for a in answers] == ["row0", "row1", "row2", "row3"]
+    assert evaluated == [prompts[0], prompts[2], prompts[1], prompts[3]]

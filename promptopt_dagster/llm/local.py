@@ -1,8 +1,9 @@
 """The embedded default: Gemma 3 270M (GGUF from PyPI) under llama.cpp on the CPU, no keys, no network.
 
-It is a base model without a chat template, so it gets completion prompts. Requests run one by one
-in order: llama.cpp reuses the KV cache for the prefix shared with the previous call, which is why
-prompts put the instruction and demos first and the row's input last.
+It is a base model without a chat template, so it gets completion prompts. Requests run one by one:
+llama.cpp reuses the KV cache for the prefix shared with the previous call, which is why prompts put
+the instruction and demos first and the row's input last, and why a batch runs in the prompts'
+sorted order (rows whose retrieved demos begin alike run one after another; answers keep their index).
 """
 
 from __future__ import annotations
@@ -73,6 +74,14 @@ def _load_llama(model_path: str, n_ctx: int, n_threads: int, seed: int):
     return llm, threading.Lock()
 
 
+def prefix_order(requests: Sequence[LLMRequest]) -> list[int]:
+    """Request indices in the sorted order of their prompts: sorting puts the prompts that share the
+    longest prefixes next to each other, so each evaluation reuses the most of the previous one's KV
+    cache. With static demos every prompt shares the demos anyway; with retrieved demos, rows whose
+    least similar demos agree share them too."""
+    return sorted(range(len(requests)), key=lambda i: requests[i].prompt or "")
+
+
 class LlamaCppClient(LLMClient):
     backend = "local"
     mode = "completion"
@@ -110,8 +119,8 @@ class LlamaCppClient(LLMClient):
     def _stream(self, requests: Sequence[LLMRequest]) -> Iterator[tuple[int, LLMResponse]]:
         llm, lock = self._llama()
         with lock:  # one llama context cannot serve two threads at once
-            for i, req in enumerate(requests):
-                yield i, self._complete(llm, req)
+            for i in prefix_order(requests):
+                yield i, self._complete(llm, requests[i])
 
     @staticmethod
     def _choose(llm, req: LLMRequest, started: float) -> LLMResponse:
