@@ -76,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="select rows: other dev rows on which the optimizer compares its candidates")
     opt.add_argument("--confidence", type=_float_in(0.5, 0.999), default=0.9,
                      help="a refinement is accepted only if its gain on the confirm rows holds at this confidence "
-                          "(paired bootstrap)")
+                          "(paired bootstrap); fewshot also picks a costlier candidate (retrieved demos) over a "
+                          "cheaper one only if it is better on the select rows at this confidence")
     opt.add_argument("--test-size", type=_int_from(0), default=500, help="held-out test rows in the report (0: all)")
     opt.add_argument("--optimizer", choices=["fewshot", "reflective"], default="fewshot",
                      help="fewshot: search demos and instructions; reflective: an LLM rewrites the prompt")

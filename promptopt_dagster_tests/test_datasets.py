@@ -222,6 +222,16 @@ def test_manifest_missing_split(tmp_path):
     assert "'toy'" in msg and "split(s) test" in msg and "under `files:`" in msg
 
 
+def test_label_descriptions_must_describe_labels_the_dataset_has(tmp_path):
+    entry = ("datasets:\n  toy:\n    files: {train: t.csv, dev: d.csv, test: e.csv}\n    initial_prompt: toy.json\n"
+             "    labels: [ham, spam]\n")
+    path = write(tmp_path / "manifest.yaml", entry + "    label_descriptions: {spam: unsolicited ads, Spam: typo}\n")
+    msg = manifest_refused(path)
+    assert "'toy'" in msg and "'Spam'" in msg and "not in labels" in msg and "spelled as in `labels`" in msg
+    ok = write(tmp_path / "ok.yaml", entry + "    label_descriptions: {spam: unsolicited ads}\n")
+    assert load_manifest(ok)["toy"].label_descriptions == {"spam": "unsolicited ads"}
+
+
 def test_manifest_entry_missing_required_field(tmp_path):
     path = write(tmp_path / "manifest.yaml", "datasets:\n  toy:\n    files: {train: a, dev: b, test: c}\n")
     msg = manifest_refused(path)

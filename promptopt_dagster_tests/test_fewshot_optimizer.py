@@ -208,3 +208,15 @@ def test_a_costlier_candidate_is_proposed_only_when_surely_better_than_the_curre
         assert proposal.prompt is not None and proposal.prompt.retrieval is not None
     else:
         assert proposal.prompt is None and "not surely better" in proposal.rejected_reason
+
+
+def test_label_descriptions_become_an_instruction_variant_once():
+    optimizer = get_optimizer("fewshot")
+    descriptions = {"positive": "the reviewer liked the film"}
+    variants = optimizer.instruction_variants(SEED, ["positive", "negative"], descriptions)
+    assert len(variants) == 3 and variants[0] == SEED.system_prompt
+    assert "- positive: the reviewer liked the film\n- negative" in variants[2]
+    described = SEED.child(system_prompt=variants[2])
+    assert all(v.count("the reviewer liked") <= 1 for v in optimizer.instruction_variants(
+        described, ["positive", "negative"], descriptions))
+    assert len(optimizer.instruction_variants(SEED, ["positive", "negative"])) == 2  # none given: no such variant

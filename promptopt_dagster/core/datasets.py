@@ -28,6 +28,8 @@ class DatasetSpec(BaseModel):
     description: str = ""
     files: dict[str, str]  # split -> path relative to the data dir
     labels: list[str] = Field(default_factory=list)  # empty: free-form outputs
+    #: What a label means, in a few words; the fewshot search tries an instruction that lists them.
+    label_descriptions: dict[str, str] = Field(default_factory=dict)
     #: Scorers with weights; none given means the single scorer `target_metric` (default accuracy).
     scorers: list[ScorerSpec] = Field(default_factory=list)
     #: What the loop accepts and stops on: a scorer's name or "aggregate" (the weighted mean of all).
@@ -43,6 +45,11 @@ class DatasetSpec(BaseModel):
             self.scorers = [ScorerSpec(name=self.target_metric or "accuracy")]
         if self.target_metric is None:
             self.target_metric = AGGREGATE if len(self.scorers) > 1 else self.scorers[0].name
+        unknown = [label for label in self.label_descriptions if label not in self.labels]
+        if unknown:
+            raise ValueError(f"label_descriptions names {', '.join(map(repr, unknown))}, which "
+                             f"{'is' if len(unknown) == 1 else 'are'} not in labels {self.labels}; describe only "
+                             "labels the dataset has, spelled as in `labels`")
         return self
 
 

@@ -320,7 +320,7 @@ def refined_prompt(context: dg.AssetExecutionContext, dataset_splits: pd.DataFra
     scored = answers.assign(score=result.per_row, rationale=result.rationales or None)
     proposal = optimizer.propose(
         OptimizerInput(prompt=prompt, scored_rows=scored, baseline_score=result.value, metric=suite.describe(),
-                       train=train, labels=spec.labels,
+                       train=train, labels=spec.labels, label_descriptions=spec.label_descriptions,
                        iteration=iteration, seed=optimization.seed, select_rows=select, history=history),
         evaluate, opt)
     usage = _usage(clients, before)

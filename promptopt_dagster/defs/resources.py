@@ -93,7 +93,9 @@ class OptimizationConfig(dg.ConfigurableResource):
     optimizer: str = "fewshot"
     eval_size: int = 200  # confirm rows: dev rows on which a refinement is accepted; 0 = the whole dev split
     select_size: int = 100  # select rows: other dev rows on which the optimizer compares its candidates
-    confidence: float = 0.9  # a refinement's gain must hold at this confidence (paired bootstrap, confirm rows)
+    # a refinement's gain must hold at this confidence (paired bootstrap, confirm rows); the fewshot
+    # search's cost rule uses it too (a costlier candidate must be surely better on the select rows)
+    confidence: float = 0.9
     test_size: int = 500  # held-out test rows in the final report; 0 = the whole test split
     max_iterations: int = 5
     target_score: float = 0.95
@@ -118,7 +120,8 @@ class OptimizationConfig(dg.ConfigurableResource):
 
     def optimizer_options(self) -> dict:
         if self.optimizer == "fewshot":
-            return {"num_candidates": self.num_candidates, "minibatch_size": self.minibatch_size}
+            return {"num_candidates": self.num_candidates, "minibatch_size": self.minibatch_size,
+                    "cost_confidence": self.confidence}
         return {}
 
 

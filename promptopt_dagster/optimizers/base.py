@@ -30,6 +30,7 @@ class OptimizerInput:
     # ground_truth_output. scored_rows are the baseline's answers on these same rows.
     select_rows: pd.DataFrame | None = None
     history: list = field(default_factory=list)  # the candidate pool of earlier iterations (pool.Candidate)
+    label_descriptions: dict[str, str] = field(default_factory=dict)  # label -> what it means (manifest)
 
 
 @dataclass

@@ -72,13 +72,20 @@ class FewShotOptimizer(Optimizer):
 
     # --- the search space ---------------------------------------------------------------------
 
-    def instruction_variants(self, prompt: PromptVersion, labels: list[str]) -> list[str]:
+    def instruction_variants(self, prompt: PromptVersion, labels: list[str],
+                             descriptions: dict[str, str] | None = None) -> list[str]:
+        """The instruction as written, with the label list, and with what each label means (when the
+        manifest says): labels such as `ground_service` or `abbreviation` tell a reader little alone."""
         base = prompt.system_prompt.strip()
         variants = [base]
         if labels:
             hint = f"Answer with exactly one of: {', '.join(labels)}."
             if hint not in base:
                 variants.append(f"{base} {hint}".strip())
+            if descriptions and "Answer with exactly one label:" not in base:
+                meanings = "\n".join(f"- {label}: {descriptions[label]}" if label in descriptions else f"- {label}"
+                                      for label in labels)
+                variants.append(f"{base}\nAnswer with exactly one label:\n{meanings}".strip())
         return variants
 
     def demo_pool(self, train: pd.DataFrame) -> list[Demo]:
@@ -139,7 +146,7 @@ class FewShotOptimizer(Optimizer):
     def mutate(self, parent: PromptVersion, inp: OptimizerInput, demo_pool: list[Demo],
                rng: random.Random) -> tuple[PromptVersion, str]:
         """The parent with one choice changed, and which."""
-        instructions = self.instruction_variants(parent, inp.labels)
+        instructions = self.instruction_variants(parent, inp.labels, inp.label_descriptions)
         moves = ["count", "switch"] + (["answer"] if inp.labels else []) + (["instruction"] if len(instructions) > 1
                                                                            else [])
         if parent.demos and not parent.retrieval:
@@ -197,7 +204,7 @@ class FewShotOptimizer(Optimizer):
         minibatch = select.sample(n=min(self.minibatch_size, len(select)), random_state=rng.randrange(2**31))
         mb_ids = minibatch["row_id"].astype(int).tolist()
         seen = {_signature(c.prompt) for c in history + new}
-        instructions = self.instruction_variants(inp.prompt, inp.labels)
+        instructions = self.instruction_variants(inp.prompt, inp.labels, inp.label_descriptions)
         seeding = not any(c.kind != "baseline" for c in history)
         tried = []
         for j in range(self.num_candidates * 3):  # duplicates are skipped, so allow a few extra draws
