@@ -1,0 +1,43 @@
+"""Write the 5-intent ATIS subset that stands in for a dataset the project has never seen.
+
+    .venv/bin/python bench/atis_subset.py /tmp/atis5
+    .venv/bin/python bench/quality.py /tmp/atis5
+
+The rows of `airfare`, `ground_service`, `airline`, `abbreviation` and `aircraft` (no `flight`, which
+is 80% of atis_intent): train from atis_intent's train split; its dev and test rows of those intents,
+shuffled (seed 1) and halved into dev and test. Run as a directory outside data/, bench/quality.py
+gives it the generic prompt a new user starts from.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from promptopt_dagster.settings import get_settings
+
+INTENTS = ["airfare", "ground_service", "airline", "abbreviation", "aircraft"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="directory to write train.csv, dev.csv and test.csv to")
+    args = parser.parse_args()
+    source = get_settings().data_dir / "atis_intent"
+    read = lambda split: pd.read_csv(source / f"{split}.csv", dtype=str, keep_default_na=False)  # noqa: E731
+    train = read("train")
+    held = pd.concat([read("dev"), read("test")])
+    held = held[held["ground_truth_output"].isin(INTENTS)].sample(frac=1, random_state=1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    train[train["ground_truth_output"].isin(INTENTS)].to_csv(args.out / "train.csv", index=False)
+    half = len(held) // 2
+    held[:half].to_csv(args.out / "dev.csv", index=False)
+    held[half:].to_csv(args.out / "test.csv", index=False)
+    print(f"{args.out}: train {len(train[train['ground_truth_output'].isin(INTENTS)])}, dev {half}, "
+          f"test {len(held) - half}")
+
+
+if __name__ == "__main__":
+    main()
