@@ -33,8 +33,11 @@ def test_sst2_optimize_on_fake_gemini_with_20_percent_failures(tmp_path):
     usage = report["usage"]["by_model"]["gemini/gemini-2.5-flash"]
     assert first["faults"] > 0.1 * first["requests"]  # the failures really happened
     assert usage["requests"] == first["requests"] == report["requests"]
-    assert usage["prompt_tokens"] == first["prompt_tokens"]
-    assert usage["completion_tokens"] == first["completion_tokens"]
+    # A success the server sends after the client's 0.5 s timeout (a loaded 2-core machine) is counted
+    # by the server and asked again by the client: the client may count a few requests' tokens less
+    # than the server, never more (seen once in CI: 416,797 against 416,843, one request's prompt).
+    for kind in ("prompt_tokens", "completion_tokens"):
+        assert 0 <= first[kind] - usage[kind] <= 0.01 * first[kind], kind
     assert usage["errors"] == 0 and usage["cost_usd"] > 0
     for table, rows in tables.items():
         assert rows["error"].isna().all(), f"{table} has unanswered rows"
