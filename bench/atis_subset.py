@@ -26,17 +26,15 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="directory to write train.csv, dev.csv and test.csv to")
     args = parser.parse_args()
     source = get_settings().data_dir / "atis_intent"
-    read = lambda split: pd.read_csv(source / f"{split}.csv", dtype=str, keep_default_na=False)  # noqa: E731
-    train = read("train")
-    held = pd.concat([read("dev"), read("test")])
-    held = held[held["ground_truth_output"].isin(INTENTS)].sample(frac=1, random_state=1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    train[train["ground_truth_output"].isin(INTENTS)].to_csv(args.out / "train.csv", index=False)
+    split = {name: pd.read_csv(source / f"{name}.csv", dtype=str, keep_default_na=False)
+             for name in ("train", "dev", "test")}
+    kept = {name: rows[rows["ground_truth_output"].isin(INTENTS)] for name, rows in split.items()}
+    held = pd.concat([kept["dev"], kept["test"]]).sample(frac=1, random_state=1)
     half = len(held) // 2
-    held[:half].to_csv(args.out / "dev.csv", index=False)
-    held[half:].to_csv(args.out / "test.csv", index=False)
-    print(f"{args.out}: train {len(train[train['ground_truth_output'].isin(INTENTS)])}, dev {half}, "
-          f"test {len(held) - half}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("train", kept["train"]), ("dev", held[:half]), ("test", held[half:])):
+        rows.to_csv(args.out / f"{name}.csv", index=False)
+    print(f"{args.out}: train {len(kept['train'])}, dev {half}, test {len(held) - half}")
 
 
 if __name__ == "__main__":
