@@ -19,6 +19,8 @@ from promptopt_dagster.core.errors import PromptError
 from promptopt_dagster.core.storage import read_text, write_text
 
 PLACEHOLDER = "{user_input}"
+#: Inputs that carry no content, for contextual calibration (the choice of Zhao et al., 2021).
+CONTENT_FREE_INPUTS = ("N/A", "[MASK]", "")
 # `{name}` where name is an identifier: anything else in braces (JSON examples) is literal text.
 _PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -54,6 +56,10 @@ class PromptVersion(BaseModel):
     # "label": the answer is restricted to one of `labels` (the backend ranks or constrains); "free": any text.
     answer: Literal["free", "label"] = "free"
     labels: list[str] = Field(default_factory=list)
+    # Contextual calibration of label answers (Zhao et al., 2021): each label's probability is divided by
+    # the one it gets when the input is content-free, which removes the bias a demo set puts on one
+    # label. Needs label scores, so only backends that rank labels (llama.cpp) apply it.
+    calibrate: bool = False
     id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12])
     parent_id: str | None = None
     version: int = 0
@@ -75,6 +81,7 @@ class PromptVersion(BaseModel):
             and self.retrieval == other.retrieval
             and self.answer == other.answer
             and self.labels == other.labels
+            and self.calibrate == other.calibrate
         )
 
     def demos_for(self, user_input: str) -> list[Demo]:
@@ -92,15 +99,34 @@ class PromptVersion(BaseModel):
         if self.retrieval:
             parts.append(f"{self.retrieval.k} retrieved ({self.retrieval.method}, pool {len(self.retrieval.pool)})")
         parts.append("label answers" if self.answer == "label" else "free answers")
+        if self.calibrated:
+            parts.append("calibrated")
         return ", ".join(parts)
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether answers are calibrated: only label answers can be."""
+        return self.calibrate and self.answer == "label" and bool(self.labels)
 
     # --- rendering -------------------------------------------------------------------------
     # The shared part (instruction, demos) comes first and the row's input last: llama.cpp reuses
     # the KV cache for the common prefix, so a dataset pass only pays for each row's tail.
 
     def render_completion(self, user_input: str) -> str:
+        return self._render(self.demos_for(user_input), user_input)
+
+    def calibration_prompts(self, user_input: str) -> tuple[str, ...]:
+        """The prompts this row's label scores are calibrated against: its own demos, a content-free input.
+
+        Several content-free inputs, averaged, so no one string's own lean decides; () when not calibrated."""
+        if not self.calibrated:
+            return ()
+        demos = self.demos_for(user_input)
+        return tuple(self._render(demos, text) for text in CONTENT_FREE_INPUTS)
+
+    def _render(self, demos: list[Demo], user_input: str) -> str:
         parts = [self.system_prompt.strip()] if self.system_prompt.strip() else []
-        for demo in self.demos_for(user_input):
+        for demo in demos:
             parts.append(fill(self.output_prompt, demo.user_input) + " " + demo.ground_truth_output)
         parts.append(fill(self.output_prompt, user_input))
         return "\n\n".join(parts)
@@ -200,7 +226,8 @@ def unified_diff(old: PromptVersion, new: PromptVersion) -> str:
         if p.retrieval:
             out.append(f"[retrieved demos: {p.retrieval.k} nearest of {len(p.retrieval.pool)} pool rows "
                        f"({p.retrieval.method})]")
-        out.append(f"[answer: {'one of ' + ', '.join(p.labels) if p.answer == 'label' else 'free text'}]")
+        out.append(f"[answer: {'one of ' + ', '.join(p.labels) if p.answer == 'label' else 'free text'}"
+                   f"{', calibrated' if p.calibrated else ''}]")
         return out
 
     return "\n".join(difflib.unified_diff(lines(old), lines(new), f"v{old.version}", f"v{new.version}", lineterm=""))

@@ -321,7 +321,8 @@ def refined_prompt(context: dg.AssetExecutionContext, dataset_splits: pd.DataFra
     proposal = optimizer.propose(
         OptimizerInput(prompt=prompt, scored_rows=scored, baseline_score=result.value, metric=suite.describe(),
                        train=train, labels=spec.labels, label_descriptions=spec.label_descriptions,
-                       iteration=iteration, seed=optimization.seed, select_rows=select, history=history),
+                       iteration=iteration, seed=optimization.seed, select_rows=select, history=history,
+                       calibration=task.ranks_labels),
         evaluate, opt)
     usage = _usage(clients, before)
     if proposal.prompt is None:  # the optimizer already logged why; the reason is also stored below

@@ -29,6 +29,9 @@ class LLMRequest:
     # own way (local: label-likelihood ranking; Gemini: an enum response schema; OpenAI-compatible: a
     # JSON schema enum) and returns the chosen string itself as `text`.
     choices: tuple[str, ...] = ()
+    # With `choices`: the same prompt with content-free inputs; a backend that ranks labels divides each
+    # label's probability by its mean over these (contextual calibration). Others never receive any.
+    calibration_prompts: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -51,6 +54,8 @@ class LLMClient(ABC):
     backend: str = "abstract"
     #: "completion" models get one rendered text; "chat" models get system/user/assistant turns.
     mode: Literal["completion", "chat"] = "completion"
+    #: Whether label answers come from the labels' scores, so they can be calibrated (PromptVersion.calibrate).
+    ranks_labels: bool = False
 
     def __init__(self) -> None:
         self.usage = UsageStats()

@@ -37,6 +37,8 @@ def cache_key(identity: dict, request: LLMRequest) -> str:
         del req["json_schema"]
     if not req["choices"]:  # and before constrained answers existed
         del req["choices"]
+    if not req["calibration_prompts"]:  # and before calibration existed
+        del req["calibration_prompts"]
     payload = json.dumps({"identity": identity, "request": req}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
@@ -104,6 +106,7 @@ class CachedClient(LLMClient):
         self.cache = cache
         self.backend = inner.backend
         self.mode = inner.mode
+        self.ranks_labels = inner.ranks_labels
         self.price = inner.price
         self.flush_every, self.flush_s = flush_every, flush_s
 

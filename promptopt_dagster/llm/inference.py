@@ -22,8 +22,9 @@ def build_request(client: LLMClient, prompt: PromptVersion, user_input: str, max
         return LLMRequest(messages=messages, max_tokens=max_tokens, stop=(), choices=prompt.choices)
     # A base model continues the pattern past the answer; by default the newline ends a one-line answer
     # (datasets with multi-line answers set their own stop, e.g. the start of the next demo).
+    calibration = prompt.calibration_prompts(user_input) if client.ranks_labels else ()
     return LLMRequest(prompt=prompt.render_completion(user_input), max_tokens=max_tokens, stop=tuple(stop),
-                      choices=prompt.choices)
+                      choices=prompt.choices, calibration_prompts=calibration)
 
 
 def build_requests(client: LLMClient, prompt: PromptVersion, rows: pd.DataFrame, max_tokens: int,

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -82,9 +83,27 @@ def prefix_order(requests: Sequence[LLMRequest]) -> list[int]:
     return sorted(range(len(requests)), key=lambda i: requests[i].prompt or "")
 
 
+def calibrated_choice(choices: Sequence[str], scores: dict[str, float],
+                      content_free: Sequence[dict[str, float]]) -> str:
+    """The label whose probability, renormalized over the labels, most exceeds its mean content-free one.
+
+    A demo set that leans the model toward one label leans it there for a content-free input too, so
+    dividing by that probability (subtracting its log) removes the lean and keeps what the input adds."""
+    import numpy as np
+
+    def normalized(s: dict[str, float]) -> np.ndarray:
+        v = np.array([s[c] for c in choices], dtype=np.float64)
+        return v - np.logaddexp.reduce(v)
+
+    prior = np.log(np.mean([np.exp(normalized(s)) for s in content_free], axis=0))
+    adjusted = normalized(scores) - prior
+    return choices[int(np.argmax(adjusted))]  # argmax keeps the first of equals, as ranking does
+
+
 class LlamaCppClient(LLMClient):
     backend = "local"
     mode = "completion"
+    ranks_labels = True
 
     def __init__(self, model_dir: Path, model_path: Path | None = None, n_ctx: int = 4096,
                  n_threads: int | None = None, seed: int = 0) -> None:
@@ -94,6 +113,8 @@ class LlamaCppClient(LLMClient):
         self._n_ctx = n_ctx
         self._n_threads = n_threads or os.cpu_count() or 1
         self._seed = seed
+        # Content-free label scores by prompt: with static demos every row of a pass shares them.
+        self._content_free: OrderedDict[tuple, dict[str, float]] = OrderedDict()
 
     @property
     def model(self) -> str:
@@ -122,24 +143,41 @@ class LlamaCppClient(LLMClient):
             for i in prefix_order(requests):
                 yield i, self._complete(llm, requests[i])
 
-    @staticmethod
-    def _choose(llm, req: LLMRequest, started: float) -> LLMResponse:
+    def _choose(self, llm, req: LLMRequest, started: float) -> LLMResponse:
         from promptopt_dagster.llm.label_ranking import LabelRanker
 
+        choices = list(req.choices)
         try:
-            ranked = LabelRanker(llm).rank(req.prompt, list(req.choices))
+            ranker = LabelRanker(llm)
+            ranked = ranker.rank(req.prompt, choices)
+            choice, prompt_tokens = ranked.choice, ranked.prompt_tokens
+            if req.calibration_prompts:
+                free = [self._content_free_scores(ranker, text, choices) for text in req.calibration_prompts]
+                choice = calibrated_choice(choices, ranked.scores, [s for s, _ in free])
+                prompt_tokens += sum(n for _, n in free)
         except Exception as exc:
             return LLMResponse(error=f"{type(exc).__name__}: {exc}", latency_s=time.perf_counter() - started)
-        return LLMResponse(text=ranked.choice, prompt_tokens=ranked.prompt_tokens, completion_tokens=1,
+        return LLMResponse(text=choice, prompt_tokens=prompt_tokens, completion_tokens=1,
                            latency_s=time.perf_counter() - started, finish_reason="choice")
 
-    @staticmethod
-    def _complete(llm, req: LLMRequest) -> LLMResponse:
+    def _content_free_scores(self, ranker, prompt: str, choices: list[str]) -> tuple[dict[str, float], int]:
+        """Label scores for a content-free prompt, and the prompt tokens it cost (0 when remembered)."""
+        key = (prompt, tuple(choices))
+        if key in self._content_free:
+            self._content_free.move_to_end(key)
+            return self._content_free[key], 0
+        ranked = ranker.rank(prompt, choices)
+        self._content_free[key] = ranked.scores
+        if len(self._content_free) > 256:
+            self._content_free.popitem(last=False)
+        return ranked.scores, ranked.prompt_tokens
+
+    def _complete(self, llm, req: LLMRequest) -> LLMResponse:
         if req.prompt is None:
             return LLMResponse(error="the local model is a completion model; send `prompt`, not `messages`")
         started = time.perf_counter()
         if req.choices:
-            return LlamaCppClient._choose(llm, req, started)
+            return self._choose(llm, req, started)
         try:
             res = llm.create_completion(req.prompt, max_tokens=req.max_tokens, temperature=req.temperature,
                                         top_k=1 if req.temperature == 0 else 40,

@@ -31,6 +31,7 @@ class OptimizerInput:
     select_rows: pd.DataFrame | None = None
     history: list = field(default_factory=list)  # the candidate pool of earlier iterations (pool.Candidate)
     label_descriptions: dict[str, str] = field(default_factory=dict)  # label -> what it means (manifest)
+    calibration: bool = False  # the task backend ranks labels, so calibrated label answers can be tried
 
 
 @dataclass

@@ -39,10 +39,12 @@ class Choice:
     count: int
     answer: str  # "label" | "free"
     mix: str = "train"  # static demos' labels: "train" (train's label mix) | "balanced" (equal per label)
+    calibrate: bool = False  # label answers calibrated against content-free inputs (static demos only)
 
     def describe(self, labelled: bool = True) -> str:
         mix = " balanced" if self.demos == "static" and self.mix == "balanced" else ""
-        return f"{self.demos} {self.count}{mix} demos, {self.answer if labelled else 'free'} answers"
+        calibrated = ", calibrated" if self.calibrate and labelled and self.answer == "label" else ""
+        return f"{self.demos} {self.count}{mix} demos, {self.answer if labelled else 'free'} answers{calibrated}"
 
 
 #: Iteration 0 tries these in order (as many as num_candidates): retrieved demos with label answers
@@ -136,12 +138,12 @@ class FewShotOptimizer(Optimizer):
               demo_pool: list[Demo], rng: random.Random) -> PromptVersion:
         labels = list(inp.labels)
         answer = choice.answer if labels else "free"
-        if choice.demos == "retrieved":
+        if choice.demos == "retrieved":  # calibrating would rank content-free prompts for every row
             return parent.child(system_prompt=instruction, demos=[], answer=answer, labels=labels,
-                                retrieval=Retrieval(k=choice.count, pool=demo_pool))
+                                retrieval=Retrieval(k=choice.count, pool=demo_pool), calibrate=False)
         demos = self.pick_demos(inp.train, labels, choice.count, rng, balanced=choice.mix == "balanced")
-        return parent.child(system_prompt=instruction, demos=demos,
-                            answer=answer, labels=labels, retrieval=None)
+        return parent.child(system_prompt=instruction, demos=demos, answer=answer, labels=labels, retrieval=None,
+                            calibrate=choice.calibrate and inp.calibration)
 
     def mutate(self, parent: PromptVersion, inp: OptimizerInput, demo_pool: list[Demo],
                rng: random.Random) -> tuple[PromptVersion, str]:
@@ -151,6 +153,8 @@ class FewShotOptimizer(Optimizer):
                                                                            else [])
         if parent.demos and not parent.retrieval:
             moves += ["swap", "swap"]  # refining a static set that works is the commonest useful move
+            if inp.calibration and parent.answer == "label" and inp.labels:
+                moves.append("calibrate")
         move = rng.choice(moves)
         retrieved = parent.retrieval is not None
         count = parent.retrieval.k if retrieved else len(parent.demos)
@@ -160,6 +164,9 @@ class FewShotOptimizer(Optimizer):
         if move == "answer":
             answer = "free" if parent.answer == "label" else "label"
             return parent.child(answer=answer, labels=list(inp.labels)), f"{answer} answers"
+        if move == "calibrate":
+            return parent.child(calibrate=not parent.calibrate), \
+                "calibrated answers" if not parent.calibrate else "uncalibrated answers"
         if move == "instruction":
             others = [i for i in instructions if i != parent.system_prompt.strip()] or instructions
             return parent.child(system_prompt=rng.choice(others)), "other instruction"
@@ -169,7 +176,7 @@ class FewShotOptimizer(Optimizer):
         else:
             counts = [n for n in (self.retrieved_counts if retrieved else self.demo_counts) if n != count]
             count = rng.choice(counts)
-        choice = Choice("retrieved" if retrieved else "static", count, answer, _mix(parent.demos))
+        choice = Choice("retrieved" if retrieved else "static", count, answer, _mix(parent.demos), parent.calibrate)
         return self.build(parent, choice, parent.system_prompt, inp, demo_pool, rng), \
             f"{choice.demos} {count} demos"
 
@@ -265,7 +272,8 @@ def _signature(prompt: PromptVersion) -> tuple:
     """What makes two candidates the same prompt (ids and lineage aside)."""
     retrieval = (prompt.retrieval.k, prompt.retrieval.method) if prompt.retrieval else None
     return (prompt.system_prompt, prompt.output_prompt, tuple((d.user_input, d.ground_truth_output)
-                                                              for d in prompt.demos), retrieval, prompt.answer)
+                                                              for d in prompt.demos), retrieval, prompt.answer,
+            prompt.calibrated)
 
 
 def label_quotas(sizes: list[int], count: int) -> list[int]:
