@@ -243,3 +243,66 @@ def test_the_local_model_runs_a_batch_in_prefix_order_and_answers_keep_their_ind
     answers = LlamaCppClient(tmp_path).generate([LLMRequest(prompt=p) for p in prompts])
     assert [a.text for a in answers] == ["row0", "row1", "row2", "row3"]
     assert evaluated == [prompts[0], prompts[2], prompts[1], prompts[3]]
+
+
+SPARE = pd.DataFrame({"row_id": range(1000, 1300), "user_input": [f"spare {i}" for i in range(300)],
+                      "ground_truth_output": ["positive"] * 300})
+
+
+def _race_evaluate(raced_rows):
+    """16 static demos lead on the select rows and fall behind 12 on spare rows; retrieval is poor."""
+    def evaluate(prompt, rows):
+        spare = rows["row_id"] >= 1000
+        if spare.any():
+            raced_rows.append((prompt.describe(), int(spare.sum()), len(rows)))
+        ids = rows["row_id"].tolist()
+        if prompt.retrieval is not None or not prompt.demos:
+            per_row = [0.5 if prompt.demos or prompt.retrieval else 0.0] * len(rows)
+        elif len(prompt.demos) == 16:  # select: wrong on 4 rows; spare: on every other row
+            per_row = [float(i % 2 == 0) if i >= 1000 else float(i - 100 >= 4) for i in ids]
+        else:  # select: wrong on 6 other rows (not surely worse); spare: on every 20th row
+            per_row = [float(i % 20 != 0) if i >= 1000 else float(not 4 <= i - 100 < 10) for i in ids]
+        return ScoreResult("accuracy", float(np.mean(per_row)), per_row)
+    return evaluate
+
+
+def test_the_leading_static_candidates_race_on_spare_dev_rows_and_the_race_decides():
+    raced = []
+    optimizer = get_optimizer("fewshot", num_candidates=6, minibatch_size=10, race_size=200, race_top=3)
+    without = optimizer.propose(_input(), _race_evaluate(raced))
+    assert len(without.prompt.demos) == 16 and not raced  # no spare rows: the select rows decide
+    inp = _input()
+    inp.spare_rows = SPARE
+    proposal = optimizer.propose(inp, _race_evaluate(raced))
+    assert len(proposal.prompt.demos) == 12 and proposal.prompt.retrieval is None
+    assert proposal.prompt.metadata["race_score"] > proposal.prompt.metadata["select_score"]
+    # select + 200 spare rows, for the two 12-demo sets and the 16-demo one; the baseline (no demos,
+    # all wrong) is surely beaten already and does not race
+    assert len(raced) == 3 and all(n == 200 and total == 240 for _, n, total in raced)
+    assert not any("retrieved" in d for d, _, _ in raced)  # retrieval costs too much per row to race
+    assert sum("race_score" in c for c in proposal.candidates) == 3
+
+
+def test_a_static_baseline_that_wins_the_race_is_kept():
+    base_prompt = SEED.child(demos=[Demo(user_input=f"d{i}", ground_truth_output="positive") for i in range(12)],
+                             answer="label", labels=["positive", "negative"])
+    base = Candidate(base_prompt, 0, "baseline", {i: float(not 4 <= i - 100 < 10) for i in SELECT["row_id"]}, 0.85)
+    inp = _input(prompt=base_prompt, iteration=1, history=[base])
+    inp.spare_rows = SPARE
+    raced = []
+
+    def evaluate(prompt, rows):  # every other static prompt leads on select rows and trails on spare ones
+        spare = rows["row_id"] >= 1000
+        if spare.any():
+            raced.append(prompt.id)
+        if prompt.retrieval is not None:
+            per_row = [0.5] * len(rows)
+        elif prompt.id == base.id:  # select: wrong on 6 rows; spare: on every 20th row
+            per_row = [float(i % 20 != 0) if i >= 1000 else float(not 4 <= i - 100 < 10) for i in rows["row_id"]]
+        else:  # select: wrong on 4 other rows; spare: on every other row
+            per_row = [float(i % 2 == 0) if i >= 1000 else float(i - 100 >= 4) for i in rows["row_id"]]
+        return ScoreResult("accuracy", float(np.mean(per_row)), per_row)
+
+    proposal = get_optimizer("fewshot", num_candidates=4, minibatch_size=10).propose(inp, evaluate)
+    assert base.id in raced and len(raced) >= 2
+    assert proposal.prompt is None and "baseline won the race" in proposal.rejected_reason

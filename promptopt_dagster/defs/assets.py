@@ -113,6 +113,12 @@ def _dev_parts(dataset_splits: pd.DataFrame, dataset: str,
                      optimization.seed)
 
 
+def _spare_rows(dev: pd.DataFrame, select: pd.DataFrame, confirm: pd.DataFrame) -> pd.DataFrame:
+    """Dev rows that neither choose nor accept candidates (the optimizer's race rows come from these)."""
+    used = set(select["row_id"]) | set(confirm["row_id"])
+    return dev[~dev["row_id"].isin(used)].reset_index(drop=True)
+
+
 def _eval_rows(dataset_splits: pd.DataFrame, dataset: str, optimization: OptimizationConfig) -> pd.DataFrame:
     """The confirm rows, on which baseline and refined prompt are compared."""
     rows = _dev_parts(dataset_splits, dataset, optimization)[1]
@@ -322,7 +328,7 @@ def refined_prompt(context: dg.AssetExecutionContext, dataset_splits: pd.DataFra
         OptimizerInput(prompt=prompt, scored_rows=scored, baseline_score=result.value, metric=suite.describe(),
                        train=train, labels=spec.labels, label_descriptions=spec.label_descriptions,
                        iteration=iteration, seed=optimization.seed, select_rows=select, history=history,
-                       calibration=task.ranks_labels),
+                       spare_rows=_spare_rows(splits.dev, select, confirm), calibration=task.ranks_labels),
         evaluate, opt)
     usage = _usage(clients, before)
     if proposal.prompt is None:  # the optimizer already logged why; the reason is also stored below

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
 
 from promptopt_dagster.core.errors import ContextWindowError
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.llm.base import LLMClient, LLMRequest, LLMResponse
 from promptopt_dagster.llm.progress import Progress
+
+log = logging.getLogger("promptopt.llm")
 
 PREDICTION_COLUMNS = ["row_id", "user_input", "ground_truth_output", "prediction", "error", "attempts", "model",
                       "prompt_tokens", "completion_tokens", "cost_usd", "latency_s", "cached"]
@@ -69,6 +73,10 @@ def predict(client: LLMClient, prompt: PromptVersion, rows: pd.DataFrame, max_to
     All rows go to the client in one batch, so a remote backend keeps its full number of requests
     in flight; the client streams answers back and progress is logged as they arrive."""
     inputs = rows.to_dict("records")
+    if prompt.calibrated and not client.ranks_labels:
+        log.warning("prompt v%d asks for calibrated label answers, but the %s backend returns no label scores: "
+                    "its answers are not calibrated (they were with the backend that measured the prompt)",
+                    prompt.version, client.backend)
     requests = build_requests(client, prompt, rows, max_tokens, stop)
     check_context(client, requests, [int(r["row_id"]) for r in inputs], prompt, where)
     progress = Progress(len(inputs), label, progress_interval_s)

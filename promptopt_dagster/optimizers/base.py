@@ -31,6 +31,9 @@ class OptimizerInput:
     select_rows: pd.DataFrame | None = None
     history: list = field(default_factory=list)  # the candidate pool of earlier iterations (pool.Candidate)
     label_descriptions: dict[str, str] = field(default_factory=dict)  # label -> what it means (manifest)
+    # Dev rows in neither select nor confirm: the optimizer may score its leading cheap candidates on
+    # some of them too, to tell apart what 100 select rows cannot (never rows that accept a candidate).
+    spare_rows: pd.DataFrame | None = None
     calibration: bool = False  # the task backend ranks labels, so calibrated label answers can be tried
 
 

@@ -26,7 +26,7 @@ import pandas as pd
 from promptopt_dagster.core.prompts import Demo, PromptVersion, Retrieval
 from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.optimizers.base import Evaluator, Optimizer, OptimizerInput, Proposal
-from promptopt_dagster.optimizers.pool import Candidate, best, pick_parent
+from promptopt_dagster.optimizers.pool import Candidate, best, pick_parent, surely_better
 
 log = logging.getLogger("promptopt.optimizer")
 
@@ -64,13 +64,16 @@ class FewShotOptimizer(Optimizer):
 
     def __init__(self, num_candidates: int = 6, demo_counts: tuple[int, ...] = (4, 8, 12, 16),
                  retrieved_counts: tuple[int, ...] = (4, 8, 16), minibatch_size: int = 30,
-                 max_demo_chars: int = 300, cost_confidence: float = 0.9) -> None:
+                 max_demo_chars: int = 300, cost_confidence: float = 0.9, race_size: int = 200,
+                 race_top: int = 3) -> None:
         self.num_candidates = num_candidates
         self.demo_counts = demo_counts
         self.retrieved_counts = retrieved_counts
         self.minibatch_size = minibatch_size
         self.max_demo_chars = max_demo_chars
         self.cost_confidence = cost_confidence  # a costlier prompt must beat cheaper ones at this confidence
+        self.race_size = race_size  # spare dev rows the leading retrieval-free candidates are also scored on
+        self.race_top = race_top  # how many of them race
 
     # --- the search space ---------------------------------------------------------------------
 
@@ -248,13 +251,23 @@ class FewShotOptimizer(Optimizer):
                      f", select {inp.metric}={candidate.select_score:.3f}" if candidate.passed_minibatch
                      else " (stopped at the minibatch)")
         contenders = [c for c in new if c.kind != "baseline"]
+        raced = self.race(base, contenders, select, inp, evaluate, rng, tried)
+        race_winner = max(raced, key=raced.get) if raced else None
+        # The race settles the retrieval-free candidates it ran: its losers leave the field.
+        field = [c for c in [base] + contenders if c.id not in raced or c.id == race_winner]
         # The current prompt competes too: a costlier candidate a few select rows ahead of it would
         # cost a full confirm pass (a 16-retrieved-demo prompt took 3 minutes on sst2) to be rejected.
-        winner = best([base] + contenders, self.cost_confidence)
-        if winner is None or winner is base or winner.select_score <= base.select_score:
+        winner = best(field, self.cost_confidence)
+        beat_base = winner is not None and winner is not base and (
+            winner.select_score > base.select_score if base.id not in raced or winner.id not in raced
+            else raced[winner.id] > raced[base.id])
+        if not beat_base:
             top = best(contenders)
             if not tried:
                 reason = "every candidate this iteration would repeat one already in the pool"
+            elif race_winner == base.id:
+                reason = (f"the baseline won the race of the leading retrieval-free candidates on the {len(select)} "
+                          f"select rows and spare dev rows ({raced[base.id]:.4f})")
             elif top is not None and top.select_score > base.select_score:
                 reason = (f"the best candidate ({top.select_score:.4f} on the {len(select)} select rows, "
                           f"{top.prompt.describe()}) is not surely better than the baseline's "
@@ -262,10 +275,41 @@ class FewShotOptimizer(Optimizer):
             else:
                 reason = f"no candidate beat the baseline's {base.select_score:.4f} on the {len(select)} select rows"
             return Proposal(prompt=None, rejected_reason=reason, candidates=tried, pool=new)
+        if winner.id in raced:
+            winner.prompt.metadata["race_score"] = raced[winner.id]
         winner.prompt.metadata.update({"optimizer": self.name, "select_score": winner.select_score,
                                        "select_rows": len(select), "baseline_select_score": base.select_score,
                                        "choices": winner.prompt.describe()})
         return Proposal(prompt=winner.prompt, candidates=tried, pool=new)
+
+    def race(self, base: Candidate, contenders: list[Candidate], select: pd.DataFrame, inp: OptimizerInput,
+             evaluate: Evaluator, rng: random.Random, tried: list[dict]) -> dict[str, float]:
+        """Scores of the leading retrieval-free candidates on the select rows plus spare dev rows, by id.
+
+        A hundred select rows cannot tell apart static demo sets a point or two apart, and their test
+        scores spread over several points, so the best on 100 rows is partly the luckiest. Static demos sit in the cached prefix and cost little per row, so the leaders (the
+        baseline too, when it is among them) are scored on more rows: successive halving in one step.
+        Empty when there are fewer than two to race or no spare rows."""
+        spare = inp.spare_rows
+        if spare is None or spare.empty or self.race_size <= 0 or self.race_top < 2:
+            return {}
+        cheap = sorted([c for c in [base] + contenders if c.select_score is not None and c.prompt.retrieval is None],
+                       key=lambda c: c.select_score, reverse=True)
+        # only those the leader does not already beat for sure: a race cannot change a clear result
+        leaders = [c for c in cheap if c is cheap[0] or not surely_better(cheap[0], c, self.cost_confidence)]
+        leaders = leaders[:self.race_top]
+        if len(leaders) < 2:
+            return {}
+        extra = spare.sample(n=min(self.race_size, len(spare)), random_state=rng.randrange(2**31))
+        rows = pd.concat([select, extra[["row_id", "user_input", "ground_truth_output"]]], ignore_index=True)
+        raced = {c.id: float(evaluate(c.prompt, rows).value) for c in leaders}  # select rows: from the cache
+        for c in leaders:
+            log.info("fewshot race (%d select + %d spare rows): %s %s=%.3f", len(select), len(extra),
+                     c.prompt.describe(), inp.metric, raced[c.id])
+        for entry in tried:
+            if entry["candidate"] in raced:
+                entry["race_score"] = raced[entry["candidate"]]
+        return raced
 
 
 def _signature(prompt: PromptVersion) -> tuple:

@@ -91,11 +91,11 @@ def best(pool: list[Candidate], confidence: float | None = None) -> Candidate | 
         return None
     top = max(ranked, key=lambda c: (c.select_score, -c.born_iteration))
     near = [c for c in ranked if c.select_score >= top.select_score - 1e-12
-            or (confidence is not None and not _surely_better(top, c, confidence))]
+            or (confidence is not None and not surely_better(top, c, confidence))]
     return min(near, key=lambda c: (demo_cost(c.prompt), -c.select_score, len(c.prompt.demos), c.born_iteration))
 
 
-def _surely_better(leader: Candidate, other: Candidate, confidence: float) -> bool:
+def surely_better(leader: Candidate, other: Candidate, confidence: float) -> bool:
     rows = sorted(leader.scores.keys() & other.scores.keys())
     if not rows:
         return leader.select_score > other.select_score
