@@ -137,8 +137,12 @@ def test_no_candidate_does_worse_than_the_majority_label_on_imbalanced_data():
     inp = OptimizerInput(prompt=SEED, scored_rows=dev, baseline_score=0.0, metric="accuracy", train=TRAIN,
                          labels=["negative", "positive"], iteration=0, seed=7)
     proposal = get_optimizer("fewshot", minibatch_size=30).propose(inp, evaluate, None)
-    static = [c["minibatch_score"] for c in proposal.candidates if "retrieved" not in c["choices"]]
-    assert static and static == [0.8] * len(static)
+    # sets drawn in train's label mix; the balanced ones are the other region of the space, which may
+    # lose here (the select rows drop them) and wins where the smaller labels matter
+    static = [c["minibatch_score"] for c in proposal.candidates
+              if "retrieved" not in c["choices"] and "balanced" not in c["change"]]
+    assert len(static) >= 3 and static == [0.8] * len(static)
+    assert proposal.prompt.metadata["select_score"] >= 0.8
 
 
 def test_picks_the_best_candidate_and_records_every_try():

@@ -306,3 +306,18 @@ def test_a_static_baseline_that_wins_the_race_is_kept():
     proposal = get_optimizer("fewshot", num_candidates=4, minibatch_size=10).propose(inp, evaluate)
     assert base.id in raced and len(raced) >= 2
     assert proposal.prompt is None and "baseline won the race" in proposal.rejected_reason
+
+
+def test_parents_costlier_than_the_best_are_not_drawn_from_the_frontier():
+    import random
+
+    from promptopt_dagster.optimizers.pool import pick_parent
+
+    static = _candidate("static", {i: 1.0 for i in range(100)} | {i: 0.0 for i in range(90, 100)})
+    static.prompt.demos = [Demo(user_input="x", ground_truth_output="a")] * 8
+    retrieved = _candidate("retrieved", {i: 0.0 for i in range(90)} | {i: 1.0 for i in range(90, 100)})
+    retrieved.prompt.retrieval = Retrieval(k=8, pool=POOL)  # on the frontier: alone right on 10 rows
+    assert pareto_frontier([static, retrieved]) == {"static": 90, "retrieved": 10}
+    rng = random.Random(0)
+    assert {pick_parent([static, retrieved], rng, 0.9).id for _ in range(200)} == {"static"}
+    assert {pick_parent([static, retrieved], rng).id for _ in range(200)} == {"static", "retrieved"}

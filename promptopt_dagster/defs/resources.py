@@ -101,7 +101,7 @@ class OptimizationConfig(dg.ConfigurableResource):
     target_score: float = 0.95
     patience: int = 2
     min_improvement: float = 0.0
-    num_candidates: int = 6  # fewshot: candidates tried per iteration
+    num_candidates: int = 8  # fewshot: candidates tried per iteration
     minibatch_size: int = 30  # fewshot: select rows a candidate must win on before it is scored on all of them
     max_failed_fraction: float = 0.02  # prediction gate: share of rows allowed to end in an error
     max_requests: int = 0  # budget of the whole optimization in model calls (retries included); 0 = none

@@ -134,12 +134,19 @@ def pareto_frontier(pool: list[Candidate]) -> dict[str, int]:
 
 def pick_parent(pool: list[Candidate], rng: random.Random, confidence: float | None = None) -> Candidate | None:
     """Half the time the best (as `best` with this confidence picks it: the prompt that would be proposed),
-    otherwise a frontier member drawn in proportion to the rows it wins."""
+    otherwise a frontier member drawn in proportion to the rows it wins.
+
+    With a confidence, frontier members that cost more per row than the best are left out: they have
+    already failed to earn their cost, their children mostly cost as much, and each child's minibatch
+    alone is slow (on sst2, children of retrieved-demo parents took most of iterations 1 and 2)."""
     top = best(pool, confidence)
     wins = pareto_frontier(pool)
     if top is None or not wins or rng.random() < 0.5:
         return top
     # pool order, never id order: ids are random, and a rerun must draw the same parent (and so send
     # the same requests, all answered from the response cache)
-    frontier = [c for c in scored(pool) if c.id in wins]
+    frontier = [c for c in scored(pool) if c.id in wins
+                and (confidence is None or demo_cost(c.prompt) <= demo_cost(top.prompt))]
+    if not frontier:
+        return top
     return rng.choices(frontier, weights=[wins[c.id] for c in frontier])[0]
