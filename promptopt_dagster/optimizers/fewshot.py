@@ -290,9 +290,10 @@ class FewShotOptimizer(Optimizer):
         """Scores of the leading retrieval-free candidates on the select rows plus spare dev rows, by id.
 
         A hundred select rows cannot tell apart static demo sets a point or two apart, and their test
-        scores spread over several points, so the best on 100 rows is partly the luckiest. Static demos sit in the cached prefix and cost little per row, so the leaders (the
-        baseline too, when it is among them) are scored on more rows: successive halving in one step.
-        Empty when there are fewer than two to race or no spare rows."""
+        scores spread over several points, so the best on 100 rows is partly the luckiest. Static
+        demos sit in the cached prefix and cost little per row, so the leaders that the top one does
+        not already beat for sure (the baseline too, when it is among them) are scored on more rows:
+        successive halving in one step. Empty when there are fewer than two to race or no spare rows."""
         spare = inp.spare_rows
         if spare is None or spare.empty or self.race_size <= 0 or self.race_top < 2:
             return {}
