@@ -229,3 +229,9 @@ def dev_parts(dev: pd.DataFrame, eval_size: int | None, select_size: int, seed: 
         confirm = confirm.drop(moved.index).reset_index(drop=True)
         rest = pd.concat([rest, moved])
     return sample_rows(rest, want, seed + 1), confirm
+
+
+def spare_rows(dev: pd.DataFrame, select: pd.DataFrame, confirm: pd.DataFrame) -> pd.DataFrame:
+    """Dev rows that neither choose nor accept candidates: what the fewshot race may also score on."""
+    used = set(select["row_id"]) | set(confirm["row_id"])
+    return dev[~dev["row_id"].isin(used)].reset_index(drop=True)

@@ -15,7 +15,7 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from promptopt_dagster.core.datasets import DatasetSpec, DatasetSplits, dev_parts, sample_rows
+from promptopt_dagster.core.datasets import DatasetSpec, DatasetSplits, dev_parts, sample_rows, spare_rows
 from promptopt_dagster.core.decisions import LoopState, Spend, decide
 from promptopt_dagster.core.intervals import bootstrap_mean_interval, paired_bootstrap_gain
 from promptopt_dagster.core.prompts import PromptVersion
@@ -111,12 +111,6 @@ def _dev_parts(dataset_splits: pd.DataFrame, dataset: str,
     """(select, confirm) rows of the dev split: the optimizer never sees the confirm rows."""
     return dev_parts(_splits(dataset_splits, dataset).dev, optimization.eval_size, optimization.select_size,
                      optimization.seed)
-
-
-def _spare_rows(dev: pd.DataFrame, select: pd.DataFrame, confirm: pd.DataFrame) -> pd.DataFrame:
-    """Dev rows that neither choose nor accept candidates (the optimizer's race rows come from these)."""
-    used = set(select["row_id"]) | set(confirm["row_id"])
-    return dev[~dev["row_id"].isin(used)].reset_index(drop=True)
 
 
 def _eval_rows(dataset_splits: pd.DataFrame, dataset: str, optimization: OptimizationConfig) -> pd.DataFrame:
@@ -328,7 +322,7 @@ def refined_prompt(context: dg.AssetExecutionContext, dataset_splits: pd.DataFra
         OptimizerInput(prompt=prompt, scored_rows=scored, baseline_score=result.value, metric=suite.describe(),
                        train=train, labels=spec.labels, label_descriptions=spec.label_descriptions,
                        iteration=iteration, seed=optimization.seed, select_rows=select, history=history,
-                       spare_rows=_spare_rows(splits.dev, select, confirm), calibration=task.ranks_labels),
+                       spare_rows=spare_rows(splits.dev, select, confirm), calibration=task.ranks_labels),
         evaluate, opt)
     usage = _usage(clients, before)
     if proposal.prompt is None:  # the optimizer already logged why; the reason is also stored below

@@ -39,12 +39,10 @@ class Choice:
     count: int
     answer: str  # "label" | "free"
     mix: str = "train"  # static demos' labels: "train" (train's label mix) | "balanced" (equal per label)
-    calibrate: bool = False  # label answers calibrated against content-free inputs (static demos only)
 
     def describe(self, labelled: bool = True) -> str:
         mix = " balanced" if self.demos == "static" and self.mix == "balanced" else ""
-        calibrated = ", calibrated" if self.calibrate and labelled and self.answer == "label" else ""
-        return f"{self.demos} {self.count}{mix} demos, {self.answer if labelled else 'free'} answers{calibrated}"
+        return f"{self.demos} {self.count}{mix} demos, {self.answer if labelled else 'free'} answers"
 
 
 #: Iteration 0 tries these in order (as many as num_candidates): retrieved demos with label answers
@@ -149,7 +147,7 @@ class FewShotOptimizer(Optimizer):
                                 retrieval=Retrieval(k=choice.count, pool=demo_pool), calibrate=False)
         demos = self.pick_demos(inp.train, labels, choice.count, rng, balanced=choice.mix == "balanced")
         return parent.child(system_prompt=instruction, demos=demos, answer=answer, labels=labels, retrieval=None,
-                            calibrate=choice.calibrate and inp.calibration)
+                            calibrate=parent.calibrate and inp.calibration)  # a resized set keeps it
 
     def mutate(self, parent: PromptVersion, inp: OptimizerInput, demo_pool: list[Demo],
                rng: random.Random) -> tuple[PromptVersion, str]:
@@ -182,7 +180,7 @@ class FewShotOptimizer(Optimizer):
         else:
             counts = [n for n in (self.retrieved_counts if retrieved else self.demo_counts) if n != count]
             count = rng.choice(counts)
-        choice = Choice("retrieved" if retrieved else "static", count, answer, _mix(parent.demos), parent.calibrate)
+        choice = Choice("retrieved" if retrieved else "static", count, answer, _mix(parent.demos))
         return self.build(parent, choice, parent.system_prompt, inp, demo_pool, rng), \
             f"{choice.demos} {count} demos"
 
