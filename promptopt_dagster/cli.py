@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from promptopt_dagster.core.errors import PromptOptError
+from promptopt_dagster.core.optimizations import OPTIMIZERS
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.settings import PROJECT_ROOT, get_settings
 
@@ -68,34 +69,41 @@ def _parser() -> argparse.ArgumentParser:
     opt = sub.add_parser("optimize", help="optimize one dataset's prompt and report it on the held-out test split",
                          description="Optimize one dataset's prompt, then score the initial and the best prompt "
                                      "on the held-out test split.", formatter_class=_Help)
-    opt.add_argument("--dataset", required=True, help="a dataset named in data/manifest.yaml")
-    opt.add_argument("--max-iterations", type=_int_from(1), default=5, help="stop after this many iterations")
-    opt.add_argument("--eval-size", type=_int_from(0), default=200,
-                     help="confirm rows: dev rows on which a refined prompt is accepted or rejected (0: all)")
-    opt.add_argument("--select-size", type=_int_from(1), default=100,
-                     help="select rows: other dev rows on which the optimizer compares its candidates")
-    opt.add_argument("--confidence", type=_float_in(0.5, 0.999), default=0.9,
+    opt.add_argument("--dataset", required=True, metavar="NAME",
+                     help="a dataset named in data/manifest.yaml; runs its optimization of the same name "
+                          "(optimizations.yaml may set it, else the defaults below)")
+    # The flags below override the optimization's settings (default: the optimization's own; the
+    # values shown are a dataset's default optimization). An override is a different optimization
+    # fingerprint, so it starts a new generation.
+    opt.add_argument("--max-iterations", type=_int_from(1), help="stop after this many iterations (default: 5)")
+    opt.add_argument("--eval-size", type=_int_from(0),
+                     help="confirm rows: dev rows on which a refined prompt is accepted or rejected (0: all) (default: 200)")
+    opt.add_argument("--select-size", type=_int_from(1),
+                     help="select rows: other dev rows on which the optimizer compares its candidates (default: 100)")
+    opt.add_argument("--confidence", type=_float_in(0.5, 0.999),
                      help="a refinement is accepted only if its gain on the confirm rows holds at this confidence "
                           "(paired bootstrap); fewshot also picks a costlier candidate (retrieved demos) over a "
-                          "cheaper one only if it is better on the select rows at this confidence")
-    opt.add_argument("--test-size", type=_int_from(0), default=500, help="held-out test rows in the report (0: all)")
-    opt.add_argument("--optimizer", choices=["fewshot", "reflective"], default="fewshot",
-                     help="fewshot: search demos and instructions; reflective: an LLM rewrites the prompt")
-    opt.add_argument("--target-score", type=_float_in(0.0, 1.0), default=0.95,
-                     help="stop once the best dev score reaches this")
+                          "cheaper one only if it is better on the select rows at this confidence (default: 0.9)")
+    opt.add_argument("--test-size", type=_int_from(0), help="held-out test rows in the report (0: all) (default: 500)")
+    opt.add_argument("--optimizer", choices=list(OPTIMIZERS),
+                     help="fewshot: search demos and instructions; reflective: an LLM rewrites the prompt "
+                          "(default: fewshot)")
+    opt.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                     help="an option of the optimizer, e.g. num_candidates=4 (repeatable; a value is read as YAML)")
+    opt.add_argument("--target-score", type=_float_in(0.0, 1.0),
+                     help="stop once the best dev score reaches this (default: 0.95)")
     opt.add_argument("--target-metric", help="what the loop accepts and stops on: one of the dataset's scorers or "
                                              "'aggregate' (default: target_metric in data/manifest.yaml)")
-    opt.add_argument("--patience", type=_int_from(1), default=2,
-                     help="stop after this many iterations in a row without an accepted refinement")
-    opt.add_argument("--seed", type=int, default=0, help="seeds row sampling and the optimizer's choices")
-    opt.add_argument("--max-requests", type=_int_from(0), default=0,
-                     help="budget: model calls, retries included (0: no cap)")
-    opt.add_argument("--max-tokens", type=_int_from(0), default=0, help="budget: prompt + completion tokens (0: no cap)")
-    opt.add_argument("--max-cost-usd", type=_float_in(0.0), default=0.0, help="budget: estimated US dollars (0: no cap)")
-    opt.add_argument("--max-metric-calls", type=_int_from(0), default=0,
+    opt.add_argument("--patience", type=_int_from(1),
+                     help="stop after this many iterations in a row without an accepted refinement (default: 2)")
+    opt.add_argument("--seed", type=int, help="seeds row sampling and the optimizer's choices (default: 0)")
+    opt.add_argument("--max-requests", type=_int_from(0), help="budget: model calls, retries included (0: no cap)")
+    opt.add_argument("--max-tokens", type=_int_from(0), help="budget: prompt + completion tokens (0: no cap)")
+    opt.add_argument("--max-cost-usd", type=_float_in(0.0), help="budget: estimated US dollars (0: no cap)")
+    opt.add_argument("--max-metric-calls", type=_int_from(0),
                      help="budget: rows scored by candidates and comparisons, cached answers included (0: no cap)")
-    opt.add_argument("--max-failed-fraction", type=_float_in(0.0, 1.0), default=0.02,
-                     help="share of rows that may end in an error before an iteration fails")
+    opt.add_argument("--max-failed-fraction", type=_float_in(0.0, 1.0),
+                     help="share of rows that may end in an error before an iteration fails (default: 0.02)")
     opt.add_argument("--report-json", type=Path, metavar="PATH", help="write the full report as JSON to this file")
     opt.add_argument("--json", action="store_true", help="print the full report as JSON instead of the summary")
     opt.add_argument("--verbose", action="store_true", help="show Dagster's own step logs and llama.cpp's messages")
@@ -107,13 +115,69 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _optimization_config(args: argparse.Namespace) -> dict:
-    return {"optimizer": args.optimizer, "eval_size": args.eval_size, "test_size": args.test_size,
-            "select_size": args.select_size, "confidence": args.confidence, "max_metric_calls": args.max_metric_calls,
-            "max_iterations": args.max_iterations, "target_score": args.target_score, "patience": args.patience,
-            "seed": args.seed, "max_requests": args.max_requests, "max_tokens": args.max_tokens,
-            "max_cost_usd": args.max_cost_usd, "max_failed_fraction": args.max_failed_fraction,
-            "target_metric": args.target_metric}
+#: flag -> where it goes in an optimization entry (optimizations.yaml's layout)
+_OVERRIDES = {"max_iterations": ("stop", "max_iterations"), "target_score": ("stop", "target_score"),
+              "patience": ("stop", "patience"), "max_requests": ("budget", "max_requests"),
+              "max_tokens": ("budget", "max_tokens"), "max_cost_usd": ("budget", "max_cost_usd"),
+              "max_metric_calls": ("budget", "max_metric_calls"), "eval_size": ("eval_size",),
+              "select_size": ("select_size",), "test_size": ("test_size",), "confidence": ("confidence",),
+              "optimizer": ("optimizer",), "target_metric": ("target_metric",), "seed": ("seed",),
+              "max_failed_fraction": ("max_failed_fraction",)}
+
+
+def _parse_options(pairs: list[str]) -> dict:
+    import yaml
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise PromptOptError(f"--option {pair!r}: expected KEY=VALUE, e.g. --option num_candidates=4.")
+        options[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return options
+
+
+def _resolve_optimization(args: argparse.Namespace, datasets) -> "OptimizationSpec":
+    """The dataset's optimization with the flags given on the command line applied; checked like the YAML."""
+    from pydantic import ValidationError
+
+    from promptopt_dagster.core.optimizations import OptimizationSpec, load_optimizations
+
+    settings = get_settings()
+    specs = load_optimizations(settings.optimizations_path, datasets)
+    entry = specs[args.dataset].model_dump()
+    for flag, path in _OVERRIDES.items():
+        value = getattr(args, flag)
+        if value is not None:
+            target = entry
+            for key in path[:-1]:
+                target = target[key]
+            target[path[-1]] = value
+    if args.optimizer is not None and args.optimizer != specs[args.dataset].optimizer:
+        entry["options"] = {}  # the other optimizer's options do not apply
+    entry["options"] = {**entry["options"], **_parse_options(args.option)}
+    models = [key for key in ("task_model", "optimizer_model", "judge_model") if entry.get(key)]
+    if models:  # said plainly rather than run on another model than the entry names
+        raise PromptOptError(f"{settings.optimizations_path}: optimizations.{args.dataset} sets "
+                             f"{', '.join(models)}, which `promptopt optimize` does not apply yet (named models per "
+                             "optimization are in progress). Set the model with PROMPTOPT_TASK__*, "
+                             "PROMPTOPT_OPTIMIZER__* or PROMPTOPT_JUDGE__* instead (see the README).")
+    try:
+        return OptimizationSpec(**entry)
+    except ValidationError as exc:
+        problems = "; ".join(f"--{'-'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                             for e in exc.errors())
+        raise PromptOptError(problems.replace("--options", "--option")) from None
+
+
+def _optimization_config(spec) -> dict:
+    """The OptimizationConfig resource's run config for a spec."""
+    config = {"optimizer": spec.optimizer, "eval_size": spec.eval_size, "test_size": spec.test_size,
+              "select_size": spec.select_size, "confidence": spec.confidence, "seed": spec.seed,
+              "max_failed_fraction": spec.max_failed_fraction, "target_metric": spec.target_metric,
+              "options_json": json.dumps(spec.options, sort_keys=True),
+              **spec.stop.model_dump(), **spec.budget.model_dump()}
+    return config
 
 
 class _Interrupted(Exception):
@@ -153,23 +217,24 @@ def _failure_message(result) -> str:
     return "the run failed; open it in the Dagster UI for details"
 
 
-def _check_target(args: argparse.Namespace, spec) -> None:
+def _check_target(optimization, spec, flag: bool) -> None:
     from promptopt_dagster.scoring.suite import AGGREGATE
 
     names = [s.name for s in spec.scorers]
-    if args.target_metric and args.target_metric not in (*names, AGGREGATE):
-        raise PromptOptError(f"--target-metric {args.target_metric!r} is neither '{AGGREGATE}' nor one of the "
+    if optimization.target_metric and optimization.target_metric not in (*names, AGGREGATE):
+        where = "--target-metric" if flag else f"optimizations.{optimization.name}.target_metric"
+        raise PromptOptError(f"{where} {optimization.target_metric!r} is neither '{AGGREGATE}' nor one of the "
                              f"scorers of dataset '{spec.name}' ({', '.join(names)}). Pass one of those, or leave "
                              f"the flag out to use the manifest's target_metric ({spec.target_metric}).")
 
 
-def _check_context(client, spec, splits, prompt, args: argparse.Namespace, data_dir: Path) -> None:
+def _check_context(client, spec, splits, prompt, optimization, data_dir: Path) -> None:
     """The initial prompt over every dev and test row the run will use fits the task model's context."""
     from promptopt_dagster.core.datasets import sample_rows
     from promptopt_dagster.llm.inference import build_requests, check_context
 
-    for split, size in (("dev", args.eval_size), ("test", args.test_size)):
-        rows = sample_rows(splits.split(split), size, args.seed)
+    for split, size in (("dev", optimization.eval_size), ("test", optimization.test_size)):
+        rows = sample_rows(splits.split(split), size, optimization.seed)
         requests = build_requests(client, prompt, rows, spec.max_output_tokens, tuple(spec.completion_stop))
         check_context(client, requests, rows["row_id"].tolist(), prompt, str(data_dir / spec.files[split]))
 
@@ -216,19 +281,21 @@ def optimize(args: argparse.Namespace) -> int:
     # Fail fast, with the file named, before any run is recorded, any table touched or any model called.
     project = defs.resources["project"]
     spec = project.spec(args.dataset)  # also names an unknown dataset
+    optimization = _resolve_optimization(args, project.manifest())
     splits = project.splits(args.dataset)
     initial = project.initial_prompt(args.dataset)
-    _check_target(args, spec)
-    suite = project.suite(args.dataset, target=args.target_metric)  # unknown scorers, options, name clashes
-    _check_context(defs.resources["task_model"].get_client(), spec, splits, initial, args, settings.data_dir)
+    _check_target(optimization, spec, flag=args.target_metric is not None)
+    suite = project.suite(args.dataset, target=optimization.target_metric)  # unknown scorers, options, name clashes
+    _check_context(defs.resources["task_model"].get_client(), spec, splits, initial, optimization, settings.data_dir)
 
     instance = dg.DagsterInstance.get()
     for run in fail_dead_cli_runs(instance):
         say(f"marked {describe(run)} failed: its process {run.tags[PID_TAG]} is gone")
-    resource_config = {"resources": {"optimization": {"config": _optimization_config(args)}}}
+    resource_config = {"resources": {"optimization": {"config": _optimization_config(optimization)}}}
     level = "DEBUG" if args.verbose else "CRITICAL"  # failures are reported below, in the user's terms
     loggers = {"loggers": {"console": {"config": {"log_level": level}}}}
-    tags = {DRIVER_TAG: "cli", **process_tags()}
+    tags = {DRIVER_TAG: "cli", **process_tags(), "promptopt/optimization": optimization.name,
+            "promptopt/fingerprint": optimization.fingerprint()}
     started = time.perf_counter()
     this_run = {"llm_calls": 0, "cache_hits": 0}
 
@@ -255,7 +322,7 @@ def optimize(args: argparse.Namespace) -> int:
         while True:
             ensure_iteration(instance, iteration)
             if bars_shown():
-                say(f"[{args.dataset}] iteration {iteration}: baseline -> optimizer ({args.optimizer}) -> refined")
+                say(f"[{args.dataset}] iteration {iteration}: baseline -> optimizer ({optimization.optimizer}) -> refined")
             result = run(ITERATION_JOB, iteration_key(args.dataset, iteration))
             best = result.asset_materializations_for_node("best_prompt")[-1]
             compare = result.asset_materializations_for_node("comparison_report")[-1].metadata

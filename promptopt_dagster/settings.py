@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     def manifest_path(self) -> Path:
         return self.data_dir / "manifest.yaml"
 
+    @property
+    def optimizations_path(self) -> Path:
+        """Named optimizations of the manifest's datasets; every dataset also has a default one."""
+        return self.data_dir / "optimizations.yaml"
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -38,12 +38,24 @@ def project(tmp_path):
     (["--patience", "0"], "argument --patience: must be 1 or more, got 0"),
     (["--max-failed-fraction", "1.5"], "argument --max-failed-fraction: must be between 0 and 1, got 1.5"),
     (["--target-score", "x"], "argument --target-score: expected a number, got 'x'"),
+    (["--option", "num_candidate=3"], "--option: unknown fewshot option(s) 'num_candidate'"),
+    (["--option", "minibatch_size=0"], "must be at least 1"),
+    (["--option", "num_candidates"], "expected KEY=VALUE"),
 ])
 def test_bad_flags_are_refused_in_one_line(project, flags, fragment):
     done = _promptopt(project, "optimize", "--dataset", "sst2", *flags)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ") and fragment in done.stderr
     assert not (project / "state" / "warehouse.duckdb").exists()  # refused before anything ran
+
+
+def test_a_bad_optimizations_yaml_is_one_line_naming_file_and_key(project):
+    path = project / "data" / "optimizations.yaml"
+    path.write_text("optimizations:\n  sst2:\n    stop: {patience: 0}\n")
+    done = _promptopt(project, "optimize", "--dataset", "sst2")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert str(path) in done.stderr and "optimizations.sst2.stop.patience" in done.stderr and "got 0" in done.stderr
+    assert not (project / "state" / "warehouse.duckdb").exists()
 
 
 def test_an_unknown_target_metric_blames_the_flag_not_the_manifest(project):

@@ -6,6 +6,7 @@ settings.
 """
 
 
+import json
 import os
 from pathlib import Path
 
@@ -110,6 +111,8 @@ class OptimizationConfig(dg.ConfigurableResource):
     max_metric_calls: int = 0  # budget in rows scored, candidates and comparisons together; 0 = none
     target_metric: str | None = None  # overrides the manifest's: a scorer name or "aggregate"
     seed: int = 0
+    # further options of the optimizer, as JSON (optimizations.yaml `options:`); they win over the two above
+    options_json: str = "{}"
 
     def stop_policy(self) -> StopPolicy:
         return StopPolicy(target_score=self.target_score, patience=self.patience,
@@ -119,10 +122,11 @@ class OptimizationConfig(dg.ConfigurableResource):
                                         max_cost_usd=self.max_cost_usd, max_metric_calls=self.max_metric_calls))
 
     def optimizer_options(self) -> dict:
+        options = json.loads(self.options_json or "{}")
         if self.optimizer == "fewshot":
             return {"num_candidates": self.num_candidates, "minibatch_size": self.minibatch_size,
-                    "cost_confidence": self.confidence}
-        return {}
+                    "cost_confidence": self.confidence, **options}
+        return options
 
 
 def model_resource(settings: ModelSettings) -> LLMResource:

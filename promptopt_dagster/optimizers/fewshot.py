@@ -67,6 +67,12 @@ class FewShotOptimizer(Optimizer):
                  retrieved_counts: tuple[int, ...] = (4, 8, 16), minibatch_size: int = 30,
                  max_demo_chars: int = 300, cost_confidence: float = 0.9, race_size: int = 200,
                  race_top: int = 3) -> None:
+        if min(num_candidates, minibatch_size, max_demo_chars, race_top, *demo_counts, *retrieved_counts) < 1 \
+                or race_size < 0 or not 0.5 <= cost_confidence < 1:
+            raise ValueError("num_candidates, minibatch_size, max_demo_chars, race_top and every demo count must "
+                             "be at least 1, race_size 0 or more, cost_confidence in [0.5, 1) (got "
+                             f"{num_candidates}, {minibatch_size}, {max_demo_chars}, {race_top}, {demo_counts}, "
+                             f"{retrieved_counts}, {race_size}, {cost_confidence})")
         self.num_candidates = num_candidates
         self.demo_counts = demo_counts
         self.retrieved_counts = retrieved_counts

@@ -1,0 +1,191 @@
+"""Named optimizations: one YAML entry says what is optimized, with which models, optimizer and rules.
+
+Teams compare optimizers and models on the same data, so an optimization, not a dataset, is the unit
+that has a history. Every dataset of the manifest gets a default optimization of the same name on
+the embedded model (so `promptopt optimize --dataset sst2` needs no YAML); `optimizations.yaml` adds
+named ones, in the spirit of promptfoo's config and dao-ai's `prompt_optimizations:`.
+
+The settings that decide results are fingerprinted: an edited entry is a new generation of its
+optimization, never a continuation of the old one's search.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from promptopt_dagster.core.errors import PromptOptError
+from promptopt_dagster.llm.model_settings import ModelSettings
+
+OPTIMIZERS = ("fewshot", "reflective")
+# A name becomes a Dagster partition key and a file name: keep it to what both take.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class OptimizationConfigError(PromptOptError):
+    """An optimizations.yaml entry that cannot run: names the file, the key and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(ModelSettings):
+    """A model as optimizations.yaml names it: ModelSettings, with unknown keys refused (a typo in a
+    model block would otherwise silently run the default model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class StopRules(_Strict):
+    max_iterations: int = Field(5, ge=1, description="stop after this many iterations")
+    target_score: float = Field(0.95, ge=0.0, le=1.0, description="stop once the best dev score reaches this")
+    patience: int = Field(2, ge=1, description="stop after this many iterations in a row without an accepted refinement")
+    min_improvement: float = Field(0.0, ge=0.0, description="a refinement must gain at least this much")
+
+
+class BudgetSpec(_Strict):
+    """Caps of the whole optimization; 0 means no cap."""
+
+    max_requests: int = Field(0, ge=0, description="model calls, retries included")
+    max_tokens: int = Field(0, ge=0, description="prompt + completion tokens")
+    max_cost_usd: float = Field(0.0, ge=0.0, description="estimated US dollars (llm/prices.yaml)")
+    max_metric_calls: int = Field(0, ge=0, description="rows scored, candidates and comparisons together")
+
+
+class OptimizationSpec(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    dataset: str
+    description: str = ""
+    # None: the model the environment configures (PROMPTOPT_TASK__*, ...; the embedded one by default)
+    task_model: ModelSpec | None = None
+    optimizer: Literal["fewshot", "reflective"] = "fewshot"
+    options: dict[str, Any] = Field(default_factory=dict, description="the optimizer's own options")
+    optimizer_model: ModelSpec | None = None
+    judge_model: ModelSpec | None = None
+    target_metric: str | None = None  # a scorer of the dataset or "aggregate"; None: the manifest's
+    stop: StopRules = Field(default_factory=StopRules)
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    eval_size: int = Field(200, ge=0, description="confirm rows (0: the whole dev split)")
+    select_size: int = Field(100, ge=1, description="select rows")
+    test_size: int = Field(500, ge=0, description="held-out test rows in the report (0: all)")
+    confidence: float = Field(0.9, ge=0.5, le=0.999, description="of the paired test that accepts a refinement")
+    max_failed_fraction: float = Field(0.02, ge=0.0, le=1.0)
+    seed: int = 0
+
+    @field_validator("options")
+    @classmethod
+    def _known_options(cls, options: dict, info: ValidationInfo) -> dict:
+        if "optimizer" in info.data:  # else the optimizer itself is wrong, and said so
+            check_optimizer_options(info.data["optimizer"], options)
+        return options
+
+    def fingerprint(self) -> str:
+        """What decides results, hashed: an edit to any of it starts a new generation. The name and
+        description do not count; API keys are never settings, so they cannot reach it."""
+        payload = self.model_dump(mode="json", exclude={"name", "description"})
+        text = json.dumps(payload, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+    def summary(self) -> str:
+        model = self.task_model or ModelSettings()
+        return f"{self.name}: {self.dataset}, {self.optimizer} on {model.backend}/{model.model or 'default'}"
+
+
+def optimizer_option_names(optimizer: str) -> dict[str, Any]:
+    """The options an optimizer takes (its constructor's keyword arguments), with their types."""
+    from promptopt_dagster.optimizers.fewshot import FewShotOptimizer
+    from promptopt_dagster.optimizers.reflective import ReflectiveOptimizer
+
+    cls = {"fewshot": FewShotOptimizer, "reflective": ReflectiveOptimizer}[optimizer]
+    hints = typing.get_type_hints(cls.__init__)
+    return {name: hints.get(name, Any) for name in inspect.signature(cls.__init__).parameters if name != "self"}
+
+
+def check_optimizer_options(optimizer: str, options: dict[str, Any]) -> None:
+    """Unknown names and values the optimizer refuses fail here, before any run."""
+    known = optimizer_option_names(optimizer)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {optimizer} option(s) {', '.join(map(repr, unknown))}; "
+                         f"{optimizer} takes {', '.join(sorted(known))}")
+    from promptopt_dagster.optimizers import get_optimizer
+
+    try:
+        get_optimizer(optimizer, **options)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{optimizer} refuses options {options}: {exc}") from None
+
+
+def default_optimization(dataset: str) -> OptimizationSpec:
+    """What `promptopt optimize --dataset NAME` runs when optimizations.yaml does not name NAME."""
+    return OptimizationSpec(name=dataset, dataset=dataset,
+                            description=f"the default optimization of {dataset} (embedded model, fewshot)")
+
+
+def _where(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _spec_error(path: Path, name: str, exc: ValidationError) -> OptimizationConfigError:
+    lines = []
+    for err in exc.errors():
+        key = _where(("optimizations", name, *err["loc"]))
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] not in ("missing", "extra_forbidden") and not isinstance(err.get("input"), dict):
+            message += f" (got {err.get('input')!r})"
+        if err["type"] == "extra_forbidden":
+            message = "not a known key; check the spelling (see the README's optimizations.yaml reference)"
+        elif err["type"] == "missing":
+            message = "required; add it"
+        lines.append(f"{key}: {message}")
+    return OptimizationConfigError(f"{path}: {'; '.join(lines)}.")
+
+
+def load_optimizations(path: Path, datasets: typing.Iterable[str]) -> dict[str, OptimizationSpec]:
+    """Every optimization by name: a default per dataset, then the file's entries (which may replace
+    a default by using the dataset's name). A missing file is no error: the defaults remain."""
+    datasets = list(datasets)
+    specs = {name: default_optimization(name) for name in datasets}
+    path = Path(path)
+    if not path.exists():
+        return specs
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise OptimizationConfigError(f"{path} is not valid YAML ({exc}). Fix the syntax; the file needs an "
+                                      "`optimizations:` mapping of names to entries.") from None
+    entries = raw.get("optimizations") if isinstance(raw, dict) else None
+    if entries is None:
+        return specs
+    if not isinstance(entries, dict):
+        raise OptimizationConfigError(f"{path}: `optimizations:` must map names to entries, e.g. "
+                                      "`optimizations: {sst2_big: {dataset: sst2, eval_size: 400}}`.")
+    for name, entry in entries.items():
+        if entry is None:
+            entry = {}
+        if not isinstance(entry, dict):
+            raise OptimizationConfigError(f"{path}: optimizations.{name} must be a mapping of settings, "
+                                          f"got {type(entry).__name__}.")
+        entry = dict(entry)
+        if "dataset" not in entry and str(name) in datasets:
+            entry["dataset"] = str(name)
+        try:
+            spec = OptimizationSpec(name=str(name), **entry)
+        except ValidationError as exc:
+            raise _spec_error(path, str(name), exc) from None
+        except TypeError as exc:
+            raise OptimizationConfigError(f"{path}: optimizations.{name}: {exc}.") from None
+        if spec.dataset not in datasets:
+            raise OptimizationConfigError(
+                f"{path}: optimizations.{name}.dataset: {spec.dataset!r} is not a dataset of the manifest "
+                f"({', '.join(sorted(datasets))}). Name one of those, or add the dataset to data/manifest.yaml.")
+        specs[spec.name] = spec
+    return specs

@@ -1,0 +1,84 @@
+"""optimizations.yaml: defaults per dataset, validation that names file, key and fix, fingerprints."""
+
+from __future__ import annotations
+
+import pytest
+
+from promptopt_dagster.core.optimizations import OptimizationConfigError, load_optimizations
+from promptopt_dagster.settings import get_settings
+
+DATASETS = ["sst2", "sms_spam"]
+
+
+def _load(tmp_path, text: str):
+    path = tmp_path / "optimizations.yaml"
+    path.write_text(text, encoding="utf-8")
+    return load_optimizations(path, DATASETS)
+
+
+def test_every_dataset_has_a_default_and_a_missing_file_is_no_error(tmp_path):
+    specs = load_optimizations(tmp_path / "absent.yaml", DATASETS)
+    assert sorted(specs) == sorted(DATASETS)
+    assert specs["sst2"].dataset == "sst2" and specs["sst2"].optimizer == "fewshot" and specs["sst2"].eval_size == 200
+
+
+def test_named_entries_add_to_and_replace_defaults(tmp_path):
+    specs = _load(tmp_path, """
+optimizations:
+  sst2: {eval_size: 100}
+  sst2_reflective:
+    dataset: sst2
+    optimizer: reflective
+    options: {worst_k: 4}
+    optimizer_model: {backend: openai, model: gpt-x, base_url: "http://localhost:9/v1"}
+    stop: {max_iterations: 3, patience: 1}
+    budget: {max_requests: 5000}
+""")
+    assert sorted(specs) == ["sms_spam", "sst2", "sst2_reflective"]
+    assert specs["sst2"].eval_size == 100 and specs["sst2"].dataset == "sst2"
+    other = specs["sst2_reflective"]
+    assert other.options == {"worst_k": 4} and other.optimizer_model.backend == "openai"
+    assert other.stop.max_iterations == 3 and other.budget.max_requests == 5000
+
+
+def test_the_fingerprint_moves_with_what_decides_results_only(tmp_path):
+    base = _load(tmp_path, "optimizations:\n  a: {dataset: sst2}\n")["a"]
+    renamed = _load(tmp_path, "optimizations:\n  b: {dataset: sst2, description: same settings}\n")["b"]
+    edited = _load(tmp_path, "optimizations:\n  a: {dataset: sst2, seed: 1}\n")["a"]
+    assert base.fingerprint() == renamed.fingerprint() != edited.fingerprint()
+    assert base.fingerprint() == _load(tmp_path, "optimizations:\n  a: {dataset: sst2}\n")["a"].fingerprint()
+
+
+@pytest.mark.parametrize("entry, where, what", [
+    ("{dataset: sst2, eval_size: -1}", "optimizations.bad.eval_size", "got -1"),
+    ("{dataset: sst2, stop: {max_iterations: 0}}", "optimizations.bad.stop.max_iterations", "got 0"),
+    ("{dataset: sst2, stop: {patience: 0}}", "optimizations.bad.stop.patience", "got 0"),
+    ("{dataset: sst2, options: {num_candidate: 3}}", "optimizations.bad.options", "unknown fewshot option(s) 'num_candidate'"),
+    ("{dataset: sst2, options: {num_candidates: 0}}", "optimizations.bad.options", "at least 1"),
+    ("{dataset: sst2, optimizer: gepa}", "optimizations.bad.optimizer", "'fewshot' or 'reflective'"),
+    ("{dataset: sst2, task_model: {backend: openai, modle: x}}", "optimizations.bad.task_model.modle", "not a known key"),
+    ("{dataset: sst2, eval_sise: 10}", "optimizations.bad.eval_sise", "not a known key"),
+    ("{dataset: nope}", "optimizations.bad.dataset", "not a dataset of the manifest"),
+    ("{eval_size: 10}", "optimizations.bad.dataset", "required"),
+])
+def test_a_bad_entry_names_the_file_the_key_and_what_is_wrong(tmp_path, entry, where, what):
+    with pytest.raises(OptimizationConfigError) as err:
+        _load(tmp_path, f"optimizations:\n  bad: {entry}\n")
+    message = str(err.value)
+    assert str(tmp_path / "optimizations.yaml") in message and where in message and what in message
+    assert "\n" not in message
+
+
+def test_bad_yaml_and_bad_names_are_refused(tmp_path):
+    with pytest.raises(OptimizationConfigError, match="not valid YAML"):
+        _load(tmp_path, "optimizations: [\n")
+    with pytest.raises(OptimizationConfigError, match="optimizations.bad name.name"):
+        _load(tmp_path, "optimizations:\n  bad name: {dataset: sst2}\n")
+
+
+def test_the_project_file_loads():
+    from promptopt_dagster.core.datasets import load_manifest
+
+    settings = get_settings()
+    specs = load_optimizations(settings.optimizations_path, load_manifest(settings.manifest_path))
+    assert set(load_manifest(settings.manifest_path)) <= set(specs)
