@@ -60,6 +60,11 @@ class PromptVersion(BaseModel):
     # the one it gets when the input is content-free, which removes the bias a demo set puts on one
     # label. Needs label scores, so only backends that rank labels (llama.cpp) apply it.
     calibrate: bool = False
+    # Further static demo sets: with label answers, each label's log-probability (normalized over the
+    # labels) is summed over the prompt rendered with `demos` and with each of these. Which train rows
+    # a set holds moves a small model's test score by several points; a sum over sets averages that
+    # out. Needs label scores (llama.cpp); other backends answer with `demos` alone, with a warning.
+    ensemble: list[list[Demo]] = Field(default_factory=list)
     id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12])
     parent_id: str | None = None
     version: int = 0
@@ -82,6 +87,7 @@ class PromptVersion(BaseModel):
             and self.answer == other.answer
             and self.labels == other.labels
             and self.calibrate == other.calibrate
+            and self.ensemble == other.ensemble
         )
 
     def demos_for(self, user_input: str) -> list[Demo]:
@@ -95,13 +101,26 @@ class PromptVersion(BaseModel):
 
     def describe(self) -> str:
         """One line of the search choices, for logs and tables."""
-        parts = [f"{len(self.demos)} static demos"]
+        parts = [f"{len(self.demos)} static demos" + (f" x {1 + len(self.ensemble)} sets" if self.ensembled else "")]
         if self.retrieval:
             parts.append(f"{self.retrieval.k} retrieved ({self.retrieval.method}, pool {len(self.retrieval.pool)})")
         parts.append("label answers" if self.answer == "label" else "free answers")
         if self.calibrated:
             parts.append("calibrated")
         return ", ".join(parts)
+
+    @property
+    def ensembled(self) -> bool:
+        """Whether answers are summed over several demo sets: only label answers can be."""
+        return bool(self.ensemble) and self.answer == "label" and bool(self.labels)
+
+    def ensemble_members(self) -> list["PromptVersion"]:
+        """One plain prompt per demo set (this one's first), each answered on its own; [] when not ensembled.
+
+        Members are the prompts that were raced, so their answers (and label scores) come from the cache."""
+        if not self.ensembled:
+            return []
+        return [self.model_copy(update={"demos": demos, "ensemble": []}) for demos in [self.demos, *self.ensemble]]
 
     @property
     def calibrated(self) -> bool:
@@ -223,6 +242,9 @@ def unified_diff(old: PromptVersion, new: PromptVersion) -> str:
         out = ["[system_prompt]", *p.system_prompt.splitlines(), "[output_prompt]", *p.output_prompt.splitlines()]
         out.append(f"[demos: {len(p.demos)}]")
         out += [f"- {d.user_input!r} -> {d.ground_truth_output}" for d in p.demos]
+        for n, demos in enumerate(p.ensemble, start=2):
+            out.append(f"[demo set {n}: {len(demos)}]")
+            out += [f"- {d.user_input!r} -> {d.ground_truth_output}" for d in demos]
         if p.retrieval:
             out.append(f"[retrieved demos: {p.retrieval.k} nearest of {len(p.retrieval.pool)} pool rows "
                        f"({p.retrieval.method})]")

@@ -95,7 +95,8 @@ def leakage_gate(prompt: PromptVersion, held_out: dict[str, pd.DataFrame], min_s
     text = _squash(f"{prompt.system_prompt}\n{prompt.output_prompt}")
     windows = {text[i:i + min_span] for i in range(max(0, len(text) - min_span + 1))}
     # retrieved demos come from the pool, so a held-out row in the pool is as bad as one in the demos
-    demos = {_squash(d.user_input) for d in prompt.demos + (prompt.retrieval.pool if prompt.retrieval else [])}
+    sets = [prompt.demos, *prompt.ensemble, prompt.retrieval.pool if prompt.retrieval else []]
+    demos = {_squash(d.user_input) for demos in sets for d in demos}
     for split, rows in held_out.items():
         inputs = {_squash(t): int(i) for t, i in zip(rows["user_input"], rows["row_id"])}
         demo_rows = [row_id for squashed, row_id in inputs.items() if squashed in demos]

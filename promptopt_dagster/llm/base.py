@@ -32,6 +32,10 @@ class LLMRequest:
     # With `choices`: the same prompt with content-free inputs; a backend that ranks labels divides each
     # label's probability by its mean over these (contextual calibration). Others never receive any.
     calibration_prompts: tuple[str, ...] = ()
+    # With `choices`: the answer must carry each label's score (`LLMResponse.label_scores`), so answers
+    # can be summed over demo sets (PromptVersion.ensemble). Not part of the cache key: a cached answer
+    # without scores is asked again.
+    want_label_scores: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -48,6 +52,8 @@ class LLMResponse:
     cached: bool = False
     attempts: int = 1  # calls it took, retries included; 0 when answered from the cache
     cost_usd: float = 0.0
+    # Label-answer backends that rank labels (llama.cpp): each label's log-probability after the prompt.
+    label_scores: dict[str, float] | None = None
 
 
 class LLMClient(ABC):

@@ -29,6 +29,7 @@ create table if not exists llm_cache (
     text varchar, prompt_tokens integer, completion_tokens integer, finish_reason varchar,
     created_at timestamp default current_timestamp
 )"""
+_ADD_SCORES = "alter table llm_cache add column if not exists label_scores varchar"  # caches from before ensembles
 
 
 def cache_key(identity: dict, request: LLMRequest) -> str:
@@ -39,6 +40,7 @@ def cache_key(identity: dict, request: LLMRequest) -> str:
         del req["choices"]
     if not req["calibration_prompts"]:  # and before calibration existed
         del req["calibration_prompts"]
+    del req["want_label_scores"]  # the answer is the same; the scores are stored beside it when known
     payload = json.dumps({"identity": identity, "request": req}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
@@ -50,6 +52,7 @@ class ResponseCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as con:
             con.execute(_SCHEMA)
+            con.execute(_ADD_SCORES)
 
     @contextmanager
     def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -73,20 +76,23 @@ class ResponseCache:
             return {}
         with self._connect() as con:
             rows = con.execute(
-                "select key, text, prompt_tokens, completion_tokens, finish_reason from llm_cache "
+                "select key, text, prompt_tokens, completion_tokens, finish_reason, label_scores from llm_cache "
                 "where key in (select unnest(?))", [list(keys)]).fetchall()
-        return {k: LLMResponse(text=t, prompt_tokens=p, completion_tokens=c, finish_reason=f, cached=True)
-                for k, t, p, c, f in rows}
+        return {k: LLMResponse(text=t, prompt_tokens=p, completion_tokens=c, finish_reason=f, cached=True,
+                               label_scores=json.loads(s) if s else None)
+                for k, t, p, c, f, s in rows}
 
     def put_many(self, items: Sequence[tuple[str, dict, LLMRequest, LLMResponse]]) -> None:
         rows = [(key, ident["backend"], ident["model"], json.dumps(req.to_dict(), ensure_ascii=False), r.text,
-                 r.prompt_tokens, r.completion_tokens, r.finish_reason)
+                 r.prompt_tokens, r.completion_tokens, r.finish_reason,
+                 json.dumps(r.label_scores) if r.label_scores is not None else None)
                 for key, ident, req, r in items if r.error is None]
         if not rows:
             return
-        with self._connect() as con:
-            con.executemany("insert or ignore into llm_cache (key, backend, model, request_json, text, "
-                            "prompt_tokens, completion_tokens, finish_reason) values (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        with self._connect() as con:  # replace: an answer asked again for its label scores gains them
+            con.executemany("insert or replace into llm_cache (key, backend, model, request_json, text, "
+                            "prompt_tokens, completion_tokens, finish_reason, label_scores) "
+                            "values (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def __len__(self) -> int:
         with self._connect() as con:
@@ -133,7 +139,7 @@ class CachedClient(LLMClient):
         to_send: list[int] = []  # index of the first request with each missing key
         duplicates: dict[str, list[int]] = {}  # later requests identical to one being sent
         for i, k in enumerate(keys):
-            if k in found:
+            if k in found and not (requests[i].want_label_scores and found[k].label_scores is None):
                 yield i, dataclasses.replace(found[k])
             elif k in duplicates:
                 duplicates[k].append(i)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from promptopt_dagster.core.errors import ContextWindowError
@@ -34,6 +37,25 @@ def build_request(client: LLMClient, prompt: PromptVersion, user_input: str, max
 def build_requests(client: LLMClient, prompt: PromptVersion, rows: pd.DataFrame, max_tokens: int,
                    stop: tuple[str, ...] = ("\n",)) -> list[LLMRequest]:
     return [build_request(client, prompt, text, max_tokens, stop) for text in rows["user_input"]]
+
+
+def summed_answer(choices: Sequence[str], members: Sequence[LLMResponse]) -> LLMResponse:
+    """One row's answer from its answers with each demo set: each label's log-probability, normalized
+    over the labels, summed over the sets. A set's quirks (the labels its rows lean to) average out."""
+    cost = {"prompt_tokens": sum(r.prompt_tokens for r in members), "attempts": sum(r.attempts for r in members),
+            "completion_tokens": sum(r.completion_tokens for r in members), "cost_usd": sum(r.cost_usd for r in members),
+            "latency_s": sum(r.latency_s for r in members), "cached": all(r.cached for r in members)}
+    failed = next((r.error for r in members if r.error is not None), None)
+    if failed is None and any(r.label_scores is None for r in members):
+        failed = "the backend returned no label scores to sum over demo sets"
+    if failed is not None:
+        return LLMResponse(error=failed, **cost)
+    total = np.zeros(len(choices))
+    for r in members:
+        scores = np.array([r.label_scores[c] for c in choices], dtype=np.float64)
+        total += scores - np.logaddexp.reduce(scores)
+    # argmax keeps the first of equals, as ranking does
+    return LLMResponse(text=choices[int(np.argmax(total))], finish_reason="choice", **cost)
 
 
 def check_context(client: LLMClient, requests: list[LLMRequest], row_ids: list[int], prompt: PromptVersion,
@@ -73,13 +95,23 @@ def predict(client: LLMClient, prompt: PromptVersion, rows: pd.DataFrame, max_to
     All rows go to the client in one batch, so a remote backend keeps its full number of requests
     in flight; the client streams answers back and progress is logged as they arrive."""
     inputs = rows.to_dict("records")
+    if prompt.ensembled and not client.ranks_labels:
+        log.warning("prompt v%d sums label scores over %d demo sets, but the %s backend returns no label "
+                    "scores: it answers with the first set alone", prompt.version, 1 + len(prompt.ensemble),
+                    client.backend)
     if prompt.calibrated and not client.ranks_labels:
         log.warning("prompt v%d asks for calibrated label answers, but the %s backend returns no label scores: "
                     "its answers are not calibrated (they were with the backend that measured the prompt)",
                     prompt.version, client.backend)
-    requests = build_requests(client, prompt, rows, max_tokens, stop)
-    check_context(client, requests, [int(r["row_id"]) for r in inputs], prompt, where)
-    progress = Progress(len(inputs), label, progress_interval_s)
+    members = prompt.ensemble_members() if client.ranks_labels else []
+    if members:  # every row once per demo set, all in one batch: the backend orders them to share prefixes
+        requests = [dataclasses.replace(r, want_label_scores=True)
+                    for member in members for r in build_requests(client, member, rows, max_tokens, stop)]
+        label = f"{label} ({len(members)} demo sets)"
+    else:
+        requests = build_requests(client, prompt, rows, max_tokens, stop)
+    check_context(client, requests, [int(r["row_id"]) for r in inputs] * max(1, len(members)), prompt, where)
+    progress = Progress(len(requests), label, progress_interval_s)
 
     def on_result(_: int, r: LLMResponse) -> None:
         progress.advance(failed=r.error is not None, cached=r.cached)
@@ -88,6 +120,9 @@ def predict(client: LLMClient, prompt: PromptVersion, rows: pd.DataFrame, max_to
         responses = client.generate(requests, on_result=on_result)
     finally:
         progress.close()
+    if members:
+        n = len(inputs)
+        responses = [summed_answer(prompt.choices, responses[i::n]) for i in range(n)]
     records = [{"row_id": row["row_id"], "user_input": row["user_input"],
                 "ground_truth_output": row["ground_truth_output"],
                 "prediction": res.text if res.error is None else None, "error": res.error,

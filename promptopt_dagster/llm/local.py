@@ -150,15 +150,17 @@ class LlamaCppClient(LLMClient):
         try:
             ranker = LabelRanker(llm)
             ranked = ranker.rank(req.prompt, choices)
-            choice, prompt_tokens = ranked.choice, ranked.prompt_tokens
+            choice, prompt_tokens, scores = ranked.choice, ranked.prompt_tokens, ranked.scores
             if req.calibration_prompts:
+                scores = None  # the raw scores would not say how the calibrated choice was made
                 free = [self._content_free_scores(ranker, text, choices) for text in req.calibration_prompts]
                 choice = calibrated_choice(choices, ranked.scores, [s for s, _ in free])
                 prompt_tokens += sum(n for _, n in free)
         except Exception as exc:
             return LLMResponse(error=f"{type(exc).__name__}: {exc}", latency_s=time.perf_counter() - started)
         return LLMResponse(text=choice, prompt_tokens=prompt_tokens, completion_tokens=1,
-                           latency_s=time.perf_counter() - started, finish_reason="choice")
+                           latency_s=time.perf_counter() - started, finish_reason="choice",
+                           label_scores={c: float(v) for c, v in scores.items()} if scores is not None else None)
 
     def _content_free_scores(self, ranker, prompt: str, choices: list[str]) -> tuple[dict[str, float], int]:
         """Label scores for a content-free prompt, and the prompt tokens it cost (0 when remembered)."""

@@ -107,8 +107,9 @@ def surely_better(leader: Candidate, other: Candidate, confidence: float) -> boo
 def demo_cost(prompt: PromptVersion) -> int:
     """Demos evaluated anew for every row: the retrieved ones. Static demos sit in the shared prefix
     that llama.cpp keeps cached (and remote providers cache too), so 12 or 16 of them cost a row about
-    the same (bench/local_inference.py: 86 ms a row with 8 static demos, 438 ms with 8 retrieved)."""
-    return prompt.retrieval.k if prompt.retrieval else 0
+    the same (bench/local_inference.py: 86 ms a row with 8 static demos, 438 ms with 8 retrieved).
+    Each further demo set of an ensemble is one more evaluation of the row, about one retrieved demo's worth."""
+    return (prompt.retrieval.k if prompt.retrieval else 0) + (len(prompt.ensemble) if prompt.ensembled else 0)
 
 
 def pareto_frontier(pool: list[Candidate]) -> dict[str, int]:
