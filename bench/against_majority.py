@@ -51,7 +51,7 @@ def main() -> None:
         spec = load_manifest(settings.manifest_path)[args.dataset]
         splits = load_splits(spec, settings.data_dir)
         test = sample_rows(splits.test, report["test_size"], 0)
-        client = build_client(ModelSettings(), settings.model_dir, settings.llm_threads, state / "llm_cache.duckdb")
+        client = build_client(ModelSettings(), settings.model_dir, settings.llm_threads, state / "llm_cache.sqlite")
         answers = predict(client, PromptVersion.model_validate(report["best_prompt"]), test, spec.max_output_tokens,
                           stop=tuple(spec.completion_stop))
         truth = normalize_many(test["ground_truth_output"].tolist())

@@ -130,7 +130,7 @@ def main() -> None:
             test = sample_rows(splits.test, args.test_size, 0)
             train = drop_held_out(splits.train, {"dev": splits.dev, "test": splits.test})
             client = build_client(ModelSettings(), settings.model_dir, settings.llm_threads,
-                                  state / "llm_cache.duckdb")
+                                  state / "llm_cache.sqlite")
             calls_before = client.usage.llm_calls
 
             def answers(prompt: PromptVersion, rows: pd.DataFrame) -> tuple[list, list]:

@@ -46,7 +46,7 @@ class Settings(BaseSettings):
 
     @property
     def llm_cache_path(self) -> Path:
-        return self.state_dir / "llm_cache.duckdb"
+        return self.state_dir / "llm_cache.sqlite"
 
     @property
     def dagster_home(self) -> Path:

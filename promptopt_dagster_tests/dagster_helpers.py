@@ -108,7 +108,7 @@ def make_defs(tmp_path: Path, script: str = "demos_help", data_dir: Path = DATA_
               cache: bool = False) -> dg.Definitions:
     warehouse = str(tmp_path / "warehouse.duckdb")
     llm = dict(script=script, backend="fake", model_dir=str(tmp_path / "models"), threads=1,
-               cache_path=str(tmp_path / "llm_cache.duckdb") if cache else None)
+               cache_path=str(tmp_path / "llm_cache.sqlite") if cache else None)
     return build_definitions({
         "project": ProjectResource(data_dir=str(data_dir), prompts_dir=str(prompts_dir)),
         "task_model": ScriptedLLMResource(**llm),

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pandas as pd
 import pytest
 
@@ -19,6 +18,7 @@ from promptopt_dagster.core.errors import ContextWindowError
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.core.quality import predictions_gate
 from promptopt_dagster.llm.base import LLMRequest
+from promptopt_dagster.llm.cache import ResponseCache
 from promptopt_dagster.llm.fake import FakeLLM
 from promptopt_dagster.llm.inference import predict
 from promptopt_dagster_tests.fake_llm_servers import FakeLLMServer, FaultPlan
@@ -154,19 +154,29 @@ def test_ctrl_c_prints_one_line_and_marks_the_run_canceled(project):
                         "optimize_iteration": dg.DagsterRunStatus.CANCELED}
 
 
-def test_a_killed_cli_run_is_marked_failed_by_the_next_cli_start(project):
-    with FakeLLMServer("openai", answer=lambda r: "positive", latency_s=0.5) as srv:
+def _prompt_of(request) -> str:
+    return json.dumps((request.body or {}).get("messages"), sort_keys=True)
+
+
+def test_a_killed_run_keeps_every_answer_it_received_and_its_rerun_sends_only_the_rest(project):
+    """SIGKILL mid-inference: nothing stays STARTED, and no answer that had arrived is asked again."""
+    with FakeLLMServer("openai", answer=lambda r: "positive", latency_s=0.2) as srv:
         env = {**_openai_env(project, srv), "PROMPTOPT_TASK__MAX_IN_FLIGHT": "1"}
-        proc = _run(project, env, "--max-iterations", "1", "--eval-size", "0")
+        args = ("--max-iterations", "1", "--eval-size", "0", "--test-size", "0")
+        proc = _run(project, env, *args)
         deadline = time.time() + 120
-        while not srv.requests and time.time() < deadline:
-            time.sleep(0.2)
+        while sum(r.status == 200 for r in list(srv.requests)) < 5 and time.time() < deadline:
+            time.sleep(0.05)
+        answered = {_prompt_of(r) for r in list(srv.requests) if r.status == 200}
+        time.sleep(0.3)  # time enough to commit one answer; not for a batch written every 64 answers or 2 s
         proc.kill()
         proc.communicate(timeout=60)
-        again = _run(project, {**env, "PROMPTOPT_TASK__MAX_IN_FLIGHT": "16"}, "--max-iterations", "1",
-                     "--eval-size", "0", "--test-size", "0")
+        sent_before = len(srv.requests)
+        again = _run(project, {**env, "PROMPTOPT_TASK__MAX_IN_FLIGHT": "16"}, *args)
         out, err = again.communicate(timeout=300)
+        resent = {_prompt_of(r) for r in srv.requests[sent_before:] if r.body}
     assert again.returncode == 0, err[-3000:]
+    assert len(answered) >= 5 and resent and not answered & resent
     assert "failed: its process" in err
     runs = _runs(project)
     assert ("optimize_iteration", dg.DagsterRunStatus.FAILURE) in runs
@@ -223,5 +233,4 @@ def test_real_model_refuses_an_over_long_row_before_any_call(project):
     assert len([line for line in done.stderr.splitlines() if line.startswith("error: ")]) == 1
     assert "Traceback" not in done.stderr
     assert not (project / "state" / "warehouse.duckdb").exists() or _tables(project) == {}
-    with duckdb.connect(str(project / "state" / "llm_cache.duckdb"), read_only=True) as con:
-        assert con.execute("select count(*) from llm_cache").fetchone()[0] == 0  # no answer was asked for
+    assert len(ResponseCache(project / "state" / "llm_cache.sqlite")) == 0  # no answer was asked for

@@ -141,7 +141,7 @@ def test_cached_answers_keep_constrained_and_free_requests_apart(protocol, adc, 
     requests = [chat("a dull mess, negative"), chat("a dull mess, negative", choices=LABELS)]
     with FakeLLMServer(protocol, answer=chatty) as srv:
         adc(srv)
-        cache = ResponseCache(tmp_path / "cache.duckdb")
+        cache = ResponseCache(tmp_path / "cache.sqlite")
         first = CachedClient(make_client(protocol, srv), cache).generate(requests)
         sent = srv.success_count
         again = CachedClient(make_client(protocol, srv), cache).generate(requests)

@@ -60,7 +60,7 @@ def test_an_ensemble_is_one_plain_prompt_per_set_and_is_checked_for_leaks():
 
 def test_answers_sum_normalized_label_scores_over_sets_and_members_come_from_the_cache(tmp_path):
     inner = Scoring()
-    client = CachedClient(inner, ResponseCache(tmp_path / "cache.duckdb"))
+    client = CachedClient(inner, ResponseCache(tmp_path / "cache.sqlite"))
     alone = predict(client, PROMPT.child(ensemble=[]), ROWS, max_tokens=4)  # the race scores set A first
     assert alone["prediction"].tolist() == ["positive", "positive"] and inner.usage.requests == 2
     summed = predict(client, PROMPT, ROWS, max_tokens=4)
@@ -73,7 +73,7 @@ def test_answers_sum_normalized_label_scores_over_sets_and_members_come_from_the
 
 
 def test_a_cached_answer_without_label_scores_is_asked_again(tmp_path):
-    cache = ResponseCache(tmp_path / "cache.duckdb")
+    cache = ResponseCache(tmp_path / "cache.sqlite")
     request = build_request(Scoring(), PROMPT.child(ensemble=[]), "row 1", max_tokens=4)  # as predict builds it
     cache.put_many([(cache_key({"backend": "scoring", "model": "scoring-1"}, request),
                      {"backend": "scoring", "model": "scoring-1"}, request, LLMResponse(text="positive"))])

@@ -27,7 +27,7 @@ def test_price_table_overrides_and_unknown_models():
 
 def test_client_usage_counts_attempts_tokens_and_cost_but_not_cache_hits(tmp_path):
     client = build_client(ModelSettings(backend="fake", input_price_per_mtok=1e6, output_price_per_mtok=0.0),
-                          tmp_path, 1, tmp_path / "cache.duckdb")
+                          tmp_path, 1, tmp_path / "cache.sqlite")
     client.generate([LLMRequest(prompt="one two three")])
     client.generate([LLMRequest(prompt="one two three")])
     u = client.usage

@@ -1,4 +1,4 @@
-"""The DuckDB response cache: nothing identical is sent twice, across batches, runs and processes."""
+"""The response cache: nothing identical is sent twice, across batches, runs and processes."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def batch(*prompts: str, **kw) -> list[LLMRequest]:
 
 @pytest.fixture
 def db(tmp_path):
-    return tmp_path / "state" / "llm_cache.duckdb"
+    return tmp_path / "state" / "llm_cache.sqlite"
 
 
 def client(db, responder=echo, name="fake-1") -> tuple[CachedClient, FakeLLM]:
@@ -244,3 +244,31 @@ def test_empty_batch(db):
     cached, inner = client(db)
     assert cached.generate([]) == []
     assert inner.requests == [] and cached.usage.llm_calls == 0
+
+
+# --- durability and the store ----------------------------------------------------------------------
+
+def test_each_answer_is_committed_as_it_arrives(db):
+    """A run killed mid-batch keeps every answer it had received: no batch waits to be written."""
+    cached, _ = client(db)
+    stream = cached.stream(batch("a", "b", "c", "d"))
+    next(stream), next(stream)  # two answers consumed, the batch not finished, nothing closed
+    assert len(ResponseCache(db)) == 2  # what another process would see
+
+
+def test_a_duckdb_cache_of_an_earlier_version_is_copied_in_once(tmp_path):
+    import duckdb
+
+    legacy = tmp_path / "llm_cache.duckdb"
+    with duckdb.connect(str(legacy)) as con:  # the layout earlier versions wrote
+        con.execute("create table llm_cache (key varchar primary key, backend varchar, model varchar, "
+                    "request_json varchar, text varchar, prompt_tokens integer, completion_tokens integer, "
+                    "finish_reason varchar, created_at timestamp default current_timestamp)")
+        request = LLMRequest(prompt="old")
+        con.execute("insert into llm_cache (key, backend, model, request_json, text, prompt_tokens, "
+                    "completion_tokens, finish_reason) values (?, 'fake', 'fake-1', '{}', 'kept', 3, 1, 'stop')",
+                    [cache_key(IDENT, request)])
+    cached, inner = client(tmp_path / "llm_cache.sqlite", responder=lambda r: pytest.fail("sent despite the cache"))
+    out = cached.generate([request])
+    assert out[0].text == "kept" and out[0].cached and inner.requests == []
+    assert len(ResponseCache(tmp_path / "llm_cache.sqlite")) == 1  # reopening does not copy again

@@ -199,7 +199,7 @@ def test_rerun_is_served_from_cache_and_resends_only_failed_rows(protocol, adc, 
     failing_off = False
     with FakeLLMServer(protocol, answer=echo, faults=faults) as srv:
         adc(srv)
-        cache = ResponseCache(tmp_path / "cache.duckdb")
+        cache = ResponseCache(tmp_path / "cache.sqlite")
         requests = [chat(f"row {i}") for i in range(10)]
         first = CachedClient(make_client(protocol, srv, retry=RetryPolicy(2, 0.01)), cache).generate(requests)
         assert [i for i, r in enumerate(first) if r.error] == [3, 7]

@@ -20,7 +20,7 @@ select, confirm = dev_parts(splits.dev, 200, 100, 0)
 con = duckdb.connect(str(state / "warehouse.duckdb"), read_only=True)
 pool = con.sql("select candidate_id, kind, choices, select_score, prompt_json from promptopt.candidate_pool where iteration = (select max(iteration) from promptopt.candidate_pool) and select_rows > 0 order by position").df()
 con.close()
-client = build_client(ModelSettings(), S.model_dir, S.llm_threads, state / "llm_cache.duckdb")
+client = build_client(ModelSettings(), S.model_dir, S.llm_threads, state / "llm_cache.sqlite")
 for r in pool.itertuples():
     p = PromptVersion.model_validate_json(r.prompt_json)
     if p.retrieval is not None:

@@ -1,8 +1,13 @@
-"""A DuckDB response cache: an identical request is never sent twice, across runs and processes.
+"""The response cache: an identical request is never sent twice, across runs and processes.
 
 The key hashes the backend, model, generation parameters and the full rendered prompt, so a
 change to any of them is a miss. Errors are never cached: a rerun retries exactly the failed rows.
-The connection is opened per batch, so a second process waits for the file lock instead of failing.
+
+It is a SQLite file in WAL mode, not a DuckDB one: several optimizations run side by side, each
+in its own process, and every answer is committed the moment it arrives (a run killed mid-batch
+keeps all it paid for). SQLite lets many processes read while one commits, and a commit there takes
+microseconds; DuckDB admits one process per file, so each answer would wait for the file lock.
+A cache from before (llm_cache.duckdb beside the file) is copied in once, so no answer is lost.
 """
 
 from __future__ import annotations
@@ -11,12 +16,11 @@ import dataclasses
 import hashlib
 import json
 import logging
-import time
-from contextlib import contextmanager
+import os
+import sqlite3
+import threading
 from pathlib import Path
 from typing import Iterator, Sequence
-
-import duckdb
 
 from promptopt_dagster.llm.base import LLMClient, LLMRequest, LLMResponse
 
@@ -24,12 +28,14 @@ log = logging.getLogger("promptopt.llm")
 
 _SCHEMA = """
 create table if not exists llm_cache (
-    key varchar primary key,
-    backend varchar, model varchar, request_json varchar,
-    text varchar, prompt_tokens integer, completion_tokens integer, finish_reason varchar,
-    created_at timestamp default current_timestamp
+    key text primary key,
+    backend text, model text, request_json text,
+    text text, prompt_tokens integer, completion_tokens integer, finish_reason text,
+    label_scores text,
+    created_at text default current_timestamp
 )"""
-_ADD_SCORES = "alter table llm_cache add column if not exists label_scores varchar"  # caches from before ensembles
+_COLUMNS = "key, backend, model, request_json, text, prompt_tokens, completion_tokens, finish_reason, label_scores"
+LEGACY_NAME = "llm_cache.duckdb"
 
 
 def cache_key(identity: dict, request: LLMRequest) -> str:
@@ -46,41 +52,54 @@ def cache_key(identity: dict, request: LLMRequest) -> str:
 
 
 class ResponseCache:
+    """One SQLite file shared by every process of the project; a connection per process and thread."""
+
     def __init__(self, path: Path, lock_timeout_s: float = 120.0) -> None:
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
-            con.execute(_SCHEMA)
-            con.execute(_ADD_SCORES)
+        self._local = threading.local()
+        self._con().execute(_SCHEMA)
+        self._import_legacy()
 
-    @contextmanager
-    def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        deadline, delay = time.monotonic() + self.lock_timeout_s, 0.05
-        while True:
-            try:
-                con = duckdb.connect(str(self.path))
-                break
-            except duckdb.IOException as exc:  # another process holds the write lock
-                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                    raise
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-        try:
-            yield con
-        finally:
-            con.close()
+    def _con(self) -> sqlite3.Connection:
+        """This thread's connection; a forked child opens its own (a SQLite handle must not cross a fork)."""
+        con = getattr(self._local, "con", None)
+        if con is None or self._local.pid != os.getpid():
+            con = sqlite3.connect(self.path, timeout=self.lock_timeout_s, isolation_level=None)
+            con.execute("pragma journal_mode=wal")  # readers never wait for the writer
+            con.execute("pragma synchronous=normal")  # a commit survives the process being killed
+            self._local.con, self._local.pid = con, os.getpid()
+        return con
+
+    def _import_legacy(self) -> None:
+        """Copy a DuckDB cache of an earlier version into this one, once (the DuckDB file is kept)."""
+        legacy = self.path.with_name(LEGACY_NAME)
+        if legacy == self.path or not legacy.exists() or len(self):
+            return
+        import duckdb
+
+        with duckdb.connect(str(legacy), read_only=True) as old:
+            columns = {r[0] for r in old.execute("select column_name from information_schema.columns "
+                                                 "where table_name = 'llm_cache'").fetchall()}
+            scores = "label_scores" if "label_scores" in columns else "null"
+            rows = old.execute(f"select key, backend, model, request_json, text, prompt_tokens, completion_tokens, "
+                               f"finish_reason, {scores} from llm_cache").fetchall()
+        self._write(f"insert or ignore into llm_cache ({_COLUMNS}) values (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        log.info("copied %d cached answers from %s into %s", len(rows), legacy, self.path)
 
     def get_many(self, keys: Sequence[str]) -> dict[str, LLMResponse]:
-        if not keys:
-            return {}
-        with self._connect() as con:
-            rows = con.execute(
-                "select key, text, prompt_tokens, completion_tokens, finish_reason, label_scores from llm_cache "
-                "where key in (select unnest(?))", [list(keys)]).fetchall()
-        return {k: LLMResponse(text=t, prompt_tokens=p, completion_tokens=c, finish_reason=f, cached=True,
-                               label_scores=json.loads(s) if s else None)
-                for k, t, p, c, f, s in rows}
+        out: dict[str, LLMResponse] = {}
+        con = self._con()
+        keys = list(keys)
+        for start in range(0, len(keys), 500):  # SQLite caps the parameters of one statement
+            chunk = keys[start:start + 500]
+            rows = con.execute("select key, text, prompt_tokens, completion_tokens, finish_reason, label_scores "
+                               f"from llm_cache where key in ({', '.join('?' * len(chunk))})", chunk).fetchall()
+            for k, t, p, c, f, s in rows:
+                out[k] = LLMResponse(text=t, prompt_tokens=p, completion_tokens=c, finish_reason=f, cached=True,
+                                     label_scores=json.loads(s) if s else None)
+        return out
 
     def put_many(self, items: Sequence[tuple[str, dict, LLMRequest, LLMResponse]]) -> None:
         rows = [(key, ident["backend"], ident["model"], json.dumps(req.to_dict(), ensure_ascii=False), r.text,
@@ -89,24 +108,31 @@ class ResponseCache:
                 for key, ident, req, r in items if r.error is None]
         if not rows:
             return
-        with self._connect() as con:  # replace: an answer asked again for its label scores gains them
-            con.executemany("insert or replace into llm_cache (key, backend, model, request_json, text, "
-                            "prompt_tokens, completion_tokens, finish_reason, label_scores) "
-                            "values (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        # replace: an answer asked again for its label scores gains them
+        self._write(f"insert or replace into llm_cache ({_COLUMNS}) values (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def _write(self, sql: str, rows: list) -> None:
+        """One transaction; `begin immediate` takes the write lock up front, waiting up to lock_timeout_s."""
+        con = self._con()
+        con.execute("begin immediate")
+        try:
+            con.executemany(sql, rows)
+        except BaseException:
+            con.execute("rollback")
+            raise
+        con.execute("commit")
 
     def __len__(self) -> int:
-        with self._connect() as con:
-            return con.execute("select count(*) from llm_cache").fetchone()[0]
+        return self._con().execute("select count(*) from llm_cache").fetchone()[0]
 
 
 class CachedClient(LLMClient):
     """Wraps any backend; only cache misses reach it, so `usage.requests` counts real model calls.
 
-    Answers are written to the cache while the batch is still running (every `flush_every` answers
-    or `flush_s` seconds), so an interrupted run keeps what it had already paid for.
-    """
+    Each answer is committed to the cache as it arrives, so an interrupted or killed run keeps every
+    answer it had received, and its rerun sends only the rest."""
 
-    def __init__(self, inner: LLMClient, cache: ResponseCache, flush_every: int = 64, flush_s: float = 2.0) -> None:
+    def __init__(self, inner: LLMClient, cache: ResponseCache) -> None:
         super().__init__()
         self.inner = inner
         self.cache = cache
@@ -114,7 +140,6 @@ class CachedClient(LLMClient):
         self.mode = inner.mode
         self.ranks_labels = inner.ranks_labels
         self.price = inner.price
-        self.flush_every, self.flush_s = flush_every, flush_s
 
     @property
     def model(self) -> str:
@@ -146,17 +171,9 @@ class CachedClient(LLMClient):
             else:
                 duplicates[k] = []
                 to_send.append(i)
-        pending: list[tuple[str, dict, LLMRequest, LLMResponse]] = []
-        last_flush = time.monotonic()
-        try:
-            for j, r in self.inner.stream([requests[i] for i in to_send]):
-                i = to_send[j]
-                pending.append((keys[i], ident, requests[i], r))
-                yield i, r
-                for dup in duplicates[keys[i]]:  # answered once, not sent again
-                    yield dup, dataclasses.replace(r, cached=True)
-                if len(pending) >= self.flush_every or time.monotonic() - last_flush > self.flush_s:
-                    self.cache.put_many(pending)
-                    pending, last_flush = [], time.monotonic()
-        finally:
-            self.cache.put_many(pending)
+        for j, r in self.inner.stream([requests[i] for i in to_send]):
+            i = to_send[j]
+            self.cache.put_many([(keys[i], ident, requests[i], r)])
+            yield i, r
+            for dup in duplicates[keys[i]]:  # answered once, not sent again
+                yield dup, dataclasses.replace(r, cached=True)
