@@ -271,7 +271,7 @@ def optimize(args: argparse.Namespace) -> int:
     from promptopt_dagster.defs.loop import (DATASET_JOB, DRIVER_TAG, ITERATION_JOB, REPORT_JOB, next_step,
                                              stop_reason_of)
     from promptopt_dagster.defs.partitions import ensure_iteration, iteration_key
-    from promptopt_dagster.defs.runs import PID_TAG, describe, fail_dead_cli_runs, process_tags, wait_for_other_runs
+    from promptopt_dagster.defs.runs import PID_TAG, describe, fail_dead_cli_runs, process_tags
     from promptopt_dagster.llm.progress import bars_shown
 
     settings = get_settings()
@@ -303,7 +303,6 @@ def optimize(args: argparse.Namespace) -> int:
         return all(run.tags.get(k) == v for k, v in tags.items())
 
     def run(job_name: str, partition_key, with_config: bool = True):
-        wait_for_other_runs(instance, mine, say)
         job = defs.resolve_job_def(job_name)
         config = {**loggers, **(resource_config if with_config else {})}
         result = job.execute_in_process(partition_key=partition_key, instance=instance, run_config=config,

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     judge: ModelSettings = Field(default_factory=ModelSettings,
                                  description="The model the llm_judge scorer asks: PROMPTOPT_JUDGE__*")
     progress_interval_s: float = Field(5.0, description="Seconds between progress lines during inference.")
+    max_concurrent_runs: int = Field(3, ge=1, description="Runs the Dagster daemon executes at once (run queue "
+                                                           "limit in the generated dagster.yaml).")
 
     @property
     def warehouse_path(self) -> Path:

@@ -188,20 +188,35 @@ def test_ui_command_serves_the_ui_without_the_venv_on_path(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_readme_backfill_recipe_works_from_a_fresh_home(dagster_dev):
-    """prepare_dataset over the datasets, then optimize_iteration over their `|0` partitions; the sensor does the rest."""
+def test_a_backfill_of_three_datasets_runs_side_by_side_to_three_final_reports(dagster_dev):
+    """The README's backfill recipe: prepare_dataset over the datasets, then optimize_iteration over their
+    `|0` partitions; the sensor does the rest, with the daemon running up to 3 runs at once."""
+    import duckdb
+
     env, port = dagster_dev
-    _backfill(port, "prepare_dataset", ["sst2", "sms_spam"])
+    datasets = ["sst2", "sms_spam", "atis_intent"]
+    _backfill(port, "prepare_dataset", datasets)
     _wait_for(env, lambda runs: sum(r.job_name == "prepare_dataset" and r.status == dg.DagsterRunStatus.SUCCESS
-                                    for r in runs) == 2, 300, "both datasets to load")
-    _backfill(port, "optimize_iteration", ["sst2|0", "sms_spam|0"])
-    runs = _wait_for(env, lambda runs: sum(r.job_name == "final_report_job" and r.is_finished for r in runs) == 2,
-                     600, "both final reports")
+                                    for r in runs) == 3, 300, "the datasets to load")
+    _backfill(port, "optimize_iteration", [f"{d}|0" for d in datasets])
+    runs = _wait_for(env, lambda runs: sum(r.job_name == "final_report_job" and r.is_finished for r in runs) == 3,
+                     900, "three final reports")
     finished = {(r.job_name, r.tags.get("dagster/partition"), r.status.value) for r in runs}
-    for dataset in ("sst2", "sms_spam"):
+    for dataset in datasets:
         assert ("optimize_iteration", f"{dataset}|0", "SUCCESS") in finished
         assert ("optimize_iteration", f"{dataset}|1", "SUCCESS") in finished  # the sensor went on by itself
         assert ("final_report_job", dataset, "SUCCESS") in finished
+    with _instance(env) as instance:
+        spans = [(s.start_time, s.end_time) for s in (instance.get_run_stats(r.run_id) for r in runs
+                                                      if r.job_name == "optimize_iteration")]
+    overlapping = max(sum(start <= t < end for start, end in spans) for t, _ in spans)
+    assert overlapping >= 2, spans  # runs went side by side, not one after another
+    with duckdb.connect(str(Path(env["PROMPTOPT_STATE_DIR"]) / "warehouse.duckdb"), read_only=True) as con:
+        kept = dict(con.execute("select dataset, count(*) from promptopt.best_prompt group by 1").fetchall())
+        reports = {r[0] for r in con.execute("select dataset from promptopt.final_report").fetchall()}
+    iterations = {d: sum(job == "optimize_iteration" and part.startswith(f"{d}|") for job, part, _ in finished)
+                  for d in datasets}
+    assert kept == iterations and reports == set(datasets)  # every run's rows: no write lost to a lock
 
 
 @pytest.mark.slow

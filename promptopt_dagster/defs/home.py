@@ -5,17 +5,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# One run at a time: DuckDB allows a single writing process (dagster issues #16248, #18746).
+# Runs go side by side (PROMPTOPT_MAX_CONCURRENT_RUNS, default 3): every warehouse write is a short
+# DuckDB transaction that waits for the file lock, and the response cache is SQLite in WAL mode.
 # Run monitoring fails runs whose worker never started or never finished canceling. It cannot see a
 # run whose process was SIGKILLed (the default run launcher has no health check): the
 # dead_cli_run_sensor and the CLI's own start-up do that for CLI runs (defs/runs.py).
 # The promptopt loggers (inference progress, optimizer candidates) are captured into the run logs.
-DAGSTER_YAML = """\
-# Written by promptopt (defs/home.py); delete this file to get the current default back.
+HEADER = "# Written by promptopt (defs/home.py) from its settings; delete this line to keep your own edits.\n"
+DAGSTER_YAML = HEADER + """\
 telemetry:
   enabled: false
 run_queue:
-  max_concurrent_runs: 1
+  max_concurrent_runs: {max_concurrent_runs}
 run_monitoring:
   enabled: true
   start_timeout_seconds: 180
@@ -37,13 +38,32 @@ python_logs:
   managed_python_loggers:
     - promptopt
   python_log_level: INFO
-""",)
+""", """\
+# Written by promptopt (defs/home.py); delete this file to get the current default back.
+telemetry:
+  enabled: false
+run_queue:
+  max_concurrent_runs: 1
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
+  poll_interval_seconds: 30
+python_logs:
+  managed_python_loggers:
+    - promptopt
+  python_log_level: INFO
+""")
 
 
-def ensure_dagster_home(path: Path) -> Path:
+def ensure_dagster_home(path: Path, max_concurrent_runs: int | None = None) -> Path:
+    """The home with a dagster.yaml that follows the settings, unless a person took the file over."""
+    from promptopt_dagster.settings import get_settings
+
     path.mkdir(parents=True, exist_ok=True)
     config = path / "dagster.yaml"
-    if not config.exists() or config.read_text() in _EARLIER_YAML:
-        config.write_text(DAGSTER_YAML)
+    limit = max_concurrent_runs or get_settings().max_concurrent_runs
+    if not config.exists() or config.read_text() in _EARLIER_YAML or config.read_text().startswith(HEADER):
+        config.write_text(DAGSTER_YAML.format(max_concurrent_runs=limit))
     os.environ["DAGSTER_HOME"] = str(path)
     return path

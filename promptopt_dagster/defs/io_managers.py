@@ -9,11 +9,8 @@ that without re-implementing the table writes.
 
 from __future__ import annotations
 
-import fcntl
-
 import dagster as dg
 from dagster_duckdb_pandas import DuckDBPandasIOManager
-from pydantic import PrivateAttr
 
 
 class _WithInstance(dg.IOManager):
@@ -40,27 +37,11 @@ class _WithInstance(dg.IOManager):
 
 
 class WarehouseIOManager(DuckDBPandasIOManager):
-    """DuckDBPandasIOManager that works with dynamic partition dimensions, one run at a time.
+    """DuckDBPandasIOManager that works with dynamic partition dimensions, with runs side by side.
 
-    DuckDB admits one writing process. The run queue serialises the daemon's runs and the CLI waits
-    for them (defs/runs.py), but a CLI run and a dequeued UI run can still start in the same
-    instant; the lock taken here for the whole run closes that gap: the later run waits for it."""
-
-    _lock: object = PrivateAttr(default=None)
-
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._lock = open(f"{self.database}.lock", "a+")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if context.log is not None:
-                context.log.info(f"waiting for another run to finish writing {self.database}")
-            fcntl.flock(self._lock, fcntl.LOCK_EX)
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._lock is not None:
-            self._lock.close()  # closing the file releases the lock
-            self._lock = None
+    DuckDB admits one process per file at a time. Every read and write here is a short connection
+    that the library retries with backoff while another process holds the file, and no run keeps a
+    connection open while it waits for a model, so concurrent runs take turns per write, not per run."""
 
     def create_io_manager(self, context) -> dg.IOManager:
         return _WithInstance(super().create_io_manager(context), self.database, self.schema_ or "public")
@@ -80,7 +61,7 @@ def _add_new_columns(database: str, schema: str, table: str, obj) -> None:
     if not isinstance(obj, pd.DataFrame) or (database, schema, table) in _UP_TO_DATE:
         return
     _UP_TO_DATE.add((database, schema, table))  # once per table and process, not on every output
-    with duckdb.connect(database) as con:
+    with _connect(database) as con:
         try:
             stored = [r[0] for r in con.execute(
                 "select column_name from information_schema.columns where table_schema = ? and table_name = ? "
@@ -93,3 +74,20 @@ def _add_new_columns(database: str, schema: str, table: str, obj) -> None:
         for column in obj.columns[len(stored):]:
             kind = types.get(str(obj[column].dtype), "VARCHAR")
             con.execute(f'alter table "{schema}"."{table}" add column "{column}" {kind}')
+
+
+def _connect(database: str, wait_s: float = 120.0):
+    """A connection that waits, with backoff, while another run's process holds the file."""
+    import time
+
+    import duckdb
+
+    deadline, delay = time.monotonic() + wait_s, 0.05
+    while True:
+        try:
+            return duckdb.connect(database)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)

@@ -1,7 +1,8 @@
 """Jobs: one run = one dataset, one iteration, or one final report.
 
-All run in process: DuckDB allows one writing process, so steps of a run must not write in parallel
-(runs are serialised by the run queue limit in the Dagster home's dagster.yaml).
+Steps of a run execute in its one process, one after another: each step writes the warehouse and
+the next reads it. Runs themselves go side by side (the run queue limit in the Dagster home's
+dagster.yaml); their writes are short DuckDB transactions that wait for one another.
 """
 
 import dagster as dg

@@ -1,20 +1,17 @@
-"""Runs that share the single-writer warehouse: who owns a CLI run, when it died, and who goes next.
+"""CLI runs: who owns one, and when it died.
 
 The CLI executes its runs in its own process, outside the daemon's run queue, and a process killed
 with SIGKILL cannot report its run as failed. Dagster's run monitoring cannot see such a run either:
-the default run launcher has no worker health check, so the run would stay STARTED forever and,
-with `max_concurrent_runs: 1`, block every queued run. So each CLI run carries its process identity
-in tags; the CLI (on its next start) and the `dead_cli_run_sensor` (in the daemon) mark runs whose
-process is gone as failed, and the CLI waits for other in-progress runs as the queue would.
+the default run launcher has no worker health check, so the run would stay STARTED forever, taking
+a place in the run queue's limit. So each CLI run carries its process identity in tags; the CLI (on
+its next start) and the `dead_cli_run_sensor` (in the daemon) mark runs whose process is gone as failed.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import time
 from pathlib import Path
-from typing import Callable
 
 import dagster as dg
 from promptopt_dagster.defs.loop import DRIVER_TAG
@@ -75,20 +72,3 @@ def describe(run: dg.DagsterRun) -> str:
     partition = run.tags.get("dagster/partition")
     driver = run.tags.get(DRIVER_TAG) or "the UI or a backfill"
     return f"run {run.run_id[:8]} ({run.job_name}{', partition ' + partition if partition else ''}; from {driver})"
-
-
-def wait_for_other_runs(instance: dg.DagsterInstance, mine: Callable[[dg.DagsterRun], bool],
-                        say: Callable[[str], None], poll_s: float = 2.0) -> None:
-    """Block while a run that is not ours is in progress: the warehouse takes one writer at a time,
-    and the daemon's queue already waits for ours (it counts STARTED CLI runs), so both sides agree."""
-    announced: set[str] = set()
-    while True:
-        fail_dead_cli_runs(instance)
-        others = [r for r in executing_runs(instance) if not mine(r)]
-        if not others:
-            return
-        for run in others:
-            if run.run_id not in announced:
-                announced.add(run.run_id)
-                say(f"waiting for {describe(run)} to finish: the warehouse takes one run at a time")
-        time.sleep(poll_s)
