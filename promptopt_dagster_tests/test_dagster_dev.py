@@ -9,17 +9,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from promptopt_dagster.settings import PROJECT_ROOT
+from promptopt_dagster_tests.dagster_dev_helpers import (backfill, free_port, open_instance, start_ui, wait_for,
+                                                        wait_for_webserver)
 
 # Two iterations at most: the fake model answers a fixed label when answers are constrained, so whether an
 # iteration is accepted depends on the labels drawn; the loop stops after iteration 1 either way.
@@ -27,94 +27,16 @@ CONFIG = {"eval_size": 10, "test_size": 10, "num_candidates": 2, "minibatch_size
           "max_iterations": 2, "patience": 2, "target_score": 1.1}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_ui(state: Path, port: int, log_path: Path, extra_env: dict | None = None) -> tuple[subprocess.Popen, dict]:
-    """`promptopt ui` as a user starts it from a fresh clone: the venv's script, the venv NOT on PATH."""
-    env = {**os.environ, "PROMPTOPT_STATE_DIR": str(state), "PROMPTOPT_TASK__BACKEND": "fake",
-           "PROMPTOPT_OPTIMIZER__BACKEND": "fake", "PATH": "/usr/bin:/bin", **(extra_env or {})}
-    env.pop("DAGSTER_HOME", None)
-    env.pop("VIRTUAL_ENV", None)
-    log = open(log_path, "w")
-    # Its own session, so the webserver, daemon and gRPC server can all be killed together:
-    # under this sandbox dagster dev ignores SIGTERM and would leave orphans.
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "promptopt"), "ui", "--port", str(port)],
-                            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    log.close()
-    return proc, {**env, "DAGSTER_HOME": str(state / "dagster_home"), "PATH": os.environ["PATH"]}
-
-
-def _wait_for_webserver(port: int, proc: subprocess.Popen, log_path: Path, timeout_s: float = 180) -> dict:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        assert proc.poll() is None, f"promptopt ui exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2) as reply:
-                return json.loads(reply.read())
-        except OSError:
-            time.sleep(1)
-    raise AssertionError(f"no webserver on port {port}:\n{log_path.read_text()[-3000:]}")
-
-
 @pytest.fixture
 def dagster_dev(tmp_path):
-    state, port = tmp_path / "state", _free_port()
-    proc, env = _start_ui(state, port, tmp_path / "dagster_dev.log")
+    state, port = tmp_path / "state", free_port()
+    proc, env = start_ui(state, port, tmp_path / "dagster_dev.log")
     try:
-        _wait_for_webserver(port, proc, tmp_path / "dagster_dev.log")
+        wait_for_webserver(port, proc, tmp_path / "dagster_dev.log")
         yield env, port
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-
-
-def _instance(env: dict):
-    from dagster._core.instance.ref import InstanceRef
-
-    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(env["DAGSTER_HOME"]))
-
-
-def _graphql(port: int, query: str, variables: dict) -> dict:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", method="POST",
-                                     data=json.dumps({"query": query, "variables": variables}).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as reply:
-        return json.loads(reply.read())
-
-
-BACKFILL = """mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
-  __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message }
-  ... on PartitionSetNotFoundError { message } ... on InvalidSubsetError { message } } }"""
-
-
-def _backfill(port: int, job: str, partitions: list[str]) -> str:
-    """A job backfill as the UI's 'Launch backfill' dialog sends it."""
-    selector = {"partitionSetName": f"{job}_partition_set",
-                "repositorySelector": {"repositoryName": "__repository__",
-                                       "repositoryLocationName": "promptopt_dagster.definitions"}}
-    reply = _graphql(port, BACKFILL, {"params": {"selector": selector, "partitionNames": partitions}})
-    result = reply["data"]["launchPartitionBackfill"]
-    assert result["__typename"] == "LaunchBackfillSuccess", reply
-    return result["backfillId"]
-
-
-def _wait_for(env: dict, done, timeout_s: float, what: str):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        with _instance(env) as instance:
-            runs = list(instance.get_runs())
-        found = done(runs)
-        if found:
-            return runs
-        failed = [(r.job_name, r.tags.get("dagster/partition")) for r in runs
-                  if r.status == dg.DagsterRunStatus.FAILURE and r.tags.get("promptopt/driver") != "cli"]
-        assert not failed, f"runs failed while waiting for {what}: {failed}"
-        time.sleep(2)
-    raise AssertionError(f"timed out waiting for {what}: {[(r.job_name, r.status.value) for r in runs]}")
 
 
 @pytest.mark.slow
@@ -173,12 +95,12 @@ print(json.dumps(sorted((r.job_name, r.tags.get("dagster/partition"), r.status.v
 @pytest.mark.slow
 def test_ui_command_serves_the_ui_without_the_venv_on_path(tmp_path):
     """`.venv/bin/promptopt ui` used to exec `dagster` from PATH: a FileNotFoundError unless the venv was active."""
-    port, log_path = _free_port(), tmp_path / "ui.log"
-    proc, env = _start_ui(tmp_path / "state", port, log_path)
+    port, log_path = free_port(), tmp_path / "ui.log"
+    proc, env = start_ui(tmp_path / "state", port, log_path)
     try:
-        info = _wait_for_webserver(port, proc, log_path)
+        info = wait_for_webserver(port, proc, log_path)
         assert info["dagster_webserver_version"]
-        with _instance(env) as instance:  # a first backfill over `<dataset>|0` can be picked at once
+        with open_instance(env) as instance:  # a first backfill over `<dataset>|0` can be picked at once
             assert instance.has_dynamic_partition("iteration", "0")
         assert (tmp_path / "state" / "dagster_home" / "dagster.yaml").read_text().count("run_monitoring") == 1
     finally:
@@ -195,18 +117,18 @@ def test_a_backfill_of_three_datasets_runs_side_by_side_to_three_final_reports(d
 
     env, port = dagster_dev
     datasets = ["sst2", "sms_spam", "atis_intent"]
-    _backfill(port, "prepare_dataset", datasets)
-    _wait_for(env, lambda runs: sum(r.job_name == "prepare_dataset" and r.status == dg.DagsterRunStatus.SUCCESS
+    backfill(port, "prepare_dataset", datasets)
+    wait_for(env, lambda runs: sum(r.job_name == "prepare_dataset" and r.status == dg.DagsterRunStatus.SUCCESS
                                     for r in runs) == 3, 300, "the datasets to load")
-    _backfill(port, "optimize_iteration", [f"{d}|0" for d in datasets])
-    runs = _wait_for(env, lambda runs: sum(r.job_name == "final_report_job" and r.is_finished for r in runs) == 3,
+    backfill(port, "optimize_iteration", [f"{d}|0" for d in datasets])
+    runs = wait_for(env, lambda runs: sum(r.job_name == "final_report_job" and r.is_finished for r in runs) == 3,
                      900, "three final reports")
     finished = {(r.job_name, r.tags.get("dagster/partition"), r.status.value) for r in runs}
     for dataset in datasets:
         assert ("optimize_iteration", f"{dataset}|0", "SUCCESS") in finished
         assert ("optimize_iteration", f"{dataset}|1", "SUCCESS") in finished  # the sensor went on by itself
         assert ("final_report_job", dataset, "SUCCESS") in finished
-    with _instance(env) as instance:
+    with open_instance(env) as instance:
         spans = [(s.start_time, s.end_time) for s in (instance.get_run_stats(r.run_id) for r in runs
                                                       if r.job_name == "optimize_iteration")]
     overlapping = max(sum(start <= t < end for start, end in spans) for t, _ in spans)
@@ -236,12 +158,12 @@ def test_a_sigkilled_cli_run_does_not_block_runs_queued_from_the_ui(dagster_dev,
         assert srv.requests, "the CLI never reached the model"
         cli.kill()
         cli.wait(timeout=30)
-    with _instance(env) as instance:
+    with open_instance(env) as instance:
         stuck = [r for r in instance.get_runs() if r.status == dg.DagsterRunStatus.STARTED]
     assert [r.job_name for r in stuck] == ["optimize_iteration"]  # what used to block the queue forever
 
-    _backfill(port, "prepare_dataset", ["sms_spam"])  # a run queued from the UI
-    runs = _wait_for(env, lambda runs: any(r.job_name == "prepare_dataset" and r.tags.get("dagster/partition") ==
+    backfill(port, "prepare_dataset", ["sms_spam"])  # a run queued from the UI
+    runs = wait_for(env, lambda runs: any(r.job_name == "prepare_dataset" and r.tags.get("dagster/partition") ==
                                            "sms_spam" and r.status == dg.DagsterRunStatus.SUCCESS for r in runs),
                      240, "the queued run to start and finish")
     killed = next(r for r in runs if r.run_id == stuck[0].run_id)

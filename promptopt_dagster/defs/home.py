@@ -12,7 +12,7 @@ from pathlib import Path
 # dead_cli_run_sensor and the CLI's own start-up do that for CLI runs (defs/runs.py).
 # The promptopt loggers (inference progress, optimizer candidates) are captured into the run logs.
 HEADER = "# Written by promptopt (defs/home.py) from its settings; delete this line to keep your own edits.\n"
-DAGSTER_YAML = HEADER + """\
+BODY = """\
 telemetry:
   enabled: false
 run_queue:
@@ -27,6 +27,7 @@ python_logs:
     - promptopt
   python_log_level: INFO
 """
+DAGSTER_YAML = HEADER + BODY
 
 # What earlier versions wrote; such a file is replaced, a file a person edited is left alone.
 _EARLIER_YAML = ("""\
@@ -38,22 +39,8 @@ python_logs:
   managed_python_loggers:
     - promptopt
   python_log_level: INFO
-""", """\
-# Written by promptopt (defs/home.py); delete this file to get the current default back.
-telemetry:
-  enabled: false
-run_queue:
-  max_concurrent_runs: 1
-run_monitoring:
-  enabled: true
-  start_timeout_seconds: 180
-  cancel_timeout_seconds: 180
-  poll_interval_seconds: 30
-python_logs:
-  managed_python_loggers:
-    - promptopt
-  python_log_level: INFO
-""")
+""", "# Written by promptopt (defs/home.py); delete this file to get the current default back.\n"
+     + BODY.format(max_concurrent_runs=1))
 
 
 def ensure_dagster_home(path: Path, max_concurrent_runs: int | None = None) -> Path:
