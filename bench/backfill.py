@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -23,13 +24,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import dagster as dg  # noqa: E402
+import yaml  # noqa: E402
+
+from promptopt_dagster.settings import PROJECT_ROOT  # noqa: E402
 
 from promptopt_dagster_tests.dagster_dev_helpers import (backfill, free_port, start_ui, wait_for,  # noqa: E402
                                                         wait_for_webserver)
 from promptopt_dagster_tests.fake_llm_servers import FakeLLMServer  # noqa: E402
 
 
-EQUAL_LOOPS = {"resources": {"optimization": {"config": {"max_iterations": 3, "patience": 3, "target_score": 1.1}}}}
+def equal_loops(datasets: list[str], work: Path) -> Path:
+    """A copy of data/ whose optimizations.yaml gives every dataset's optimization exactly 3 iterations, so
+    the comparison measures runs side by side, not which dataset's loop happens to stop first."""
+    data = work / "data"
+    if not data.exists():
+        shutil.copytree(PROJECT_ROOT / "data", data)
+        entries = {d: {"stop": {"max_iterations": 3, "patience": 3, "target_score": 1.1}} for d in datasets}
+        (data / "optimizations.yaml").write_text(yaml.safe_dump({"optimizations": entries}))
+    return data
 
 
 def one_setting(datasets: list[str], concurrency: int, server: FakeLLMServer, work: Path) -> tuple[float, int]:
@@ -37,7 +49,7 @@ def one_setting(datasets: list[str], concurrency: int, server: FakeLLMServer, wo
     state, port = work / f"state-{concurrency}", free_port()
     env = {"PROMPTOPT_TASK__BACKEND": "openai", "PROMPTOPT_TASK__BASE_URL": server.openai_base_url,
            "OPENAI_API_KEY": "sk-bench", "PROMPTOPT_TASK__MAX_IN_FLIGHT": "4",
-           "PROMPTOPT_MAX_CONCURRENT_RUNS": str(concurrency)}
+           "PROMPTOPT_MAX_CONCURRENT_RUNS": str(concurrency), "PROMPTOPT_DATA_DIR": str(equal_loops(datasets, work))}
     proc, dagster_env = start_ui(state, port, work / f"dagster_dev-{concurrency}.log", extra_env=env)
     try:
         wait_for_webserver(port, proc, work / f"dagster_dev-{concurrency}.log")
@@ -45,9 +57,7 @@ def one_setting(datasets: list[str], concurrency: int, server: FakeLLMServer, wo
         backfill(port, "prepare_dataset", datasets)
         wait_for(dagster_env, lambda runs: sum(r.job_name == "prepare_dataset" and r.status == dg.DagsterRunStatus.SUCCESS
                                                for r in runs) == len(datasets), 600, "the datasets to load")
-        # The same number of iterations for every dataset (the sensor passes the config on), so the
-        # comparison measures runs side by side, not which dataset's loop happens to stop first.
-        backfill(port, "optimize_iteration", [f"{d}|0" for d in datasets], run_config=EQUAL_LOOPS)
+        backfill(port, "start_optimization", datasets)  # each dataset's optimization; the sensor does the rest
         runs = wait_for(dagster_env, lambda runs: sum(r.job_name == "final_report_job" and r.is_finished
                                                       for r in runs) == len(datasets), 3600, "the final reports")
         return time.perf_counter() - started, len(runs)

@@ -69,9 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     opt = sub.add_parser("optimize", help="optimize one dataset's prompt and report it on the held-out test split",
                          description="Optimize one dataset's prompt, then score the initial and the best prompt "
                                      "on the held-out test split.", formatter_class=_Help)
-    opt.add_argument("--dataset", required=True, metavar="NAME",
-                     help="a dataset named in data/manifest.yaml; runs its optimization of the same name "
-                          "(optimizations.yaml may set it, else the defaults below)")
+    which = opt.add_mutually_exclusive_group(required=True)
+    which.add_argument("--dataset", metavar="NAME",
+                       help="a dataset named in data/manifest.yaml; runs its optimization of the same name "
+                            "(optimizations.yaml may set it, else the defaults below)")
+    which.add_argument("--optimization", metavar="NAME",
+                       help="an optimization named in data/optimizations.yaml (or a dataset's default)")
     # The flags below override the optimization's settings (default: the optimization's own; the
     # values shown are a dataset's default optimization). An override is a different optimization
     # fingerprint, so it starts a new generation.
@@ -145,7 +148,11 @@ def _resolve_optimization(args: argparse.Namespace, datasets) -> "OptimizationSp
 
     settings = get_settings()
     specs = load_optimizations(settings.optimizations_path, datasets)
-    entry = specs[args.dataset].model_dump()
+    name = args.optimization or args.dataset
+    if name not in specs:
+        raise PromptOptError(f"--optimization {name!r} is neither in {settings.optimizations_path} nor a dataset "
+                             f"of the manifest; known: {', '.join(sorted(specs))}.")
+    entry = specs[name].model_dump()
     for flag, path in _OVERRIDES.items():
         value = getattr(args, flag)
         if value is not None:
@@ -153,31 +160,15 @@ def _resolve_optimization(args: argparse.Namespace, datasets) -> "OptimizationSp
             for key in path[:-1]:
                 target = target[key]
             target[path[-1]] = value
-    if args.optimizer is not None and args.optimizer != specs[args.dataset].optimizer:
+    if args.optimizer is not None and args.optimizer != specs[name].optimizer:
         entry["options"] = {}  # the other optimizer's options do not apply
     entry["options"] = {**entry["options"], **_parse_options(args.option)}
-    models = [key for key in ("task_model", "optimizer_model", "judge_model") if entry.get(key)]
-    if models:  # said plainly rather than run on another model than the entry names
-        raise PromptOptError(f"{settings.optimizations_path}: optimizations.{args.dataset} sets "
-                             f"{', '.join(models)}, which `promptopt optimize` does not apply yet (named models per "
-                             "optimization are in progress). Set the model with PROMPTOPT_TASK__*, "
-                             "PROMPTOPT_OPTIMIZER__* or PROMPTOPT_JUDGE__* instead (see the README).")
     try:
         return OptimizationSpec(**entry)
     except ValidationError as exc:
         problems = "; ".join(f"--{'-'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
                              for e in exc.errors())
         raise PromptOptError(problems.replace("--options", "--option")) from None
-
-
-def _optimization_config(spec) -> dict:
-    """The OptimizationConfig resource's run config for a spec."""
-    config = {"optimizer": spec.optimizer, "eval_size": spec.eval_size, "test_size": spec.test_size,
-              "select_size": spec.select_size, "confidence": spec.confidence, "seed": spec.seed,
-              "max_failed_fraction": spec.max_failed_fraction, "target_metric": spec.target_metric,
-              "options_json": json.dumps(spec.options, sort_keys=True),
-              **spec.stop.model_dump(), **spec.budget.model_dump()}
-    return config
 
 
 class _Interrupted(Exception):
@@ -239,7 +230,7 @@ def _check_context(client, spec, splits, prompt, optimization, data_dir: Path) -
         check_context(client, requests, rows["row_id"].tolist(), prompt, str(data_dir / spec.files[split]))
 
 
-def _summary(dataset: str, report: dict, this_run: dict, best_path: Path) -> str:
+def _summary(optimization: str, report: dict, this_run: dict, best_path: Path) -> str:
     """A few lines a person reads at the end of a run; the full report is one flag away."""
     total = report["usage"]["total"]
     best = report["best_prompt"]
@@ -250,7 +241,7 @@ def _summary(dataset: str, report: dict, this_run: dict, best_path: Path) -> str
         return f"{report[name + '_test_score']:.4f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
     lines = [
-        f"[{dataset}] {report['metric']} on {report['test_size']} held-out test rows (95% interval): "
+        f"[{optimization}] {report['metric']} on {report['test_size']} held-out test rows (95% interval): "
         f"initial {score('initial')} -> best {score('best')}",
         f"  dev, {report['eval_size'] or 'all'} confirm rows: {report['initial_dev_score']:.4f} -> "
         f"{report['best_dev_score']:.4f} after {report['iterations']} iteration(s); stopped: {report['stop_reason']}",
@@ -258,7 +249,7 @@ def _summary(dataset: str, report: dict, this_run: dict, best_path: Path) -> str
         f"whole optimization: {total['llm_calls']:,} calls + {total['cache_hits']:,} cached answers, "
         f"{total['requests']:,} requests, ${total['cost_usd']:.4f}",
         f"  best prompt: v{best['version']} ({PromptVersion.model_validate(best).describe()}), written to {best_path}",
-        f"  report: final_report[{dataset}] in the Dagster UI (`promptopt ui`); "
+        f"  report: final_report[{optimization}] in the Dagster UI (`promptopt ui`); "
         "the JSON with --json or --report-json PATH",
     ]
     return "\n".join(lines)
@@ -268,7 +259,7 @@ def optimize(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from promptopt_dagster.defs.home import ensure_dagster_home
-    from promptopt_dagster.defs.loop import (DATASET_JOB, DRIVER_TAG, ITERATION_JOB, REPORT_JOB, next_step,
+    from promptopt_dagster.defs.loop import (DATASET_JOB, DRIVER_TAG, ITERATION_JOB, REPORT_JOB, START_JOB, next_step,
                                              stop_reason_of)
     from promptopt_dagster.defs.partitions import ensure_iteration, iteration_key
     from promptopt_dagster.defs.runs import PID_TAG, describe, fail_dead_cli_runs, process_tags
@@ -280,18 +271,21 @@ def optimize(args: argparse.Namespace) -> int:
 
     # Fail fast, with the file named, before any run is recorded, any table touched or any model called.
     project = defs.resources["project"]
-    spec = project.spec(args.dataset)  # also names an unknown dataset
+    if args.dataset:
+        project.spec(args.dataset)  # names an unknown dataset
     optimization = _resolve_optimization(args, project.manifest())
-    splits = project.splits(args.dataset)
-    initial = project.initial_prompt(args.dataset)
+    name, dataset = optimization.name, optimization.dataset
+    spec = project.spec(dataset)
+    splits = project.splits(dataset)
+    initial = project.initial_prompt(dataset)
     _check_target(optimization, spec, flag=args.target_metric is not None)
-    suite = project.suite(args.dataset, target=optimization.target_metric)  # unknown scorers, options, name clashes
-    _check_context(defs.resources["task_model"].get_client(), spec, splits, initial, optimization, settings.data_dir)
+    suite = project.suite(dataset, target=optimization.target_metric)  # unknown scorers, options, name clashes
+    _check_context(defs.resources["task_model"].client_for(optimization.task_model), spec, splits, initial, optimization, settings.data_dir)
 
     instance = dg.DagsterInstance.get()
     for run in fail_dead_cli_runs(instance):
         say(f"marked {describe(run)} failed: its process {run.tags[PID_TAG]} is gone")
-    resource_config = {"resources": {"optimization": {"config": _optimization_config(optimization)}}}
+    start_config = {"ops": {"optimization": {"config": {"spec_json": optimization.model_dump_json()}}}}
     level = "DEBUG" if args.verbose else "CRITICAL"  # failures are reported below, in the user's terms
     loggers = {"loggers": {"console": {"config": {"log_level": level}}}}
     tags = {DRIVER_TAG: "cli", **process_tags(), "promptopt/optimization": optimization.name,
@@ -302,9 +296,9 @@ def optimize(args: argparse.Namespace) -> int:
     def mine(run: dg.DagsterRun) -> bool:
         return all(run.tags.get(k) == v for k, v in tags.items())
 
-    def run(job_name: str, partition_key, with_config: bool = True):
+    def run(job_name: str, partition_key, with_config: bool = False):
         job = defs.resolve_job_def(job_name)
-        config = {**loggers, **(resource_config if with_config else {})}
+        config = {**loggers, **(start_config if with_config else {})}
         result = job.execute_in_process(partition_key=partition_key, instance=instance, run_config=config,
                                         tags=tags, raise_on_error=False)
         if not result.success and _was_interrupted(result):
@@ -315,31 +309,34 @@ def optimize(args: argparse.Namespace) -> int:
         return result
 
     try:
-        say(f"[{args.dataset}] loading and validating the dataset splits; scoring with {suite.describe()}")
-        run(DATASET_JOB, args.dataset, with_config=False)
+        say(f"[{name}] loading and validating the dataset splits of {dataset}; scoring with {suite.describe()}")
+        run(DATASET_JOB, dataset)
+        started_run = run(START_JOB, name, with_config=True)
+        generation = int(started_run.asset_materializations_for_node("optimization")[0].metadata["generation"].value)
+        say(f"[{name}] generation {generation} (settings fingerprint {optimization.fingerprint()})")
         iteration = 0
         while True:
-            ensure_iteration(instance, iteration)
+            ensure_iteration(instance, generation, iteration)
             if bars_shown():
-                say(f"[{args.dataset}] iteration {iteration}: baseline -> optimizer ({optimization.optimizer}) -> refined")
-            result = run(ITERATION_JOB, iteration_key(args.dataset, iteration))
+                say(f"[{name}] iteration {iteration}: baseline -> optimizer ({optimization.optimizer}) -> refined")
+            result = run(ITERATION_JOB, iteration_key(name, generation, iteration))
             best = result.asset_materializations_for_node("best_prompt")[-1]
             compare = result.asset_materializations_for_node("comparison_report")[-1].metadata
             for key in this_run:
                 this_run[key] += compare[key].value
             stop_reason = stop_reason_of(best)
-            say(f"[{args.dataset}] iteration {iteration}: {suite.target} baseline "
+            say(f"[{name}] iteration {iteration}: {suite.target} baseline "
                 f"{compare['baseline_score'].value:.4f}, refined {compare['refined_score'].value:.4f}, "
                 f"{'accepted' if compare['accepted'].value else 'rejected'}; best {compare['best_score'].value:.4f}; "
                 f"{'stop: ' + stop_reason if stop_reason else 'continue'}; {compare['llm_calls'].value} model calls, "
                 f"{compare['cache_hits'].value} cached ({time.perf_counter() - started:.0f}s)")
-            step = next_step(args.dataset, iteration, stop_reason)
+            step = next_step(name, generation, iteration, stop_reason)
             if step.iteration is None:
                 break
             iteration = step.iteration
 
-        say(f"[{args.dataset}] final report: initial and best prompt on the held-out test split")
-        result = run(REPORT_JOB, args.dataset)
+        say(f"[{name}] final report: initial and best prompt on the held-out test split")
+        result = run(REPORT_JOB, name)
     except (KeyboardInterrupt, _Interrupted) as exc:
         _cancel_interrupted(instance, mine, getattr(exc, "run_id", None))
         return 130
@@ -350,13 +347,13 @@ def optimize(args: argparse.Namespace) -> int:
     report["elapsed_s"] = round(time.perf_counter() - started, 1)
     report["this_run"] = this_run
     text = json.dumps(report, indent=2, ensure_ascii=False)
-    best_path = settings.state_dir / "best_prompts" / f"{args.dataset}.json"
+    best_path = settings.state_dir / "best_prompts" / f"{name}.json"
     best_path.parent.mkdir(parents=True, exist_ok=True)
     best_path.write_text(json.dumps(report["best_prompt"], indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if args.report_json:
         args.report_json.parent.mkdir(parents=True, exist_ok=True)
         args.report_json.write_text(text + "\n", encoding="utf-8")
-    print(text if args.json else _summary(args.dataset, report, this_run, best_path), flush=True)
+    print(text if args.json else _summary(name, report, this_run, best_path), flush=True)
     if args.report_json and not args.json:
         print(f"  report JSON written to {args.report_json}", flush=True)
     return 0
@@ -383,14 +380,9 @@ def _cancel_interrupted(instance, mine, run_id: str | None) -> None:
 
 def ui(args: argparse.Namespace) -> int:
     """`dagster dev` from this interpreter's environment: works without activating the venv (no PATH lookup)."""
-    import dagster as dg
-
     from promptopt_dagster.defs.home import ensure_dagster_home
-    from promptopt_dagster.defs.partitions import ensure_iteration
 
     ensure_dagster_home(get_settings().dagster_home)
-    # Iteration 0 exists from the start, so a first backfill over `<dataset>|0` can be picked in the UI.
-    ensure_iteration(dg.DagsterInstance.get(), 0)
     os.chdir(PROJECT_ROOT)
     argv = [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
             "--port", str(args.port), "--host", args.host]

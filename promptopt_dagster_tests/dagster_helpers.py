@@ -10,8 +10,9 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 
 from promptopt_dagster.defs.io_managers import WarehouseIOManager
+from promptopt_dagster.core.optimizations import OptimizationSpec
 from promptopt_dagster.defs.partitions import ensure_iteration, iteration_key
-from promptopt_dagster.defs.resources import LLMResource, OptimizationConfig, ProjectResource
+from promptopt_dagster.defs.resources import LLMResource, ProjectResource
 from promptopt_dagster.definitions import build_definitions
 from promptopt_dagster.llm.base import LLMClient, LLMRequest
 from promptopt_dagster.llm.fake import FakeLLM
@@ -114,17 +115,21 @@ def make_defs(tmp_path: Path, script: str = "demos_help", data_dir: Path = DATA_
         "task_model": ScriptedLLMResource(**llm),
         "optimizer_model": ScriptedLLMResource(**llm),
         "judge_model": ScriptedLLMResource(**{**llm, "script": judge_script}),
-        "optimization": OptimizationConfig.configure_at_launch(),
         "warehouse": DuckDBResource(database=warehouse),
         "io_manager": WarehouseIOManager(database=warehouse, schema="promptopt"),
     })
 
 
-SMALL = {"eval_size": 20, "test_size": 20, "num_candidates": 2, "minibatch_size": 10, "select_size": 10}
+SMALL = {"eval_size": 20, "test_size": 20, "select_size": 10, "options": {"num_candidates": 2, "minibatch_size": 10}}
 
 
-def run_config(**overrides) -> dict:
-    return {"resources": {"optimization": {"config": {**SMALL, **overrides}}}}
+def small_spec(name: str = "sst2", dataset: str | None = None, **overrides) -> OptimizationSpec:
+    """A quick optimization of a dataset: few rows, few candidates; `overrides` as in optimizations.yaml."""
+    entry = {**SMALL, **overrides}
+    if "options" in overrides:
+        entry["options"] = {**SMALL["options"], **overrides["options"]}
+    entry["stop"], entry["budget"] = overrides.get("stop") or {}, overrides.get("budget") or {}
+    return OptimizationSpec(name=name, dataset=dataset or name, **entry)
 
 
 def prepare(defs: dg.Definitions, instance: dg.DagsterInstance, dataset: str = "sst2"):
@@ -132,11 +137,46 @@ def prepare(defs: dg.Definitions, instance: dg.DagsterInstance, dataset: str = "
         partition_key=dataset, instance=instance, raise_on_error=False)
 
 
-def run_iteration(defs: dg.Definitions, instance: dg.DagsterInstance, iteration: int, dataset: str = "sst2",
-                  tags: dict | None = None, **config):
-    ensure_iteration(instance, iteration)
+def start(defs: dg.Definitions, instance: dg.DagsterInstance, spec: OptimizationSpec | None = None,
+          tags: dict | None = None):
+    """Record the optimization's settings; returns the run result (its metadata holds the generation)."""
+    spec = spec or small_spec()
+    config = {"ops": {"optimization": {"config": {"spec_json": spec.model_dump_json()}}}}
+    return defs.resolve_job_def("start_optimization").execute_in_process(
+        partition_key=spec.name, instance=instance, run_config=config, tags=tags or {"promptopt/driver": "test"},
+        raise_on_error=False)
+
+
+def generation_of(result) -> int:
+    return int(result.asset_materializations_for_node("optimization")[0].metadata["generation"].value)
+
+
+_STOP, _BUDGET = {"max_iterations", "target_score", "patience", "min_improvement"}, \
+    {"max_requests", "max_tokens", "max_cost_usd", "max_metric_calls"}
+
+
+def spec_from_flat(optimization: str = "sst2", **flat) -> OptimizationSpec:
+    """small_spec from the flat settings the tests name (target_score=..., max_requests=...), as the CLI's flags."""
+    entry: dict = {"stop": {}, "budget": {}}
+    for key, value in flat.items():
+        (entry["stop"] if key in _STOP else entry["budget"] if key in _BUDGET else entry)[key] = value
+    if entry.get("optimizer", "fewshot") != "fewshot":
+        entry["options"] = {}
+    return small_spec(optimization, **entry) if entry.get("optimizer", "fewshot") == "fewshot" else \
+        OptimizationSpec(name=optimization, dataset=optimization, **{**SMALL, "options": {}, **entry})
+
+
+def run_iteration(defs: dg.Definitions, instance: dg.DagsterInstance, iteration: int, optimization: str = "sst2",
+                  tags: dict | None = None, **settings):
+    """Start the optimization with `settings` (the same settings continue the same generation), then run one
+    iteration of it."""
+    # the start is driven here, as the CLI drives its own: the sensor follows only the iteration runs
+    started = start(defs, instance, spec_from_flat(optimization, **settings), tags={"promptopt/driver": "cli"})
+    assert started.success, "start_optimization failed"
+    generation = generation_of(started)
+    ensure_iteration(instance, generation, iteration)
     return defs.resolve_job_def("optimize_iteration").execute_in_process(
-        partition_key=iteration_key(dataset, iteration), instance=instance, run_config=run_config(**config),
+        partition_key=iteration_key(optimization, generation, iteration), instance=instance,
         tags=tags or {"promptopt/driver": "test"}, raise_on_error=False)
 
 

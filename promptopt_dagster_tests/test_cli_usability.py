@@ -84,7 +84,7 @@ def test_progress_is_printed_once_and_the_run_ends_with_a_short_summary(project)
                       "--test-size", "0")
     assert done.returncode == 0, done.stderr[-3000:]
     both = done.stdout + done.stderr
-    assert both.count("baseline_predictions sst2|0: 14/14 rows") == 1  # 6 of the 20 dev rows select
+    assert both.count("baseline_predictions sst2 g1-i0: 14/14 rows") == 1  # 6 of the 20 dev rows select
     assert both.count("test best sst2: 20/20 rows") == 1
     summary = done.stdout.strip().splitlines()
     assert len(summary) <= 6 and "held-out test rows (95% interval)" in summary[0]
@@ -150,7 +150,7 @@ def test_ctrl_c_prints_one_line_and_marks_the_run_canceled(project):
     assert lines[-1].startswith("interrupted: run ") and "optimize_iteration" in lines[-1] and "canceled" in lines[-1]
     assert len(lines) <= 4, err
     statuses = {job: status for job, status in _runs(project)}
-    assert statuses == {"prepare_dataset": dg.DagsterRunStatus.SUCCESS,
+    assert statuses == {"prepare_dataset": dg.DagsterRunStatus.SUCCESS, "start_optimization": dg.DagsterRunStatus.SUCCESS,
                         "optimize_iteration": dg.DagsterRunStatus.CANCELED}
 
 

@@ -17,14 +17,16 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from promptopt_dagster.defs.partitions import iteration_key, parse_key
 from promptopt_dagster.settings import PROJECT_ROOT
 from promptopt_dagster_tests.dagster_dev_helpers import (backfill, free_port, open_instance, start_ui, wait_for,
                                                         wait_for_webserver)
 
 # Two iterations at most: the fake model answers a fixed label when answers are constrained, so whether an
 # iteration is accepted depends on the labels drawn; the loop stops after iteration 1 either way.
-CONFIG = {"eval_size": 10, "test_size": 10, "num_candidates": 2, "minibatch_size": 5, "select_size": 5,
-          "max_iterations": 2, "patience": 2, "target_score": 1.1}
+SPEC = {"name": "sst2", "dataset": "sst2", "eval_size": 10, "test_size": 10, "select_size": 5,
+        "options": {"num_candidates": 2, "minibatch_size": 5},
+        "stop": {"max_iterations": 2, "patience": 2, "target_score": 1.1}}
 
 
 @pytest.fixture
@@ -48,15 +50,17 @@ import dagster as dg
 from dagster_graphql import DagsterGraphQLClient
 from promptopt_dagster.definitions import defs
 
+from promptopt_dagster.core.optimizations import OptimizationSpec
+
 instance = dg.DagsterInstance.get()
-instance.add_dynamic_partitions("iteration", ["0"])
 assert defs.resolve_job_def("prepare_dataset").execute_in_process(partition_key="sst2", instance=instance).success
+spec_json = OptimizationSpec(**{SPEC!r}).model_dump_json()
 client = DagsterGraphQLClient("127.0.0.1", port_number={port})
 deadline = time.time() + 120
 while True:  # wait for the webserver
     try:
-        client.submit_job_execution("optimize_iteration", tags={{"dagster/partition": "sst2|0"}},
-                                    run_config={{"resources": {{"optimization": {{"config": {CONFIG!r}}}}}}})
+        client.submit_job_execution("start_optimization", tags={{"dagster/partition": "sst2"}},
+                                    run_config={{"ops": {{"optimization": {{"config": {{"spec_json": spec_json}}}}}}}})
         break
     except Exception:
         if time.time() > deadline:
@@ -86,10 +90,12 @@ print(json.dumps(sorted((r.job_name, r.tags.get("dagster/partition"), r.status.v
     assert done.returncode == 0, done.stderr[-3000:]
     assert "FAILURE" not in done.stdout, done.stderr[-5000:]
     runs = [tuple(r) for r in json.loads(done.stdout.strip().splitlines()[-1])]
-    assert ("optimize_iteration", "sst2|0", "SUCCESS", None) in runs
-    assert ("optimize_iteration", "sst2|1", "SUCCESS", "sensor") in runs  # added and launched by the sensor
+    key = {n: str(iteration_key("sst2", 1, n)) for n in range(3)}
+    assert ("start_optimization", "sst2", "SUCCESS", None) in runs
+    assert ("optimize_iteration", key[0], "SUCCESS", "sensor") in runs  # added and launched by the sensor
+    assert ("optimize_iteration", key[1], "SUCCESS", "sensor") in runs
     assert ("final_report_job", "sst2", "SUCCESS", "sensor") in runs  # the loop stopped after iteration 1
-    assert not any(p == "sst2|2" for _, p, _, _ in runs)
+    assert not any(p == key[2] for _, p, _, _ in runs)
 
 
 @pytest.mark.slow
@@ -100,8 +106,6 @@ def test_ui_command_serves_the_ui_without_the_venv_on_path(tmp_path):
     try:
         info = wait_for_webserver(port, proc, log_path)
         assert info["dagster_webserver_version"]
-        with open_instance(env) as instance:  # a first backfill over `<dataset>|0` can be picked at once
-            assert instance.has_dynamic_partition("iteration", "0")
         assert (tmp_path / "state" / "dagster_home" / "dagster.yaml").read_text().count("run_monitoring") == 1
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -111,8 +115,8 @@ def test_ui_command_serves_the_ui_without_the_venv_on_path(tmp_path):
 
 @pytest.mark.slow
 def test_a_backfill_of_three_datasets_runs_side_by_side_to_three_final_reports(dagster_dev):
-    """The README's backfill recipe: prepare_dataset over the datasets, then optimize_iteration over their
-    `|0` partitions; the sensor does the rest, with the daemon running up to 3 runs at once."""
+    """The README's backfill recipe: prepare_dataset over the datasets, then start_optimization over their
+    optimizations; the sensor does the rest, with the daemon running up to 3 runs at once."""
     import duckdb
 
     env, port = dagster_dev
@@ -120,13 +124,13 @@ def test_a_backfill_of_three_datasets_runs_side_by_side_to_three_final_reports(d
     backfill(port, "prepare_dataset", datasets)
     wait_for(env, lambda runs: sum(r.job_name == "prepare_dataset" and r.status == dg.DagsterRunStatus.SUCCESS
                                     for r in runs) == 3, 300, "the datasets to load")
-    backfill(port, "optimize_iteration", [f"{d}|0" for d in datasets])
+    backfill(port, "start_optimization", datasets)  # each dataset's default optimization, from the YAML
     runs = wait_for(env, lambda runs: sum(r.job_name == "final_report_job" and r.is_finished for r in runs) == 3,
                      900, "three final reports")
     finished = {(r.job_name, r.tags.get("dagster/partition"), r.status.value) for r in runs}
     for dataset in datasets:
-        assert ("optimize_iteration", f"{dataset}|0", "SUCCESS") in finished
-        assert ("optimize_iteration", f"{dataset}|1", "SUCCESS") in finished  # the sensor went on by itself
+        assert ("optimize_iteration", str(iteration_key(dataset, 1, 0)), "SUCCESS") in finished
+        assert ("optimize_iteration", str(iteration_key(dataset, 1, 1)), "SUCCESS") in finished  # by the sensor
         assert ("final_report_job", dataset, "SUCCESS") in finished
     with open_instance(env) as instance:
         spans = [(s.start_time, s.end_time) for s in (instance.get_run_stats(r.run_id) for r in runs
@@ -134,9 +138,9 @@ def test_a_backfill_of_three_datasets_runs_side_by_side_to_three_final_reports(d
     overlapping = max(sum(start <= t < end for start, end in spans) for t, _ in spans)
     assert overlapping >= 2, spans  # runs went side by side, not one after another
     with duckdb.connect(str(Path(env["PROMPTOPT_STATE_DIR"]) / "warehouse.duckdb"), read_only=True) as con:
-        kept = dict(con.execute("select dataset, count(*) from promptopt.best_prompt group by 1").fetchall())
-        reports = {r[0] for r in con.execute("select dataset from promptopt.final_report").fetchall()}
-    iterations = {d: sum(job == "optimize_iteration" and part.startswith(f"{d}|") for job, part, _ in finished)
+        kept = dict(con.execute("select optimization, count(*) from promptopt.best_prompt group by 1").fetchall())
+        reports = {r[0] for r in con.execute("select optimization from promptopt.final_report").fetchall()}
+    iterations = {d: sum(job == "optimize_iteration" and parse_key(part)[0] == d for job, part, _ in finished)
                   for d in datasets}
     assert kept == iterations and reports == set(datasets)  # every run's rows: no write lost to a lock
 

@@ -9,8 +9,8 @@ import dagster as dg
 import pytest
 
 from promptopt_dagster.defs.loop import DRIVER_TAG
-from promptopt_dagster_tests.dagster_helpers import (DATA_DIR, make_defs, prepare, query, run_config,
-                                                     run_iteration)
+from promptopt_dagster.defs.partitions import iteration_key
+from promptopt_dagster_tests.dagster_helpers import DATA_DIR, make_defs, prepare, query, run_iteration
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def test_one_iteration_materializes_every_asset_and_passes_the_gates(tmp_path, i
     assert row["stop_reason"] is None or str(row["stop_reason"]) in ("<NA>", "nan")
 
     preds = query(tmp_path, "select * from promptopt.baseline_predictions")
-    assert len(preds) == 20 and set(preds["dataset"]) == {"sst2"} and set(preds["iteration"]) == {0}
+    assert len(preds) == 20 and set(preds["optimization"]) == {"sst2"} and set(preds["iteration"]) == {"g1-i0"}
     best = query(tmp_path, "select * from promptopt.best_prompt")
     chosen = json.loads(best.iloc[0]["prompt_json"])
     assert (chosen["demos"] or chosen["retrieval"]) and best.iloc[0]["version"] == 1
@@ -62,22 +62,22 @@ def test_next_iteration_starts_from_best_prompt_and_partitions_round_trip(tmp_pa
     assert run_iteration(defs, instance, 0, target_score=1.1).success
     assert run_iteration(defs, instance, 1, target_score=1.1).success
 
-    prompts = query(tmp_path, "select iteration, prompt_id from promptopt.best_prompt order by iteration")
-    baseline_1 = query(tmp_path, "select prompt_id, best_score from promptopt.baseline_prompt where iteration = 1")
+    prompts = query(tmp_path, "select step, prompt_id from promptopt.best_prompt order by step")
+    baseline_1 = query(tmp_path, "select prompt_id, best_score from promptopt.baseline_prompt where step = 1")
     assert baseline_1.iloc[0]["prompt_id"] == prompts.iloc[0]["prompt_id"]
     assert baseline_1.iloc[0]["best_score"] == 1.0
 
     # Each partition write replaced only its own rows, and the IO manager reads each one back.
-    counts = query(tmp_path, "select iteration, count(*) n from promptopt.baseline_predictions group by 1 order by 1")
+    counts = query(tmp_path, "select step, count(*) n from promptopt.baseline_predictions group by 1 order by 1")
     assert counts["n"].tolist() == [20, 20]
     for iteration in (0, 1):
-        key = dg.MultiPartitionKey({"dataset": "sst2", "iteration": str(iteration)})
+        key = iteration_key("sst2", 1, iteration)
         loaded = defs.load_asset_value("baseline_predictions", partition_key=key, instance=instance)
-        assert len(loaded) == 20 and set(loaded["iteration"]) == {iteration}
+        assert len(loaded) == 20 and set(loaded["step"]) == {iteration}
 
     # Rematerializing iteration 0 keeps iteration 1 intact.
     assert run_iteration(defs, instance, 0, target_score=1.1).success
-    counts = query(tmp_path, "select iteration, count(*) n from promptopt.baseline_predictions group by 1 order by 1")
+    counts = query(tmp_path, "select step, count(*) n from promptopt.baseline_predictions group by 1 order by 1")
     assert counts["n"].tolist() == [20, 20]
 
 
@@ -94,11 +94,11 @@ def test_sensor_adds_the_next_partition_and_requests_its_run(tmp_path, instance)
     run_iteration(defs, instance, 0, target_score=1.1, max_iterations=4)
     tick = _tick(defs, instance)
 
-    assert [r.partition_keys for r in tick.dynamic_partitions_requests] == [["1"]]
+    assert [r.partition_keys for r in tick.dynamic_partitions_requests] == [["g1-i1"]]
     (request,) = tick.run_requests
     assert request.job_name == "optimize_iteration"
-    assert request.partition_key == "sst2|1"
-    assert request.run_config == run_config(target_score=1.1, max_iterations=4)  # the optimization's settings
+    assert request.partition_key == str(iteration_key("sst2", 1, 1))
+    assert not request.run_config  # the settings travel with the generation, not with run config
     assert request.tags[DRIVER_TAG] == "sensor"
 
     # The cursor moved past that materialization: the next tick requests nothing new.
@@ -121,12 +121,12 @@ def test_sensor_stops_on_patience(tmp_path, instance):
     prepare(defs, instance)
     run_iteration(defs, instance, 0, target_score=0.9, patience=2)
     first = _tick(defs, instance)
-    assert [r.partition_key for r in first.run_requests] == ["sst2|1"]  # one rejection: patience left
+    assert [r.partition_key for r in first.run_requests] == [str(iteration_key("sst2", 1, 1))]  # patience left
     run_iteration(defs, instance, 1, target_score=0.9, patience=2)
     second = _tick(defs, instance, cursor=first.cursor)
     assert [(r.job_name, r.partition_key) for r in second.run_requests] == [("final_report_job", "sst2")]
     stop = query(tmp_path, "select stop_reason, iterations_without_improvement from promptopt.best_prompt "
-                           "where iteration = 1")
+                           "where step = 1")
     assert (stop.iloc[0]["stop_reason"], stop.iloc[0]["iterations_without_improvement"]) == ("patience", 2)
 
 
@@ -143,7 +143,7 @@ def test_final_report_scores_initial_and_best_prompt_on_test(tmp_path, instance)
     prepare(defs, instance)
     run_iteration(defs, instance, 0, target_score=0.9)
     result = defs.resolve_job_def("final_report_job").execute_in_process(
-        partition_key="sst2", instance=instance, run_config=run_config(target_score=0.9))
+        partition_key="sst2", instance=instance)
     report = result.asset_materializations_for_node("final_report")[0].metadata["report"].value
     assert report["stop_reason"] == "threshold" and report["iterations"] == 1
     assert (report["initial_test_score"], report["best_test_score"]) == (0.0, 1.0)
@@ -178,17 +178,17 @@ def test_bad_dataset_file_fails_the_run_and_keeps_stored_rows(tmp_path, instance
 def test_partition_keys_parse_from_strings_as_the_ui_sends_them():
     from promptopt_dagster.defs.partitions import iteration_key, parse_key
 
-    # Runs launched from the UI or GraphQL carry "sst2|3", not a MultiPartitionKey (seen under dagster dev).
-    assert parse_key("sst2|3") == ("sst2", 3)
-    assert parse_key(iteration_key("sms_spam", 12)) == ("sms_spam", 12)
+    # Runs launched from the UI or GraphQL carry the key as a string, not a MultiPartitionKey (seen under dagster dev).
+    assert parse_key(str(iteration_key("sst2", 2, 3))) == ("sst2", 2, 3)
+    assert parse_key(iteration_key("sms_spam", 1, 12)) == ("sms_spam", 1, 12)
 
 
 # --- failed rows, usage and budget ------------------------------------------------------------------------
 
 def test_failed_rows_are_stored_and_the_blocking_check_stops_the_iteration_over_the_limit(tmp_path, instance):
-    from promptopt_dagster.defs.resources import OptimizationConfig
+    from promptopt_dagster.core.optimizations import OptimizationSpec
 
-    assert OptimizationConfig().max_failed_fraction == 0.02
+    assert OptimizationSpec(name="sst2", dataset="sst2").max_failed_fraction == 0.02
     defs = make_defs(tmp_path, script="fails_one_row_in_five")
     assert prepare(defs, instance).success
     result = run_iteration(defs, instance, 0, target_score=1.1)
@@ -221,7 +221,7 @@ def test_usage_is_summed_per_iteration_and_a_budget_stops_the_loop(tmp_path, ins
     assert meta["requests"].value == 90 and meta["stop_reason"].value == "budget"
 
     final = defs.resolve_job_def("final_report_job").execute_in_process(
-        partition_key="sst2", instance=instance, run_config=run_config())
+        partition_key="sst2", instance=instance)
     data = final.asset_materializations_for_node("final_report")[0].metadata["report"].value
     assert data["stop_reason"] == "budget"
     assert data["usage"]["total"]["requests"] == 90 + 40 == data["requests"]  # + initial and best on 20 test rows
@@ -245,7 +245,7 @@ def test_usage_shows_this_run_and_the_whole_optimization_after_a_cached_rerun(tm
     assert rerun["optimization_answers"].value == first[1]["optimization_answers"].value  # same answers consumed
 
     final = defs.resolve_job_def("final_report_job").execute_in_process(
-        partition_key="sst2", instance=instance, run_config=run_config()).asset_materializations_for_node(
+        partition_key="sst2", instance=instance).asset_materializations_for_node(
         "final_report")[0].metadata
     assert final["llm_calls"].value + final["cache_hits"].value == 40  # this run: initial and best on 20 test rows
     assert final["optimization_answers"].value == rerun["optimization_answers"].value + 40
@@ -271,3 +271,39 @@ def test_a_prompt_that_copies_a_dev_row_is_stopped_by_the_leakage_gate(tmp_path,
     assert not gate.passed and "copied verbatim from dev row(s)" in gate.description
     assert query(tmp_path, "select count(*) as n from information_schema.tables "
                            "where table_name = 'refined_predictions'")["n"][0] == 0  # never scored
+
+
+def test_two_optimizations_of_one_dataset_keep_separate_histories_and_generations(tmp_path, instance):
+    """sst2 and sst2_quick (data/optimizations.yaml) side by side; an edit of one opens its generation 2."""
+    from promptopt_dagster_tests.dagster_helpers import generation_of, small_spec, start
+
+    defs = make_defs(tmp_path)
+    assert prepare(defs, instance).success
+    for name, seed in (("sst2", 0), ("sst2_quick", 1)):
+        spec = small_spec(name, dataset="sst2", seed=seed, stop={"target_score": 1.1, "max_iterations": 1})
+        assert generation_of(start(defs, instance, spec, tags={DRIVER_TAG: "cli"})) == 1
+        ensure = run_iteration_in(defs, instance, name, 1, 0)
+        assert ensure.success
+        assert defs.resolve_job_def("final_report_job").execute_in_process(partition_key=name, instance=instance).success
+    best = query(tmp_path, "select optimization, iteration, generation from promptopt.best_prompt order by 1")
+    assert best.values.tolist() == [["sst2", "g1-i0", 1], ["sst2_quick", "g1-i0", 1]]
+    reports = query(tmp_path, "select optimization, generation from promptopt.final_report order by 1")
+    assert reports.values.tolist() == [["sst2", 1], ["sst2_quick", 1]]
+
+    # sst2_quick's settings change: generation 2, whose rows sit beside generation 1's
+    edited = small_spec("sst2_quick", dataset="sst2", seed=2, stop={"target_score": 1.1, "max_iterations": 1})
+    assert generation_of(start(defs, instance, edited, tags={DRIVER_TAG: "cli"})) == 2
+    assert run_iteration_in(defs, instance, "sst2_quick", 2, 0).success
+    kept = query(tmp_path, "select iteration from promptopt.best_prompt where optimization = 'sst2_quick' order by 1")
+    assert kept["iteration"].tolist() == ["g1-i0", "g2-i0"]
+    # the same settings again continue their generation instead of opening a third
+    assert generation_of(start(defs, instance, edited, tags={DRIVER_TAG: "cli"})) == 2
+
+
+def run_iteration_in(defs, instance, optimization: str, generation: int, iteration: int):
+    from promptopt_dagster.defs.partitions import ensure_iteration
+
+    ensure_iteration(instance, generation, iteration)
+    return defs.resolve_job_def("optimize_iteration").execute_in_process(
+        partition_key=iteration_key(optimization, generation, iteration), instance=instance,
+        tags={DRIVER_TAG: "test"}, raise_on_error=False)

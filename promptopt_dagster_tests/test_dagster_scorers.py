@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from promptopt_dagster_tests import custom_scorers
-from promptopt_dagster_tests.dagster_helpers import DATA_DIR, PROMPTS_DIR, make_defs, prepare, query, run_config, run_iteration
+from promptopt_dagster_tests.dagster_helpers import DATA_DIR, PROMPTS_DIR, make_defs, prepare, query, run_iteration
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_weighted_scorers_custom_and_judge_through_one_iteration_and_the_report(
     assert judge_calls == 20 + 20 + 10 + 2 * (10 + 10)
 
     final = defs.resolve_job_def("final_report_job").execute_in_process(
-        partition_key="sst2", instance=instance, run_config=run_config(target_score=1.1))
+        partition_key="sst2", instance=instance)
     out = final.asset_materializations_for_node("final_report")[0].metadata["report"].value
     assert out["metric"] == "aggregate" and [s["name"] for s in out["scorers"]] == ["accuracy", "first_word",
                                                                                    "llm_judge"]

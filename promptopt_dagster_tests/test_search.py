@@ -171,17 +171,17 @@ def test_the_candidate_pool_survives_iterations_and_a_restart(tmp_path):
         defs = make_defs(tmp_path)
         assert prepare(defs, instance).success
         assert run_iteration(defs, instance, 0, target_score=1.1, patience=5).success
-        first = query(tmp_path, "select * from promptopt.candidate_pool where iteration = 0")
+        first = query(tmp_path, "select * from promptopt.candidate_pool where step = 0")
         assert len(first) >= 2 and first["select_rows"].max() > 0
         # a restart: new Definitions and resources over the same warehouse and instance
         restarted = make_defs(tmp_path)
         assert run_iteration(restarted, instance, 1, target_score=1.1, patience=5).success
-        second = query(tmp_path, "select * from promptopt.candidate_pool where iteration = 1")
+        second = query(tmp_path, "select * from promptopt.candidate_pool where step = 1")
     assert set(first["candidate_id"]) <= set(second["candidate_id"])
     kept = second.set_index("candidate_id").loc[first["candidate_id"]]
     assert kept["scores_json"].map(json.loads).tolist() == first["scores_json"].map(json.loads).tolist()
     assert (second["born_iteration"] == 1).any() or len(second) == len(first)
-    refined = query(tmp_path, "select prompt_json, status from promptopt.refined_prompt where iteration = 1")
+    refined = query(tmp_path, "select prompt_json, status from promptopt.refined_prompt where step = 1")
     parent_ids = set(first["candidate_id"])
     if refined.iloc[0]["status"] == "proposed":  # a mutation of a pool member, not a fresh start
         assert json.loads(refined.iloc[0]["prompt_json"])["parent_id"] in parent_ids

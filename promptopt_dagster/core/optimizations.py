@@ -46,7 +46,7 @@ class ModelSpec(ModelSettings):
 
 class StopRules(_Strict):
     max_iterations: int = Field(5, ge=1, description="stop after this many iterations")
-    target_score: float = Field(0.95, ge=0.0, le=1.0, description="stop once the best dev score reaches this")
+    target_score: float = Field(0.95, ge=0.0, description="stop once the best dev score reaches this (above 1: never)")
     patience: int = Field(2, ge=1, description="stop after this many iterations in a row without an accepted refinement")
     min_improvement: float = Field(0.0, ge=0.0, description="a refinement must gain at least this much")
 
@@ -80,6 +80,14 @@ class OptimizationSpec(_Strict):
     max_failed_fraction: float = Field(0.02, ge=0.0, le=1.0)
     seed: int = 0
 
+    @field_validator("judge_model")
+    @classmethod
+    def _no_judge_yet(cls, value):
+        if value is not None:
+            raise ValueError("a judge model per optimization is not supported yet; remove the key and set "
+                             "PROMPTOPT_JUDGE__* for the judge")
+        return value
+
     @field_validator("options")
     @classmethod
     def _known_options(cls, options: dict, info: ValidationInfo) -> dict:
@@ -93,6 +101,18 @@ class OptimizationSpec(_Strict):
         payload = self.model_dump(mode="json", exclude={"name", "description"})
         text = json.dumps(payload, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+    def stop_policy(self):
+        from promptopt_dagster.core.decisions import Budget, StopPolicy
+
+        return StopPolicy(**self.stop.model_dump(), confidence=self.confidence,
+                          budget=Budget(**self.budget.model_dump()))
+
+    def optimizer_options(self) -> dict:
+        """The optimizer's options; fewshot's cost rule follows the optimization's confidence unless set."""
+        if self.optimizer == "fewshot":
+            return {"cost_confidence": self.confidence, **self.options}
+        return dict(self.options)
 
     def summary(self) -> str:
         model = self.task_model or ModelSettings()
@@ -189,3 +209,18 @@ def load_optimizations(path: Path, datasets: typing.Iterable[str]) -> dict[str, 
                 f"({', '.join(sorted(datasets))}). Name one of those, or add the dataset to data/manifest.yaml.")
         specs[spec.name] = spec
     return specs
+
+
+def assign_generation(known: list[dict], spec: OptimizationSpec) -> tuple[int, list[dict]]:
+    """The generation a start of `spec` belongs to, and the generations known after it.
+
+    Settings seen before (same fingerprint) continue their generation, so a rerun repeats nothing
+    (its answers are cached); new settings open the next generation, whose partitions are new, so
+    the old generation's rows and report stay as they were."""
+    fingerprint = spec.fingerprint()
+    for row in known:
+        if row["fingerprint"] == fingerprint:
+            return int(row["generation"]), known
+    generation = max((int(row["generation"]) for row in known), default=0) + 1
+    return generation, [*known, {"generation": generation, "fingerprint": fingerprint,
+                                 "spec": spec.model_dump(mode="json")}]

@@ -10,9 +10,12 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from promptopt_dagster.defs.partitions import iteration_key
+
 ITERATION_JOB = "optimize_iteration"
 REPORT_JOB = "final_report_job"
 DATASET_JOB = "prepare_dataset"
+START_JOB = "start_optimization"
 DRIVER_TAG = "promptopt/driver"  # "cli" runs are driven by the CLI itself; the sensor leaves them alone
 
 
@@ -23,11 +26,10 @@ class NextStep:
     iteration: int | None  # the iteration to run, None for the final report
 
 
-def next_step(dataset: str, iteration: int, stop_reason: str | None) -> NextStep:
+def next_step(optimization: str, generation: int, iteration: int, stop_reason: str | None) -> NextStep:
     if stop_reason:
-        return NextStep(REPORT_JOB, dataset, None)
-    nxt = iteration + 1
-    return NextStep(ITERATION_JOB, dg.MultiPartitionKey({"dataset": dataset, "iteration": str(nxt)}), nxt)
+        return NextStep(REPORT_JOB, optimization, None)
+    return NextStep(ITERATION_JOB, iteration_key(optimization, generation, iteration + 1), iteration + 1)
 
 
 def stop_reason_of(materialization: dg.AssetMaterialization) -> str | None:

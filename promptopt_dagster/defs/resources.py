@@ -1,8 +1,7 @@
-"""Resources: where the data lives, which models answer, and the knobs of one optimization.
+"""Resources: where the data lives and which models answer.
 
-`OptimizationConfig` is configured at launch, so the CLI, the launchpad and the sensor (which copies
-the previous iteration's run config) all run every iteration of one optimization with the same
-settings.
+An optimization's own settings are not a resource: they are stored with its generation (the
+`optimization` asset), so every iteration of it runs with the settings it started with.
 """
 
 
@@ -14,7 +13,6 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from promptopt_dagster.core.datasets import DatasetSpec, DatasetSplits, load_manifest, load_splits, load_user_scorers
-from promptopt_dagster.core.decisions import Budget, StopPolicy
 from promptopt_dagster.core.errors import ManifestError
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.llm.base import LLMClient
@@ -33,6 +31,16 @@ class ProjectResource(dg.ConfigurableResource):
 
     def manifest(self) -> dict[str, DatasetSpec]:
         return load_manifest(Path(self.data_dir) / "manifest.yaml")
+
+    def optimization(self, name: str) -> "OptimizationSpec":
+        """The optimization as data/optimizations.yaml (or a dataset's default) defines it now."""
+        from promptopt_dagster.core.optimizations import load_optimizations
+
+        specs = load_optimizations(Path(self.data_dir) / "optimizations.yaml", self.manifest())
+        if name not in specs:
+            raise ManifestError(f"Optimization '{name}' is neither in {Path(self.data_dir) / 'optimizations.yaml'} nor "
+                                f"a dataset of the manifest; known: {', '.join(sorted(specs))}.")
+        return specs[name]
 
     def spec(self, dataset: str) -> DatasetSpec:
         specs = self.manifest()
@@ -73,13 +81,15 @@ class LLMResource(dg.ConfigurableResource, ModelSettings):
     cache_path: str | None = None  # None disables the response cache
 
     _client: LLMClient | None = PrivateAttr(default=None)
+    _named: dict = PrivateAttr(default_factory=dict)
 
     def settings(self) -> ModelSettings:
         return ModelSettings(**{name: getattr(self, name) for name in ModelSettings.model_fields})
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._client is not None:
-            self._client.close()
+        for client in [self._client, *self._named.values()]:
+            if client is not None:
+                client.close()
 
     def get_client(self) -> LLMClient:
         if self._client is None:
@@ -87,46 +97,21 @@ class LLMResource(dg.ConfigurableResource, ModelSettings):
                                         Path(self.cache_path) if self.cache_path else None, api_key=self.api_key)
         return self._client
 
+    def client_for(self, model: ModelSettings | None) -> LLMClient:
+        """The client of the model an optimization names, or this resource's own when it names none.
 
-class OptimizationConfig(dg.ConfigurableResource):
-    """How one optimization runs; every field has a default that works on the embedded model."""
+        A named model's key comes from the environment variable its settings name, never from the
+        settings themselves, so no key reaches a table or the run config."""
+        if model is None:
+            return self.get_client()
+        key = json.dumps(model.model_dump(mode="json"), sort_keys=True)
+        if key not in self._named:
+            from promptopt_dagster.llm.model_settings import api_key_from_env
 
-    optimizer: str = "fewshot"
-    eval_size: int = 200  # confirm rows: dev rows on which a refinement is accepted; 0 = the whole dev split
-    select_size: int = 100  # select rows: other dev rows on which the optimizer compares its candidates
-    # a refinement's gain must hold at this confidence (paired bootstrap, confirm rows); the fewshot
-    # search's cost rule uses it too (a costlier candidate must be surely better on the select rows)
-    confidence: float = 0.9
-    test_size: int = 500  # held-out test rows in the final report; 0 = the whole test split
-    max_iterations: int = 5
-    target_score: float = 0.95
-    patience: int = 2
-    min_improvement: float = 0.0
-    num_candidates: int = 8  # fewshot: candidates tried per iteration
-    minibatch_size: int = 30  # fewshot: select rows a candidate must win on before it is scored on all of them
-    max_failed_fraction: float = 0.02  # prediction gate: share of rows allowed to end in an error
-    max_requests: int = 0  # budget of the whole optimization in model calls (retries included); 0 = none
-    max_tokens: int = 0  # budget in prompt + completion tokens; 0 = none
-    max_cost_usd: float = 0.0  # budget in estimated US dollars (llm/prices.yaml); 0 = none
-    max_metric_calls: int = 0  # budget in rows scored, candidates and comparisons together; 0 = none
-    target_metric: str | None = None  # overrides the manifest's: a scorer name or "aggregate"
-    seed: int = 0
-    # further options of the optimizer, as JSON (optimizations.yaml `options:`); they win over the two above
-    options_json: str = "{}"
-
-    def stop_policy(self) -> StopPolicy:
-        return StopPolicy(target_score=self.target_score, patience=self.patience,
-                          max_iterations=self.max_iterations, min_improvement=self.min_improvement,
-                          confidence=self.confidence,
-                          budget=Budget(max_requests=self.max_requests, max_tokens=self.max_tokens,
-                                        max_cost_usd=self.max_cost_usd, max_metric_calls=self.max_metric_calls))
-
-    def optimizer_options(self) -> dict:
-        options = json.loads(self.options_json or "{}")
-        if self.optimizer == "fewshot":
-            return {"num_candidates": self.num_candidates, "minibatch_size": self.minibatch_size,
-                    "cost_confidence": self.confidence, **options}
-        return options
+            self._named[key] = build_client(ModelSettings(**model.model_dump()), Path(self.model_dir), self.threads,
+                                            Path(self.cache_path) if self.cache_path else None,
+                                            api_key=api_key_from_env(model))
+        return self._named[key]
 
 
 def model_resource(settings: ModelSettings) -> LLMResource:
@@ -151,7 +136,6 @@ def default_resources() -> dict:
         "task_model": model_resource(s.task),
         "optimizer_model": model_resource(s.optimizer),
         "judge_model": model_resource(s.judge),
-        "optimization": OptimizationConfig.configure_at_launch(),
         "warehouse": DuckDBResource(database=str(s.warehouse_path)),
         "io_manager": WarehouseIOManager(database=str(s.warehouse_path), schema="promptopt"),
     }

@@ -1,55 +1,64 @@
-"""The iteration sensor: each new best_prompt materialization triggers the next run of its dataset.
+"""The iteration sensor: a started optimization runs iteration 0, each finished iteration runs the next.
 
-It keeps a cursor on the event log, so every finished iteration is acted on exactly once, and its
-run keys include the triggering event, so a rerun of an old iteration can start a fresh chain.
-The next run reuses the previous run's resource config: one optimization keeps one configuration.
+It keeps a cursor on the event log, so every start and every finished iteration is acted on exactly
+once, and its run keys include the triggering event, so a rerun of an old iteration can start a
+fresh chain. Settings travel with the optimization's generation (the `optimization` asset), not
+with run config, so a backfill over optimizations needs no config at all.
 """
 
 
 import dagster as dg
 
-from promptopt_dagster.defs.assets import best_prompt
-from promptopt_dagster.defs.loop import DRIVER_TAG, next_step, stop_reason_of
-from promptopt_dagster.defs.partitions import iteration_dimension, parse_key
+from promptopt_dagster.defs.loop import DRIVER_TAG, ITERATION_JOB, next_step, stop_reason_of
+from promptopt_dagster.defs.partitions import iteration_dimension, iteration_key, iteration_name, parse_key
 from promptopt_dagster.defs.runs import PID_TAG, describe, fail_dead_cli_runs
+
+WATCHED = (dg.AssetKey("best_prompt"), dg.AssetKey("optimization_settings"))
+
+
+def _generation(record) -> int:
+    value = record.asset_materialization.metadata.get("generation")
+    return int(getattr(value, "value", value))
 
 
 def build_iteration_sensor(jobs: list) -> dg.SensorDefinition:
     @dg.sensor(name="iteration_sensor", jobs=jobs, minimum_interval_seconds=10,
                default_status=dg.DefaultSensorStatus.RUNNING,
-               description="Adds the next iteration partition and runs it until the loop decides to stop, "
-                           "then runs the final report on the held-out test split.")
+               description="Runs iteration 0 of a started optimization, then each next iteration until the loop "
+                           "decides to stop, then the final report on the held-out test split.")
     def iteration_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        after = int(context.cursor) if context.cursor else None
-        records = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=best_prompt.key, after_storage_id=after), limit=100, ascending=True
-        ).records
+        cursors = dict(part.split("=", 1) for part in (context.cursor or "").split(",") if "=" in part)
         new_iterations: list[str] = []
         requests: list[dg.RunRequest] = []
-        cursor = after
-        for record in records:
-            cursor = record.storage_id
-            run = context.instance.get_run_by_id(record.run_id)
-            if run is None or run.tags.get(DRIVER_TAG) == "cli" or record.partition_key is None:
-                continue
-            dataset, iteration = parse_key(record.partition_key)
-            step = next_step(dataset, iteration, stop_reason_of(record.asset_materialization))
-            if step.iteration is not None:
-                key = str(step.iteration)
-                if key not in new_iterations and not context.instance.has_dynamic_partition(
-                        iteration_dimension.name, key):
-                    new_iterations.append(key)
-            context.log.info(f"{record.partition_key} finished: next {step.job_name} {step.partition_key}")
-            requests.append(dg.RunRequest(
-                job_name=step.job_name, partition_key=step.partition_key,
-                run_key=f"{step.job_name}:{step.partition_key}:after-{record.storage_id}",
-                run_config={"resources": run.run_config.get("resources", {})} if run.run_config else {},
-                tags={DRIVER_TAG: "sensor"},
-            ))
+        for key in WATCHED:
+            after = int(cursors[key.path[-1]]) if key.path[-1] in cursors else None
+            records = context.instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=key, after_storage_id=after), limit=100, ascending=True).records
+            for record in records:
+                cursors[key.path[-1]] = str(record.storage_id)
+                run = context.instance.get_run_by_id(record.run_id)
+                if run is None or run.tags.get(DRIVER_TAG) == "cli" or record.partition_key is None:
+                    continue
+                if key.path[-1] == "optimization_settings":
+                    name, generation, step = record.partition_key, _generation(record), 0
+                    job, partition = ITERATION_JOB, iteration_key(name, generation, 0)
+                else:
+                    name, generation, iteration = parse_key(record.partition_key)
+                    found = next_step(name, generation, iteration, stop_reason_of(record.asset_materialization))
+                    job, partition, step = found.job_name, found.partition_key, found.iteration
+                if step is not None:
+                    wanted = iteration_name(generation, step)
+                    if wanted not in new_iterations and not context.instance.has_dynamic_partition(
+                            iteration_dimension.name, wanted):
+                        new_iterations.append(wanted)
+                context.log.info(f"{key.path[-1]} {record.partition_key}: next {job} {partition}")
+                requests.append(dg.RunRequest(job_name=job, partition_key=partition,
+                                              run_key=f"{job}:{partition}:after-{record.storage_id}",
+                                              tags={DRIVER_TAG: "sensor"}))
         return dg.SensorResult(
             run_requests=requests,
             dynamic_partitions_requests=[iteration_dimension.build_add_request(new_iterations)] if new_iterations else [],
-            cursor=str(cursor) if cursor is not None else None,
+            cursor=",".join(f"{k}={v}" for k, v in sorted(cursors.items())) or None,
         )
 
     return iteration_sensor

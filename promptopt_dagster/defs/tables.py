@@ -13,9 +13,11 @@ import pandas as pd
 
 from promptopt_dagster.core.decisions import Spend
 from promptopt_dagster.core.prompts import PromptVersion
+from promptopt_dagster.defs.partitions import iteration_name
 
 PROMPT_COLUMNS = {
-    "dataset": "string", "iteration": "int64", "prompt_id": "string", "parent_id": "string",
+    "optimization": "string", "iteration": "string", "generation": "int64", "step": "int64", "dataset": "string",
+    "prompt_id": "string", "parent_id": "string",
     "version": "int64", "system_prompt": "string", "output_prompt": "string", "num_demos": "int64",
     "status": "string", "note": "string", "best_score": "float64", "iterations_without_improvement": "int64",
     "stop_reason": "string", "usage_json": "string", "spent_json": "string", "prompt_json": "string",
@@ -23,7 +25,7 @@ PROMPT_COLUMNS = {
 }
 
 
-def prompt_frame(dataset: str, iteration: int, prompt: PromptVersion, status: str, note: str | None = None,
+def prompt_frame(optimization: str, generation: int, iteration: int, dataset: str, prompt: PromptVersion, status: str, note: str | None = None,
                  best_score: float | None = None, iterations_without_improvement: int = 0,
                  stop_reason: str | None = None, usage_json: str | None = None,
                  spent: Spend = Spend(), metric_calls: int = 0) -> pd.DataFrame:
@@ -31,7 +33,8 @@ def prompt_frame(dataset: str, iteration: int, prompt: PromptVersion, status: st
     cumulative spend, carried from best_prompt to the next iteration's baseline_prompt; metric_calls:
     rows the optimizer scored (refined_prompt). New columns go last: see io_managers._add_new_columns."""
     row: dict[str, Any] = {
-        "dataset": dataset, "iteration": iteration, "prompt_id": prompt.id, "parent_id": prompt.parent_id,
+        "optimization": optimization, "iteration": iteration_name(generation, iteration), "generation": generation,
+        "step": iteration, "dataset": dataset, "prompt_id": prompt.id, "parent_id": prompt.parent_id,
         "version": prompt.version, "system_prompt": prompt.system_prompt, "output_prompt": prompt.output_prompt,
         "num_demos": len(prompt.demos), "status": status, "note": note,
         "best_score": float("nan") if best_score is None else best_score,
@@ -48,9 +51,11 @@ def prompt_from_frame(frame: pd.DataFrame) -> PromptVersion:
     return PromptVersion.model_validate_json(frame.iloc[0]["prompt_json"])
 
 
-def with_partition(frame: pd.DataFrame, dataset: str, iteration: int) -> pd.DataFrame:
-    """Prepend the partition columns the IO manager filters on."""
+def with_partition(frame: pd.DataFrame, optimization: str, generation: int, iteration: int) -> pd.DataFrame:
+    """Prepend the partition columns the IO manager filters on, and the generation and step they encode."""
     out = frame.copy()
-    out.insert(0, "iteration", iteration)
-    out.insert(0, "dataset", dataset)
+    for position, (column, value) in enumerate((("optimization", optimization),
+                                                ("iteration", iteration_name(generation, iteration)),
+                                                ("generation", generation), ("step", iteration))):
+        out.insert(position, column, value)
     return out

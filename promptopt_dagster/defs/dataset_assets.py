@@ -1,0 +1,86 @@
+"""Datasets and optimizations: the rows, and the settings each optimization runs with.
+
+`dataset_splits` is one partition per dataset. `optimization` is one partition per optimization: it
+records the settings of the generation being started (from data/optimizations.yaml, or the CLI's
+flags applied to it) and gives the optimization its own copy of its dataset's rows, which the
+iteration assets read through a plain partition mapping.
+"""
+
+import dagster as dg
+import pandas as pd
+
+from promptopt_dagster.core.optimizations import OptimizationSpec, assign_generation
+from promptopt_dagster.core.quality import dataset_gate
+from promptopt_dagster.defs.metadata import gate
+from promptopt_dagster.defs.partitions import (DATASET_EXPR, OPTIMIZATION_EXPR, dataset_partitions,
+                                               optimization_partitions, optimizations_of_dataset)
+from promptopt_dagster.defs.resources import ProjectResource
+
+SETTINGS_COLUMNS = {"optimization": "string", "generation": "int64", "fingerprint": "string", "dataset": "string",
+                    "current": "bool", "spec_json": "string"}
+
+
+@dg.asset(
+    partitions_def=dataset_partitions, metadata=DATASET_EXPR, group_name="datasets",
+    check_specs=[dg.AssetCheckSpec("splits_valid_and_disjoint", asset="dataset_splits", blocking=True,
+                                   description="Columns present, no split empty, no input in two splits.")],
+)
+def dataset_splits(context: dg.AssetExecutionContext, project: ProjectResource):
+    """train / dev / test rows of one dataset, validated on load (bad files fail before any LLM call)."""
+    spec = project.spec(context.partition_key)
+    suite = project.suite(context.partition_key)  # an unknown scorer or option fails here, before any model call
+    frame = project.splits(context.partition_key).to_frame()
+    counts = frame["split"].value_counts().to_dict()
+    yield dg.Output(frame, metadata={**{f"rows_{s}": dg.MetadataValue.int(int(n)) for s, n in counts.items()},
+                                     "labels": ", ".join(spec.labels), "target_metric": suite.target,
+                                     "scorers": suite.describe()})
+    yield gate("splits_valid_and_disjoint", dataset_gate(frame), "dataset_splits")
+
+
+class StartConfig(dg.Config):
+    """What `promptopt optimize` passes: the entry with its flags applied. Empty: the YAML entry as it is."""
+
+    spec_json: str = ""
+
+
+def _known_generations(context: dg.AssetExecutionContext) -> list[dict]:
+    """The generations this optimization had, from its own latest materialization."""
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("optimization_settings"), asset_partitions=[context.partition_key]),
+        limit=1).records
+    if not records:
+        return []
+    value = records[0].asset_materialization.metadata.get("generations")
+    return list(getattr(value, "data", value) or [])
+
+
+@dg.multi_asset(
+    partitions_def=optimization_partitions, group_name="optimizations", can_subset=False,
+    ins={"dataset_splits": dg.AssetIn(partition_mapping=optimizations_of_dataset)},
+    outs={"optimization_settings": dg.AssetOut(metadata=OPTIMIZATION_EXPR, description=(
+              "Every generation of the optimization: its settings, fingerprint and number; `current` marks the "
+              "generation started last.")),
+          "optimization_rows": dg.AssetOut(metadata=OPTIMIZATION_EXPR, description=(
+              "The rows of the optimization's dataset, as the iterations and the final report read them."))},
+)
+def optimization(context: dg.AssetExecutionContext, config: StartConfig, dataset_splits: pd.DataFrame,
+                 project: ProjectResource):
+    """Start (or continue) an optimization: settle its generation, then hand its rows to the loop."""
+    name = context.partition_key
+    spec = OptimizationSpec.model_validate_json(config.spec_json) if config.spec_json else project.optimization(name)
+    if spec.name != name:
+        raise dg.Failure(f"The settings passed are for optimization {spec.name!r}, not {name!r}.")
+    generation, known = assign_generation(_known_generations(context), spec)
+    settings = pd.DataFrame([{"optimization": name, "generation": g["generation"], "fingerprint": g["fingerprint"],
+                              "dataset": g["spec"]["dataset"], "current": g["generation"] == generation,
+                              "spec_json": OptimizationSpec.model_validate(g["spec"]).model_dump_json()}
+                             for g in known], columns=list(SETTINGS_COLUMNS)).astype(SETTINGS_COLUMNS)
+    context.log.info(f"optimization {name}: generation {generation} ({spec.summary()}, fingerprint "
+                     f"{spec.fingerprint()})")
+    yield dg.Output(settings, output_name="optimization_settings", metadata={
+        "generation": generation, "fingerprint": spec.fingerprint(), "dataset": spec.dataset,
+        "optimizer": spec.optimizer, "generations": dg.MetadataValue.json(known),
+        "settings": dg.MetadataValue.json(spec.model_dump(mode="json"))})
+    rows = dataset_splits.copy()
+    rows.insert(0, "optimization", name)
+    yield dg.Output(rows, output_name="optimization_rows", metadata={"rows": len(rows), "dataset": spec.dataset})

@@ -1,0 +1,83 @@
+"""After the loop: the optimization's best prompt and its initial prompt on the held-out test split."""
+
+import json
+
+import dagster as dg
+import pandas as pd
+from dagster_duckdb import DuckDBResource
+
+from promptopt_dagster.core.datasets import sample_rows
+from promptopt_dagster.core.decisions import Spend
+from promptopt_dagster.core.intervals import bootstrap_mean_interval
+from promptopt_dagster.core.prompts import PromptVersion
+from promptopt_dagster.defs.iteration_assets import (LOOP, OPTIMIZATION_INS, _predict, _score_answers, _splits, _suite,
+                                                     best_prompt, settings_of)
+from promptopt_dagster.defs.metadata import optimization_metadata, prompt_md, spend_of, usage_metadata
+from promptopt_dagster.defs.partitions import OPTIMIZATION_EXPR, optimization_partitions
+from promptopt_dagster.defs.resources import LLMResource, ProjectResource
+from promptopt_dagster.defs.warehouse_reads import optimization_history
+from promptopt_dagster.llm import usage as llm_usage
+
+
+@dg.asset(partitions_def=optimization_partitions, metadata=OPTIMIZATION_EXPR, group_name=LOOP, deps=[best_prompt])
+def final_report(context: dg.AssetExecutionContext, optimization_settings: pd.DataFrame,
+                 optimization_rows: pd.DataFrame, project: ProjectResource, task_model: LLMResource,
+                 judge_model: LLMResource, warehouse: DuckDBResource) -> pd.DataFrame:
+    """The latest best prompt and the initial prompt scored on the held-out test split.
+
+    The optimizer never sees test rows: they enter the loop only here, after it has stopped.
+    """
+    name = context.partition_key
+    current = optimization_settings[optimization_settings["current"].astype(bool)]
+    if current.empty:
+        raise dg.Failure(f"Optimization '{name}' was never started: materialize `optimization` for it first.")
+    generation = int(current.iloc[0]["generation"])
+    optimization = settings_of(optimization_settings, generation)
+    dataset = optimization.dataset
+    spec = project.spec(dataset)
+    suite = _suite(project, dataset, judge_model, optimization)
+    history = optimization_history(warehouse, name, generation)
+    best = PromptVersion.model_validate_json(history["prompt_json"])
+    initial = project.initial_prompt(dataset)
+    test = sample_rows(_splits(optimization_rows, dataset).test, optimization.test_size, optimization.seed)
+    client = task_model.client_for(optimization.task_model)
+    test_scores, test_summaries, test_usage, intervals = {}, {}, {}, {}
+    for which, prompt in (("initial", initial), ("best", best)):
+        answers = _predict(client, prompt, test, spec, f"test {which} {name}", split="test")
+        result, judge_usage = _score_answers(suite, judge_model, answers, optimization)
+        test_scores[which], test_summaries[which] = result.value, result.summary()
+        target = result.objective()
+        interval = bootstrap_mean_interval(target.per_row, target.value, seed=optimization.seed)
+        intervals[which] = [interval.low, interval.high] if interval else None
+        test_usage = llm_usage.merge(test_usage, llm_usage.from_rows(answers.to_dict("records")), judge_usage)
+    usage = llm_usage.merge(history["usage"], test_usage)
+    totals = llm_usage.total(usage)
+    report = {
+        "optimization": name, "generation": generation, "fingerprint": optimization.fingerprint(),
+        "dataset": dataset, "metric": suite.target, "iterations": int(history["step"]) + 1,
+        "scorers": [s.model_dump() for s in suite.specs],
+        "stop_reason": history["stop_reason"], "eval_size": optimization.eval_size, "test_size": len(test),
+        "initial_dev_score": history["initial_dev_score"], "best_dev_score": float(history["best_score"]),
+        "initial_test_score": test_scores["initial"], "best_test_score": test_scores["best"],
+        # None where the target is not a mean of row scores (macro f1, corpus bleu/chrf)
+        "test_intervals": {**intervals, "confidence": 0.95, "method": "percentile bootstrap of the mean row score"},
+        "test_scores": test_summaries, "dev_scores": history["dev_scores"],
+        "llm_calls": totals.llm_calls, "cache_hits": totals.cache_hits, "requests": totals.requests,
+        "usage": {"total": totals.to_dict(), "by_model": {m: u.to_dict() for m, u in sorted(usage.items())},
+                  "final_report": llm_usage.total(test_usage).to_dict()},
+        "best_prompt": json.loads(best.to_json()),
+    }
+    context.log.info(f"{dataset}: test {suite.target} initial {test_scores['initial']:.4f} -> "
+                     f"best {test_scores['best']:.4f}")
+    context.add_output_metadata({
+        "report": dg.MetadataValue.json(report),
+        "initial_test_score": dg.MetadataValue.float(test_scores["initial"]),
+        "best_test_score": dg.MetadataValue.float(test_scores["best"]),
+        **{f"{which}_test_{end}": dg.MetadataValue.float(bounds[i]) for which, bounds in intervals.items() if bounds
+           for i, end in enumerate(("low_95", "high_95"))},
+        "best_prompt": prompt_md(best),
+        **usage_metadata(test_usage),
+        **optimization_metadata(Spend.from_json(history["spent_json"]) + spend_of(test_usage)),
+    })
+    return pd.DataFrame([{"optimization": name, "generation": generation, "dataset": dataset, "initial_test_score": test_scores["initial"],
+                          "best_test_score": test_scores["best"], "report_json": json.dumps(report)}])
