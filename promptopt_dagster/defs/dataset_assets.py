@@ -6,6 +6,8 @@ flags applied to it) and gives the optimization its own copy of its dataset's ro
 iteration assets read through a plain partition mapping.
 """
 
+import json
+
 import dagster as dg
 import pandas as pd
 
@@ -73,7 +75,7 @@ def optimization(context: dg.AssetExecutionContext, config: StartConfig, dataset
     generation, known = assign_generation(_known_generations(context), spec)
     settings = pd.DataFrame([{"optimization": name, "generation": g["generation"], "fingerprint": g["fingerprint"],
                               "dataset": g["spec"]["dataset"], "current": g["generation"] == generation,
-                              "spec_json": OptimizationSpec.model_validate(g["spec"]).model_dump_json()}
+                              "spec_json": json.dumps(g["spec"], sort_keys=True)}
                              for g in known], columns=list(SETTINGS_COLUMNS)).astype(SETTINGS_COLUMNS)
     context.log.info(f"optimization {name}: generation {generation} ({spec.summary()}, fingerprint "
                      f"{spec.fingerprint()})")

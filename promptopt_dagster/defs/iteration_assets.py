@@ -39,8 +39,8 @@ from promptopt_dagster.settings import get_settings
 
 LOOP = "prompt_optimization"
 #: the optimization's settings and rows, read by every iteration asset from its optimization's partition
-OPTIMIZATION_INS = {"optimization_settings": dg.AssetIn(partition_mapping=of_optimization),
-                    "optimization_rows": dg.AssetIn(partition_mapping=of_optimization)}
+SETTINGS_IN = {"optimization_settings": dg.AssetIn(partition_mapping=of_optimization)}
+OPTIMIZATION_INS = {**SETTINGS_IN, "optimization_rows": dg.AssetIn(partition_mapping=of_optimization)}
 
 
 def settings_of(optimization_settings: pd.DataFrame, generation: int) -> OptimizationSpec:
@@ -88,7 +88,7 @@ def _eval_rows(optimization_rows: pd.DataFrame, dataset: str, optimization: Opti
 # --- one iteration ------------------------------------------------------------------------------
 
 @dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP,
-          ins={"optimization_settings": OPTIMIZATION_INS["optimization_settings"]})
+          ins=SETTINGS_IN)
 def baseline_prompt(context: dg.AssetExecutionContext, optimization_settings: pd.DataFrame, project: ProjectResource,
                     warehouse: DuckDBResource) -> pd.DataFrame:
     """The prompt this iteration tries to beat: the initial prompt, then the previous best_prompt."""
@@ -112,8 +112,9 @@ def baseline_prompt(context: dg.AssetExecutionContext, optimization_settings: pd
 
 def _predictions(context: dg.AssetExecutionContext, asset: str, optimization_rows: pd.DataFrame,
                  prompt_table: pd.DataFrame, project: ProjectResource, task_model: LLMResource,
-                 optimization: OptimizationSpec):
+                 optimization_settings: pd.DataFrame):
     name, generation, iteration = split_key(context)
+    optimization = settings_of(optimization_settings, generation)
     dataset = optimization.dataset
     spec, prompt = project.spec(dataset), prompt_from_frame(prompt_table)
     rows = _eval_rows(optimization_rows, dataset, optimization)
@@ -140,9 +141,8 @@ def _completeness(asset: str) -> list[dg.AssetCheckSpec]:
 def baseline_predictions(context: dg.AssetExecutionContext, optimization_rows: pd.DataFrame, baseline_prompt: pd.DataFrame,
                          project: ProjectResource, task_model: LLMResource, optimization_settings: pd.DataFrame):
     """The task model's answers to the dev evaluation rows with the baseline prompt."""
-    optimization = settings_of(optimization_settings, split_key(context)[1])
     yield from _predictions(context, "baseline_predictions", optimization_rows, baseline_prompt, project, task_model,
-                            optimization)
+                            optimization_settings)
 
 
 def _suite(project: ProjectResource, dataset: str, judge_model: LLMResource,
@@ -150,8 +150,7 @@ def _suite(project: ProjectResource, dataset: str, judge_model: LLMResource,
     return project.suite(dataset, judge_model, optimization.target_metric)
 
 
-def _score_answers(suite: ScoringSuite, judge_model: LLMResource, answers: pd.DataFrame,
-                   optimization: OptimizationSpec):
+def _score_answers(suite: ScoringSuite, judge_model: LLMResource, answers: pd.DataFrame):
     """Every scorer on a predictions table, plus what the judge model used doing it."""
     judge = [judge_model.get_client()] if suite.uses_judge else []  # the suite asks the resource's judge
     before = snapshot(judge)
@@ -161,10 +160,11 @@ def _score_answers(suite: ScoringSuite, judge_model: LLMResource, answers: pd.Da
 
 
 def _metrics(context: dg.AssetExecutionContext, asset: str, predictions: pd.DataFrame, project: ProjectResource,
-             judge_model: LLMResource, optimization: OptimizationSpec):
+             judge_model: LLMResource, optimization_settings: pd.DataFrame):
     name, generation, iteration = split_key(context)
+    optimization = settings_of(optimization_settings, generation)
     suite = _suite(project, optimization.dataset, judge_model, optimization)
-    result, usage = _score_answers(suite, judge_model, predictions, optimization)
+    result, usage = _score_answers(suite, judge_model, predictions)
     frame = with_partition(result.to_frame(predictions["row_id"].tolist()), name, generation, iteration)
     frame["usage_json"] = llm_usage.to_json(usage)  # judge calls count toward the budget (comparison_report)
     summary = result.summary()
@@ -189,13 +189,12 @@ def _in_range(asset: str) -> list[dg.AssetCheckSpec]:
 
 
 @dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP,
-          ins={"optimization_settings": OPTIMIZATION_INS["optimization_settings"]},
+          ins=SETTINGS_IN,
           check_specs=_in_range("baseline_metrics"))
 def baseline_metrics(context: dg.AssetExecutionContext, baseline_predictions: pd.DataFrame, project: ProjectResource,
                      judge_model: LLMResource, optimization_settings: pd.DataFrame):
     """Per-row and aggregate scores of the baseline answers, per scorer and weighted (the iteration's baseline)."""
-    optimization = settings_of(optimization_settings, split_key(context)[1])
-    yield from _metrics(context, "baseline_metrics", baseline_predictions, project, judge_model, optimization)
+    yield from _metrics(context, "baseline_metrics", baseline_predictions, project, judge_model, optimization_settings)
 
 
 @dg.multi_asset(
@@ -299,23 +298,21 @@ def _pool_md(pool: list[Candidate], frontier: dict[str, int]) -> str:
 def refined_predictions(context: dg.AssetExecutionContext, optimization_rows: pd.DataFrame, refined_prompt: pd.DataFrame,
                         project: ProjectResource, task_model: LLMResource, optimization_settings: pd.DataFrame):
     """The task model's answers to the same dev rows with the refined prompt."""
-    optimization = settings_of(optimization_settings, split_key(context)[1])
     yield from _predictions(context, "refined_predictions", optimization_rows, refined_prompt, project, task_model,
-                            optimization)
+                            optimization_settings)
 
 
 @dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP,
-          ins={"optimization_settings": OPTIMIZATION_INS["optimization_settings"]},
+          ins=SETTINGS_IN,
           check_specs=_in_range("refined_metrics"))
 def refined_metrics(context: dg.AssetExecutionContext, refined_predictions: pd.DataFrame, project: ProjectResource,
                     judge_model: LLMResource, optimization_settings: pd.DataFrame):
     """Per-row and aggregate scores of the refined answers, per scorer and weighted."""
-    optimization = settings_of(optimization_settings, split_key(context)[1])
-    yield from _metrics(context, "refined_metrics", refined_predictions, project, judge_model, optimization)
+    yield from _metrics(context, "refined_metrics", refined_predictions, project, judge_model, optimization_settings)
 
 
 @dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP,
-          ins={"optimization_settings": OPTIMIZATION_INS["optimization_settings"]})
+          ins=SETTINGS_IN)
 def comparison_report(context: dg.AssetExecutionContext, baseline_prompt: pd.DataFrame, refined_prompt: pd.DataFrame,
                       baseline_predictions: pd.DataFrame, refined_predictions: pd.DataFrame,
                       baseline_metrics: pd.DataFrame, refined_metrics: pd.DataFrame, project: ProjectResource,

@@ -10,7 +10,7 @@ from promptopt_dagster.core.datasets import sample_rows
 from promptopt_dagster.core.decisions import Spend
 from promptopt_dagster.core.intervals import bootstrap_mean_interval
 from promptopt_dagster.core.prompts import PromptVersion
-from promptopt_dagster.defs.iteration_assets import (LOOP, OPTIMIZATION_INS, _predict, _score_answers, _splits, _suite,
+from promptopt_dagster.defs.iteration_assets import (LOOP, _predict, _score_answers, _splits, _suite,
                                                      best_prompt, settings_of)
 from promptopt_dagster.defs.metadata import optimization_metadata, prompt_md, spend_of, usage_metadata
 from promptopt_dagster.defs.partitions import OPTIMIZATION_EXPR, optimization_partitions
@@ -44,7 +44,7 @@ def final_report(context: dg.AssetExecutionContext, optimization_settings: pd.Da
     test_scores, test_summaries, test_usage, intervals = {}, {}, {}, {}
     for which, prompt in (("initial", initial), ("best", best)):
         answers = _predict(client, prompt, test, spec, f"test {which} {name}", split="test")
-        result, judge_usage = _score_answers(suite, judge_model, answers, optimization)
+        result, judge_usage = _score_answers(suite, judge_model, answers)
         test_scores[which], test_summaries[which] = result.value, result.summary()
         target = result.objective()
         interval = bootstrap_mean_interval(target.per_row, target.value, seed=optimization.seed)
