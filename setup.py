@@ -16,6 +16,7 @@ setup(
     install_requires=[
         f"dagster=={DAGSTER}",
         f"dagster-webserver=={DAGSTER}",
+        f"dagster-graphql=={DAGSTER}",  # `promptopt submit/status/cancel` launch and terminate runs with its client
         f"dagster-duckdb=={DAGSTER_LIBS}",
         f"dagster-duckdb-pandas=={DAGSTER_LIBS}",
         f"dagster-gcp=={DAGSTER_LIBS}",
@@ -31,6 +32,7 @@ setup(
         # f1 modules are tested against
         "scikit-learn>=1.4,<2",
         "tqdm>=4.66,<5",  # progress bars of `promptopt optimize` on a terminal
+        "matplotlib>=3.8,<4",  # the leaderboard's score-versus-cost plot, a PNG in the asset's UI metadata
         "duckdb>=1.1,<3",
         "pandas>=2.1,<3",
         "pydantic>=2.6,<3",

@@ -93,8 +93,9 @@ def _parser() -> argparse.ArgumentParser:
                           "(default: fewshot)")
     opt.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                      help="an option of the optimizer, e.g. num_candidates=4 (repeatable; a value is read as YAML)")
-    opt.add_argument("--target-score", type=_float_in(0.0, 1.0),
-                     help="stop once the best dev score reaches this (default: 0.95)")
+    opt.add_argument("--target-score", type=_float_in(0.0),
+                     help="stop once the best dev score reaches this; above 1: never stop on the score, as in "
+                          "optimizations.yaml (default: 0.95)")
     opt.add_argument("--target-metric", help="what the loop accepts and stops on: one of the dataset's scorers or "
                                              "'aggregate' (default: target_metric in data/manifest.yaml)")
     opt.add_argument("--patience", type=_int_from(1),
@@ -115,6 +116,10 @@ def _parser() -> argparse.ArgumentParser:
                                     "with the interpreter and packages this command runs with.", formatter_class=_Help)
     ui.add_argument("--port", type=_int_from(1), default=3000, help="port of the web UI")
     ui.add_argument("--host", default="127.0.0.1", help="address the web UI listens on (0.0.0.0: every interface)")
+    from promptopt_dagster import cli_jobs, cli_leaderboard
+
+    cli_leaderboard.add_command(sub)
+    cli_jobs.add_commands(sub)
     return parser
 
 
@@ -230,7 +235,7 @@ def _check_context(client, spec, splits, prompt, optimization, data_dir: Path) -
         check_context(client, requests, rows["row_id"].tolist(), prompt, str(data_dir / spec.files[split]))
 
 
-def _summary(optimization: str, report: dict, this_run: dict, best_path: Path) -> str:
+def _summary(optimization: str, report: dict, this_run: dict, best_path: Path, rank: str) -> str:
     """A few lines a person reads at the end of a run; the full report is one flag away."""
     total = report["usage"]["total"]
     best = report["best_prompt"]
@@ -251,6 +256,7 @@ def _summary(optimization: str, report: dict, this_run: dict, best_path: Path) -
         f"  best prompt: v{best['version']} ({PromptVersion.model_validate(best).describe()}), written to {best_path}",
         f"  report: final_report[{optimization}] in the Dagster UI (`promptopt ui`); "
         "the JSON with --json or --report-json PATH",
+        f"  leaderboard of {report['dataset']}: rank {rank} (`promptopt leaderboard {report['dataset']}`)",
     ]
     return "\n".join(lines)
 
@@ -259,8 +265,8 @@ def optimize(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from promptopt_dagster.defs.home import ensure_dagster_home
-    from promptopt_dagster.defs.loop import (DATASET_JOB, DRIVER_TAG, ITERATION_JOB, REPORT_JOB, START_JOB, next_step,
-                                             stop_reason_of)
+    from promptopt_dagster.defs.loop import (DATASET_JOB, DRIVER_TAG, ITERATION_JOB, LEADERBOARD_JOB, REPORT_JOB,
+                                             START_JOB, next_step, optimization_tags, stop_reason_of)
     from promptopt_dagster.defs.partitions import ensure_iteration, iteration_key
     from promptopt_dagster.defs.runs import PID_TAG, describe, fail_dead_cli_runs, process_tags
     from promptopt_dagster.llm.progress import bars_shown
@@ -288,8 +294,7 @@ def optimize(args: argparse.Namespace) -> int:
     start_config = {"ops": {"optimization": {"config": {"spec_json": optimization.model_dump_json()}}}}
     level = "DEBUG" if args.verbose else "CRITICAL"  # failures are reported below, in the user's terms
     loggers = {"loggers": {"console": {"config": {"log_level": level}}}}
-    tags = {DRIVER_TAG: "cli", **process_tags(), "promptopt/optimization": optimization.name,
-            "promptopt/fingerprint": optimization.fingerprint()}
+    tags = {DRIVER_TAG: "cli", **process_tags(), **optimization_tags(optimization)}
     started = time.perf_counter()
     this_run = {"llm_calls": 0, "cache_hits": 0}
 
@@ -337,6 +342,7 @@ def optimize(args: argparse.Namespace) -> int:
 
         say(f"[{name}] final report: initial and best prompt on the held-out test split")
         result = run(REPORT_JOB, name)
+        board = run(LEADERBOARD_JOB, dataset).output_for_node("leaderboard")
     except (KeyboardInterrupt, _Interrupted) as exc:
         _cancel_interrupted(instance, mine, getattr(exc, "run_id", None))
         return 130
@@ -353,7 +359,9 @@ def optimize(args: argparse.Namespace) -> int:
     if args.report_json:
         args.report_json.parent.mkdir(parents=True, exist_ok=True)
         args.report_json.write_text(text + "\n", encoding="utf-8")
-    print(text if args.json else _summary(name, report, this_run, best_path), flush=True)
+    mine_now = board[(board["optimization"] == name) & board["current"]]
+    rank = f"{int(mine_now.iloc[0]['rank'])} of {len(board)}" if len(mine_now) else "not ranked"
+    print(text if args.json else _summary(name, report, this_run, best_path, rank), flush=True)
     if args.report_json and not args.json:
         print(f"  report JSON written to {args.report_json}", flush=True)
     return 0
@@ -427,7 +435,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args)
     try:
-        return optimize(args) if args.command == "optimize" else ui(args)
+        from promptopt_dagster import cli_jobs, cli_leaderboard
+
+        commands = {"optimize": optimize, "ui": ui, "leaderboard": cli_leaderboard.leaderboard,
+                    "submit": cli_jobs.submit, "status": cli_jobs.status, "cancel": cli_jobs.cancel}
+        return commands[args.command](args)
     except PromptOptError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

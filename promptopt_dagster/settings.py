@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     progress_interval_s: float = Field(5.0, description="Seconds between progress lines during inference.")
     max_concurrent_runs: int = Field(3, ge=1, description="Runs the Dagster daemon executes at once (run queue "
                                                            "limit in the generated dagster.yaml).")
+    dagster_url: str = Field("http://127.0.0.1:3000", description="The Dagster webserver `promptopt submit`, "
+                                                                  "`status` and `cancel` talk to.")
 
     @property
     def warehouse_path(self) -> Path:

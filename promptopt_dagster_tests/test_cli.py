@@ -96,6 +96,27 @@ def test_bad_input_gives_one_paragraph_error_and_changes_nothing(optimized, tmp_
         assert before[name].equals(after[name]), name
 
 
+def test_leaderboard_ranks_every_optimization_of_the_dataset(optimized, tmp_path):
+    root = tmp_path / "project"
+    shutil.copytree(optimized, root)
+    (root / "data" / "optimizations.yaml").write_text(
+        "optimizations:\n  sst2_b: {dataset: sst2, seed: 1, eval_size: 0, test_size: 0, stop: {max_iterations: 1}}\n")
+    done = _promptopt(root, "optimize", "--optimization", "sst2_b")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "leaderboard of sst2: rank " in done.stdout and " of 2 (`promptopt leaderboard sst2`)" in done.stdout
+    shown = _promptopt(root, "leaderboard", "sst2", "--json")
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    rows = json.loads(shown.stdout)
+    reports = {r["optimization"]: json.loads(r["report_json"]) for r in _tables(root)["final_report"].to_dict("records")}
+    assert sorted(r["optimization"] for r in rows) == ["sst2", "sst2_b"] and [r["rank"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["best_test_score"] == reports[row["optimization"]]["best_test_score"] and row["current"]
+    text = _promptopt(root, "leaderboard", "sst2").stdout
+    assert "sst2_b" in text and "held-out test rows" in text
+    unknown = _promptopt(root, "leaderboard", "imdb")
+    assert unknown.returncode == 2 and "imdb" in unknown.stderr
+
+
 def test_unknown_dataset_is_named(optimized, tmp_path):
     done = _promptopt(optimized, "optimize", "--dataset", "imdb")
     assert done.returncode == 2 and "'imdb'" in done.stderr and "manifest.yaml" in done.stderr

@@ -125,8 +125,10 @@ def test_a_backfill_of_three_datasets_runs_side_by_side_to_three_final_reports(d
     wait_for(env, lambda runs: sum(r.job_name == "prepare_dataset" and r.status == dg.DagsterRunStatus.SUCCESS
                                     for r in runs) == 3, 300, "the datasets to load")
     backfill(port, "start_optimization", datasets)  # each dataset's default optimization, from the YAML
-    runs = wait_for(env, lambda runs: sum(r.job_name == "final_report_job" and r.is_finished for r in runs) == 3,
-                     900, "three final reports")
+    wait_for(env, lambda runs: sum(r.job_name == "final_report_job" and r.is_finished for r in runs) == 3,
+             900, "three final reports")
+    runs = wait_for(env, lambda runs: sum(r.job_name == "leaderboard_job" and r.is_finished for r in runs) == 3,
+                    300, "the sensor to update each dataset's leaderboard")
     finished = {(r.job_name, r.tags.get("dagster/partition"), r.status.value) for r in runs}
     for dataset in datasets:
         assert ("optimize_iteration", str(iteration_key(dataset, 1, 0)), "SUCCESS") in finished
@@ -140,9 +142,11 @@ def test_a_backfill_of_three_datasets_runs_side_by_side_to_three_final_reports(d
     with duckdb.connect(str(Path(env["PROMPTOPT_STATE_DIR"]) / "warehouse.duckdb"), read_only=True) as con:
         kept = dict(con.execute("select optimization, count(*) from promptopt.best_prompt group by 1").fetchall())
         reports = {r[0] for r in con.execute("select optimization from promptopt.final_report").fetchall()}
+        boards = con.execute("select dataset, optimization, rank, current from promptopt.leaderboard").fetchall()
     iterations = {d: sum(job == "optimize_iteration" and parse_key(part)[0] == d for job, part, _ in finished)
                   for d in datasets}
     assert kept == iterations and reports == set(datasets)  # every run's rows: no write lost to a lock
+    assert sorted(boards) == [(d, d, 1, True) for d in sorted(datasets)]
 
 
 @pytest.mark.slow

@@ -116,6 +116,18 @@ def test_sensor_stops_on_threshold_and_requests_the_final_report(tmp_path, insta
     assert [(r.job_name, r.partition_key) for r in tick.run_requests] == [("final_report_job", "sst2")]
 
 
+def test_sensor_updates_the_leaderboard_after_a_final_report(tmp_path, instance):
+    defs = make_defs(tmp_path)
+    prepare(defs, instance)
+    run_iteration(defs, instance, 0, target_score=0.9)
+    first = _tick(defs, instance)
+    assert defs.resolve_job_def("final_report_job").execute_in_process(
+        partition_key="sst2", instance=instance, tags={DRIVER_TAG: "sensor"}).success
+    second = _tick(defs, instance, cursor=first.cursor)
+    assert [(r.job_name, r.partition_key) for r in second.run_requests] == [("leaderboard_job", "sst2")]
+    assert "promptopt/optimization" not in second.run_requests[0].tags  # the dataset's board, not the chain's
+
+
 def test_sensor_stops_on_patience(tmp_path, instance):
     defs = make_defs(tmp_path, script="never_right")
     prepare(defs, instance)
@@ -298,6 +310,34 @@ def test_two_optimizations_of_one_dataset_keep_separate_histories_and_generation
     assert kept["iteration"].tolist() == ["g1-i0", "g2-i0"]
     # the same settings again continue their generation instead of opening a third
     assert generation_of(start(defs, instance, edited, tags={DRIVER_TAG: "cli"})) == 2
+
+    # generation 2's report sits beside generation 1's, which stays as it was
+    first_report = query(tmp_path, "select report_json from promptopt.final_report where optimization = "
+                                   "'sst2_quick'").iloc[0]["report_json"]
+    assert defs.resolve_job_def("final_report_job").execute_in_process(partition_key="sst2_quick",
+                                                                       instance=instance).success
+    reports = query(tmp_path, "select optimization, generation, report_json from promptopt.final_report order by 1, 2")
+    assert reports[["optimization", "generation"]].values.tolist() == [["sst2", 1], ["sst2_quick", 1], ["sst2_quick", 2]]
+    assert reports.iloc[1]["report_json"] == first_report
+
+    # the leaderboard of sst2: a row per optimization and generation, each optimization's current one marked
+    result = defs.resolve_job_def("leaderboard_job").execute_in_process(partition_key="sst2", instance=instance)
+    board = result.output_for_node("leaderboard")
+    rows = {(r["optimization"], r["generation"]): r for r in board.to_dict("records")}
+    assert set(rows) == {("sst2", 1), ("sst2_quick", 1), ("sst2_quick", 2)}
+    assert [rows[k]["current"] for k in (("sst2", 1), ("sst2_quick", 1), ("sst2_quick", 2))] == [True, False, True]
+    assert board["rank"].tolist() == [1, 2, 3] and board["best_test_score"].is_monotonic_decreasing
+    for (name, generation), row in rows.items():
+        report = json.loads(reports[(reports.optimization == name) & (reports.generation == generation)]
+                            .iloc[0]["report_json"])
+        assert row["best_test_score"] == report["best_test_score"] and row["prompt_id"] == report["best_prompt"]["id"]
+        assert [row["test_low_95"], row["test_high_95"]] == report["test_intervals"]["best"]
+        assert (row["llm_calls"], row["iterations"], row["stop_reason"]) == (
+            report["llm_calls"], report["iterations"], report["stop_reason"])
+        assert (row["optimizer"], row["task_model"]) == ("fewshot", report["task_model"]) and row["task_model"]
+    shown = result.asset_materializations_for_node("leaderboard")[0].metadata
+    assert len(shown["leaderboard"].value.records) == 3
+    assert shown["score_vs_cost"].value.startswith("![score vs cost](data:image/png;base64,")
 
 
 def run_iteration_in(defs, instance, optimization: str, generation: int, iteration: int):

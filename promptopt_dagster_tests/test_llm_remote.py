@@ -211,3 +211,13 @@ def test_rerun_is_served_from_cache_and_resends_only_failed_rows(protocol, adc, 
     assert [key[2][-1][1] for key in users] == ["row 3", "row 7"], "only the failed rows go out again"
     assert [r.text for r in second] == [f"answer to row {i}" for i in range(10)]
     assert again.usage.cache_hits == 8 and again.usage.llm_calls == 2
+
+
+def test_a_server_that_is_down_is_a_connection_failure_not_a_timeout():
+    """The openai SDK's aiohttp transport reports a refused connect as ConnectTimeout; a user must read
+    that the server is down, not that it was slow."""
+    with FakeLLMServer("openai", answer=lambda r: "ok") as srv:
+        client = make_client("openai", srv, retry=RetryPolicy(max_attempts=1))
+    # the server has stopped: its port refuses connections now
+    [res] = client.generate([chat("x")])
+    assert res.error is not None and res.error.startswith("connection:") and "timeout" not in res.error, res.error

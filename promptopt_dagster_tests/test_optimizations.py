@@ -69,6 +69,13 @@ def test_a_bad_entry_names_the_file_the_key_and_what_is_wrong(tmp_path, entry, w
     assert "\n" not in message
 
 
+def test_an_entry_named_like_a_dataset_must_optimize_that_dataset(tmp_path):
+    """Else `--dataset sst2` would optimize sms_spam."""
+    with pytest.raises(OptimizationConfigError) as err:
+        _load(tmp_path, "optimizations:\n  sst2: {dataset: sms_spam}\n")
+    assert "optimizations.sst2.dataset" in str(err.value) and "Rename the entry" in str(err.value)
+
+
 def test_bad_yaml_and_bad_names_are_refused(tmp_path):
     with pytest.raises(OptimizationConfigError, match="not valid YAML"):
         _load(tmp_path, "optimizations: [\n")

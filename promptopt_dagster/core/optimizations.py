@@ -207,6 +207,11 @@ def load_optimizations(path: Path, datasets: typing.Iterable[str]) -> dict[str, 
             raise OptimizationConfigError(
                 f"{path}: optimizations.{name}.dataset: {spec.dataset!r} is not a dataset of the manifest "
                 f"({', '.join(sorted(datasets))}). Name one of those, or add the dataset to data/manifest.yaml.")
+        if spec.name in datasets and spec.dataset != spec.name:
+            raise OptimizationConfigError(
+                f"{path}: optimizations.{name}.dataset: {spec.dataset!r}, but {name!r} is a dataset of the manifest, "
+                f"and `--dataset {name}` must optimize that dataset. Rename the entry (e.g. "
+                f"{spec.dataset}_{name}), or drop its dataset key to replace {name}'s default.")
         specs[spec.name] = spec
     return specs
 

@@ -20,6 +20,7 @@ class _WithInstance(dg.IOManager):
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         with dg.partition_loading_context(dynamic_partitions_store=context.step_context.instance):
+            obj = _typed_nulls(obj)
             _add_new_columns(self._database, self._schema, context.asset_key.path[-1], obj)
             self._inner.handle_output(context, obj)
 
@@ -50,6 +51,19 @@ class WarehouseIOManager(DuckDBPandasIOManager):
 _UP_TO_DATE: set[tuple[str, str, str]] = set()
 
 
+def _typed_nulls(obj):
+    """Object columns with no value at all (e.g. `error` when every row was answered) as strings.
+
+    DuckDB would create such a column with type NULL when the frame creates the table, and every later
+    frame with a value there (the first row that failed) would then be refused."""
+    import pandas as pd
+
+    if not isinstance(obj, pd.DataFrame):
+        return obj
+    empty = [c for c in obj.columns if obj[c].dtype == object and obj[c].isna().all()]
+    return obj.astype({c: "string" for c in empty}) if empty else obj
+
+
 def _add_new_columns(database: str, schema: str, table: str, obj) -> None:
     """Append columns a newer version added at the end of a table's frame to the stored table.
 
@@ -63,11 +77,15 @@ def _add_new_columns(database: str, schema: str, table: str, obj) -> None:
     _UP_TO_DATE.add((database, schema, table))  # once per table and process, not on every output
     with _connect(database) as con:
         try:
-            stored = [r[0] for r in con.execute(
-                "select column_name from information_schema.columns where table_schema = ? and table_name = ? "
-                "order by ordinal_position", [schema, table]).fetchall()]
+            described = con.execute(
+                "select column_name, data_type from information_schema.columns where table_schema = ? and "
+                "table_name = ? order by ordinal_position", [schema, table]).fetchall()
         except duckdb.Error:
             return
+        stored = [name for name, _ in described]
+        for name, kind in described:  # created from an all-None column by an earlier version: see _typed_nulls
+            if kind == '"NULL"' or kind == "NULL":
+                con.execute(f'alter table "{schema}"."{table}" alter column "{name}" type VARCHAR')
         if not stored or len(stored) >= len(obj.columns) or list(obj.columns[:len(stored)]) != stored:
             return
         types = {"int64": "BIGINT", "float64": "DOUBLE", "bool": "BOOLEAN"}

@@ -1,4 +1,5 @@
-"""Jobs: one run = one dataset's rows, one optimization's start, one iteration, or one final report.
+"""Jobs: one run = one dataset's rows, one optimization's start, one iteration, one final report, or one
+dataset's leaderboard.
 
 Steps of a run execute in its one process, one after another: each step writes the warehouse and
 the next reads it. Runs themselves go side by side (the run queue limit in the Dagster home's
@@ -9,9 +10,9 @@ import dagster as dg
 
 from promptopt_dagster.defs.dataset_assets import dataset_splits, optimization
 from promptopt_dagster.defs.iteration_assets import ITERATION_ASSETS
-from promptopt_dagster.defs.loop import DATASET_JOB, ITERATION_JOB, REPORT_JOB, START_JOB
+from promptopt_dagster.defs.loop import DATASET_JOB, ITERATION_JOB, LEADERBOARD_JOB, REPORT_JOB, START_JOB
 from promptopt_dagster.defs.partitions import dataset_partitions, iteration_partitions, optimization_partitions
-from promptopt_dagster.defs.report_assets import final_report
+from promptopt_dagster.defs.report_assets import final_report, leaderboard
 
 prepare_dataset = dg.define_asset_job(DATASET_JOB, selection=[dataset_splits], partitions_def=dataset_partitions,
                                       executor_def=dg.in_process_executor,
@@ -26,3 +27,6 @@ optimize_iteration = dg.define_asset_job(ITERATION_JOB, selection=ITERATION_ASSE
 final_report_job = dg.define_asset_job(REPORT_JOB, selection=[final_report], partitions_def=optimization_partitions,
                                        executor_def=dg.in_process_executor,
                                        description="Score the best and the initial prompt on the held-out test split.")
+leaderboard_job = dg.define_asset_job(LEADERBOARD_JOB, selection=[leaderboard], partitions_def=dataset_partitions,
+                                     executor_def=dg.in_process_executor,
+                                     description="Rank every optimization of one dataset by its final report.")

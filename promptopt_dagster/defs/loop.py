@@ -10,13 +10,22 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from promptopt_dagster.core.optimizations import OptimizationSpec
 from promptopt_dagster.defs.partitions import iteration_key
+from promptopt_dagster.settings import get_settings
 
 ITERATION_JOB = "optimize_iteration"
 REPORT_JOB = "final_report_job"
+LEADERBOARD_JOB = "leaderboard_job"
 DATASET_JOB = "prepare_dataset"
 START_JOB = "start_optimization"
 DRIVER_TAG = "promptopt/driver"  # "cli" runs are driven by the CLI itself; the sensor leaves them alone
+OPTIMIZATION_TAG = "promptopt/optimization"
+SUBMISSION_TAG = "promptopt/submission"  # one `promptopt submit`: its start run and every run the sensor chains to it
+#: Tags every run of an optimization carries, so the runs list (and `promptopt status`) can say what a run is
+#: without opening it; the sensor copies them from the run it follows to the run it launches.
+CHAIN_TAGS = (OPTIMIZATION_TAG, "promptopt/dataset", "promptopt/optimizer", "promptopt/task_model",
+              "promptopt/generation", "promptopt/fingerprint", SUBMISSION_TAG)
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,21 @@ def next_step(optimization: str, generation: int, iteration: int, stop_reason: s
     if stop_reason:
         return NextStep(REPORT_JOB, optimization, None)
     return NextStep(ITERATION_JOB, iteration_key(optimization, generation, iteration + 1), iteration + 1)
+
+
+def optimization_tags(spec: OptimizationSpec, generation: int | None = None) -> dict[str, str]:
+    """What a run of this optimization is, as run tags. A spec without a task model runs on the deployment's."""
+    model = spec.task_model or get_settings().task
+    tags = {OPTIMIZATION_TAG: spec.name, "promptopt/dataset": spec.dataset, "promptopt/optimizer": spec.optimizer,
+            "promptopt/task_model": f"{model.backend}/{model.model or 'default'}",
+            "promptopt/fingerprint": spec.fingerprint()}
+    if generation is not None:
+        tags["promptopt/generation"] = str(generation)
+    return tags
+
+
+def chain_tags(run_tags: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in run_tags.items() if k in CHAIN_TAGS}
 
 
 def stop_reason_of(materialization: dg.AssetMaterialization) -> str | None:

@@ -31,6 +31,8 @@ iteration_partitions = dg.MultiPartitionsDefinition({"optimization": optimizatio
 #: an optimization's partition reads its dataset's partition
 optimizations_of_dataset = dg.StaticPartitionMapping(
     {dataset: [name for name, of in DATASET_OF.items() if of == dataset] for dataset in DATASET_NAMES})
+#: a dataset's leaderboard reads the partitions of every optimization of the dataset
+dataset_of_optimization = dg.StaticPartitionMapping(DATASET_OF)
 #: an iteration reads its optimization's partition (a beta API since Dagster 1.10; its warning says nothing
 #: a user can act on, so it is not printed on every `promptopt` start)
 with warnings.catch_warnings():

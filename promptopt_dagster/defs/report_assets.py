@@ -1,4 +1,5 @@
-"""After the loop: the optimization's best prompt and its initial prompt on the held-out test split."""
+"""After the loop: the optimization's best prompt and its initial prompt on the held-out test split, and the
+dataset's leaderboard of every optimization's final report."""
 
 import json
 
@@ -9,14 +10,22 @@ from dagster_duckdb import DuckDBResource
 from promptopt_dagster.core.datasets import sample_rows
 from promptopt_dagster.core.decisions import Spend
 from promptopt_dagster.core.intervals import bootstrap_mean_interval
+from promptopt_dagster.core.leaderboard import as_text as board_text
+from promptopt_dagster.core.leaderboard import from_report_rows as board_of
+from promptopt_dagster.core.leaderboard import score_cost_plot
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.defs.iteration_assets import (LOOP, _predict, _score_answers, _splits, _suite,
                                                      best_prompt, settings_of)
 from promptopt_dagster.defs.metadata import optimization_metadata, prompt_md, spend_of, usage_metadata
-from promptopt_dagster.defs.partitions import OPTIMIZATION_EXPR, optimization_partitions
+from promptopt_dagster.defs.partitions import (DATASET_EXPR, OPTIMIZATION_EXPR, dataset_of_optimization,
+                                               dataset_partitions, optimization_partitions)
 from promptopt_dagster.defs.resources import LLMResource, ProjectResource
-from promptopt_dagster.defs.warehouse_reads import optimization_history
+from promptopt_dagster.defs.warehouse_reads import optimization_history, other_generation_reports
 from promptopt_dagster.llm import usage as llm_usage
+
+
+REPORT_COLUMNS = {"optimization": "string", "generation": "int64", "dataset": "string",
+                  "initial_test_score": "float64", "best_test_score": "float64", "report_json": "string"}
 
 
 @dg.asset(partitions_def=optimization_partitions, metadata=OPTIMIZATION_EXPR, group_name=LOOP, deps=[best_prompt])
@@ -54,7 +63,8 @@ def final_report(context: dg.AssetExecutionContext, optimization_settings: pd.Da
     totals = llm_usage.total(usage)
     report = {
         "optimization": name, "generation": generation, "fingerprint": optimization.fingerprint(),
-        "dataset": dataset, "metric": suite.target, "iterations": int(history["step"]) + 1,
+        "dataset": dataset, "optimizer": optimization.optimizer, "task_model": client.model_key,
+        "metric": suite.target, "iterations": int(history["step"]) + 1,
         "scorers": [s.model_dump() for s in suite.specs],
         "stop_reason": history["stop_reason"], "eval_size": optimization.eval_size, "test_size": len(test),
         "initial_dev_score": history["initial_dev_score"], "best_dev_score": float(history["best_score"]),
@@ -79,5 +89,44 @@ def final_report(context: dg.AssetExecutionContext, optimization_settings: pd.Da
         **usage_metadata(test_usage),
         **optimization_metadata(Spend.from_json(history["spent_json"]) + spend_of(test_usage)),
     })
-    return pd.DataFrame([{"optimization": name, "generation": generation, "dataset": dataset, "initial_test_score": test_scores["initial"],
-                          "best_test_score": test_scores["best"], "report_json": json.dumps(report)}])
+    row = pd.DataFrame([{"optimization": name, "generation": generation, "dataset": dataset,
+                         "initial_test_score": test_scores["initial"], "best_test_score": test_scores["best"],
+                         "report_json": json.dumps(report)}], columns=list(REPORT_COLUMNS)).astype(REPORT_COLUMNS)
+    older = other_generation_reports(warehouse, name, generation)
+    return pd.concat([older[list(REPORT_COLUMNS)].astype(REPORT_COLUMNS), row], ignore_index=True) if len(older) else row
+
+
+@dg.asset(partitions_def=dataset_partitions, metadata=DATASET_EXPR, group_name=LOOP,
+          ins={"final_report": dg.AssetIn(partition_mapping=dataset_of_optimization),
+               "optimization_settings": dg.AssetIn(partition_mapping=dataset_of_optimization)})
+def leaderboard(context: dg.AssetExecutionContext, final_report: pd.DataFrame,
+                optimization_settings: pd.DataFrame) -> pd.DataFrame:
+    """Every optimization of the dataset, ranked by its best prompt's held-out test score, with cost.
+
+    One row per optimization and generation that has a final report; an optimization's older
+    generations stay on the board, marked not current. `promptopt leaderboard DATASET` prints it."""
+    dataset = context.partition_key
+    current = {} if optimization_settings.empty else {
+        row["optimization"]: int(row["generation"])
+        for row in optimization_settings[optimization_settings["current"].astype(bool)].to_dict("records")}
+    board = board_of(dataset, final_report, current)
+    shown = ["rank", "optimization", "generation", "current", "optimizer", "task_model", "best_test_score",
+             "test_low_95", "test_high_95", "best_dev_score", "initial_test_score", "cost_usd", "llm_calls",
+             "iterations", "stop_reason", "prompt_id"]
+    metadata = {"optimizations": dg.MetadataValue.int(int(board["optimization"].nunique())),
+                "leaderboard": dg.MetadataValue.md(board_text(board)) if board.empty else dg.MetadataValue.table(
+                    records=[dg.TableRecord({k: (None if isinstance(v, float) and v != v else v)
+                                             for k, v in zip(shown, r)}) for r in board[shown].itertuples(index=False)],
+                    schema=dg.TableSchema(columns=[dg.TableColumn(c, _TABLE_TYPES.get(c, "string")) for c in shown]))}
+    if not board.empty:
+        top = board.iloc[0]
+        metadata.update({"leader": f"{top['optimization']} (generation {top['generation']})",
+                         "leader_test_score": dg.MetadataValue.float(float(top["best_test_score"])),
+                         "score_vs_cost": dg.MetadataValue.md(score_cost_plot(board))})
+    context.add_output_metadata(metadata)
+    return board
+
+
+_TABLE_TYPES = {"rank": "int", "generation": "int", "current": "bool", "llm_calls": "int", "iterations": "int",
+                **{c: "float" for c in ("best_test_score", "test_low_95", "test_high_95", "best_dev_score",
+                                        "initial_test_score", "cost_usd")}}

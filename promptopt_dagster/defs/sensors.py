@@ -1,4 +1,5 @@
-"""The iteration sensor: a started optimization runs iteration 0, each finished iteration runs the next.
+"""The iteration sensor: a started optimization runs iteration 0, each finished iteration runs the next,
+and each final report updates its dataset's leaderboard.
 
 It keeps a cursor on the event log, so every start and every finished iteration is acted on exactly
 once, and its run keys include the triggering event, so a rerun of an old iteration can start a
@@ -9,11 +10,13 @@ with run config, so a backfill over optimizations needs no config at all.
 
 import dagster as dg
 
-from promptopt_dagster.defs.loop import DRIVER_TAG, ITERATION_JOB, next_step, stop_reason_of
-from promptopt_dagster.defs.partitions import iteration_dimension, iteration_key, iteration_name, parse_key
+from promptopt_dagster.core.optimizations import OptimizationSpec
+from promptopt_dagster.defs.loop import (DRIVER_TAG, ITERATION_JOB, LEADERBOARD_JOB, chain_tags, next_step,
+                                         optimization_tags, stop_reason_of)
+from promptopt_dagster.defs.partitions import DATASET_OF, iteration_dimension, iteration_key, iteration_name, parse_key
 from promptopt_dagster.defs.runs import PID_TAG, describe, fail_dead_cli_runs
 
-WATCHED = (dg.AssetKey("best_prompt"), dg.AssetKey("optimization_settings"))
+WATCHED = (dg.AssetKey("best_prompt"), dg.AssetKey("optimization_settings"), dg.AssetKey("final_report"))
 
 
 def _generation(record) -> int:
@@ -21,11 +24,17 @@ def _generation(record) -> int:
     return int(getattr(value, "value", value))
 
 
+def _spec(record) -> OptimizationSpec:
+    value = record.asset_materialization.metadata["settings"]
+    return OptimizationSpec.model_validate(getattr(value, "data", value))
+
+
 def build_iteration_sensor(jobs: list) -> dg.SensorDefinition:
     @dg.sensor(name="iteration_sensor", jobs=jobs, minimum_interval_seconds=10,
                default_status=dg.DefaultSensorStatus.RUNNING,
                description="Runs iteration 0 of a started optimization, then each next iteration until the loop "
-                           "decides to stop, then the final report on the held-out test split.")
+                               "decides to stop, then the final report on the held-out test split, then the "
+                           "dataset's leaderboard.")
     def iteration_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         cursors = dict(part.split("=", 1) for part in (context.cursor or "").split(",") if "=" in part)
         new_iterations: list[str] = []
@@ -39,9 +48,14 @@ def build_iteration_sensor(jobs: list) -> dg.SensorDefinition:
                 run = context.instance.get_run_by_id(record.run_id)
                 if run is None or run.tags.get(DRIVER_TAG) == "cli" or record.partition_key is None:
                     continue
-                if key.path[-1] == "optimization_settings":
+                tags = {**chain_tags(run.tags), DRIVER_TAG: "sensor"}
+                if key.path[-1] == "final_report":  # the dataset's board, not part of the optimization's chain
+                    job, partition, step = LEADERBOARD_JOB, DATASET_OF[record.partition_key], None
+                    tags = {DRIVER_TAG: "sensor", "promptopt/dataset": partition}
+                elif key.path[-1] == "optimization_settings":
                     name, generation, step = record.partition_key, _generation(record), 0
                     job, partition = ITERATION_JOB, iteration_key(name, generation, 0)
+                    tags.update(optimization_tags(_spec(record), generation))
                 else:
                     name, generation, iteration = parse_key(record.partition_key)
                     found = next_step(name, generation, iteration, stop_reason_of(record.asset_materialization))
@@ -54,7 +68,7 @@ def build_iteration_sensor(jobs: list) -> dg.SensorDefinition:
                 context.log.info(f"{key.path[-1]} {record.partition_key}: next {job} {partition}")
                 requests.append(dg.RunRequest(job_name=job, partition_key=partition,
                                               run_key=f"{job}:{partition}:after-{record.storage_id}",
-                                              tags={DRIVER_TAG: "sensor"}))
+                                              tags=tags))
         return dg.SensorResult(
             run_requests=requests,
             dynamic_partitions_requests=[iteration_dimension.build_add_request(new_iterations)] if new_iterations else [],

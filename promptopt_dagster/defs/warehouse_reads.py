@@ -86,3 +86,11 @@ def optimization_history(warehouse: DuckDBResource, optimization: str, generatio
     row["usage"] = llm_usage.merge(*(llm_usage.from_json(u) for (u,) in per_iteration))
     row["stop_reason"] = None if pd.isna(row["stop_reason"]) else row["stop_reason"]
     return row
+
+
+def other_generation_reports(warehouse: DuckDBResource, optimization: str, generation: int) -> pd.DataFrame:
+    """The final_report rows of the optimization's other generations, which its new report must keep:
+    the IO manager replaces the optimization's whole partition, and an old generation stays readable."""
+    with warehouse.get_connection() as con:
+        return _fetch(con, "select * from promptopt.final_report where optimization = ? and generation <> ? "
+                           "order by generation", [optimization, generation])

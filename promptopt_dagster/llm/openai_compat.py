@@ -109,10 +109,25 @@ class OpenAIClient(RemoteClient):
         if isinstance(exc, openai.APIStatusError):
             return failure_from_status(exc.status_code, f"{exc.status_code}: {exc.message}", exc.response.headers)
         if isinstance(exc, openai.APITimeoutError):
+            refused = _refused(exc)
+            if refused is not None:
+                return Failure("connection", f"connection failed: {refused}", True)
             return Failure("timeout", f"no reply within {self.timeout_s:g}s", True)
         if isinstance(exc, openai.APIConnectionError):
             return Failure("connection", f"connection failed: {exc}", True)
         return super()._classify(exc)
+
+
+def _refused(exc: BaseException) -> BaseException | None:
+    """The refused connection under a 'timeout': the aiohttp transport reports a refused connect as a
+    ConnectTimeout, which would tell a user whose server is down to raise the timeout."""
+    seen = exc.__cause__ or exc.__context__
+    while seen is not None:
+        inner = getattr(seen, "os_error", seen)
+        if isinstance(inner, ConnectionError):
+            return inner
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def label_schema(choices: Sequence[str]) -> dict:

@@ -1,0 +1,117 @@
+"""A dataset's leaderboard: every optimization of it (and each of its generations) side by side.
+
+Built from the final reports alone, so it compares what was measured on held-out test rows, with the
+intervals, next to what each result cost. The plot is matplotlib (PNG), because Dagster's UI shows
+an image in markdown metadata but has no chart type of its own for one point per optimization.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+from typing import Iterable
+
+import pandas as pd
+
+COLUMNS = {
+    "dataset": "string", "rank": "int64", "optimization": "string", "generation": "int64", "current": "bool",
+    "optimizer": "string", "task_model": "string", "metric": "string",
+    "best_test_score": "float64", "test_low_95": "float64", "test_high_95": "float64",
+    "initial_test_score": "float64", "best_dev_score": "float64", "test_size": "int64",
+    "cost_usd": "float64", "llm_calls": "int64", "requests": "int64", "iterations": "int64",
+    "stop_reason": "string", "prompt_id": "string", "prompt_version": "int64", "fingerprint": "string",
+}
+
+
+def _bound(report: dict, end: int) -> float:
+    interval = (report.get("test_intervals") or {}).get("best")
+    return float(interval[end]) if interval else math.nan
+
+
+def leaderboard(dataset: str, reports: Iterable[dict], current: dict[str, int]) -> pd.DataFrame:
+    """One row per (optimization, generation) report, best test score first (cheaper first on a tie).
+
+    current: each optimization's current generation; other generations stay listed, marked not current."""
+    rows = []
+    for report in reports:
+        total = report["usage"]["total"]
+        rows.append({
+            "dataset": dataset, "rank": 0, "optimization": report["optimization"],
+            "generation": int(report["generation"]),
+            "current": current.get(report["optimization"]) == int(report["generation"]),
+            "optimizer": report.get("optimizer") or "", "task_model": report.get("task_model") or "",
+            "metric": report["metric"], "best_test_score": float(report["best_test_score"]),
+            "test_low_95": _bound(report, 0), "test_high_95": _bound(report, 1),
+            "initial_test_score": float(report["initial_test_score"]), "best_dev_score": float(report["best_dev_score"]),
+            "test_size": int(report["test_size"]), "cost_usd": float(total["cost_usd"]),
+            "llm_calls": int(total["llm_calls"]), "requests": int(total["requests"]),
+            "iterations": int(report["iterations"]), "stop_reason": report.get("stop_reason") or "",
+            "prompt_id": report["best_prompt"]["id"], "prompt_version": int(report["best_prompt"]["version"]),
+            "fingerprint": report.get("fingerprint") or "",
+        })
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    frame = frame.sort_values(["best_test_score", "cost_usd", "optimization", "generation"],
+                              ascending=[False, True, True, False], kind="stable").reset_index(drop=True)
+    frame["rank"] = range(1, len(frame) + 1)
+    return frame.astype(COLUMNS)
+
+
+def from_report_rows(dataset: str, final_reports: pd.DataFrame, current: dict[str, int]) -> pd.DataFrame:
+    """The leaderboard of the `final_report` table's rows (one per optimization and generation)."""
+    reports = [json.loads(text) for text in final_reports.get("report_json", pd.Series(dtype=str))]
+    return leaderboard(dataset, reports, current)
+
+
+def _interval(row) -> str:
+    return "" if math.isnan(row.test_low_95) else f" [{row.test_low_95:.3f}, {row.test_high_95:.3f}]"
+
+
+def as_text(frame: pd.DataFrame) -> str:
+    """The table `promptopt leaderboard` prints."""
+    if frame.empty:
+        return "no optimization of this dataset has a final report yet"
+    metric, size = frame.iloc[0]["metric"], int(frame["test_size"].max())
+    lines = [f"{frame.iloc[0]['dataset']}: {metric} on up to {size} held-out test rows (95% interval); "
+             "* marks each optimization's current generation",
+             f"{'#':>2}  {'optimization':<20} {'gen':>3}  {'optimizer':<10} {'task model':<28} "
+             f"{'test':<22} {'dev':>6}  {'initial':>7}  {'cost $':>8} {'calls':>7} {'iter':>4}  stop / prompt"]
+    for row in frame.itertuples():
+        test = f"{row.best_test_score:.4f}{_interval(row)}"
+        lines.append(f"{row.rank:>2}  {row.optimization:<20} {row.generation:>2}{'*' if row.current else ' '}  "
+                     f"{row.optimizer:<10} {row.task_model[:28]:<28} {test:<22} {row.best_dev_score:>6.4f}  "
+                     f"{row.initial_test_score:>7.4f}  {row.cost_usd:>8.4f} {row.llm_calls:>7,} {row.iterations:>4}  "
+                     f"{row.stop_reason}; v{row.prompt_version} {row.prompt_id}")
+    return "\n".join(lines)
+
+
+def score_cost_plot(frame: pd.DataFrame) -> str:
+    """Best test score against cost (dollars, or model calls when nothing was priced), one point per
+    optimization generation with its 95% interval, as markdown holding a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    priced = frame["cost_usd"].sum() > 0
+    x = frame["cost_usd"] if priced else frame["llm_calls"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    try:
+        for (_, row), cost in zip(frame.iterrows(), x):
+            low, high = row["test_low_95"], row["test_high_95"]
+            err = None if math.isnan(low) else [[row["best_test_score"] - low], [high - row["best_test_score"]]]
+            ax.errorbar([cost], [row["best_test_score"]], yerr=err, fmt="o" if row["current"] else "x",
+                        capsize=3, alpha=1.0 if row["current"] else 0.5)
+            ax.annotate(f"{row['optimization']} g{row['generation']}", (cost, row["best_test_score"]),
+                        textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.set_xlabel("estimated cost (USD)" if priced else "model calls (no price set)")
+        ax.set_ylabel(f"best prompt, test {frame.iloc[0]['metric'] if len(frame) else ''}")
+        ax.set_title(f"{frame.iloc[0]['dataset'] if len(frame) else ''}: score vs cost (o current, x older)")
+        ax.grid(alpha=0.3)
+        buffer = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buffer, format="png")
+    finally:
+        plt.close(fig)
+    return f"![score vs cost](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
