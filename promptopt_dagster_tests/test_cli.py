@@ -113,6 +113,18 @@ def test_leaderboard_ranks_every_optimization_of_the_dataset(optimized, tmp_path
         assert row["best_test_score"] == reports[row["optimization"]]["best_test_score"] and row["current"]
     text = _promptopt(root, "leaderboard", "sst2").stdout
     assert "sst2_b" in text and "held-out test rows" in text
+
+    # Editing sst2_b's entry starts its generation 2; generation 1's report stays as it was, on the board too.
+    first = _tables(root)["final_report"].query("optimization == 'sst2_b'")["report_json"].tolist()
+    (root / "data" / "optimizations.yaml").write_text(
+        "optimizations:\n  sst2_b: {dataset: sst2, seed: 2, eval_size: 0, test_size: 0, stop: {max_iterations: 1}}\n")
+    again = _promptopt(root, "optimize", "--optimization", "sst2_b")
+    assert again.returncode == 0 and "[sst2_b] generation 2" in again.stderr, again.stderr[-3000:]
+    reports = _tables(root)["final_report"].query("optimization == 'sst2_b'").sort_values("generation")
+    assert reports["generation"].tolist() == [1, 2] and reports["report_json"].tolist()[0] == first[0]
+    rows = json.loads(_promptopt(root, "leaderboard", "sst2", "--json").stdout)
+    assert sorted((r["optimization"], r["generation"], r["current"]) for r in rows) == [
+        ("sst2", 1, True), ("sst2_b", 1, False), ("sst2_b", 2, True)]
     unknown = _promptopt(root, "leaderboard", "imdb")
     assert unknown.returncode == 2 and "imdb" in unknown.stderr
 

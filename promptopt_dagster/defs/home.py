@@ -10,6 +10,9 @@ from pathlib import Path
 # Run monitoring fails runs whose worker never started or never finished canceling. It cannot see a
 # run whose process was SIGKILLed (the default run launcher has no health check): the
 # dead_cli_run_sensor and the CLI's own start-up do that for CLI runs (defs/runs.py).
+# The queue is checked every second (Dagster's default is 5 s), and queued runs are launched on threads,
+# so a run the sensor chains starts at once: an optimization is a chain of short runs, and each second
+# of launch latency is paid once per iteration (bench/backfill.py measures it).
 # The promptopt loggers (inference progress, optimizer candidates) are captured into the run logs.
 HEADER = "# Written by promptopt (defs/home.py) from its settings; delete this line to keep your own edits.\n"
 BODY = """\
@@ -17,6 +20,8 @@ telemetry:
   enabled: false
 run_queue:
   max_concurrent_runs: {max_concurrent_runs}
+  dequeue_interval_seconds: 1
+  dequeue_use_threads: true
 run_monitoring:
   enabled: true
   start_timeout_seconds: 180
