@@ -89,8 +89,9 @@ def _parser() -> argparse.ArgumentParser:
                           "cheaper one only if it is better on the select rows at this confidence (default: 0.9)")
     opt.add_argument("--test-size", type=_int_from(0), help="held-out test rows in the report (0: all) (default: 500)")
     opt.add_argument("--optimizer", choices=list(OPTIMIZERS),
-                     help="fewshot: search demos and instructions; reflective: an LLM rewrites the prompt "
-                          "(default: fewshot)")
+                     help="fewshot: search demos and instructions; reflective: an LLM rewrites the prompt once "
+                          "an iteration; gepa: GEPA's reflective evolution of the instructions (reflective and gepa "
+                          "need a capable optimizer model) (default: fewshot)")
     opt.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                      help="an option of the optimizer, e.g. num_candidates=4 (repeatable; a value is read as YAML)")
     opt.add_argument("--target-score", type=_float_in(0.0),
@@ -224,6 +225,17 @@ def _check_target(optimization, spec, flag: bool) -> None:
                              f"the flag out to use the manifest's target_metric ({spec.target_metric}).")
 
 
+def _check_optimizer_model(optimization) -> None:
+    """Optimizers that ask a model to write prompts refuse the embedded one up front, instead of running
+    iterations whose every proposal is refused."""
+    model = optimization.optimizer_model or get_settings().optimizer
+    if optimization.optimizer in ("gepa", "reflective") and model.backend == "local":
+        raise PromptOptError(
+            f"optimizer {optimization.optimizer!r} needs a model that can write prompts, and the optimizer model is "
+            "the embedded Gemma 3 270M, which cannot. Set optimizer_model in data/optimizations.yaml (or "
+            "PROMPTOPT_OPTIMIZER__BACKEND=gemini|openai with its settings), or use --optimizer fewshot.")
+
+
 def _check_context(client, spec, splits, prompt, optimization, data_dir: Path) -> None:
     """The initial prompt over every dev and test row the run will use fits the task model's context."""
     from promptopt_dagster.core.datasets import sample_rows
@@ -285,6 +297,7 @@ def optimize(args: argparse.Namespace) -> int:
     splits = project.splits(dataset)
     initial = project.initial_prompt(dataset)
     _check_target(optimization, spec, flag=args.target_metric is not None)
+    _check_optimizer_model(optimization)
     suite = project.suite(dataset, target=optimization.target_metric)  # unknown scorers, options, name clashes
     _check_context(defs.resources["task_model"].client_for(optimization.task_model), spec, splits, initial, optimization, settings.data_dir)
 

@@ -111,7 +111,7 @@ def make_defs(tmp_path: Path, script: str = "demos_help", data_dir: Path = DATA_
     llm = dict(script=script, backend="fake", model_dir=str(tmp_path / "models"), threads=1,
                cache_path=str(tmp_path / "llm_cache.sqlite") if cache else None)
     return build_definitions({
-        "project": ProjectResource(data_dir=str(data_dir), prompts_dir=str(prompts_dir)),
+        "project": ProjectResource(data_dir=str(data_dir), prompts_dir=str(prompts_dir), state_dir=str(tmp_path)),
         "task_model": ScriptedLLMResource(**llm),
         "optimizer_model": ScriptedLLMResource(**llm),
         "judge_model": ScriptedLLMResource(**{**llm, "script": judge_script}),

@@ -49,6 +49,15 @@ def test_bad_flags_are_refused_in_one_line(project, flags, fragment):
     assert not (project / "state" / "warehouse.duckdb").exists()  # refused before anything ran
 
 
+@pytest.mark.parametrize("optimizer", ["gepa", "reflective"])
+def test_an_optimizer_that_writes_prompts_refuses_the_embedded_model_up_front(project, optimizer):
+    done = _promptopt(project, "optimize", "--dataset", "sst2", "--optimizer", optimizer, backend="local")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert f"optimizer '{optimizer}' needs a model that can write prompts" in done.stderr
+    assert "optimizer_model" in done.stderr and "--optimizer fewshot" in done.stderr
+    assert not (project / "state" / "warehouse.duckdb").exists()
+
+
 def test_a_bad_optimizations_yaml_is_one_line_naming_file_and_key(project):
     path = project / "data" / "optimizations.yaml"
     path.write_text("optimizations:\n  sst2:\n    stop: {patience: 0}\n")

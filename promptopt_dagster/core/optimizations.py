@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from promptopt_dagster.core.errors import PromptOptError
 from promptopt_dagster.llm.model_settings import ModelSettings
 
-OPTIMIZERS = ("fewshot", "reflective")
+OPTIMIZERS = ("fewshot", "reflective", "gepa")
 # A name becomes a Dagster partition key and a file name: keep it to what both take.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -66,7 +66,7 @@ class OptimizationSpec(_Strict):
     description: str = ""
     # None: the model the environment configures (PROMPTOPT_TASK__*, ...; the embedded one by default)
     task_model: ModelSpec | None = None
-    optimizer: Literal["fewshot", "reflective"] = "fewshot"
+    optimizer: Literal["fewshot", "reflective", "gepa"] = "fewshot"
     options: dict[str, Any] = Field(default_factory=dict, description="the optimizer's own options")
     optimizer_model: ModelSpec | None = None
     judge_model: ModelSpec | None = None
@@ -121,10 +121,9 @@ class OptimizationSpec(_Strict):
 
 def optimizer_option_names(optimizer: str) -> dict[str, Any]:
     """The options an optimizer takes (its constructor's keyword arguments), with their types."""
-    from promptopt_dagster.optimizers.fewshot import FewShotOptimizer
-    from promptopt_dagster.optimizers.reflective import ReflectiveOptimizer
+    from promptopt_dagster.optimizers.base import optimizer_classes
 
-    cls = {"fewshot": FewShotOptimizer, "reflective": ReflectiveOptimizer}[optimizer]
+    cls = optimizer_classes()[optimizer]
     hints = typing.get_type_hints(cls.__init__)
     return {name: hints.get(name, Any) for name in inspect.signature(cls.__init__).parameters if name != "self"}
 

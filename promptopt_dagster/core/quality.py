@@ -85,6 +85,19 @@ def drop_held_out(rows: pd.DataFrame, held_out: dict[str, pd.DataFrame]) -> pd.D
     return rows[~rows["user_input"].map(_squash).isin(seen)]
 
 
+def verbatim_span_rows(text: str, inputs: list[str], min_span: int = 40) -> list[int]:
+    """Positions of the inputs that share a span of `min_span` characters with `text` (case and
+    whitespace aside): an instruction that carries a row's text verbatim leaks it, or obeys it."""
+    squashed = _squash(text)
+    windows = {squashed[i:i + min_span] for i in range(max(0, len(squashed) - min_span + 1))}
+    found = []
+    for position, row in enumerate(inputs):
+        row = _squash(str(row))
+        if len(row) >= min_span and any(row[i:i + min_span] in windows for i in range(len(row) - min_span + 1)):
+            found.append(position)
+    return found
+
+
 def leakage_gate(prompt: PromptVersion, held_out: dict[str, pd.DataFrame], min_span: int = 40) -> GateResult:
     """Fail a prompt that carries held-out rows: as a demo, or as a long verbatim span of its text.
 
@@ -92,8 +105,6 @@ def leakage_gate(prompt: PromptVersion, held_out: dict[str, pd.DataFrame], min_s
     candidates inflates acceptance; neither shows up in any other number. `held_out` maps a split
     name to its rows (row_id, user_input); spans are compared case- and whitespace-insensitively."""
     found: list[str] = []
-    text = _squash(f"{prompt.system_prompt}\n{prompt.output_prompt}")
-    windows = {text[i:i + min_span] for i in range(max(0, len(text) - min_span + 1))}
     # retrieved demos come from the pool, so a held-out row in the pool is as bad as one in the demos
     sets = [prompt.demos, *prompt.ensemble, prompt.retrieval.pool if prompt.retrieval else []]
     demos = {_squash(d.user_input) for demos in sets for d in demos}
@@ -102,8 +113,9 @@ def leakage_gate(prompt: PromptVersion, held_out: dict[str, pd.DataFrame], min_s
         demo_rows = [row_id for squashed, row_id in inputs.items() if squashed in demos]
         if demo_rows:
             found.append(f"demo(s) or demo-pool rows that are {split} rows (data rows {data_row_numbers(demo_rows)})")
-        spans = [row_id for squashed, row_id in inputs.items() if len(squashed) >= min_span and any(
-            squashed[i:i + min_span] in windows for i in range(len(squashed) - min_span + 1))]
+        ids = list(inputs.values())
+        spans = [ids[i] for i in verbatim_span_rows(f"{prompt.system_prompt}\n{prompt.output_prompt}", list(inputs),
+                                                    min_span)]
         if spans:
             found.append(f"{min_span}+ characters copied verbatim from {split} row(s) "
                          f"{data_row_numbers(spans)} in its instructions")

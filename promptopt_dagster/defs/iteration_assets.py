@@ -251,7 +251,9 @@ def refined_prompt(context: dg.AssetExecutionContext, optimization_rows: pd.Data
         OptimizerInput(prompt=prompt, scored_rows=scored, baseline_score=result.value, metric=suite.describe(),
                        train=train, labels=spec.labels, label_descriptions=spec.label_descriptions,
                        iteration=iteration, seed=optimization.seed, select_rows=select, history=history,
-                       spare_rows=spare_rows(splits.dev, select, confirm), calibration=task.ranks_labels),
+                       spare_rows=spare_rows(splits.dev, select, confirm), calibration=task.ranks_labels,
+                       answer_and_score=answer_and_score, run_dir=project.search_dir(name, generation),
+                       metric_call_budget=_metric_calls_left(optimization, baseline_prompt, scored_rows[0])),
         evaluate, opt)
     usage = usage_since(clients, before)
     if proposal.prompt is None:  # the optimizer already logged why; the reason is also stored below
@@ -281,6 +283,14 @@ def refined_prompt(context: dg.AssetExecutionContext, optimization_rows: pd.Data
         "candidates": len(pool), "new_candidates": len(proposal.pool), "frontier": len(frontier),
         "best_select_score": dg.MetadataValue.float(float("nan") if top is None else top.select_score),
         "table": dg.MetadataValue.md(_pool_md(pool, frontier))})
+
+
+def _metric_calls_left(optimization, baseline_prompt: pd.DataFrame, scored_now: int) -> int | None:
+    """Rows the optimizer may still score under the optimization's budget (None: no cap)."""
+    cap = optimization.budget.max_metric_calls
+    if not cap:
+        return None
+    return max(0, cap - Spend.from_json(baseline_prompt.iloc[0]["spent_json"]).metric_calls - scored_now)
 
 
 def _pool_md(pool: list[Candidate], frontier: dict[str, int]) -> str:

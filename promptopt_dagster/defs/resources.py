@@ -28,6 +28,11 @@ class ProjectResource(dg.ConfigurableResource):
 
     data_dir: str
     prompts_dir: str
+    state_dir: str = ""  # where searches keep their state between iterations; empty: PROMPTOPT_STATE_DIR
+
+    def search_dir(self, optimization: str, generation: int) -> Path:
+        """One directory per optimization generation: a search started by iteration 0 goes on there."""
+        return Path(self.state_dir or get_settings().state_dir) / "search" / optimization / f"g{generation}"
 
     def manifest(self) -> dict[str, DatasetSpec]:
         return load_manifest(Path(self.data_dir) / "manifest.yaml")
@@ -132,7 +137,7 @@ def default_resources() -> dict:
     s = get_settings()
     s.state_dir.mkdir(parents=True, exist_ok=True)
     return {
-        "project": ProjectResource(data_dir=str(s.data_dir), prompts_dir=str(s.prompts_dir)),
+        "project": ProjectResource(data_dir=str(s.data_dir), prompts_dir=str(s.prompts_dir), state_dir=str(s.state_dir)),
         "task_model": model_resource(s.task),
         "optimizer_model": model_resource(s.optimizer),
         "judge_model": model_resource(s.judge),

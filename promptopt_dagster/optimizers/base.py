@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
@@ -35,6 +36,11 @@ class OptimizerInput:
     # some of them too, to tell apart what 100 select rows cannot (never rows that accept a candidate).
     spare_rows: pd.DataFrame | None = None
     calibration: bool = False  # the task backend ranks labels, so calibrated label answers can be tried
+    # Answers and scores of a prompt on rows: (answers frame with `prediction`, ScoreResult). For
+    # optimizers that show the model's answers back to a reflection model (gepa).
+    answer_and_score: Callable[[PromptVersion, pd.DataFrame], tuple] | None = None
+    run_dir: Path | None = None  # where a search keeps its state between iterations (one per optimization generation)
+    metric_call_budget: int | None = None  # rows this iteration may still score; None: no cap
 
 
 @dataclass
@@ -58,11 +64,17 @@ class Optimizer(ABC):
         return None
 
 
-def get_optimizer(name: str, **options: Any) -> Optimizer:
+def optimizer_classes() -> dict[str, type[Optimizer]]:
+    """Every optimizer by the name optimizations.yaml and `--optimizer` use."""
     from promptopt_dagster.optimizers.fewshot import FewShotOptimizer
+    from promptopt_dagster.optimizers.gepa_search import GEPAOptimizer
     from promptopt_dagster.optimizers.reflective import ReflectiveOptimizer
 
-    known = {FewShotOptimizer.name: FewShotOptimizer, ReflectiveOptimizer.name: ReflectiveOptimizer}
+    return {cls.name: cls for cls in (FewShotOptimizer, ReflectiveOptimizer, GEPAOptimizer)}
+
+
+def get_optimizer(name: str, **options: Any) -> Optimizer:
+    known = optimizer_classes()
     if name not in known:
         raise ValueError(f"Unknown optimizer {name!r}; choose one of {', '.join(sorted(known))}.")
     return known[name](**options)

@@ -1,0 +1,100 @@
+"""`promptopt optimize` with the gepa optimizer, through Dagster, every model on a real SDK client.
+
+The task model (openai SDK, fake server) answers the label the system prompt last tells it to fall
+back on ("When unsure, answer X."), else `positive`. The reflection model (openai or google-genai
+SDK, its own fake server) answers from what it is sent: it appends the expected label of the first
+wrong row it was shown. Three of four rows are `negative`, so the first reflection ("answer
+negative") is better and the next ones, shown the `positive` rows the new prompt gets wrong, are
+worse: the loop must keep the first and never propose the others.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from promptopt_dagster_tests.fake_llm_servers import FakeLLMServer
+from promptopt_dagster_tests.remote_helpers import adc_file, run_cli, warehouse
+
+FALLBACK = re.compile(r"When unsure, answer (\w+)\.")
+SYSTEM = "Classify the review."
+
+
+def toy_project(root: Path) -> Path:
+    data = root / "data"
+    (data / "toy").mkdir(parents=True)
+    sizes = {"train": 60, "dev": 40, "test": 40}
+    start = 0
+    for split, n in sizes.items():
+        pd.DataFrame([{"user_input": f"review number {start + i}",
+                       "ground_truth_output": "positive" if (start + i) % 4 == 0 else "negative"}
+                      for i in range(n)]).to_csv(data / "toy" / f"{split}.csv", index=False)
+        start += n
+    (data / "manifest.yaml").write_text(yaml.safe_dump({"datasets": {"toy": {
+        "description": "Synthetic: three of four reviews are negative.",
+        "files": {s: f"toy/{s}.csv" for s in sizes}, "labels": ["positive", "negative"],
+        "target_metric": "accuracy", "initial_prompt": "toy.json", "max_output_tokens": 4}}}))
+    (data / "optimizations.yaml").write_text(yaml.safe_dump({"optimizations": {"toy_gepa": {
+        "dataset": "toy", "optimizer": "gepa", "options": {"rows_per_iteration": 120, "minibatch_size": 3},
+        "select_size": 20, "eval_size": 20, "test_size": 0,
+        "stop": {"max_iterations": 2, "patience": 2, "target_score": 1.1}}}}))
+    (root / "prompts").mkdir()
+    (root / "prompts" / "toy.json").write_text(json.dumps({"system_prompt": SYSTEM,
+                                                           "output_prompt": "Review: {user_input}\nSentiment:"}))
+    return root
+
+
+def task(req) -> str:
+    found = FALLBACK.findall(req.system)
+    return found[-1] if found else "positive"
+
+
+def reflect(req) -> str:
+    text = req.user
+    current = text.split("```", 2)[1].strip("\n")
+    if "(component: output_prompt)" in text:
+        return f"```\n{current}\n```"
+    wrong = re.search(r'the expected answer is \\?"(\w+)', text)
+    return f"```\n{current} When unsure, answer {wrong.group(1) if wrong else 'positive'}.\n```"
+
+
+@pytest.mark.parametrize("protocol", ["openai", "gemini"])
+def test_gepa_keeps_the_better_rewrite_through_the_cli_and_a_rerun_sends_nothing(tmp_path, protocol):
+    root = toy_project(tmp_path / "project")
+    with FakeLLMServer("openai", answer=task) as task_srv, FakeLLMServer(protocol, answer=reflect) as opt_srv:
+        env = {"PROMPTOPT_DATA_DIR": str(root / "data"), "PROMPTOPT_PROMPTS_DIR": str(root / "prompts"),
+               "PROMPTOPT_TASK__BACKEND": "openai", "PROMPTOPT_TASK__BASE_URL": task_srv.openai_base_url,
+               "OPENAI_API_KEY": "sk-task", "PROMPTOPT_OPTIMIZER__BACKEND": protocol}
+        if protocol == "openai":
+            env["PROMPTOPT_OPTIMIZER__BASE_URL"] = opt_srv.openai_base_url
+        else:
+            env.update({"PROMPTOPT_OPTIMIZER__BASE_URL": opt_srv.url, "PROMPTOPT_OPTIMIZER__PROJECT": "proj-1",
+                        "GOOGLE_APPLICATION_CREDENTIALS": str(adc_file(tmp_path, opt_srv))})
+        state = root / "state"
+        done = run_cli(state, env, "--optimization", "toy_gepa", "--test-size", "40",
+                       "--report-json", str(tmp_path / "report.json"), cwd=root)
+        assert done.returncode == 0, done.stderr[-4000:]
+        reflections = [r for r in opt_srv.requests if r.status == 200 and "token" not in r.path]
+        task_srv.reset()
+        opt_srv.reset()
+        again = run_cli(state, env, "--optimization", "toy_gepa", "--test-size", "40", cwd=root)
+        assert again.returncode == 0, again.stderr[-4000:]
+        rerun = (task_srv.request_count, len([r for r in opt_srv.requests if "token" not in r.path]))
+
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert reflections, "the reflection model was never asked"
+    assert FALLBACK.findall(report["best_prompt"]["system_prompt"]) == ["negative"]
+    assert (report["initial_test_score"], report["best_test_score"]) == (0.25, 0.75)
+    steps = warehouse(state, "select step, accepted, refined_score from promptopt.comparison_report order by step")
+    assert steps["accepted"].tolist()[0] and not any(steps["accepted"].tolist()[1:])
+    pool = warehouse(state, "select kind, select_score from promptopt.candidate_pool where step = "
+                            "(select max(step) from promptopt.candidate_pool)")
+    # GEPA's candidates with their select-row scores: the kept rewrite well above the start (about a quarter of
+    # the select rows are positive), and no worse child became the proposal
+    assert set(pool["kind"]) <= {"gepa", "gepa-merge"} and pool["select_score"].max() > 0.5
+    assert rerun == (0, 0), "the rerun must be served from the response cache and the saved GEPA state"
