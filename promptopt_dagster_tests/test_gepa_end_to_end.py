@@ -98,3 +98,55 @@ def test_gepa_keeps_the_better_rewrite_through_the_cli_and_a_rerun_sends_nothing
     # the select rows are positive), and no worse child became the proposal
     assert set(pool["kind"]) <= {"gepa", "gepa-merge"} and pool["select_score"].max() > 0.5
     assert rerun == (0, 0), "the rerun must be served from the response cache and the saved GEPA state"
+
+    # The lineage is asset metadata: each candidate's parents, select score and Pareto-front membership.
+    import dagster as dg
+
+    with dg.DagsterInstance.from_ref(dg._core.instance.ref.InstanceRef.from_dir(str(state / "dagster_home"))) as inst:
+        record = inst.fetch_materializations(dg.AssetKey("refined_prompt"), limit=1).records[0]
+    lineage = record.asset_materialization.metadata["candidates"].value
+    seeds = [c for c in lineage if c.get("kind") == "seed"]
+    children = [c for c in lineage if c.get("kind") == "reflection"]
+    assert len(seeds) == 1 and children and all(c["parents"] for c in children)
+    assert any(c["on_pareto_front"] for c in children) and all("select_score" in c for c in lineage if "kind" in c)
+
+
+def _prompt_of(request) -> str:
+    return json.dumps((request.body or {}).get("messages"), sort_keys=True)
+
+
+@pytest.mark.slow
+def test_a_search_killed_mid_way_resumes_its_saved_state_and_repeats_no_paid_call(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    root = toy_project(tmp_path / "project")
+    with FakeLLMServer("openai", answer=task, latency_s=0.02) as task_srv, \
+            FakeLLMServer("openai", answer=reflect, latency_s=0.5) as opt_srv:
+        env = {**os.environ, "PROMPTOPT_DATA_DIR": str(root / "data"), "PROMPTOPT_PROMPTS_DIR": str(root / "prompts"),
+               "PROMPTOPT_STATE_DIR": str(root / "state"), "PROMPTOPT_TASK__BACKEND": "openai",
+               "PROMPTOPT_TASK__BASE_URL": task_srv.openai_base_url, "OPENAI_API_KEY": "sk-task",
+               "PROMPTOPT_OPTIMIZER__BACKEND": "openai", "PROMPTOPT_OPTIMIZER__BASE_URL": opt_srv.openai_base_url}
+        env.pop("DAGSTER_HOME", None)
+        argv = [sys.executable, "-m", "promptopt_dagster.cli", "optimize", "--optimization", "toy_gepa"]
+        proc = subprocess.Popen(argv, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 180
+        while sum(r.status == 200 for r in list(opt_srv.requests)) < 3 and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        proc.kill()
+        proc.communicate(timeout=60)
+        paid = {_prompt_of(r) for srv in (task_srv, opt_srv) for r in list(srv.requests) if r.status == 200}
+        assert sum(r.status == 200 for r in opt_srv.requests) >= 3, "the search never reflected before the kill"
+        saved = root / "state" / "search" / "toy_gepa" / "g1" / "i0" / "gepa_state.bin"
+        assert saved.exists(), "GEPA saved no state before the kill"
+        marks = (len(task_srv.requests), len(opt_srv.requests))
+        again = subprocess.run(argv + ["--report-json", str(tmp_path / "report.json")], env=env, cwd=root,
+                               capture_output=True, text=True, timeout=600)
+        resent = {_prompt_of(r) for r in task_srv.requests[marks[0]:] + opt_srv.requests[marks[1]:] if r.body}
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not paid & resent, f"{len(paid & resent)} paid prompts were sent again"
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert FALLBACK.findall(report["best_prompt"]["system_prompt"]) == ["negative"]
