@@ -165,3 +165,18 @@ def test_a_rerun_of_the_same_iteration_resumes_its_own_state_and_asks_nothing_ne
     assert asked and len(reflection.requests) == asked
     assert again.prompt.system_prompt == first.prompt.system_prompt
     assert [c.id for c in again.pool] == [c.id for c in first.pool]  # the same candidates, the same ids
+
+
+def test_a_refused_reply_is_stored_with_its_reason_and_the_search_goes_on(tmp_path):
+    replies = iter(["Sure! Here is a better prompt: be careful.", "```\nClassify {label}.\n```"])
+
+    def first_bad(request: LLMRequest) -> str:
+        return next(replies, None) or reflect_from_what_was_sent(request)
+
+    proposal = GEPAOptimizer(rows_per_iteration=200).propose(make_input(tmp_path), evaluate=None,
+                                                             optimizer_llm=FakeLLM(first_bad, mode="chat"))
+    refused = [c for c in proposal.candidates if "rejected_reflection" in c]
+    assert [c["component"] for c in refused] == ["system_prompt", "system_prompt"]
+    assert refused[0]["rejected_reflection"].startswith("expected the new system_prompt in exactly one ``` block")
+    assert "contains the placeholder(s) {label}" in refused[1]["rejected_reflection"]
+    assert proposal.prompt is not None and FALLBACK.findall(proposal.prompt.system_prompt)[-1] == "negative"
