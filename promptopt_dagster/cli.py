@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from promptopt_dagster.core.errors import PromptOptError
-from promptopt_dagster.core.optimizations import OPTIMIZERS
+from promptopt_dagster.core.optimizations import OPTIMIZERS, WRITERS
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.settings import PROJECT_ROOT, get_settings
 
@@ -90,8 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument("--test-size", type=_int_from(0), help="held-out test rows in the report (0: all) (default: 500)")
     opt.add_argument("--optimizer", choices=list(OPTIMIZERS),
                      help="fewshot: search demos and instructions; reflective: an LLM rewrites the prompt once "
-                          "an iteration; gepa: GEPA's reflective evolution of the instructions (reflective and gepa "
-                          "need a capable optimizer model) (default: fewshot)")
+                          "an iteration from the worst rows; gepa: GEPA's reflective evolution of the instructions; "
+                          "metaprompt: a rewrite from guidelines alone (all but fewshot need a capable optimizer "
+                          "model) (default: fewshot)")
     opt.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                      help="an option of the optimizer, e.g. num_candidates=4 (repeatable; a value is read as YAML)")
     opt.add_argument("--target-score", type=_float_in(0.0),
@@ -117,9 +118,10 @@ def _parser() -> argparse.ArgumentParser:
                                     "with the interpreter and packages this command runs with.", formatter_class=_Help)
     ui.add_argument("--port", type=_int_from(1), default=3000, help="port of the web UI")
     ui.add_argument("--host", default="127.0.0.1", help="address the web UI listens on (0.0.0.0: every interface)")
-    from promptopt_dagster import cli_jobs, cli_leaderboard
+    from promptopt_dagster import cli_jobs, cli_leaderboard, cli_rewrite
 
     cli_leaderboard.add_command(sub)
+    cli_rewrite.add_command(sub)
     cli_jobs.add_commands(sub)
     return parser
 
@@ -229,7 +231,7 @@ def _check_optimizer_model(optimization) -> None:
     """Optimizers that ask a model to write prompts refuse the embedded one up front, instead of running
     iterations whose every proposal is refused."""
     model = optimization.optimizer_model or get_settings().optimizer
-    if optimization.optimizer in ("gepa", "reflective") and model.backend == "local":
+    if optimization.optimizer in WRITERS and model.backend == "local":
         raise PromptOptError(
             f"optimizer {optimization.optimizer!r} needs a model that can write prompts, and the optimizer model is "
             "the embedded Gemma 3 270M, which cannot. Set optimizer_model in data/optimizations.yaml (or "
@@ -448,9 +450,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args)
     try:
-        from promptopt_dagster import cli_jobs, cli_leaderboard
+        from promptopt_dagster import cli_jobs, cli_leaderboard, cli_rewrite
 
         commands = {"optimize": optimize, "ui": ui, "leaderboard": cli_leaderboard.leaderboard,
+                    "rewrite": cli_rewrite.rewrite,
                     "submit": cli_jobs.submit, "status": cli_jobs.status, "cancel": cli_jobs.cancel}
         return commands[args.command](args)
     except PromptOptError as exc:

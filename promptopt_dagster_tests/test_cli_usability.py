@@ -49,7 +49,7 @@ def test_bad_flags_are_refused_in_one_line(project, flags, fragment):
     assert not (project / "state" / "warehouse.duckdb").exists()  # refused before anything ran
 
 
-@pytest.mark.parametrize("optimizer", ["gepa", "reflective"])
+@pytest.mark.parametrize("optimizer", ["gepa", "reflective", "metaprompt"])
 def test_an_optimizer_that_writes_prompts_refuses_the_embedded_model_up_front(project, optimizer):
     done = _promptopt(project, "optimize", "--dataset", "sst2", "--optimizer", optimizer, backend="local")
     assert done.returncode == 2 and done.stderr.count("\n") == 1

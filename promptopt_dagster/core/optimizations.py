@@ -24,7 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from promptopt_dagster.core.errors import PromptOptError
 from promptopt_dagster.llm.model_settings import ModelSettings
 
-OPTIMIZERS = ("fewshot", "reflective", "gepa")
+OPTIMIZERS = ("fewshot", "reflective", "gepa", "metaprompt")
+#: optimizers that ask the optimizer model to write prompts: the embedded model cannot
+WRITERS = ("reflective", "gepa", "metaprompt")
 # A name becomes a Dagster partition key and a file name: keep it to what both take.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -66,7 +68,7 @@ class OptimizationSpec(_Strict):
     description: str = ""
     # None: the model the environment configures (PROMPTOPT_TASK__*, ...; the embedded one by default)
     task_model: ModelSpec | None = None
-    optimizer: Literal["fewshot", "reflective", "gepa"] = "fewshot"
+    optimizer: Literal["fewshot", "reflective", "gepa", "metaprompt"] = "fewshot"
     options: dict[str, Any] = Field(default_factory=dict, description="the optimizer's own options")
     optimizer_model: ModelSpec | None = None
     judge_model: ModelSpec | None = None

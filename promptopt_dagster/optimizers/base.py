@@ -68,9 +68,10 @@ def optimizer_classes() -> dict[str, type[Optimizer]]:
     """Every optimizer by the name optimizations.yaml and `--optimizer` use."""
     from promptopt_dagster.optimizers.fewshot import FewShotOptimizer
     from promptopt_dagster.optimizers.gepa_search import GEPAOptimizer
+    from promptopt_dagster.optimizers.metaprompt import MetaPromptOptimizer
     from promptopt_dagster.optimizers.reflective import ReflectiveOptimizer
 
-    return {cls.name: cls for cls in (FewShotOptimizer, ReflectiveOptimizer, GEPAOptimizer)}
+    return {cls.name: cls for cls in (FewShotOptimizer, ReflectiveOptimizer, GEPAOptimizer, MetaPromptOptimizer)}
 
 
 def get_optimizer(name: str, **options: Any) -> Optimizer:
