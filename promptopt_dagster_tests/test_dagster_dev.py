@@ -174,5 +174,9 @@ def test_a_sigkilled_cli_run_does_not_block_runs_queued_from_the_ui(dagster_dev,
     runs = wait_for(env, lambda runs: any(r.job_name == "prepare_dataset" and r.tags.get("dagster/partition") ==
                                            "sms_spam" and r.status == dg.DagsterRunStatus.SUCCESS for r in runs),
                      240, "the queued run to start and finish")
+    # With 3 runs allowed at once the queued run need not wait for the dead one; the dead_cli_run_sensor
+    # (every 30 s) still marks it failed, so it never holds a place for good.
+    runs = wait_for(env, lambda runs: any(r.run_id == stuck[0].run_id and r.status == dg.DagsterRunStatus.FAILURE
+                                          for r in runs), 120, "the dead CLI run to be marked failed")
     killed = next(r for r in runs if r.run_id == stuck[0].run_id)
     assert killed.status == dg.DagsterRunStatus.FAILURE
