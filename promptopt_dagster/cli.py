@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from promptopt_dagster.core.errors import PromptOptError
-from promptopt_dagster.core.optimizations import OPTIMIZERS, WRITERS
+from promptopt_dagster.core.optimizations import OPTIMIZERS, writer_model_problem
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.settings import PROJECT_ROOT, get_settings
 
@@ -231,11 +231,9 @@ def _check_optimizer_model(optimization) -> None:
     """Optimizers that ask a model to write prompts refuse the embedded one up front, instead of running
     iterations whose every proposal is refused."""
     model = optimization.optimizer_model or get_settings().optimizer
-    if optimization.optimizer in WRITERS and model.backend == "local":
-        raise PromptOptError(
-            f"optimizer {optimization.optimizer!r} needs a model that can write prompts, and the optimizer model is "
-            "the embedded Gemma 3 270M, which cannot. Set optimizer_model in data/optimizations.yaml (or "
-            "PROMPTOPT_OPTIMIZER__BACKEND=gemini|openai with its settings), or use --optimizer fewshot.")
+    problem = writer_model_problem(optimization.optimizer, model.backend)
+    if problem:
+        raise PromptOptError(problem)
 
 
 def _check_context(client, spec, splits, prompt, optimization, data_dir: Path) -> None:

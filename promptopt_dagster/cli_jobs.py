@@ -152,13 +152,14 @@ def optimization_view(server: Webserver, name: str) -> dict:
     chain.sort(key=lambda r: r.created)
     errors = {r.run_id: server.error_of(r.run_id) for r in chain if r.status == "FAILURE"}
     tags = chain[-1].tags
-    spend = next((run_summary(r)["spend"] for r in reversed(chain) if "spend" in run_summary(r)), None)
+    summaries = [{**run_summary(r), **({"error": errors[r.run_id]} if r.run_id in errors else {})} for r in chain]
+    spend = next((s["spend"] for s in reversed(summaries) if "spend" in s), None)
     iterations = [_where(r) for r in chain if r.job == "optimize_iteration"]
     return {"optimization": name, "dataset": tags.get("promptopt/dataset"), "optimizer": tags.get("promptopt/optimizer"),
             "task_model": tags.get("promptopt/task_model"), "generation": tags.get("promptopt/generation"),
             "submission": submission, "state": chain_state(chain),
             "iteration": iterations[-1].removeprefix("iteration ") if iterations else None, "spend": spend,
-            "runs": [{**run_summary(r), **({"error": errors[r.run_id]} if r.run_id in errors else {})} for r in chain],
+            "runs": summaries,
             "_lines": [run_line(r, errors.get(r.run_id)) for r in chain]}
 
 
@@ -296,15 +297,14 @@ def cancel(args: argparse.Namespace) -> int:
         if run.finished:
             raise PromptOptError(f"run {run.run_id} ({_where(run)}) already ended {run.status}; nothing to cancel.")
         runs = [run]
+    ended = []
     for run in runs:
         server.terminate(run.run_id)
-        if not args.no_wait:
-            run = _wait_finished(server, run.run_id, poll_s=1.0, timeout_s=120)
-        else:
-            run = server.runs(run_ids=[run.run_id], limit=1)[0]
+        run = (server.runs(run_ids=[run.run_id], limit=1)[0] if args.no_wait
+               else _wait_finished(server, run.run_id, poll_s=1.0, timeout_s=120))
+        ended.append(run.status)
         print(f"run {run.run_id} ({_where(run)}): {run.status}", flush=True)
-    return 0 if args.no_wait or all(server.runs(run_ids=[r.run_id], limit=1)[0].status == "CANCELED"
-                                    for r in runs) else 1
+    return 0 if args.no_wait or all(status == "CANCELED" for status in ended) else 1
 
 
 def say(text: str) -> None:

@@ -112,12 +112,14 @@ class Webserver:
             with urllib.request.urlopen(request, timeout=self._timeout_s) as reply:
                 body = json.loads(reply.read())
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise PromptOptError(f"no Dagster webserver answers at {self.url} ({reason}). Start one with "
-                                 "`promptopt ui`, or pass --url (or set PROMPTOPT_DAGSTER_URL).") from None
+            raise self._unreachable(getattr(exc, "reason", exc)) from None
         if body.get("errors"):
             raise PromptOptError(f"the webserver at {self.url} refused the query: {body['errors'][0]['message']}")
         return body["data"]
+
+    def _unreachable(self, reason) -> PromptOptError:
+        return PromptOptError(f"no Dagster webserver answers at {self.url} ({reason}). Start one with "
+                              "`promptopt ui`, or pass --url (or set PROMPTOPT_DAGSTER_URL).")
 
     def _mutate(self, what: str, call):
         from dagster_graphql import DagsterGraphQLClientError
@@ -128,8 +130,7 @@ class Webserver:
             raise PromptOptError(f"{what} failed at {self.url}: {exc.args[0]}"
                                  + (f": {exc.body}" if getattr(exc, "body", None) else "")) from None
         except OSError as exc:
-            raise PromptOptError(f"no Dagster webserver answers at {self.url} ({exc}). Start one with "
-                                 "`promptopt ui`, or pass --url (or set PROMPTOPT_DAGSTER_URL).") from None
+            raise self._unreachable(exc) from None
 
     def partitions(self, job: str) -> list[str]:
         selector = {"repositoryName": REPOSITORY, "repositoryLocationName": LOCATION}

@@ -102,7 +102,9 @@ def test_gepa_keeps_the_better_rewrite_through_the_cli_and_a_rerun_sends_nothing
     # The lineage is asset metadata: each candidate's parents, select score and Pareto-front membership.
     import dagster as dg
 
-    with dg.DagsterInstance.from_ref(dg._core.instance.ref.InstanceRef.from_dir(str(state / "dagster_home"))) as inst:
+    from promptopt_dagster_tests.dagster_dev_helpers import open_instance
+
+    with open_instance({"DAGSTER_HOME": str(state / "dagster_home")}) as inst:
         record = inst.fetch_materializations(dg.AssetKey("refined_prompt"), limit=1).records[0]
     lineage = record.asset_materialization.metadata["candidates"].value
     seeds = [c for c in lineage if c.get("kind") == "seed"]

@@ -27,6 +27,17 @@ from promptopt_dagster.llm.model_settings import ModelSettings
 OPTIMIZERS = ("fewshot", "reflective", "gepa", "metaprompt")
 #: optimizers that ask the optimizer model to write prompts: the embedded model cannot
 WRITERS = ("reflective", "gepa", "metaprompt")
+
+
+def writer_model_problem(optimizer: str, backend: str | None) -> str | None:
+    """Why this optimizer cannot run on this optimizer-model backend (None: no model), or None. One message
+    for the CLI's check before any run and for the optimizers themselves under Dagster."""
+    if optimizer not in WRITERS or backend not in (None, "local"):
+        return None
+    which = "missing" if backend is None else "the embedded Gemma 3 270M, which cannot"
+    return (f"optimizer {optimizer!r} needs a model that can write prompts, and the optimizer model is {which}. "
+            "Set optimizer_model in data/optimizations.yaml (or PROMPTOPT_OPTIMIZER__BACKEND=gemini|openai with its "
+            "settings), or use --optimizer fewshot.")
 # A name becomes a Dagster partition key and a file name: keep it to what both take.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 

@@ -33,6 +33,7 @@ from typing import Callable
 
 import pandas as pd
 
+from promptopt_dagster.core.optimizations import writer_model_problem
 from promptopt_dagster.core.prompts import PromptVersion, placeholder_problem, system_prompt_problem
 from promptopt_dagster.core.quality import verbatim_span_rows
 from promptopt_dagster.llm.base import LLMClient, LLMRequest
@@ -228,11 +229,9 @@ class GEPAOptimizer(Optimizer):
     def propose(self, inp: OptimizerInput, evaluate, optimizer_llm: LLMClient | None = None) -> Proposal:
         import gepa
 
-        if optimizer_llm is None or optimizer_llm.backend == "local":
-            return Proposal(prompt=None, rejected_reason=(
-                "gepa needs a capable optimizer model to reflect on failures, and the embedded model cannot write "
-                "prompts: set optimizer_model in optimizations.yaml (or PROMPTOPT_OPTIMIZER__BACKEND) to gemini or "
-                "openai, or use the fewshot optimizer"))
+        refused = writer_model_problem(self.name, optimizer_llm.backend if optimizer_llm else None)
+        if refused:
+            return Proposal(prompt=None, rejected_reason=refused)
         if inp.answer_and_score is None or inp.run_dir is None or inp.select_rows is None:
             raise ValueError("gepa needs answer_and_score, run_dir and select_rows in its input")
         valset = _records(inp.select_rows)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 
+from promptopt_dagster.core.optimizations import writer_model_problem
 from promptopt_dagster.core.prompts import PLACEHOLDER, PromptVersion
 from promptopt_dagster.llm.base import LLMClient, LLMRequest
 from promptopt_dagster.optimizers.base import Optimizer, OptimizerInput, Proposal
@@ -33,13 +34,6 @@ GUIDELINES = (
     "prompt. Use no other {placeholders} anywhere.",
     "Be brief: no examples, no preamble, no explanation of your changes.",
 )
-
-
-def needs_capable_model(client: LLMClient | None) -> str | None:
-    if client is None or client.backend == "local":
-        return ("metaprompt needs a capable optimizer model to rewrite prompts, and the embedded model cannot: set "
-                "optimizer_model in optimizations.yaml (or PROMPTOPT_OPTIMIZER__BACKEND) to gemini or openai")
-    return None
 
 
 class MetaPromptOptimizer(Optimizer):
@@ -72,7 +66,7 @@ class MetaPromptOptimizer(Optimizer):
                 label_descriptions: dict[str, str] | None = None, description: str = "",
                 scored: bool = True) -> Proposal:
         """The rewritten prompt, or why there is none. `scored=False` marks a version no row has judged."""
-        refused = needs_capable_model(client)
+        refused = writer_model_problem(self.name, client.backend if client else None)
         if refused:
             return Proposal(prompt=None, rejected_reason=refused)
         request = self.build_request(prompt, labels or [], label_descriptions or {}, description, client.mode)
