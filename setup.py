@@ -43,6 +43,9 @@ setup(
         # Production models. google-genai stays below 3 so google-cloud-aiplatform 2.7 can sit beside it.
         "google-genai==2.34.0",
         "openai[aiohttp]==3.52.0",  # aiohttp transport: less CPU per request than httpx
+        # The `vertex` optimizer: Google's Vertex AI Prompt Optimizer through its `agentplatform` client
+        # (prompts.optimize is marked experimental: exact pin).
+        "google-cloud-aiplatform==2.7.0",
     ],
     extras_require={
         "dev": [

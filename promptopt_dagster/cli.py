@@ -91,8 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument("--optimizer", choices=list(OPTIMIZERS),
                      help="fewshot: search demos and instructions; reflective: an LLM rewrites the prompt once "
                           "an iteration from the worst rows; gepa: GEPA's reflective evolution of the instructions; "
-                          "metaprompt: a rewrite from guidelines alone (all but fewshot need a capable optimizer "
-                          "model) (default: fewshot)")
+                          "metaprompt: a rewrite from guidelines alone; vertex: Google's Vertex AI Prompt Optimizer "
+                          "suggests the instruction (all but fewshot need a capable optimizer model; vertex needs "
+                          "optimizer backend vertex_prompt_optimizer) (default: fewshot)")
     opt.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                      help="an option of the optimizer, e.g. num_candidates=4 (repeatable; a value is read as YAML)")
     opt.add_argument("--target-score", type=_float_in(0.0),
@@ -230,10 +231,16 @@ def _check_target(optimization, spec, flag: bool) -> None:
 def _check_optimizer_model(optimization) -> None:
     """Optimizers that ask a model to write prompts refuse the embedded one up front, instead of running
     iterations whose every proposal is refused."""
+    from promptopt_dagster.llm.model_settings import PROMPT_SERVICES
+
     model = optimization.optimizer_model or get_settings().optimizer
     problem = writer_model_problem(optimization.optimizer, model.backend)
     if problem:
         raise PromptOptError(problem)
+    task = optimization.task_model or get_settings().task
+    if task.backend in PROMPT_SERVICES:
+        raise PromptOptError(f"the task model's backend is {task.backend}, which rewrites prompts and cannot answer "
+                             "rows. Set PROMPTOPT_TASK__BACKEND (or task_model) to local, gemini or openai.")
 
 
 def _check_context(client, spec, splits, prompt, optimization, data_dir: Path) -> None:

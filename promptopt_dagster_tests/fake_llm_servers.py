@@ -38,6 +38,9 @@ _OPENAI_ERROR = {400: ("invalid_request_error", "invalid_request"), 401: ("inval
                  502: ("server_error", "bad_gateway"), 503: ("server_error", "service_unavailable")}
 _VERTEX_PATH = re.compile(r"^/(v1|v1beta1)/projects/[^/]+/locations/[^/]+/publishers/google/models/([^/:]+):generateContent$")
 _GEMINI_API_PATH = re.compile(r"^/(v1beta|v1)/models/([^/:]+):generateContent$")
+# Vertex AI Prompt Optimizer (zero-shot and few-shot): one prompt in, a streamed JSON array of chunks out.
+_OPTIMIZE_PROMPT_PATH = re.compile(r"^/(v1|v1beta1)/projects/[^/]+/locations/[^/]+/tuningJobs:optimizePrompt$")
+PROMPT_OPTIMIZER_MODEL = "vertex-prompt-optimizer"  # the `model` a FakeRequest to that route carries
 ACCESS_TOKEN = "fake-access-token"  # what POST /token hands out to Application Default Credentials
 
 
@@ -309,6 +312,8 @@ class FakeLLMServer:
         if method != "POST":
             return None
         if self.protocol == "gemini":
+            if _OPTIMIZE_PROMPT_PATH.match(path):
+                return PROMPT_OPTIMIZER_MODEL
             m = _VERTEX_PATH.match(path) or _GEMINI_API_PATH.match(path)
             return m.group(2) if m else None
         if path == "/v1/chat/completions":
@@ -320,7 +325,8 @@ class FakeLLMServer:
         if self.protocol == "gemini":
             si = body.get("systemInstruction") or {}
             system_parts = [p.get("text", "") for p in si.get("parts", [])] if isinstance(si, dict) else []
-            for c in body.get("contents") or []:
+            # optimizePrompt sends one `content`; generateContent a list of `contents`
+            for c in body.get("contents") or ([body["content"]] if isinstance(body.get("content"), dict) else []):
                 text = "".join(p.get("text", "") for p in c.get("parts", []) if isinstance(p, dict))
                 messages.append((c.get("role") or "user", text))
             gc = body.get("generationConfig") or {}
@@ -397,7 +403,12 @@ class FakeLLMServer:
             self.completion_tokens += c
             self.prompts_answered[req.prompt_key] += 1
             self.requests.append(RecordedRequest("POST", h.path, headers, body, None, 200))
-        if self.protocol == "gemini":
+        if model == PROMPT_OPTIMIZER_MODEL:
+            # The service streams its answer as a JSON array of partial contents; the SDK joins their texts.
+            step = max(1, len(text) // 3)
+            payload = [{"content": {"role": "model", "parts": [{"text": text[i:i + step]}]}}
+                       for i in range(0, len(text), step)] or [{"content": {"role": "model", "parts": [{"text": ""}]}}]
+        elif self.protocol == "gemini":
             payload = {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]},
                                        "finishReason": "MAX_TOKENS" if truncated else "STOP", "index": 0}],
                        "usageMetadata": {"promptTokenCount": p, "candidatesTokenCount": c, "totalTokenCount": p + c},

@@ -55,7 +55,7 @@ def test_the_fingerprint_moves_with_what_decides_results_only(tmp_path):
     ("{dataset: sst2, stop: {patience: 0}}", "optimizations.bad.stop.patience", "got 0"),
     ("{dataset: sst2, options: {num_candidate: 3}}", "optimizations.bad.options", "unknown fewshot option(s) 'num_candidate'"),
     ("{dataset: sst2, options: {num_candidates: 0}}", "optimizations.bad.options", "at least 1"),
-    ("{dataset: sst2, optimizer: vertex}", "optimizations.bad.optimizer", "'gepa' or 'metaprompt'"),
+    ("{dataset: sst2, optimizer: mipro}", "optimizations.bad.optimizer", "'metaprompt' or 'vertex'"),
     ("{dataset: sst2, task_model: {backend: openai, modle: x}}", "optimizations.bad.task_model.modle", "not a known key"),
     ("{dataset: sst2, eval_sise: 10}", "optimizations.bad.eval_sise", "not a known key"),
     ("{dataset: nope}", "optimizations.bad.dataset", "not a dataset of the manifest"),

@@ -24,14 +24,25 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from promptopt_dagster.core.errors import PromptOptError
 from promptopt_dagster.llm.model_settings import ModelSettings
 
-OPTIMIZERS = ("fewshot", "reflective", "gepa", "metaprompt")
+OPTIMIZERS = ("fewshot", "reflective", "gepa", "metaprompt", "vertex")
 #: optimizers that ask the optimizer model to write prompts: the embedded model cannot
-WRITERS = ("reflective", "gepa", "metaprompt")
+WRITERS = ("reflective", "gepa", "metaprompt", "vertex")
+#: the optimizer-model backend each service-bound optimizer needs (the others need a chat model)
+SERVICE_OF = {"vertex": "vertex_prompt_optimizer"}
 
 
 def writer_model_problem(optimizer: str, backend: str | None) -> str | None:
     """Why this optimizer cannot run on this optimizer-model backend (None: no model), or None. One message
     for the CLI's check before any run and for the optimizers themselves under Dagster."""
+    service = SERVICE_OF.get(optimizer)
+    if service and backend != service:
+        return (f"optimizer {optimizer!r} sends the prompt to Google's Vertex AI Prompt Optimizer, and the optimizer "
+                f"model is {backend or 'missing'}. Set optimizer_model: {{backend: {service}, project: YOUR_PROJECT, "
+                f"location: us-central1}} in data/optimizations.yaml (or PROMPTOPT_OPTIMIZER__BACKEND={service} "
+                "with PROMPTOPT_OPTIMIZER__PROJECT).")
+    if optimizer in WRITERS and not service and backend in SERVICE_OF.values():
+        return (f"optimizer {optimizer!r} needs a chat model to write prompts; {backend} only serves optimizer "
+                f"'vertex'. Set optimizer_model to a gemini or openai model, or use optimizer: vertex.")
     if optimizer not in WRITERS or backend not in (None, "local"):
         return None
     which = "missing" if backend is None else "the embedded Gemma 3 270M, which cannot"
@@ -79,7 +90,10 @@ class OptimizationSpec(_Strict):
     description: str = ""
     # None: the model the environment configures (PROMPTOPT_TASK__*, ...; the embedded one by default)
     task_model: ModelSpec | None = None
-    optimizer: Literal["fewshot", "reflective", "gepa", "metaprompt"] = "fewshot"
+    # Model migration: this model's answers (with the dataset's initial prompt) become the references the
+    # task model's prompt is optimized to agree with; the dataset then needs no ground_truth_output column.
+    source_model: ModelSpec | None = None
+    optimizer: Literal["fewshot", "reflective", "gepa", "metaprompt", "vertex"] = "fewshot"
     options: dict[str, Any] = Field(default_factory=dict, description="the optimizer's own options")
     optimizer_model: ModelSpec | None = None
     judge_model: ModelSpec | None = None
@@ -92,6 +106,26 @@ class OptimizationSpec(_Strict):
     confidence: float = Field(0.9, ge=0.5, le=0.999, description="of the paired test that accepts a refinement")
     max_failed_fraction: float = Field(0.02, ge=0.0, le=1.0)
     seed: int = 0
+
+    @field_validator("task_model")
+    @classmethod
+    def _answers_rows(cls, value):
+        from promptopt_dagster.llm.model_settings import PROMPT_SERVICES
+
+        if value is not None and value.backend in PROMPT_SERVICES:
+            raise ValueError(f"{value.backend} rewrites prompts and cannot answer rows; it can only be the "
+                             "optimizer_model of optimizer: vertex")
+        return value
+
+    @field_validator("source_model")
+    @classmethod
+    def _not_the_task_model(cls, value, info: ValidationInfo):
+        task = info.data.get("task_model")
+        if value is not None and task is not None and same_model(value, task):
+            raise ValueError(f"source_model is the task model ({describe_model(value)}): a migration moves a prompt "
+                             "from one model to another. Name the model the prompt was written for as source_model "
+                             "and the model it moves to as task_model, or remove source_model")
+        return value
 
     @field_validator("judge_model")
     @classmethod
@@ -111,7 +145,9 @@ class OptimizationSpec(_Strict):
     def fingerprint(self) -> str:
         """What decides results, hashed: an edit to any of it starts a new generation. The name and
         description do not count; API keys are never settings, so they cannot reach it."""
-        payload = self.model_dump(mode="json", exclude={"name", "description"})
+        # an optimization without a source model keeps the fingerprint it had before migrations existed
+        exclude = {"name", "description", *(() if self.source_model is not None else ("source_model",))}
+        payload = self.model_dump(mode="json", exclude=exclude)
         text = json.dumps(payload, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -129,7 +165,20 @@ class OptimizationSpec(_Strict):
 
     def summary(self) -> str:
         model = self.task_model or ModelSettings()
-        return f"{self.name}: {self.dataset}, {self.optimizer} on {model.backend}/{model.model or 'default'}"
+        source = f", migrating from {describe_model(self.source_model)}" if self.source_model is not None else ""
+        return f"{self.name}: {self.dataset}, {self.optimizer} on {describe_model(model)}{source}"
+
+
+#: what makes two model settings the same model (rates, timeouts and prices do not)
+_MODEL_IDENTITY = ("backend", "model", "base_url", "vertexai", "project", "location")
+
+
+def same_model(a: ModelSettings, b: ModelSettings) -> bool:
+    return all(getattr(a, f) == getattr(b, f) for f in _MODEL_IDENTITY)
+
+
+def describe_model(model: ModelSettings) -> str:
+    return f"{model.backend}/{model.model or 'default'}"
 
 
 def optimizer_option_names(optimizer: str) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.llm.cache import CachedClient, ResponseCache
-from promptopt_dagster.llm.model_settings import BACKENDS, ModelSettings, api_key_from_env
+from promptopt_dagster.llm.model_settings import BACKENDS, PROMPT_SERVICES, ModelSettings, api_key_from_env
 from promptopt_dagster.llm.remote import RetryPolicy
 from promptopt_dagster.llm.usage import price_for
 
@@ -39,6 +39,11 @@ def build_client(settings: ModelSettings, model_dir: Path, threads: int, cache_p
         from promptopt_dagster.llm.openai_compat import OpenAIClient
 
         client = OpenAIClient(s.model, base_url=s.base_url, api_key=api_key, json_mode=s.json_mode, **engine)
+    elif s.backend == "vertex_prompt_optimizer":
+        from promptopt_dagster.llm.vertex_prompt_optimizer import VertexPromptOptimizerClient
+
+        client = VertexPromptOptimizerClient(s.model, project=s.project, location=s.location, base_url=s.base_url,
+                                             **engine)
     elif s.backend == "fake":
         from promptopt_dagster.llm.fake import FakeLLM
 
@@ -46,7 +51,7 @@ def build_client(settings: ModelSettings, model_dir: Path, threads: int, cache_p
     else:
         raise ValueError(f"Unknown LLM backend {s.backend!r}; choose one of {', '.join(BACKENDS)}.")
     client.price = price_for(client.backend, client.model, s.input_price_per_mtok, s.output_price_per_mtok)
-    if not client.price.known:
+    if not client.price.known and s.backend not in PROMPT_SERVICES:  # a service call has no tokens to price
         log.warning("no price known for %s; its cost counts as 0. Set input_price_per_mtok and "
                     "output_price_per_mtok for this model to estimate cost and enforce a money budget.",
                     client.model_key)

@@ -13,17 +13,20 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-BACKENDS = ("local", "gemini", "openai", "fake")
+BACKENDS = ("local", "gemini", "openai", "fake", "vertex_prompt_optimizer")
+#: backends that only rewrite prompts (the `vertex` optimizer's model), never answer rows
+PROMPT_SERVICES = ("vertex_prompt_optimizer",)
 DEFAULT_KEY_ENV = {"gemini": "GOOGLE_API_KEY", "openai": "OPENAI_API_KEY"}
 
 
 class ModelSettings(BaseModel):
-    backend: str = Field("local", description="local (embedded llama.cpp) | gemini | openai | fake (tests)")
+    backend: str = Field("local", description="local (embedded llama.cpp) | gemini | openai | fake (tests) | "
+                                                     "vertex_prompt_optimizer (optimizer model of `vertex` only)")
     model: str | None = Field(None, description="Model name (or GGUF path for local); empty: the backend's default")
     # where: gemini
     vertexai: bool = Field(True, description="gemini: Vertex AI with ADC (true) or the Gemini API with a key (false)")
-    project: str | None = Field(None, description="gemini on Vertex: Google Cloud project id")
-    location: str = Field("us-central1", description="gemini on Vertex: region, or 'global'")
+    project: str | None = Field(None, description="gemini on Vertex, vertex_prompt_optimizer: Google Cloud project id")
+    location: str = Field("us-central1", description="gemini on Vertex, vertex_prompt_optimizer: region, or 'global'")
     # where: openai, or a proxy/test server for gemini
     base_url: str | None = Field(None, description="openai: server URL ending in /v1; gemini: endpoint override")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key "

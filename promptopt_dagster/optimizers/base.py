@@ -70,8 +70,10 @@ def optimizer_classes() -> dict[str, type[Optimizer]]:
     from promptopt_dagster.optimizers.gepa_search import GEPAOptimizer
     from promptopt_dagster.optimizers.metaprompt import MetaPromptOptimizer
     from promptopt_dagster.optimizers.reflective import ReflectiveOptimizer
+    from promptopt_dagster.optimizers.vertex_prompt import VertexOptimizer
 
-    return {cls.name: cls for cls in (FewShotOptimizer, ReflectiveOptimizer, GEPAOptimizer, MetaPromptOptimizer)}
+    return {cls.name: cls for cls in (FewShotOptimizer, ReflectiveOptimizer, GEPAOptimizer, MetaPromptOptimizer,
+                                      VertexOptimizer)}
 
 
 def get_optimizer(name: str, **options: Any) -> Optimizer:
