@@ -63,8 +63,21 @@ def rewrite(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(json.loads(proposal.prompt.to_json()), indent=2, ensure_ascii=False) + "\n",
                    encoding="utf-8")
+    _record_in_dagster(name, proposal.prompt, out, client.model_key)
     print(f"UNSCORED prompt version v{proposal.prompt.version} (no row has judged it) written to {out}:\n"
           f"  system_prompt: {proposal.prompt.system_prompt}\n  output_prompt: {proposal.prompt.output_prompt!r}\n"
-          "Score it on rows with `promptopt optimize` (use it as the dataset's initial prompt) before you ship it.",
-          flush=True)
+          "Score it on rows with `promptopt optimize` (use it as the dataset's initial prompt) before you ship it.\n"
+          "The Dagster UI lists it under the asset unscored_prompt.", flush=True)
     return 0
+
+
+def _record_in_dagster(name: str, prompt, path: Path, written_by: str) -> None:
+    import dagster as dg
+
+    from promptopt_dagster.defs.home import ensure_dagster_home
+    from promptopt_dagster.defs.unscored_prompts import record_unscored
+    from promptopt_dagster.settings import get_settings
+
+    ensure_dagster_home(get_settings().dagster_home)
+    with dg.DagsterInstance.get() as instance:
+        record_unscored(instance, name, prompt, path.resolve(), written_by)

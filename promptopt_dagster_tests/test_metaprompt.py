@@ -89,6 +89,19 @@ def test_rewrite_writes_an_unscored_version_and_optimize_scores_one(tmp_path):
         written = json.loads((root / "state" / "unscored_prompts" / "toy.json").read_text())
         assert written["metadata"]["scored"] is False and done.stdout.startswith("UNSCORED prompt version")
         assert written["system_prompt"] == "Classify the review. When unsure, answer negative."
+        # ... and the Dagster UI lists it as an unscored prompt version, never as a best prompt
+        import dagster as dg
+
+        from promptopt_dagster_tests.dagster_dev_helpers import open_instance
+
+        with open_instance({"DAGSTER_HOME": str(root / "state" / "dagster_home")}) as inst:
+            events = inst.fetch_materializations(dg.AssetKey("unscored_prompt"), limit=5).records
+            best = inst.fetch_materializations(dg.AssetKey("best_prompt"), limit=5).records
+        assert len(events) == 1 and not best
+        shown = events[0].asset_materialization.metadata
+        assert shown["scored"].value is False and shown["status"].value.startswith("UNSCORED")
+        assert "When unsure, answer negative." in shown["prompt"].value
+        assert shown["written_by"].value.startswith("openai/")  # the optimizer model, never a key
 
         scored = subprocess.run(cli + ["optimize", "--dataset", "toy", "--optimizer", "metaprompt", "--eval-size", "20",
                                        "--select-size", "20", "--max-iterations", "1", "--test-size", "40",
