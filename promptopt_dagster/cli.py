@@ -254,6 +254,39 @@ def _check_context(client, spec, splits, prompt, optimization, data_dir: Path) -
         check_context(client, requests, rows["row_id"].tolist(), prompt, str(data_dir / spec.files[split]))
 
 
+def _check_migration(optimization) -> None:
+    """A migration moves a prompt between two models: the source must not be the task model."""
+    from promptopt_dagster.core.optimizations import describe_model, same_model
+
+    task = optimization.task_model or get_settings().task
+    if optimization.source_model is not None and same_model(optimization.source_model, task):
+        raise PromptOptError(f"optimizations.{optimization.name}.source_model is the task model "
+                             f"({describe_model(task)}, from {'task_model' if optimization.task_model else 'PROMPTOPT_TASK__*'}): "
+                             "a migration moves a prompt from one model to another. Set task_model (or "
+                             "PROMPTOPT_TASK__*) to the model the prompt moves to.")
+
+
+def _migration_lines(migration: dict) -> list[str]:
+    agreement, bounds = migration["agreement"], migration["agreement"]["intervals"]
+
+    def score(value, interval) -> str:
+        return f"{value:.4f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+    cost, per = migration["cost"], migration["per_answer"]
+    lines = [f"  migration from {migration['source_model']}: agreement with its answers on {agreement['test_rows']} "
+             f"test rows: before {score(agreement['before'], bounds.get('initial'))} -> after "
+             f"{score(agreement['after'], bounds.get('best'))}"]
+    labels = migration.get("dataset_labels")
+    if labels:
+        lines.append(f"  the dataset's own labels ({labels['rows']} test rows): source {labels['source']:.4f}, "
+                     f"before {labels['initial']:.4f}, after {labels['best']:.4f}")
+    lines.append("  cost: " + "; ".join(
+        f"{role} {cost[role]['model']} {cost[role]['llm_calls']:,} calls + {cost[role]['cache_hits']:,} cached, "
+        f"${cost[role]['cost_usd']:.4f} (${per[role].get('cost_usd_per_1k_answers', 0.0):.4f} per 1,000 answers)"
+        for role in ("source", "task")))
+    return lines
+
+
 def _summary(optimization: str, report: dict, this_run: dict, best_path: Path, rank: str) -> str:
     """A few lines a person reads at the end of a run; the full report is one flag away."""
     total = report["usage"]["total"]
@@ -272,6 +305,7 @@ def _summary(optimization: str, report: dict, this_run: dict, best_path: Path, r
         f"  model calls this run: {this_run['llm_calls']:,} ({this_run['cache_hits']:,} answers from the cache); "
         f"whole optimization: {total['llm_calls']:,} calls + {total['cache_hits']:,} cached answers, "
         f"{total['requests']:,} requests, ${total['cost_usd']:.4f}",
+        *(_migration_lines(report["migration"]) if report.get("migration") else []),
         f"  best prompt: v{best['version']} ({PromptVersion.model_validate(best).describe()}), written to {best_path}",
         f"  report: final_report[{optimization}] in the Dagster UI (`promptopt ui`); "
         "the JSON with --json or --report-json PATH",
@@ -285,7 +319,7 @@ def optimize(args: argparse.Namespace) -> int:
 
     from promptopt_dagster.defs.home import ensure_dagster_home
     from promptopt_dagster.defs.loop import (DATASET_JOB, DRIVER_TAG, ITERATION_JOB, LEADERBOARD_JOB, REPORT_JOB,
-                                             START_JOB, next_step, optimization_tags, stop_reason_of)
+                                             START_JOB, next_step, optimization_tags, start_run_config, stop_reason_of)
     from promptopt_dagster.defs.partitions import ensure_iteration, iteration_key
     from promptopt_dagster.defs.runs import PID_TAG, describe, fail_dead_cli_runs, process_tags
     from promptopt_dagster.llm.progress import bars_shown
@@ -301,17 +335,18 @@ def optimize(args: argparse.Namespace) -> int:
     optimization = _resolve_optimization(args, project.manifest())
     name, dataset = optimization.name, optimization.dataset
     spec = project.spec(dataset)
-    splits = project.splits(dataset)
+    splits = project.splits(dataset, unlabeled_ok=optimization.source_model is not None)  # labels: see _check_migration
     initial = project.initial_prompt(dataset)
     _check_target(optimization, spec, flag=args.target_metric is not None)
     _check_optimizer_model(optimization)
+    _check_migration(optimization)
     suite = project.suite(dataset, target=optimization.target_metric)  # unknown scorers, options, name clashes
     _check_context(defs.resources["task_model"].client_for(optimization.task_model), spec, splits, initial, optimization, settings.data_dir)
 
     instance = dg.DagsterInstance.get()
     for run in fail_dead_cli_runs(instance):
         say(f"marked {describe(run)} failed: its process {run.tags[PID_TAG]} is gone")
-    start_config = {"ops": {"optimization": {"config": {"spec_json": optimization.model_dump_json()}}}}
+    start_config = start_run_config(optimization)
     level = "DEBUG" if args.verbose else "CRITICAL"  # failures are reported below, in the user's terms
     loggers = {"loggers": {"console": {"config": {"log_level": level}}}}
     tags = {DRIVER_TAG: "cli", **process_tags(), **optimization_tags(optimization)}
@@ -338,6 +373,10 @@ def optimize(args: argparse.Namespace) -> int:
         run(DATASET_JOB, dataset)
         started_run = run(START_JOB, name, with_config=True)
         generation = int(started_run.asset_materializations_for_node("optimization")[0].metadata["generation"].value)
+        references = started_run.asset_materializations_for_node("migration_references")
+        if optimization.source_model is not None and references:  # the source model's calls count in this run
+            for key in this_run:
+                this_run[key] += references[0].metadata[key].value
         say(f"[{name}] generation {generation} (settings fingerprint {optimization.fingerprint()})")
         iteration = 0
         while True:

@@ -230,7 +230,7 @@ def _wait_finished(server: Webserver, run_id: str, poll_s: float, timeout_s: flo
 
 def submit(args: argparse.Namespace) -> int:
     from promptopt_dagster.defs.loop import (DATASET_JOB, DRIVER_TAG, START_JOB, SUBMISSION_TAG,
-                                             optimization_tags)
+                                             optimization_tags, start_run_config)
 
     specs = _specs()
     if args.name not in specs:
@@ -252,8 +252,7 @@ def submit(args: argparse.Namespace) -> int:
     if run.status != "SUCCESS":
         error = server.error_of(prepare) or run.status.lower()
         raise PromptOptError(f"run {prepare} ({DATASET_JOB} {spec.dataset}) {run.status.lower()}: {error}")
-    start = server.launch(START_JOB, spec.name, tags,
-                          run_config={"ops": {"optimization": {"config": {"spec_json": spec.model_dump_json()}}}})
+    start = server.launch(START_JOB, spec.name, tags, run_config=start_run_config(spec))
     say(f"[{spec.name}] started: run {start} (submission {submission}); the sensor runs each iteration and the "
         f"final report. Follow it with `promptopt status {spec.name}` or in the UI at {server.url}/runs")
     print(start, flush=True)

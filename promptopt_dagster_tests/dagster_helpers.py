@@ -141,7 +141,9 @@ def start(defs: dg.Definitions, instance: dg.DagsterInstance, spec: Optimization
           tags: dict | None = None):
     """Record the optimization's settings; returns the run result (its metadata holds the generation)."""
     spec = spec or small_spec()
-    config = {"ops": {"optimization": {"config": {"spec_json": spec.model_dump_json()}}}}
+    from promptopt_dagster.defs.loop import start_run_config
+
+    config = start_run_config(spec)
     return defs.resolve_job_def("start_optimization").execute_in_process(
         partition_key=spec.name, instance=instance, run_config=config, tags=tags or {"promptopt/driver": "test"},
         raise_on_error=False)

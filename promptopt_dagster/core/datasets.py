@@ -16,7 +16,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from promptopt_dagster.core.errors import DatasetError, ManifestError
+from promptopt_dagster.core.errors import DatasetError, ManifestError, MissingLabelsError
 from promptopt_dagster.scoring.suite import AGGREGATE, ScorerSpec
 
 COLUMNS = ("user_input", "ground_truth_output")
@@ -111,6 +111,10 @@ class DatasetSplits:
     def split(self, name: str) -> pd.DataFrame:
         return getattr(self, name)
 
+    def unlabeled(self) -> list[str]:
+        """The splits whose file had no ground_truth_output column (read for a model migration)."""
+        return [s for s in SPLITS if len(self.split(s)) and self.split(s)["ground_truth_output"].isna().all()]
+
     def to_frame(self) -> pd.DataFrame:
         """One long table (dataset, split, row_id, user_input, ground_truth_output) for the warehouse."""
         frames = [f.assign(split=s) for s, f in zip(SPLITS, (self.train, self.dev, self.test))]
@@ -123,8 +127,11 @@ class DatasetSplits:
         return cls(name=name, **parts)
 
 
-def read_split(path: Path, labels: list[str] | None = None) -> pd.DataFrame:
-    """Read one CSV and validate it on its own; row numbers in errors are 1-based data rows."""
+def read_split(path: Path, labels: list[str] | None = None, unlabeled_ok: bool = False) -> pd.DataFrame:
+    """Read one CSV and validate it on its own; row numbers in errors are 1-based data rows.
+
+    `unlabeled_ok`: a file without the ground_truth_output column is read with no labels (null), for
+    a model migration, whose references come from the source model instead."""
     if not path.exists():
         raise DatasetError(f"Dataset file {path} does not exist. Check the path in data/manifest.yaml "
                            f"or add the file with the header `{','.join(COLUMNS)}`.")
@@ -137,15 +144,22 @@ def read_split(path: Path, labels: list[str] | None = None) -> pd.DataFrame:
         raise DatasetError(f"Dataset file {path} is not valid CSV ({exc}). Quote fields that contain "
                            "commas or newlines with double quotes.") from None
     missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing:
-        raise DatasetError(f"Dataset file {path} is missing the column(s) {', '.join(missing)} "
-                           f"(found: {', '.join(map(str, frame.columns)) or 'none'}). The first line must be "
-                           f"the header `{','.join(COLUMNS)}`, one row per example.")
+    unlabeled = missing == ["ground_truth_output"]
+    if unlabeled and unlabeled_ok:
+        frame["ground_truth_output"] = pd.Series([None] * len(frame), index=frame.index, dtype="string")
+    elif missing:
+        message = (f"Dataset file {path} is missing the column(s) {', '.join(missing)} "
+                   f"(found: {', '.join(map(str, frame.columns)) or 'none'}). The first line must be "
+                   f"the header `{','.join(COLUMNS)}`, one row per example.")
+        if unlabeled:
+            raise MissingLabelsError(f"{message} {MIGRATION_HINT}")
+        raise DatasetError(message)
     if frame.empty:
         raise DatasetError(f"Dataset file {path} has a header but no rows. Add labeled examples, "
                            f"one per line as `{','.join(COLUMNS)}`.")
     frame = frame[list(COLUMNS)].copy()
-    blank = frame[(frame["user_input"].str.strip() == "") | (frame["ground_truth_output"].str.strip() == "")]
+    no_label = frame["ground_truth_output"].str.strip().eq("").fillna(False).astype(bool)  # null: no label column
+    blank = frame[(frame["user_input"].str.strip() == "") | no_label]
     if len(blank):
         raise DatasetError(f"Dataset file {path} has empty fields in data row(s) {data_row_numbers(blank.index)}. "
                            "Fill them in or delete those rows.")
@@ -153,7 +167,7 @@ def read_split(path: Path, labels: list[str] | None = None) -> pd.DataFrame:
     if len(dupes):
         raise DatasetError(f"Dataset file {path} repeats the same user_input in data row(s) {data_row_numbers(dupes.index)}. "
                            "Delete the repeats so no example counts twice.")
-    if labels:
+    if labels and not unlabeled:
         allowed = {l.casefold() for l in labels}
         bad = frame[~frame["ground_truth_output"].str.strip().str.casefold().isin(allowed)]
         if len(bad):
@@ -183,8 +197,15 @@ def _utf8_text(path: Path) -> str:
             'file from Excel on Windows), or choose "CSV UTF-8" when saving from a spreadsheet.') from None
 
 
-def load_splits(spec: DatasetSpec, data_dir: Path) -> DatasetSplits:
-    splits = {s: read_split(Path(data_dir) / spec.files[s], spec.labels) for s in SPLITS}
+#: what to do about a file without labels: the end of every message that refuses one
+MIGRATION_HINT = ("Add the ground_truth_output column with each row's expected output, or, to move a prompt from "
+                  "one model to another, set `source_model` on the optimization in data/optimizations.yaml: the "
+                  "source model's answers then become the references, and no label column is needed.")
+
+
+def load_splits(spec: DatasetSpec, data_dir: Path, unlabeled_ok: bool = False) -> DatasetSplits:
+    """Every split, validated; `unlabeled_ok` lets files without labels through (model migration only)."""
+    splits = {s: read_split(Path(data_dir) / spec.files[s], spec.labels, unlabeled_ok) for s in SPLITS}
     seen: dict[str, str] = {}
     for split, frame in splits.items():
         for text in frame["user_input"]:

@@ -9,6 +9,10 @@ class DatasetError(PromptOptError):
     pass
 
 
+class MissingLabelsError(DatasetError):
+    """A dataset file without the ground_truth_output column, where no model migration supplies references."""
+
+
 class PromptError(PromptOptError):
     pass
 

@@ -59,3 +59,37 @@ def _cell(text, width: int = 80) -> str:
     text = "" if text is None or text is pd.NA or (isinstance(text, float) and pd.isna(text)) else str(text)
     text = text.replace("|", "\\|").replace("\n", " ")
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def migration_markdown(migration: dict) -> str:
+    """A model migration in the final report: agreement with the source before and after, the dataset's
+    own labels where it has them, and what both models cost."""
+    agreement, bounds = migration["agreement"], migration["agreement"]["intervals"]
+
+    def score(value, interval=None) -> str:
+        if value is None:
+            return "n/a"
+        return f"{value:.4f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+    lines = [f"### Migration from `{migration['source_model']}` to `{migration['task_model']}`", "",
+             f"Agreement with the source model ({migration['metric']}) on {agreement['test_rows']} test rows, "
+             "95% intervals:", "",
+             "| prompt | agreement with the source |", "|---|---|",
+             f"| before (initial prompt) | {score(agreement['before'], bounds.get('initial'))} |",
+             f"| after (best prompt) | {score(agreement['after'], bounds.get('best'))} |"]
+    labels = migration.get("dataset_labels")
+    if labels:
+        lines += ["", f"Against the dataset's own labels ({labels['rows']} test rows): source "
+                      f"{score(labels['source'])}, before {score(labels['initial'])}, after {score(labels['best'])}."]
+    lines += ["", "| model | role | calls | cached | tokens | cost (USD) | per 1,000 answers (USD) |",
+              "|---|---|---|---|---|---|---|"]
+    cost, per = migration["cost"], migration["per_answer"]
+    for role in ("source", "task"):
+        c = cost[role]
+        lines.append(f"| `{c['model']}` | {role} | {c['llm_calls']:,} | {c['cache_hits']:,} | "
+                     f"{c['prompt_tokens'] + c['completion_tokens']:,} | {c['cost_usd']:.4f} | "
+                     f"{per[role].get('cost_usd_per_1k_answers', float('nan')):.4f} |")
+    for model, c in cost.get("other", {}).items():
+        lines.append(f"| `{model}` | optimizer/judge | {c['llm_calls']:,} | {c['cache_hits']:,} | "
+                     f"{c['prompt_tokens'] + c['completion_tokens']:,} | {c['cost_usd']:.4f} | |")
+    return "\n".join(lines)

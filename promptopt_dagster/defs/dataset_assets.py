@@ -7,10 +7,14 @@ iteration assets read through a plain partition mapping.
 """
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
+from promptopt_dagster.core.errors import MissingLabelsError
+from promptopt_dagster.core.migration import MigrationError, apply_references, references_fingerprint, unlabeled_files
+from promptopt_dagster.core.migration import unlabeled_message
 from promptopt_dagster.core.optimizations import OptimizationSpec, assign_generation
 from promptopt_dagster.core.quality import dataset_gate
 from promptopt_dagster.defs.metadata import gate
@@ -31,7 +35,16 @@ def dataset_splits(context: dg.AssetExecutionContext, project: ProjectResource):
     """train / dev / test rows of one dataset, validated on load (bad files fail before any LLM call)."""
     spec = project.spec(context.partition_key)
     suite = project.suite(context.partition_key)  # an unknown scorer or option fails here, before any model call
-    frame = project.splits(context.partition_key).to_frame()
+    try:
+        splits = project.splits(context.partition_key)
+    except MissingLabelsError:  # a file without labels passes only where a model migration supplies them
+        migrations = project.migrations_of(context.partition_key)
+        if not migrations:
+            raise
+        context.log.info(f"a file of dataset {context.partition_key} has no ground_truth_output column; loaded for "
+                         f"the model migration(s) {', '.join(migrations)}, whose references come from the source model")
+        splits = project.splits(context.partition_key, unlabeled_ok=True)
+    frame = splits.to_frame()
     counts = frame["split"].value_counts().to_dict()
     yield dg.Output(frame, metadata={**{f"rows_{s}": dg.MetadataValue.int(int(n)) for s, n in counts.items()},
                                      "labels": ", ".join(spec.labels), "target_metric": suite.target,
@@ -58,20 +71,34 @@ def _known_generations(context: dg.AssetExecutionContext) -> list[dict]:
 
 @dg.multi_asset(
     partitions_def=optimization_partitions, group_name="optimizations", can_subset=False,
-    ins={"dataset_splits": dg.AssetIn(partition_mapping=optimizations_of_dataset)},
+    ins={"dataset_splits": dg.AssetIn(partition_mapping=optimizations_of_dataset),
+         "migration_references": dg.AssetIn()},
     outs={"optimization_settings": dg.AssetOut(metadata=OPTIMIZATION_EXPR, description=(
               "Every generation of the optimization: its settings, fingerprint and number; `current` marks the "
               "generation started last.")),
           "optimization_rows": dg.AssetOut(metadata=OPTIMIZATION_EXPR, description=(
-              "The rows of the optimization's dataset, as the iterations and the final report read them."))},
+              "The rows of the optimization's dataset, as the iterations and the final report read them; in a "
+              "model migration their ground_truth_output is the source model's answer (migration_references)."))},
 )
 def optimization(context: dg.AssetExecutionContext, config: StartConfig, dataset_splits: pd.DataFrame,
-                 project: ProjectResource):
+                 migration_references: pd.DataFrame, project: ProjectResource):
     """Start (or continue) an optimization: settle its generation, then hand its rows to the loop."""
     name = context.partition_key
     spec = OptimizationSpec.model_validate_json(config.spec_json) if config.spec_json else project.optimization(name)
     if spec.name != name:
         raise dg.Failure(f"The settings passed are for optimization {spec.name!r}, not {name!r}.")
+    # the rows first: a bad input fails here, before this start changes any stored setting
+    rows = dataset_splits.copy()
+    if spec.source_model is not None:
+        try:
+            rows = apply_references(rows, migration_references,
+                                    references_fingerprint(spec, project.initial_prompt(spec.dataset)), name)
+        except MigrationError as exc:
+            raise dg.Failure(str(exc)) from None
+    else:
+        unlabeled = unlabeled_files(rows, project.spec(spec.dataset).files)
+        if unlabeled:
+            raise dg.Failure(unlabeled_message(name, unlabeled, Path(project.data_dir)))
     generation, known = assign_generation(_known_generations(context), spec)
     settings = pd.DataFrame([{"optimization": name, "generation": g["generation"], "fingerprint": g["fingerprint"],
                               "dataset": g["spec"]["dataset"], "current": g["generation"] == generation,
@@ -83,6 +110,5 @@ def optimization(context: dg.AssetExecutionContext, config: StartConfig, dataset
         "generation": generation, "fingerprint": spec.fingerprint(), "dataset": spec.dataset,
         "optimizer": spec.optimizer, "generations": dg.MetadataValue.json(known),
         "settings": dg.MetadataValue.json(spec.model_dump(mode="json"))})
-    rows = dataset_splits.copy()
     rows.insert(0, "optimization", name)
     yield dg.Output(rows, output_name="optimization_rows", metadata={"rows": len(rows), "dataset": spec.dataset})

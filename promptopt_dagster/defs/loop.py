@@ -28,6 +28,12 @@ CHAIN_TAGS = (OPTIMIZATION_TAG, "promptopt/dataset", "promptopt/optimizer", "pro
               "promptopt/generation", "promptopt/fingerprint", SUBMISSION_TAG)
 
 
+def start_run_config(spec: OptimizationSpec) -> dict:
+    """Run config of START_JOB with these settings: the migration's references and the start read the same."""
+    config = {"config": {"spec_json": spec.model_dump_json()}}
+    return {"ops": {"migration_references": config, "optimization": config}}
+
+
 @dataclass(frozen=True)
 class NextStep:
     job_name: str

@@ -13,6 +13,8 @@ from promptopt_dagster.core.intervals import bootstrap_mean_interval
 from promptopt_dagster.core.leaderboard import as_text as board_text
 from promptopt_dagster.core.leaderboard import from_report_rows as board_of
 from promptopt_dagster.core.leaderboard import score_cost_plot
+from promptopt_dagster.core.migration import migration_section, usage_by_role
+from promptopt_dagster.core.reports import migration_markdown
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.defs.iteration_assets import (LOOP, _predict, _score_answers, _splits, _suite,
                                                      best_prompt, settings_of)
@@ -30,11 +32,13 @@ REPORT_COLUMNS = {"optimization": "string", "generation": "int64", "dataset": "s
 
 @dg.asset(partitions_def=optimization_partitions, metadata=OPTIMIZATION_EXPR, group_name=LOOP, deps=[best_prompt])
 def final_report(context: dg.AssetExecutionContext, optimization_settings: pd.DataFrame,
-                 optimization_rows: pd.DataFrame, project: ProjectResource, task_model: LLMResource,
-                 judge_model: LLMResource, warehouse: DuckDBResource) -> pd.DataFrame:
+                 optimization_rows: pd.DataFrame, migration_references: pd.DataFrame, project: ProjectResource,
+                 task_model: LLMResource, judge_model: LLMResource, warehouse: DuckDBResource) -> pd.DataFrame:
     """The latest best prompt and the initial prompt scored on the held-out test split.
 
-    The optimizer never sees test rows: they enter the loop only here, after it has stopped.
+    The optimizer never sees test rows: they enter the loop only here, after it has stopped. In a model
+    migration the test scores are agreement with the source model, and the report adds what both
+    models cost.
     """
     name = context.partition_key
     current = optimization_settings[optimization_settings["current"].astype(bool)]
@@ -50,9 +54,9 @@ def final_report(context: dg.AssetExecutionContext, optimization_settings: pd.Da
     initial = project.initial_prompt(dataset)
     test = sample_rows(_splits(optimization_rows, dataset).test, optimization.test_size, optimization.seed)
     client = task_model.client_for(optimization.task_model)
-    test_scores, test_summaries, test_usage, intervals = {}, {}, {}, {}
+    test_scores, test_summaries, test_usage, intervals, test_answers = {}, {}, {}, {}, {}
     for which, prompt in (("initial", initial), ("best", best)):
-        answers = _predict(client, prompt, test, spec, f"test {which} {name}", split="test")
+        answers = test_answers[which] = _predict(client, prompt, test, spec, f"test {which} {name}", split="test")
         result, judge_usage = _score_answers(suite, judge_model, answers)
         test_scores[which], test_summaries[which] = result.value, result.summary()
         target = result.objective()
@@ -60,6 +64,15 @@ def final_report(context: dg.AssetExecutionContext, optimization_settings: pd.Da
         intervals[which] = [interval.low, interval.high] if interval else None
         test_usage = llm_usage.merge(test_usage, llm_usage.from_rows(answers.to_dict("records")), judge_usage)
     usage = llm_usage.merge(history["usage"], test_usage)
+    migration, source_usage = None, {}
+    if optimization.source_model is not None:
+        source = task_model.client_for(optimization.source_model)
+        references = migration_references.astype(object).where(migration_references.notna(), None)
+        source_usage = llm_usage.from_rows(references.to_dict("records"))
+        migration = migration_section(
+            source, client, references, test_answers, test_scores, intervals, suite, spec.labels,
+            usage_by_role(usage, source_usage, source.model_key, client.model_key))
+        usage = llm_usage.merge(usage, source_usage)
     totals = llm_usage.total(usage)
     report = {
         "optimization": name, "generation": generation, "fingerprint": optimization.fingerprint(),
@@ -74,8 +87,10 @@ def final_report(context: dg.AssetExecutionContext, optimization_settings: pd.Da
         "test_scores": test_summaries, "dev_scores": history["dev_scores"],
         "llm_calls": totals.llm_calls, "cache_hits": totals.cache_hits, "requests": totals.requests,
         "usage": {"total": totals.to_dict(), "by_model": {m: u.to_dict() for m, u in sorted(usage.items())},
-                  "final_report": llm_usage.total(test_usage).to_dict()},
+                  "final_report": llm_usage.total(test_usage).to_dict(),
+                  **({"migration_references": llm_usage.total(source_usage).to_dict()} if migration else {})},
         "best_prompt": json.loads(best.to_json()),
+        **({"migration": migration} if migration else {}),
     }
     context.log.info(f"{dataset}: test {suite.target} initial {test_scores['initial']:.4f} -> "
                      f"best {test_scores['best']:.4f}")
@@ -86,8 +101,9 @@ def final_report(context: dg.AssetExecutionContext, optimization_settings: pd.Da
         **{f"{which}_test_{end}": dg.MetadataValue.float(bounds[i]) for which, bounds in intervals.items() if bounds
            for i, end in enumerate(("low_95", "high_95"))},
         "best_prompt": prompt_md(best),
+        **(migration_metadata(migration) if migration else {}),
         **usage_metadata(test_usage),
-        **optimization_metadata(Spend.from_json(history["spent_json"]) + spend_of(test_usage)),
+        **optimization_metadata(Spend.from_json(history["spent_json"]) + spend_of(test_usage) + spend_of(source_usage)),
     })
     row = pd.DataFrame([{"optimization": name, "generation": generation, "dataset": dataset,
                          "initial_test_score": test_scores["initial"], "best_test_score": test_scores["best"],
@@ -125,6 +141,20 @@ def leaderboard(context: dg.AssetExecutionContext, final_report: pd.DataFrame,
                          "score_vs_cost": dg.MetadataValue.md(score_cost_plot(board))})
     context.add_output_metadata(metadata)
     return board
+
+
+def migration_metadata(migration: dict) -> dict:
+    """The migration's numbers as metadata the UI plots, and its table."""
+    agreement, intervals = migration["agreement"], migration["agreement"]["intervals"]
+    out = {"migration": dg.MetadataValue.md(migration_markdown(migration)), "source_model": migration["source_model"],
+           "agreement_before": dg.MetadataValue.float(agreement["before"]),
+           "agreement_after": dg.MetadataValue.float(agreement["after"]),
+           "source_cost_usd": dg.MetadataValue.float(migration["cost"]["source"]["cost_usd"])}
+    for which, key in (("initial", "before"), ("best", "after")):
+        if intervals.get(which):
+            out[f"agreement_{key}_low_95"] = dg.MetadataValue.float(intervals[which][0])
+            out[f"agreement_{key}_high_95"] = dg.MetadataValue.float(intervals[which][1])
+    return out
 
 
 _TABLE_TYPES = {"rank": "int", "generation": "int", "current": "bool", "llm_calls": "int", "iterations": "int",

@@ -67,8 +67,16 @@ class ProjectResource(dg.ConfigurableResource):
                             judge_client=judge_model.get_client if judge_model is not None else None,
                             where=f"{Path(self.data_dir) / 'manifest.yaml'}, dataset '{dataset}'")
 
-    def splits(self, dataset: str) -> DatasetSplits:
-        return load_splits(self.spec(dataset), Path(self.data_dir))
+    def splits(self, dataset: str, unlabeled_ok: bool = False) -> DatasetSplits:
+        """The dataset's splits; files without labels pass only with `unlabeled_ok` (a model migration)."""
+        return load_splits(self.spec(dataset), Path(self.data_dir), unlabeled_ok)
+
+    def migrations_of(self, dataset: str) -> list[str]:
+        """The optimizations of the dataset that name a source_model (their references need no labels)."""
+        from promptopt_dagster.core.optimizations import load_optimizations
+
+        specs = load_optimizations(Path(self.data_dir) / "optimizations.yaml", self.manifest())
+        return sorted(name for name, s in specs.items() if s.dataset == dataset and s.source_model is not None)
 
     def initial_prompt(self, dataset: str) -> PromptVersion:
         return PromptVersion.load(Path(self.prompts_dir) / self.spec(dataset).initial_prompt)
