@@ -111,3 +111,23 @@ def test_rewrite_writes_an_unscored_version_and_optimize_scores_one(tmp_path):
     assert report["best_prompt"]["metadata"] == {"optimizer": "metaprompt", "scored": True}
     assert (report["initial_test_score"], report["best_test_score"]) == (0.25, 0.75)
     assert warehouse(root / "state", "select accepted from promptopt.comparison_report")["accepted"].tolist() == [True]
+
+
+def test_rewrite_on_gemini_asks_for_the_proposal_schema_and_a_truncated_reply_is_refused(tmp_path, monkeypatch):
+    """google-genai against the fake Vertex endpoint: the request carries the JSON response schema, and a
+    reply cut at max_tokens (MAX_TOKENS) never becomes a prompt."""
+    from promptopt_dagster_tests.fake_llm_servers import FakeLLMServer
+    from promptopt_dagster_tests.remote_helpers import adc_file, gemini_client
+
+    long_reply = json.dumps({"system_prompt": " ".join(["Classify the review."] * 400), "output_prompt": "{user_input}"})
+    with FakeLLMServer("gemini", answer=_rewrite_from_what_was_sent) as srv:
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc_file(tmp_path, srv)))
+        good = MetaPromptOptimizer().rewrite(PromptVersion(system_prompt="Classify the review.",
+                                                           output_prompt="Review: {user_input}\nSentiment:"),
+                                             gemini_client(srv), ["positive", "negative"])
+        sent = srv.requests[-1].body
+        srv.answer = lambda req: long_reply
+        cut = MetaPromptOptimizer(max_tokens=50).rewrite(START, gemini_client(srv), ["positive", "negative"])
+    assert good.prompt.system_prompt == "Classify the review. When unsure, answer negative."
+    assert sent["generationConfig"]["responseMimeType"] == "application/json"
+    assert cut.prompt is None and "truncated" in cut.rejected_reason
