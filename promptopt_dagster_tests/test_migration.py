@@ -145,6 +145,11 @@ def test_source_model_is_a_validated_setting_that_enters_the_fingerprint(tmp_pat
     with pytest.raises(OptimizationConfigError) as info:
         load_optimizations(path, ["sms_spam"])
     assert "optimizations.m.source_model: source_model is the task model (openai/gpt-4o-mini)" in str(info.value)
+    path.write_text(yaml.safe_dump({"optimizations": {"m": {"dataset": "sms_spam", "source_model": {
+        "backend": "vertex_prompt_optimizer"}}}}))
+    with pytest.raises(OptimizationConfigError, match="optimizations.m.source_model: vertex_prompt_optimizer rewrites "
+                                                      "prompts and cannot answer rows"):
+        load_optimizations(path, ["sms_spam"])
     path.write_text(yaml.safe_dump({"optimizations": {"m": {"dataset": "sms_spam", "source_model": {"modle": "x"}}}}))
     with pytest.raises(OptimizationConfigError, match="optimizations.m.source_model.modle: not a known key"):
         load_optimizations(path, ["sms_spam"])

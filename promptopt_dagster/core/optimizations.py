@@ -107,7 +107,7 @@ class OptimizationSpec(_Strict):
     max_failed_fraction: float = Field(0.02, ge=0.0, le=1.0)
     seed: int = 0
 
-    @field_validator("task_model")
+    @field_validator("task_model", "source_model")  # both answer rows
     @classmethod
     def _answers_rows(cls, value):
         from promptopt_dagster.llm.model_settings import PROMPT_SERVICES

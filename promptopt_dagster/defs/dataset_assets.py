@@ -3,7 +3,9 @@
 `dataset_splits` is one partition per dataset. `optimization` is one partition per optimization: it
 records the settings of the generation being started (from data/optimizations.yaml, or the CLI's
 flags applied to it) and gives the optimization its own copy of its dataset's rows, which the
-iteration assets read through a plain partition mapping.
+iteration assets read through a plain partition mapping. In a model migration (a `source_model`) those
+rows carry the source model's answers from `migration_references` (defs/migration_assets.py) as their
+references; a dataset file without labels is accepted only then.
 """
 
 import json
