@@ -33,3 +33,15 @@ def test_an_empty_board_says_so_and_the_plot_is_a_png():
     markdown = score_cost_plot(board)
     assert markdown.startswith("![score vs cost](data:image/png;base64,")
     assert base64.b64decode(markdown.split(",", 1)[1].rstrip(")"))[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_migration_is_ranked_apart_from_optimizations_scored_on_the_labels():
+    migration = {**report("to_small", 1, 0.99, 0.1), "migration": {"source_model": "openai/big"}}
+    board = leaderboard("sms_spam", [migration, report("a", 1, 0.80, 1.0), report("b", 1, 0.90, 2.0)],
+                        current={"to_small": 1, "a": 1, "b": 1})
+    # 0.99 agreement with a source model does not outrank 0.90 against the labels: they measure different things
+    assert list(zip(board["optimization"], board["rank"], board["references"])) == [
+        ("b", 1, "labels"), ("a", 2, "labels"), ("to_small", 1, "source openai/big")]
+    text = as_text(board)
+    assert "model migrations, scored as agreement with source openai/big (not the labels)" in text
+    assert text.index("model migrations") > text.index(" b ")

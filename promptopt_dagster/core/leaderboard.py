@@ -3,6 +3,9 @@
 Built from the final reports alone, so it compares what was measured on held-out test rows, with the
 intervals, next to what each result cost. The plot is matplotlib (PNG), because Dagster's UI shows
 an image in markdown metadata but has no chart type of its own for one point per optimization.
+
+A model migration scores agreement with its source model, not the dataset's labels: the two numbers
+are not comparable, so each set of references is ranked on its own (the dataset's labels first).
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ COLUMNS = {
     "initial_test_score": "float64", "best_dev_score": "float64", "test_size": "int64",
     "cost_usd": "float64", "llm_calls": "int64", "requests": "int64", "iterations": "int64",
     "stop_reason": "string", "prompt_id": "string", "prompt_version": "int64", "fingerprint": "string",
+    # "labels", or "source <model>" for a migration: ranks restart per value. Last, because the warehouse
+    # appends a new column to a table stored by an earlier version and rows are inserted by position.
+    "references": "string",
 }
 
 
@@ -42,7 +48,8 @@ def leaderboard(dataset: str, reports: Iterable[dict], current: dict[str, int]) 
             "generation": int(report["generation"]),
             "current": current.get(report["optimization"]) == int(report["generation"]),
             "optimizer": report.get("optimizer") or "", "task_model": report.get("task_model") or "",
-            "metric": report["metric"], "best_test_score": float(report["best_test_score"]),
+            "metric": report["metric"], "references": references_of(report),
+            "best_test_score": float(report["best_test_score"]),
             "test_low_95": _bound(report, 0), "test_high_95": _bound(report, 1),
             "initial_test_score": float(report["initial_test_score"]), "best_dev_score": float(report["best_dev_score"]),
             "test_size": int(report["test_size"]), "cost_usd": float(total["cost_usd"]),
@@ -52,10 +59,20 @@ def leaderboard(dataset: str, reports: Iterable[dict], current: dict[str, int]) 
             "fingerprint": report.get("fingerprint") or "",
         })
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    frame = frame.sort_values(["best_test_score", "cost_usd", "optimization", "generation"],
-                              ascending=[False, True, True, False], kind="stable").reset_index(drop=True)
-    frame["rank"] = range(1, len(frame) + 1)
-    return frame.astype(COLUMNS)
+    frame["_migration"] = frame["references"] != LABELS
+    frame = frame.sort_values(["_migration", "references", "best_test_score", "cost_usd", "optimization", "generation"],
+                              ascending=[True, True, False, True, True, False], kind="stable").reset_index(drop=True)
+    frame["rank"] = frame.groupby("references", sort=False).cumcount() + 1
+    return frame.drop(columns="_migration").astype(COLUMNS)
+
+
+LABELS = "labels"
+
+
+def references_of(report: dict) -> str:
+    """What the report's test score measures agreement with: the dataset's labels, or a migration's source."""
+    migration = report.get("migration")
+    return f"source {migration['source_model']}" if migration else LABELS
 
 
 def from_report_rows(dataset: str, final_reports: pd.DataFrame, current: dict[str, int]) -> pd.DataFrame:
@@ -78,6 +95,8 @@ def as_text(frame: pd.DataFrame) -> str:
              f"{'#':>2}  {'optimization':<20} {'gen':>3}  {'optimizer':<10} {'task model':<28} "
              f"{'test':<22} {'dev':>6}  {'initial':>7}  {'cost $':>8} {'calls':>7} {'iter':>4}  stop / prompt"]
     for row in frame.itertuples():
+        if row.references != LABELS and row.rank == 1:
+            lines.append(f"-- model migrations, scored as agreement with {row.references} (not the labels) --")
         test = f"{row.best_test_score:.4f}{_interval(row)}"
         lines.append(f"{row.rank:>2}  {row.optimization:<20} {row.generation:>2}{'*' if row.current else ' '}  "
                      f"{row.optimizer:<10} {row.task_model[:28]:<28} {test:<22} {row.best_dev_score:>6.4f}  "
