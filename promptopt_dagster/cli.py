@@ -119,11 +119,12 @@ def _parser() -> argparse.ArgumentParser:
                                     "with the interpreter and packages this command runs with.", formatter_class=_Help)
     ui.add_argument("--port", type=_int_from(1), default=3000, help="port of the web UI")
     ui.add_argument("--host", default="127.0.0.1", help="address the web UI listens on (0.0.0.0: every interface)")
-    from promptopt_dagster import cli_jobs, cli_leaderboard, cli_rewrite
+    from promptopt_dagster import cli_jobs, cli_leaderboard, cli_promote, cli_rewrite
 
     cli_leaderboard.add_command(sub)
     cli_rewrite.add_command(sub)
     cli_jobs.add_commands(sub)
+    cli_promote.add_commands(sub)
     return parser
 
 
@@ -494,10 +495,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args)
     try:
-        from promptopt_dagster import cli_jobs, cli_leaderboard, cli_rewrite
+        from promptopt_dagster import cli_jobs, cli_leaderboard, cli_promote, cli_rewrite
 
         commands = {"optimize": optimize, "ui": ui, "leaderboard": cli_leaderboard.leaderboard,
-                    "rewrite": cli_rewrite.rewrite,
+                    "rewrite": cli_rewrite.rewrite, "promote": cli_promote.promote,
+                    "rollback": cli_promote.rollback, "render": cli_promote.render,
                     "submit": cli_jobs.submit, "status": cli_jobs.status, "cancel": cli_jobs.cancel}
         return commands[args.command](args)
     except PromptOptError as exc:

@@ -10,9 +10,11 @@ import dagster as dg
 
 from promptopt_dagster.defs.dataset_assets import dataset_splits, optimization
 from promptopt_dagster.defs.iteration_assets import ITERATION_ASSETS
-from promptopt_dagster.defs.loop import DATASET_JOB, ITERATION_JOB, LEADERBOARD_JOB, REPORT_JOB, START_JOB
+from promptopt_dagster.defs.loop import (DATASET_JOB, ITERATION_JOB, LEADERBOARD_JOB, PROMOTE_JOB, REPORT_JOB,
+                                         START_JOB)
 from promptopt_dagster.defs.migration_assets import migration_references
 from promptopt_dagster.defs.partitions import dataset_partitions, iteration_partitions, optimization_partitions
+from promptopt_dagster.defs.promotion_assets import promoted_prompt, promotion_audit
 from promptopt_dagster.defs.report_assets import final_report, leaderboard
 
 prepare_dataset = dg.define_asset_job(DATASET_JOB, selection=[dataset_splits], partitions_def=dataset_partitions,
@@ -33,3 +35,8 @@ final_report_job = dg.define_asset_job(REPORT_JOB, selection=[final_report], par
 leaderboard_job = dg.define_asset_job(LEADERBOARD_JOB, selection=[leaderboard], partitions_def=dataset_partitions,
                                      executor_def=dg.in_process_executor,
                                      description="Rank every optimization of one dataset by its final report.")
+promote_prompt = dg.define_asset_job(PROMOTE_JOB, selection=[promotion_audit, promoted_prompt],
+                                    partitions_def=dataset_partitions, executor_def=dg.in_process_executor,
+                                    description="A person's request to serve an optimization's best prompt (or to roll "
+                                                "back): gated, audited, then written where applications read it. No "
+                                                "sensor or schedule runs it.")

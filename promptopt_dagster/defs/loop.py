@@ -19,6 +19,7 @@ REPORT_JOB = "final_report_job"
 LEADERBOARD_JOB = "leaderboard_job"
 DATASET_JOB = "prepare_dataset"
 START_JOB = "start_optimization"
+PROMOTE_JOB = "promote_prompt"  # only ever launched by a person: never in a sensor
 DRIVER_TAG = "promptopt/driver"  # "cli" runs are driven by the CLI itself; the sensor leaves them alone
 OPTIMIZATION_TAG = "promptopt/optimization"
 SUBMISSION_TAG = "promptopt/submission"  # one `promptopt submit`: its start run and every run the sensor chains to it

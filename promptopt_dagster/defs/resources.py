@@ -34,6 +34,10 @@ class ProjectResource(dg.ConfigurableResource):
         """One directory per optimization generation: a search started by iteration 0 goes on there."""
         return Path(self.state_dir or get_settings().state_dir) / "search" / optimization / f"g{generation}"
 
+    def promoted_dir(self) -> Path:
+        """Where promoted prompts are served: `<prompts dir>/promoted/<dataset>.json`, read by applications."""
+        return Path(self.prompts_dir) / "promoted"
+
     def manifest(self) -> dict[str, DatasetSpec]:
         return load_manifest(Path(self.data_dir) / "manifest.yaml")
 

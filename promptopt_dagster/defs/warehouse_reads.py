@@ -94,3 +94,10 @@ def other_generation_reports(warehouse: DuckDBResource, optimization: str, gener
     with warehouse.get_connection() as con:
         return _fetch(con, "select * from promptopt.final_report where optimization = ? and generation <> ? "
                            "order by generation", [optimization, generation])
+
+
+def promotion_events(warehouse: DuckDBResource, dataset: str) -> pd.DataFrame:
+    """The dataset's promotion audit so far, which the next request appends to (the IO manager replaces
+    the dataset's whole partition) and which says what is served now."""
+    with warehouse.get_connection() as con:
+        return _fetch(con, "select * from promptopt.promotion_audit where dataset = ? order by event_id", [dataset])
