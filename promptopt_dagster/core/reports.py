@@ -93,3 +93,76 @@ def migration_markdown(migration: dict) -> str:
         lines.append(f"| `{model}` | optimizer/judge | {c['llm_calls']:,} | {c['cache_hits']:,} | "
                      f"{c['prompt_tokens'] + c['completion_tokens']:,} | {c['cost_usd']:.4f} | |")
     return "\n".join(lines)
+
+
+def summary_markdown(report: dict, iterations: list[dict]) -> str:
+    """The "Prompt Optimization Summary" of one optimization generation, as the seed design's artifact:
+    the score of every iteration with its accept/reject mark, the best prompt, why the loop stopped, spend.
+
+    iterations: one dict per finished iteration (step, baseline_score, refined_score, accepted, best_score, why)."""
+    total = report["usage"]["total"]
+    intervals = report.get("test_intervals") or {}
+
+    def bounds(which: str) -> str:
+        b = intervals.get(which)
+        return f" [{b[0]:.3f}, {b[1]:.3f}]" if b else ""
+
+    lines = [f"## Prompt Optimization Summary: {report['optimization']} (generation {report['generation']})", "",
+             f"Dataset `{report['dataset']}`, optimizer `{report['optimizer']}`, task model `{report['task_model']}`, "
+             f"target `{report['metric']}`.", "",
+             f"**Held-out test** ({report['test_size']} rows, never seen by the optimizer): initial "
+             f"{report['initial_test_score']:.4f}{bounds('initial')} → best {report['best_test_score']:.4f}"
+             f"{bounds('best')}", "",
+             "| iteration | baseline (dev) | refined (dev) | decision | best so far | why |", "|---|---|---|---|---|---|"]
+    for it in iterations:
+        refined = it.get("refined_score")
+        refined_text = "—" if refined is None or refined != refined else f"{refined:.4f}"
+        mark = "✓ accepted" if it["accepted"] else "✗ rejected"
+        lines.append(f"| {it['step']} | {it['baseline_score']:.4f} | {refined_text} | {mark} | {it['best_score']:.4f} | "
+                     f"{_cell(it.get('why') or '', 70)} |")
+    best = report["best_prompt"]
+    lines += ["", f"**Stopped:** {report.get('stop_reason') or 'not stopped'}", "",
+              f"**Spend:** {total['llm_calls']:,} model calls, {total['cache_hits']:,} cached answers, "
+              f"{total['requests']:,} requests, {total['prompt_tokens'] + total['completion_tokens']:,} tokens, "
+              f"${total['cost_usd']:.4f}", "",
+              f"**Best prompt** v{best['version']} `{best['id']}` ({len(best.get('demos') or [])} demos):", "",
+              "```", best["system_prompt"], "---", best["output_prompt"], "```"]
+    return "\n".join(lines)
+
+
+def score_plot(report: dict, iterations: list[dict]) -> str:
+    """Dev score per iteration of this one optimization (baseline, refined with accept/reject marks, best so far),
+    as markdown holding a PNG: the UI's own plots mix every partition of an asset."""
+    import base64
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    steps = [it["step"] for it in iterations]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    try:
+        ax.plot(steps, [it["best_score"] for it in iterations], "-", color="tab:blue", label="best so far")
+        ax.plot(steps, [it["baseline_score"] for it in iterations], "o", color="tab:gray", label="baseline")
+        for accepted, marker, color, label in ((True, "^", "tab:green", "refined, accepted"),
+                                               (False, "x", "tab:red", "refined, rejected")):
+            pts = [(it["step"], it["refined_score"]) for it in iterations if bool(it["accepted"]) == accepted
+                   and it.get("refined_score") is not None and it["refined_score"] == it["refined_score"]]
+            if pts:
+                ax.plot(*zip(*pts), marker, color=color, label=label, linestyle="none")
+        ax.axhline(report["best_test_score"], color="tab:purple", linestyle="--", linewidth=1,
+                   label=f"best on test ({report['best_test_score']:.3f})")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(f"dev {report['metric']}")
+        ax.set_xticks(steps)
+        ax.set_title(f"{report['optimization']} g{report['generation']}: score per iteration")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+        buffer = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buffer, format="png")
+    finally:
+        plt.close(fig)
+    return f"![score per iteration](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"

@@ -23,13 +23,15 @@ from promptopt_dagster.defs.metadata import gate
 from promptopt_dagster.defs.partitions import (DATASET_EXPR, OPTIMIZATION_EXPR, dataset_partitions,
                                                optimization_partitions, optimizations_of_dataset)
 from promptopt_dagster.defs.resources import ProjectResource
+from promptopt_dagster.defs.table_types import SPLITS, DatasetSplitsFrame, column_schema
 
 SETTINGS_COLUMNS = {"optimization": "string", "generation": "int64", "fingerprint": "string", "dataset": "string",
                     "current": "bool", "spec_json": "string"}
 
 
 @dg.asset(
-    partitions_def=dataset_partitions, metadata=DATASET_EXPR, group_name="datasets",
+    partitions_def=dataset_partitions, metadata={**DATASET_EXPR, **column_schema(SPLITS)}, group_name="datasets",
+    dagster_type=DatasetSplitsFrame,
     check_specs=[dg.AssetCheckSpec("splits_valid_and_disjoint", asset="dataset_splits", blocking=True,
                                    description="Columns present, no split empty, no input in two splits.")],
 )

@@ -32,6 +32,7 @@ from promptopt_dagster.llm import usage as llm_usage
 from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.llm.inference import predict
 from promptopt_dagster.llm.usage import UsageByModel
+from promptopt_dagster.defs.table_types import METRICS, PREDICTIONS, MetricsFrame, PredictionsFrame, column_schema
 from promptopt_dagster.optimizers import OptimizerInput, get_optimizer
 from promptopt_dagster.optimizers.pool import Candidate, best, pareto_frontier, pool_frame
 from promptopt_dagster.scoring.suite import ScoringSuite, objective_value, summary_from_frame, wide_scores
@@ -136,8 +137,8 @@ def _completeness(asset: str) -> list[dg.AssetCheckSpec]:
                                           "max_failed_fraction.")]
 
 
-@dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP,
-          ins=OPTIMIZATION_INS, check_specs=_completeness("baseline_predictions"))
+@dg.asset(partitions_def=iteration_partitions, metadata={**ITERATION_EXPR, **column_schema(PREDICTIONS)}, group_name=LOOP,
+          ins=OPTIMIZATION_INS, check_specs=_completeness("baseline_predictions"), dagster_type=PredictionsFrame)
 def baseline_predictions(context: dg.AssetExecutionContext, optimization_rows: pd.DataFrame, baseline_prompt: pd.DataFrame,
                          project: ProjectResource, task_model: LLMResource, optimization_settings: pd.DataFrame):
     """The task model's answers to the dev evaluation rows with the baseline prompt."""
@@ -188,9 +189,8 @@ def _in_range(asset: str) -> list[dg.AssetCheckSpec]:
     return [dg.AssetCheckSpec("scores_in_range", asset=asset, description="Every per-row score is in [0, 1].")]
 
 
-@dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP,
-          ins=SETTINGS_IN,
-          check_specs=_in_range("baseline_metrics"))
+@dg.asset(partitions_def=iteration_partitions, metadata={**ITERATION_EXPR, **column_schema(METRICS)}, group_name=LOOP,
+          ins=SETTINGS_IN, check_specs=_in_range("baseline_metrics"), dagster_type=MetricsFrame)
 def baseline_metrics(context: dg.AssetExecutionContext, baseline_predictions: pd.DataFrame, project: ProjectResource,
                      judge_model: LLMResource, optimization_settings: pd.DataFrame):
     """Per-row and aggregate scores of the baseline answers, per scorer and weighted (the iteration's baseline)."""
@@ -303,8 +303,8 @@ def _pool_md(pool: list[Candidate], frontier: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
-@dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP,
-          ins=OPTIMIZATION_INS, check_specs=_completeness("refined_predictions"))
+@dg.asset(partitions_def=iteration_partitions, metadata={**ITERATION_EXPR, **column_schema(PREDICTIONS)}, group_name=LOOP,
+          ins=OPTIMIZATION_INS, check_specs=_completeness("refined_predictions"), dagster_type=PredictionsFrame)
 def refined_predictions(context: dg.AssetExecutionContext, optimization_rows: pd.DataFrame, refined_prompt: pd.DataFrame,
                         project: ProjectResource, task_model: LLMResource, optimization_settings: pd.DataFrame):
     """The task model's answers to the same dev rows with the refined prompt."""
@@ -312,9 +312,8 @@ def refined_predictions(context: dg.AssetExecutionContext, optimization_rows: pd
                             optimization_settings)
 
 
-@dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP,
-          ins=SETTINGS_IN,
-          check_specs=_in_range("refined_metrics"))
+@dg.asset(partitions_def=iteration_partitions, metadata={**ITERATION_EXPR, **column_schema(METRICS)}, group_name=LOOP,
+          ins=SETTINGS_IN, check_specs=_in_range("refined_metrics"), dagster_type=MetricsFrame)
 def refined_metrics(context: dg.AssetExecutionContext, refined_predictions: pd.DataFrame, project: ProjectResource,
                     judge_model: LLMResource, optimization_settings: pd.DataFrame):
     """Per-row and aggregate scores of the refined answers, per scorer and weighted."""

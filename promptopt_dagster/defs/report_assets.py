@@ -14,7 +14,7 @@ from promptopt_dagster.core.leaderboard import as_text as board_text
 from promptopt_dagster.core.leaderboard import from_report_rows as board_of
 from promptopt_dagster.core.leaderboard import score_cost_plot
 from promptopt_dagster.core.migration import migration_section, usage_by_role
-from promptopt_dagster.core.reports import migration_markdown
+from promptopt_dagster.core.reports import migration_markdown, score_plot, summary_markdown
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.defs.iteration_assets import (LOOP, _predict, _score_answers, _splits, _suite,
                                                      best_prompt, settings_of)
@@ -100,6 +100,8 @@ def final_report(context: dg.AssetExecutionContext, optimization_settings: pd.Da
         "best_test_score": dg.MetadataValue.float(test_scores["best"]),
         **{f"{which}_test_{end}": dg.MetadataValue.float(bounds[i]) for which, bounds in intervals.items() if bounds
            for i, end in enumerate(("low_95", "high_95"))},
+        "summary": dg.MetadataValue.md(summary_markdown(report, history["iterations"])),
+        "score_per_iteration": dg.MetadataValue.md(score_plot(report, history["iterations"])),
         "best_prompt": prompt_md(best),
         **(migration_metadata(migration) if migration else {}),
         **usage_metadata(test_usage),

@@ -64,7 +64,8 @@ def _best_dev_scores(con, optimization: str, generation: int, last: int) -> dict
 
 
 def optimization_history(warehouse: DuckDBResource, optimization: str, generation: int) -> dict:
-    """The latest finished iteration of a generation plus the totals of the iterations leading to it."""
+    """The latest finished iteration of a generation, the totals of the iterations leading to it, and each
+    iteration's scores and decision (`iterations`, for the summary)."""
     with warehouse.get_connection() as con:
         best = _fetch(con, "select * from promptopt.best_prompt where optimization = ? and generation = ? "
                            "order by step desc limit 1", [optimization, generation])
@@ -83,6 +84,11 @@ def optimization_history(warehouse: DuckDBResource, optimization: str, generatio
         per_iteration = con.execute("select usage_json from promptopt.comparison_report"
                                     " where optimization = ? and generation = ? and step <= ?",
                                     [optimization, generation, last]).fetchall()
+        steps = con.execute("select step, baseline_score, refined_score, accepted, best_score, why "
+                            "from promptopt.comparison_report where optimization = ? and generation = ? and step <= ? "
+                            "order by step", [optimization, generation, last]).fetchdf()
+    row["iterations"] = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+                         for r in steps.astype(object).to_dict("records")]
     row["usage"] = llm_usage.merge(*(llm_usage.from_json(u) for (u,) in per_iteration))
     row["stop_reason"] = None if pd.isna(row["stop_reason"]) else row["stop_reason"]
     return row
