@@ -64,11 +64,16 @@ def render(args: argparse.Namespace) -> int:
     from promptopt_dagster.core.errors import PromptOptError
     from promptopt_dagster.core.promotion import render as render_document
 
-    path = _defs().resources["project"].promoted_dir() / f"{args.dataset}.json"
-    if not path.exists():
+    from promptopt_dagster.core.promotion import serving_paths
+    from promptopt_dagster.core.storage import read_text
+
+    path = serving_paths(_defs().resources["project"].promoted_dir(), args.dataset, 0, "")[0]
+    try:
+        document = json.loads(read_text(path))
+    except FileNotFoundError:
         raise PromptOptError(f"{path} does not exist: no prompt of {args.dataset!r} is promoted. "
-                             "Run `promptopt promote OPTIMIZATION` first.")
-    print(render_document(json.loads(path.read_text(encoding="utf-8")), args.input))
+                             "Run `promptopt promote OPTIMIZATION` first.") from None
+    print(render_document(document, args.input))
     return 0
 
 

@@ -10,7 +10,9 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from promptopt_dagster.llm.model_settings import ModelSettings
@@ -43,6 +45,32 @@ class Settings(BaseSettings):
                                                            "limit in the generated dagster.yaml).")
     dagster_url: str = Field("http://127.0.0.1:3000", description="The Dagster webserver `promptopt submit`, "
                                                                   "`status` and `cancel` talk to.")
+    deployment: Literal["local", "gcs"] = Field(
+        "local", description="local: tables in DuckDB, artifacts and promoted prompts on disk; gcs: tables in DuckDB, "
+                             "artifacts and promoted prompts in gs://GCS_BUCKET/GCS_PREFIX")
+    gcs_bucket: str | None = Field(None, description="gcs deployment: the bucket (it must exist)")
+    gcs_prefix: str = Field("promptopt", description="gcs deployment: the folder inside the bucket")
+    gcs_project: str | None = Field(None, description="gcs deployment: the project billed (default: ADC's)")
+
+    @field_validator("data_dir", "prompts_dir", mode="before")
+    @classmethod
+    def _mirror_gs(cls, value):
+        """A gs:// data or prompts directory is read through a local mirror made at start-up."""
+        text = str(value)
+        if not text.startswith("gs://"):
+            return value
+        from promptopt_dagster.core.storage import mirror
+
+        state = Path(os.environ.get("PROMPTOPT_STATE_DIR") or PROJECT_ROOT / ".promptopt")
+        return mirror(text, state / "gcs_mirror" / text[len("gs://"):].rstrip("/"))
+
+    def artifacts_root(self) -> str:
+        """Where artifact assets are written as readable JSON (and promoted prompts served)."""
+        if self.deployment == "gcs":
+            if not self.gcs_bucket:
+                raise ValueError("PROMPTOPT_DEPLOYMENT=gcs needs PROMPTOPT_GCS_BUCKET (an existing bucket)")
+            return f"gs://{self.gcs_bucket}/{self.gcs_prefix.strip('/')}"
+        return str(self.state_dir / "artifacts")
 
     @property
     def warehouse_path(self) -> Path:

@@ -9,6 +9,7 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
+from promptopt_dagster.defs.artifact_io_managers import LocalArtifactIOManager
 from promptopt_dagster.defs.io_managers import WarehouseIOManager
 from promptopt_dagster.core.optimizations import OptimizationSpec
 from promptopt_dagster.defs.partitions import ensure_iteration, iteration_key
@@ -117,6 +118,8 @@ def make_defs(tmp_path: Path, script: str = "demos_help", data_dir: Path = DATA_
         "judge_model": ScriptedLLMResource(**{**llm, "script": judge_script}),
         "warehouse": DuckDBResource(database=warehouse),
         "io_manager": WarehouseIOManager(database=warehouse, schema="promptopt"),
+        "artifact_io_manager": LocalArtifactIOManager(root=str(tmp_path / "artifacts"), database=warehouse,
+                                                      schema="promptopt"),
     })
 
 

@@ -24,6 +24,7 @@ from promptopt_dagster.core.datasets import read_split
 from promptopt_dagster.core.errors import DatasetError, MissingLabelsError
 from promptopt_dagster.core.migration import reference_of
 from promptopt_dagster.core.optimizations import OptimizationConfigError, OptimizationSpec, load_optimizations
+from promptopt_dagster.defs.artifact_io_managers import LocalArtifactIOManager
 from promptopt_dagster.defs.io_managers import WarehouseIOManager
 from promptopt_dagster.defs.partitions import ensure_iteration, iteration_key
 from promptopt_dagster.defs.resources import LLMResource, ProjectResource
@@ -247,6 +248,7 @@ def _defs(root: Path, tmp_path: Path, target: FakeLLMServer) -> dg.Definitions:
         "judge_model": LLMResource(backend="fake", **model),
         "warehouse": DuckDBResource(database=db),
         "io_manager": WarehouseIOManager(database=db, schema="promptopt"),
+        "artifact_io_manager": LocalArtifactIOManager(root=str(tmp_path / "artifacts"), database=db, schema="promptopt"),
     })
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 
@@ -306,25 +305,6 @@ def test_all_shipped_prompts_load():
 
 
 # --- gs:// against the storage emulator ---------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def gcs_emulator(request, monkeypatch):
-    from gcp_storage_emulator.server import create_server
-
-    port = _free_port()
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="promptopt-test")
-    request.addfinalizer(server.stop)  # registered before start: the thread never outlives the test
-    server.start()
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "promptopt-test-project")
-    return server
 
 
 def test_gcs_round_trip(gcs_emulator):

@@ -86,9 +86,14 @@ def render(document: dict[str, Any], user_input: str) -> str:
     return "\n\n".join(f"[{t['role']}]\n{t['content']}" for t in turns)
 
 
-def serving_paths(root: Path, dataset: str, version: int, prompt_id: str) -> tuple[Path, Path]:
-    """The stable file applications read, and this version's own copy beside it."""
-    return root / f"{dataset}.json", root / dataset / f"v{version:04d}-{prompt_id}.json"
+def serving_paths(root: str, dataset: str, version: int, prompt_id: str) -> tuple[str, str]:
+    """The stable location applications read, and this version's own copy beside it: locally
+    `<root>/<dataset>.json`, on GCS `<root>/<dataset>/current.json` (a bucket has no atomic rename, but
+    one object upload is atomic)."""
+    copy = f"{root}/{dataset}/v{version:04d}-{prompt_id}.json"
+    if root.startswith("gs://"):
+        return f"{root}/{dataset}/current.json", copy
+    return str(Path(root) / f"{dataset}.json"), str(Path(copy))
 
 
 def now() -> str:

@@ -51,3 +51,35 @@ def read_text(uri: str | Path) -> str:
         except NotFound:
             raise FileNotFoundError(uri) from None
     return Path(uri).read_text(encoding="utf-8")
+
+
+def list_uris(uri: str) -> list[str]:
+    """Every object under a gs://BUCKET/PREFIX (or file under a local directory), sorted."""
+    uri = str(uri)
+    if uri.startswith("gs://"):
+        bucket, _, prefix = uri[len("gs://") :].partition("/")
+        prefix = prefix.rstrip("/") + "/" if prefix else ""
+        return sorted(f"gs://{bucket}/{b.name}" for b in _gcs_client().list_blobs(bucket, prefix=prefix))
+    return sorted(str(p) for p in Path(uri).rglob("*") if p.is_file())
+
+
+def mirror(uri: str, dest: Path) -> Path:
+    """Copy every object under gs://BUCKET/PREFIX to `dest`, keeping relative paths, and return `dest`.
+
+    Datasets and initial prompts are read many times by pandas and the loaders; a local mirror made once
+    per process keeps those readers (and their error messages, which name the file) unchanged."""
+    bucket, _, prefix = uri[len("gs://") :].partition("/")
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    client = _gcs_client()
+    found = 0
+    for blob in client.list_blobs(bucket, prefix=prefix):
+        if blob.name.endswith("/"):
+            continue
+        target = dest / blob.name[len(prefix):]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        blob.download_to_filename(str(target))
+        found += 1
+    if not found:
+        raise FileNotFoundError(f"{uri} holds no objects: upload the directory there first "
+                                f"(e.g. `gcloud storage cp -r data {uri}`)")
+    return dest

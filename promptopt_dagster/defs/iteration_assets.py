@@ -32,6 +32,7 @@ from promptopt_dagster.llm import usage as llm_usage
 from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.llm.inference import predict
 from promptopt_dagster.llm.usage import UsageByModel
+from promptopt_dagster.defs.loop import ARTIFACTS
 from promptopt_dagster.defs.table_types import METRICS, PREDICTIONS, MetricsFrame, PredictionsFrame, column_schema
 from promptopt_dagster.optimizers import OptimizerInput, get_optimizer
 from promptopt_dagster.optimizers.pool import Candidate, best, pareto_frontier, pool_frame
@@ -89,7 +90,7 @@ def _eval_rows(optimization_rows: pd.DataFrame, dataset: str, optimization: Opti
 # --- one iteration ------------------------------------------------------------------------------
 
 @dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP,
-          ins=SETTINGS_IN)
+          ins=SETTINGS_IN, io_manager_key=ARTIFACTS)
 def baseline_prompt(context: dg.AssetExecutionContext, optimization_settings: pd.DataFrame, project: ProjectResource,
                     warehouse: DuckDBResource) -> pd.DataFrame:
     """The prompt this iteration tries to beat: the initial prompt, then the previous best_prompt."""
@@ -200,9 +201,9 @@ def baseline_metrics(context: dg.AssetExecutionContext, baseline_predictions: pd
 @dg.multi_asset(
     partitions_def=iteration_partitions, group_name=LOOP, can_subset=False, ins=OPTIMIZATION_INS,
     deps=["baseline_metrics"],  # so a failed blocking check on the baseline's answers stops the search too
-    outs={"refined_prompt": dg.AssetOut(metadata=ITERATION_EXPR, description="The optimizer's proposal; when it has "
+    outs={"refined_prompt": dg.AssetOut(metadata=ITERATION_EXPR, io_manager_key=ARTIFACTS, description="The optimizer's proposal; when it has "
                                         "nothing usable, the baseline is kept and the reason recorded."),
-          "candidate_pool": dg.AssetOut(metadata=ITERATION_EXPR, description="Every candidate of this optimization "
+          "candidate_pool": dg.AssetOut(metadata=ITERATION_EXPR, io_manager_key=ARTIFACTS, description="Every candidate of this optimization "
                                         "so far, with its per-row scores on the select rows, its parent and whether "
                                         "it passed the minibatch gate.")},
     check_specs=[dg.AssetCheckSpec("prompt_is_usable", asset="refined_prompt", blocking=True,
@@ -321,7 +322,7 @@ def refined_metrics(context: dg.AssetExecutionContext, refined_predictions: pd.D
 
 
 @dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP,
-          ins=SETTINGS_IN)
+          ins=SETTINGS_IN, io_manager_key=ARTIFACTS)
 def comparison_report(context: dg.AssetExecutionContext, baseline_prompt: pd.DataFrame, refined_prompt: pd.DataFrame,
                       baseline_predictions: pd.DataFrame, refined_predictions: pd.DataFrame,
                       baseline_metrics: pd.DataFrame, refined_metrics: pd.DataFrame, project: ProjectResource,
@@ -425,7 +426,7 @@ def _judge_usage(metrics: pd.DataFrame) -> UsageByModel:
     return llm_usage.from_json(metrics["usage_json"].iloc[0]) if len(metrics) else {}
 
 
-@dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP)
+@dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP, io_manager_key=ARTIFACTS)
 def best_prompt(context: dg.AssetExecutionContext, comparison_report: pd.DataFrame, baseline_prompt: pd.DataFrame,
                 refined_prompt: pd.DataFrame) -> pd.DataFrame:
     """The best prompt so far and the loop state the next iteration inherits; the sensor watches this."""

@@ -19,7 +19,9 @@ REPORT_JOB = "final_report_job"
 LEADERBOARD_JOB = "leaderboard_job"
 DATASET_JOB = "prepare_dataset"
 START_JOB = "start_optimization"
-PROMOTE_JOB = "promote_prompt"  # only ever launched by a person: never in a sensor
+PROMOTE_JOB = "promote_prompt"
+#: the IO manager of the tables people open: DuckDB plus a readable JSON copy where the deployment keeps artifacts
+ARTIFACTS = "artifact_io_manager"  # only ever launched by a person: never in a sensor
 DRIVER_TAG = "promptopt/driver"  # "cli" runs are driven by the CLI itself; the sensor leaves them alone
 OPTIMIZATION_TAG = "promptopt/optimization"
 SUBMISSION_TAG = "promptopt/submission"  # one `promptopt submit`: its start run and every run the sensor chains to it

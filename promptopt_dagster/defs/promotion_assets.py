@@ -9,7 +9,6 @@ reaches the serving location, but its refusal stays in the audit.
 
 
 import json
-from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -20,7 +19,9 @@ from promptopt_dagster.core import promotion as po
 from promptopt_dagster.core.datasets import sample_rows
 from promptopt_dagster.core.prompts import PromptVersion, prompt_problem
 from promptopt_dagster.core.quality import leakage_gate
+from promptopt_dagster.core.storage import write_text
 from promptopt_dagster.defs.iteration_assets import _predict, _score_answers, _splits, _suite, settings_of
+from promptopt_dagster.defs.loop import ARTIFACTS
 from promptopt_dagster.defs.metadata import prompt_md
 from promptopt_dagster.defs.partitions import DATASET_EXPR, dataset_of_optimization, dataset_partitions
 from promptopt_dagster.defs.resources import LLMResource, ProjectResource
@@ -48,7 +49,7 @@ GATES = {"not_worse_than_promoted": "score_problem", "no_held_out_rows": "leakag
          "prompt_is_usable": "prompt_problem"}
 
 
-@dg.asset(partitions_def=dataset_partitions, metadata=DATASET_EXPR, group_name=PROMOTION,
+@dg.asset(partitions_def=dataset_partitions, metadata=DATASET_EXPR, group_name=PROMOTION, io_manager_key=ARTIFACTS,
           ins={"final_report": dg.AssetIn(partition_mapping=dataset_of_optimization),
                "optimization_settings": dg.AssetIn(partition_mapping=dataset_of_optimization)},
           check_specs=[
@@ -156,7 +157,8 @@ def _candidate(context, config: PromotionConfig, dataset: str, final_report: pd.
 @dg.asset(partitions_def=dataset_partitions, metadata=DATASET_EXPR, group_name=PROMOTION)
 def promoted_prompt(context: dg.AssetExecutionContext, promotion_audit: pd.DataFrame,
                     project: ProjectResource) -> pd.DataFrame:
-    """The prompt applications read: `<prompts dir>/promoted/<dataset>.json`, plus a copy per version beside it.
+    """The prompt applications read: `<prompts dir>/promoted/<dataset>.json` (gcs deployment:
+    `gs://BUCKET/PREFIX/promoted/<dataset>/current.json`), plus a copy per version beside it.
 
     Runs only after the audit's gates passed; what is served follows from the audit alone."""
     dataset = context.partition_key
@@ -168,17 +170,14 @@ def promoted_prompt(context: dg.AssetExecutionContext, promotion_audit: pd.DataF
     document = json.loads(served["document_json"])
     document["promotion"] = {"event_id": int(last["event_id"]), "action": last["action"],
                              "by": last["requested_by"], "at": last["requested_at"], "note": last["note"]}
-    root = Path(project.promoted_dir())
-    current, versioned = po.serving_paths(root, dataset, int(served["prompt_version"]), served["prompt_id"])
-    versioned.parent.mkdir(parents=True, exist_ok=True)
+    current, versioned = po.serving_paths(project.promoted_dir(), dataset, int(served["prompt_version"]),
+                                          served["prompt_id"])
     text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
-    versioned.write_text(text, encoding="utf-8")
-    tmp = current.with_suffix(".json.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(current)  # atomic: a reader sees the old file or the new one, never half of one
+    write_text(versioned, text)
+    write_text(current, text)  # atomic: a reader sees the old file or the new one, never half of one
     context.log.info(f"{dataset}: serving {served['prompt_id']} from {served['optimization']} at {current}")
-    context.add_output_metadata({"path": dg.MetadataValue.path(str(current)),
-                                 "version_path": dg.MetadataValue.path(str(versioned)),
+    context.add_output_metadata({"path": dg.MetadataValue.path(current),
+                                 "version_path": dg.MetadataValue.path(versioned),
                                  "prompt_id": served["prompt_id"], "optimization": served["optimization"],
                                  "test_score": dg.MetadataValue.float(float(served["candidate_score"])),
                                  "action": last["action"], "by": last["requested_by"],

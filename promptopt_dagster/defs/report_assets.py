@@ -18,6 +18,7 @@ from promptopt_dagster.core.reports import migration_markdown, score_plot, summa
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.defs.iteration_assets import (LOOP, _predict, _score_answers, _splits, _suite,
                                                      best_prompt, settings_of)
+from promptopt_dagster.defs.loop import ARTIFACTS
 from promptopt_dagster.defs.metadata import optimization_metadata, prompt_md, spend_of, usage_metadata
 from promptopt_dagster.defs.partitions import (DATASET_EXPR, OPTIMIZATION_EXPR, dataset_of_optimization,
                                                dataset_partitions, optimization_partitions)
@@ -30,7 +31,8 @@ REPORT_COLUMNS = {"optimization": "string", "generation": "int64", "dataset": "s
                   "initial_test_score": "float64", "best_test_score": "float64", "report_json": "string"}
 
 
-@dg.asset(partitions_def=optimization_partitions, metadata=OPTIMIZATION_EXPR, group_name=LOOP, deps=[best_prompt])
+@dg.asset(partitions_def=optimization_partitions, metadata=OPTIMIZATION_EXPR, group_name=LOOP, deps=[best_prompt],
+          io_manager_key=ARTIFACTS)
 def final_report(context: dg.AssetExecutionContext, optimization_settings: pd.DataFrame,
                  optimization_rows: pd.DataFrame, migration_references: pd.DataFrame, project: ProjectResource,
                  task_model: LLMResource, judge_model: LLMResource, warehouse: DuckDBResource) -> pd.DataFrame:
@@ -114,7 +116,7 @@ def final_report(context: dg.AssetExecutionContext, optimization_settings: pd.Da
     return pd.concat([older[list(REPORT_COLUMNS)].astype(REPORT_COLUMNS), row], ignore_index=True) if len(older) else row
 
 
-@dg.asset(partitions_def=dataset_partitions, metadata=DATASET_EXPR, group_name=LOOP,
+@dg.asset(partitions_def=dataset_partitions, metadata=DATASET_EXPR, group_name=LOOP, io_manager_key=ARTIFACTS,
           ins={"final_report": dg.AssetIn(partition_mapping=dataset_of_optimization),
                "optimization_settings": dg.AssetIn(partition_mapping=dataset_of_optimization)})
 def leaderboard(context: dg.AssetExecutionContext, final_report: pd.DataFrame,

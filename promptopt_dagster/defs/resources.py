@@ -29,14 +29,16 @@ class ProjectResource(dg.ConfigurableResource):
     data_dir: str
     prompts_dir: str
     state_dir: str = ""  # where searches keep their state between iterations; empty: PROMPTOPT_STATE_DIR
+    promoted_root: str = ""  # where promoted prompts are served; empty: <prompts_dir>/promoted
 
     def search_dir(self, optimization: str, generation: int) -> Path:
         """One directory per optimization generation: a search started by iteration 0 goes on there."""
         return Path(self.state_dir or get_settings().state_dir) / "search" / optimization / f"g{generation}"
 
-    def promoted_dir(self) -> Path:
-        """Where promoted prompts are served: `<prompts dir>/promoted/<dataset>.json`, read by applications."""
-        return Path(self.prompts_dir) / "promoted"
+    def promoted_dir(self) -> str:
+        """Where promoted prompts are served, read by applications: `<prompts dir>/promoted` locally, or
+        `gs://BUCKET/PREFIX/promoted` in the gcs deployment."""
+        return self.promoted_root or str(Path(self.prompts_dir) / "promoted")
 
     def manifest(self) -> dict[str, DatasetSpec]:
         return load_manifest(Path(self.data_dir) / "manifest.yaml")
@@ -141,18 +143,34 @@ def model_resource(settings: ModelSettings) -> LLMResource:
 
 
 def default_resources() -> dict:
-    """Resources for the embedded default: everything local, under the project's state dir."""
+    """The resource set of the deployment PROMPTOPT_DEPLOYMENT names, as Dagster's fully-featured example picks
+    one per environment. Both keep tables in DuckDB under the state dir; they differ in where artifacts (JSON
+    copies of prompts and reports) and promoted prompts go: `local` on disk, `gcs` in the bucket."""
     from dagster_duckdb import DuckDBResource
 
+    from promptopt_dagster.defs.artifact_io_managers import GCSArtifactIOManager, LocalArtifactIOManager
     from promptopt_dagster.defs.io_managers import WarehouseIOManager
 
     s = get_settings()
     s.state_dir.mkdir(parents=True, exist_ok=True)
+    table = dict(database=str(s.warehouse_path), schema="promptopt")
+    if s.deployment == "gcs":
+        from dagster_gcp import GCSResource
+
+        root = s.artifacts_root()
+        artifacts = GCSArtifactIOManager(gcs=GCSResource(project=s.gcs_project), gcs_bucket=s.gcs_bucket,
+                                         gcs_prefix=s.gcs_prefix, **table)
+        promoted = f"{root}/promoted"
+    else:
+        artifacts = LocalArtifactIOManager(root=s.artifacts_root(), **table)
+        promoted = ""
     return {
-        "project": ProjectResource(data_dir=str(s.data_dir), prompts_dir=str(s.prompts_dir), state_dir=str(s.state_dir)),
+        "project": ProjectResource(data_dir=str(s.data_dir), prompts_dir=str(s.prompts_dir), state_dir=str(s.state_dir),
+                                   promoted_root=promoted),
         "task_model": model_resource(s.task),
         "optimizer_model": model_resource(s.optimizer),
         "judge_model": model_resource(s.judge),
         "warehouse": DuckDBResource(database=str(s.warehouse_path)),
-        "io_manager": WarehouseIOManager(database=str(s.warehouse_path), schema="promptopt"),
+        "io_manager": WarehouseIOManager(**table),
+        "artifact_io_manager": artifacts,
     }
