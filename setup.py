@@ -54,6 +54,7 @@ setup(
             "pytest-timeout>=2.3",
             "gcp-storage-emulator>=2024.8.3",
             "cryptography>=42",  # signs the fake service-account key the Vertex tests authenticate with
+            "playwright==1.65.2",  # drives Debian's chromium through the Dagster UI (test_ui_browser.py)
         ]
     },
     entry_points={"console_scripts": ["promptopt=promptopt_dagster.cli:run"]},

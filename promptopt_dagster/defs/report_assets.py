@@ -96,14 +96,14 @@ def final_report(context: dg.AssetExecutionContext, optimization_settings: pd.Da
     }
     context.log.info(f"{dataset}: test {suite.target} initial {test_scores['initial']:.4f} -> "
                      f"best {test_scores['best']:.4f}")
-    context.add_output_metadata({
+    context.add_output_metadata({  # the story first: the UI lists metadata in this order
+        "summary": dg.MetadataValue.md(summary_markdown(report, history["iterations"])),
+        "score_per_iteration": dg.MetadataValue.md(score_plot(report, history["iterations"])),
         "report": dg.MetadataValue.json(report),
         "initial_test_score": dg.MetadataValue.float(test_scores["initial"]),
         "best_test_score": dg.MetadataValue.float(test_scores["best"]),
         **{f"{which}_test_{end}": dg.MetadataValue.float(bounds[i]) for which, bounds in intervals.items() if bounds
            for i, end in enumerate(("low_95", "high_95"))},
-        "summary": dg.MetadataValue.md(summary_markdown(report, history["iterations"])),
-        "score_per_iteration": dg.MetadataValue.md(score_plot(report, history["iterations"])),
         "best_prompt": prompt_md(best),
         **(migration_metadata(migration) if migration else {}),
         **usage_metadata(test_usage),
