@@ -101,6 +101,7 @@ def test_promote_block_a_worse_one_roll_back_and_the_audit_has_every_event(tmp_p
         ("promote", "approved", "sst2"), ("promote", "blocked", "sst2_quick"), ("promote", "approved", "sst2_quick"),
         ("rollback", "approved", "sst2")]
     assert audit["requested_by"].tolist() == ["ana"] * 4
+    assert audit.loc[0, "iteration"] == f"g1-i{good['iterations'] - 1}"  # the best_prompt partition promoted
     assert audit["note"].tolist() == ["first serving", "cheaper?", "accept the drop", "the drop hurt"]
     assert audit.loc[1, "current_score"] == pytest.approx(good["best_test_score"])
     assert "below the promoted prompt" in audit.loc[1, "reason"]

@@ -27,7 +27,9 @@ EXPORT_FORMAT = "promptopt.promoted_prompt/v1"
 
 AUDIT_COLUMNS = {
     "event_id": "int64", "dataset": "string", "action": "string", "verdict": "string", "reason": "string",
-    "optimization": "string", "generation": "int64", "iterations": "int64", "prompt_id": "string",
+    "optimization": "string", "generation": "int64", "iterations": "int64",
+    "iteration": "string",  # the best_prompt partition the candidate was read from (g<generation>-i<n>)
+    "prompt_id": "string",
     "prompt_version": "int64", "metric": "string", "candidate_score": "float64", "current_prompt_id": "string",
     "current_score": "float64", "margin": "float64", "test_rows": "int64", "score_problem": "string",
     "leakage_problem": "string", "prompt_problem": "string", "requested_by": "string", "note": "string",

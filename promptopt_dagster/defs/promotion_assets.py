@@ -23,7 +23,8 @@ from promptopt_dagster.core.storage import write_text
 from promptopt_dagster.defs.iteration_assets import _predict, _score_answers, _splits, _suite, settings_of
 from promptopt_dagster.defs.loop import ARTIFACTS
 from promptopt_dagster.defs.metadata import prompt_md
-from promptopt_dagster.defs.partitions import DATASET_EXPR, dataset_of_optimization, dataset_partitions
+from promptopt_dagster.defs.partitions import (DATASET_EXPR, dataset_of_optimization, dataset_partitions,
+                                               iteration_name)
 from promptopt_dagster.defs.resources import LLMResource, ProjectResource
 from promptopt_dagster.defs.warehouse_reads import promotion_events
 
@@ -82,8 +83,8 @@ def promotion_audit(context: dg.AssetExecutionContext, config: PromotionConfig, 
             raise dg.Failure(f"Nothing to roll back to for dataset '{dataset}': "
                              f"{'no prompt is served' if not stack else 'only one version was ever promoted'}.")
         served, back = stack[-1], stack[-2]
-        row.update({k: back[k] for k in ("optimization", "generation", "iterations", "prompt_id", "prompt_version",
-                                         "metric", "candidate_score", "test_rows", "document_json")})
+        row.update({k: back[k] for k in ("optimization", "generation", "iterations", "iteration", "prompt_id",
+                                         "prompt_version", "metric", "candidate_score", "test_rows", "document_json")})
         row.update(current_prompt_id=served["prompt_id"], current_score=served["candidate_score"])
     prompt = po.prompt_of(json.loads(row["document_json"]))
     gate = leakage_gate(prompt, {"dev": splits.dev, "test": splits.test})
@@ -144,10 +145,12 @@ def _candidate(context, config: PromotionConfig, dataset: str, final_report: pd.
     document = po.export_document(candidate, dataset=dataset, max_output_tokens=spec.max_output_tokens,
                                   stop=list(spec.completion_stop), task_model=client.model_key, mode=client.mode,
                                   source={"optimization": name, "generation": generation,
-                                          "iterations": int(report["iterations"]), "metric": suite.target,
+                                          "iteration": iteration_name(generation, int(report["iterations"]) - 1),
+                                          "metric": suite.target,
                                           "test_score": candidate_score, "test_rows": len(test)})
     return {"optimization": name, "generation": generation, "iterations": int(report["iterations"]),
-            "prompt_id": candidate.id, "prompt_version": candidate.version, "metric": suite.target,
+            "iteration": iteration_name(generation, int(report["iterations"]) - 1), "prompt_id": candidate.id,
+            "prompt_version": candidate.version, "metric": suite.target,
             "candidate_score": candidate_score, "test_rows": len(test), "document_json": json.dumps(document),
             "current_prompt_id": current["prompt_id"] if current else None, "current_score": current_score,
             "score_problem": po.score_problem(suite.target, candidate_score, current_score,
