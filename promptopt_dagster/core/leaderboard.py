@@ -10,13 +10,13 @@ are not comparable, so each set of references is ranked on its own (the dataset'
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import math
 from typing import Iterable
 
 import pandas as pd
+
+from promptopt_dagster.core.plots import png_markdown
 
 COLUMNS = {
     "dataset": "string", "rank": "int64", "optimization": "string", "generation": "int64", "current": "bool",
@@ -108,15 +108,10 @@ def as_text(frame: pd.DataFrame) -> str:
 def score_cost_plot(frame: pd.DataFrame) -> str:
     """Best test score against cost (dollars, or model calls when nothing was priced), one point per
     optimization generation with its 95% interval, as markdown holding a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
     priced = frame["cost_usd"].sum() > 0
     x = frame["cost_usd"] if priced else frame["llm_calls"]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    try:
+
+    def draw(ax) -> None:
         for (_, row), cost in zip(frame.iterrows(), x):
             low, high = row["test_low_95"], row["test_high_95"]
             err = None if math.isnan(low) else [[row["best_test_score"] - low], [high - row["best_test_score"]]]
@@ -128,9 +123,5 @@ def score_cost_plot(frame: pd.DataFrame) -> str:
         ax.set_ylabel(f"best prompt, test {frame.iloc[0]['metric'] if len(frame) else ''}")
         ax.set_title(f"{frame.iloc[0]['dataset'] if len(frame) else ''}: score vs cost (o current, x older)")
         ax.grid(alpha=0.3)
-        buffer = io.BytesIO()
-        fig.tight_layout()
-        fig.savefig(buffer, format="png")
-    finally:
-        plt.close(fig)
-    return f"![score vs cost](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
+
+    return png_markdown(draw, "score vs cost")

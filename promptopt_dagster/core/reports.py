@@ -133,17 +133,11 @@ def summary_markdown(report: dict, iterations: list[dict]) -> str:
 def score_plot(report: dict, iterations: list[dict]) -> str:
     """Dev score per iteration of this one optimization (baseline, refined with accept/reject marks, best so far),
     as markdown holding a PNG: the UI's own plots mix every partition of an asset."""
-    import base64
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from promptopt_dagster.core.plots import png_markdown
 
     steps = [it["step"] for it in iterations]
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
-    try:
+
+    def draw(ax) -> None:
         ax.plot(steps, [it["best_score"] for it in iterations], "-", color="tab:blue", label="best so far")
         ax.plot(steps, [it["baseline_score"] for it in iterations], "o", color="tab:gray", label="baseline")
         for accepted, marker, color, label in ((True, "^", "tab:green", "refined, accepted"),
@@ -160,9 +154,5 @@ def score_plot(report: dict, iterations: list[dict]) -> str:
         ax.set_title(f"{report['optimization']} g{report['generation']}: score per iteration")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-        buffer = io.BytesIO()
-        fig.tight_layout()
-        fig.savefig(buffer, format="png")
-    finally:
-        plt.close(fig)
-    return f"![score per iteration](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
+
+    return png_markdown(draw, "score per iteration", size=(6.4, 3.6))
