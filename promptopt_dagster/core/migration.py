@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -27,7 +29,7 @@ REFERENCE_COLUMNS = {"optimization": "string", "split": "string", "row_id": "int
                      "prompt_tokens": "int64", "completion_tokens": "int64", "cost_usd": "float64",
                      "latency_s": "float64", "cached": "bool", "fingerprint": "string"}
 #: why a row has no reference: the call failed, or the answer names no label of the dataset / is empty
-STATUSES = ("ok", "failed", "off_label", "empty")
+STATUSES = ("ok", "failed", "off_label", "unreadable", "empty")  # unreadable: no number for numeric_match
 
 
 class MigrationError(PromptOptError):
@@ -56,13 +58,39 @@ def rows_to_answer(splits: DatasetSplits, spec) -> dict[str, pd.DataFrame]:
     return out
 
 
-def reference_of(answer: str | None, labels: list[str]) -> tuple[str | None, str]:
+def reference_form(scorers: list[str]) -> Callable[[str], str | None] | None:
+    """How a free-text source answer becomes a reference the dataset's scorers accept, or None (as it is).
+
+    numeric_match compares the LAST number of an answer with a reference that must be a plain number,
+    so a source's worked solution ("... Answer: 38") gives the reference "38", found the same way the
+    scorer reads the target's answers (its own `last_number`, loaded from the metric module's file)."""
+    if "numeric_match" not in scorers:
+        return None
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scoring" / "metrics" / "numeric_match" / "numeric_match.py"
+    spec = importlib.util.spec_from_file_location("promptopt_numeric_match_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def number(answer: str) -> str | None:
+        value = module.last_number(answer)
+        return None if value is None else format(value, "f")
+
+    return number
+
+
+def reference_of(answer: str | None, labels: list[str],
+                 form: Callable[[str], str | None] | None = None) -> tuple[str | None, str]:
     """(reference, status) of one source answer: on a labeled dataset the label it names, in the
-    manifest's spelling; on free text the answer itself, trimmed."""
+    manifest's spelling; on free text the answer itself, trimmed, or in the scorers' `form`."""
     if answer is None or not str(answer).strip():
         return None, "empty"
     if not labels:
-        return str(answer).strip(), "ok"
+        if form is None:
+            return str(answer).strip(), "ok"
+        reference = form(str(answer))
+        return (reference, "ok") if reference is not None else (None, "unreadable")
     named = to_label(answer, labels)
     if named is None:
         return None, "off_label"
@@ -71,12 +99,13 @@ def reference_of(answer: str | None, labels: list[str]) -> tuple[str | None, str
 
 
 def build_references(optimization: str, split: str, rows: pd.DataFrame, answers: pd.DataFrame,
-                     labels: list[str], fingerprint: str) -> pd.DataFrame:
+                     labels: list[str], fingerprint: str,
+                     form: Callable[[str], str | None] | None = None) -> pd.DataFrame:
     """The references of one split from the source model's answers (llm.inference.predict's table)."""
     records = []
     for row, answer in zip(rows.to_dict("records"), answers.to_dict("records")):
         failed = answer["error"] is not None and answer["error"] == answer["error"]
-        reference, status = (None, "failed") if failed else reference_of(answer["prediction"], labels)
+        reference, status = (None, "failed") if failed else reference_of(answer["prediction"], labels, form)
         label = row["ground_truth_output"]
         records.append({
             "optimization": optimization, "split": split, "row_id": int(row["row_id"]),

@@ -13,7 +13,8 @@ import pandas as pd
 
 from promptopt_dagster.core.datasets import DatasetSplits
 from promptopt_dagster.core.migration import (MigrationError, build_references, check_references, empty_references,
-                                              references_fingerprint, references_summary, rows_to_answer, typed)
+                                              reference_form, references_fingerprint, references_summary,
+                                              rows_to_answer, typed)
 from promptopt_dagster.core.optimizations import OptimizationSpec, describe_model
 from promptopt_dagster.defs.metadata import usage_metadata
 from promptopt_dagster.defs.partitions import OPTIMIZATION_EXPR, optimization_partitions, optimizations_of_dataset
@@ -57,12 +58,13 @@ def migration_references(context: dg.AssetExecutionContext, config: MigrationCon
     fingerprint = references_fingerprint(spec, initial)
     client = task_model.client_for(spec.source_model)
     source = f"{describe_model(spec.source_model)} ({client.model_key})"
+    form = None if dataset.labels else reference_form([scorer.name for scorer in dataset.scorers])
     parts, usage = [], {}
     for split, rows in rows_to_answer(DatasetSplits.from_frame(spec.dataset, dataset_splits), spec).items():
         answers = predict(client, initial, rows, dataset.max_output_tokens, label=f"source answers {name} {split}",
                           progress_interval_s=get_settings().progress_interval_s,
                           stop=tuple(dataset.completion_stop), where=dataset.files[split])
-        parts.append(build_references(name, split, rows, answers, dataset.labels, fingerprint))
+        parts.append(build_references(name, split, rows, answers, dataset.labels, fingerprint, form))
         usage = llm_usage.merge(usage, llm_usage.from_rows(answers.to_dict("records")))
     references = typed(pd.concat(parts, ignore_index=True))
     try:
