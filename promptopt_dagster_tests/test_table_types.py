@@ -35,6 +35,15 @@ def test_a_broken_predictions_table_fails_naming_the_column(broken, named):
     assert not check.success and named in check.description
 
 
+def test_a_failed_value_rule_names_the_rows_by_row_id():
+    check = dg.check_dagster_type(PredictionsFrame, predictions(4).assign(attempts=[1, -1, 1, -3]))
+    assert not check.success and 'column "attempts"' in check.description
+    assert check.description.endswith("Offending rows with row_id [2, 4], values [-1, -3].")
+    nulls = dg.check_dagster_type(PredictionsFrame, predictions().assign(user_input=["a", None, "c"]))
+    assert 'column "user_input"' in nulls.description and nulls.description.endswith("row_id [2], values [None].")
+    assert "zip object" not in nulls.description
+
+
 def test_splits_and_metrics_types_check_values():
     splits = pd.DataFrame({"dataset": "sst2", "split": ["train", "dev", "holdout"], "row_id": [1, 2, 3],
                            "user_input": ["a", "b", "c"], "ground_truth_output": ["x", None, "z"]})

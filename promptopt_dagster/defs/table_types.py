@@ -7,10 +7,12 @@ The friendly loader errors (core/datasets.py) still come first for a bad CSV: th
 what code, not users, gets wrong.
 """
 
+import re
 import warnings
 from dataclasses import dataclass
 
 import dagster as dg
+import pandas as pd
 from dagster_pandas import PandasColumn, create_dagster_pandas_dataframe_type
 
 
@@ -47,7 +49,8 @@ class Column:
                              f"<= {self.max_value:g}" if self.max_value is not None else "",
                              f"one of {', '.join(self.categories)}" if self.categories else "") if r]
         kind = {"text": "string", "category": "string"}.get(self.kind, self.kind)
-        return dg.TableColumn(self.name, kind, description=self.description + (f" ({'; '.join(rules)})" if rules else ""),
+        described = self.description + (f" ({'; '.join(rules)})" if rules else "")
+        return dg.TableColumn(self.name, kind, description=described,
                               constraints=dg.TableColumnConstraints(nullable=not self.non_nullable))
 
 
@@ -97,11 +100,53 @@ METRICS = [
 ]
 
 
+def offending_rows(frame: pd.DataFrame, column: Column, limit: int = 10) -> tuple[list, list]:
+    """The rows (their row_id where the table has one) that break one column's rules, and their values."""
+    values = frame[column.name]
+    bad = values.isna() if column.non_nullable else pd.Series(False, index=values.index)
+    numbers = pd.to_numeric(values, errors="coerce") if column.kind in ("int", "float") else None
+    if numbers is not None and column.min_value is not None:
+        bad |= numbers < column.min_value
+    if numbers is not None and column.max_value is not None:
+        bad |= numbers > column.max_value
+    if column.categories:
+        bad |= values.notna() & ~values.isin(column.categories)
+    by_row_id = "row_id" in frame and column.name != "row_id"
+    ids = frame["row_id"] if by_row_id else pd.Series(frame.index, index=frame.index)
+    return _plain(ids[bad].head(limit)), _plain(values[bad].head(limit))
+
+
+def _plain(series: pd.Series) -> list:
+    """numpy scalars as Python values, so a message prints 3, not np.int64(3)."""
+    return [v.item() if hasattr(v, "item") else v for v in series]
+
+
+_NAMED = re.compile(r'column "([^"]+)"')
+
+
 def frame_type(name: str, description: str, columns: list[Column]) -> dg.DagsterType:
+    """The dagster-pandas type, whose failure message also names the offending rows: the library's own
+    message prints a Python zip object, or a truncated frame, where the rows should be (dagster-pandas 0.29)."""
     with warnings.catch_warnings():  # dagster-pandas marks its column API beta; said once in the README
         warnings.simplefilter("ignore", dg.BetaWarning)
-        return create_dagster_pandas_dataframe_type(name, description=description,
-                                                    columns=[c.pandas() for c in columns])
+        inner = create_dagster_pandas_dataframe_type(name, description=description,
+                                                     columns=[c.pandas() for c in columns])
+    by_name = {c.name: c for c in columns}
+
+    def check(context, value) -> dg.TypeCheck:
+        result = inner.type_check(context, value)
+        if result.success or not isinstance(value, pd.DataFrame):
+            return result
+        text = result.description or ""
+        named = _NAMED.search(text)
+        if named and named.group(1) in by_name and named.group(1) in value:
+            rows, values = offending_rows(value, by_name[named.group(1)])
+            which = "row_id" if "row_id" in value and named.group(1) != "row_id" else "index"
+            # the library appends a zip object's repr or a truncated frame dump; the row ids say more
+            text = text.split("The offending", 1)[0].rstrip() + f" Offending rows with {which} {rows}, values {values}."
+        return dg.TypeCheck(success=False, description=f"{name}: {text}", metadata=result.metadata)
+
+    return dg.DagsterType(name=name, type_check_fn=check, description=inner.description, typing_type=pd.DataFrame)
 
 
 def column_schema(columns: list[Column]) -> dict:

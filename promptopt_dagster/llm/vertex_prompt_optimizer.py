@@ -34,7 +34,8 @@ def optimize_request(instruction: str, examples: list[dict[str, str]] | None = N
     examples = examples or []
     for i, example in enumerate(examples):
         if set(example) != set(EXAMPLE_KEYS):
-            raise ValueError(f"example {i} has keys {sorted(example)}; a few-shot example has exactly {list(EXAMPLE_KEYS)}")
+            raise ValueError(f"example {i} has keys {sorted(example)}; "
+                             f"a few-shot example has exactly {list(EXAMPLE_KEYS)}")
     doc = {"instruction": instruction, "mode": "few_shot" if examples else "zero_shot", "examples": examples}
     return LLMRequest(prompt=json.dumps(doc, ensure_ascii=False, sort_keys=True), max_tokens=0)
 
