@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Callable
 
 import pandas as pd
@@ -63,15 +62,14 @@ def reference_form(scorers: list[str]) -> Callable[[str], str | None] | None:
 
     numeric_match compares the LAST number of an answer with a reference that must be a plain number,
     so a source's worked solution ("... Answer: 38") gives the reference "38", found the same way the
-    scorer reads the target's answers (its own `last_number`, loaded from the metric module's file)."""
+    scorer reads the target's answers (its module's own `last_number`, from the registry's loaded copy)."""
     if "numeric_match" not in scorers:
         return None
-    import importlib.util
+    import inspect
 
-    path = Path(__file__).resolve().parent.parent / "scoring" / "metrics" / "numeric_match" / "numeric_match.py"
-    spec = importlib.util.spec_from_file_location("promptopt_numeric_match_reference", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from promptopt_dagster.scoring.registry import load_metric
+
+    module = inspect.getmodule(type(load_metric("numeric_match")))  # the copy the scorer itself runs
 
     def number(answer: str) -> str | None:
         value = module.last_number(answer)
