@@ -189,6 +189,30 @@ class _Interrupted(Exception):
         self.run_id = run_id
 
 
+def definitions_here():
+    """The code location's Definitions, with the project's Dagster home set up first, so a command's runs
+    are recorded where `promptopt ui` shows them."""
+    from promptopt_dagster.defs.home import ensure_dagster_home
+
+    ensure_dagster_home(get_settings().dagster_home)
+    from promptopt_dagster.definitions import defs
+
+    return defs
+
+
+def run_here(job_name: str, partition_key: str, tags: dict, ops: dict | None = None):
+    """One run of a job in this process (leaderboard, promotion), tagged as the CLI's; a failure comes back in
+    the result, for the command to explain in its own words."""
+    import dagster as dg
+
+    from promptopt_dagster.defs.loop import DRIVER_TAG
+
+    run_config = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}, **({"ops": ops} if ops else {})}
+    return definitions_here().resolve_job_def(job_name).execute_in_process(
+        partition_key=partition_key, instance=dg.DagsterInstance.get(), raise_on_error=False,
+        tags={DRIVER_TAG: "cli", **tags}, run_config=run_config)
+
+
 def _was_interrupted(result) -> bool:
     for event in result.all_events:
         error = event.step_failure_data.error if event.is_step_failure else None

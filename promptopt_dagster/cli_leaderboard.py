@@ -22,22 +22,13 @@ def add_command(sub) -> None:
 
 
 def leaderboard(args: argparse.Namespace) -> int:
-    import dagster as dg
-
+    from promptopt_dagster.cli import definitions_here, run_here
     from promptopt_dagster.core.errors import PromptOptError
     from promptopt_dagster.core.leaderboard import as_text
-    from promptopt_dagster.defs.home import ensure_dagster_home
-    from promptopt_dagster.defs.loop import DRIVER_TAG, LEADERBOARD_JOB
-    from promptopt_dagster.settings import get_settings
+    from promptopt_dagster.defs.loop import LEADERBOARD_JOB
 
-    ensure_dagster_home(get_settings().dagster_home)
-    from promptopt_dagster.definitions import defs
-
-    defs.resources["project"].spec(args.dataset)  # names an unknown dataset and the manifest
-    result = defs.resolve_job_def(LEADERBOARD_JOB).execute_in_process(
-        partition_key=args.dataset, instance=dg.DagsterInstance.get(), raise_on_error=False,
-        tags={DRIVER_TAG: "cli", "promptopt/dataset": args.dataset},
-        run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}})
+    definitions_here().resources["project"].spec(args.dataset)  # names an unknown dataset and the manifest
+    result = run_here(LEADERBOARD_JOB, args.dataset, {"promptopt/dataset": args.dataset})
     if not result.success:
         raise PromptOptError(f"Run {result.run_id} ({LEADERBOARD_JOB} {args.dataset}) failed; open it in the "
                              "Dagster UI (`promptopt ui`) for the error.")

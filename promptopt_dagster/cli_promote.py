@@ -44,9 +44,10 @@ def add_commands(sub) -> None:
 
 
 def promote(args: argparse.Namespace) -> int:
+    from promptopt_dagster.cli import definitions_here
     from promptopt_dagster.core.errors import PromptOptError
 
-    _defs()
+    definitions_here()  # the partitions below come from the manifest and optimizations.yaml it loads
     from promptopt_dagster.defs.partitions import DATASET_OF
 
     if args.optimization not in DATASET_OF:
@@ -56,18 +57,20 @@ def promote(args: argparse.Namespace) -> int:
 
 
 def rollback(args: argparse.Namespace) -> int:
-    _defs().resources["project"].spec(args.dataset)  # names an unknown dataset
+    from promptopt_dagster.cli import definitions_here
+
+    definitions_here().resources["project"].spec(args.dataset)  # names an unknown dataset
     return _request(args.dataset, {"action": "rollback", "note": args.note}, args.by)
 
 
 def render(args: argparse.Namespace) -> int:
+    from promptopt_dagster.cli import definitions_here
     from promptopt_dagster.core.errors import PromptOptError
+    from promptopt_dagster.core.promotion import current_path
     from promptopt_dagster.core.promotion import render as render_document
-
-    from promptopt_dagster.core.promotion import serving_paths
     from promptopt_dagster.core.storage import read_text
 
-    path = serving_paths(_defs().resources["project"].promoted_dir(), args.dataset, 0, "")[0]
+    path = current_path(definitions_here().resources["project"].promoted_dir(), args.dataset)
     try:
         document = json.loads(read_text(path))
     except FileNotFoundError:
@@ -77,29 +80,13 @@ def render(args: argparse.Namespace) -> int:
     return 0
 
 
-def _defs():
-    from promptopt_dagster.defs.home import ensure_dagster_home
-    from promptopt_dagster.settings import get_settings
-
-    ensure_dagster_home(get_settings().dagster_home)
-    from promptopt_dagster.definitions import defs
-
-    return defs
-
-
 def _request(dataset: str, config: dict, by: str) -> int:
-    import dagster as dg
-
-    from promptopt_dagster.cli import _failure_message
+    from promptopt_dagster.cli import _failure_message, run_here
     from promptopt_dagster.core.errors import PromptOptError
-    from promptopt_dagster.defs.loop import DRIVER_TAG, PROMOTE_JOB
+    from promptopt_dagster.defs.loop import PROMOTE_JOB
 
-    defs = _defs()
-    result = defs.resolve_job_def(PROMOTE_JOB).execute_in_process(
-        partition_key=dataset, instance=dg.DagsterInstance.get(), raise_on_error=False,
-        tags={DRIVER_TAG: "cli", "promptopt/dataset": dataset},
-        run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
-                    "ops": {"promotion_audit": {"config": {**config, "requested_by": by or getpass.getuser()}}}})
+    result = run_here(PROMOTE_JOB, dataset, {"promptopt/dataset": dataset},
+                      ops={"promotion_audit": {"config": {**config, "requested_by": by or getpass.getuser()}}})
     audited = result.output_for_node("promotion_audit") if _has_output(result, "promotion_audit") else None
     if audited is None:  # failed before any request was recorded (unknown optimization, no final report, ...)
         raise PromptOptError(f"{config['action']} of {dataset}: {_failure_message(result)}")

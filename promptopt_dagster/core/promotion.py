@@ -88,19 +88,19 @@ def render(document: dict[str, Any], user_input: str) -> str:
     return "\n\n".join(f"[{t['role']}]\n{t['content']}" for t in turns)
 
 
-def serving_paths(root: str, dataset: str, version: int, prompt_id: str) -> tuple[str, str]:
-    """The stable location applications read, and this version's own copy beside it: locally
-    `<root>/<dataset>.json`, on GCS `<root>/<dataset>/current.json` (a bucket has no atomic rename, but
-    one object upload is atomic)."""
-    copy = f"{root}/{dataset}/v{version:04d}-{prompt_id}.json"
+def current_path(root: str, dataset: str) -> str:
+    """The stable location applications read: locally `<root>/<dataset>.json`, on GCS
+    `<root>/<dataset>/current.json` (a bucket has no atomic rename, but one object upload is atomic)."""
     if root.startswith("gs://"):
-        return f"{root}/{dataset}/current.json", copy
-    return str(Path(root) / f"{dataset}.json"), str(Path(copy))
+        return f"{root}/{dataset}/current.json"
+    return str(Path(root) / f"{dataset}.json")
+
+
+def serving_paths(root: str, dataset: str, version: int, prompt_id: str) -> tuple[str, str]:
+    """The stable location, and this version's own copy beside it."""
+    copy = f"{root}/{dataset}/v{version:04d}-{prompt_id}.json"
+    return current_path(root, dataset), (copy if root.startswith("gs://") else str(Path(copy)))
 
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-__all__ = ["ACTIONS", "APPROVED", "AUDIT_COLUMNS", "BLOCKED", "export_document", "now", "prompt_of",
-           "render", "score_problem", "served_stack", "serving_paths"]

@@ -42,24 +42,22 @@ class PromotionConfig(dg.Config):
                                                    "may be and still be promoted")
 
 
-def _gate(name: str, description: str) -> dg.AssetCheckSpec:
-    return dg.AssetCheckSpec(name, asset="promotion_audit", blocking=True, description=description)
-
-
-GATES = {"not_worse_than_promoted": "score_problem", "no_held_out_rows": "leakage_problem",
-         "prompt_is_usable": "prompt_problem"}
+#: check name -> (the audit column holding its problem, what it checks); one blocking check each
+GATES = {
+    "not_worse_than_promoted": ("score_problem", "The candidate's test score is not below the served prompt's, "
+                                "beyond the request's margin, on the same test rows (not checked for a rollback)."),
+    "no_held_out_rows": ("leakage_problem", "No dev or test row as a demo, in the demo pool, or copied 40+ "
+                         "characters verbatim into the instructions."),
+    "prompt_is_usable": ("prompt_problem", "{user_input} exactly once in the template, no other placeholder "
+                         "anywhere."),
+}
 
 
 @dg.asset(partitions_def=dataset_partitions, metadata=DATASET_EXPR, group_name=PROMOTION, io_manager_key=ARTIFACTS,
           ins={"final_report": dg.AssetIn(partition_mapping=dataset_of_optimization),
                "optimization_settings": dg.AssetIn(partition_mapping=dataset_of_optimization)},
-          check_specs=[
-              _gate("not_worse_than_promoted", "The candidate's test score is not below the served "
-                    "prompt's, beyond the request's margin, on the same test rows (not checked for a rollback)."),
-              _gate("no_held_out_rows", "No dev or test row as a demo, in the demo pool, or "
-                    "copied 40+ characters verbatim into the instructions."),
-              _gate("prompt_is_usable", "{user_input} exactly once in the template, no other "
-                    "placeholder anywhere.")])
+          check_specs=[dg.AssetCheckSpec(name, asset="promotion_audit", blocking=True, description=description)
+                       for name, (_, description) in GATES.items()])
 def promotion_audit(context: dg.AssetExecutionContext, config: PromotionConfig, final_report: pd.DataFrame,
                     optimization_settings: pd.DataFrame, dataset_splits: pd.DataFrame, project: ProjectResource,
                     task_model: LLMResource, judge_model: LLMResource, warehouse: DuckDBResource):
@@ -90,7 +88,7 @@ def promotion_audit(context: dg.AssetExecutionContext, config: PromotionConfig, 
     gate = leakage_gate(prompt, {"dev": splits.dev, "test": splits.test})
     row["leakage_problem"] = None if gate.passed else gate.message
     row["prompt_problem"] = prompt_problem(prompt.system_prompt, prompt.output_prompt)
-    problems = [row[f] for f in GATES.values() if row[f]]
+    problems = [row[field] for field, _ in GATES.values() if row[field]]
     row["verdict"] = po.BLOCKED if problems else po.APPROVED
     row["reason"] = "; ".join(problems) if problems else (
         "restores the version served before" if config.action == "rollback" else "passed every gate")
@@ -106,7 +104,7 @@ def promotion_audit(context: dg.AssetExecutionContext, config: PromotionConfig, 
         **({"current_score": dg.MetadataValue.float(float(row["current_score"]))}
            if row["current_score"] is not None else {}),
         "prompt": prompt_md(prompt)})
-    for check, field in GATES.items():
+    for check, (field, _) in GATES.items():
         problem = row[field]
         yield dg.AssetCheckResult(check_name=check, passed=problem is None,
                                   description=problem or "passed", metadata={"event_id": row["event_id"]})
