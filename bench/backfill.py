@@ -13,9 +13,7 @@ settings, same server in both: only the run queue limit differs.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -28,7 +26,7 @@ import yaml  # noqa: E402
 
 from promptopt_dagster.settings import PROJECT_ROOT  # noqa: E402
 
-from promptopt_dagster_tests.dagster_dev_helpers import (backfill, free_port, open_instance, start_ui,  # noqa: E402
+from promptopt_dagster_tests.dagster_dev_helpers import (backfill, free_port, open_instance, start_ui, stop_ui,  # noqa: E402
                                                         wait_for, wait_for_webserver)
 from promptopt_dagster_tests.fake_llm_servers import FakeLLMServer  # noqa: E402
 
@@ -92,8 +90,7 @@ def one_setting(datasets: list[str], concurrency: int, server: FakeLLMServer, wo
                                                       for r in runs) == len(datasets), 3600, "the final reports")
         return time.perf_counter() - started, len(runs), breakdown(dagster_env)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        stop_ui(proc)
 
 
 def main() -> None:

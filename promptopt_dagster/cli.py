@@ -114,13 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument("--report-json", type=Path, metavar="PATH", help="write the full report as JSON to this file")
     opt.add_argument("--json", action="store_true", help="print the full report as JSON instead of the summary")
     opt.add_argument("--verbose", action="store_true", help="show Dagster's own step logs and llama.cpp's messages")
-    ui = sub.add_parser("ui", help="start the Dagster UI and daemon on this project's Dagster home",
-                        description="Start `dagster dev` (web UI, daemon, sensors) on this project's Dagster home, "
-                                    "with the interpreter and packages this command runs with.", formatter_class=_Help)
-    ui.add_argument("--port", type=_int_from(1), default=3000, help="port of the web UI")
-    ui.add_argument("--host", default="127.0.0.1", help="address the web UI listens on (0.0.0.0: every interface)")
-    from promptopt_dagster import cli_jobs, cli_leaderboard, cli_promote, cli_rewrite
+    from promptopt_dagster import cli_jobs, cli_leaderboard, cli_promote, cli_rewrite, cli_ui
 
+    cli_ui.add_command(sub)
     cli_leaderboard.add_command(sub)
     cli_rewrite.add_command(sub)
     cli_jobs.add_commands(sub)
@@ -470,20 +466,6 @@ def _cancel_interrupted(instance, mine, run_id: str | None) -> None:
           file=sys.stderr, flush=True)
 
 
-def ui(args: argparse.Namespace) -> int:
-    """`dagster dev` from this interpreter's environment: works without activating the venv (no PATH lookup)."""
-    from promptopt_dagster.defs.home import ensure_dagster_home
-
-    ensure_dagster_home(get_settings().dagster_home)
-    os.chdir(PROJECT_ROOT)
-    argv = [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
-            "--port", str(args.port), "--host", args.host]
-    print(f"Dagster UI on http://{args.host}:{args.port} (Dagster home {os.environ['DAGSTER_HOME']}); "
-          "Ctrl-C stops it.", flush=True)
-    os.execv(sys.executable, argv)
-    return 0  # not reached
-
-
 def say(text: str) -> None:
     """A status line for the person at the terminal (stderr; stdout keeps the summary or the JSON)."""
     print(text, file=sys.stderr, flush=True)
@@ -519,9 +501,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args)
     try:
-        from promptopt_dagster import cli_jobs, cli_leaderboard, cli_promote, cli_rewrite
+        from promptopt_dagster import cli_jobs, cli_leaderboard, cli_promote, cli_rewrite, cli_ui
 
-        commands = {"optimize": optimize, "ui": ui, "leaderboard": cli_leaderboard.leaderboard,
+        commands = {"optimize": optimize, "ui": cli_ui.ui, "leaderboard": cli_leaderboard.leaderboard,
                     "rewrite": cli_rewrite.rewrite, "promote": cli_promote.promote,
                     "rollback": cli_promote.rollback, "render": cli_promote.render,
                     "submit": cli_jobs.submit, "status": cli_jobs.status, "cancel": cli_jobs.cancel}

@@ -64,6 +64,14 @@ class Settings(BaseSettings):
         state = Path(os.environ.get("PROMPTOPT_STATE_DIR") or PROJECT_ROOT / ".promptopt")
         return mirror(text, state / "gcs_mirror" / text[len("gs://"):].rstrip("/"))
 
+    @field_validator("data_dir", "prompts_dir", "state_dir", "model_dir", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        """Relative to the folder the command starts in, made absolute once: `promptopt ui` hands these to
+        processes that run elsewhere (the code server runs in the repository), and Dagster needs an absolute
+        DAGSTER_HOME."""
+        return value.expanduser().resolve()
+
     def artifacts_root(self) -> str:
         """Where artifact assets are written as readable JSON (and promoted prompts served)."""
         if self.deployment == "gcs":

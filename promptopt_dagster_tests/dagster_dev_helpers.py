@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,12 +30,56 @@ def start_ui(state: Path, port: int, log_path: Path, extra_env: dict | None = No
     env.pop("DAGSTER_HOME", None)
     env.pop("VIRTUAL_ENV", None)
     log = open(log_path, "w")
-    # Its own session, so the webserver, daemon and gRPC server can all be killed together:
-    # under this sandbox dagster dev ignores SIGTERM and would leave orphans.
+    # Its own session, as a service manager starts it; stop_ui() stops it as one does (SIGTERM).
     proc = subprocess.Popen([str(Path(sys.executable).parent / "promptopt"), "ui", "--port", str(port)],
                             cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     return proc, {**env, "DAGSTER_HOME": str(state / "dagster_home"), "PATH": os.environ["PATH"]}
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid`, from /proc (a process in another process group included)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting to be reaped."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def stop_ui(proc: subprocess.Popen, timeout_s: float = 30) -> None:
+    """SIGTERM to `promptopt ui`'s process group, as systemd or Kubernetes stops a service; anything still
+    running after `timeout_s` is SIGKILLed so no test leaves a webserver behind."""
+    tree = descendants(proc.pid)
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout_s)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    for pid in [proc.pid, *tree]:
+        if alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    proc.wait(timeout=30)
 
 
 def wait_for_webserver(port: int, proc: subprocess.Popen, log_path: Path, timeout_s: float = 180) -> dict:

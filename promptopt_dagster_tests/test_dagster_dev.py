@@ -7,8 +7,6 @@ iteration 1, see the patience stop, and run the final report, all by itself.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,8 +17,8 @@ import pytest
 
 from promptopt_dagster.defs.partitions import iteration_key, parse_key
 from promptopt_dagster.settings import PROJECT_ROOT
-from promptopt_dagster_tests.dagster_dev_helpers import (backfill, free_port, open_instance, start_ui, wait_for,
-                                                        wait_for_webserver)
+from promptopt_dagster_tests.dagster_dev_helpers import (backfill, free_port, open_instance, start_ui, stop_ui,
+                                                        wait_for, wait_for_webserver)
 
 # Two iterations at most: the fake model answers a fixed label when answers are constrained, so whether an
 # iteration is accepted depends on the labels drawn; the loop stops after iteration 1 either way.
@@ -37,8 +35,7 @@ def dagster_dev(tmp_path):
         wait_for_webserver(port, proc, tmp_path / "dagster_dev.log")
         yield env, port
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        stop_ui(proc)
 
 
 @pytest.mark.slow
@@ -108,8 +105,7 @@ def test_ui_command_serves_the_ui_without_the_venv_on_path(tmp_path):
         assert info["dagster_webserver_version"]
         assert (tmp_path / "state" / "dagster_home" / "dagster.yaml").read_text().count("run_monitoring") == 1
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        stop_ui(proc)
     assert "FileNotFoundError" not in log_path.read_text()
 
 

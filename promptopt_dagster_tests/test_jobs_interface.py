@@ -9,9 +9,7 @@ a port where nothing listens, so its iteration fails and `status` must show why 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +19,7 @@ import pytest
 import yaml
 
 from promptopt_dagster.settings import PROJECT_ROOT
-from promptopt_dagster_tests.dagster_dev_helpers import free_port, start_ui, wait_for_webserver
+from promptopt_dagster_tests.dagster_dev_helpers import free_port, start_ui, stop_ui, wait_for_webserver
 from promptopt_dagster_tests.fake_llm_servers import FakeLLMServer
 
 SMALL = {"dataset": "sst2", "eval_size": 10, "select_size": 5, "test_size": 10,
@@ -49,8 +47,7 @@ def webserver(tmp_path):
             wait_for_webserver(port, proc, tmp_path / "dagster_dev.log")
             yield {**env, "PROMPTOPT_DAGSTER_URL": f"http://127.0.0.1:{port}"}, slow
         finally:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+            stop_ui(proc)
 
 
 def promptopt(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -7,14 +7,12 @@ is sent (task: openai SDK; gepa and metaprompt: openai SDK; vertex: the agentpla
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 import pytest
 import yaml
 
-from promptopt_dagster_tests.dagster_dev_helpers import free_port, start_ui, wait_for_webserver
+from promptopt_dagster_tests.dagster_dev_helpers import free_port, start_ui, stop_ui, wait_for_webserver
 from promptopt_dagster_tests.fake_llm_servers import FakeLLMServer
 from promptopt_dagster_tests.remote_helpers import adc_file
 from promptopt_dagster_tests.test_gepa_end_to_end import reflect, task, toy_project
@@ -69,8 +67,7 @@ def test_llm_driven_optimizers_run_through_the_daemon_to_their_reports(tmp_path)
             assert len(views) == len(entries), (sorted(views), (tmp_path / "dagster_dev.log").read_text()[-3000:])
             asked = {"chat": chat.success_count, "vertex": vertex.success_count}
         finally:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+            stop_ui(proc)
 
     for name, view in views.items():
         assert view["state"] == "finished" and view["optimizer"] == name.split("_")[1], view

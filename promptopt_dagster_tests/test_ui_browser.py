@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
 import yaml
 
 from promptopt_dagster.settings import PROJECT_ROOT
-from promptopt_dagster_tests.dagster_dev_helpers import free_port, start_ui, wait_for_webserver
+from promptopt_dagster_tests.dagster_dev_helpers import free_port, start_ui, stop_ui, wait_for_webserver
 from promptopt_dagster_tests.fake_llm_servers import FakeLLMServer
 from promptopt_dagster_tests.remote_helpers import run_cli
 from promptopt_dagster_tests.test_gepa_end_to_end import reflect, task, toy_project
@@ -97,7 +96,6 @@ def test_the_asset_pages_show_the_summary_and_the_prompt_diff(tmp_path):
             finally:
                 browser.close()
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        stop_ui(proc)
     assert (ARTIFACTS / "final_report.png").stat().st_size > 10_000
     assert (ARTIFACTS / "comparison_report.png").stat().st_size > 10_000

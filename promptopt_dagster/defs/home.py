@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from pathlib import Path
 # so a run the sensor chains starts at once: an optimization is a chain of short runs, and each second
 # of launch latency is paid once per iteration (bench/backfill.py measures it).
 # The promptopt loggers (inference progress, optimizer candidates) are captured into the run logs.
+# Step stdout/stderr are kept where Dagster keeps them by default (<home>/storage), by a subclass of its
+# LocalComputeLogManager whose tail processes a terminal's Ctrl-C does not reach (defs/compute_logs.py).
 HEADER = "# Written by promptopt (defs/home.py) from its settings; delete this line to keep your own edits.\n"
 BODY = """\
 telemetry:
@@ -31,6 +34,11 @@ python_logs:
   managed_python_loggers:
     - promptopt
   python_log_level: INFO
+compute_logs:
+  module: promptopt_dagster.defs.compute_logs
+  class: DetachedTailComputeLogManager
+  config:
+    base_dir: {storage_dir}
 """
 DAGSTER_YAML = HEADER + BODY
 
@@ -45,7 +53,7 @@ python_logs:
     - promptopt
   python_log_level: INFO
 """, "# Written by promptopt (defs/home.py); delete this file to get the current default back.\n"
-     + BODY.format(max_concurrent_runs=1))
+     + BODY.split("compute_logs:")[0].format(max_concurrent_runs=1))
 
 
 def ensure_dagster_home(path: Path, max_concurrent_runs: int | None = None) -> Path:
@@ -56,6 +64,6 @@ def ensure_dagster_home(path: Path, max_concurrent_runs: int | None = None) -> P
     config = path / "dagster.yaml"
     limit = max_concurrent_runs or get_settings().max_concurrent_runs
     if not config.exists() or config.read_text() in _EARLIER_YAML or config.read_text().startswith(HEADER):
-        config.write_text(DAGSTER_YAML.format(max_concurrent_runs=limit))
+        config.write_text(DAGSTER_YAML.format(max_concurrent_runs=limit, storage_dir=json.dumps(str(path / "storage"))))
     os.environ["DAGSTER_HOME"] = str(path)
     return path
