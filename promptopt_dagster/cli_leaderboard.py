@@ -1,7 +1,9 @@
-"""`promptopt leaderboard DATASET`: materialize the dataset's leaderboard asset here, then print it.
+"""`promptopt leaderboard DATASET`: print the dataset's leaderboard asset as last materialized.
 
-It runs in this process like `optimize` (no webserver needed, no model called): the board is rebuilt
-from the final reports in the warehouse and recorded as a run, so the UI shows the same table and plot.
+A read command launches nothing: every final report (from `promptopt optimize` or the UI's sensor)
+rematerializes its dataset's leaderboard, so the stored board is current, and this command loads it
+through the asset's IO manager from the Dagster instance the UI shows (no webserver needed, no run
+recorded, no model called).
 """
 
 from __future__ import annotations
@@ -15,26 +17,32 @@ def add_command(sub) -> None:
 
     board = sub.add_parser("leaderboard", formatter_class=_Help,
                            help="rank every optimization of a dataset by its held-out test score, with cost",
-                           description="Rebuild the dataset's leaderboard from the final reports (one row per "
-                                       "optimization and generation) and print it. Calls no model.")
+                           description="Print the dataset's leaderboard (one row per optimization and generation), "
+                                       "as the last final report left it. Starts no run and calls no model.")
     board.add_argument("dataset", metavar="DATASET", help="a dataset named in data/manifest.yaml")
     board.add_argument("--json", action="store_true", help="print the rows as JSON")
 
 
 def leaderboard(args: argparse.Namespace) -> int:
-    from promptopt_dagster.cli import definitions_here, run_here
-    from promptopt_dagster.core.errors import PromptOptError
-    from promptopt_dagster.core.leaderboard import as_text
-    from promptopt_dagster.defs.loop import LEADERBOARD_JOB
+    import dagster as dg
 
-    definitions_here().resources["project"].spec(args.dataset)  # names an unknown dataset and the manifest
-    result = run_here(LEADERBOARD_JOB, args.dataset, {"promptopt/dataset": args.dataset})
-    if not result.success:
-        raise PromptOptError(f"Run {result.run_id} ({LEADERBOARD_JOB} {args.dataset}) failed; open it in the "
-                             "Dagster UI (`promptopt ui`) for the error.")
-    board = result.output_for_node("leaderboard")
+    from promptopt_dagster.cli import definitions_here
+    from promptopt_dagster.core.leaderboard import as_text
+
+    defs = definitions_here()
+    defs.resources["project"].spec(args.dataset)  # names an unknown dataset and the manifest
+    instance = dg.DagsterInstance.get()
+    stored = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("leaderboard"), asset_partitions=[args.dataset]), limit=1).records
+    if not stored:
+        board = None
+    else:
+        board = defs.load_asset_value("leaderboard", partition_key=args.dataset, instance=instance)
     if args.json:
-        print(json.dumps(json.loads(board.to_json(orient="records")), indent=2))
+        print(json.dumps([] if board is None else json.loads(board.to_json(orient="records")), indent=2))
+    elif board is None:
+        print(f"no optimization of {args.dataset} has a final report yet; run `promptopt optimize --dataset "
+              f"{args.dataset}` (or `promptopt submit NAME` to the UI) first")
     else:
         print(as_text(board))
     return 0

@@ -110,6 +110,21 @@ def test_progress_is_printed_once_and_the_run_ends_with_a_short_summary(project)
     assert report["this_run"]["llm_calls"] == 0 and report["this_run"]["cache_hits"] > 0  # the rerun hit the cache
 
 
+def test_leaderboard_is_a_read_that_starts_no_run(project):
+    before = _promptopt(project, "leaderboard", "sst2")
+    assert before.returncode == 0 and "no optimization of sst2 has a final report yet" in before.stdout
+    done = _promptopt(project, "optimize", "--dataset", "sst2", "--max-iterations", "1", "--eval-size", "0",
+                      "--test-size", "0", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = _runs(project)
+    shown = _promptopt(project, "leaderboard", "sst2", "--json")
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    rows = json.loads(shown.stdout)
+    assert [(r["optimization"], r["rank"]) for r in rows] == [("sst2", 1)]
+    assert rows[0]["best_test_score"] == json.loads(done.stdout)["best_test_score"]
+    assert _runs(project) == runs  # no run launched, none recorded
+
+
 # --- failures in the user's terms ----------------------------------------------------------------------------
 
 def _openai_env(project: Path, srv: FakeLLMServer) -> dict:
