@@ -499,8 +499,8 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _setup_logging(args)
     try:
+        _setup_logging(args)  # reads the settings: a bad .env line is an error like any other input
         from promptopt_dagster import cli_jobs, cli_leaderboard, cli_promote, cli_rewrite, cli_ui
 
         commands = {"optimize": optimize, "ui": cli_ui.ui, "leaderboard": cli_leaderboard.leaderboard,

@@ -6,15 +6,17 @@ with state kept under `.promptopt/` in the project so `dagster dev` and the CLI 
 
 from __future__ import annotations
 
+import difflib
 import os
 from functools import lru_cache
 from pathlib import Path
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from promptopt_dagster.core.errors import PromptOptError
 from promptopt_dagster.llm.model_settings import ModelSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -102,6 +104,43 @@ class Settings(BaseSettings):
         return self.data_dir / "optimizations.yaml"
 
 
+class SettingsError(PromptOptError):
+    """A PROMPTOPT_* variable (environment or .env) that is not a setting, or has a value it cannot take."""
+
+
+def _known_names() -> list[str]:
+    """Every PROMPTOPT_* name a setting answers to; a model's knobs are nested (PROMPTOPT_TASK__MODEL)."""
+    names = []
+    for name, field in Settings.model_fields.items():
+        names.append(f"PROMPTOPT_{name.upper()}")
+        if field.annotation is ModelSettings:
+            names += [f"PROMPTOPT_{name.upper()}__{knob.upper()}" for knob in ModelSettings.model_fields]
+    return names
+
+
+def check_dotenv(path: Path = Path(".env")) -> None:
+    """Refuse a PROMPTOPT_* line of `.env` that names no setting: pydantic-settings would ignore it, and a
+    typo (PROMPTOPT_STAT_DIR) would silently run with the default. Other variables are not ours to judge."""
+    if not path.is_file():
+        return
+    from dotenv import dotenv_values
+
+    known = _known_names()
+    for key in dotenv_values(path):
+        if key.upper().startswith("PROMPTOPT_") and key.upper() not in known:
+            close = difflib.get_close_matches(key.upper(), known, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise SettingsError(f"{path}: {key} is not a promptopt setting{hint} Fix the name or remove the line "
+                                "(the README's Configuration section lists every setting).")
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    check_dotenv()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = "PROMPTOPT_" + "__".join(str(part).upper() for part in err["loc"])
+        raise SettingsError(f"setting {name} (environment or .env): {err['msg'].removeprefix('Value error, ')} "
+                            f"(got {err.get('input')!r}).") from None
