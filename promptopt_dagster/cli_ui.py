@@ -11,7 +11,8 @@ Two things a plain `exec dagster dev` got wrong, and why this module exists:
 - **Signals.** Under systemd, Docker or Kubernetes a service is stopped with SIGTERM, and `dagster dev`
   ignores it (its children keep running). This process stays the parent: it starts `dagster dev` in a
   process group of its own and turns SIGTERM, SIGINT and SIGHUP into what Ctrl-C does to that group
-  (dagster dev's own clean shutdown), then kills whatever is left after `STOP_GRACE_S`.
+  (dagster dev's own clean shutdown), then kills whatever is left after `STOP_GRACE_S`. If this
+  process is SIGKILLed, the kernel sends dagster dev that SIGINT itself (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def ui(args: argparse.Namespace) -> int:
             "--port", str(args.port), "--host", args.host]
     print(f"Dagster UI on http://{args.host}:{args.port} (Dagster home {env['DAGSTER_HOME']}, data "
           f"{settings.data_dir}); Ctrl-C or SIGTERM stops it.", flush=True)
-    child = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, process_group=0)
+    child = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, process_group=0, preexec_fn=_interrupt_when_orphaned)
     received: list[int] = []
 
     def stop(signum, _frame) -> None:
@@ -95,6 +96,17 @@ def ui(args: argparse.Namespace) -> int:
         return 128 + received[0]
     _signal_group(child.pid, signal.SIGKILL)  # dagster dev ended by itself: leave no orphan behind
     return child.returncode
+
+
+def _interrupt_when_orphaned() -> None:
+    """In the child, before exec: if this process is killed outright (SIGKILL leaves no handler to run), the
+    kernel sends dagster dev SIGINT, its own clean shutdown, so no webserver or daemon is left behind. Linux
+    only (prctl); elsewhere a SIGKILL of `promptopt ui` leaves `dagster dev` to be stopped by hand."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGINT), 0, 0, 0)
 
 
 def _signal_group(pgid: int, signum: int) -> None:

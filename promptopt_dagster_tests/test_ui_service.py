@@ -72,3 +72,25 @@ def test_dotenv_reaches_every_process_and_sigterm_stops_them_all(tmp_path):
         if proc.poll() is None or any(alive(pid) for pid in descendants(proc.pid)):
             stop_ui(proc)
     assert "stopped (SIGTERM)" in log_path.read_text()
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_ui_leaves_no_dagster_process_behind(tmp_path):
+    """SIGKILL runs no handler: the kernel interrupts dagster dev instead (PR_SET_PDEATHSIG), and it stops its
+    webserver, daemon and code server as on Ctrl-C."""
+    home, port, log_path = _user_folder(tmp_path), free_port(), tmp_path / "ui.log"
+    proc = _start(home, port, log_path)
+    try:
+        wait_for_webserver(port, proc, log_path)
+        tree = descendants(proc.pid)
+        assert len(tree) >= 3, tree
+        started = time.monotonic()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
+        while any(alive(pid) for pid in tree) and time.monotonic() - started < 30:
+            time.sleep(0.2)
+        assert not [pid for pid in tree if alive(pid)], f"left running after {time.monotonic() - started:.1f}s"
+    finally:
+        for pid in descendants(proc.pid) + (tree if "tree" in locals() else []):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
