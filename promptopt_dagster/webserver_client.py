@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from promptopt_dagster.core.errors import PromptOptError
 
@@ -38,6 +38,18 @@ RUN_EVENTS = """query($runId: ID!, $cursor: String) { runOrError(runId: $runId) 
 PARTITIONS = """query($selector: RepositorySelector!, $name: String!) {
   partitionSetOrError(repositorySelector: $selector, partitionSetName: $name) { __typename
     ... on PartitionSet { partitionsOrError { ... on Partitions { results { name } } } } } }"""
+
+
+def asset_partition_url(asset: str, partition: str, base: str = "") -> str:
+    """The Dagster UI page of one partition of an asset: the asset's Partitions tab with that partition
+    selected, which shows that partition's own latest materialization and its metadata. (The asset's
+    overview, `/assets/<asset>?partition=<key>`, shows the newest materialization of any partition, so
+    such a link can land on another optimization's summary.)
+
+    base: the webserver's address (http://host:port[/prefix]) for a link printed in a terminal, or "" for
+    a link inside the UI's own markdown, which then works on whatever address the UI is served at."""
+    path = "/".join(quote(part, safe="") for part in asset.split("/"))
+    return f"{base.rstrip('/')}/assets/{path}?view=partitions&partition={quote(str(partition), safe='')}"
 
 
 def _metadata(entries: list[dict]) -> dict[str, Any]:

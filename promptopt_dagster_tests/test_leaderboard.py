@@ -45,3 +45,57 @@ def test_a_migration_is_ranked_apart_from_optimizations_scored_on_the_labels():
     text = as_text(board)
     assert "model migrations, scored as agreement with source openai/big (not the labels)" in text
     assert text.index("model migrations") > text.index(" b ")
+
+
+def test_the_ui_table_is_narrow_and_every_column_is_in_the_json_entry():
+    """All 16 columns in one table were cut off after test_low_95 by the asset page's metadata column (no
+    visible scrollbar): the table keeps what ranks and tells apart, the JSON entry every column."""
+    from promptopt_dagster.defs.report_assets import BOARD_TABLE, board_metadata
+
+    migration = {**report("to_small", 1, 0.99, 0.1), "migration": {"source_model": "openai/big"}}
+    board = leaderboard("sst2", [report("a", 1, 0.80, 0.012345678, interval=(0.74749999999999872, 0.85)),
+                                 report("a", 2, 0.85, 1.0, interval=None), migration], {"a": 2, "to_small": 1})
+    shown = board_metadata(board)
+    table = shown["leaderboard"].value
+    names = [c.name for c in table.schema.columns]
+    assert names == [n for n, _, _ in BOARD_TABLE] + ["scored against"] and len(names) <= 5
+    rows = {r.data["optimization"]: r.data for r in table.records}
+    assert rows["a g1"] == {"#": 2, "optimization": "a g1", "test": "0.8000 [0.7475, 0.8500]",
+                            "cost": "$0.0123, 10 calls", "scored against": "labels"}
+    assert rows["a g2*"]["test"] == "0.8500" and rows["to_small g1*"]["scored against"] == "source openai/big"
+    every = shown["leaderboard_json"].value
+    assert len(every) == 3 and all(set(row) == set(board.columns) for row in every)  # every column, every row
+    a1 = next(r for r in every if r["optimization"] == "a" and r["generation"] == 1)
+    assert a1["test_low_95"] == 0.7475 and a1["cost_usd"] == 0.012346 and a1["stop_reason"] == "patience"
+    assert next(r for r in every if r["generation"] == 2)["test_low_95"] is None  # NaN is null in JSON
+    assert "leaderboard_json" not in board_metadata(leaderboard("sst2", [], {}))
+
+
+def test_the_plots_labels_do_not_overlap_even_when_points_coincide():
+    """Eight optimizations at one cost and nearly one score (cache hits, no price): each label goes where
+    no other label is. Measured on the drawn figure, as pixel boxes of the labels' text."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from promptopt_dagster.core.plots import draw_score_cost, label_boxes
+
+    names = ["sst2", "sst2_quick", "sst2_gepa_openai", "sst2_fewshot", "sst2_metaprompt", "sst2_long_name_x",
+             "sst2_b", "sst2_c"]
+    board = leaderboard("sst2", [report(n, 1, 0.80 + 0.001 * (i % 3), 0.0, interval=(0.7, 0.9), calls=40)
+                                 for i, n in enumerate(names)], {n: 1 for n in names})
+    fig, ax = plt.subplots(figsize=(7.2, 4.8), dpi=100)
+    try:
+        draw_score_cost(ax, board)
+        fig.tight_layout()  # what png_markdown does after drawing: the labels must stay where they were placed
+        fig.canvas.draw()
+        boxes = label_boxes(ax)
+        assert len(boxes) == len(names)
+        overlapping = [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes))
+                       if boxes[i].overlaps(boxes[j])]
+        assert overlapping == []
+        frame = fig.bbox
+        assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
+    finally:
+        plt.close(fig)

@@ -2,25 +2,62 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from promptopt_dagster.core.decisions import Decision
 from promptopt_dagster.core.prompts import PromptVersion, unified_diff
 
+# --- numbers as a person reads them: one set of helpers for every score, gain, interval and dollar amount ---
+NO_CANDIDATE = "no candidate survived"
+
+
+def _missing(value) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def fmt_score(value, digits: int = 4) -> str:
+    """0.24749999999999872 -> "0.2475"; None or NaN -> "n/a"."""
+    return "n/a" if _missing(value) else f"{float(value):.{digits}f}"
+
+
+def fmt_signed(value, digits: int = 4) -> str:
+    """A gain or a bound of one: "+0.2475", "-0.0100"."""
+    return "n/a" if _missing(value) else f"{float(value):+.{digits}f}"
+
+
+def fmt_interval(bounds, signed: bool = False, digits: int = 4) -> str:
+    """"[0.5400, 0.6800]", or with signs for a gain's interval "[+0.2475, +0.3100]"; "" when there is none."""
+    if not bounds or any(_missing(b) for b in bounds):
+        return ""
+    one = fmt_signed if signed else fmt_score
+    return f"[{one(bounds[0], digits)}, {one(bounds[1], digits)}]"
+
+
+def fmt_dollars(value) -> str:
+    """"$0.0123"."""
+    return "n/a" if _missing(value) else f"${float(value):.4f}"
+
+
+def fmt_refined(value) -> str:
+    """A refined prompt's score, or what an iteration without one had: no candidate survived its checks."""
+    return NO_CANDIDATE if _missing(value) else fmt_score(value)
+
 
 def comparison_markdown(metric: str, decision: Decision, baseline: PromptVersion, refined: PromptVersion,
                         refined_note: str | None, scores: dict[str, dict[str, float] | None] | None = None) -> str:
-    refined_score = "n/a" if decision.refined_score is None else f"{decision.refined_score:.4f}"
+    refined_score = fmt_refined(decision.refined_score)
     diff = unified_diff(baseline, refined) or "(no change)"
     lines = [
         f"### Iteration {decision.iteration}: {'accepted' if decision.accepted else 'rejected'}",
         "",
         "| prompt | version | id | " + metric + " |",
         "|---|---|---|---|",
-        f"| baseline | v{baseline.version} | `{baseline.id}` | {decision.baseline_score:.4f} |",
+        f"| baseline | v{baseline.version} | `{baseline.id}` | {fmt_score(decision.baseline_score)} |",
         f"| refined | v{refined.version} | `{refined.id}` | {refined_score} |",
-        *([f"", f"**Gain on the {decision.gain.rows} confirm rows:** {decision.gain.gain:+.4f}, "
-           f"{decision.gain.confidence:.0%} interval [{decision.gain.low:+.4f}, {decision.gain.high:+.4f}] "
+        *([f"", f"**Gain on the {decision.gain.rows} confirm rows:** {fmt_signed(decision.gain.gain)}, "
+           f"{decision.gain.confidence:.0%} interval {fmt_interval((decision.gain.low, decision.gain.high), True)} "
            "(paired bootstrap; accepted only when the whole interval is above min_improvement)"]
           if decision.gain else []),
         "",
@@ -32,7 +69,7 @@ def comparison_markdown(metric: str, decision: Decision, baseline: PromptVersion
         lines += ["", "| prompt | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         for which in ("baseline", "refined"):
             values = scores.get(which) or {}
-            lines.append(f"| {which} | " + " | ".join(f"{values[n]:.4f}" if n in values else "n/a" for n in names) + " |")
+            lines.append(f"| {which} | " + " | ".join(fmt_score(values.get(n)) for n in names) + " |")
     if refined_note:
         lines += ["", f"**Optimizer note:** {refined_note}"]
     lines += ["", "#### Prompt diff", "```diff", diff, "```"]
@@ -55,10 +92,11 @@ def worst_rows_markdown(scored: pd.DataFrame, scorers: list[str] | None = None, 
     return "\n".join(lines)
 
 
-def _cell(text, width: int = 80) -> str:
+def _cell(text, width: int | None = 80) -> str:
+    """Text safe in a markdown table cell; clipped to `width` characters unless width is None."""
     text = "" if text is None or text is pd.NA or (isinstance(text, float) and pd.isna(text)) else str(text)
     text = text.replace("|", "\\|").replace("\n", " ")
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return text if width is None or len(text) <= width else text[: width - 1] + "…"
 
 
 def migration_markdown(migration: dict) -> str:
@@ -67,9 +105,8 @@ def migration_markdown(migration: dict) -> str:
     agreement, bounds = migration["agreement"], migration["agreement"]["intervals"]
 
     def score(value, interval=None) -> str:
-        if value is None:
-            return "n/a"
-        return f"{value:.4f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+        bounds = "" if _missing(value) else fmt_interval(interval)
+        return fmt_score(value) + (f" {bounds}" if bounds else "")
 
     lines = [f"### Migration from `{migration['source_model']}` to `{migration['task_model']}`", "",
              f"Agreement with the source model ({migration['metric']}) on {agreement['test_rows']} test rows, "
@@ -81,52 +118,95 @@ def migration_markdown(migration: dict) -> str:
     if labels:
         lines += ["", f"Against the dataset's own labels ({labels['rows']} test rows): source "
                       f"{score(labels['source'])}, before {score(labels['initial'])}, after {score(labels['best'])}."]
-    lines += ["", "| model | role | calls | cached | tokens | cost (USD) | per 1,000 answers (USD) |",
+    lines += ["", "| model | role | calls | cached | tokens | cost | per 1,000 answers |",
               "|---|---|---|---|---|---|---|"]
     cost, per = migration["cost"], migration["per_answer"]
     for role in ("source", "task"):
         c = cost[role]
         lines.append(f"| `{c['model']}` | {role} | {c['llm_calls']:,} | {c['cache_hits']:,} | "
-                     f"{c['prompt_tokens'] + c['completion_tokens']:,} | {c['cost_usd']:.4f} | "
-                     f"{per[role].get('cost_usd_per_1k_answers', float('nan')):.4f} |")
+                     f"{c['prompt_tokens'] + c['completion_tokens']:,} | {fmt_dollars(c['cost_usd'])} | "
+                     f"{fmt_dollars(per[role].get('cost_usd_per_1k_answers'))} |")
     for model, c in cost.get("other", {}).items():
         lines.append(f"| `{model}` | optimizer/judge | {c['llm_calls']:,} | {c['cache_hits']:,} | "
-                     f"{c['prompt_tokens'] + c['completion_tokens']:,} | {c['cost_usd']:.4f} | |")
+                     f"{c['prompt_tokens'] + c['completion_tokens']:,} | {fmt_dollars(c['cost_usd'])} | |")
     return "\n".join(lines)
 
 
-def summary_markdown(report: dict, iterations: list[dict]) -> str:
-    """The "Prompt Optimization Summary" of one optimization generation, as the seed design's artifact:
-    the score of every iteration with its accept/reject mark, the best prompt, why the loop stopped, spend.
+def best_iteration(iterations: list[dict]) -> int | None:
+    """The iteration whose refinement is the best prompt: the last accepted one (an accepted refinement becomes
+    the next baseline, so nothing later beat it); None when none was accepted and the initial prompt is best."""
+    accepted = [int(it["step"]) for it in iterations if it.get("accepted")]
+    return accepted[-1] if accepted else None
 
-    iterations: one dict per finished iteration (step, baseline_score, refined_score, accepted, best_score, why)."""
+
+def describe_demos(prompt: dict) -> str:
+    """How many demos a prompt shows each input and where they come from: static (the same for every input,
+    chosen by the optimizer) or retrieved (the k pool rows most similar to the input)."""
+    static, retrieval = len(prompt.get("demos") or []), prompt.get("retrieval")
+    ensemble = prompt.get("ensemble") or []
+    parts = []
+    if static:
+        parts.append(f"{static} static demo{'s' if static != 1 else ''} (the same for every input"
+                     + (f"; {1 + len(ensemble)} demo sets, answers summed over them" if ensemble else "") + ")")
+    if retrieval:
+        k = int(retrieval.get("k") or 0)
+        parts.append(f"{k} retrieved demo{'s' if k != 1 else ''} per input ({retrieval.get('method', 'tfidf')}, "
+                     f"from a pool of {len(retrieval.get('pool') or [])} rows)")
+    return " + ".join(parts) if parts else "no demos (zero-shot)"
+
+
+def describe_answer_mode(prompt: dict) -> str:
+    """Free text, or one of the dataset's labels (the backend constrains or ranks the answer)."""
+    labels = prompt.get("labels") or []
+    if prompt.get("answer") == "label" and labels:
+        shown = ", ".join(f"`{_cell(label, 40)}`" for label in labels[:12])
+        more = f" and {len(labels) - 12} more" if len(labels) > 12 else ""
+        return (f"one label of {len(labels)} ({shown}{more})"
+                + (", calibrated" if prompt.get("calibrate") else ""))
+    return "free text"
+
+
+def summary_markdown(report: dict, iterations: list[dict], links: dict[str, str] | None = None) -> str:
+    """The "Prompt Optimization Summary" of one optimization generation, as the seed design's artifact:
+    the score of every iteration with its accept/reject mark, the best prompt (which iteration found it, its
+    demos, its answer mode), why the loop stopped, spend.
+
+    iterations: one dict per finished iteration (step, baseline_score, refined_score, accepted, best_score, why).
+    links: name -> URL of a page of the Dagster UI (webserver_client.asset_partition_url), listed at the end.
+    Every number goes through the fmt_* helpers; no cell is clipped (the UI wraps long text)."""
     total = report["usage"]["total"]
     intervals = report.get("test_intervals") or {}
 
     def bounds(which: str) -> str:
-        b = intervals.get(which)
-        return f" [{b[0]:.3f}, {b[1]:.3f}]" if b else ""
+        text = fmt_interval(intervals.get(which))
+        return f" {text}" if text else ""
 
+    best = report["best_prompt"]
+    found = best_iteration(iterations)
+    where = (f"accepted in iteration {found}" if found is not None
+             else "the initial prompt: no iteration's refinement was accepted")
     lines = [f"## Prompt Optimization Summary: {report['optimization']} (generation {report['generation']})", "",
              f"Dataset `{report['dataset']}`, optimizer `{report['optimizer']}`, task model `{report['task_model']}`, "
              f"target `{report['metric']}`.", "",
-             f"**Held-out test** ({report['test_size']} rows, never seen by the optimizer): initial "
-             f"{report['initial_test_score']:.4f}{bounds('initial')} → best {report['best_test_score']:.4f}"
-             f"{bounds('best')}", "",
+             f"**Held-out test** ({report['test_size']} rows, never seen by the optimizer; 95% intervals): initial "
+             f"{fmt_score(report['initial_test_score'])}{bounds('initial')} → best "
+             f"{fmt_score(report['best_test_score'])}{bounds('best')}", "",
+             f"**Best prompt:** v{best['version']} `{best['id']}`, {where}. Demos: {describe_demos(best)}. "
+             f"Answer: {describe_answer_mode(best)}.", "",
              "| iteration | baseline (dev) | refined (dev) | decision | best so far | why |", "|---|---|---|---|---|---|"]
     for it in iterations:
-        refined = it.get("refined_score")
-        refined_text = "—" if refined is None or refined != refined else f"{refined:.4f}"
         mark = "✓ accepted" if it["accepted"] else "✗ rejected"
-        lines.append(f"| {it['step']} | {it['baseline_score']:.4f} | {refined_text} | {mark} | {it['best_score']:.4f} | "
-                     f"{_cell(it.get('why') or '', 70)} |")
-    best = report["best_prompt"]
+        mark += " (best prompt)" if found is not None and int(it["step"]) == found else ""
+        lines.append(f"| {it['step']} | {fmt_score(it['baseline_score'])} | {fmt_refined(it.get('refined_score'))} | "
+                     f"{mark} | {fmt_score(it['best_score'])} | {_cell(it.get('why') or '', None)} |")
     lines += ["", f"**Stopped:** {report.get('stop_reason') or 'not stopped'}", "",
               f"**Spend:** {total['llm_calls']:,} model calls, {total['cache_hits']:,} cached answers, "
               f"{total['requests']:,} requests, {total['prompt_tokens'] + total['completion_tokens']:,} tokens, "
-              f"${total['cost_usd']:.4f}", "",
-              f"**Best prompt** v{best['version']} `{best['id']}` ({len(best.get('demos') or [])} demos):", "",
+              f"{fmt_dollars(total['cost_usd'])}", "",
+              f"**Best prompt's text** (v{best['version']} `{best['id']}`; system prompt, then output prompt):", "",
               "```", best["system_prompt"], "---", best["output_prompt"], "```"]
+    if links:
+        lines += ["", "**In the UI:** " + " · ".join(f"[{name}]({url})" for name, url in links.items())]
     return "\n".join(lines)
 
 
@@ -147,7 +227,7 @@ def score_plot(report: dict, iterations: list[dict]) -> str:
             if pts:
                 ax.plot(*zip(*pts), marker, color=color, label=label, linestyle="none")
         ax.axhline(report["best_test_score"], color="tab:purple", linestyle="--", linewidth=1,
-                   label=f"best on test ({report['best_test_score']:.3f})")
+                   label=f"best on test ({fmt_score(report['best_test_score'])})")
         ax.set_xlabel("iteration")
         ax.set_ylabel(f"dev {report['metric']}")
         ax.set_xticks(steps)

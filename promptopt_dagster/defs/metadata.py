@@ -37,14 +37,28 @@ def snapshot(clients: list[LLMClient]) -> list[UsageStats]:
     return [dataclasses.replace(c.usage) for c in clients]
 
 
+def rounded(value: float, digits: int = 4) -> dg.MetadataValue:
+    """A score as float metadata the UI prints as a person reads it (0.2475, not 0.24749999999999872: the
+    UI shows the float's full repr). NaN stays NaN."""
+    value = float(value)
+    return dg.MetadataValue.float(value if value != value else round(value, digits))
+
+
+def used(by_model: UsageByModel) -> UsageByModel:
+    """The models that did something: a resource's client that was built but never called (the embedded
+    default judge under an OpenAI run, say) has an all-zero entry, which says nothing and misleads."""
+    return {m: u for m, u in by_model.items() if any(u.to_dict().values())}
+
+
 def usage_metadata(by_model: UsageByModel) -> dict:
-    """This materialization's model use: numbers (plottable across partitions in the UI) plus the split by model.
+    """This materialization's model use: numbers (plottable across partitions in the UI) plus the split by model
+    (models that were not used are left out).
 
     A rerun served from the response cache shows 0 calls here and every row under cache_hits."""
     totals = llm_usage.total(by_model).to_dict()
     out: dict = {k: dg.MetadataValue.int(v) for k, v in totals.items() if k != "cost_usd"}
     out["cost_usd"] = dg.MetadataValue.float(totals["cost_usd"])
-    out["usage_by_model"] = dg.MetadataValue.json({m: u.to_dict() for m, u in sorted(by_model.items())})
+    out["usage_by_model"] = dg.MetadataValue.json({m: u.to_dict() for m, u in sorted(used(by_model).items())})
     return out
 
 

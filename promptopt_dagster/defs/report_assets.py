@@ -2,6 +2,7 @@
 dataset's leaderboard of every optimization's final report."""
 
 import json
+from urllib.parse import urlparse
 
 import dagster as dg
 import pandas as pd
@@ -12,19 +13,23 @@ from promptopt_dagster.core.decisions import Spend
 from promptopt_dagster.core.intervals import bootstrap_mean_interval
 from promptopt_dagster.core.leaderboard import as_text as board_text
 from promptopt_dagster.core.leaderboard import from_report_rows as board_of
-from promptopt_dagster.core.leaderboard import score_cost_plot
 from promptopt_dagster.core.migration import migration_section, usage_by_role
-from promptopt_dagster.core.reports import migration_markdown, score_plot, summary_markdown
+from promptopt_dagster.core.plots import score_cost_plot
+from promptopt_dagster.core.reports import (best_iteration, fmt_dollars, fmt_interval, fmt_score, migration_markdown,
+                                            score_plot, summary_markdown)
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.defs.iteration_assets import (LOOP, _predict, _score_answers, _splits, _suite,
                                                      best_prompt, settings_of)
 from promptopt_dagster.defs.loop import ARTIFACTS
-from promptopt_dagster.defs.metadata import optimization_metadata, prompt_md, spend_of, usage_metadata
+from promptopt_dagster.defs.metadata import (optimization_metadata, prompt_md, rounded, spend_of, usage_metadata,
+                                             used)
 from promptopt_dagster.defs.partitions import (DATASET_EXPR, OPTIMIZATION_EXPR, dataset_of_optimization,
-                                               dataset_partitions, optimization_partitions)
+                                               dataset_partitions, iteration_key, optimization_partitions)
 from promptopt_dagster.defs.resources import LLMResource, ProjectResource
 from promptopt_dagster.defs.warehouse_reads import optimization_history, other_generation_reports
 from promptopt_dagster.llm import usage as llm_usage
+from promptopt_dagster.settings import get_settings
+from promptopt_dagster.webserver_client import asset_partition_url
 
 
 REPORT_COLUMNS = {"optimization": "string", "generation": "int64", "dataset": "string",
@@ -88,7 +93,7 @@ def final_report(context: dg.AssetExecutionContext, optimization_settings: pd.Da
         "test_intervals": {**intervals, "confidence": 0.95, "method": "percentile bootstrap of the mean row score"},
         "test_scores": test_summaries, "dev_scores": history["dev_scores"],
         "llm_calls": totals.llm_calls, "cache_hits": totals.cache_hits, "requests": totals.requests,
-        "usage": {"total": totals.to_dict(), "by_model": {m: u.to_dict() for m, u in sorted(usage.items())},
+        "usage": {"total": totals.to_dict(), "by_model": {m: u.to_dict() for m, u in sorted(used(usage).items())},
                   "final_report": llm_usage.total(test_usage).to_dict(),
                   **({"migration_references": llm_usage.total(source_usage).to_dict()} if migration else {})},
         "best_prompt": json.loads(best.to_json()),
@@ -97,12 +102,13 @@ def final_report(context: dg.AssetExecutionContext, optimization_settings: pd.Da
     context.log.info(f"{dataset}: test {suite.target} initial {test_scores['initial']:.4f} -> "
                      f"best {test_scores['best']:.4f}")
     context.add_output_metadata({  # the story first: the UI lists metadata in this order
-        "summary": dg.MetadataValue.md(summary_markdown(report, history["iterations"])),
+        "summary": dg.MetadataValue.md(summary_markdown(report, history["iterations"],
+                                                        summary_links(report, history["iterations"]))),
         "score_per_iteration": dg.MetadataValue.md(score_plot(report, history["iterations"])),
         "report": dg.MetadataValue.json(report),
-        "initial_test_score": dg.MetadataValue.float(test_scores["initial"]),
-        "best_test_score": dg.MetadataValue.float(test_scores["best"]),
-        **{f"{which}_test_{end}": dg.MetadataValue.float(bounds[i]) for which, bounds in intervals.items() if bounds
+        "initial_test_score": rounded(test_scores["initial"]),
+        "best_test_score": rounded(test_scores["best"]),
+        **{f"{which}_test_{end}": rounded(bounds[i]) for which, bounds in intervals.items() if bounds
            for i, end in enumerate(("low_95", "high_95"))},
         "best_prompt": prompt_md(best),
         **(migration_metadata(migration) if migration else {}),
@@ -130,37 +136,89 @@ def leaderboard(context: dg.AssetExecutionContext, final_report: pd.DataFrame,
         row["optimization"]: int(row["generation"])
         for row in optimization_settings[optimization_settings["current"].astype(bool)].to_dict("records")}
     board = board_of(dataset, final_report, current)
-    shown = ["rank", "optimization", "generation", "current", "optimizer", "task_model", "best_test_score",
-             "test_low_95", "test_high_95", "best_dev_score", "initial_test_score", "cost_usd", "llm_calls",
-             "iterations", "stop_reason", "prompt_id"]
-    metadata = {"optimizations": dg.MetadataValue.int(int(board["optimization"].nunique())),
-                "leaderboard": dg.MetadataValue.md(board_text(board)) if board.empty else dg.MetadataValue.table(
-                    records=[dg.TableRecord({k: (None if isinstance(v, float) and v != v else v)
-                                             for k, v in zip(shown, r)}) for r in board[shown].itertuples(index=False)],
-                    schema=dg.TableSchema(columns=[dg.TableColumn(c, _TABLE_TYPES.get(c, "string")) for c in shown]))}
+    metadata = {"optimizations": dg.MetadataValue.int(int(board["optimization"].nunique())), **board_metadata(board)}
     if not board.empty:
         top = board.iloc[0]
         metadata.update({"leader": f"{top['optimization']} (generation {top['generation']})",
-                         "leader_test_score": dg.MetadataValue.float(float(top["best_test_score"])),
+                         "leader_test_score": rounded(float(top["best_test_score"])),
                          "score_vs_cost": dg.MetadataValue.md(score_cost_plot(board))})
     context.add_output_metadata(metadata)
     return board
+
+
+def summary_links(report: dict, iterations: list[dict]) -> dict[str, str]:
+    """The summary's links to the pages of the UI that belong to this optimization: each goes to the
+    partition's own page (webserver_client.asset_partition_url), since the asset's overview shows the
+    newest materialization of any partition. Paths without a host, so they work wherever the UI is served
+    (under the path prefix of PROMPTOPT_DAGSTER_URL, if it has one)."""
+    base = urlparse(get_settings().dagster_url).path.rstrip("/")
+    name, generation = report["optimization"], int(report["generation"])
+    links = {"this final report": asset_partition_url("final_report", name, base)}
+    found = best_iteration(iterations)
+    if found is not None:
+        links[f"iteration {found}, where the best prompt was accepted"] = asset_partition_url(
+            "comparison_report", str(iteration_key(name, generation, found)), base)
+    last = max((int(it["step"]) for it in iterations), default=None)
+    if last is not None:
+        links["the best prompt"] = asset_partition_url("best_prompt", str(iteration_key(name, generation, last)), base)
+    links[f"the leaderboard of {report['dataset']}"] = asset_partition_url("leaderboard", report["dataset"], base)
+    return links
 
 
 def migration_metadata(migration: dict) -> dict:
     """The migration's numbers as metadata the UI plots, and its table."""
     agreement, intervals = migration["agreement"], migration["agreement"]["intervals"]
     out = {"migration": dg.MetadataValue.md(migration_markdown(migration)), "source_model": migration["source_model"],
-           "agreement_before": dg.MetadataValue.float(agreement["before"]),
-           "agreement_after": dg.MetadataValue.float(agreement["after"]),
+           "agreement_before": rounded(agreement["before"]), "agreement_after": rounded(agreement["after"]),
            "source_cost_usd": dg.MetadataValue.float(migration["cost"]["source"]["cost_usd"])}
     for which, key in (("initial", "before"), ("best", "after")):
         if intervals.get(which):
-            out[f"agreement_{key}_low_95"] = dg.MetadataValue.float(intervals[which][0])
-            out[f"agreement_{key}_high_95"] = dg.MetadataValue.float(intervals[which][1])
+            out[f"agreement_{key}_low_95"] = rounded(intervals[which][0])
+            out[f"agreement_{key}_high_95"] = rounded(intervals[which][1])
     return out
 
 
-_TABLE_TYPES = {"rank": "int", "generation": "int", "current": "bool", "llm_calls": "int", "iterations": "int",
-                **{c: "float" for c in ("best_test_score", "test_low_95", "test_high_95", "best_dev_score",
-                                        "initial_test_score", "cost_usd")}}
+#: the leaderboard table the UI shows: what ranks and tells the rows apart, narrow enough for the asset page's
+#: metadata column (about 330 pixels in the overview and 650 in the Partitions tab on a 1400-pixel screen; a
+#: wider table is cut off at its right edge with no visible scrollbar: all 16 columns were cut after
+#: test_low_95). Every column of every row is in `leaderboard_json`.
+BOARD_TABLE = [("#", "int", "rank among the rows scored against the same references"),
+               ("optimization", "string", "name and generation; * marks the optimization's current generation"),
+               ("test", "string", "the best prompt's score on the held-out test rows, with its 95% bootstrap "
+                                  "interval (none for macro f1 and the like)"),
+               ("cost", "string", "what the optimization cost (USD) and the model calls it made")]
+
+
+def board_metadata(board: pd.DataFrame) -> dict:
+    """The leaderboard as the UI shows it: `leaderboard`, a narrow table of the columns that rank and tell
+    apart (a migration's rows add what they are scored against), and `leaderboard_json`, every column
+    of every row, numbers rounded for reading."""
+    if board.empty:
+        return {"leaderboard": dg.MetadataValue.md(board_text(board))}
+    columns = list(BOARD_TABLE)
+    migrations = bool((board["references"] != "labels").any()) if "references" in board else False
+    if migrations:
+        columns.append(("scored against", "string", "the dataset's labels, or a migration's source model"))
+    records = []
+    for row in board.to_dict("records"):
+        interval = fmt_interval((row["test_low_95"], row["test_high_95"]))
+        cells = {"#": int(row["rank"]),
+                 "optimization": f"{row['optimization']} g{int(row['generation'])}{'*' if row['current'] else ''}",
+                 "test": fmt_score(row["best_test_score"]) + (f" {interval}" if interval else ""),
+                 "cost": f"{fmt_dollars(row['cost_usd'])}, {int(row['llm_calls']):,} calls"}
+        if migrations:
+            cells["scored against"] = str(row["references"])
+        records.append(dg.TableRecord(cells))
+    every = [{k: _readable(v) for k, v in row.items()} for row in board.to_dict("records")]
+    return {"leaderboard": dg.MetadataValue.table(
+                records=records, schema=dg.TableSchema(columns=[dg.TableColumn(n, t, d) for n, t, d in columns])),
+            "leaderboard_json": dg.MetadataValue.json(every)}
+
+
+def _readable(value):
+    """A JSON value of the board: NaN as null, numpy scalars as Python, floats without binary noise."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float):
+        return None if value != value else round(value, 6)
+    return value

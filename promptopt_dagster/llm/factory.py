@@ -15,6 +15,10 @@ __all__ = ["ModelSettings", "build_client"]
 
 log = logging.getLogger("promptopt.llm")
 
+#: models already warned about having no price: a run builds a client per resource and per asset, and the
+#: warning says nothing new the second time, so it is printed once per model per process
+_UNPRICED_WARNED: set[str] = set()
+
 
 def build_client(settings: ModelSettings, model_dir: Path, threads: int, cache_path: Path | None,
                  api_key: str | None = None) -> LLMClient:
@@ -51,7 +55,8 @@ def build_client(settings: ModelSettings, model_dir: Path, threads: int, cache_p
     else:
         raise ValueError(f"Unknown LLM backend {s.backend!r}; choose one of {', '.join(BACKENDS)}.")
     client.price = price_for(client.backend, client.model, s.input_price_per_mtok, s.output_price_per_mtok)
-    if not client.price.known and s.backend not in PROMPT_SERVICES:  # a service call has no tokens to price
+    if not client.price.known and s.backend not in PROMPT_SERVICES and client.model_key not in _UNPRICED_WARNED:
+        _UNPRICED_WARNED.add(client.model_key)  # a prompt service's call has no tokens to price
         log.warning("no price known for %s; its cost counts as 0. Set input_price_per_mtok and "
                     "output_price_per_mtok for this model to estimate cost and enforce a money budget.",
                     client.model_key)
