@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from promptopt_dagster.settings import PROJECT_ROOT
+from promptopt_dagster.webserver_client import asset_partition_url
 from promptopt_dagster_tests.dagster_dev_helpers import free_port, start_ui, stop_ui, wait_for_webserver
 from promptopt_dagster_tests.fake_llm_servers import FakeLLMServer
 from promptopt_dagster_tests.remote_helpers import run_cli
@@ -77,8 +78,16 @@ def test_the_asset_pages_show_the_summary_and_the_prompt_diff(tmp_path):
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                summary = _open(page, f"{base}/assets/final_report?partition=toy_gepa", "Prompt Optimization Summary",
-                                ARTIFACTS / "final_report.png")
+                # the partition's own page (the overview shows the newest materialization of any partition)
+                _open(page, asset_partition_url("final_report", "toy_gepa", base), "score_per_iteration",
+                      ARTIFACTS / "final_report.png")
+                # the summary is over the 1,000 characters the UI shows inline: it opens in a dialog
+                page.locator("tr", has_text="summary").get_by_text("[Show Markdown]").first.click()
+                page.get_by_text("Prompt Optimization Summary").first.wait_for(timeout=30000)
+                page.wait_for_timeout(1000)  # the dialog fades in
+                page.screenshot(path=str(ARTIFACTS / "summary.png"))
+                summary = page.inner_text("body")
+                page.get_by_role("button", name="Close").click()
                 assert "Prompt Optimization Summary: toy_gepa (generation 1)" in summary and "✓ accepted" in summary
                 assert "Held-out test" in summary and "Stopped:" in summary and "Best prompt" in summary
                 # the plot is large markdown, so the UI shows it in a dialog behind [Show Markdown]
