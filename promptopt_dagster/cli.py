@@ -19,6 +19,7 @@ from pathlib import Path
 from promptopt_dagster.core.errors import PromptOptError
 from promptopt_dagster.core.optimizations import OPTIMIZERS, writer_model_problem
 from promptopt_dagster.core.prompts import PromptVersion
+from promptopt_dagster.core.formatting import fmt_interval, fmt_refined, fmt_score
 from promptopt_dagster.settings import PROJECT_ROOT, get_settings
 
 log = logging.getLogger("promptopt.cli")
@@ -291,7 +292,7 @@ def _migration_lines(migration: dict) -> list[str]:
     agreement, bounds = migration["agreement"], migration["agreement"]["intervals"]
 
     def score(value, interval) -> str:
-        return f"{value:.4f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+        return fmt_score(value) + (f" {fmt_interval(interval)}" if interval else "")
 
     cost, per = migration["cost"], migration["per_answer"]
     lines = [f"  migration from {migration['source_model']}: agreement with its answers on {agreement['test_rows']} "
@@ -316,7 +317,7 @@ def _summary(optimization: str, report: dict, this_run: dict, best_path: Path, r
 
     def score(name: str) -> str:
         interval = bounds.get(name)
-        return f"{report[name + '_test_score']:.4f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+        return fmt_score(report[name + '_test_score']) + (f" {fmt_interval(interval)}" if interval else "")
 
     lines = [
         f"[{optimization}] {report['metric']} on {report['test_size']} held-out test rows (95% interval): "
@@ -411,7 +412,7 @@ def optimize(args: argparse.Namespace) -> int:
                 this_run[key] += compare[key].value
             stop_reason = stop_reason_of(best)
             say(f"[{name}] iteration {iteration}: {suite.target} baseline "
-                f"{compare['baseline_score'].value:.4f}, refined {compare['refined_score'].value:.4f}, "
+                f"{compare['baseline_score'].value:.4f}, refined {fmt_refined(compare['refined_score'].value)}, "
                 f"{'accepted' if compare['accepted'].value else 'rejected'}; best {compare['best_score'].value:.4f}; "
                 f"{'stop: ' + stop_reason if stop_reason else 'continue'}; {compare['llm_calls'].value} model calls, "
                 f"{compare['cache_hits'].value} cached ({time.perf_counter() - started:.0f}s)")

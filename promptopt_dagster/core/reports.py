@@ -2,47 +2,14 @@
 
 from __future__ import annotations
 
-import math
 
 import pandas as pd
 
 from promptopt_dagster.core.decisions import Decision
 from promptopt_dagster.core.prompts import PromptVersion, unified_diff
 
-# --- numbers as a person reads them: one set of helpers for every score, gain, interval and dollar amount ---
-NO_CANDIDATE = "no candidate survived"
-
-
-def _missing(value) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
-
-
-def fmt_score(value, digits: int = 4) -> str:
-    """0.24749999999999872 -> "0.2475"; None or NaN -> "n/a"."""
-    return "n/a" if _missing(value) else f"{float(value):.{digits}f}"
-
-
-def fmt_signed(value, digits: int = 4) -> str:
-    """A gain or a bound of one: "+0.2475", "-0.0100"."""
-    return "n/a" if _missing(value) else f"{float(value):+.{digits}f}"
-
-
-def fmt_interval(bounds, signed: bool = False, digits: int = 4) -> str:
-    """"[0.5400, 0.6800]", or with signs for a gain's interval "[+0.2475, +0.3100]"; "" when there is none."""
-    if not bounds or any(_missing(b) for b in bounds):
-        return ""
-    one = fmt_signed if signed else fmt_score
-    return f"[{one(bounds[0], digits)}, {one(bounds[1], digits)}]"
-
-
-def fmt_dollars(value) -> str:
-    """"$0.0123"."""
-    return "n/a" if _missing(value) else f"${float(value):.4f}"
-
-
-def fmt_refined(value) -> str:
-    """A refined prompt's score, or what an iteration without one had: no candidate survived its checks."""
-    return NO_CANDIDATE if _missing(value) else fmt_score(value)
+from promptopt_dagster.core.formatting import (NO_CANDIDATE, fmt_dollars, fmt_interval, fmt_refined,  # noqa: F401
+                                               fmt_score, fmt_signed, missing)
 
 
 def comparison_markdown(metric: str, decision: Decision, baseline: PromptVersion, refined: PromptVersion,
@@ -105,7 +72,7 @@ def migration_markdown(migration: dict) -> str:
     agreement, bounds = migration["agreement"], migration["agreement"]["intervals"]
 
     def score(value, interval=None) -> str:
-        bounds = "" if _missing(value) else fmt_interval(interval)
+        bounds = "" if missing(value) else fmt_interval(interval)
         return fmt_score(value) + (f" {bounds}" if bounds else "")
 
     lines = [f"### Migration from `{migration['source_model']}` to `{migration['task_model']}`", "",
