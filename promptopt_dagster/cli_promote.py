@@ -2,6 +2,11 @@
 
 promote and rollback run the `promote_prompt` job in this process, as `optimize` runs its jobs, so the
 request, its gates and the audit row are the same as from the UI's launchpad and show up there.
+
+Exit codes: 0 the request was approved and is served; 1 it was refused (a gate said no, or a rollback had
+nothing earlier to restore): one line on stdout with both scores and the reason, and a `blocked` row in
+the audit (1 also when an approved prompt could not be written: an `error:` line says why); 2 it could not be judged (an unknown name, nothing to promote yet): one `error:` line on
+stderr that says what to run, and nothing is recorded or served.
 """
 
 from __future__ import annotations
@@ -9,6 +14,8 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import re
+import sys
 
 
 def add_commands(sub) -> None:
@@ -26,14 +33,21 @@ def add_commands(sub) -> None:
     promote.add_argument("--margin", type=float, default=0.0,
                          help="how far below the served prompt's test score the candidate may be (default: 0)")
     promote.add_argument("--by", default="", help="who approves (default: the user running the command)")
+    promote.add_argument("--force", action="store_true",
+                         help="promote even if it scores below the served prompt (the audit records the override)")
 
     rollback = sub.add_parser("rollback", formatter_class=_Help,
                               help="serve again the prompt that was served before the current one (audited)",
-                              description="Restore the previously promoted prompt of a dataset through the same "
-                                          "job, gates and audit as a promotion.")
+                              description="Restore the version served before the current one through the same "
+                                          "job, gates and audit as a promotion; repeated, it steps back through "
+                                          "the history (after promotions A, B, C: B, then A, then a refusal). Both "
+                                          "are scored on the test rows of the restored version's optimization: a "
+                                          "worse one is refused unless --force.")
     rollback.add_argument("dataset", metavar="DATASET", help="a dataset named in data/manifest.yaml")
     rollback.add_argument("--note", default="", help="why: kept in the audit table")
     rollback.add_argument("--by", default="", help="who approves (default: the user running the command)")
+    rollback.add_argument("--force", action="store_true",
+                          help="roll back even if the restored version scores below the served one (audited)")
 
     render = sub.add_parser("render", formatter_class=_Help,
                             help="print exactly what the model receives from the promoted prompt for one input",
@@ -53,14 +67,15 @@ def promote(args: argparse.Namespace) -> int:
     if args.optimization not in DATASET_OF:
         raise PromptOptError(f"unknown optimization {args.optimization!r}; known: {', '.join(sorted(DATASET_OF))}.")
     return _request(DATASET_OF[args.optimization], {"action": "promote", "optimization": args.optimization,
-                                                    "note": args.note, "margin": args.margin}, args.by)
+                                                    "note": args.note, "margin": args.margin, "force": args.force},
+                    args.by)
 
 
 def rollback(args: argparse.Namespace) -> int:
     from promptopt_dagster.cli import definitions_here
 
     definitions_here().resources["project"].spec(args.dataset)  # names an unknown dataset
-    return _request(args.dataset, {"action": "rollback", "note": args.note}, args.by)
+    return _request(args.dataset, {"action": "rollback", "note": args.note, "force": args.force}, args.by)
 
 
 def render(args: argparse.Namespace) -> int:
@@ -81,26 +96,60 @@ def render(args: argparse.Namespace) -> int:
 
 
 def _request(dataset: str, config: dict, by: str) -> int:
-    from promptopt_dagster.cli import _failure_message, run_here
+    from promptopt_dagster.cli import run_here
     from promptopt_dagster.core.errors import PromptOptError
     from promptopt_dagster.defs.loop import PROMOTE_JOB
 
     result = run_here(PROMOTE_JOB, dataset, {"promptopt/dataset": dataset},
                       ops={"promotion_audit": {"config": {**config, "requested_by": by or getpass.getuser()}}})
     audited = result.output_for_node("promotion_audit") if _has_output(result, "promotion_audit") else None
-    if audited is None:  # failed before any request was recorded (unknown optimization, no final report, ...)
-        raise PromptOptError(f"{config['action']} of {dataset}: {_failure_message(result)}")
+    if audited is None:  # no request could be judged (nothing to promote yet, ...): nothing recorded
+        raise PromptOptError(f"{config['action']} {config.get('optimization') or dataset}: {_why(result)}")
     last = audited.sort_values("event_id").iloc[-1]
-    line = (f"{last['action']} {last['prompt_id']} (optimization {last['optimization']}, test {last['metric']} "
-            f"{last['candidate_score']:.4f}"
-            + (f" vs served {last['current_score']:.4f}" if last["current_score"] == last["current_score"] else "")
-            + f"): {str(last['verdict']).upper()}: {last['reason']}")
-    print(line)
-    if not result.success:
+    print(_verdict_line(last))
+    if last["verdict"] != "approved":
+        return 1
+    if not result.success or not _has_output(result, "promoted_prompt"):  # e.g. the prompts dir is not writable
+        print(f"error: {config['action']} {dataset} was approved, but serving it failed: {_why(result)}",
+              file=sys.stderr)
         return 1
     served = result.output_for_node("promoted_prompt").iloc[0]
     print(f"serving {served['prompt_id']} at {served['path']} (copy: {served['version_path']})")
     return 0
+
+
+def _verdict_line(last) -> str:
+    """One line: what was asked, the scores compared, the verdict and why."""
+    import pandas as pd
+
+    def known(value) -> bool:
+        return value is not None and not pd.isna(value)
+
+    verdict = f"{str(last['verdict']).upper()}: {last['reason']}"
+    if not known(last["prompt_id"]):  # a rollback with nothing to restore
+        return f"{last['action']} of {last['dataset']}: {verdict}"
+    target = "to " if last["action"] == "rollback" else ""
+    scores = f"test {last['metric']} {last['candidate_score']:.4f}" + (
+        f" vs served {last['current_score']:.4f}" if known(last["current_score"]) else "")
+    return f"{last['action']} {target}{last['prompt_id']} (optimization {last['optimization']}, {scores}): {verdict}"
+
+
+def _why(result) -> str:
+    """Why a run failed, as one line in the user's terms: a dg.Failure's own description, else the innermost
+    error's message without its class (never `dagster._core.definitions.events.Failure: ...`)."""
+    for event in result.all_events:
+        if not event.is_step_failure:
+            continue
+        data = event.step_failure_data
+        if data.user_failure_data is not None and data.user_failure_data.description:
+            return " ".join(data.user_failure_data.description.split())
+        error = data.error
+        while error is not None and error.cause is not None:
+            error = error.cause
+        if error is not None:
+            message = re.sub(rf"^(?:[\w.]+\.)?{re.escape(error.cls_name or '')}: ", "", error.message.strip())
+            return " ".join(message.split())
+    return "the run failed; open it in the Dagster UI for details"
 
 
 def _has_output(result, node: str) -> bool:

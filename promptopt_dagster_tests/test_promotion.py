@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import dagster as dg
+import pandas as pd
 import pytest
 
 from promptopt_dagster.core import promotion as po
@@ -78,7 +79,8 @@ def test_promote_block_a_worse_one_roll_back_and_the_audit_has_every_event(tmp_p
     assert served["source"] == {**served["source"], "optimization": "sst2", "test_score": good["best_test_score"]}
 
     blocked = promote(defs, instance, optimization="sst2_quick", note="cheaper?")
-    assert not blocked.success  # the blocking check stopped the run before promoted_prompt
+    assert blocked.success  # a refusal is a recorded decision, not a failed run: the check says no
+    assert not served_by(blocked)  # promoted_prompt did not materialize
     checks = {e.check_name: e for e in blocked.get_asset_check_evaluations()}
     message = checks["not_worse_than_promoted"].description
     assert not checks["not_worse_than_promoted"].passed and checks["no_held_out_rows"].passed
@@ -94,7 +96,7 @@ def test_promote_block_a_worse_one_roll_back_and_the_audit_has_every_event(tmp_p
     restored = json.loads((prompts / "promoted" / "sst2.json").read_text())
     assert restored["prompt"]["id"] == good["best_prompt"]["id"] and restored["promotion"]["action"] == "rollback"
     versions = sorted(p.name for p in (prompts / "promoted" / "sst2").iterdir())
-    assert len(versions) == 2  # one copy per version served
+    assert versions == [f"v0001-{good['best_prompt']['id']}.json", f"v0002-{bad['best_prompt']['id']}.json"]
 
     audit = query(tmp_path, "select * from promptopt.promotion_audit order by event_id")
     assert list(zip(audit["action"], audit["verdict"], audit["optimization"])) == [
@@ -117,22 +119,117 @@ def test_the_served_document_renders_what_the_model_receives(two_optimizations):
     assert document["generation"]["max_output_tokens"] > 0 and document["answer"]["kind"] in ("free", "label")
 
 
-def test_nothing_to_roll_back_and_an_unfinished_optimization_fail_clearly(two_optimizations):
+def test_three_promotions_then_rollbacks_step_back_through_the_history(tmp_path, two_optimizations):
+    """Promotions A, B (worse, with a margin), A again: rollbacks serve B (worse: refused, then --force),
+    then A, then are refused with nothing earlier. Every refusal is an audit row; copies are v0001..v0003."""
+    defs, instance, prompts, good, bad = two_optimizations
+    a, b = good["best_prompt"]["id"], bad["best_prompt"]["id"]
+    served = prompts / "promoted" / "sst2.json"
+
+    def serving() -> tuple[str, int, str]:
+        document = json.loads(served.read_text())
+        return document["prompt"]["id"], document["promotion"]["version"], document["promotion"]["action"]
+
+    assert served_by(promote(defs, instance, optimization="sst2")) == [a]
+    assert served_by(promote(defs, instance, optimization="sst2_quick", margin=1.0)) == [b]
+    assert served_by(promote(defs, instance, optimization="sst2", note="back to the good one")) == [a]
+    assert serving() == (a, 3, "promote")
+    copies = sorted(p.name for p in (prompts / "promoted" / "sst2").iterdir())
+    assert copies == [f"v0001-{a}.json", f"v0002-{b}.json", f"v0003-{a}.json"]  # by promotion, never colliding
+    first = json.loads((prompts / "promoted" / "sst2" / copies[0]).read_text())
+    assert first["promotion"]["version"] == 1 and first["prompt"]["version"] == good["best_prompt"]["version"]
+
+    worse = promote(defs, instance, action="rollback", note="undo")
+    assert worse.success and not served_by(worse) and serving() == (a, 3, "promote")
+    check = {e.check_name: e for e in worse.get_asset_check_evaluations()}["not_worse_than_promoted"]
+    assert not check.passed and "--force" in check.description
+    assert f"{bad['best_test_score']:.4f}" in check.description
+    assert f"{good['best_test_score']:.4f}" in check.description
+
+    forced = promote(defs, instance, action="rollback", force=True, note="undo anyway")
+    assert served_by(forced) == [b] and serving() == (b, 2, "rollback")
+    check = {e.check_name: e for e in forced.get_asset_check_evaluations()}["not_worse_than_promoted"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+
+    assert served_by(promote(defs, instance, action="rollback")) == [a] and serving() == (a, 1, "rollback")
+
+    nothing = promote(defs, instance, action="rollback", note="one more")
+    assert nothing.success and not served_by(nothing) and serving() == (a, 1, "rollback")
+    check = {e.check_name: e for e in nothing.get_asset_check_evaluations()}["earlier_version_exists"]
+    assert not check.passed and check.description.startswith("nothing earlier to roll back to")
+
+    audit = query(tmp_path, "select * from promptopt.promotion_audit order by event_id")
+    assert list(zip(audit["action"], audit["verdict"])) == [
+        ("promote", "approved"), ("promote", "approved"), ("promote", "approved"),
+        ("rollback", "blocked"), ("rollback", "approved"), ("rollback", "approved"), ("rollback", "blocked")]
+    assert audit["event_id"].tolist() == list(range(1, 8))
+    assert audit["note"].tolist()[3:] == ["undo", "undo anyway", "", "one more"]
+    assert "is below the promoted prompt" in audit.loc[3, "reason"] and audit.loc[3, "prompt_id"] == b
+    assert audit.loc[3, "candidate_score"] == pytest.approx(bad["best_test_score"])
+    assert audit.loc[3, "current_score"] == pytest.approx(good["best_test_score"])
+    assert "forced" in audit.loc[4, "reason"] and "served as v0002" in audit.loc[4, "reason"]
+    assert audit.loc[6, "reason"].startswith("nothing earlier to roll back to")
+    assert audit.loc[6, "current_prompt_id"] == a and pd.isna(audit.loc[6, "prompt_id"])
+
+
+def test_nothing_to_roll_back_is_audited_and_an_unstarted_optimization_says_what_to_run(tmp_path, two_optimizations):
     defs, instance, *_ = two_optimizations
     nothing = promote(defs, instance, action="rollback")
-    assert not nothing.success and "Nothing to roll back to" in failure(nothing)
+    assert nothing.success and not served_by(nothing)
+    audit = query(tmp_path, "select * from promptopt.promotion_audit order by event_id")
+    assert list(zip(audit["action"], audit["verdict"])) == [("rollback", "blocked")]
+    assert audit.loc[0, "reason"] == "nothing to roll back: no prompt of 'sst2' has been promoted"
     unknown = promote(defs, instance, optimization="nope")
-    assert not unknown.success and "was never started" in failure(unknown)
+    assert not unknown.success
+    assert "has not been started here. Run `promptopt optimize --optimization nope`" in failure(unknown)
+
+
+def served_by(result) -> list[str]:
+    """The prompt ids promoted_prompt materialized in this run (none when the request was refused)."""
+    return [e.event_specific_data.materialization.metadata["prompt_id"].value for e in result.all_events
+            if e.is_step_materialization and e.asset_key == dg.AssetKey("promoted_prompt")]
 
 
 def failure(result) -> str:
     return " ".join(e.step_failure_data.error.message for e in result.all_events if e.is_step_failure)
 
 
+def test_cli_errors_are_one_line_and_a_refusal_is_audited_with_exit_1(tmp_path):
+    """On a fresh state: `promote` has nothing to promote (exit 2, one `error:` line naming what to run, no
+    Dagster class); `rollback` is refused (exit 1) and the refusal is the audit's first row."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PROMPTOPT_STATE_DIR": str(tmp_path / "state")}
+    env.pop("DAGSTER_HOME", None)
+
+    def promptopt(*args):
+        return subprocess.run([sys.executable, "-m", "promptopt_dagster.cli", *args], env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    unstarted = promptopt("promote", "sst2")
+    assert unstarted.returncode == 2, unstarted.stderr[-3000:]
+    assert unstarted.stderr.count("\n") == 1 and unstarted.stderr.startswith("error: promote sst2: nothing to promote")
+    assert "`promptopt optimize --optimization sst2`" in unstarted.stderr and "dagster" not in unstarted.stderr
+    assert unstarted.stdout == ""
+    refused = promptopt("rollback", "sst2", "--note", "oops")
+    assert refused.returncode == 1, refused.stderr[-3000:]
+    assert refused.stdout == ("rollback of sst2: BLOCKED: nothing to roll back: no prompt of 'sst2' has been "
+                              "promoted\n")
+    import duckdb
+
+    with duckdb.connect(str(tmp_path / "state" / "warehouse.duckdb"), read_only=True) as con:
+        rows = con.execute("select action, verdict, note from promptopt.promotion_audit").fetchall()
+    assert rows == [("rollback", "blocked", "oops")]
+
+
 @pytest.mark.slow
-def test_promote_and_render_through_the_cli_and_a_worse_candidate_exits_1(tmp_path):
-    """Real openai SDK against fake servers: toy_gepa ends at 0.75 on the test rows, the default fewshot
-    optimization at 0.25; the second promotion is refused with both scores, and nothing served changes."""
+def test_promote_roll_back_and_render_through_the_cli(tmp_path):
+    """Real openai SDK against fake servers: toy_gepa (A) ends at 0.75 on the test rows, the default fewshot
+    optimization toy (B) at 0.25. Through the CLI: A; B refused with both scores (exit 1); B with --force; A
+    again. Rollbacks: to B refused (exit 1) then forced, to A, then nothing earlier (exit 1). Every request is
+    an audit row, and the copies are v0001..v0003."""
     import os
     import subprocess
     import sys
@@ -140,7 +237,7 @@ def test_promote_and_render_through_the_cli_and_a_worse_candidate_exits_1(tmp_pa
     import yaml
 
     from promptopt_dagster_tests.fake_llm_servers import FakeLLMServer
-    from promptopt_dagster_tests.remote_helpers import run_cli
+    from promptopt_dagster_tests.remote_helpers import run_cli, warehouse
     from promptopt_dagster_tests.test_gepa_end_to_end import reflect, task, toy_project
 
     root = toy_project(tmp_path / "project")
@@ -155,23 +252,48 @@ def test_promote_and_render_through_the_cli_and_a_worse_candidate_exits_1(tmp_pa
                "OPENAI_API_KEY": "sk-task", "PROMPTOPT_OPTIMIZER__BACKEND": "openai",
                "PROMPTOPT_OPTIMIZER__BASE_URL": opt_srv.openai_base_url}
         state = root / "state"
-        for name in ("toy_gepa", "toy"):
-            done = run_cli(state, env, "--optimization", name, cwd=root)
-            assert done.returncode == 0, done.stderr[-3000:]
         full_env = {**os.environ, **env, "PROMPTOPT_STATE_DIR": str(state)}
         full_env.pop("DAGSTER_HOME", None)
 
-        def promptopt(*args):
-            return subprocess.run([sys.executable, "-m", "promptopt_dagster.cli", *args], env=full_env, cwd=root,
+        def promptopt(*args, code: int = 0):
+            done = subprocess.run([sys.executable, "-m", "promptopt_dagster.cli", *args], env=full_env, cwd=root,
                                   capture_output=True, text=True, timeout=300)
+            assert done.returncode == code, done.stdout + done.stderr[-3000:]
+            assert "Traceback" not in done.stderr and "Warning" not in done.stderr, done.stderr[-3000:]
+            return done.stdout
 
-        first = promptopt("promote", "toy_gepa", "--note", "ship it", "--by", "ana")
-        assert first.returncode == 0, first.stderr[-3000:]
-        assert "APPROVED" in first.stdout and "serving" in first.stdout
-        worse = promptopt("promote", "toy")
+        unfinished = subprocess.run([sys.executable, "-m", "promptopt_dagster.cli", "promote", "toy"], env=full_env,
+                                    cwd=root, capture_output=True, text=True, timeout=300)
+        assert unfinished.returncode == 2 and unfinished.stdout == ""
+        assert unfinished.stderr.startswith("error: promote toy: nothing to promote: optimization 'toy' of dataset "
+                                            "'toy' has not been started here. Run `promptopt optimize "
+                                            "--optimization toy`"), unfinished.stderr
+        for name in ("toy_gepa", "toy"):
+            done = run_cli(state, env, "--optimization", name, cwd=root)
+            assert done.returncode == 0, done.stderr[-3000:]
+
+        assert "APPROVED" in promptopt("promote", "toy_gepa", "--note", "ship it", "--by", "ana")
+        worse = promptopt("promote", "toy", code=1)
+        assert "BLOCKED" in worse and "0.2500 is below the promoted prompt" in worse and "0.7500" in worse
         shown = promptopt("render", "toy", "a quiet film")
-    assert worse.returncode == 1, worse.stderr[-3000:]
-    assert "BLOCKED" in worse.stdout and "0.2500 is below the promoted prompt" in worse.stdout and "0.7500" in worse.stdout
-    assert shown.returncode == 0
-    assert shown.stdout.startswith("[system]\nClassify the review. When unsure, answer negative.")
-    assert shown.stdout.rstrip().endswith("[user]\nReview: a quiet film\nSentiment:")
+        assert "served as v0002" in promptopt("promote", "toy", "--force")
+        assert "served as v0003" in promptopt("promote", "toy_gepa")
+        copies = sorted(p.name.split("-")[0] for p in (root / "prompts" / "promoted" / "toy").iterdir())
+        assert copies == ["v0001", "v0002", "v0003"]
+
+        refused = promptopt("rollback", "toy", code=1)
+        assert refused.startswith("rollback to ") and "test accuracy 0.2500 vs served 0.7500): BLOCKED:" in refused
+        assert refused.rstrip().endswith("Pass --force to roll back anyway")
+        assert "served as v0002" in promptopt("rollback", "toy", "--force", "--note", "B is cheaper")
+        assert "served as v0001" in promptopt("rollback", "toy")
+        nothing = promptopt("rollback", "toy", code=1)
+        assert nothing.startswith("rollback of toy: BLOCKED: nothing earlier to roll back to: ")
+        served = json.loads((root / "prompts" / "promoted" / "toy.json").read_text())
+        assert served["promotion"]["version"] == 1 and served["source"]["optimization"] == "toy_gepa"
+    assert shown.startswith("[system]\nClassify the review. When unsure, answer negative.")
+    assert shown.rstrip().endswith("[user]\nReview: a quiet film\nSentiment:")
+    audit = warehouse(state, "select action, verdict, optimization from promptopt.promotion_audit order by event_id")
+    assert list(zip(audit["action"], audit["verdict"], audit["optimization"].fillna("-"))) == [
+        ("promote", "approved", "toy_gepa"), ("promote", "blocked", "toy"), ("promote", "approved", "toy"),
+        ("promote", "approved", "toy_gepa"), ("rollback", "blocked", "toy"), ("rollback", "approved", "toy"),
+        ("rollback", "approved", "toy_gepa"), ("rollback", "blocked", "-")]
