@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -230,12 +231,24 @@ def _failure_message(result) -> str:
     if checks:
         return "; ".join(f"quality check {e.check_name} on {e.asset_key.to_user_string()} failed: "
                          f"{e.description or 'no description'}" for e in checks)
+    return step_failure_text(result)
+
+
+def step_failure_text(result) -> str:
+    """Why a run's step failed, as one line in the user's terms: a dg.Failure's own description, else the innermost
+    error's message without its class (never `dagster._core.definitions.events.Failure: ...`)."""
     for event in result.all_events:
-        if event.is_step_failure:
-            error = event.step_failure_data.error
-            while error.cause is not None:
-                error = error.cause
-            return error.message.strip()
+        if not event.is_step_failure:
+            continue
+        data = event.step_failure_data
+        if data.user_failure_data is not None and data.user_failure_data.description:
+            return " ".join(data.user_failure_data.description.split())
+        error = data.error
+        while error is not None and error.cause is not None:
+            error = error.cause
+        if error is not None:
+            message = re.sub(rf"^(?:[\w.]+\.)?{re.escape(error.cls_name or '')}: ", "", error.message.strip())
+            return " ".join(message.split())
     return "the run failed; open it in the Dagster UI for details"
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import re
 import sys
 
 
@@ -96,7 +95,7 @@ def render(args: argparse.Namespace) -> int:
 
 
 def _request(dataset: str, config: dict, by: str) -> int:
-    from promptopt_dagster.cli import run_here
+    from promptopt_dagster.cli import run_here, step_failure_text
     from promptopt_dagster.core.errors import PromptOptError
     from promptopt_dagster.defs.loop import PROMOTE_JOB
 
@@ -104,13 +103,13 @@ def _request(dataset: str, config: dict, by: str) -> int:
                       ops={"promotion_audit": {"config": {**config, "requested_by": by or getpass.getuser()}}})
     audited = result.output_for_node("promotion_audit") if _has_output(result, "promotion_audit") else None
     if audited is None:  # no request could be judged (nothing to promote yet, ...): nothing recorded
-        raise PromptOptError(f"{config['action']} {config.get('optimization') or dataset}: {_why(result)}")
+        raise PromptOptError(f"{config['action']} {config.get('optimization') or dataset}: {step_failure_text(result)}")
     last = audited.sort_values("event_id").iloc[-1]
     print(_verdict_line(last))
     if last["verdict"] != "approved":
         return 1
     if not result.success or not _has_output(result, "promoted_prompt"):  # e.g. the prompts dir is not writable
-        print(f"error: {config['action']} {dataset} was approved, but serving it failed: {_why(result)}",
+        print(f"error: {config['action']} {dataset} was approved, but serving it failed: {step_failure_text(result)}",
               file=sys.stderr)
         return 1
     served = result.output_for_node("promoted_prompt").iloc[0]
@@ -132,24 +131,6 @@ def _verdict_line(last) -> str:
     scores = f"test {last['metric']} {last['candidate_score']:.4f}" + (
         f" vs served {last['current_score']:.4f}" if known(last["current_score"]) else "")
     return f"{last['action']} {target}{last['prompt_id']} (optimization {last['optimization']}, {scores}): {verdict}"
-
-
-def _why(result) -> str:
-    """Why a run failed, as one line in the user's terms: a dg.Failure's own description, else the innermost
-    error's message without its class (never `dagster._core.definitions.events.Failure: ...`)."""
-    for event in result.all_events:
-        if not event.is_step_failure:
-            continue
-        data = event.step_failure_data
-        if data.user_failure_data is not None and data.user_failure_data.description:
-            return " ".join(data.user_failure_data.description.split())
-        error = data.error
-        while error is not None and error.cause is not None:
-            error = error.cause
-        if error is not None:
-            message = re.sub(rf"^(?:[\w.]+\.)?{re.escape(error.cls_name or '')}: ", "", error.message.strip())
-            return " ".join(message.split())
-    return "the run failed; open it in the Dagster UI for details"
 
 
 def _has_output(result, node: str) -> bool:

@@ -261,3 +261,24 @@ def test_real_model_refuses_an_over_long_row_before_any_call(project):
     assert "Traceback" not in done.stderr
     assert not (project / "state" / "warehouse.duckdb").exists() or _tables(project) == {}
     assert len(ResponseCache(project / "state" / "llm_cache.sqlite")) == 0  # no answer was asked for
+
+
+@pytest.mark.parametrize("raised, expected", [
+    (dg.Failure(description="Dataset 'toy' has no rows.\n  Run prepare_dataset first."),
+     "Dataset 'toy' has no rows. Run prepare_dataset first."),
+    (ValueError("a bad value"), "a bad value"),
+])
+def test_a_failed_step_is_explained_without_dagster_class_names(raised, expected):
+    from promptopt_dagster.cli import step_failure_text
+
+    @dg.op
+    def fails():
+        raise raised
+
+    @dg.job
+    def broken():
+        fails()
+
+    result = broken.execute_in_process(raise_on_error=False)
+    text = step_failure_text(result)
+    assert text == expected and "dagster" not in text and "Error:" not in text
