@@ -324,7 +324,7 @@ def _migration_lines(migration: dict) -> list[str]:
 
 def _summary(optimization: str, report: dict, this_run: dict, best_path: Path, rank: str) -> str:
     """A few lines a person reads at the end of a run; the full report is one flag away."""
-    total = report["usage"]["total"]
+    paid = (report.get("paid") or {}).get("total") or report["usage"]["total"]  # the usage ledger's figures
     best = report["best_prompt"]
     bounds = report.get("test_intervals", {})
 
@@ -338,8 +338,8 @@ def _summary(optimization: str, report: dict, this_run: dict, best_path: Path, r
         f"  dev, {report['eval_size'] or 'all'} confirm rows: {report['initial_dev_score']:.4f} -> "
         f"{report['best_dev_score']:.4f} after {report['iterations']} iteration(s); stopped: {report['stop_reason']}",
         f"  model calls this run: {this_run['llm_calls']:,} ({this_run['cache_hits']:,} answers from the cache); "
-        f"whole optimization: {total['llm_calls']:,} calls + {total['cache_hits']:,} cached answers, "
-        f"{total['requests']:,} requests, ${total['cost_usd']:.4f}",
+        f"whole optimization: {paid['llm_calls']:,} paid calls, {paid['requests']:,} requests, "
+        f"${paid['cost_usd']:.4f} (every run counted, interrupted ones too)",
         *(_migration_lines(report["migration"]) if report.get("migration") else []),
         f"  best prompt: v{best['version']} ({PromptVersion.model_validate(best).describe()}), written to {best_path}",
         f"  report: final_report[{optimization}] in the Dagster UI (`promptopt ui`); "

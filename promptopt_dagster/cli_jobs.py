@@ -88,9 +88,42 @@ def _where(run: RunView) -> str:
     return f"{run.job} {part}".strip()
 
 
-def run_summary(run: RunView) -> dict:
-    """What a run did, from its assets' metadata: scores, the stop decision, the optimization's spend."""
+def _ledger_path():
+    """The response cache holding the usage ledger, when this machine has it (None: status falls back to the
+    spend the runs' assets recorded, which misses canceled and killed runs)."""
+    path = get_settings().llm_cache_path
+    return path if path.exists() else None
+
+
+def _generation_of(runs: list[RunView]) -> int | None:
+    """The generation the runs worked on: their tag, else the newest iteration partition (`g2-i0`) among them."""
+    for run in reversed(runs):
+        if run.tags.get("promptopt/generation"):
+            return int(run.tags["promptopt/generation"])
+        found = re.search(r"(?:^|\|)g(\d+)-i\d+(?:$|\|)", run.partition or "")
+        if found:
+            return int(found.group(1))
+    return None
+
+
+def paid_spend(name: str, generation: int | None) -> dict | None:
+    """What the optimization (the generation, when known) paid, from the usage ledger: every run counted."""
+    from promptopt_dagster.llm import ledger
+
+    path = _ledger_path()
+    if path is None:
+        return None
+    paid = ledger.spend(path, name, generation, unassigned=generation is not None)
+    return {"llm_calls": paid.llm_calls, "requests": paid.requests, "errors": paid.errors, "tokens": paid.tokens,
+            "cost_usd": round(paid.cost_usd, 6)}
+
+
+def run_summary(run: RunView, paid=None) -> dict:
+    """What a run did, from its assets' metadata: scores, the stop decision, the optimization's spend; `paid`:
+    the run's own paid calls (a UsageStats from the usage ledger), shown whether or not it finished."""
     out: dict = {"run_id": run.run_id, "job": run.job, "partition": run.partition, "status": run.status}
+    if paid is not None:
+        out["paid"] = {"llm_calls": paid.llm_calls, "requests": paid.requests, "cost_usd": round(paid.cost_usd, 6)}
     compare = run.materialized.get("comparison_report")
     if compare:
         out.update({k: compare.get(k) for k in ("baseline_score", "refined_score", "accepted", "best_score")})
@@ -109,8 +142,8 @@ def run_summary(run: RunView) -> dict:
     return out
 
 
-def run_line(run: RunView, error: str | None = None) -> str:
-    s = run_summary(run)
+def run_line(run: RunView, error: str | None = None, paid=None) -> str:
+    s = run_summary(run, paid)
     parts = [f"{run.run_id[:8]}  {_where(run):<28} {run.status:<9}"]
     if "baseline_score" in s:
         parts.append(f"baseline {_number(s['baseline_score'])}, refined {_number(s['refined_score'])}, "
@@ -119,7 +152,9 @@ def run_line(run: RunView, error: str | None = None) -> str:
         parts.append(f"test: initial {_number(s['initial_test_score'])} -> best {_number(s['best_test_score'])}")
     if s.get("stop_reason"):
         parts.append(f"stop: {s['stop_reason']}")
-    if "spend" in s:
+    if "paid" in s:
+        parts.append(f"this run paid {s['paid']['llm_calls']:,} calls, ${s['paid']['cost_usd']:.4f}")
+    elif "spend" in s:
         parts.append(f"spent {s['spend'].get('llm_calls', 0):,} calls, ${s['spend'].get('cost_usd', 0.0):.4f}")
     line = "  ".join(parts[:1]) + ("  " + "; ".join(parts[1:]) if parts[1:] else "")
     return line + (f"\n          error: {error}" if error else "")
@@ -152,15 +187,28 @@ def optimization_view(server: Webserver, name: str) -> dict:
     chain.sort(key=lambda r: r.created)
     errors = {r.run_id: server.error_of(r.run_id) for r in chain if r.status == "FAILURE"}
     tags = chain[-1].tags
-    summaries = [{**run_summary(r), **({"error": errors[r.run_id]} if r.run_id in errors else {})} for r in chain]
-    spend = next((s["spend"] for s in reversed(summaries) if "spend" in s), None)
+    generation = _generation_of(chain)
+    by_run = {}
+    if _ledger_path() is not None:
+        from promptopt_dagster.llm import ledger
+
+        by_run = ledger.spend_by_run(_ledger_path(), name)
+    summaries = [{**run_summary(r, by_run.get(r.run_id)), **({"error": errors[r.run_id]} if r.run_id in errors else {})}
+                 for r in chain]
+    recorded = next((s["spend"] for s in reversed(summaries) if "spend" in s), None)
+    paid = paid_spend(name, generation)
+    # What was paid comes from the usage ledger, so a canceled or killed run's calls count; the cached answers
+    # come from the assets' metadata (the ledger holds only paid calls). Without the ledger, the metadata alone.
+    spend = recorded if paid is None else {**paid, "cache_hits": (recorded or {}).get("cache_hits", 0),
+                                           "source": "usage ledger"}
     iterations = [_where(r) for r in chain if r.job == "optimize_iteration"]
     return {"optimization": name, "dataset": tags.get("promptopt/dataset"), "optimizer": tags.get("promptopt/optimizer"),
-            "task_model": tags.get("promptopt/task_model"), "generation": tags.get("promptopt/generation"),
+            "task_model": tags.get("promptopt/task_model"),
+            "generation": None if generation is None else str(generation),
             "submission": submission, "state": chain_state(chain),
             "iteration": iterations[-1].removeprefix("iteration ") if iterations else None, "spend": spend,
             "runs": summaries,
-            "_lines": [run_line(r, errors.get(r.run_id)) for r in chain]}
+            "_lines": [run_line(r, errors.get(r.run_id), by_run.get(r.run_id)) for r in chain]}
 
 
 def _print_view(view: dict) -> None:
@@ -168,14 +216,20 @@ def _print_view(view: dict) -> None:
         print(f"{view['optimization']}: no runs on this webserver; start one with `promptopt submit "
               f"{view['optimization']}`")
         return
+    generation = f"generation {view['generation']}" if view["generation"] else "no generation started yet"
     print(f"{view['optimization']}: {view['dataset']}, {view['optimizer']} on {view['task_model']}, "
-          f"generation {view['generation']}; state: {view['state']}")
+          f"{generation}; state: {view['state']}")
     for line in view["_lines"]:
         print(f"  {line}")
     if view["spend"]:
         spend = view["spend"]
-        print(f"  spend so far: {spend.get('llm_calls', 0):,} model calls + {spend.get('cache_hits', 0):,} cached "
-              f"answers, {spend.get('tokens', 0):,} tokens, ${spend.get('cost_usd', 0.0):.4f}")
+        if spend.get("source") == "usage ledger":
+            print(f"  spend so far: {spend['llm_calls']:,} paid model calls ({spend['requests']:,} requests), "
+                  f"{spend['tokens']:,} tokens, ${spend['cost_usd']:.4f}, every run counted, canceled and killed ones "
+                  f"too; {spend.get('cache_hits', 0):,} answers from the cache")
+        else:
+            print(f"  spend so far: {spend.get('llm_calls', 0):,} model calls + {spend.get('cache_hits', 0):,} cached "
+                  f"answers, {spend.get('tokens', 0):,} tokens, ${spend.get('cost_usd', 0.0):.4f}")
 
 
 def status(args: argparse.Namespace) -> int:
@@ -206,6 +260,9 @@ def status(args: argparse.Namespace) -> int:
         else:
             _print_view(view)
         return 1 if view["state"] == "failed" else 0
+    if not re.fullmatch(r"[0-9a-f-]{4,36}", target):  # not a run id either: say what it could have been
+        raise PromptOptError(f"{target!r} is neither an optimization in {get_settings().optimizations_path} nor a run "
+                             f"id; known optimizations: {', '.join(sorted(_specs())) or 'none'}.")
     run = server.find_run(target)
     error = server.error_of(run.run_id) if run.status == "FAILURE" else None
     if args.json:

@@ -1,4 +1,4 @@
-"""The leaderboard built from final reports: order, tie-break on cost, intervals, the text and the plot."""
+"""The leaderboard built from final reports: order, tie-break on answers used, intervals, the text and the plot."""
 
 import base64
 import math
@@ -15,8 +15,9 @@ def report(name: str, generation: int, test: float, cost: float, interval=(0.0, 
             "best_prompt": {"id": f"{name}-{generation}", "version": generation}}
 
 
-def test_best_test_score_first_cheaper_first_on_a_tie_and_current_generations_marked():
-    board = leaderboard("sst2", [report("a", 1, 0.80, 1.0), report("b", 1, 0.90, 2.0), report("c", 1, 0.90, 0.5),
+def test_best_test_score_first_fewer_answers_first_on_a_tie_and_current_generations_marked():
+    # c paid more than b, but used fewer answers: what was paid depends on whose cache an optimization found
+    board = leaderboard("sst2", [report("a", 1, 0.80, 1.0), report("b", 1, 0.90, 0.5), report("c", 1, 0.90, 2.0, calls=5),
                                  report("a", 2, 0.85, 1.0, interval=None)], current={"a": 2, "b": 1, "c": 1})
     assert list(zip(board["optimization"], board["generation"])) == [("c", 1), ("b", 1), ("a", 2), ("a", 1)]
     assert board["rank"].tolist() == [1, 2, 3, 4]

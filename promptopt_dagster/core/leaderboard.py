@@ -25,9 +25,13 @@ COLUMNS = {
     "initial_test_score": "float64", "best_dev_score": "float64", "test_size": "int64",
     "cost_usd": "float64", "llm_calls": "int64", "requests": "int64", "iterations": "int64",
     "stop_reason": "string", "prompt_id": "string", "prompt_version": "int64", "fingerprint": "string",
-    # "labels", or "source <model>" for a migration: ranks restart per value. Last, because the warehouse
-    # appends a new column to a table stored by an earlier version and rows are inserted by position.
+    # "labels", or "source <model>" for a migration: ranks restart per value. Last (then the columns added
+    # after it), because the warehouse appends a new column to a table stored by an earlier version and rows
+    # are inserted by position.
     "references": "string",
+    # Answers the optimization used, from the model or the cache alike: what its settings cost intrinsically,
+    # whoever paid for them. cost_usd, llm_calls and requests above are what it paid (the usage ledger).
+    "answers": "int64",
 }
 
 
@@ -37,12 +41,15 @@ def _bound(report: dict, end: int) -> float:
 
 
 def leaderboard(dataset: str, reports: Iterable[dict], current: dict[str, int]) -> pd.DataFrame:
-    """One row per (optimization, generation) report, best test score first (cheaper first on a tie).
+    """One row per (optimization, generation) report, best test score first (fewer answers first on a tie).
 
-    current: each optimization's current generation; other generations stay listed, marked not current."""
+    current: each optimization's current generation; other generations stay listed, marked not current.
+    cost_usd, llm_calls and requests are what the generation paid, every run counted (the report's "paid",
+    from the usage ledger; a report written before the ledger existed gives its per-asset usage)."""
     rows = []
     for report in reports:
         total = report["usage"]["total"]
+        paid = (report.get("paid") or {}).get("total") or total
         rows.append({
             "dataset": dataset, "rank": 0, "optimization": report["optimization"],
             "generation": int(report["generation"]),
@@ -52,15 +59,19 @@ def leaderboard(dataset: str, reports: Iterable[dict], current: dict[str, int]) 
             "best_test_score": float(report["best_test_score"]),
             "test_low_95": _bound(report, 0), "test_high_95": _bound(report, 1),
             "initial_test_score": float(report["initial_test_score"]), "best_dev_score": float(report["best_dev_score"]),
-            "test_size": int(report["test_size"]), "cost_usd": float(total["cost_usd"]),
-            "llm_calls": int(total["llm_calls"]), "requests": int(total["requests"]),
+            "test_size": int(report["test_size"]), "cost_usd": float(paid["cost_usd"]),
+            "llm_calls": int(paid["llm_calls"]), "requests": int(paid["requests"]),
+            "answers": int(total["llm_calls"]) + int(total.get("cache_hits", 0)),
             "iterations": int(report["iterations"]), "stop_reason": report.get("stop_reason") or "",
             "prompt_id": report["best_prompt"]["id"], "prompt_version": int(report["best_prompt"]["version"]),
             "fingerprint": report.get("fingerprint") or "",
         })
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     frame["_migration"] = frame["references"] != LABELS
-    frame = frame.sort_values(["_migration", "references", "best_test_score", "cost_usd", "optimization", "generation"],
+    # A tie on the score goes to the optimization that needed fewer answers, cached or not. Not to the one that
+    # paid less: what an optimization pays depends on whose cache it found (a second optimization of the same
+    # rows and model pays nothing for answers the first one bought), not on what its settings cost.
+    frame = frame.sort_values(["_migration", "references", "best_test_score", "answers", "optimization", "generation"],
                               ascending=[True, True, False, True, True, False], kind="stable").reset_index(drop=True)
     frame["rank"] = frame.groupby("references", sort=False).cumcount() + 1
     return frame.drop(columns="_migration").astype(COLUMNS)

@@ -142,6 +142,7 @@ def summary_markdown(report: dict, iterations: list[dict], links: dict[str, str]
     links: name -> URL of a page of the Dagster UI (webserver_client.asset_partition_url), listed at the end.
     Every number goes through the fmt_* helpers; no cell is clipped (the UI wraps long text)."""
     total = report["usage"]["total"]
+    paid = (report.get("paid") or {}).get("total") or total  # the usage ledger's figures (llm/ledger.py)
     intervals = report.get("test_intervals") or {}
 
     def bounds(which: str) -> str:
@@ -167,9 +168,10 @@ def summary_markdown(report: dict, iterations: list[dict], links: dict[str, str]
         lines.append(f"| {it['step']} | {fmt_score(it['baseline_score'])} | {fmt_refined(it.get('refined_score'))} | "
                      f"{mark} | {fmt_score(it['best_score'])} | {_cell(it.get('why') or '', None)} |")
     lines += ["", f"**Stopped:** {report.get('stop_reason') or 'not stopped'}", "",
-              f"**Spend:** {total['llm_calls']:,} model calls, {total['cache_hits']:,} cached answers, "
-              f"{total['requests']:,} requests, {total['prompt_tokens'] + total['completion_tokens']:,} tokens, "
-              f"{fmt_dollars(total['cost_usd'])}", "",
+              f"**Spend:** {paid['llm_calls']:,} model calls paid ({paid['requests']:,} requests, "
+              f"{paid['prompt_tokens'] + paid['completion_tokens']:,} tokens, {fmt_dollars(paid['cost_usd'])}), every "
+              f"run of this generation counted, canceled and killed ones too; {total['cache_hits']:,} answers from the "
+              "cache", "",
               f"**Best prompt's text** (v{best['version']} `{best['id']}`; system prompt, then output prompt):", "",
               "```", best["system_prompt"], "---", best["output_prompt"], "```"]
     if links:

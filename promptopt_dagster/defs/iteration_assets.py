@@ -9,6 +9,7 @@ dynamic partition to its predecessor). The work is done by the domain packages.
 
 import dataclasses
 import json
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -28,6 +29,7 @@ from promptopt_dagster.defs.partitions import (ITERATION_EXPR, iteration_name, i
 from promptopt_dagster.defs.resources import LLMResource, ProjectResource
 from promptopt_dagster.defs.tables import prompt_frame, prompt_from_frame, with_partition
 from promptopt_dagster.defs.warehouse_reads import previous_best, previous_pool
+from promptopt_dagster.llm import ledger
 from promptopt_dagster.llm import usage as llm_usage
 from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.llm.inference import predict
@@ -351,8 +353,9 @@ def comparison_report(context: dg.AssetExecutionContext, baseline_prompt: pd.Dat
     metric_calls += int(0 if pd.isna(ref_row["metric_calls"]) else ref_row["metric_calls"])
     gain = None if rejected else _paired_gain(project, dataset, judge_model, optimization, baseline_predictions,
                                               refined_predictions, baseline_metrics, refined_metrics)
-    decision = decide(iteration, baseline_score, refined_score, state, optimization.stop_policy(),
-                      dataclasses.replace(spend_of(usage), metric_calls=metric_calls), gain)
+    spent = with_paid(dataclasses.replace(spend_of(usage), metric_calls=metric_calls), state.spent,
+                      judge_model.cache_path, name, generation)
+    decision = decide(iteration, baseline_score, refined_score, state, optimization.stop_policy(), spent, gain)
     report_md = comparison_markdown(metric, decision, baseline, refined,
                                     None if pd.isna(ref_row["note"]) else ref_row["note"], scores)
     columns = list(scores["baseline"])
@@ -390,6 +393,19 @@ def comparison_report(context: dg.AssetExecutionContext, baseline_prompt: pd.Dat
         "spent_json": decision.spent.to_json(),
         "gain_json": json.dumps(dataclasses.asdict(gain) if gain else None),
     }]).astype({"stop_reason": "string"})
+
+
+def with_paid(this: Spend, before: Spend, cache_path: str | None, name: str, generation: int) -> Spend:
+    """This iteration's spend, raised where needed so that the optimization's requests, tokens and cost come
+    to at least what the usage ledger says its generation paid: a canceled or killed run's calls count toward
+    the budget, though no asset recorded them. (metric_calls, llm_calls and cache_hits stay what the
+    materialized assets used.)"""
+    if not cache_path or not Path(cache_path).exists():
+        return this
+    paid = ledger.spend(Path(cache_path), name, generation, unassigned=True)
+    return dataclasses.replace(this, requests=max(this.requests, paid.requests - before.requests),
+                               tokens=max(this.tokens, paid.tokens - before.tokens),
+                               cost_usd=max(this.cost_usd, paid.cost_usd - before.cost_usd))
 
 
 def _paired_gain(project: ProjectResource, dataset: str, judge_model: LLMResource, optimization: OptimizationSpec,

@@ -56,7 +56,7 @@ def migration_references(context: dg.AssetExecutionContext, config: MigrationCon
     dataset = project.spec(spec.dataset)
     initial = project.initial_prompt(spec.dataset)
     fingerprint = references_fingerprint(spec, initial)
-    client = task_model.client_for(spec.source_model)
+    client = task_model.client_for(spec.source_model, role="source")
     source = f"{describe_model(spec.source_model)} ({client.model_key})"
     form = None if dataset.labels else reference_form([scorer.name for scorer in dataset.scorers])
     parts, usage = [], {}

@@ -2,6 +2,7 @@
 dataset's leaderboard of every optimization's final report."""
 
 import json
+from pathlib import Path
 from urllib.parse import urlparse
 
 import dagster as dg
@@ -27,6 +28,7 @@ from promptopt_dagster.defs.partitions import (DATASET_EXPR, OPTIMIZATION_EXPR, 
                                                dataset_partitions, iteration_key, optimization_partitions)
 from promptopt_dagster.defs.resources import LLMResource, ProjectResource
 from promptopt_dagster.defs.warehouse_reads import optimization_history, other_generation_reports
+from promptopt_dagster.llm import ledger
 from promptopt_dagster.llm import usage as llm_usage
 from promptopt_dagster.settings import get_settings
 from promptopt_dagster.webserver_client import asset_partition_url
@@ -73,7 +75,7 @@ def final_report(context: dg.AssetExecutionContext, optimization_settings: pd.Da
     usage = llm_usage.merge(history["usage"], test_usage)
     migration, source_usage = None, {}
     if optimization.source_model is not None:
-        source = task_model.client_for(optimization.source_model)
+        source = task_model.client_for(optimization.source_model, role="source")
         references = migration_references.astype(object).where(migration_references.notna(), None)
         source_usage = llm_usage.from_rows(references.to_dict("records"))
         migration = migration_section(
@@ -81,6 +83,7 @@ def final_report(context: dg.AssetExecutionContext, optimization_settings: pd.Da
             usage_by_role(usage, source_usage, source.model_key, client.model_key))
         usage = llm_usage.merge(usage, source_usage)
     totals = llm_usage.total(usage)
+    paid = paid_spend(task_model.cache_path, name, generation)
     report = {
         "optimization": name, "generation": generation, "fingerprint": optimization.fingerprint(),
         "dataset": dataset, "optimizer": optimization.optimizer, "task_model": client.model_key,
@@ -96,6 +99,9 @@ def final_report(context: dg.AssetExecutionContext, optimization_settings: pd.Da
         "usage": {"total": totals.to_dict(), "by_model": {m: u.to_dict() for m, u in sorted(used(usage).items())},
                   "final_report": llm_usage.total(test_usage).to_dict(),
                   **({"migration_references": llm_usage.total(source_usage).to_dict()} if migration else {})},
+        # What this generation paid, from the usage ledger: every run's calls, canceled and killed ones included;
+        # a rerun answered from the cache adds nothing here (above, "usage" counts its answers as cache hits).
+        **({"paid": paid} if paid is not None else {}),
         "best_prompt": json.loads(best.to_json()),
         **({"migration": migration} if migration else {}),
     }
@@ -113,6 +119,8 @@ def final_report(context: dg.AssetExecutionContext, optimization_settings: pd.Da
         "best_prompt": prompt_md(best),
         **(migration_metadata(migration) if migration else {}),
         **usage_metadata(test_usage),
+        **({f"paid_{k}": (dg.MetadataValue.float(v) if k == "cost_usd" else dg.MetadataValue.int(v))
+            for k, v in paid["total"].items() if k != "cache_hits"} if paid is not None else {}),
         **optimization_metadata(Spend.from_json(history["spent_json"]) + spend_of(test_usage) + spend_of(source_usage)),
     })
     row = pd.DataFrame([{"optimization": name, "generation": generation, "dataset": dataset,
@@ -120,6 +128,21 @@ def final_report(context: dg.AssetExecutionContext, optimization_settings: pd.Da
                          "report_json": json.dumps(report)}], columns=list(REPORT_COLUMNS)).astype(REPORT_COLUMNS)
     older = other_generation_reports(warehouse, name, generation)
     return pd.concat([older[list(REPORT_COLUMNS)].astype(REPORT_COLUMNS), row], ignore_index=True) if len(older) else row
+
+
+def paid_spend(cache_path: str | None, name: str, generation: int) -> dict | None:
+    """What the generation paid, from the usage ledger (None without a response cache, which holds it).
+
+    Calls made before the generation was known (its migration references) or in this report are claimed
+    for it first."""
+    if not cache_path or not Path(cache_path).exists():
+        return None
+    ledger.claim(Path(cache_path), name, generation)
+    by_model = ledger.spend_by_model(Path(cache_path), name, generation)
+    return {"total": llm_usage.total(by_model).to_dict(),
+            "by_model": {m: u.to_dict() for m, u in sorted(by_model.items())},
+            "by_role": {r: u.to_dict() for r, u in sorted(ledger.spend_by_role(Path(cache_path), name,
+                                                                              generation).items())}}
 
 
 @dg.asset(partitions_def=dataset_partitions, metadata=DATASET_EXPR, group_name=LOOP, io_manager_key=ARTIFACTS,

@@ -15,6 +15,7 @@ from pydantic import PrivateAttr
 from promptopt_dagster.core.datasets import DatasetSpec, DatasetSplits, load_manifest, load_splits, load_user_scorers
 from promptopt_dagster.core.errors import ManifestError
 from promptopt_dagster.core.prompts import PromptVersion
+from promptopt_dagster.llm import ledger
 from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.llm.factory import build_client
 from promptopt_dagster.llm.model_settings import ModelSettings
@@ -92,12 +93,17 @@ class LLMResource(dg.ConfigurableResource, ModelSettings):
     """One model (task or optimizer): every ModelSettings knob, the API key, and the response cache.
 
     Give `api_key` as `dg.EnvVar("NAME")` so run config and the UI show the variable's name, never
-    the key. Sampling is part of each request (greedy for the task), not of the resource."""
+    the key. Sampling is part of each request (greedy for the task), not of the resource.
+
+    Every client handed out is attributed to the asset asking for it (run, optimization, generation,
+    iteration, and this resource's role), so each call it pays is recorded in the usage ledger
+    (llm/ledger.py) under the optimization that made it, whatever becomes of the run."""
 
     api_key: str | None = None  # None: read the variable named by api_key_env (or the backend default)
     model_dir: str
     threads: int
-    cache_path: str | None = None  # None disables the response cache
+    cache_path: str | None = None  # None disables the response cache (and with it the usage ledger)
+    role: str = "task"  # what its calls are recorded as in the usage ledger: task, optimizer or judge
 
     _client: LLMClient | None = PrivateAttr(default=None)
     _named: dict = PrivateAttr(default_factory=dict)
@@ -114,15 +120,16 @@ class LLMResource(dg.ConfigurableResource, ModelSettings):
         if self._client is None:
             self._client = build_client(self.settings(), Path(self.model_dir), self.threads,
                                         Path(self.cache_path) if self.cache_path else None, api_key=self.api_key)
-        return self._client
+        return attribute(self._client, self.role)
 
-    def client_for(self, model: ModelSettings | None) -> LLMClient:
+    def client_for(self, model: ModelSettings | None, role: str | None = None) -> LLMClient:
         """The client of the model an optimization names, or this resource's own when it names none.
 
         A named model's key comes from the environment variable its settings name, never from the
-        settings themselves, so no key reaches a table or the run config."""
+        settings themselves, so no key reaches a table or the run config. `role`: what its calls are
+        recorded as in the usage ledger, when not this resource's role (a migration's "source")."""
         if model is None:
-            return self.get_client()
+            return attribute(self.get_client(), role or self.role)
         key = json.dumps(model.model_dump(mode="json"), sort_keys=True)
         if key not in self._named:
             from promptopt_dagster.llm.model_settings import api_key_from_env
@@ -130,16 +137,62 @@ class LLMResource(dg.ConfigurableResource, ModelSettings):
             self._named[key] = build_client(ModelSettings(**model.model_dump()), Path(self.model_dir), self.threads,
                                             Path(self.cache_path) if self.cache_path else None,
                                             api_key=api_key_from_env(model))
-        return self._named[key]
+        return attribute(self._named[key], role or self.role)
 
 
-def model_resource(settings: ModelSettings) -> LLMResource:
+def attribute(client: LLMClient, role: str) -> LLMClient:
+    """Attribute the client's paid calls to the asset executing now; the one place the ledger's tags are set.
+
+    The run and the partition say whose calls they are: an iteration's key names optimization,
+    generation and iteration; an optimization's key (migration_references, final_report) names the
+    optimization only, and its final report gives those calls their generation (ledger.claim). Outside
+    an asset (the CLI's checks, a test) the calls are recorded with optimization NULL. Steps of one
+    process run one at a time, so the client carries the tags of the asset that asked for it last."""
+    if hasattr(client, "attribution"):  # a CachedClient: the ledger lives in the response cache
+        client.attribution = current_attribution(role)
+    return client
+
+
+def current_attribution(role: str) -> ledger.Attribution:
+    try:
+        context = dg.AssetExecutionContext.get()
+    except Exception:  # not inside an asset's execution
+        context = None
+    if context is None:
+        return ledger.Attribution(role=role)
+    optimization = generation = iteration = None
+    if context.has_partition_key:
+        key = context.partition_key
+        if isinstance(key, dg.MultiPartitionKey) or "|" in str(key):
+            from promptopt_dagster.defs.partitions import parse_key
+
+            try:
+                optimization, generation, iteration = parse_key(key)
+            except Exception:  # not an iteration key: leave it unattributed rather than guess
+                pass
+        elif _partition_expr(context) == "optimization":
+            optimization = str(key)
+    return ledger.Attribution(optimization=optimization, generation=generation, iteration=iteration,
+                              run_id=context.run_id, role=role)
+
+
+def _partition_expr(context) -> str | None:
+    """The partition column the asset's metadata names ("optimization", "dataset", ...)."""
+    try:
+        metadata = next(iter(context.assets_def.metadata_by_key.values()), {})
+    except Exception:
+        return None
+    expr = metadata.get("partition_expr")
+    return expr if isinstance(expr, str) else None
+
+
+def model_resource(settings: ModelSettings, role: str = "task") -> LLMResource:
     """A model resource from settings; the key stays an EnvVar reference so no run config holds it."""
     s = get_settings()
     key_env = settings.key_env()
     api_key = dg.EnvVar(key_env) if key_env and os.environ.get(key_env) else None
     return LLMResource(**settings.model_dump(), api_key=api_key, model_dir=str(s.model_dir), threads=s.llm_threads,
-                       cache_path=str(s.llm_cache_path))
+                       cache_path=str(s.llm_cache_path), role=role)
 
 
 def default_resources() -> dict:
@@ -167,9 +220,9 @@ def default_resources() -> dict:
     return {
         "project": ProjectResource(data_dir=str(s.data_dir), prompts_dir=str(s.prompts_dir), state_dir=str(s.state_dir),
                                    promoted_root=promoted),
-        "task_model": model_resource(s.task),
-        "optimizer_model": model_resource(s.optimizer),
-        "judge_model": model_resource(s.judge),
+        "task_model": model_resource(s.task, "task"),
+        "optimizer_model": model_resource(s.optimizer, "optimizer"),
+        "judge_model": model_resource(s.judge, "judge"),
         "warehouse": DuckDBResource(database=str(s.warehouse_path)),
         "io_manager": WarehouseIOManager(**table),
         "artifact_io_manager": artifacts,

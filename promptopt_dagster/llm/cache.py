@@ -8,6 +8,9 @@ in its own process, and every answer is committed the moment it arrives (a run k
 keeps all it paid for). SQLite lets many processes read while one commits, and a commit there takes
 microseconds; DuckDB admits one process per file, so each answer would wait for the file lock.
 A cache from before (llm_cache.duckdb beside the file) is copied in once, so no answer is lost.
+
+The same file holds the usage ledger (llm/ledger.py): each answer a backend was paid for is recorded
+there in the transaction that caches it, so what an optimization paid survives a canceled or killed run.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import threading
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from promptopt_dagster.llm import ledger
 from promptopt_dagster.llm.base import LLMClient, LLMRequest, LLMResponse
 
 log = logging.getLogger("promptopt.llm")
@@ -60,6 +64,7 @@ class ResponseCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._con().execute(_SCHEMA)
+        ledger.ensure_schema(self._con())
         self._import_legacy()
 
     def _con(self) -> sqlite3.Connection:
@@ -101,22 +106,29 @@ class ResponseCache:
                                      label_scores=json.loads(s) if s else None)
         return out
 
-    def put_many(self, items: Sequence[tuple[str, dict, LLMRequest, LLMResponse]]) -> None:
+    def put_many(self, items: Sequence[tuple[str, dict, LLMRequest, LLMResponse]],
+                 paid: Sequence[tuple] = ()) -> None:
+        """Cache the answers (errors are not cached) and record `paid` ledger rows, in one transaction."""
         rows = [(key, ident["backend"], ident["model"], json.dumps(req.to_dict(), ensure_ascii=False), r.text,
                  r.prompt_tokens, r.completion_tokens, r.finish_reason,
                  json.dumps(r.label_scores) if r.label_scores is not None else None)
                 for key, ident, req, r in items if r.error is None]
-        if not rows:
+        paid = [p for p in paid if p is not None]
+        if not rows and not paid:
             return
         # replace: an answer asked again for its label scores gains them
-        self._write(f"insert or replace into llm_cache ({_COLUMNS}) values (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        self._write(f"insert or replace into llm_cache ({_COLUMNS}) values (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows,
+                    lambda con: ledger.record(con, paid))
 
-    def _write(self, sql: str, rows: list) -> None:
+    def _write(self, sql: str, rows: list, also=None) -> None:
         """One transaction; `begin immediate` takes the write lock up front, waiting up to lock_timeout_s."""
         con = self._con()
         con.execute("begin immediate")
         try:
-            con.executemany(sql, rows)
+            if rows:
+                con.executemany(sql, rows)
+            if also is not None:
+                also(con)
         except BaseException:
             con.execute("rollback")
             raise
@@ -130,7 +142,9 @@ class CachedClient(LLMClient):
     """Wraps any backend; only cache misses reach it, so `usage.requests` counts real model calls.
 
     Each answer is committed to the cache as it arrives, so an interrupted or killed run keeps every
-    answer it had received, and its rerun sends only the rest."""
+    answer it had received, and its rerun sends only the rest. The same commit records the call in the
+    usage ledger under `attribution` (whose optimization, generation, iteration, run and role it is),
+    which the Dagster layer sets before an asset calls the model."""
 
     def __init__(self, inner: LLMClient, cache: ResponseCache) -> None:
         super().__init__()
@@ -140,6 +154,7 @@ class CachedClient(LLMClient):
         self.mode = inner.mode
         self.ranks_labels = inner.ranks_labels
         self.price = inner.price
+        self.attribution: ledger.Attribution | None = None
 
     @property
     def model(self) -> str:
@@ -173,7 +188,8 @@ class CachedClient(LLMClient):
                 to_send.append(i)
         for j, r in self.inner.stream([requests[i] for i in to_send]):
             i = to_send[j]
-            self.cache.put_many([(keys[i], ident, requests[i], r)])
+            paid = ledger.row(self.attribution, self.inner.backend, self.inner.model, r, keys[i])
+            self.cache.put_many([(keys[i], ident, requests[i], r)], [paid])
             yield i, r
             for dup in duplicates[keys[i]]:  # answered once, not sent again
                 yield dup, dataclasses.replace(r, cached=True)
