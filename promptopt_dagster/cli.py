@@ -137,14 +137,14 @@ _OVERRIDES = {"max_iterations": ("stop", "max_iterations"), "target_score": ("st
 
 
 def _parse_options(pairs: list[str]) -> dict:
-    import yaml
+    from promptopt_dagster.core.yaml_input import load_yaml_text
 
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise PromptOptError(f"--option {pair!r}: expected KEY=VALUE, e.g. --option num_candidates=4.")
-        options[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        options[key.strip()] = load_yaml_text(value, f"--option {key.strip()}") if value.strip() else None
     return options
 
 
@@ -384,7 +384,7 @@ def optimize(args: argparse.Namespace) -> int:
     start_config = start_run_config(optimization)
     level = "DEBUG" if args.verbose else "CRITICAL"  # failures are reported below, in the user's terms
     loggers = {"loggers": {"console": {"config": {"log_level": level}}}}
-    tags = {DRIVER_TAG: "cli", **process_tags(), **optimization_tags(optimization)}
+    tags = {DRIVER_TAG: "cli", **process_tags(), **optimization_tags(optimization, optimization.fingerprint(spec))}
     started = time.perf_counter()
     this_run = {"llm_calls": 0, "cache_hits": 0}
 
@@ -412,7 +412,7 @@ def optimize(args: argparse.Namespace) -> int:
         if optimization.source_model is not None and references:  # the source model's calls count in this run
             for key in this_run:
                 this_run[key] += references[0].metadata[key].value
-        say(f"[{name}] generation {generation} (settings fingerprint {optimization.fingerprint()})")
+        say(f"[{name}] generation {generation} (settings fingerprint {optimization.fingerprint(spec)})")
         iteration = 0
         while True:
             ensure_iteration(instance, generation, iteration)

@@ -286,6 +286,7 @@ def _wait_finished(server: Webserver, run_id: str, poll_s: float, timeout_s: flo
 
 
 def submit(args: argparse.Namespace) -> int:
+    from promptopt_dagster.core.datasets import load_manifest
     from promptopt_dagster.defs.loop import (DATASET_JOB, DRIVER_TAG, START_JOB, SUBMISSION_TAG,
                                              optimization_tags, start_run_config)
 
@@ -302,7 +303,8 @@ def submit(args: argparse.Namespace) -> int:
             raise PromptOptError(f"the webserver at {server.url} still has no optimization {spec.name!r} after a "
                                  "reload: does it serve this project's data/optimizations.yaml (PROMPTOPT_DATA_DIR)?")
     submission = uuid.uuid4().hex[:12]
-    tags = {**optimization_tags(spec), SUBMISSION_TAG: submission, DRIVER_TAG: "submit"}
+    fingerprint = spec.fingerprint(load_manifest(get_settings().manifest_path)[spec.dataset])
+    tags = {**optimization_tags(spec, fingerprint), SUBMISSION_TAG: submission, DRIVER_TAG: "submit"}
     prepare = server.launch(DATASET_JOB, spec.dataset, tags)
     say(f"[{spec.name}] loading dataset {spec.dataset}: run {prepare}")
     run = _wait_finished(server, prepare, args.poll_s if args.wait else 1.0)

@@ -70,32 +70,6 @@ def test_optimize_writes_the_report_and_records_runs(optimized):
     assert any((optimized / "state" / "dagster_home").rglob("*.db"))
 
 
-@pytest.mark.parametrize("breakage, expected", [
-    (lambda root: (root / "data" / "sst2" / "dev.csv").write_text("user_input,label\nfine film,positive\n"),
-     ["dev.csv", "missing the column(s) ground_truth_output", "header"]),
-    (lambda root: (root / "data" / "sst2" / "train.csv").write_text("user_input,ground_truth_output\n"),
-     ["train.csv", "no rows", "Add labeled examples"]),
-    (lambda root: (root / "prompts" / "sst2.json").write_text(
-        json.dumps({"system_prompt": "Classify.", "output_prompt": "Review:\nSentiment:"})),
-     ["sst2.json", "{user_input}", "exactly once"]),
-])
-def test_bad_input_gives_one_paragraph_error_and_changes_nothing(optimized, tmp_path, breakage, expected):
-    root = tmp_path / "project"
-    shutil.copytree(optimized, root)
-    before = _tables(root)
-    breakage(root)
-    done = _promptopt(root, "optimize", "--dataset", "sst2", "--max-iterations", "1")
-    assert done.returncode == 2
-    message = done.stderr.strip()
-    assert message.startswith("error: ") and "\n" not in message and "Traceback" not in done.stderr
-    for fragment in expected:
-        assert fragment in message
-    after = _tables(root)
-    assert before.keys() == after.keys()
-    for name in before:
-        assert before[name].equals(after[name]), name
-
-
 def test_leaderboard_ranks_every_optimization_of_the_dataset(optimized, tmp_path):
     root = tmp_path / "project"
     shutil.copytree(optimized, root)
@@ -127,11 +101,6 @@ def test_leaderboard_ranks_every_optimization_of_the_dataset(optimized, tmp_path
         ("sst2", 1, True), ("sst2_b", 1, False), ("sst2_b", 2, True)]
     unknown = _promptopt(root, "leaderboard", "imdb")
     assert unknown.returncode == 2 and "imdb" in unknown.stderr
-
-
-def test_unknown_dataset_is_named(optimized, tmp_path):
-    done = _promptopt(optimized, "optimize", "--dataset", "imdb")
-    assert done.returncode == 2 and "'imdb'" in done.stderr and "manifest.yaml" in done.stderr
 
 
 @pytest.mark.slow

@@ -32,22 +32,7 @@ def project(tmp_path):
 
 # --- flags -------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("flags, fragment", [
-    (["--eval-size", "-5"], "argument --eval-size: must be 0 or more, got -5"),
-    (["--max-iterations", "0"], "argument --max-iterations: must be 1 or more, got 0"),
-    (["--patience", "0"], "argument --patience: must be 1 or more, got 0"),
-    (["--max-failed-fraction", "1.5"], "argument --max-failed-fraction: must be between 0 and 1, got 1.5"),
-    (["--target-score", "x"], "argument --target-score: expected a number, got 'x'"),
-    (["--option", "num_candidate=3"], "--option: unknown fewshot option(s) 'num_candidate'"),
-    (["--option", "minibatch_size=0"], "must be at least 1"),
-    (["--option", "num_candidates"], "expected KEY=VALUE"),
-])
-def test_bad_flags_are_refused_in_one_line(project, flags, fragment):
-    done = _promptopt(project, "optimize", "--dataset", "sst2", *flags)
-    assert done.returncode == 2
-    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ") and fragment in done.stderr
-    assert not (project / "state" / "warehouse.duckdb").exists()  # refused before anything ran
-
+# Bad flags and files: the table in test_bad_inputs.py.
 
 @pytest.mark.parametrize("optimizer", ["gepa", "reflective", "metaprompt"])
 def test_an_optimizer_that_writes_prompts_refuses_the_embedded_model_up_front(project, optimizer):
@@ -55,15 +40,6 @@ def test_an_optimizer_that_writes_prompts_refuses_the_embedded_model_up_front(pr
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert f"optimizer '{optimizer}' needs a model that can write prompts" in done.stderr
     assert "optimizer_model" in done.stderr and "--optimizer fewshot" in done.stderr
-    assert not (project / "state" / "warehouse.duckdb").exists()
-
-
-def test_a_bad_optimizations_yaml_is_one_line_naming_file_and_key(project):
-    path = project / "data" / "optimizations.yaml"
-    path.write_text("optimizations:\n  sst2:\n    stop: {patience: 0}\n")
-    done = _promptopt(project, "optimize", "--dataset", "sst2")
-    assert done.returncode == 2 and done.stderr.count("\n") == 1
-    assert str(path) in done.stderr and "optimizations.sst2.stop.patience" in done.stderr and "got 0" in done.stderr
     assert not (project / "state" / "warehouse.duckdb").exists()
 
 
@@ -208,14 +184,6 @@ def test_a_killed_run_keeps_every_answer_it_received_and_its_rerun_sends_only_th
     runs = _runs(project)
     assert ("optimize_iteration", dg.DagsterRunStatus.FAILURE) in runs
     assert not [r for r in runs if r[1] in (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING)]
-
-
-def test_a_latin1_csv_is_one_error_line_and_exit_2(project):
-    (project / "data" / "sst2" / "dev.csv").write_bytes(b"user_input,ground_truth_output\ngood,positive\ncaf\xe9 "
-                                                         b"noir,negative\n")
-    done = _promptopt(project, "optimize", "--dataset", "sst2")
-    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
-    assert "dev.csv" in done.stderr and "line 3" in done.stderr and "UTF-8" in done.stderr
 
 
 # --- rows that do not fit the model ----------------------------------------------------------------------------

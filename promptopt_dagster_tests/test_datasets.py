@@ -80,7 +80,7 @@ def test_header_only(tmp_path):
 def test_blank_fields_give_row_numbers(tmp_path):
     path = write(tmp_path / "blank.csv", HEADER + "good,positive\n   ,negative\nno label,\nfine,positive\nshort row\n")
     msg = refused(path)
-    assert "empty fields in data row(s) 2, 3, 5." in msg
+    assert "an empty user_input in data row(s) 2 and an empty ground_truth_output in data row(s) 3, 5." in msg
     assert "Fill them in or delete those rows" in msg
 
 
@@ -122,7 +122,10 @@ def test_missing_file(tmp_path):
 def test_malformed_csv(tmp_path):
     path = write(tmp_path / "commas.csv", HEADER + "a,positive\nb, with comma,negative\n")
     msg = refused(path)
-    assert "not valid CSV" in msg and "Quote fields" in msg
+    assert "not valid CSV: line 3 has 3 fields where the header has 2." in msg and "Quote fields" in msg
+    assert "Error tokenizing" not in msg and "C error" not in msg  # our words, not pandas'
+    unclosed = write(tmp_path / "quote.csv", HEADER + 'a,positive\n"b unclosed,negative\nc,positive\n')
+    assert "a quoted field that starts on line 3 is never closed" in refused(unclosed)
 
 
 def test_not_utf8_names_the_line_and_the_fix(tmp_path):
@@ -209,17 +212,22 @@ def test_manifest_missing(tmp_path):
 
 
 @pytest.mark.parametrize("text", ["", "# nothing\n", "datasets:\n", "datasets: {}\n", "datasets: [a, b]\n",
-                                  "other: 1\n"])
+                                  "scorers: {}\n"])
 def test_manifest_without_datasets(tmp_path, text):
     msg = manifest_refused(write(tmp_path / "manifest.yaml", text))
     assert "no `datasets:` mapping" in msg and "Add one entry per dataset" in msg
+
+
+def test_manifest_unknown_top_level_key(tmp_path):
+    msg = manifest_refused(write(tmp_path / "manifest.yaml", "dataset:\n  toy: {}\n"))
+    assert "dataset: not a known key; did you mean 'datasets'?" in msg
 
 
 def test_manifest_missing_split(tmp_path):
     path = write(tmp_path / "manifest.yaml", "datasets:\n  toy:\n    files: {train: t.csv, dev: d.csv}\n"
                                              "    initial_prompt: toy.json\n")
     msg = manifest_refused(path)
-    assert "'toy'" in msg and "split(s) test" in msg and "under `files:`" in msg
+    assert "datasets.toy.files" in msg and "split(s) test" in msg and "under `files:`" in msg
 
 
 def test_label_descriptions_must_describe_labels_the_dataset_has(tmp_path):
@@ -227,7 +235,7 @@ def test_label_descriptions_must_describe_labels_the_dataset_has(tmp_path):
              "    labels: [ham, spam]\n")
     path = write(tmp_path / "manifest.yaml", entry + "    label_descriptions: {spam: unsolicited ads, Spam: typo}\n")
     msg = manifest_refused(path)
-    assert "'toy'" in msg and "'Spam'" in msg and "not in labels" in msg and "spelled as in `labels`" in msg
+    assert "datasets.toy:" in msg and "'Spam'" in msg and "not in labels" in msg and "spelled as in `labels`" in msg
     ok = write(tmp_path / "ok.yaml", entry + "    label_descriptions: {spam: unsolicited ads}\n")
     assert load_manifest(ok)["toy"].label_descriptions == {"spam": "unsolicited ads"}
 
@@ -235,12 +243,12 @@ def test_label_descriptions_must_describe_labels_the_dataset_has(tmp_path):
 def test_manifest_entry_missing_required_field(tmp_path):
     path = write(tmp_path / "manifest.yaml", "datasets:\n  toy:\n    files: {train: a, dev: b, test: c}\n")
     msg = manifest_refused(path)
-    assert "'toy'" in msg and "initial_prompt" in msg
+    assert "datasets.toy.initial_prompt: required" in msg
 
 
 def test_manifest_empty_entry(tmp_path):
     msg = manifest_refused(write(tmp_path / "manifest.yaml", "datasets:\n  toy:\n"))
-    assert "'toy'" in msg and "files" in msg
+    assert "datasets.toy.files: required" in msg
 
 
 def test_manifest_good_defaults(tmp_path):

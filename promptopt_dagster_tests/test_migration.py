@@ -20,7 +20,7 @@ import pytest
 import yaml
 from dagster_duckdb import DuckDBResource
 
-from promptopt_dagster.core.datasets import read_split
+from promptopt_dagster.core.datasets import DatasetSpec, read_split
 from promptopt_dagster.core.errors import DatasetError, MissingLabelsError
 from promptopt_dagster.core.migration import reference_of
 from promptopt_dagster.core.optimizations import OptimizationConfigError, OptimizationSpec, load_optimizations
@@ -132,14 +132,15 @@ def test_source_model_is_a_validated_setting_that_enters_the_fingerprint(tmp_pat
                                                             "task_model": {"backend": "gemini"}}}}))
     spec = load_optimizations(path, ["sms_spam"])["m"]
     assert spec.source_model.model == "gpt-4o-mini"
-    assert spec.fingerprint() != spec.model_copy(update={"source_model": None}).fingerprint()
-    # an optimization without one keeps the fingerprint it had before source_model existed
+    dataset = DatasetSpec(name="sms_spam", files={"train": "a.csv", "dev": "b.csv", "test": "c.csv"},
+                          initial_prompt="sms_spam.json")
+    assert spec.fingerprint(dataset) != spec.model_copy(update={"source_model": None}).fingerprint(dataset)
+    # an optimization without one hashes no source_model key (its settings and its dataset's entry only)
     plain = OptimizationSpec(name="sms_spam", dataset="sms_spam")
-    assert "source_model" not in json.dumps(plain.model_dump(mode="json", exclude={"name", "description",
-                                                                                   "source_model"}))
     import hashlib
-    legacy = plain.model_dump(mode="json", exclude={"name", "description", "source_model"})
-    assert plain.fingerprint() == hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:16]
+    payload = {**plain.model_dump(mode="json", exclude={"name", "description", "source_model"}),
+               "dataset_settings": dataset.model_dump(mode="json", exclude={"name", "description"})}
+    assert plain.fingerprint(dataset) == hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     path.write_text(yaml.safe_dump({"optimizations": {"m": {"dataset": "sms_spam", "source_model": model,
                                                             "task_model": {**model, "rpm": 60}}}}))

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from promptopt_dagster.core.optimizations import OptimizationConfigError, load_optimizations
+from promptopt_dagster.core.datasets import DatasetSpec
+from promptopt_dagster.core.optimizations import OptimizationConfigError, assign_generation, load_optimizations
 from promptopt_dagster.settings import get_settings
 
 DATASETS = ["sst2", "sms_spam"]
+SST2 = DatasetSpec(name="sst2", description="movie reviews", labels=["positive", "negative"], max_output_tokens=4,
+                   files={"train": "sst2/train.csv", "dev": "sst2/dev.csv", "test": "sst2/test.csv"},
+                   initial_prompt="sst2.json")
 
 
 def _load(tmp_path, text: str):
@@ -45,8 +49,36 @@ def test_the_fingerprint_moves_with_what_decides_results_only(tmp_path):
     base = _load(tmp_path, "optimizations:\n  a: {dataset: sst2}\n")["a"]
     renamed = _load(tmp_path, "optimizations:\n  b: {dataset: sst2, description: same settings}\n")["b"]
     edited = _load(tmp_path, "optimizations:\n  a: {dataset: sst2, seed: 1}\n")["a"]
-    assert base.fingerprint() == renamed.fingerprint() != edited.fingerprint()
-    assert base.fingerprint() == _load(tmp_path, "optimizations:\n  a: {dataset: sst2}\n")["a"].fingerprint()
+    assert base.fingerprint(SST2) == renamed.fingerprint(SST2) != edited.fingerprint(SST2)
+    assert base.fingerprint(SST2) == _load(tmp_path, "optimizations:\n  a: {dataset: sst2}\n")["a"].fingerprint(SST2)
+
+
+@pytest.mark.parametrize("edit", [
+    {"labels": []}, {"labels": ["positive", "negative", "neutral"]}, {"max_output_tokens": 8},
+    {"label_descriptions": {"positive": "a good review"}}, {"target_metric": "exact_match"},
+    {"scorers": [{"name": "accuracy"}, {"name": "f1", "weight": 0}]}, {"initial_prompt": "sst2_v2.json"},
+    {"completion_stop": ["\n", "Review:"]}, {"files": {**SST2.files, "dev": "sst2/dev_v2.csv"}},
+])
+def test_an_edit_of_the_dataset_entry_opens_generation_2(tmp_path, edit):
+    """The manifest decides results as much as optimizations.yaml: `lables:` fixed to `labels:` (or any
+    other real change) must not continue, and overwrite, the generation that ran with the old entry."""
+    spec = _load(tmp_path, "optimizations:\n  a: {dataset: sst2}\n")["a"]
+    first, known = assign_generation([], spec, SST2)
+    assert (first, assign_generation(known, spec, SST2)[0]) == (1, 1)  # the same settings continue generation 1
+    edited = DatasetSpec(**{**SST2.model_dump(exclude={"scorers", "target_metric"}), **edit})
+    second, known = assign_generation(known, spec, edited)
+    assert second == 2 and [g["generation"] for g in known] == [1, 2]
+    assert assign_generation(known, spec, SST2)[0] == 1  # and the old entry is still generation 1
+
+
+def test_a_dataset_description_or_a_default_spelt_out_is_not_an_edit(tmp_path):
+    spec = _load(tmp_path, "optimizations:\n  a: {dataset: sst2}\n")["a"]
+    same = [SST2.model_copy(update={"description": "reworded"}),
+            DatasetSpec(**SST2.model_dump(exclude={"scorers"})),  # target_metric: accuracy written out
+            DatasetSpec(**SST2.model_dump(exclude={"target_metric", "completion_stop"}), completion_stop=["\n"])]
+    assert {spec.fingerprint(d) for d in same} == {spec.fingerprint(SST2)}
+    with pytest.raises(ValueError, match="optimizes dataset 'sst2', not 'other'"):
+        spec.fingerprint(SST2.model_copy(update={"name": "other"}))
 
 
 @pytest.mark.parametrize("entry, where, what", [
@@ -56,7 +88,8 @@ def test_the_fingerprint_moves_with_what_decides_results_only(tmp_path):
     ("{dataset: sst2, options: {num_candidate: 3}}", "optimizations.bad.options", "unknown fewshot option(s) 'num_candidate'"),
     ("{dataset: sst2, options: {num_candidates: 0}}", "optimizations.bad.options", "at least 1"),
     ("{dataset: sst2, optimizer: mipro}", "optimizations.bad.optimizer", "'metaprompt' or 'vertex'"),
-    ("{dataset: sst2, task_model: {backend: openai, modle: x}}", "optimizations.bad.task_model.modle", "not a known key"),
+    ("{dataset: sst2, task_model: {backend: openai, modle: x}}", "optimizations.bad.task_model.modle",
+     "not a known key; did you mean 'model'?"),
     ("{dataset: sst2, eval_sise: 10}", "optimizations.bad.eval_sise", "not a known key"),
     ("{dataset: nope}", "optimizations.bad.dataset", "not a dataset of the manifest"),
     ("{eval_size: 10}", "optimizations.bad.dataset", "required"),
@@ -79,7 +112,7 @@ def test_an_entry_named_like_a_dataset_must_optimize_that_dataset(tmp_path):
 def test_bad_yaml_and_bad_names_are_refused(tmp_path):
     with pytest.raises(OptimizationConfigError, match="not valid YAML"):
         _load(tmp_path, "optimizations: [\n")
-    with pytest.raises(OptimizationConfigError, match="optimizations.bad name.name"):
+    with pytest.raises(OptimizationConfigError, match="optimizations.'bad name': not a usable name"):
         _load(tmp_path, "optimizations:\n  bad name: {dataset: sst2}\n")
 
 

@@ -8,22 +8,41 @@ from __future__ import annotations
 
 import codecs
 import io
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from promptopt_dagster.core.errors import DatasetError, ManifestError, MissingLabelsError
+from promptopt_dagster.core.yaml_input import load_yaml_file, sentence, unknown_key_message, validation_message
 from promptopt_dagster.scoring.suite import AGGREGATE, ScorerSpec
 
 COLUMNS = ("user_input", "ground_truth_output")
 SPLITS = ("train", "dev", "test")
+#: A dataset or optimization name becomes a Dagster partition key and a file name: keep it to what both take.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+#: the manifest's top-level keys
+MANIFEST_KEYS = ("datasets", "scorers")
+
+
+def check_name(value: str) -> str:
+    """A dataset's or an optimization's name, refused in words rather than as a regular expression."""
+    if not re.fullmatch(NAME_PATTERN, value):
+        raise ValueError("not a usable name: use 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or "
+                         "digit (a name becomes a Dagster partition key and a file name)")
+    return value
 
 
 class DatasetSpec(BaseModel):
+    """One entry of data/manifest.yaml. Unknown keys are refused: a misspelt `lables:` would otherwise run
+    with free-form answers. Every field but the description decides results, so every one enters the
+    fingerprint of the optimizations of the dataset (OptimizationSpec.fingerprint)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     name: str
     description: str = ""
     files: dict[str, str]  # split -> path relative to the data dir
@@ -38,6 +57,8 @@ class DatasetSpec(BaseModel):
     max_output_tokens: int = 8
     #: Where a base (completion-mode) model's answer ends; chat models end on their own.
     completion_stop: list[str] = Field(default_factory=lambda: ["\n"])
+
+    _name = field_validator("name")(check_name)
 
     @model_validator(mode="after")
     def _one_scorer_by_default(self) -> "DatasetSpec":
@@ -55,14 +76,16 @@ class DatasetSpec(BaseModel):
 
 def _read_manifest(path: Path) -> dict:
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        raw = load_yaml_file(path, ManifestError, "It needs a `datasets:` mapping.")
     except FileNotFoundError:
         raise ManifestError(f"Dataset manifest {path} does not exist. Create it with a `datasets:` "
                             "mapping (see data/manifest.yaml in the repository).") from None
-    except yaml.YAMLError as exc:
-        raise ManifestError(f"Dataset manifest {path} is not valid YAML ({exc}). Fix the syntax; "
-                            "it needs a `datasets:` mapping.") from None
-    return raw
+    if isinstance(raw, dict):
+        unknown = [key for key in raw if key not in MANIFEST_KEYS]
+        if unknown:
+            raise ManifestError(f"{path}: {unknown[0]}: {unknown_key_message(unknown[0], MANIFEST_KEYS)} (the manifest "
+                                "has `datasets:` and, for your own scorers, `scorers:`).")
+    return raw or {}
 
 
 def load_user_scorers(path: Path) -> dict[str, str]:
@@ -89,15 +112,28 @@ def load_manifest(path: Path) -> dict[str, DatasetSpec]:
         raise ManifestError(f"Dataset manifest {path} has no `datasets:` mapping. Add one entry per dataset.")
     specs = {}
     for name, entry in entries.items():
+        name = str(name)
+        if entry is None:
+            entry = {}
+        if not isinstance(entry, dict):
+            raise ManifestError(f"{path}: datasets.{name}: should be a mapping of settings (files, initial_prompt, "
+                                f"labels, ...), got {type(entry).__name__}.")
+        if "name" in entry:
+            raise ManifestError(f"{path}: datasets.{name}.name: not a known key; the entry's key is the dataset's "
+                                "name, so delete this one.")
         try:
-            specs[name] = DatasetSpec(name=name, **(entry or {}))
-        except (ValidationError, TypeError) as exc:
-            raise ManifestError(f"Dataset manifest {path}, entry '{name}': {exc}. Each entry needs "
-                                "files (train, dev, test), initial_prompt, and a target_metric or scorers.") from None
+            specs[name] = DatasetSpec(name=name, **{str(k): v for k, v in entry.items()})
+        except ValidationError as exc:
+            problems = validation_message(exc, ("datasets", name), DatasetSpec)
+            raise ManifestError(sentence(f"{path}: {problems}")) from None
         missing = [s for s in SPLITS if s not in specs[name].files]
         if missing:
-            raise ManifestError(f"Dataset manifest {path}, entry '{name}' names no file for split(s) "
+            raise ManifestError(f"{path}: datasets.{name}.files names no file for split(s) "
                                 f"{', '.join(missing)}. Add them under `files:`.")
+        extra = [s for s in specs[name].files if s not in SPLITS]
+        if extra:
+            raise ManifestError(f"{path}: datasets.{name}.files.{extra[0]}: not a split; the splits are "
+                                f"{', '.join(SPLITS)}.")
     return specs
 
 
@@ -141,8 +177,9 @@ def read_split(path: Path, labels: list[str] | None = None, unlabeled_ok: bool =
     except pd.errors.EmptyDataError:
         frame = pd.DataFrame()
     except pd.errors.ParserError as exc:
-        raise DatasetError(f"Dataset file {path} is not valid CSV ({exc}). Quote fields that contain "
-                           "commas or newlines with double quotes.") from None
+        raise DatasetError(f"Dataset file {path} is not valid CSV: {_parse_problem(str(exc))}. Quote fields that "
+                           'contain commas, quotes or newlines with double quotes ("like, this"), and write a quote '
+                           'inside one twice ("").') from None
     missing = [c for c in COLUMNS if c not in frame.columns]
     unlabeled = missing == ["ground_truth_output"]
     if unlabeled and unlabeled_ok:
@@ -158,11 +195,12 @@ def read_split(path: Path, labels: list[str] | None = None, unlabeled_ok: bool =
         raise DatasetError(f"Dataset file {path} has a header but no rows. Add labeled examples, "
                            f"one per line as `{','.join(COLUMNS)}`.")
     frame = frame[list(COLUMNS)].copy()
+    no_input = frame["user_input"].fillna("").str.strip().eq("")
     no_label = frame["ground_truth_output"].str.strip().eq("").fillna(False).astype(bool)  # null: no label column
-    blank = frame[(frame["user_input"].str.strip() == "") | no_label]
-    if len(blank):
-        raise DatasetError(f"Dataset file {path} has empty fields in data row(s) {data_row_numbers(blank.index)}. "
-                           "Fill them in or delete those rows.")
+    blanks = [f"an empty {column} in data row(s) {data_row_numbers(frame.index[empty])}"
+              for column, empty in zip(COLUMNS, (no_input, no_label)) if empty.any()]
+    if blanks:
+        raise DatasetError(f"Dataset file {path} has {' and '.join(blanks)}. Fill them in or delete those rows.")
     dupes = frame[frame.duplicated("user_input", keep="first")]
     if len(dupes):
         raise DatasetError(f"Dataset file {path} repeats the same user_input in data row(s) {data_row_numbers(dupes.index)}. "
@@ -175,6 +213,20 @@ def read_split(path: Path, labels: list[str] | None = None, unlabeled_ok: bool =
                                "Fix those rows or add the label to `labels:` in data/manifest.yaml.")
     frame.insert(0, "row_id", range(len(frame)))
     return frame
+
+
+def _parse_problem(message: str) -> str:
+    """pandas' tokenizer message ("Error tokenizing data. C error: Expected 2 fields in line 3, saw 3") in our
+    words, with the file's line number where pandas gives one."""
+    fields = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", message)
+    if fields:
+        want, line, got = fields.groups()
+        return f"line {line} has {got} fields where the header has {want}"
+    quote = re.search(r"EOF inside string starting (?:at|on) (?:row|line) (\d+)", message)
+    if quote:
+        return f"a quoted field that starts on line {int(quote.group(1)) + 1} is never closed"
+    line = re.search(r"line (\d+)", message)
+    return f"pandas cannot split line {line.group(1)} into fields" if line else "pandas cannot split it into fields"
 
 
 def _utf8_text(path: Path) -> str:

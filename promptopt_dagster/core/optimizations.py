@@ -18,10 +18,11 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from promptopt_dagster.core.datasets import DatasetSpec, check_name
 from promptopt_dagster.core.errors import PromptOptError
+from promptopt_dagster.core.yaml_input import load_yaml_file, sentence, unknown_key_message, validation_message
 from promptopt_dagster.llm.model_settings import ModelSettings
 
 OPTIMIZERS = ("fewshot", "reflective", "gepa", "metaprompt", "vertex")
@@ -49,8 +50,6 @@ def writer_model_problem(optimizer: str, backend: str | None) -> str | None:
     return (f"optimizer {optimizer!r} needs a model that can write prompts, and the optimizer model is {which}. "
             "Set optimizer_model in data/optimizations.yaml (or PROMPTOPT_OPTIMIZER__BACKEND=gemini|openai with its "
             "settings), or use --optimizer fewshot.")
-# A name becomes a Dagster partition key and a file name: keep it to what both take.
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 class OptimizationConfigError(PromptOptError):
@@ -85,7 +84,7 @@ class BudgetSpec(_Strict):
 
 
 class OptimizationSpec(_Strict):
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str  # a partition key and a file name, like a dataset's (check_name)
     dataset: str
     description: str = ""
     # None: the model the environment configures (PROMPTOPT_TASK__*, ...; the embedded one by default)
@@ -106,6 +105,8 @@ class OptimizationSpec(_Strict):
     confidence: float = Field(0.9, ge=0.5, le=0.999, description="of the paired test that accepts a refinement")
     max_failed_fraction: float = Field(0.02, ge=0.0, le=1.0)
     seed: int = 0
+
+    _name = field_validator("name")(check_name)
 
     @field_validator("task_model", "source_model")  # both answer rows
     @classmethod
@@ -142,12 +143,18 @@ class OptimizationSpec(_Strict):
             check_optimizer_options(info.data["optimizer"], options)
         return options
 
-    def fingerprint(self) -> str:
-        """What decides results, hashed: an edit to any of it starts a new generation. The name and
-        description do not count; API keys are never settings, so they cannot reach it."""
-        # an optimization without a source model keeps the fingerprint it had before migrations existed
+    def fingerprint(self, dataset: DatasetSpec) -> str:
+        """What decides results, hashed: an edit to any of it starts a new generation. That is this entry
+        and its dataset's manifest entry (labels, label_descriptions, scorers, target_metric, initial_prompt,
+        max_output_tokens, completion_stop, files), as validated, so a default spelt out does not count as
+        an edit. Names and descriptions do not count; API keys are never settings, so they cannot reach it.
+        The contents of the files (CSV rows, the initial prompt) are data, not settings: not in it."""
+        if dataset.name != self.dataset:
+            raise ValueError(f"optimization {self.name!r} optimizes dataset {self.dataset!r}, not {dataset.name!r}")
+        # no source model: the key is left out, as before migrations existed
         exclude = {"name", "description", *(() if self.source_model is not None else ("source_model",))}
         payload = self.model_dump(mode="json", exclude=exclude)
+        payload["dataset_settings"] = dataset.model_dump(mode="json", exclude={"name", "description"})
         text = json.dumps(payload, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -211,23 +218,9 @@ def default_optimization(dataset: str) -> OptimizationSpec:
                             description=f"the default optimization of {dataset} (embedded model, fewshot)")
 
 
-def _where(loc: tuple) -> str:
-    return ".".join(str(part) for part in loc)
-
-
 def _spec_error(path: Path, name: str, exc: ValidationError) -> OptimizationConfigError:
-    lines = []
-    for err in exc.errors():
-        key = _where(("optimizations", name, *err["loc"]))
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] not in ("missing", "extra_forbidden") and not isinstance(err.get("input"), dict):
-            message += f" (got {err.get('input')!r})"
-        if err["type"] == "extra_forbidden":
-            message = "not a known key; check the spelling (see the README's optimizations.yaml reference)"
-        elif err["type"] == "missing":
-            message = "required; add it"
-        lines.append(f"{key}: {message}")
-    return OptimizationConfigError(f"{path}: {'; '.join(lines)}.")
+    problems = validation_message(exc, ("optimizations", name), OptimizationSpec)
+    return OptimizationConfigError(sentence(f"{path}: {problems}"))
 
 
 def load_optimizations(path: Path, datasets: typing.Iterable[str]) -> dict[str, OptimizationSpec]:
@@ -238,11 +231,12 @@ def load_optimizations(path: Path, datasets: typing.Iterable[str]) -> dict[str, 
     path = Path(path)
     if not path.exists():
         return specs
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise OptimizationConfigError(f"{path} is not valid YAML ({exc}). Fix the syntax; the file needs an "
-                                      "`optimizations:` mapping of names to entries.") from None
+    raw = load_yaml_file(path, OptimizationConfigError, "Fix the syntax; the file needs an `optimizations:` "
+                         "mapping of names to entries.") or {}
+    if isinstance(raw, dict) and any(key != "optimizations" for key in raw):
+        key = next(str(key) for key in raw if key != "optimizations")
+        raise OptimizationConfigError(f"{path}: {key}: {unknown_key_message(key, ['optimizations'])} (the file holds "
+                                      "one `optimizations:` mapping of names to entries).")
     entries = raw.get("optimizations") if isinstance(raw, dict) else None
     if entries is None:
         return specs
@@ -277,13 +271,14 @@ def load_optimizations(path: Path, datasets: typing.Iterable[str]) -> dict[str, 
     return specs
 
 
-def assign_generation(known: list[dict], spec: OptimizationSpec) -> tuple[int, list[dict]]:
-    """The generation a start of `spec` belongs to, and the generations known after it.
+def assign_generation(known: list[dict], spec: OptimizationSpec, dataset: DatasetSpec) -> tuple[int, list[dict]]:
+    """The generation a start of `spec` on `dataset` (its manifest entry) belongs to, and the generations
+    known after it.
 
     Settings seen before (same fingerprint) continue their generation, so a rerun repeats nothing
-    (its answers are cached); new settings open the next generation, whose partitions are new, so
-    the old generation's rows and report stay as they were."""
-    fingerprint = spec.fingerprint()
+    (its answers are cached); new settings, of the optimization or of its dataset's entry, open the next
+    generation, whose partitions are new, so the old generation's rows and report stay as they were."""
+    fingerprint = spec.fingerprint(dataset)
     for row in known:
         if row["fingerprint"] == fingerprint:
             return int(row["generation"]), known

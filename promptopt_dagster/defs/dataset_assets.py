@@ -103,15 +103,17 @@ def optimization(context: dg.AssetExecutionContext, config: StartConfig, dataset
         unlabeled = unlabeled_files(rows, project.spec(spec.dataset).files)
         if unlabeled:
             raise dg.Failure(unlabeled_message(name, unlabeled, Path(project.data_dir)))
-    generation, known = assign_generation(_known_generations(context), spec)
+    dataset_spec = project.spec(spec.dataset)  # its manifest entry is part of the fingerprint too
+    generation, known = assign_generation(_known_generations(context), spec, dataset_spec)
+    fingerprint = spec.fingerprint(dataset_spec)
     settings = pd.DataFrame([{"optimization": name, "generation": g["generation"], "fingerprint": g["fingerprint"],
                               "dataset": g["spec"]["dataset"], "current": g["generation"] == generation,
                               "spec_json": json.dumps(g["spec"], sort_keys=True)}
                              for g in known], columns=list(SETTINGS_COLUMNS)).astype(SETTINGS_COLUMNS)
     context.log.info(f"optimization {name}: generation {generation} ({spec.summary()}, fingerprint "
-                     f"{spec.fingerprint()})")
+                     f"{fingerprint})")
     yield dg.Output(settings, output_name="optimization_settings", metadata={
-        "generation": generation, "fingerprint": spec.fingerprint(), "dataset": spec.dataset,
+        "generation": generation, "fingerprint": fingerprint, "dataset": spec.dataset,
         "optimizer": spec.optimizer, "generations": dg.MetadataValue.json(known),
         "settings": dg.MetadataValue.json(spec.model_dump(mode="json"))})
     rows.insert(0, "optimization", name)

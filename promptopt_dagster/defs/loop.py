@@ -50,12 +50,13 @@ def next_step(optimization: str, generation: int, iteration: int, stop_reason: s
     return NextStep(ITERATION_JOB, iteration_key(optimization, generation, iteration + 1), iteration + 1)
 
 
-def optimization_tags(spec: OptimizationSpec, generation: int | None = None) -> dict[str, str]:
-    """What a run of this optimization is, as run tags. A spec without a task model runs on the deployment's."""
+def optimization_tags(spec: OptimizationSpec, fingerprint: str, generation: int | None = None) -> dict[str, str]:
+    """What a run of this optimization is, as run tags. A spec without a task model runs on the deployment's.
+    `fingerprint`: spec.fingerprint(its dataset's manifest entry), or the one its generation recorded."""
     model = spec.task_model or get_settings().task
     tags = {OPTIMIZATION_TAG: spec.name, "promptopt/dataset": spec.dataset, "promptopt/optimizer": spec.optimizer,
             "promptopt/task_model": f"{model.backend}/{model.model or 'default'}",
-            "promptopt/fingerprint": spec.fingerprint()}
+            "promptopt/fingerprint": fingerprint}
     if generation is not None:
         tags["promptopt/generation"] = str(generation)
     return tags

@@ -85,7 +85,7 @@ def final_report(context: dg.AssetExecutionContext, optimization_settings: pd.Da
     totals = llm_usage.total(usage)
     paid = paid_spend(task_model.cache_path, name, generation)
     report = {
-        "optimization": name, "generation": generation, "fingerprint": optimization.fingerprint(),
+        "optimization": name, "generation": generation, "fingerprint": str(current.iloc[0]["fingerprint"]),
         "dataset": dataset, "optimizer": optimization.optimizer, "task_model": client.model_key,
         "metric": suite.target, "iterations": int(history["step"]) + 1,
         "scorers": [s.model_dump() for s in suite.specs],

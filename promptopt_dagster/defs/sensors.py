@@ -24,6 +24,11 @@ def _generation(record) -> int:
     return int(getattr(value, "value", value))
 
 
+def _fingerprint(record) -> str:
+    value = record.asset_materialization.metadata["fingerprint"]
+    return str(getattr(value, "value", value))
+
+
 def _spec(record) -> OptimizationSpec:
     value = record.asset_materialization.metadata["settings"]
     return OptimizationSpec.model_validate(getattr(value, "data", value))
@@ -57,7 +62,7 @@ def build_iteration_sensor(jobs: list) -> dg.SensorDefinition:
                 elif key.path[-1] == "optimization_settings":
                     name, generation, step = record.partition_key, _generation(record), 0
                     job, partition = ITERATION_JOB, iteration_key(name, generation, 0)
-                    tags.update(optimization_tags(_spec(record), generation))
+                    tags.update(optimization_tags(_spec(record), _fingerprint(record), generation))
                 else:
                     name, generation, iteration = parse_key(record.partition_key)
                     found = next_step(name, generation, iteration, stop_reason_of(record.asset_materialization))
