@@ -136,11 +136,20 @@ def check_dotenv(path: Path = Path(".env")) -> None:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    check_dotenv()
+    dotenv = Path(".env").resolve()
+    check_dotenv(dotenv)
     try:
         return Settings()
     except ValidationError as exc:
         err = exc.errors()[0]
         name = "PROMPTOPT_" + "__".join(str(part).upper() for part in err["loc"])
-        raise SettingsError(f"setting {name} (environment or .env): {err['msg'].removeprefix('Value error, ')} "
-                            f"(got {err.get('input')!r}).") from None
+        where = f"environment variable {name}" if name in os.environ or not _names_in(dotenv, name) else f"{dotenv}: {name}"
+        raise SettingsError(f"{where}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r}).") from None
+
+
+def _names_in(dotenv: Path, name: str) -> bool:
+    if not dotenv.is_file():
+        return False
+    from dotenv import dotenv_values
+
+    return name in {key.upper() for key in dotenv_values(dotenv)}

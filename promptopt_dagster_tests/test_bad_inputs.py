@@ -46,7 +46,9 @@ DEEP = "[" * 100_000 + "]" * 100_000
 
 #: where each kind of input lives in the project
 FILES = {"manifest": "data/manifest.yaml", "optimizations": "data/optimizations.yaml", "dev.csv": "data/sst2/dev.csv",
-         "train.csv": "data/sst2/train.csv", "prompt": "prompts/sst2.json"}
+         "train.csv": "data/sst2/train.csv", "prompt": "prompts/sst2.json", ".env": ".env"}
+#: a .env's other lines are not ours to judge, and a key in it must never be printed
+DOTENV = "# mine\nOPENAI_API_KEY=sk-not-ours-to-judge\n"
 
 # (input, case, content (flags: the argv added), exit code, fragment(s) of the one error line)
 CASES = [
@@ -114,6 +116,15 @@ CASES = [
     ("prompt", "no_placeholder", json.dumps({"system_prompt": "Classify.", "output_prompt": "Review:\nSentiment:"}), 2,
      "output_prompt must contain the placeholder {user_input} exactly once (found 0)"),
     ("prompt", "not_json", '{"system_prompt": "Classify.",', 2, "is not valid JSON"),
+    # .env in the folder the command runs in: PROMPTOPT_* lines are settings, checked like every other input
+    (".env", "unknown_setting", DOTENV + "PROMPTOPT_STAT_DIR=elsewhere\n", 2,
+     ".env: PROMPTOPT_STAT_DIR is not a promptopt setting; did you mean PROMPTOPT_STATE_DIR?"),
+    (".env", "unknown_model_knob", DOTENV + "PROMPTOPT_TASK__BAKEND=openai\n", 2,
+     "PROMPTOPT_TASK__BAKEND is not a promptopt setting; did you mean PROMPTOPT_TASK__BACKEND?"),
+    (".env", "type_int", DOTENV + "PROMPTOPT_MAX_CONCURRENT_RUNS=many\n", 2,
+     ".env: PROMPTOPT_MAX_CONCURRENT_RUNS: Input should be a valid integer"),
+    (".env", "type_choice", DOTENV + "PROMPTOPT_DEPLOYMENT=cloud\n", 2,
+     ".env: PROMPTOPT_DEPLOYMENT: Input should be 'local' or 'gcs' (got 'cloud')"),
     # flags
     ("flags", "eval_size_negative", ["--eval-size", "-5"], 2, "argument --eval-size: must be 0 or more, got -5"),
     ("flags", "max_iterations_zero", ["--max-iterations", "0"], 2,
@@ -167,7 +178,7 @@ def test_a_bad_input_is_one_error_line_and_changes_nothing(optimized, tmp_path, 
     assert done.returncode == code, done.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr[-2000:]
     assert all(f in lines[0] for f in ((fragment,) if isinstance(fragment, str) else fragment)), lines[0][:500]
-    assert "Traceback" not in done.stderr and "pydantic.dev" not in lines[0]
+    assert "Traceback" not in done.stderr and "pydantic.dev" not in lines[0] and "sk-not" not in done.stderr
     assert len(lines[0]) < 1000, lines[0][:300]
     if kind != "flags":
         assert str(path) in lines[0]
