@@ -111,5 +111,11 @@ def test_submit_status_and_cancel_drive_optimizations_on_a_real_dagster_dev(webs
     time.sleep(15)  # more than a sensor tick: nothing is chained after a canceled iteration
     view = status(env, "slow")
     assert view["state"] == "canceled" and view["runs"][-1]["run_id"] == run_id
+    # What the canceled run paid counts (the usage ledger): every answer the server gave but the one that may
+    # have been on its way when the run was terminated (that answer never reached the run).
+    paid = view["spend"]["llm_calls"]
+    assert 0 < paid and slow.success_count - 1 <= paid <= slow.success_count, (paid, slow.success_count)
+    assert view["runs"][-1]["paid"]["llm_calls"] == paid and view["generation"] == "1"
+    assert f"this run paid {paid} calls" in promptopt(env, "status", "slow").stdout
     again = promptopt(env, "cancel", run_id)
     assert again.returncode == 2 and "already ended CANCELED" in again.stderr
