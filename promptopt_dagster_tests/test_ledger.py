@@ -104,7 +104,7 @@ def test_a_failed_call_that_was_sent_is_paid_and_not_cached(tmp_path):
     assert ledger.spend(path).requests == 7
 
 
-def test_uncached_calls_without_tags_are_recorded_with_no_optimization(tmp_path):
+def test_calls_without_tags_are_recorded_with_no_optimization(tmp_path):
     path = tmp_path / "llm_cache.sqlite"
     CachedClient(FakeLLM(), ResponseCache(path)).generate([_req("fine")])
     assert [r["optimization"] for r in _ledger_rows(path)] == [None]
