@@ -39,6 +39,7 @@ setup(
         "pandas>=2.1,<3",
         "pydantic>=2.6,<3",
         "pydantic-settings>=2.2,<3",
+        "python-dotenv>=1,<2",  # .env: promptopt ui passes its PROMPTOPT_* lines on; unknown ones are refused
         "pyyaml>=6",
         "google-cloud-storage>=2.14,<4",
         # Production models. google-genai stays below 3 so google-cloud-aiplatform 2.7 can sit beside it.

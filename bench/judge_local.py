@@ -1,7 +1,7 @@
 """Can the embedded Gemma 3 270M judge? sst2 dev rows judged once with the right label, once with the wrong one.
 
 A judge worth using scores right answers above wrong ones. This prints the mean normalised score of
-each group, how many replies could not be read, and the time per row, so the README's advice (use a
+each group, how many replies could not be read, and the time per row, so the advice in docs/datasets-and-scoring.md (use a
 capable remote judge) rests on a run anyone can repeat.
 
     .venv/bin/python bench/judge_local.py [--rows 10]

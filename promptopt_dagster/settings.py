@@ -131,7 +131,7 @@ def check_dotenv(path: Path = Path(".env")) -> None:
             close = difflib.get_close_matches(key.upper(), known, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             raise SettingsError(f"{path}: {key} is not a promptopt setting{hint} Fix the name or remove the line "
-                                "(the README's Configuration section lists every setting).")
+                                "(docs/configuration.md lists every setting).")
 
 
 @lru_cache(maxsize=1)

@@ -111,7 +111,7 @@ def test_ui_command_serves_the_ui_without_the_venv_on_path(tmp_path):
 
 @pytest.mark.slow
 def test_a_backfill_of_three_datasets_runs_side_by_side_to_three_final_reports(dagster_dev):
-    """The README's backfill recipe: prepare_dataset over the datasets, then start_optimization over their
+    """The backfill recipe of docs/guide.md: prepare_dataset over the datasets, then start_optimization over their
     optimizations; the sensor does the rest, with the daemon running up to 3 runs at once."""
     import duckdb
 

@@ -195,7 +195,7 @@ def test_migration_through_the_cli_agreement_before_and_after_and_a_free_rerun(t
 
         done = run_cli(state, env, "--optimization", "sms_spam", "--report-json", str(report_path), cwd=root)
         assert done.returncode == 0, done.stderr[-4000:]
-        print(done.stdout)  # the summary the README shows (`pytest ... -k cli -s`)
+        print(done.stdout)  # the summary docs/optimizers.md shows (`pytest ... -k cli -s`)
         rows = all_rows(root)
         assert source_calls(src) == len(rows), "the source answers every row once"
         src.reset()
@@ -235,7 +235,7 @@ def test_migration_through_the_cli_agreement_before_and_after_and_a_free_rerun(t
     assert per["source"]["cost_usd_per_1k_answers"] > per["task"]["cost_usd_per_1k_answers"] > 0
     assert report["usage"]["by_model"][f"openai/{SOURCE}"]["llm_calls"] == len(rows)
     assert (f"migration from openai/{SOURCE}: agreement with its answers on {SIZES['test']} test rows: "
-            "before 0.1500") in done.stdout  # the figure the README quotes
+            "before 0.1500") in done.stdout  # the figure docs/optimizers.md quotes
     assert "cost: source" in done.stdout
 
 

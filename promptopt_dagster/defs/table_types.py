@@ -127,7 +127,7 @@ _NAMED = re.compile(r'column "([^"]+)"')
 def frame_type(name: str, description: str, columns: list[Column]) -> dg.DagsterType:
     """The dagster-pandas type, whose failure message also names the offending rows: the library's own
     message prints a Python zip object, or a truncated frame, where the rows should be (dagster-pandas 0.29)."""
-    with warnings.catch_warnings():  # dagster-pandas marks its column API beta; said once in the README
+    with warnings.catch_warnings():  # dagster-pandas marks its column API beta; said once in docs/design.md
         warnings.simplefilter("ignore", dg.BetaWarning)
         inner = create_dagster_pandas_dataframe_type(name, description=description,
                                                      columns=[c.pandas() for c in columns])

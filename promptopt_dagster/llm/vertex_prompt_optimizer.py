@@ -23,7 +23,7 @@ BACKEND = "vertex_prompt_optimizer"
 MODEL = "prompt-optimizer"  # the service has no model versions to choose; the name keys usage and the cache
 MODES = ("zero_shot", "few_shot")
 
-# Said once in the README instead of on every call: the SDK marks prompts.optimize experimental.
+# Said once in docs/optimizers.md instead of on every call: the SDK marks prompts.optimize experimental.
 warnings.filterwarnings("ignore", message=r"The Vertex SDK GenAI prompts\.optimize method is experimental")
 #: columns of a few-shot example, as the SDK's examples_dataframe wants them
 EXAMPLE_KEYS = ("prompt", "model_response", "target_response")

@@ -82,7 +82,7 @@ def best(pool: list[Candidate], confidence: float | None = None) -> Candidate | 
 
     A prompt with retrieved demos costs several times a static one on every row it will ever answer,
     and a few rows' lead on ~100 select rows is mostly noise: on sst2 retrieved demos led static ones
-    by 4 to 5 points on the select rows and then lost on the held-out test (README, Measured). So a costlier
+    by 4 to 5 points on the select rows and then lost on the held-out test (docs/benchmarks.md). So a costlier
     prompt must earn its cost: it wins only where the paired bootstrap of the row scores puts its gain
     over every cheaper candidate above zero at this confidence. Among equally cheap ones the higher
     score wins, then fewer demos, then the older candidate."""

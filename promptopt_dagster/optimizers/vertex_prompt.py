@@ -10,7 +10,7 @@ The reply is untrusted text: it must be one JSON object with exactly one new ins
 truncated, not oversized, without {placeholders}, and it must not copy a long span of a row it
 was shown (an injected row must not reach the prompt). Anything else is a rejection with its reason.
 The data-driven VAPO job, which runs Google's whole search on Vertex, is not driven from here; the
-README says how to launch it.
+docs/optimizers.md says how to launch it.
 """
 
 from __future__ import annotations
