@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-
 import pandas as pd
 
 from promptopt_dagster.core.decisions import Decision
-from promptopt_dagster.core.prompts import PromptVersion, unified_diff
-
+# the number helpers live in core/formatting.py (no pandas, for the CLI); re-exported for the report assets
 from promptopt_dagster.core.formatting import (NO_CANDIDATE, fmt_dollars, fmt_interval, fmt_refined,  # noqa: F401
                                                fmt_score, fmt_signed, missing)
+from promptopt_dagster.core.prompts import PromptVersion, unified_diff
 
 
 def comparison_markdown(metric: str, decision: Decision, baseline: PromptVersion, refined: PromptVersion,
