@@ -17,8 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+from promptopt_dagster.cli_overrides import add_override_flags, apply_overrides
 from promptopt_dagster.core.errors import PromptOptError
-from promptopt_dagster.core.optimizations import OPTIMIZERS, writer_model_problem
+from promptopt_dagster.core.optimizations import writer_model_problem
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.core.formatting import fmt_interval, fmt_refined, fmt_score
 from promptopt_dagster.settings import PROJECT_ROOT, get_settings
@@ -40,31 +41,6 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _int_from(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be {low} or more, got {value}")
-        return value
-    return parse
-
-
-def _float_in(low: float, high: float | None = None):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not (value >= low and (high is None or value <= high)):
-            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, got {text}" if high is not None
-                                             else f"must be {low:g} or more, got {text}")
-        return value
-    return parse
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="promptopt", description=__doc__.splitlines()[0], formatter_class=_Help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -80,39 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     # The flags below override the optimization's settings (default: the optimization's own; the
     # values shown are a dataset's default optimization). An override is a different optimization
     # fingerprint, so it starts a new generation.
-    opt.add_argument("--max-iterations", type=_int_from(1), help="stop after this many iterations (default: 5)")
-    opt.add_argument("--eval-size", type=_int_from(0),
-                     help="confirm rows: dev rows on which a refined prompt is accepted or rejected (0: all) (default: 200)")
-    opt.add_argument("--select-size", type=_int_from(1),
-                     help="select rows: other dev rows on which the optimizer compares its candidates (default: 100)")
-    opt.add_argument("--confidence", type=_float_in(0.5, 0.999),
-                     help="a refinement is accepted only if its gain on the confirm rows holds at this confidence "
-                          "(paired bootstrap); fewshot also picks a costlier candidate (retrieved demos) over a "
-                          "cheaper one only if it is better on the select rows at this confidence (default: 0.9)")
-    opt.add_argument("--test-size", type=_int_from(0), help="held-out test rows in the report (0: all) (default: 500)")
-    opt.add_argument("--optimizer", choices=list(OPTIMIZERS),
-                     help="fewshot: search demos and instructions; reflective: an LLM rewrites the prompt once "
-                          "an iteration from the worst rows; gepa: GEPA's reflective evolution of the instructions; "
-                          "metaprompt: a rewrite from guidelines alone; vertex: Google's Vertex AI Prompt Optimizer "
-                          "suggests the instruction (all but fewshot need a capable optimizer model; vertex needs "
-                          "optimizer backend vertex_prompt_optimizer) (default: fewshot)")
+    add_override_flags(opt)
     opt.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                      help="an option of the optimizer, e.g. num_candidates=4 (repeatable; a value is read as YAML)")
-    opt.add_argument("--target-score", type=_float_in(0.0),
-                     help="stop once the best dev score reaches this; above 1: never stop on the score, as in "
-                          "optimizations.yaml (default: 0.95)")
-    opt.add_argument("--target-metric", help="what the loop accepts and stops on: one of the dataset's scorers or "
-                                             "'aggregate' (default: target_metric in data/manifest.yaml)")
-    opt.add_argument("--patience", type=_int_from(1),
-                     help="stop after this many iterations in a row without an accepted refinement (default: 2)")
-    opt.add_argument("--seed", type=int, help="seeds row sampling and the optimizer's choices (default: 0)")
-    opt.add_argument("--max-requests", type=_int_from(0), help="budget: model calls, retries included (0: no cap)")
-    opt.add_argument("--max-tokens", type=_int_from(0), help="budget: prompt + completion tokens (0: no cap)")
-    opt.add_argument("--max-cost-usd", type=_float_in(0.0), help="budget: estimated US dollars (0: no cap)")
-    opt.add_argument("--max-metric-calls", type=_int_from(0),
-                     help="budget: rows scored by candidates and comparisons, cached answers included (0: no cap)")
-    opt.add_argument("--max-failed-fraction", type=_float_in(0.0, 1.0),
-                     help="share of rows that may end in an error before an iteration fails (default: 0.02)")
     opt.add_argument("--report-json", type=Path, metavar="PATH", help="write the full report as JSON to this file")
     opt.add_argument("--json", action="store_true", help="print the full report as JSON instead of the summary")
     opt.add_argument("--verbose", action="store_true", help="show Dagster's own step logs and llama.cpp's messages")
@@ -124,16 +70,6 @@ def _parser() -> argparse.ArgumentParser:
     cli_jobs.add_commands(sub)
     cli_promote.add_commands(sub)
     return parser
-
-
-#: flag -> where it goes in an optimization entry (optimizations.yaml's layout)
-_OVERRIDES = {"max_iterations": ("stop", "max_iterations"), "target_score": ("stop", "target_score"),
-              "patience": ("stop", "patience"), "max_requests": ("budget", "max_requests"),
-              "max_tokens": ("budget", "max_tokens"), "max_cost_usd": ("budget", "max_cost_usd"),
-              "max_metric_calls": ("budget", "max_metric_calls"), "eval_size": ("eval_size",),
-              "select_size": ("select_size",), "test_size": ("test_size",), "confidence": ("confidence",),
-              "optimizer": ("optimizer",), "target_metric": ("target_metric",), "seed": ("seed",),
-              "max_failed_fraction": ("max_failed_fraction",)}
 
 
 def _parse_options(pairs: list[str]) -> dict:
@@ -160,14 +96,7 @@ def _resolve_optimization(args: argparse.Namespace, datasets) -> "OptimizationSp
     if name not in specs:
         raise PromptOptError(f"--optimization {name!r} is neither in {settings.optimizations_path} nor a dataset "
                              f"of the manifest; known: {', '.join(sorted(specs))}.")
-    entry = specs[name].model_dump()
-    for flag, path in _OVERRIDES.items():
-        value = getattr(args, flag)
-        if value is not None:
-            target = entry
-            for key in path[:-1]:
-                target = target[key]
-            target[path[-1]] = value
+    entry = apply_overrides(args, specs[name].model_dump())
     if args.optimizer is not None and args.optimizer != specs[name].optimizer:
         entry["options"] = {}  # the other optimizer's options do not apply
     entry["options"] = {**entry["options"], **_parse_options(args.option)}

@@ -25,7 +25,8 @@ ACTIVE = {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"}
 
 def add_commands(sub) -> None:
     """The three subcommands, on the `promptopt` parser's subparsers."""
-    from promptopt_dagster.cli import _Help, _float_in
+    from promptopt_dagster.cli import _Help
+    from promptopt_dagster.cli_overrides import number
 
     def common(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--url", help="the Dagster webserver (default: PROMPTOPT_DAGSTER_URL, else "
@@ -40,7 +41,7 @@ def add_commands(sub) -> None:
                                                      "(its default optimization)")
     submit.add_argument("--wait", action="store_true",
                         help="follow the runs until the final report (exit 0) or a failed or canceled run (exit 1)")
-    submit.add_argument("--poll-s", type=_float_in(0.1), default=3.0, help="seconds between checks with --wait")
+    submit.add_argument("--poll-s", type=number(float, ge=0.1), default=3.0, help="seconds between checks with --wait")
     common(submit)
     status = sub.add_parser("status", formatter_class=_Help,
                             help="where optimizations stand on the webserver: runs, iteration, scores, spend, errors",

@@ -33,14 +33,15 @@ _PATH_SETTINGS = ("data_dir", "prompts_dir", "state_dir", "model_dir")
 
 
 def add_command(sub) -> None:
-    from promptopt_dagster.cli import _Help, _int_from
+    from promptopt_dagster.cli import _Help
+    from promptopt_dagster.cli_overrides import number
 
     ui = sub.add_parser("ui", help="start the Dagster UI and daemon on this project's Dagster home",
                         description="Start `dagster dev` (web UI, daemon, sensors) on this project's Dagster home, "
                                     "with the interpreter and packages this command runs with, and the settings of "
                                     "the folder it is started from (environment, then .env). SIGTERM, SIGINT "
                                     "(Ctrl-C) and SIGHUP stop every process it started.", formatter_class=_Help)
-    ui.add_argument("--port", type=_int_from(1), default=3000, help="port of the web UI")
+    ui.add_argument("--port", type=number(int, ge=1), default=3000, help="port of the web UI")
     ui.add_argument("--host", default="127.0.0.1", help="address the web UI listens on (0.0.0.0: every interface)")
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from promptopt_dagster.core.datasets import DatasetSpec
-from promptopt_dagster.core.optimizations import OptimizationConfigError, assign_generation, load_optimizations
+from promptopt_dagster.core.datasets import DatasetSpec, load_manifest
+from promptopt_dagster.core.optimizations import (OptimizationConfigError, assign_generation, default_optimization,
+                                                  load_optimizations)
 from promptopt_dagster.settings import get_settings
 
 DATASETS = ["sst2", "sms_spam"]
@@ -122,3 +125,18 @@ def test_the_project_file_loads():
     settings = get_settings()
     specs = load_optimizations(settings.optimizations_path, load_manifest(settings.manifest_path))
     assert set(load_manifest(settings.manifest_path)) <= set(specs)
+
+
+def test_the_default_fingerprint_is_pinned():
+    """Runs are matched to their generation by this hash: a refactor of the settings models that moved a key
+    or a value of the dump would silently open generation 2 of every existing optimization. The value is the
+    one computed before the stop rules and budget were declared once (commit bd244c4)."""
+    dataset = load_manifest(Path(__file__).parents[1] / "data" / "manifest.yaml")["sst2"]
+    spec = default_optimization("sst2")
+    assert spec.model_dump(mode="json", exclude={"name", "description", "source_model"}) == {
+        "budget": {"max_cost_usd": 0.0, "max_metric_calls": 0, "max_requests": 0, "max_tokens": 0},
+        "confidence": 0.9, "dataset": "sst2", "eval_size": 200, "judge_model": None, "max_failed_fraction": 0.02,
+        "optimizer": "fewshot", "optimizer_model": None, "options": {}, "seed": 0, "select_size": 100,
+        "stop": {"max_iterations": 5, "min_improvement": 0.0, "patience": 2, "target_score": 0.95},
+        "target_metric": None, "task_model": None, "test_size": 500}
+    assert spec.fingerprint(dataset) == "53f9332f5c7b701c"

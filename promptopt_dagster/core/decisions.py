@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from promptopt_dagster.core.intervals import PairedGain
 
@@ -41,13 +42,20 @@ class Spend:
 
 
 class Budget(BaseModel):
-    """Caps on one whole optimization; 0 means no cap. Checked after each iteration, so the
-    iteration that crosses a cap finishes (its answers are paid for) and then the loop stops."""
+    """Caps on one whole optimization (optimizations.yaml's `budget:`); 0 means no cap. Checked after each
+    iteration, so the iteration that crosses a cap finishes (its answers are paid for) and then the loop stops.
 
-    max_requests: int = 0
-    max_tokens: int = 0
-    max_cost_usd: float = 0.0
-    max_metric_calls: int = 0  # rows scored: what a search spends whether or not the answers were cached
+    The one declaration of the budget: the YAML entry, `decide` and the CLI's --max-* flags all read it."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt cap would otherwise be no cap at all
+
+    max_requests: int = Field(0, ge=0, description="cap on the optimization's model calls, retries included "
+                                                   "(0: no cap)")
+    max_tokens: int = Field(0, ge=0, description="cap on the optimization's prompt + completion tokens (0: no cap)")
+    max_cost_usd: float = Field(0.0, ge=0.0, description="cap on the optimization's estimated cost in US dollars, "
+                                                         "priced by llm/prices.yaml (0: no cap)")
+    max_metric_calls: int = Field(0, ge=0, description="cap on the rows the optimization scores, by candidates and "
+                                                       "comparisons, cached answers included (0: no cap)")
 
     def exceeded(self, spent: Spend) -> str | None:
         """Which cap `spent` has reached, as a sentence, or None."""
@@ -60,14 +68,38 @@ class Budget(BaseModel):
         return None
 
 
-class StopPolicy(BaseModel):
-    target_score: float = 0.95  # stop when the best dev score reaches this
-    patience: int = 2  # stop after this many iterations in a row without an accepted refinement
-    max_iterations: int = 5  # iterations 0..max_iterations-1 at most
-    min_improvement: float = 0.0  # a refinement must beat the baseline by more than this
-    # ...and the paired test's interval of the gain, at this confidence, must lie above min_improvement
-    confidence: float = Field(0.9, gt=0.0, lt=1.0)
-    budget: Budget = Budget()
+class StopRules(BaseModel):
+    """When the loop stops and what it accepts (optimizations.yaml's `stop:`). The one declaration of these
+    rules: the YAML entry, `decide` (through StopPolicy) and the CLI's flags all read it, so a default
+    cannot differ between them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_iterations: int = Field(5, ge=1, description="stop after this many iterations")
+    target_score: float = Field(0.95, ge=0.0, description="stop once the best dev score reaches this; above 1: "
+                                                          "never stop on the score")
+    patience: int = Field(2, ge=1, description="stop after this many iterations in a row without an accepted "
+                                               "refinement")
+    min_improvement: float = Field(0.0, ge=0.0, description="a refinement must beat the baseline by more than this, "
+                                                            "and the paired test's interval of its gain must lie "
+                                                            "above it")
+
+
+def confidence_field() -> Any:
+    """The confidence knob, declared once for the optimization's settings and for StopPolicy (a function,
+    so each model gets its own FieldInfo)."""
+    return Field(0.9, ge=0.5, le=0.999,
+                 description="a refinement is accepted only if its gain on the confirm rows holds at this confidence "
+                             "(paired bootstrap); fewshot also picks a costlier candidate (retrieved demos) over a "
+                             "cheaper one only if it is better on the select rows at this confidence")
+
+
+class StopPolicy(StopRules):
+    """What `decide` applies: the stop rules, with the optimization's confidence and budget beside them.
+    A subclass rather than a wrapper, so `policy.patience` reads as the rule it is."""
+
+    confidence: float = confidence_field()
+    budget: Budget = Field(default_factory=Budget)
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from promptopt_dagster.core.datasets import DatasetSpec, check_name
+from promptopt_dagster.core.decisions import Budget, StopPolicy, StopRules, confidence_field
 from promptopt_dagster.core.errors import PromptOptError
 from promptopt_dagster.core.yaml_input import load_yaml_file, sentence, unknown_key_message, validation_message
 from promptopt_dagster.llm.model_settings import ModelSettings
 
+#: every optimizer's name, written once: OptimizationSpec's Literal and the CLI's --optimizer choices are built from it
 OPTIMIZERS = ("fewshot", "reflective", "gepa", "metaprompt", "vertex")
+OptimizerName = Literal[OPTIMIZERS]  # Literal[("a", "b")] is Literal["a", "b"]
 #: optimizers that ask the optimizer model to write prompts: the embedded model cannot
 WRITERS = ("reflective", "gepa", "metaprompt", "vertex")
 #: the optimizer-model backend each service-bound optimizer needs (the others need a chat model)
@@ -67,22 +70,6 @@ class ModelSpec(ModelSettings):
     model_config = ConfigDict(extra="forbid")
 
 
-class StopRules(_Strict):
-    max_iterations: int = Field(5, ge=1, description="stop after this many iterations")
-    target_score: float = Field(0.95, ge=0.0, description="stop once the best dev score reaches this (above 1: never)")
-    patience: int = Field(2, ge=1, description="stop after this many iterations in a row without an accepted refinement")
-    min_improvement: float = Field(0.0, ge=0.0, description="a refinement must gain at least this much")
-
-
-class BudgetSpec(_Strict):
-    """Caps of the whole optimization; 0 means no cap."""
-
-    max_requests: int = Field(0, ge=0, description="model calls, retries included")
-    max_tokens: int = Field(0, ge=0, description="prompt + completion tokens")
-    max_cost_usd: float = Field(0.0, ge=0.0, description="estimated US dollars (llm/prices.yaml)")
-    max_metric_calls: int = Field(0, ge=0, description="rows scored, candidates and comparisons together")
-
-
 class OptimizationSpec(_Strict):
     name: str  # a partition key and a file name, like a dataset's (check_name)
     dataset: str
@@ -92,19 +79,28 @@ class OptimizationSpec(_Strict):
     # Model migration: this model's answers (with the dataset's initial prompt) become the references the
     # task model's prompt is optimized to agree with; the dataset then needs no ground_truth_output column.
     source_model: ModelSpec | None = None
-    optimizer: Literal["fewshot", "reflective", "gepa", "metaprompt", "vertex"] = "fewshot"
+    optimizer: OptimizerName = Field(
+        "fewshot", description="fewshot: search demos and instructions; reflective: an LLM rewrites the prompt once an "
+        "iteration from the worst rows; gepa: GEPA's reflective evolution of the instructions; metaprompt: a rewrite "
+        "from guidelines alone; vertex: Google's Vertex AI Prompt Optimizer suggests the instruction (all but fewshot "
+        "need a capable optimizer model; vertex needs optimizer backend vertex_prompt_optimizer)")
     options: dict[str, Any] = Field(default_factory=dict, description="the optimizer's own options")
     optimizer_model: ModelSpec | None = None
     judge_model: ModelSpec | None = None
-    target_metric: str | None = None  # a scorer of the dataset or "aggregate"; None: the manifest's
+    target_metric: str | None = Field(
+        None, description="what the loop accepts and stops on: one of the dataset's scorers or 'aggregate'",
+        json_schema_extra={"default_text": "target_metric in data/manifest.yaml"})  # what None means
     stop: StopRules = Field(default_factory=StopRules)
-    budget: BudgetSpec = Field(default_factory=BudgetSpec)
-    eval_size: int = Field(200, ge=0, description="confirm rows (0: the whole dev split)")
-    select_size: int = Field(100, ge=1, description="select rows")
+    budget: Budget = Field(default_factory=Budget)
+    eval_size: int = Field(200, ge=0, description="confirm rows: dev rows on which a refined prompt is accepted or "
+                                                  "rejected (0: all)")
+    select_size: int = Field(100, ge=1, description="select rows: other dev rows on which the optimizer compares "
+                                                    "its candidates")
     test_size: int = Field(500, ge=0, description="held-out test rows in the report (0: all)")
-    confidence: float = Field(0.9, ge=0.5, le=0.999, description="of the paired test that accepts a refinement")
-    max_failed_fraction: float = Field(0.02, ge=0.0, le=1.0)
-    seed: int = 0
+    confidence: float = confidence_field()
+    max_failed_fraction: float = Field(0.02, ge=0.0, le=1.0, description="share of rows that may end in an error "
+                                                                         "before an iteration fails")
+    seed: int = Field(0, description="seeds row sampling and the optimizer's choices")
 
     _name = field_validator("name")(check_name)
 
@@ -158,11 +154,8 @@ class OptimizationSpec(_Strict):
         text = json.dumps(payload, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
-    def stop_policy(self):
-        from promptopt_dagster.core.decisions import Budget, StopPolicy
-
-        return StopPolicy(**self.stop.model_dump(), confidence=self.confidence,
-                          budget=Budget(**self.budget.model_dump()))
+    def stop_policy(self) -> StopPolicy:
+        return StopPolicy(**self.stop.model_dump(), confidence=self.confidence, budget=self.budget)
 
     def optimizer_options(self) -> dict:
         """The optimizer's options; fewshot's cost rule follows the optimization's confidence unless set."""
