@@ -190,10 +190,11 @@ def optimization_view(server: Webserver, name: str) -> dict:
     tags = chain[-1].tags
     generation = _generation_of(chain)
     by_run = {}
-    if _ledger_path() is not None:
+    path = _ledger_path()
+    if path is not None:
         from promptopt_dagster.llm import ledger
 
-        by_run = ledger.spend_by_run(_ledger_path(), name)
+        by_run = ledger.spend_by_run(path, name)
     summaries = [{**run_summary(r, by_run.get(r.run_id)), **({"error": errors[r.run_id]} if r.run_id in errors else {})}
                  for r in chain]
     recorded = next((s["spend"] for s in reversed(summaries) if "spend" in s), None)

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from promptopt_dagster.settings import PROJECT_ROOT, Settings, get_settings
+from promptopt_dagster.settings import PROJECT_ROOT, Settings, dotenv_settings, get_settings
 
 #: seconds the webserver, daemon and code server get to stop after the first signal, before SIGKILL
 STOP_GRACE_S = 6.0
@@ -48,14 +48,7 @@ def add_command(sub) -> None:
 def child_environment(settings: Settings) -> dict[str, str]:
     """This process's environment plus every PROMPTOPT_* setting of `.env`, with the directory settings
     absolute, so a child started in another folder resolves the same settings."""
-    env = dict(os.environ)
-    dotenv = Path.cwd() / ".env"
-    if dotenv.is_file():
-        from dotenv import dotenv_values
-
-        for key, value in dotenv_values(dotenv).items():
-            if key.upper().startswith("PROMPTOPT_") and value is not None and key.upper() not in env:
-                env[key.upper()] = value  # the environment wins over .env, as in Settings
+    env = {**dotenv_settings(Path.cwd() / ".env"), **os.environ}  # the environment wins over .env, as in Settings
     for name in _PATH_SETTINGS:
         key = f"PROMPTOPT_{name.upper()}"
         if not env.get(key, "").startswith("gs://"):  # a gs:// directory is mirrored by each process itself

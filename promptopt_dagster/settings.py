@@ -118,16 +118,23 @@ def _known_names() -> list[str]:
     return names
 
 
-def check_dotenv(path: Path = Path(".env")) -> None:
-    """Refuse a PROMPTOPT_* line of `.env` that names no setting: pydantic-settings would ignore it, and a
-    typo (PROMPTOPT_STAT_DIR) would silently run with the default. Other variables are not ours to judge."""
+def dotenv_settings(path: Path = Path(".env")) -> dict[str, str]:
+    """The PROMPTOPT_* lines of a `.env` file, names upper-cased as the settings read them ({} without a file).
+    Other variables are not ours: they are neither checked nor passed on."""
     if not path.is_file():
-        return
+        return {}
     from dotenv import dotenv_values
 
+    return {key.upper(): value for key, value in dotenv_values(path).items()
+            if key.upper().startswith("PROMPTOPT_") and value is not None}
+
+
+def check_dotenv(path: Path = Path(".env")) -> None:
+    """Refuse a PROMPTOPT_* line of `.env` that names no setting: pydantic-settings would ignore it, and a
+    typo (PROMPTOPT_STAT_DIR) would silently run with the default."""
     known = _known_names()
-    for key in dotenv_values(path):
-        if key.upper().startswith("PROMPTOPT_") and key.upper() not in known:
+    for key in dotenv_settings(path):
+        if key not in known:
             close = difflib.get_close_matches(key.upper(), known, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             raise SettingsError(f"{path}: {key} is not a promptopt setting{hint} Fix the name or remove the line "
@@ -143,13 +150,6 @@ def get_settings() -> Settings:
     except ValidationError as exc:
         err = exc.errors()[0]
         name = "PROMPTOPT_" + "__".join(str(part).upper() for part in err["loc"])
-        where = f"environment variable {name}" if name in os.environ or not _names_in(dotenv, name) else f"{dotenv}: {name}"
+        where = (f"environment variable {name}" if name in os.environ or name not in dotenv_settings(dotenv)
+                 else f"{dotenv}: {name}")
         raise SettingsError(f"{where}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r}).") from None
-
-
-def _names_in(dotenv: Path, name: str) -> bool:
-    if not dotenv.is_file():
-        return False
-    from dotenv import dotenv_values
-
-    return name in {key.upper() for key in dotenv_values(dotenv)}

@@ -113,8 +113,7 @@ class ResponseCache:
                  r.prompt_tokens, r.completion_tokens, r.finish_reason,
                  json.dumps(r.label_scores) if r.label_scores is not None else None)
                 for key, ident, req, r in items if r.error is None]
-        paid = [p for p in paid if p is not None]
-        if not rows and not paid:
+        if not rows and not any(p is not None for p in paid):
             return
         # replace: an answer asked again for its label scores gains them
         self._write(f"insert or replace into llm_cache ({_COLUMNS}) values (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows,

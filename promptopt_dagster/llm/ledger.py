@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from promptopt_dagster.llm.usage import UsageByModel, UsageStats
+from promptopt_dagster.llm.usage import UsageByModel, UsageStats, total
 
 TABLE = "llm_ledger"
 SCHEMA = f"""
@@ -70,7 +70,8 @@ def row(tags: Attribution | None, backend: str, model: str, response, key: str |
 
 
 def record(con: sqlite3.Connection, rows: Iterable[tuple]) -> None:
-    """Insert ledger rows on `con`, inside the caller's transaction (the cache write of the same answers)."""
+    """Insert ledger rows on `con`, inside the caller's transaction (the cache write of the same answers); a
+    None (a response nothing was paid for, see `row`) is skipped."""
     rows = [r for r in rows if r is not None]
     if rows:
         con.executemany(_INSERT, rows)
@@ -135,10 +136,7 @@ def spend_by_model(path: Path, optimization: str | None = None, generation: int 
 def spend(path: Path, optimization: str | None = None, generation: int | None = None, run_id: str | None = None,
           unassigned: bool = False) -> UsageStats:
     """Totals of what was paid: llm_calls are answers (and failures) a backend sent, requests their attempts."""
-    out = UsageStats()
-    for usage in spend_by_model(path, optimization, generation, run_id, unassigned).values():
-        out.add(usage)
-    return out
+    return total(spend_by_model(path, optimization, generation, run_id, unassigned))
 
 
 def spend_by_role(path: Path, optimization: str, generation: int | None = None,
