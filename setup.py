@@ -56,6 +56,9 @@ setup(
             "gcp-storage-emulator>=2024.8.3",
             "cryptography>=42",  # signs the fake service-account key the Vertex tests authenticate with
             "playwright==1.65.2",  # drives Debian's chromium through the Dagster UI (test_ui_browser.py)
+            # .ci/run's static checks: exact pins, so a new release cannot turn a green main red
+            "ruff==0.14.14",  # lint and format (pyproject.toml [tool.ruff])
+            "import-linter==2.17",  # the layer contract (pyproject.toml [tool.importlinter])
         ]
     },
     entry_points={"console_scripts": ["promptopt=promptopt_dagster.cli:run"]},

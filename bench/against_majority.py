@@ -21,14 +21,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from promptopt_dagster.core.datasets import load_manifest, load_splits, sample_rows
+from promptopt_dagster.app.datasets import load_manifest, load_splits, sample_rows
+from promptopt_dagster.app.settings import get_settings
 from promptopt_dagster.core.intervals import bootstrap_mean_interval
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.llm.factory import build_client
 from promptopt_dagster.llm.inference import predict
 from promptopt_dagster.llm.model_settings import ModelSettings
 from promptopt_dagster.scoring.normalize import normalize_many, to_label_many
-from promptopt_dagster.settings import get_settings
 
 
 def main() -> None:
@@ -42,8 +42,21 @@ def main() -> None:
         env = {**os.environ, "PROMPTOPT_STATE_DIR": str(state)}
         env.pop("DAGSTER_HOME", None)
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "promptopt_dagster.cli", "optimize", "--dataset", args.dataset,
-                        "--report-json", str(report_path)], env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "promptopt_dagster.cli",
+                "optimize",
+                "--dataset",
+                args.dataset,
+                "--report-json",
+                str(report_path),
+            ],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         wall = time.perf_counter() - started
         report = json.loads(report_path.read_text())
 
@@ -52,22 +65,31 @@ def main() -> None:
         splits = load_splits(spec, settings.data_dir)
         test = sample_rows(splits.test, report["test_size"], 0)
         client = build_client(ModelSettings(), settings.model_dir, settings.llm_threads, state / "llm_cache.sqlite")
-        answers = predict(client, PromptVersion.model_validate(report["best_prompt"]), test, spec.max_output_tokens,
-                          stop=tuple(spec.completion_stop))
+        answers = predict(
+            client,
+            PromptVersion.model_validate(report["best_prompt"]),
+            test,
+            spec.max_output_tokens,
+            stop=tuple(spec.completion_stop),
+        )
         truth = normalize_many(test["ground_truth_output"].tolist())
         majority = normalize_many(splits.train["ground_truth_output"].tolist())
         label = max(set(majority), key=list(majority).count)
         best = (to_label_many(answers["prediction"].tolist(), spec.labels) == truth).astype(float)
         constant = (truth == label).astype(float)
         gain = bootstrap_mean_interval(best - constant)
-        print(f"{args.dataset}: {wall:.0f} s wall, {report['iterations']} iterations ({report['stop_reason']}), "
-              f"{report['llm_calls']} model calls; dev {report['initial_dev_score']:.3f} -> {report['best_dev_score']:.3f}")
+        print(
+            f"{args.dataset}: {wall:.0f} s wall, {report['iterations']} iterations ({report['stop_reason']}), "
+            f"{report['llm_calls']} model calls; dev {report['initial_dev_score']:.3f} -> {report['best_dev_score']:.3f}"
+        )
         interval = report.get("test_intervals", {}).get("best")
-        print(f"test ({len(test)} rows): best {best.mean():.3f}"
-              + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
-              + f", always '{label}' {constant.mean():.3f}; paired gain {best.mean() - constant.mean():+.3f} "
-              f"(95% bootstrap {gain.low:+.3f} to {gain.high:+.3f}); answers from the model: "
-              f"{int(answers['cached'].eq(False).sum())}")
+        print(
+            f"test ({len(test)} rows): best {best.mean():.3f}"
+            + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+            + f", always '{label}' {constant.mean():.3f}; paired gain {best.mean() - constant.mean():+.3f} "
+            f"(95% bootstrap {gain.low:+.3f} to {gain.high:+.3f}); answers from the model: "
+            f"{int(answers['cached'].eq(False).sum())}"
+        )
 
 
 if __name__ == "__main__":

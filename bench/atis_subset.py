@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from promptopt_dagster.settings import get_settings
+from promptopt_dagster.app.settings import get_settings
 
 INTENTS = ["airfare", "ground_service", "airline", "abbreviation", "aircraft"]
 
@@ -26,8 +26,9 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="directory to write train.csv, dev.csv and test.csv to")
     args = parser.parse_args()
     source = get_settings().data_dir / "atis_intent"
-    split = {name: pd.read_csv(source / f"{name}.csv", dtype=str, keep_default_na=False)
-             for name in ("train", "dev", "test")}
+    split = {
+        name: pd.read_csv(source / f"{name}.csv", dtype=str, keep_default_na=False) for name in ("train", "dev", "test")
+    }
     kept = {name: rows[rows["ground_truth_output"].isin(INTENTS)] for name, rows in split.items()}
     held = pd.concat([kept["dev"], kept["test"]]).sample(frac=1, random_state=1)
     half = len(held) // 2

@@ -24,10 +24,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import dagster as dg  # noqa: E402
 import yaml  # noqa: E402
 
-from promptopt_dagster.settings import PROJECT_ROOT  # noqa: E402
-
-from promptopt_dagster_tests.dagster_dev_helpers import (backfill, free_port, open_instance, start_ui, stop_ui,  # noqa: E402
-                                                        wait_for, wait_for_webserver)
+from promptopt_dagster.app.settings import PROJECT_ROOT  # noqa: E402
+from promptopt_dagster_tests.dagster_dev_helpers import (  # noqa: E402
+    backfill,
+    free_port,
+    open_instance,
+    start_ui,
+    stop_ui,
+    wait_for,
+    wait_for_webserver,
+)
 from promptopt_dagster_tests.fake_llm_servers import FakeLLMServer  # noqa: E402
 
 
@@ -52,66 +58,105 @@ def breakdown(env: dict) -> dict:
     rows = []
     for record in records:
         run, stat = record.dagster_run, stats[record.dagster_run.run_id]
-        rows.append({"job": run.job_name, "optimization": run.tags.get("promptopt/optimization"),
-                     "created": record.create_timestamp.timestamp(), "start": stat.start_time, "end": stat.end_time})
+        rows.append(
+            {
+                "job": run.job_name,
+                "optimization": run.tags.get("promptopt/optimization"),
+                "created": record.create_timestamp.timestamp(),
+                "start": stat.start_time,
+                "end": stat.end_time,
+            }
+        )
     rows = [r for r in rows if r["start"] and r["end"]]
     sensor_waits = []
     for row in rows:
-        earlier = [o["end"] for o in rows if o["optimization"] and o["optimization"] == row["optimization"]
-                   and o["end"] <= row["created"]]
+        earlier = [
+            o["end"]
+            for o in rows
+            if o["optimization"] and o["optimization"] == row["optimization"] and o["end"] <= row["created"]
+        ]
         if row["job"] in ("optimize_iteration", "final_report_job") and earlier:
             sensor_waits.append(row["created"] - max(earlier))
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
-    return {"runs": len(rows), "queued_and_starting_s": mean([r["start"] - r["created"] for r in rows]),
-            "executing_s": mean([r["end"] - r["start"] for r in rows]),
-            "executing_iteration_s": mean([r["end"] - r["start"] for r in rows if r["job"] == "optimize_iteration"]),
-            "sensor_wait_s": mean(sensor_waits)}
+    return {
+        "runs": len(rows),
+        "queued_and_starting_s": mean([r["start"] - r["created"] for r in rows]),
+        "executing_s": mean([r["end"] - r["start"] for r in rows]),
+        "executing_iteration_s": mean([r["end"] - r["start"] for r in rows if r["job"] == "optimize_iteration"]),
+        "sensor_wait_s": mean(sensor_waits),
+    }
 
 
 def one_setting(datasets: list[str], concurrency: int, server: FakeLLMServer, work: Path) -> tuple[float, int, dict]:
     """Wall seconds from the backfill of the optimizations to the last final report (the datasets are loaded
     first, by their own backfill, and not counted), the runs it took, and where the time went."""
     state, port = work / f"state-{concurrency}", free_port()
-    env = {"PROMPTOPT_TASK__BACKEND": "openai", "PROMPTOPT_TASK__BASE_URL": server.openai_base_url,
-           "OPENAI_API_KEY": "sk-bench", "PROMPTOPT_TASK__MAX_IN_FLIGHT": "4",
-           "PROMPTOPT_MAX_CONCURRENT_RUNS": str(concurrency), "PROMPTOPT_DATA_DIR": str(equal_loops(datasets, work))}
+    env = {
+        "PROMPTOPT_TASK__BACKEND": "openai",
+        "PROMPTOPT_TASK__BASE_URL": server.openai_base_url,
+        "OPENAI_API_KEY": "sk-bench",
+        "PROMPTOPT_TASK__MAX_IN_FLIGHT": "4",
+        "PROMPTOPT_MAX_CONCURRENT_RUNS": str(concurrency),
+        "PROMPTOPT_DATA_DIR": str(equal_loops(datasets, work)),
+    }
     proc, dagster_env = start_ui(state, port, work / f"dagster_dev-{concurrency}.log", extra_env=env)
     try:
         wait_for_webserver(port, proc, work / f"dagster_dev-{concurrency}.log")
         loading = time.perf_counter()
         backfill(port, "prepare_dataset", datasets)
-        wait_for(dagster_env, lambda runs: sum(r.job_name == "prepare_dataset" and r.status == dg.DagsterRunStatus.SUCCESS
-                                               for r in runs) == len(datasets), 600, "the datasets to load")
+        wait_for(
+            dagster_env,
+            lambda runs: sum(r.job_name == "prepare_dataset" and r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+            == len(datasets),
+            600,
+            "the datasets to load",
+        )
         started = time.perf_counter()
-        print(f"  max_concurrent_runs={concurrency}: datasets loaded in {started - loading:.0f} s (not counted below)",
-              flush=True)
+        print(
+            f"  max_concurrent_runs={concurrency}: datasets loaded in {started - loading:.0f} s (not counted below)",
+            flush=True,
+        )
         backfill(port, "start_optimization", datasets)  # each dataset's optimization; the sensor does the rest
-        runs = wait_for(dagster_env, lambda runs: sum(r.job_name == "final_report_job" and r.is_finished
-                                                      for r in runs) == len(datasets), 3600, "the final reports")
+        runs = wait_for(
+            dagster_env,
+            lambda runs: sum(r.job_name == "final_report_job" and r.is_finished for r in runs) == len(datasets),
+            3600,
+            "the final reports",
+        )
         return time.perf_counter() - started, len(runs), breakdown(dagster_env)
     finally:
         stop_ui(proc)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=["sst2", "sms_spam", "atis_intent"],
-                        help="datasets of data/manifest.yaml to backfill")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        default=["sst2", "sms_spam", "atis_intent"],
+        help="datasets of data/manifest.yaml to backfill",
+    )
     parser.add_argument("--latency-s", type=float, default=0.1, help="the fake model's seconds per answer")
     parser.add_argument("--concurrency", type=int, default=3, help="the run queue limit compared with 1")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, FakeLLMServer("openai", answer=lambda r: "positive",
-                                                             latency_s=args.latency_s) as server:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        FakeLLMServer("openai", answer=lambda r: "positive", latency_s=args.latency_s) as server,
+    ):
         results = {}
         for concurrency in (1, args.concurrency):
             wall, runs, spent = one_setting(args.datasets, concurrency, server, Path(tmp))
             results[concurrency] = wall
-            print(f"max_concurrent_runs={concurrency}: {wall:.0f} s for {runs} runs "
-                  f"({len(args.datasets)} datasets, fake model latency {args.latency_s * 1000:.0f} ms); per run, mean: "
-                  f"{spent['queued_and_starting_s']:.1f} s queued and starting, {spent['executing_s']:.1f} s executing "
-                  f"({spent['executing_iteration_s']:.1f} s an iteration), {spent['sensor_wait_s']:.1f} s waiting "
-                  "for the sensor to chain it", flush=True)
+            print(
+                f"max_concurrent_runs={concurrency}: {wall:.0f} s for {runs} runs "
+                f"({len(args.datasets)} datasets, fake model latency {args.latency_s * 1000:.0f} ms); per run, mean: "
+                f"{spent['queued_and_starting_s']:.1f} s queued and starting, {spent['executing_s']:.1f} s executing "
+                f"({spent['executing_iteration_s']:.1f} s an iteration), {spent['sensor_wait_s']:.1f} s waiting "
+                "for the sensor to chain it",
+                flush=True,
+            )
     print(f"speedup at {args.concurrency}: {results[1] / results[args.concurrency]:.2f}x (target at least 2.5x)")
 
 

@@ -14,10 +14,10 @@ import time
 
 import pandas as pd
 
+from promptopt_dagster.app.settings import get_settings
 from promptopt_dagster.core.prompts import Demo, PromptVersion
 from promptopt_dagster.llm.inference import build_requests, check_context
 from promptopt_dagster.llm.local import LlamaCppClient
-from promptopt_dagster.settings import get_settings
 
 
 def main() -> None:
@@ -25,9 +25,11 @@ def main() -> None:
     client = LlamaCppClient(s.model_dir, n_threads=s.llm_threads)
     train = pd.read_csv(s.data_dir / "sst2" / "train.csv", dtype=str).head(8)
     dev = pd.read_csv(s.data_dir / "sst2" / "dev.csv", dtype=str).head(200).rename_axis("row_id").reset_index()
-    prompt = PromptVersion(system_prompt="Classify the sentiment.", output_prompt="Review: {user_input}\nSentiment:",
-                           demos=[Demo(user_input=r.user_input, ground_truth_output=r.ground_truth_output)
-                                  for r in train.itertuples()])
+    prompt = PromptVersion(
+        system_prompt="Classify the sentiment.",
+        output_prompt="Review: {user_input}\nSentiment:",
+        demos=[Demo(user_input=r.user_input, ground_truth_output=r.ground_truth_output) for r in train.itertuples()],
+    )
     requests = build_requests(client, prompt, dev, 4)
     client.count_tokens(["warm up"])
     started = time.perf_counter()
@@ -39,9 +41,11 @@ def main() -> None:
     started = time.perf_counter()
     client.generate(requests[:50])
     generate = (time.perf_counter() - started) * len(requests) / 50
-    print(f"200 rows: tokenize all {tokenize * 1000:.1f} ms, check_context {check * 1000:.2f} ms, "
-          f"generate ~{generate:.1f} s; check / generate = {check / generate:.5f}, "
-          f"tokenize-all / generate = {tokenize / generate:.4f}")
+    print(
+        f"200 rows: tokenize all {tokenize * 1000:.1f} ms, check_context {check * 1000:.2f} ms, "
+        f"generate ~{generate:.1f} s; check / generate = {check / generate:.5f}, "
+        f"tokenize-all / generate = {tokenize / generate:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -20,10 +20,10 @@ sys.path.insert(0, str(ROOT))
 
 import pandas as pd  # noqa: E402
 
+from promptopt_dagster.app.settings import get_settings  # noqa: E402
 from promptopt_dagster.llm.factory import build_client  # noqa: E402
 from promptopt_dagster.llm.model_settings import ModelSettings  # noqa: E402
 from promptopt_dagster.scoring.judge import LLMJudge  # noqa: E402
-from promptopt_dagster.settings import get_settings  # noqa: E402
 
 
 def main() -> None:
@@ -34,15 +34,18 @@ def main() -> None:
     flip = {"positive": "negative", "negative": "positive"}
     settings = get_settings()
     client = build_client(ModelSettings(backend="local"), settings.model_dir, os.cpu_count() or 1, cache_path=None)
-    judge = LLMJudge(client, rubric="Is the answer the correct sentiment (positive or negative) of the review?",
-                     max_tokens=64)
+    judge = LLMJudge(
+        client, rubric="Is the answer the correct sentiment (positive or negative) of the review?", max_tokens=64
+    )
     inputs, refs = rows["user_input"].tolist(), rows["ground_truth_output"].tolist()
     for name, answers in (("right answers", refs), ("wrong answers", [flip[r] for r in refs])):
         start = time.perf_counter()
         out = judge.compute(answers, refs, inputs=inputs)
         per_row = (time.perf_counter() - start) / len(answers)
-        print(f"{name}: mean score {out['llm_judge']:.3f} (0 = 1/5, 1 = 5/5), scores {sorted(set(out['scores']))}, "
-              f"unreadable replies {out['judge_errors']}/{len(answers)}, {per_row:.2f} s/row")
+        print(
+            f"{name}: mean score {out['llm_judge']:.3f} (0 = 1/5, 1 = 5/5), scores {sorted(set(out['scores']))}, "
+            f"unreadable replies {out['judge_errors']}/{len(answers)}, {per_row:.2f} s/row"
+        )
         print(f"  first rationale: {out['rationales'][0][:120]!r}")
 
 

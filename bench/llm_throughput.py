@@ -26,8 +26,22 @@ from promptopt_dagster.llm.openai_compat import OpenAIClient  # noqa: E402
 
 
 def start_server(protocol: str, latency_s: float) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "promptopt_dagster_tests.fake_llm_servers", "--protocol", protocol,
-                             "--port", "0", "--latency-s", str(latency_s)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "promptopt_dagster_tests.fake_llm_servers",
+            "--protocol",
+            protocol,
+            "--port",
+            "0",
+            "--latency-s",
+            str(latency_s),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     line = proc.stdout.readline().strip()
     if not line.startswith("READY "):
         proc.kill()
@@ -40,13 +54,21 @@ def make_client(backend: str, url: str, in_flight: int):
         return OpenAIClient("gpt-4o-mini", base_url=url + "/v1", api_key="bench", max_in_flight=in_flight)
     import google.oauth2.credentials
 
-    return GeminiClient("gemini-2.5-flash", project="bench", location="us-central1", base_url=url,
-                        credentials=google.oauth2.credentials.Credentials(token="bench"), max_in_flight=in_flight)
+    return GeminiClient(
+        "gemini-2.5-flash",
+        project="bench",
+        location="us-central1",
+        base_url=url,
+        credentials=google.oauth2.credentials.Credentials(token="bench"),
+        max_in_flight=in_flight,
+    )
 
 
 def requests(n: int, tag: str) -> list[LLMRequest]:
-    return [LLMRequest(messages=(("system", "Classify the sentiment."), ("user", f"{tag} review number {i}")),
-                       max_tokens=4) for i in range(n)]
+    return [
+        LLMRequest(messages=(("system", "Classify the sentiment."), ("user", f"{tag} review number {i}")), max_tokens=4)
+        for i in range(n)
+    ]
 
 
 def main() -> None:
@@ -72,7 +94,7 @@ def main() -> None:
         batch = requests(args.requests, "seed")
         started = time.perf_counter()
         for i in range(0, len(batch), 10):  # the seed design: send 10, wait for all 10, repeat
-            seed.generate(batch[i:i + 10])
+            seed.generate(batch[i : i + 10])
         seed_s = time.perf_counter() - started
         for client in (warm, platform, seed):
             client.close()
@@ -82,12 +104,18 @@ def main() -> None:
 
     ideal = args.in_flight / args.latency_s
     rate, seed_rate = args.requests / platform_s, args.requests / seed_s
-    print(f"backend {args.backend}, {args.requests} requests, {args.latency_s * 1000:.0f} ms latency, "
-          f"{os.cpu_count()} cores")
-    print(f"platform ({args.in_flight} in flight): {platform_s:6.2f} s  {rate:7.1f} req/s  "
-          f"{rate / ideal:.3f} of ideal {ideal:.0f} req/s  ({failed} failed; client CPU {cpu_ms:.2f} ms/request)")
-    print(f"seed (sequential batches of 10): {seed_s:6.2f} s  {seed_rate:7.1f} req/s  "
-          f"{seed_rate / (10 / args.latency_s):.3f} of its ideal {10 / args.latency_s:.0f} req/s")
+    print(
+        f"backend {args.backend}, {args.requests} requests, {args.latency_s * 1000:.0f} ms latency, "
+        f"{os.cpu_count()} cores"
+    )
+    print(
+        f"platform ({args.in_flight} in flight): {platform_s:6.2f} s  {rate:7.1f} req/s  "
+        f"{rate / ideal:.3f} of ideal {ideal:.0f} req/s  ({failed} failed; client CPU {cpu_ms:.2f} ms/request)"
+    )
+    print(
+        f"seed (sequential batches of 10): {seed_s:6.2f} s  {seed_rate:7.1f} req/s  "
+        f"{seed_rate / (10 / args.latency_s):.3f} of its ideal {10 / args.latency_s:.0f} req/s"
+    )
     print(f"speed-up {rate / seed_rate:.1f}x; target >= 0.9 of ideal: {'met' if rate / ideal >= 0.9 else 'NOT met'}")
 
 

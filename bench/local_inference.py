@@ -40,13 +40,13 @@ sys.path.insert(0, str(ROOT))
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
+from promptopt_dagster.app.settings import get_settings  # noqa: E402
 from promptopt_dagster.core import retrieval as retrieval_module  # noqa: E402
 from promptopt_dagster.core.prompts import PromptVersion, Retrieval  # noqa: E402
 from promptopt_dagster.llm.inference import predict  # noqa: E402
 from promptopt_dagster.llm.label_ranking import LabelRanker  # noqa: E402
 from promptopt_dagster.llm.local import LlamaCppClient  # noqa: E402
 from promptopt_dagster.optimizers.fewshot import FewShotOptimizer  # noqa: E402
-from promptopt_dagster.settings import get_settings  # noqa: E402
 
 MODES = ("static", "retrieved", "retrieved-label")
 MAX_TOKENS = 4  # sst2's max_output_tokens in data/manifest.yaml
@@ -94,8 +94,7 @@ def forget_retrievals(prompt: PromptVersion) -> None:
         getattr(retriever, "_memo", {}).clear()
 
 
-def run_platform(client: LlamaCppClient, prompt: PromptVersion,
-                 rows: pd.DataFrame) -> tuple[float, list[str], float]:
+def run_platform(client: LlamaCppClient, prompt: PromptVersion, rows: pd.DataFrame) -> tuple[float, list[str], float]:
     """Wall seconds of `predict`, its answers, and the seconds its rows spent in the model call."""
     started = time.perf_counter()
     out = predict(client, prompt, rows, max_tokens=MAX_TOKENS, progress_interval_s=1e9, where="sst2 bench rows")
@@ -122,17 +121,28 @@ def run_raw(llm, prompts: list[str], labels: list[str] | None) -> tuple[float, l
 
 def main() -> None:
     s = get_settings()
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--rows", type=int, default=500,
-                    help="rows answered per mode and side: the first of sst2 dev, then test if dev has fewer")
-    ap.add_argument("--threads", type=int, default=s.llm_threads,
-                    help="llama.cpp threads; the default is the settings' llm_threads")
-    ap.add_argument("--modes", default="static,retrieved",
-                    help=f"comma-separated modes to measure, of: {', '.join(MODES)}")
-    ap.add_argument("--chunk", type=int, default=25,
-                    help="rows per turn: both sides answer each chunk, alternating which goes first; "
-                         "0 = one turn each over all rows (one predict call)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    ap.add_argument(
+        "--rows",
+        type=int,
+        default=500,
+        help="rows answered per mode and side: the first of sst2 dev, then test if dev has fewer",
+    )
+    ap.add_argument(
+        "--threads", type=int, default=s.llm_threads, help="llama.cpp threads; the default is the settings' llm_threads"
+    )
+    ap.add_argument(
+        "--modes", default="static,retrieved", help=f"comma-separated modes to measure, of: {', '.join(MODES)}"
+    )
+    ap.add_argument(
+        "--chunk",
+        type=int,
+        default=25,
+        help="rows per turn: both sides answer each chunk, alternating which goes first; "
+        "0 = one turn each over all rows (one predict call)",
+    )
     ap.add_argument("--seed", type=int, default=0, help="seed of the static demo pick")
     ap.add_argument("--target", type=float, default=1.2, help="the largest acceptable platform/raw time ratio")
     args = ap.parse_args()
@@ -153,8 +163,10 @@ def main() -> None:
     load_s = time.perf_counter() - started
     llm.create_completion("Review: warm up\nSentiment:", max_tokens=1, temperature=0.0, top_k=1)
 
-    print(f"sst2, {len(rows)} rows per side, {args.threads} threads, {os.cpu_count()} cores, "
-          f"max_tokens {MAX_TOKENS}; model load {load_s:.1f} s; load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"sst2, {len(rows)} rows per side, {args.threads} threads, {os.cpu_count()} cores, "
+        f"max_tokens {MAX_TOKENS}; model load {load_s:.1f} s; load average {os.getloadavg()[0]:.2f}"
+    )
     results, failed = [], False
     for index, mode in enumerate(modes):
         prompt = prompts[mode]
@@ -172,14 +184,14 @@ def main() -> None:
         for number, start in enumerate(range(0, len(rows), step)):
             raw_first = (index + number) % 2 == 0
             chunk = {}
-            for side in (("raw", "platform") if raw_first else ("platform", "raw")):
+            for side in ("raw", "platform") if raw_first else ("platform", "raw"):
                 if side == "raw":
-                    elapsed, answers = run_raw(llm, rendered[start:start + step], ranked)
+                    elapsed, answers = run_raw(llm, rendered[start : start + step], ranked)
                     raw_s += elapsed
                     chunk[side] = elapsed
                     raw_answers += answers
                 else:
-                    elapsed, answers, in_model = run_platform(client, prompt, rows.iloc[start:start + step])
+                    elapsed, answers, in_model = run_platform(client, prompt, rows.iloc[start : start + step])
                     platform_s += elapsed
                     chunk[side] = elapsed
                     model_s += in_model
@@ -189,22 +201,41 @@ def main() -> None:
         ratio = platform_s / raw_s
         ok = ratio <= args.target
         failed |= not ok
-        results.append((mode, len(rows), mean_tokens, render_s, platform_s, raw_s, ratio, differ, ok,
-                        platform_s - model_s, statistics.median(chunk_ratios)))
+        results.append(
+            (
+                mode,
+                len(rows),
+                mean_tokens,
+                render_s,
+                platform_s,
+                raw_s,
+                ratio,
+                differ,
+                ok,
+                platform_s - model_s,
+                statistics.median(chunk_ratios),
+            )
+        )
         for i in differ[:5]:
             print(f"  {mode}: row {i} answers differ: platform {platform_answers[i]!r} vs raw {raw_answers[i]!r}")
 
-    print(f"{'mode':<16} {'rows':>5} {'tokens':>7} {'render s':>9} {'platform s':>11} {'raw s':>8} "
-          f"{'ratio':>6} {'median':>6} {'ms/row plat':>12} {'ms/row raw':>11} {'outside model':>15} {'differ':>7}  verdict")
+    print(
+        f"{'mode':<16} {'rows':>5} {'tokens':>7} {'render s':>9} {'platform s':>11} {'raw s':>8} "
+        f"{'ratio':>6} {'median':>6} {'ms/row plat':>12} {'ms/row raw':>11} {'outside model':>15} {'differ':>7}  verdict"
+    )
     for mode, n, mean_tokens, render_s, platform_s, raw_s, ratio, differ, ok, outside_s, median in results:
-        print(f"{mode:<16} {n:>5} {mean_tokens:>7.0f} {render_s:>9.3f} {platform_s:>11.2f} {raw_s:>8.2f} "
-              f"{ratio:>6.3f} {median:>6.3f} {1000 * platform_s / n:>12.1f} {1000 * raw_s / n:>11.1f} "
-              f"{1000 * outside_s / n:>8.1f} ms/row {len(differ):>7}  "
-              f"{'PASS' if ok else 'FAIL'} (target <= {args.target}x)")
-    print("tokens: mean prompt tokens of the first 50 rows. render s: every prompt rendered once before the clock "
-          "(a mode's first retrieval render includes the TF-IDF fit). outside model: the platform's wall time "
-          f"less its rows' time in the model call. median: the median of the per-chunk ratios. Chunks of {args.chunk or len(rows)} rows, order alternating. "
-          f"Load average now {os.getloadavg()[0]:.2f}")
+        print(
+            f"{mode:<16} {n:>5} {mean_tokens:>7.0f} {render_s:>9.3f} {platform_s:>11.2f} {raw_s:>8.2f} "
+            f"{ratio:>6.3f} {median:>6.3f} {1000 * platform_s / n:>12.1f} {1000 * raw_s / n:>11.1f} "
+            f"{1000 * outside_s / n:>8.1f} ms/row {len(differ):>7}  "
+            f"{'PASS' if ok else 'FAIL'} (target <= {args.target}x)"
+        )
+    print(
+        "tokens: mean prompt tokens of the first 50 rows. render s: every prompt rendered once before the clock "
+        "(a mode's first retrieval render includes the TF-IDF fit). outside model: the platform's wall time "
+        f"less its rows' time in the model call. median: the median of the per-chunk ratios. Chunks of {args.chunk or len(rows)} rows, order alternating. "
+        f"Load average now {os.getloadavg()[0]:.2f}"
+    )
     if failed:
         sys.exit(1)
 

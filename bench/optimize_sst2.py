@@ -23,9 +23,23 @@ def run(state: Path, dataset: str, eval_size: int, report: Path) -> tuple[float,
     env = {**os.environ, "PROMPTOPT_STATE_DIR": str(state)}
     env.pop("DAGSTER_HOME", None)
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "promptopt_dagster.cli", "optimize", "--dataset", dataset,
-                    "--eval-size", str(eval_size), "--report-json", str(report)],
-                   env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "promptopt_dagster.cli",
+            "optimize",
+            "--dataset",
+            dataset,
+            "--eval-size",
+            str(eval_size),
+            "--report-json",
+            str(report),
+        ],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return time.perf_counter() - started, json.loads(report.read_text())
 
 
@@ -39,11 +53,14 @@ def main() -> None:
         for label in ("cold", "rerun"):
             seconds, rep = run(state, args.dataset, args.eval_size, state / f"{label}.json")
             peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-            print(f"{label}: {seconds:.1f} s wall, peak RSS {peak_mb:.0f} MB, iterations {rep['iterations']} "
-                  f"({rep['stop_reason']}), llm_calls {rep['llm_calls']}, cache_hits {rep['cache_hits']}, "
-                  f"dev {rep['initial_dev_score']:.3f}->{rep['best_dev_score']:.3f}, "
-                  f"test {rep['initial_test_score']:.3f}->{rep['best_test_score']:.3f} "
-                  f"({rep['test_size']} rows)", flush=True)
+            print(
+                f"{label}: {seconds:.1f} s wall, peak RSS {peak_mb:.0f} MB, iterations {rep['iterations']} "
+                f"({rep['stop_reason']}), llm_calls {rep['llm_calls']}, cache_hits {rep['cache_hits']}, "
+                f"dev {rep['initial_dev_score']:.3f}->{rep['best_dev_score']:.3f}, "
+                f"test {rep['initial_test_score']:.3f}->{rep['best_test_score']:.3f} "
+                f"({rep['test_size']} rows)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -33,18 +33,20 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from promptopt_dagster.core.datasets import dev_parts, load_manifest, load_splits, sample_rows
+from promptopt_dagster.app.datasets import dev_parts, load_manifest, load_splits, sample_rows
+from promptopt_dagster.app.quality import drop_held_out
+from promptopt_dagster.app.settings import PROJECT_ROOT, get_settings
 from promptopt_dagster.core.intervals import bootstrap_interval
 from promptopt_dagster.core.prompts import Demo, PromptVersion
-from promptopt_dagster.core.quality import drop_held_out
 from promptopt_dagster.defs.resources import ProjectResource
 from promptopt_dagster.llm.factory import build_client
 from promptopt_dagster.llm.inference import predict
 from promptopt_dagster.llm.model_settings import ModelSettings
-from promptopt_dagster.settings import PROJECT_ROOT, get_settings
 
-GENERIC_PROMPT = {"system_prompt": "Classify the input. Answer with its label only.",
-                  "output_prompt": "Input: {user_input}\nLabel:"}
+GENERIC_PROMPT = {
+    "system_prompt": "Classify the input. Answer with its label only.",
+    "output_prompt": "Input: {user_input}\nLabel:",
+}
 
 
 def outside_dataset(directory: Path, work: Path) -> tuple[str, Path, Path]:
@@ -55,11 +57,19 @@ def outside_dataset(directory: Path, work: Path) -> tuple[str, Path, Path]:
     prompts.mkdir()
     for split in ("train", "dev", "test"):
         shutil.copy(directory / f"{split}.csv", data / name / f"{split}.csv")
-    labels = sorted(pd.read_csv(directory / "train.csv", dtype=str, keep_default_na=False)["ground_truth_output"]
-                    .str.strip().unique().tolist())
-    entry = {"files": {s: f"{name}/{s}.csv" for s in ("train", "dev", "test")}, "labels": labels,
-             "target_metric": "accuracy", "initial_prompt": f"{name}.json",
-             "max_output_tokens": max(4, max(len(label) for label in labels) // 3 + 2)}
+    labels = sorted(
+        pd.read_csv(directory / "train.csv", dtype=str, keep_default_na=False)["ground_truth_output"]
+        .str.strip()
+        .unique()
+        .tolist()
+    )
+    entry = {
+        "files": {s: f"{name}/{s}.csv" for s in ("train", "dev", "test")},
+        "labels": labels,
+        "target_metric": "accuracy",
+        "initial_prompt": f"{name}.json",
+        "max_output_tokens": max(4, max(len(label) for label in labels) // 3 + 2),
+    }
     (data / "manifest.yaml").write_text(yaml.safe_dump({"datasets": {name: entry}}))
     (prompts / f"{name}.json").write_text(json.dumps(GENERIC_PROMPT))
     return name, data, prompts
@@ -86,10 +96,14 @@ def interval(suite, predictions: list, references: list) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("datasets", nargs="*", help="dataset names in data/manifest.yaml or dataset directories "
-                                                    "(default: every dataset in data/ with labels)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "datasets",
+        nargs="*",
+        help="dataset names in data/manifest.yaml or dataset directories (default: every dataset in data/ with labels)",
+    )
     parser.add_argument("--k", type=int, default=12, help="demos in each by-hand prompt")
     parser.add_argument("--tries", type=int, default=3, help="seeded by-hand prompts; the best on dev is kept")
     parser.add_argument("--eval-size", type=int, default=200, help="confirm rows, as `promptopt optimize`")
@@ -108,15 +122,36 @@ def main() -> None:
                 name, data_dir, prompts_dir = outside_dataset(Path(item).resolve(), work)
             state = (args.keep / name) if args.keep else work / "state"
             state.mkdir(parents=True, exist_ok=True)
-            env = {**os.environ, "PROMPTOPT_STATE_DIR": str(state), "PROMPTOPT_DATA_DIR": str(data_dir),
-                   "PROMPTOPT_PROMPTS_DIR": str(prompts_dir)}
+            env = {
+                **os.environ,
+                "PROMPTOPT_STATE_DIR": str(state),
+                "PROMPTOPT_DATA_DIR": str(data_dir),
+                "PROMPTOPT_PROMPTS_DIR": str(prompts_dir),
+            }
             env.pop("DAGSTER_HOME", None)
             report_path = state / "report.json"
             started = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "promptopt_dagster.cli", "optimize", "--dataset", name,
-                                   "--eval-size", str(args.eval_size), "--test-size", str(args.test_size),
-                                   "--report-json", str(report_path)], env=env, cwd=PROJECT_ROOT,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "promptopt_dagster.cli",
+                    "optimize",
+                    "--dataset",
+                    name,
+                    "--eval-size",
+                    str(args.eval_size),
+                    "--test-size",
+                    str(args.test_size),
+                    "--report-json",
+                    str(report_path),
+                ],
+                env=env,
+                cwd=PROJECT_ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             wall = time.perf_counter() - started
             if done.returncode != 0:
                 print(f"{name}: promptopt optimize failed:\n{done.stderr[-2000:]}", file=sys.stderr)
@@ -129,13 +164,18 @@ def main() -> None:
             confirm = dev_parts(splits.dev, args.eval_size, 100, 0)[1]
             test = sample_rows(splits.test, args.test_size, 0)
             train = drop_held_out(splits.train, {"dev": splits.dev, "test": splits.test})
-            client = build_client(ModelSettings(), settings.model_dir, settings.llm_threads,
-                                  state / "llm_cache.sqlite")
+            client = build_client(ModelSettings(), settings.model_dir, settings.llm_threads, state / "llm_cache.sqlite")
             calls_before = client.usage.llm_calls
 
             def answers(prompt: PromptVersion, rows: pd.DataFrame) -> tuple[list, list]:
-                out = predict(client, prompt, rows, spec.max_output_tokens, stop=tuple(spec.completion_stop),
-                              progress_interval_s=1e9)
+                out = predict(
+                    client,
+                    prompt,
+                    rows,
+                    spec.max_output_tokens,
+                    stop=tuple(spec.completion_stop),
+                    progress_interval_s=1e9,
+                )
                 return out["prediction"].fillna("").tolist(), out["ground_truth_output"].tolist()
 
             initial = project.initial_prompt(name)
@@ -149,30 +189,45 @@ def main() -> None:
             hand_calls = client.usage.llm_calls - calls_before
             hand_test = suite.score(hand_test_p, refs).value
             best_test = suite.score(best_test_p, refs).value
-            row = {"dataset": name, "metric": suite.target, "rows dev/test": f"{len(confirm)}/{len(test)}",
-                   "initial dev": report["initial_dev_score"], "initial test": report["initial_test_score"],
-                   "by-hand dev": hand_dev, "by-hand test": hand_test,
-                   "by-hand test 95%": interval(suite, hand_test_p, refs),
-                   "optimized dev": report["best_dev_score"], "optimized test": best_test,
-                   "optimized test 95%": interval(suite, best_test_p, refs),
-                   "dev-test drop": report["best_dev_score"] - best_test, "model calls": report["llm_calls"],
-                   "by-hand calls": hand_calls, "wall s": round(wall), "iterations": report["iterations"],
-                   "stop": report["stop_reason"], "choices": PromptVersion.model_validate(report["best_prompt"]).describe()}
+            row = {
+                "dataset": name,
+                "metric": suite.target,
+                "rows dev/test": f"{len(confirm)}/{len(test)}",
+                "initial dev": report["initial_dev_score"],
+                "initial test": report["initial_test_score"],
+                "by-hand dev": hand_dev,
+                "by-hand test": hand_test,
+                "by-hand test 95%": interval(suite, hand_test_p, refs),
+                "optimized dev": report["best_dev_score"],
+                "optimized test": best_test,
+                "optimized test 95%": interval(suite, best_test_p, refs),
+                "dev-test drop": report["best_dev_score"] - best_test,
+                "model calls": report["llm_calls"],
+                "by-hand calls": hand_calls,
+                "wall s": round(wall),
+                "iterations": report["iterations"],
+                "stop": report["stop_reason"],
+                "choices": PromptVersion.model_validate(report["best_prompt"]).describe(),
+            }
             rows_out.append(row)
             print(json.dumps(row), flush=True)
 
     print()
-    print("| dataset | metric | rows dev/test | initial dev/test | by-hand dev/test [95%] | optimized dev/test [95%] "
-          "| dev-test drop | model calls | wall | best prompt |")
+    print(
+        "| dataset | metric | rows dev/test | initial dev/test | by-hand dev/test [95%] | optimized dev/test [95%] "
+        "| dev-test drop | model calls | wall | best prompt |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows_out:
         bl, bh = r["by-hand test 95%"]
         ol, oh = r["optimized test 95%"]
-        print(f"| {r['dataset']} | {r['metric']} | {r['rows dev/test']} | {r['initial dev']:.3f} / {r['initial test']:.3f} "
-              f"| {r['by-hand dev']:.3f} / {r['by-hand test']:.3f} [{bl:.3f}, {bh:.3f}] "
-              f"| {r['optimized dev']:.3f} / {r['optimized test']:.3f} [{ol:.3f}, {oh:.3f}] "
-              f"| {r['dev-test drop']:+.3f} | {r['model calls']} (+{r['by-hand calls']} by hand) | {r['wall s']} s "
-              f"| {r['choices']}; {r['iterations']} iterations, {r['stop']} |")
+        print(
+            f"| {r['dataset']} | {r['metric']} | {r['rows dev/test']} | {r['initial dev']:.3f} / {r['initial test']:.3f} "
+            f"| {r['by-hand dev']:.3f} / {r['by-hand test']:.3f} [{bl:.3f}, {bh:.3f}] "
+            f"| {r['optimized dev']:.3f} / {r['optimized test']:.3f} [{ol:.3f}, {oh:.3f}] "
+            f"| {r['dev-test drop']:+.3f} | {r['model calls']} (+{r['by-hand calls']} by hand) | {r['wall s']} s "
+            f"| {r['choices']}; {r['iterations']} iterations, {r['stop']} |"
+        )
 
 
 if __name__ == "__main__":

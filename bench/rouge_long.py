@@ -40,8 +40,10 @@ def main() -> None:
     ours = module._compute(preds, refs, rouge_type="rougeL")["scores"]
     own = (time.perf_counter() - start) / args.pairs
     same = all(abs(a - b) <= 1e-9 for a, b in zip(ours, ref_scores))
-    print(f"{args.pairs} pairs of {args.words} words: rouge_score {library:.2f} s/pair, module {own:.3f} s/pair "
-          f"(all rouge1/2/L); rougeL equal to 1e-9: {same}")
+    print(
+        f"{args.pairs} pairs of {args.words} words: rouge_score {library:.2f} s/pair, module {own:.3f} s/pair "
+        f"(all rouge1/2/L); rougeL equal to 1e-9: {same}"
+    )
 
 
 if __name__ == "__main__":

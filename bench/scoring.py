@@ -25,16 +25,35 @@ sys.path.insert(0, str(ROOT))
 from promptopt_dagster.scoring.registry import ScorerRegistry, load_metric  # noqa: E402
 
 LABELS = ["positive", "negative"]
-ANSWERS = ["positive", "negative", " positive", " negative", "Positive.", "Negative.", "POSITIVE", "negative!",
-           "positive\nThe review praises the film.", "Negative - the plot drags.", "neutral", "", "maybe",
-           "I think it is positive", "positive sentiment", "Sentiment: negative"]
+ANSWERS = [
+    "positive",
+    "negative",
+    " positive",
+    " negative",
+    "Positive.",
+    "Negative.",
+    "POSITIVE",
+    "negative!",
+    "positive\nThe review praises the film.",
+    "Negative - the plot drags.",
+    "neutral",
+    "",
+    "maybe",
+    "I think it is positive",
+    "positive sentiment",
+    "Sentiment: negative",
+]
 
 
 def corpus(rows: int, seed: int, unique_share: float) -> tuple[list[str], list[str]]:
     rng = random.Random(seed)
     refs = [rng.choice(LABELS) for _ in range(rows)]
-    preds = [f"{rng.choice(LABELS)} because of line {i} {rng.random():.6f}" if rng.random() < unique_share
-             else rng.choice(ANSWERS) for i in range(rows)]
+    preds = [
+        f"{rng.choice(LABELS)} because of line {i} {rng.random():.6f}"
+        if rng.random() < unique_share
+        else rng.choice(ANSWERS)
+        for i in range(rows)
+    ]
     return preds, refs
 
 
@@ -66,11 +85,14 @@ def main() -> None:
         verdict = "meets" if total < 3.0 else "MISSES"
         print(f"  {'exact_match + accuracy':<44} {total:6.2f} s   ({verdict} the 3 s target)")
         if args.with_evaluate_compute:
-            timed("exact_match via evaluate compute()",
-                  lambda: load_metric("exact_match").compute(predictions=preds, references=refs)["exact_match"])
-            timed("accuracy via evaluate compute()",
-                  lambda: load_metric("accuracy").compute(predictions=preds, references=refs,
-                                                          labels=LABELS)["accuracy"])
+            timed(
+                "exact_match via evaluate compute()",
+                lambda: load_metric("exact_match").compute(predictions=preds, references=refs)["exact_match"],
+            )
+            timed(
+                "accuracy via evaluate compute()",
+                lambda: load_metric("accuracy").compute(predictions=preds, references=refs, labels=LABELS)["accuracy"],
+            )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from promptopt_dagster.settings import PROJECT_ROOT
+from promptopt_dagster.app.settings import PROJECT_ROOT
 
 # Nothing in the test suite may reach the network; Hugging Face libraries must not try.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,6 +25,7 @@ def adc(tmp_path, monkeypatch):
 
     def use(server):
         monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc_file(tmp_path, server)))
+
     return use
 
 

@@ -32,9 +32,14 @@ class ContainsReference(evaluate.Metric):
     """An evaluate module defined in user code, registered by dotted path to the class."""
 
     def _info(self):
-        return evaluate.MetricInfo(description="reference appears in the answer", citation="", inputs_description="",
-                                   features=datasets.Features({"predictions": datasets.Value("string"),
-                                                               "references": datasets.Value("string")}))
+        return evaluate.MetricInfo(
+            description="reference appears in the answer",
+            citation="",
+            inputs_description="",
+            features=datasets.Features(
+                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
+            ),
+        )
 
     def _compute(self, predictions, references):
         scores = [float(r.lower() in p.lower()) for p, r in zip(predictions, references)]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from promptopt_dagster.settings import PROJECT_ROOT
+from promptopt_dagster.app.settings import PROJECT_ROOT
 
 
 def free_port() -> int:
@@ -25,14 +25,26 @@ def free_port() -> int:
 
 def start_ui(state: Path, port: int, log_path: Path, extra_env: dict | None = None) -> tuple[subprocess.Popen, dict]:
     """`promptopt ui` as a user starts it from a fresh clone: the venv's script, the venv NOT on PATH."""
-    env = {**os.environ, "PROMPTOPT_STATE_DIR": str(state), "PROMPTOPT_TASK__BACKEND": "fake",
-           "PROMPTOPT_OPTIMIZER__BACKEND": "fake", "PATH": "/usr/bin:/bin", **(extra_env or {})}
+    env = {
+        **os.environ,
+        "PROMPTOPT_STATE_DIR": str(state),
+        "PROMPTOPT_TASK__BACKEND": "fake",
+        "PROMPTOPT_OPTIMIZER__BACKEND": "fake",
+        "PATH": "/usr/bin:/bin",
+        **(extra_env or {}),
+    }
     env.pop("DAGSTER_HOME", None)
     env.pop("VIRTUAL_ENV", None)
     log = open(log_path, "w")
     # Its own session, as a service manager starts it; stop_ui() stops it as one does (SIGTERM).
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "promptopt"), "ui", "--port", str(port)],
-                            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "promptopt"), "ui", "--port", str(port)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     log.close()
     return proc, {**env, "DAGSTER_HOME": str(state / "dagster_home"), "PATH": os.environ["PATH"]}
 
@@ -101,9 +113,12 @@ def open_instance(env: dict):
 
 
 def graphql(port: int, query: str, variables: dict) -> dict:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", method="POST",
-                                     data=json.dumps({"query": query, "variables": variables}).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        method="POST",
+        data=json.dumps({"query": query, "variables": variables}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=60) as reply:
         return json.loads(reply.read())
 
@@ -115,9 +130,13 @@ BACKFILL = """mutation($params: LaunchBackfillParams!) { launchPartitionBackfill
 
 def backfill(port: int, job: str, partitions: list[str], run_config: dict | None = None) -> str:
     """A job backfill as the UI's 'Launch backfill' dialog sends it."""
-    selector = {"partitionSetName": f"{job}_partition_set",
-                "repositorySelector": {"repositoryName": "__repository__",
-                                       "repositoryLocationName": "promptopt_dagster.definitions"}}
+    selector = {
+        "partitionSetName": f"{job}_partition_set",
+        "repositorySelector": {
+            "repositoryName": "__repository__",
+            "repositoryLocationName": "promptopt_dagster.definitions",
+        },
+    }
     params = {"selector": selector, "partitionNames": partitions}
     if run_config:
         params["runConfigData"] = run_config
@@ -135,8 +154,11 @@ def wait_for(env: dict, done, timeout_s: float, what: str):
         found = done(runs)
         if found:
             return runs
-        failed = [(r.job_name, r.tags.get("dagster/partition")) for r in runs
-                  if r.status == dg.DagsterRunStatus.FAILURE and r.tags.get("promptopt/driver") != "cli"]
+        failed = [
+            (r.job_name, r.tags.get("dagster/partition"))
+            for r in runs
+            if r.status == dg.DagsterRunStatus.FAILURE and r.tags.get("promptopt/driver") != "cli"
+        ]
         assert not failed, f"runs failed while waiting for {what}: {failed}"
         time.sleep(2)
     raise AssertionError(f"timed out waiting for {what}: {[(r.job_name, r.status.value) for r in runs]}")

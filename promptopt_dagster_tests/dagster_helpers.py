@@ -9,22 +9,24 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
+from promptopt_dagster.app.optimizations import OptimizationSpec
+from promptopt_dagster.app.settings import PROJECT_ROOT
+from promptopt_dagster.definitions import build_definitions
 from promptopt_dagster.defs.artifact_io_managers import LocalArtifactIOManager
 from promptopt_dagster.defs.io_managers import WarehouseIOManager
-from promptopt_dagster.core.optimizations import OptimizationSpec
 from promptopt_dagster.defs.partitions import ensure_iteration, iteration_key
 from promptopt_dagster.defs.resources import LLMResource, ProjectResource
-from promptopt_dagster.definitions import build_definitions
 from promptopt_dagster.llm.base import LLMClient, LLMRequest
 from promptopt_dagster.llm.fake import FakeLLM
-from promptopt_dagster.settings import PROJECT_ROOT
 
 DATA_DIR = PROJECT_ROOT / "data"
 PROMPTS_DIR = PROJECT_ROOT / "prompts"
 
 
 def _sst2_labels() -> dict[str, str]:
-    frames = [pd.read_csv(DATA_DIR / "sst2" / f"{s}.csv", dtype=str, keep_default_na=False) for s in ("train", "dev", "test")]
+    frames = [
+        pd.read_csv(DATA_DIR / "sst2" / f"{s}.csv", dtype=str, keep_default_na=False) for s in ("train", "dev", "test")
+    ]
     frame = pd.concat(frames)
     return dict(zip(frame["user_input"], frame["ground_truth_output"]))
 
@@ -82,12 +84,21 @@ def quotes_a_row_it_was_shown(request: LLMRequest) -> str:
     if not _LABELS:
         _LABELS.update(_sst2_labels())
     quoted = next(text for text in sorted(_LABELS, key=len, reverse=True) if len(text) >= 40 and text in prompt)
-    return json.dumps({"system_prompt": f"Classify the sentiment. For example, '{quoted}' is {_LABELS[quoted]}.",
-                       "output_prompt": "Review: {user_input}\nSentiment:"})
+    return json.dumps(
+        {
+            "system_prompt": f"Classify the sentiment. For example, '{quoted}' is {_LABELS[quoted]}.",
+            "output_prompt": "Review: {user_input}\nSentiment:",
+        }
+    )
 
 
-SCRIPTS = {"quotes_a_row_it_was_shown": quotes_a_row_it_was_shown, "demos_help": demos_help, "never_right": never_right, "fails_one_row_in_five": fails_one_row_in_five,
-           "judge_exact": judge_exact}
+SCRIPTS = {
+    "quotes_a_row_it_was_shown": quotes_a_row_it_was_shown,
+    "demos_help": demos_help,
+    "never_right": never_right,
+    "fails_one_row_in_five": fails_one_row_in_five,
+    "judge_exact": judge_exact,
+}
 
 
 class ScriptedLLMResource(LLMResource):
@@ -105,22 +116,35 @@ class ScriptedLLMResource(LLMResource):
         return self._client
 
 
-def make_defs(tmp_path: Path, script: str = "demos_help", data_dir: Path = DATA_DIR,
-              prompts_dir: Path = PROMPTS_DIR, judge_script: str = "never_right",
-              cache: bool = False) -> dg.Definitions:
+def make_defs(
+    tmp_path: Path,
+    script: str = "demos_help",
+    data_dir: Path = DATA_DIR,
+    prompts_dir: Path = PROMPTS_DIR,
+    judge_script: str = "never_right",
+    cache: bool = False,
+) -> dg.Definitions:
     warehouse = str(tmp_path / "warehouse.duckdb")
-    llm = dict(script=script, backend="fake", model_dir=str(tmp_path / "models"), threads=1,
-               cache_path=str(tmp_path / "llm_cache.sqlite") if cache else None)
-    return build_definitions({
-        "project": ProjectResource(data_dir=str(data_dir), prompts_dir=str(prompts_dir), state_dir=str(tmp_path)),
-        "task_model": ScriptedLLMResource(**llm),
-        "optimizer_model": ScriptedLLMResource(**llm),
-        "judge_model": ScriptedLLMResource(**{**llm, "script": judge_script}),
-        "warehouse": DuckDBResource(database=warehouse),
-        "io_manager": WarehouseIOManager(database=warehouse, schema="promptopt"),
-        "artifact_io_manager": LocalArtifactIOManager(root=str(tmp_path / "artifacts"), database=warehouse,
-                                                      schema="promptopt"),
-    })
+    llm = dict(
+        script=script,
+        backend="fake",
+        model_dir=str(tmp_path / "models"),
+        threads=1,
+        cache_path=str(tmp_path / "llm_cache.sqlite") if cache else None,
+    )
+    return build_definitions(
+        {
+            "project": ProjectResource(data_dir=str(data_dir), prompts_dir=str(prompts_dir), state_dir=str(tmp_path)),
+            "task_model": ScriptedLLMResource(**llm),
+            "optimizer_model": ScriptedLLMResource(**llm),
+            "judge_model": ScriptedLLMResource(**{**llm, "script": judge_script}),
+            "warehouse": DuckDBResource(database=warehouse),
+            "io_manager": WarehouseIOManager(database=warehouse, schema="promptopt"),
+            "artifact_io_manager": LocalArtifactIOManager(
+                root=str(tmp_path / "artifacts"), database=warehouse, schema="promptopt"
+            ),
+        }
+    )
 
 
 SMALL = {"eval_size": 20, "test_size": 20, "select_size": 10, "options": {"num_candidates": 2, "minibatch_size": 10}}
@@ -137,27 +161,35 @@ def small_spec(name: str = "sst2", dataset: str | None = None, **overrides) -> O
 
 def prepare(defs: dg.Definitions, instance: dg.DagsterInstance, dataset: str = "sst2"):
     return defs.resolve_job_def("prepare_dataset").execute_in_process(
-        partition_key=dataset, instance=instance, raise_on_error=False)
+        partition_key=dataset, instance=instance, raise_on_error=False
+    )
 
 
-def start(defs: dg.Definitions, instance: dg.DagsterInstance, spec: OptimizationSpec | None = None,
-          tags: dict | None = None):
+def start(
+    defs: dg.Definitions, instance: dg.DagsterInstance, spec: OptimizationSpec | None = None, tags: dict | None = None
+):
     """Record the optimization's settings; returns the run result (its metadata holds the generation)."""
     spec = spec or small_spec()
     from promptopt_dagster.defs.loop import start_run_config
 
     config = start_run_config(spec)
     return defs.resolve_job_def("start_optimization").execute_in_process(
-        partition_key=spec.name, instance=instance, run_config=config, tags=tags or {"promptopt/driver": "test"},
-        raise_on_error=False)
+        partition_key=spec.name,
+        instance=instance,
+        run_config=config,
+        tags=tags or {"promptopt/driver": "test"},
+        raise_on_error=False,
+    )
 
 
 def generation_of(result) -> int:
     return int(result.asset_materializations_for_node("optimization")[0].metadata["generation"].value)
 
 
-_STOP, _BUDGET = {"max_iterations", "target_score", "patience", "min_improvement"}, \
-    {"max_requests", "max_tokens", "max_cost_usd", "max_metric_calls"}
+_STOP, _BUDGET = (
+    {"max_iterations", "target_score", "patience", "min_improvement"},
+    {"max_requests", "max_tokens", "max_cost_usd", "max_metric_calls"},
+)
 
 
 def spec_from_flat(optimization: str = "sst2", **flat) -> OptimizationSpec:
@@ -167,12 +199,21 @@ def spec_from_flat(optimization: str = "sst2", **flat) -> OptimizationSpec:
         (entry["stop"] if key in _STOP else entry["budget"] if key in _BUDGET else entry)[key] = value
     if entry.get("optimizer", "fewshot") != "fewshot":
         entry["options"] = {}
-    return small_spec(optimization, **entry) if entry.get("optimizer", "fewshot") == "fewshot" else \
-        OptimizationSpec(name=optimization, dataset=optimization, **{**SMALL, "options": {}, **entry})
+    return (
+        small_spec(optimization, **entry)
+        if entry.get("optimizer", "fewshot") == "fewshot"
+        else OptimizationSpec(name=optimization, dataset=optimization, **{**SMALL, "options": {}, **entry})
+    )
 
 
-def run_iteration(defs: dg.Definitions, instance: dg.DagsterInstance, iteration: int, optimization: str = "sst2",
-                  tags: dict | None = None, **settings):
+def run_iteration(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    iteration: int,
+    optimization: str = "sst2",
+    tags: dict | None = None,
+    **settings,
+):
     """Start the optimization with `settings` (the same settings continue the same generation), then run one
     iteration of it."""
     # the start is driven here, as the CLI drives its own: the sensor follows only the iteration runs
@@ -181,8 +222,11 @@ def run_iteration(defs: dg.Definitions, instance: dg.DagsterInstance, iteration:
     generation = generation_of(started)
     ensure_iteration(instance, generation, iteration)
     return defs.resolve_job_def("optimize_iteration").execute_in_process(
-        partition_key=iteration_key(optimization, generation, iteration), instance=instance,
-        tags=tags or {"promptopt/driver": "test"}, raise_on_error=False)
+        partition_key=iteration_key(optimization, generation, iteration),
+        instance=instance,
+        tags=tags or {"promptopt/driver": "test"},
+        raise_on_error=False,
+    )
 
 
 def query(tmp_path: Path, sql: str, params: list | None = None) -> pd.DataFrame:

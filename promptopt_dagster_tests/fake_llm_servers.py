@@ -23,20 +23,37 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Literal, Sequence, Union
+from typing import Any, Literal
 
 Protocol = Literal["gemini", "openai"]
 FAULT_KINDS = ("429", "408", "500", "502", "503", "400", "401", "timeout", "drop", "malformed", "malformed_shape")
 _STATUS_FAULTS = {"429": 429, "408": 408, "500": 500, "502": 502, "503": 503, "400": 400, "401": 401}
-_GEMINI_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND", 408: "DEADLINE_EXCEEDED",
-                  429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 502: "UNAVAILABLE", 503: "UNAVAILABLE"}
-_OPENAI_ERROR = {400: ("invalid_request_error", "invalid_request"), 401: ("invalid_request_error", "invalid_api_key"),
-                 404: ("invalid_request_error", "not_found"), 408: ("timeout", "timeout"),
-                 429: ("rate_limit_error", "rate_limit_exceeded"), 500: ("server_error", "server_error"),
-                 502: ("server_error", "bad_gateway"), 503: ("server_error", "service_unavailable")}
-_VERTEX_PATH = re.compile(r"^/(v1|v1beta1)/projects/[^/]+/locations/[^/]+/publishers/google/models/([^/:]+):generateContent$")
+_GEMINI_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+}
+_OPENAI_ERROR = {
+    400: ("invalid_request_error", "invalid_request"),
+    401: ("invalid_request_error", "invalid_api_key"),
+    404: ("invalid_request_error", "not_found"),
+    408: ("timeout", "timeout"),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+    500: ("server_error", "server_error"),
+    502: ("server_error", "bad_gateway"),
+    503: ("server_error", "service_unavailable"),
+}
+_VERTEX_PATH = re.compile(
+    r"^/(v1|v1beta1)/projects/[^/]+/locations/[^/]+/publishers/google/models/([^/:]+):generateContent$"
+)
 _GEMINI_API_PATH = re.compile(r"^/(v1beta|v1)/models/([^/:]+):generateContent$")
 # Vertex AI Prompt Optimizer (zero-shot and few-shot): one prompt in, a streamed JSON array of chunks out.
 _OPTIMIZE_PROMPT_PATH = re.compile(r"^/(v1|v1beta1)/projects/[^/]+/locations/[^/]+/tuningJobs:optimizePrompt$")
@@ -108,7 +125,7 @@ class FaultPlan:
         return self.kinds[(h + req.attempt - 1) % len(self.kinds)]
 
 
-Faults = Union[None, FaultPlan, Callable[[FakeRequest], Union[str, None]]]
+Faults = None | FaultPlan | Callable[[FakeRequest], str | None]
 
 
 def _text_of(content: Any) -> str:
@@ -196,9 +213,17 @@ class _QuietServer(ThreadingHTTPServer):
 class FakeLLMServer:
     """A threaded HTTP server on 127.0.0.1 speaking Gemini generateContent or OpenAI chat completions."""
 
-    def __init__(self, protocol: Protocol, *, answer: Callable[[FakeRequest], str] | None = None,
-                 latency_s: float = 0.0, faults: Faults = None, echo_auth_in_errors: bool = False,
-                 port: int = 0, honour_choices: bool = True) -> None:
+    def __init__(
+        self,
+        protocol: Protocol,
+        *,
+        answer: Callable[[FakeRequest], str] | None = None,
+        latency_s: float = 0.0,
+        faults: Faults = None,
+        echo_auth_in_errors: bool = False,
+        port: int = 0,
+        honour_choices: bool = True,
+    ) -> None:
         if protocol not in ("gemini", "openai"):
             raise ValueError(f"unknown protocol {protocol!r}")
         self.protocol, self.answer, self.latency_s = protocol, answer or (lambda req: "ok"), latency_s
@@ -214,13 +239,14 @@ class FakeLLMServer:
         self.reset()
 
     # ---- lifecycle -------------------------------------------------------------------------------
-    def start(self) -> "FakeLLMServer":
+    def start(self) -> FakeLLMServer:
         httpd = _QuietServer(("127.0.0.1", self._port), _Handler)
         httpd.daemon_threads = True
         httpd.fake = self  # type: ignore[attr-defined]
         self._httpd, self._stopping = httpd, threading.Event()
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                                        name=f"fake-{self.protocol}-llm", daemon=True)
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, name=f"fake-{self.protocol}-llm", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -242,7 +268,7 @@ class FakeLLMServer:
         if self._thread is not None:
             self._thread.join(timeout=2)
 
-    def __enter__(self) -> "FakeLLMServer":
+    def __enter__(self) -> FakeLLMServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -292,8 +318,13 @@ class FakeLLMServer:
             if self.protocol == "openai" and method == "GET" and path == "/v1/models":
                 models = list(self._models_seen) or ["fake-model"]
                 self._record(method, h.path, headers, body, None, 200)
-                return h.reply(200, {"object": "list", "data": [
-                    {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in models]})
+                return h.reply(
+                    200,
+                    {
+                        "object": "list",
+                        "data": [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in models],
+                    },
+                )
             return self._error(h, method, headers, body, 404, None, f"unknown route {method} {path}")
         if not isinstance(body, dict):
             return self._error(h, method, headers, body, 400, None, "request body is not a JSON object")
@@ -350,10 +381,22 @@ class FakeLLMServer:
         with self._lock:
             self._attempts[key] += 1
             attempt = self._attempts[key]
-        return FakeRequest(self.protocol, path, model, system, user, messages, json_mode, schema,
-                           int(max_tokens) if max_tokens is not None else None,
-                           float(temperature) if temperature is not None else None, body, headers, attempt,
-                           _enum_of(schema)[1] if constrained else ())
+        return FakeRequest(
+            self.protocol,
+            path,
+            model,
+            system,
+            user,
+            messages,
+            json_mode,
+            schema,
+            int(max_tokens) if max_tokens is not None else None,
+            float(temperature) if temperature is not None else None,
+            body,
+            headers,
+            attempt,
+            _enum_of(schema)[1] if constrained else (),
+        )
 
     def _generate(self, h: _Handler, headers: dict, path: str, model: str, body: dict) -> None:
         req = self._parse(headers, path, model, body)
@@ -379,8 +422,7 @@ class FakeLLMServer:
             self._stopping.wait(self.latency_s)
         if fault in _STATUS_FAULTS:
             extra = {"Retry-After": f"{plan.retry_after_s:g}"} if fault == "429" else None
-            return self._error(h, "POST", headers, body, _STATUS_FAULTS[fault], fault,
-                               f"injected fault {fault}", extra)
+            return self._error(h, "POST", headers, body, _STATUS_FAULTS[fault], fault, f"injected fault {fault}", extra)
         if fault is not None:  # malformed / malformed_shape: 200 with an unusable body
             self._record("POST", h.path, headers, body, fault, 200)
             bad = {"gemini": b'{"candidates": [', "openai": b'{"choices": ['}[self.protocol]
@@ -406,27 +448,58 @@ class FakeLLMServer:
         if model == PROMPT_OPTIMIZER_MODEL:
             # The service streams its answer as a JSON array of partial contents; the SDK joins their texts.
             step = max(1, len(text) // 3)
-            payload = [{"content": {"role": "model", "parts": [{"text": text[i:i + step]}]}}
-                       for i in range(0, len(text), step)] or [{"content": {"role": "model", "parts": [{"text": ""}]}}]
+            payload = [
+                {"content": {"role": "model", "parts": [{"text": text[i : i + step]}]}}
+                for i in range(0, len(text), step)
+            ] or [{"content": {"role": "model", "parts": [{"text": ""}]}}]
         elif self.protocol == "gemini":
-            payload = {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]},
-                                       "finishReason": "MAX_TOKENS" if truncated else "STOP", "index": 0}],
-                       "usageMetadata": {"promptTokenCount": p, "candidatesTokenCount": c, "totalTokenCount": p + c},
-                       "modelVersion": model, "responseId": f"fake-{n}"}
+            payload = {
+                "candidates": [
+                    {
+                        "content": {"role": "model", "parts": [{"text": text}]},
+                        "finishReason": "MAX_TOKENS" if truncated else "STOP",
+                        "index": 0,
+                    }
+                ],
+                "usageMetadata": {"promptTokenCount": p, "candidatesTokenCount": c, "totalTokenCount": p + c},
+                "modelVersion": model,
+                "responseId": f"fake-{n}",
+            }
         else:
-            payload = {"id": f"chatcmpl-{n}", "object": "chat.completion", "created": int(time.time()),
-                       "model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                                    "finish_reason": "length" if truncated else "stop",
-                                                    "logprobs": None}],
-                       "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}}
+            payload = {
+                "id": f"chatcmpl-{n}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "length" if truncated else "stop",
+                        "logprobs": None,
+                    }
+                ],
+                "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c},
+            }
         h.reply(200, payload)
 
-    def _error(self, h: _Handler, method: str, headers: dict, body: Any, status: int, fault: str | None,
-               message: str, extra: dict | None = None) -> None:
+    def _error(
+        self,
+        h: _Handler,
+        method: str,
+        headers: dict,
+        body: Any,
+        status: int,
+        fault: str | None,
+        message: str,
+        extra: dict | None = None,
+    ) -> None:
         self._record(method, h.path, headers, body, fault, status)
         if self.echo_auth_in_errors:
-            message += (f" (authorization={headers.get('authorization', '')}"
-                        f" x-goog-api-key={headers.get('x-goog-api-key', '')})")
+            message += (
+                f" (authorization={headers.get('authorization', '')}"
+                f" x-goog-api-key={headers.get('x-goog-api-key', '')})"
+            )
         if self.protocol == "gemini":
             err = {"code": status, "message": message, "status": _GEMINI_STATUS.get(status, "UNKNOWN")}
         else:
@@ -434,13 +507,13 @@ class FakeLLMServer:
             err = {"message": message, "type": etype, "param": None, "code": code}
         h.reply(status, {"error": err}, extra)
 
-    def _record(self, method: str, path: str, headers: dict, body: Any, fault: str | None,
-                status: int | None) -> None:
+    def _record(self, method: str, path: str, headers: dict, body: Any, fault: str | None, status: int | None) -> None:
         with self._lock:
             if fault is not None:
                 self.fault_counts[fault] += 1
-            self.requests.append(RecordedRequest(method, path, headers, body if isinstance(body, dict) else None,
-                                                 fault, status))
+            self.requests.append(
+                RecordedRequest(method, path, headers, body if isinstance(body, dict) else None, fault, status)
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -453,13 +526,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--fault-kinds", default="429,500", help="comma-separated fault kinds")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    faults = (FaultPlan(rate=args.fault_rate, kinds=tuple(args.fault_kinds.split(",")), seed=args.seed)
-              if args.fault_rate > 0 else None)
+    faults = (
+        FaultPlan(rate=args.fault_rate, kinds=tuple(args.fault_kinds.split(",")), seed=args.seed)
+        if args.fault_rate > 0
+        else None
+    )
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
-    with FakeLLMServer(args.protocol, answer=lambda req: args.answer, latency_s=args.latency_s,
-                       faults=faults, port=args.port) as srv:
+    with FakeLLMServer(
+        args.protocol, answer=lambda req: args.answer, latency_s=args.latency_s, faults=faults, port=args.port
+    ) as srv:
         print(f"READY {srv.url}", flush=True)
         while not done.wait(0.2):
             pass

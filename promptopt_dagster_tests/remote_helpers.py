@@ -11,11 +11,11 @@ from pathlib import Path
 
 import duckdb
 
+from promptopt_dagster.app.settings import PROJECT_ROOT
 from promptopt_dagster.llm.base import LLMRequest
 from promptopt_dagster.llm.gemini import GeminiClient
 from promptopt_dagster.llm.openai_compat import OpenAIClient
 from promptopt_dagster.llm.remote import RetryPolicy
-from promptopt_dagster.settings import PROJECT_ROOT
 from promptopt_dagster_tests.fake_llm_servers import FakeLLMServer
 
 FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff_s=0.01, max_backoff_s=0.05)
@@ -28,8 +28,9 @@ def _private_key_pem() -> str:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
 
 
 def adc_file(tmp_path: Path, server: FakeLLMServer) -> Path:
@@ -38,17 +39,28 @@ def adc_file(tmp_path: Path, server: FakeLLMServer) -> Path:
     The SDK runs the real OAuth flow (signed JWT exchanged for an access token); an authorized-user
     file would not do, because google-auth always sends those to oauth2.googleapis.com."""
     path = tmp_path / "adc.json"
-    path.write_text(json.dumps({"type": "service_account", "project_id": "proj-1", "private_key_id": "k1",
-                                "private_key": _private_key_pem(), "client_email": "ci@proj-1.iam.gserviceaccount.com",
-                                "client_id": "1", "token_uri": f"{server.url}/token"}))
+    path.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": "proj-1",
+                "private_key_id": "k1",
+                "private_key": _private_key_pem(),
+                "client_email": "ci@proj-1.iam.gserviceaccount.com",
+                "client_id": "1",
+                "token_uri": f"{server.url}/token",
+            }
+        )
+    )
     return path
 
 
 def gemini_client(server: FakeLLMServer, **kw) -> GeminiClient:
     kw.setdefault("retry", FAST_RETRY)
     kw.setdefault("timeout_s", 2.0)
-    return GeminiClient("gemini-2.5-flash", vertexai=True, project="proj-1", location="us-central1",
-                        base_url=server.url, **kw)
+    return GeminiClient(
+        "gemini-2.5-flash", vertexai=True, project="proj-1", location="us-central1", base_url=server.url, **kw
+    )
 
 
 def openai_client(server: FakeLLMServer, **kw) -> OpenAIClient:
@@ -74,10 +86,50 @@ def echo(req) -> str:
 
 # --- whole optimizations through the CLI (tests and bench/optimize_fake_gemini.py) --------------------
 
-POSITIVE = {"good", "great", "best", "love", "fun", "beautiful", "wonderful", "funny", "fine", "enjoy", "moving",
-            "remarkable", "charming", "entertaining", "brilliant", "well", "solid", "sweet", "pleasure", "delight"}
-NEGATIVE = {"bad", "worst", "dull", "boring", "mess", "fails", "stupid", "flat", "tedious", "awful", "lack",
-            "nothing", "problem", "poor", "unfunny", "pointless", "never", "no", "not", "too"}
+POSITIVE = {
+    "good",
+    "great",
+    "best",
+    "love",
+    "fun",
+    "beautiful",
+    "wonderful",
+    "funny",
+    "fine",
+    "enjoy",
+    "moving",
+    "remarkable",
+    "charming",
+    "entertaining",
+    "brilliant",
+    "well",
+    "solid",
+    "sweet",
+    "pleasure",
+    "delight",
+}
+NEGATIVE = {
+    "bad",
+    "worst",
+    "dull",
+    "boring",
+    "mess",
+    "fails",
+    "stupid",
+    "flat",
+    "tedious",
+    "awful",
+    "lack",
+    "nothing",
+    "problem",
+    "poor",
+    "unfunny",
+    "pointless",
+    "never",
+    "no",
+    "not",
+    "too",
+}
 
 
 def lexicon_model(req) -> str:
@@ -92,16 +144,27 @@ def lexicon_model(req) -> str:
 def run_cli(state: Path, env_extra: dict, *args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "PROMPTOPT_STATE_DIR": str(state), "PROMPTOPT_OPTIMIZER__BACKEND": "fake", **env_extra}
     env.pop("DAGSTER_HOME", None)
-    return subprocess.run([sys.executable, "-m", "promptopt_dagster.cli", "optimize", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=1200)
+    return subprocess.run(
+        [sys.executable, "-m", "promptopt_dagster.cli", "optimize", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
 
 
 def gemini_env(srv: FakeLLMServer, tmp_path: Path) -> dict:
-    return {"PROMPTOPT_TASK__BACKEND": "gemini", "PROMPTOPT_TASK__BASE_URL": srv.url,
-            "PROMPTOPT_TASK__PROJECT": "proj-1", "PROMPTOPT_TASK__LOCATION": "us-central1",
-            "GOOGLE_APPLICATION_CREDENTIALS": str(adc_file(tmp_path, srv)),
-            "PROMPTOPT_TASK__TIMEOUT_S": "0.5", "PROMPTOPT_TASK__BACKOFF_INITIAL_S": "0.01",
-            "PROMPTOPT_TASK__BACKOFF_MAX_S": "0.05"}
+    return {
+        "PROMPTOPT_TASK__BACKEND": "gemini",
+        "PROMPTOPT_TASK__BASE_URL": srv.url,
+        "PROMPTOPT_TASK__PROJECT": "proj-1",
+        "PROMPTOPT_TASK__LOCATION": "us-central1",
+        "GOOGLE_APPLICATION_CREDENTIALS": str(adc_file(tmp_path, srv)),
+        "PROMPTOPT_TASK__TIMEOUT_S": "0.5",
+        "PROMPTOPT_TASK__BACKOFF_INITIAL_S": "0.01",
+        "PROMPTOPT_TASK__BACKOFF_MAX_S": "0.05",
+    }
 
 
 def warehouse(state: Path, sql: str):

@@ -16,10 +16,18 @@ from promptopt_dagster.llm.local import calibrated_choice
 from promptopt_dagster.optimizers import OptimizerInput, get_optimizer
 
 LABELS = ["positive", "negative"]
-DEMOS = [Demo(user_input="great fun", ground_truth_output="positive"),
-         Demo(user_input="a bore", ground_truth_output="negative")]
-PROMPT = PromptVersion(system_prompt="Classify.", output_prompt="Review: {user_input}\nSentiment:", demos=DEMOS,
-                       answer="label", labels=LABELS, calibrate=True)
+DEMOS = [
+    Demo(user_input="great fun", ground_truth_output="positive"),
+    Demo(user_input="a bore", ground_truth_output="negative"),
+]
+PROMPT = PromptVersion(
+    system_prompt="Classify.",
+    output_prompt="Review: {user_input}\nSentiment:",
+    demos=DEMOS,
+    answer="label",
+    labels=LABELS,
+    calibrate=True,
+)
 
 
 class _Client:
@@ -49,13 +57,27 @@ def test_only_a_backend_that_ranks_labels_gets_calibration_prompts_and_old_cache
     assert build_request(_Client("chat", False), PROMPT, "a fine film", 4).calibration_prompts == ()
     identity = {"backend": "local", "model": "m"}
     plain = LLMRequest(prompt="p", choices=("a", "b"))
-    assert cache_key(identity, plain) != cache_key(identity, LLMRequest(prompt="p", choices=("a", "b"),
-                                                                       calibration_prompts=("q",)))
+    assert cache_key(identity, plain) != cache_key(
+        identity, LLMRequest(prompt="p", choices=("a", "b"), calibration_prompts=("q",))
+    )
     import hashlib
     import json
-    before = json.dumps({"identity": identity, "request": {"prompt": "p", "messages": None, "max_tokens": 16,
-                                                           "temperature": 0.0, "stop": [], "choices": ["a", "b"]}},
-                        sort_keys=True, ensure_ascii=False)
+
+    before = json.dumps(
+        {
+            "identity": identity,
+            "request": {
+                "prompt": "p",
+                "messages": None,
+                "max_tokens": 16,
+                "temperature": 0.0,
+                "stop": [],
+                "choices": ["a", "b"],
+            },
+        },
+        sort_keys=True,
+        ensure_ascii=False,
+    )
     assert cache_key(identity, plain) == hashlib.sha256(before.encode()).hexdigest()
 
 
@@ -69,18 +91,31 @@ def test_calibration_removes_the_lean_a_demo_set_gives_and_keeps_what_the_input_
     even = {"positive": -0.693, "negative": -0.693}
     assert calibrated_choice(LABELS, row, [even]) == "positive"  # an unbiased prompt changes nothing
     # scores that are not normalized (label log-likelihoods) give the same answer
-    assert calibrated_choice(LABELS, {k: v - 5 for k, v in row.items()}, [{k: v - 3 for k, v in lean.items()}]) \
+    assert (
+        calibrated_choice(LABELS, {k: v - 5 for k, v in row.items()}, [{k: v - 3 for k, v in lean.items()}])
         == "negative"
+    )
 
 
 def _input(calibration: bool, prompt: PromptVersion) -> OptimizerInput:
-    train = pd.DataFrame({"user_input": [f"train row {i}" for i in range(40)],
-                          "ground_truth_output": ["positive", "negative"] * 20})
-    select = pd.DataFrame({"row_id": range(40), "user_input": [f"row {i}" for i in range(40)],
-                           "ground_truth_output": ["positive"] * 40})
-    return OptimizerInput(prompt=prompt, scored_rows=select.assign(prediction="", score=0.0), baseline_score=0.0,
-                          metric="accuracy", train=train, labels=LABELS, iteration=1, seed=0, select_rows=select,
-                          calibration=calibration)
+    train = pd.DataFrame(
+        {"user_input": [f"train row {i}" for i in range(40)], "ground_truth_output": ["positive", "negative"] * 20}
+    )
+    select = pd.DataFrame(
+        {"row_id": range(40), "user_input": [f"row {i}" for i in range(40)], "ground_truth_output": ["positive"] * 40}
+    )
+    return OptimizerInput(
+        prompt=prompt,
+        scored_rows=select.assign(prediction="", score=0.0),
+        baseline_score=0.0,
+        metric="accuracy",
+        train=train,
+        labels=LABELS,
+        iteration=1,
+        seed=0,
+        select_rows=select,
+        calibration=calibration,
+    )
 
 
 @pytest.mark.parametrize("calibration", [True, False])
@@ -100,18 +135,25 @@ def test_the_search_toggles_calibration_on_static_label_prompts_only_where_the_b
 
 @pytest.mark.slow
 def test_calibration_undoes_a_lopsided_demo_set_with_the_real_model():
+    from promptopt_dagster.app.settings import get_settings
     from promptopt_dagster.llm.inference import predict
     from promptopt_dagster.llm.local import LlamaCppClient
-    from promptopt_dagster.settings import get_settings
 
     data = get_settings().data_dir / "sst2"
     train, test = pd.read_csv(data / "train.csv"), pd.read_csv(data / "test.csv")
-    lopsided = pd.concat([train[train["ground_truth_output"] == "negative"].head(1),
-                          train[train["ground_truth_output"] == "positive"].head(7)])
-    prompt = PromptVersion(system_prompt="Classify the sentiment of the review.",
-                           output_prompt="Review: {user_input}\nSentiment:", answer="label", labels=LABELS,
-                           demos=[Demo(user_input=r.user_input, ground_truth_output=r.ground_truth_output)
-                                  for r in lopsided.itertuples()])
+    lopsided = pd.concat(
+        [
+            train[train["ground_truth_output"] == "negative"].head(1),
+            train[train["ground_truth_output"] == "positive"].head(7),
+        ]
+    )
+    prompt = PromptVersion(
+        system_prompt="Classify the sentiment of the review.",
+        output_prompt="Review: {user_input}\nSentiment:",
+        answer="label",
+        labels=LABELS,
+        demos=[Demo(user_input=r.user_input, ground_truth_output=r.ground_truth_output) for r in lopsided.itertuples()],
+    )
     rows = test.groupby("ground_truth_output").head(12).reset_index(drop=True)
     rows["row_id"] = range(len(rows))
     client = LlamaCppClient(get_settings().model_dir, n_threads=2)

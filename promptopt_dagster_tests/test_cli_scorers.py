@@ -54,16 +54,35 @@ def test_a_user_scorer_that_shadows_a_builtin_stops_the_cli_with_both_named(tmp_
 
 @pytest.mark.slow
 def test_the_real_model_is_optimized_on_a_user_scorer_by_dotted_path(tmp_path):
-    root = _team_project(tmp_path, "team_first_word: team_scorers:first_word", textwrap.dedent("""\
+    root = _team_project(
+        tmp_path,
+        "team_first_word: team_scorers:first_word",
+        textwrap.dedent("""\
         scorers:
           - {name: accuracy, weight: 1}
           - {name: team_first_word, weight: 1}
         target_metric: team_first_word
-    """))
-    done = _run(root, "optimize", "--dataset", "sst2", "--max-iterations", "1", "--eval-size", "20",
-                "--test-size", "20", "--report-json", str(root / "report.json"), backend="local")
+    """),
+    )
+    done = _run(
+        root,
+        "optimize",
+        "--dataset",
+        "sst2",
+        "--max-iterations",
+        "1",
+        "--eval-size",
+        "20",
+        "--test-size",
+        "20",
+        "--report-json",
+        str(root / "report.json"),
+        backend="local",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "team_first_word (weight 1); optimizing team_first_word" in done.stderr  # status lines go to stderr, the summary to stdout
+    assert (
+        "team_first_word (weight 1); optimizing team_first_word" in done.stderr
+    )  # status lines go to stderr, the summary to stdout
     calls = [json.loads(line) for line in (root / "scorer_calls.log").read_text().splitlines()]
     # baseline and refined on the 14 confirm rows (6 of the 20 dev rows select), test initial and best on 20;
     # the candidates, scored on select rows, add more
@@ -76,8 +95,10 @@ def test_the_real_model_is_optimized_on_a_user_scorer_by_dotted_path(tmp_path):
     tables = _tables(root)
     metrics, preds = tables["baseline_metrics"], tables["baseline_predictions"].sort_values("row_id")
     mine = metrics[metrics["scorer"] == "team_first_word"].sort_values("row_id")
-    expected = [float(bool(p.split()) and p.split()[0].strip(".,!").lower() == r.lower())
-                for p, r in zip(preds["prediction"].fillna(""), preds["ground_truth_output"])]
+    expected = [
+        float(bool(p.split()) and p.split()[0].strip(".,!").lower() == r.lower())
+        for p, r in zip(preds["prediction"].fillna(""), preds["ground_truth_output"])
+    ]
     assert mine["score"].tolist() == expected and mine["is_target"].all()
     compare = tables["comparison_report"].iloc[0]
     assert compare["metric"] == "team_first_word"

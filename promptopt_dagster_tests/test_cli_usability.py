@@ -14,10 +14,9 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from promptopt_dagster.app.quality import predictions_gate
 from promptopt_dagster.core.errors import ContextWindowError
 from promptopt_dagster.core.prompts import PromptVersion
-from promptopt_dagster.core.quality import predictions_gate
-from promptopt_dagster.llm.base import LLMRequest
 from promptopt_dagster.llm.cache import ResponseCache
 from promptopt_dagster.llm.fake import FakeLLM
 from promptopt_dagster.llm.inference import predict
@@ -33,6 +32,7 @@ def project(tmp_path):
 # --- flags -------------------------------------------------------------------------------------------------
 
 # Bad flags and files: the table in test_bad_inputs.py.
+
 
 @pytest.mark.parametrize("optimizer", ["gepa", "reflective", "metaprompt"])
 def test_an_optimizer_that_writes_prompts_refuses_the_embedded_model_up_front(project, optimizer):
@@ -52,9 +52,24 @@ def test_an_unknown_target_metric_blames_the_flag_not_the_manifest(project):
 
 def test_every_flag_has_help_and_shows_its_default(project):
     text = _promptopt(project, "optimize", "--help").stdout
-    for flag in ("--dataset", "--max-iterations", "--eval-size", "--test-size", "--optimizer", "--target-score",
-                 "--target-metric", "--patience", "--seed", "--max-requests", "--max-tokens", "--max-cost-usd",
-                 "--max-failed-fraction", "--report-json", "--json", "--verbose"):
+    for flag in (
+        "--dataset",
+        "--max-iterations",
+        "--eval-size",
+        "--test-size",
+        "--optimizer",
+        "--target-score",
+        "--target-metric",
+        "--patience",
+        "--seed",
+        "--max-requests",
+        "--max-tokens",
+        "--max-cost-usd",
+        "--max-failed-fraction",
+        "--report-json",
+        "--json",
+        "--verbose",
+    ):
         assert flag in text
     for shown in ("(default: 200)", "(default: 5)", "(default: 2)", "(default: 0.02)", "(default: fewshot)"):
         assert shown in text
@@ -64,9 +79,11 @@ def test_every_flag_has_help_and_shows_its_default(project):
 
 # --- output: progress once, a short summary, the JSON on request -----------------------------------------------
 
+
 def test_progress_is_printed_once_and_the_run_ends_with_a_short_summary(project):
-    done = _promptopt(project, "optimize", "--dataset", "sst2", "--max-iterations", "1", "--eval-size", "0",
-                      "--test-size", "0")
+    done = _promptopt(
+        project, "optimize", "--dataset", "sst2", "--max-iterations", "1", "--eval-size", "0", "--test-size", "0"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     both = done.stdout + done.stderr
     assert both.count("baseline_predictions sst2 g1-i0: 14/14 rows") == 1  # 6 of the 20 dev rows select
@@ -80,8 +97,19 @@ def test_progress_is_printed_once_and_the_run_ends_with_a_short_summary(project)
     assert str(best) in done.stdout and PromptVersion.model_validate_json(best.read_text()).output_prompt
     assert "llama_kv_cache" not in both
 
-    as_json = _promptopt(project, "optimize", "--dataset", "sst2", "--max-iterations", "1", "--eval-size", "0",
-                         "--test-size", "0", "--json")
+    as_json = _promptopt(
+        project,
+        "optimize",
+        "--dataset",
+        "sst2",
+        "--max-iterations",
+        "1",
+        "--eval-size",
+        "0",
+        "--test-size",
+        "0",
+        "--json",
+    )
     report = json.loads(as_json.stdout)
     assert report["this_run"]["llm_calls"] == 0 and report["this_run"]["cache_hits"] > 0  # the rerun hit the cache
 
@@ -89,8 +117,19 @@ def test_progress_is_printed_once_and_the_run_ends_with_a_short_summary(project)
 def test_leaderboard_is_a_read_that_starts_no_run(project):
     before = _promptopt(project, "leaderboard", "sst2")
     assert before.returncode == 0 and "no optimization of sst2 has a final report yet" in before.stdout
-    done = _promptopt(project, "optimize", "--dataset", "sst2", "--max-iterations", "1", "--eval-size", "0",
-                      "--test-size", "0", "--json")
+    done = _promptopt(
+        project,
+        "optimize",
+        "--dataset",
+        "sst2",
+        "--max-iterations",
+        "1",
+        "--eval-size",
+        "0",
+        "--test-size",
+        "0",
+        "--json",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     runs = _runs(project)
     shown = _promptopt(project, "leaderboard", "sst2", "--json")
@@ -103,17 +142,35 @@ def test_leaderboard_is_a_read_that_starts_no_run(project):
 
 # --- failures in the user's terms ----------------------------------------------------------------------------
 
+
 def _openai_env(project: Path, srv: FakeLLMServer) -> dict:
-    return {"PROMPTOPT_TASK__BACKEND": "openai", "PROMPTOPT_TASK__BASE_URL": srv.openai_base_url,
-            "OPENAI_API_KEY": "sk-test", "PROMPTOPT_TASK__MAX_ATTEMPTS": "1"}
+    return {
+        "PROMPTOPT_TASK__BACKEND": "openai",
+        "PROMPTOPT_TASK__BASE_URL": srv.openai_base_url,
+        "OPENAI_API_KEY": "sk-test",
+        "PROMPTOPT_TASK__MAX_ATTEMPTS": "1",
+    }
 
 
 def _run(project: Path, env_extra: dict, *args: str, **kw) -> subprocess.Popen:
-    env = {**os.environ, "PROMPTOPT_DATA_DIR": str(project / "data"), "PROMPTOPT_PROMPTS_DIR": str(project / "prompts"),
-           "PROMPTOPT_STATE_DIR": str(project / "state"), "PROMPTOPT_OPTIMIZER__BACKEND": "fake", **env_extra}
+    env = {
+        **os.environ,
+        "PROMPTOPT_DATA_DIR": str(project / "data"),
+        "PROMPTOPT_PROMPTS_DIR": str(project / "prompts"),
+        "PROMPTOPT_STATE_DIR": str(project / "state"),
+        "PROMPTOPT_OPTIMIZER__BACKEND": "fake",
+        **env_extra,
+    }
     env.pop("DAGSTER_HOME", None)
-    return subprocess.Popen([sys.executable, "-m", "promptopt_dagster.cli", "optimize", "--dataset", "sst2", *args],
-                            env=env, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "promptopt_dagster.cli", "optimize", "--dataset", "sst2", *args],
+        env=env,
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def _runs(project: Path) -> list[tuple[str, dg.DagsterRunStatus]]:
@@ -153,8 +210,11 @@ def test_ctrl_c_prints_one_line_and_marks_the_run_canceled(project):
     assert lines[-1].startswith("interrupted: run ") and "optimize_iteration" in lines[-1] and "canceled" in lines[-1]
     assert len(lines) <= 4, err
     statuses = {job: status for job, status in _runs(project)}
-    assert statuses == {"prepare_dataset": dg.DagsterRunStatus.SUCCESS, "start_optimization": dg.DagsterRunStatus.SUCCESS,
-                        "optimize_iteration": dg.DagsterRunStatus.CANCELED}
+    assert statuses == {
+        "prepare_dataset": dg.DagsterRunStatus.SUCCESS,
+        "start_optimization": dg.DagsterRunStatus.SUCCESS,
+        "optimize_iteration": dg.DagsterRunStatus.CANCELED,
+    }
 
 
 def _prompt_of(request) -> str:
@@ -188,6 +248,7 @@ def test_a_killed_run_keeps_every_answer_it_received_and_its_rerun_sends_only_th
 
 # --- rows that do not fit the model ----------------------------------------------------------------------------
 
+
 class _SmallWindow(FakeLLM):
     """A fake with a 50-token window that counts words as tokens: enough to test the guard's logic."""
 
@@ -200,8 +261,9 @@ class _SmallWindow(FakeLLM):
 
 def test_rows_longer_than_the_context_are_refused_before_any_call():
     client = _SmallWindow()
-    rows = pd.DataFrame({"row_id": [0, 1, 2], "user_input": ["short", "word " * 60, "fine too"],
-                         "ground_truth_output": ["a", "b", "c"]})
+    rows = pd.DataFrame(
+        {"row_id": [0, 1, 2], "user_input": ["short", "word " * 60, "fine too"], "ground_truth_output": ["a", "b", "c"]}
+    )
     prompt = PromptVersion(system_prompt="Label it.", output_prompt="Text: {user_input}\nLabel:")
     with pytest.raises(ContextWindowError) as err:
         predict(client, prompt, rows, max_tokens=4, where="toy/dev.csv")
@@ -231,13 +293,18 @@ def test_real_model_refuses_an_over_long_row_before_any_call(project):
     assert len(ResponseCache(project / "state" / "llm_cache.sqlite")) == 0  # no answer was asked for
 
 
-@pytest.mark.parametrize("raised, expected", [
-    (dg.Failure(description="Dataset 'toy' has no rows.\n  Run prepare_dataset first."),
-     "Dataset 'toy' has no rows. Run prepare_dataset first."),
-    (ValueError("a bad value"), "a bad value"),
-])
+@pytest.mark.parametrize(
+    "raised, expected",
+    [
+        (
+            dg.Failure(description="Dataset 'toy' has no rows.\n  Run prepare_dataset first."),
+            "Dataset 'toy' has no rows. Run prepare_dataset first.",
+        ),
+        (ValueError("a bad value"), "a bad value"),
+    ],
+)
 def test_a_failed_step_is_explained_without_dagster_class_names(raised, expected):
-    from promptopt_dagster.cli import step_failure_text
+    from promptopt_dagster.cli.commands import step_failure_text
 
     @dg.op
     def fails():

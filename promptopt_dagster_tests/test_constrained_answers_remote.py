@@ -18,11 +18,25 @@ from promptopt_dagster_tests.fake_llm_servers import FakeLLMServer
 from promptopt_dagster_tests.remote_helpers import chat, gemini_client, make_client, openai_client
 
 LABELS = ("positive", "negative", "neutral")
-ROWS = [("a dull mess, negative", "negative"), ("what a delight, positive", "positive"),
-        ("it exists, neutral", "neutral"), ("tedious again, negative", "negative")]
-OPENAI_FORMAT = {"type": "json_schema", "json_schema": {"name": "label", "strict": True, "schema": {
-    "type": "object", "properties": {"label": {"type": "string", "enum": list(LABELS)}},
-    "required": ["label"], "additionalProperties": False}}}
+ROWS = [
+    ("a dull mess, negative", "negative"),
+    ("what a delight, positive", "positive"),
+    ("it exists, neutral", "neutral"),
+    ("tedious again, negative", "negative"),
+]
+OPENAI_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "label",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {"label": {"type": "string", "enum": list(LABELS)}},
+            "required": ["label"],
+            "additionalProperties": False,
+        },
+    },
+}
 
 
 def chatty(req) -> str:
@@ -35,6 +49,7 @@ def sent_bodies(server):
 
 
 # --- the enum goes out, one of the choices comes back ---------------------------------------------------
+
 
 @pytest.mark.parametrize("protocol", ["gemini", "openai"])
 def test_a_request_with_choices_gets_exactly_one_choice_back_and_the_server_saw_the_enum(protocol, adc):
@@ -74,13 +89,17 @@ def test_gemini_strips_whitespace_around_the_enum_value(adc):
 
 # --- a server that breaks the enum: an error on the row, never an exception -----------------------------
 
-@pytest.mark.parametrize("protocol,answer,shown", [
-    ("gemini", "maybe", "'maybe'"),
-    ("gemini", '"positive"', "'\"positive\"'"),  # a JSON-quoted value is not the bare enum value
-    ("openai", '{"label": "maybe"}', "'maybe'"),
-    ("openai", "maybe", "'maybe'"),  # not JSON at all
-    ("openai", '{"answer": "positive"}', "'{\"answer\": \"positive\"}'"),  # JSON without a label
-])
+
+@pytest.mark.parametrize(
+    "protocol,answer,shown",
+    [
+        ("gemini", "maybe", "'maybe'"),
+        ("gemini", '"positive"', "'\"positive\"'"),  # a JSON-quoted value is not the bare enum value
+        ("openai", '{"label": "maybe"}', "'maybe'"),
+        ("openai", "maybe", "'maybe'"),  # not JSON at all
+        ("openai", '{"answer": "positive"}', '\'{"answer": "positive"}\''),  # JSON without a label
+    ],
+)
 def test_an_answer_outside_the_choices_is_an_error_naming_it_and_the_choices(protocol, answer, shown, adc):
     with FakeLLMServer(protocol, answer=lambda r: answer, honour_choices=False) as srv:
         adc(srv)
@@ -95,6 +114,7 @@ def test_an_answer_outside_the_choices_is_an_error_naming_it_and_the_choices(pro
 
 # --- OpenAI-compatible servers without JSON-schema support ---------------------------------------------
 
+
 def test_openai_json_object_mode_sends_only_json_object_and_reads_the_label():
     with FakeLLMServer("openai", answer=lambda r: '{"label": "neutral"}') as srv:
         [res] = openai_client(srv, json_mode="object").generate([chat("meh", choices=LABELS)])
@@ -106,9 +126,16 @@ def test_openai_json_object_mode_sends_only_json_object_and_reads_the_label():
     assert "'neutral'" in bad.error and "negative" in bad.error
 
 
-@pytest.mark.parametrize("answer,label", [
-    ("negative", "negative"), ("  The review is NEGATIVE.\n", "negative"), ("Neutral", "neutral"),
-    ("positive or negative", None), ("no idea", None)])
+@pytest.mark.parametrize(
+    "answer,label",
+    [
+        ("negative", "negative"),
+        ("  The review is NEGATIVE.\n", "negative"),
+        ("Neutral", "neutral"),
+        ("positive or negative", None),
+        ("no idea", None),
+    ],
+)
 def test_openai_without_json_mode_maps_a_reply_that_names_exactly_one_choice(answer, label):
     with FakeLLMServer("openai", answer=lambda r: answer) as srv:
         [res] = openai_client(srv, json_mode="off").generate([chat("meh", choices=LABELS)])
@@ -152,19 +179,25 @@ def test_cached_answers_keep_constrained_and_free_requests_apart(protocol, adc, 
 
 # --- the fake servers themselves, over raw HTTP ---------------------------------------------------------
 
+
 def test_fake_servers_answer_in_the_shape_the_enum_asks_for():
     from promptopt_dagster_tests.test_fake_llm_servers import CHAT, VERTEX, chat_body, gemini_body, post
 
     def reply(srv, path, body):
         out = json.loads(post(srv, path, body)[2])
-        return out["candidates"][0]["content"]["parts"][0]["text"] if "candidates" in out \
+        return (
+            out["candidates"][0]["content"]["parts"][0]["text"]
+            if "candidates" in out
             else out["choices"][0]["message"]["content"]
+        )
 
     enum = {"type": "STRING", "enum": ["yes", "no"]}
     with FakeLLMServer("gemini", answer=lambda r: "ok") as srv:  # "ok" names neither: the user text decides
         assert reply(srv, VERTEX, gemini_body("so: no", responseMimeType="text/x.enum", responseSchema=enum)) == "no"
-        assert reply(srv, VERTEX, gemini_body("so: no", responseMimeType="application/json",
-                                              responseSchema=enum)) == '"no"'
+        assert (
+            reply(srv, VERTEX, gemini_body("so: no", responseMimeType="application/json", responseSchema=enum))
+            == '"no"'
+        )
         assert reply(srv, VERTEX, gemini_body("so: no", responseSchema=enum)) == "ok"  # text/plain: no constraint
     schema = {"type": "object", "properties": {"verdict": {"type": "string", "enum": ["yes", "no"]}}}
     fmt = {"type": "json_schema", "json_schema": {"name": "v", "schema": schema}}

@@ -15,16 +15,29 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from promptopt_dagster.app.settings import PROJECT_ROOT
 from promptopt_dagster.defs.partitions import iteration_key, parse_key
-from promptopt_dagster.settings import PROJECT_ROOT
-from promptopt_dagster_tests.dagster_dev_helpers import (backfill, free_port, open_instance, start_ui, stop_ui,
-                                                        wait_for, wait_for_webserver)
+from promptopt_dagster_tests.dagster_dev_helpers import (
+    backfill,
+    free_port,
+    open_instance,
+    start_ui,
+    stop_ui,
+    wait_for,
+    wait_for_webserver,
+)
 
 # Two iterations at most: the fake model answers a fixed label when answers are constrained, so whether an
 # iteration is accepted depends on the labels drawn; the loop stops after iteration 1 either way.
-SPEC = {"name": "sst2", "dataset": "sst2", "eval_size": 10, "test_size": 10, "select_size": 5,
-        "options": {"num_candidates": 2, "minibatch_size": 5},
-        "stop": {"max_iterations": 2, "patience": 2, "target_score": 1.1}}
+SPEC = {
+    "name": "sst2",
+    "dataset": "sst2",
+    "eval_size": 10,
+    "test_size": 10,
+    "select_size": 5,
+    "options": {"num_candidates": 2, "minibatch_size": 5},
+    "stop": {"max_iterations": 2, "patience": 2, "target_score": 1.1},
+}
 
 
 @pytest.fixture
@@ -47,7 +60,7 @@ import dagster as dg
 from dagster_graphql import DagsterGraphQLClient
 from promptopt_dagster.definitions import defs
 
-from promptopt_dagster.core.optimizations import OptimizationSpec
+from promptopt_dagster.app.optimizations import OptimizationSpec
 
 instance = dg.DagsterInstance.get()
 assert defs.resolve_job_def("prepare_dataset").execute_in_process(partition_key="sst2", instance=instance).success
@@ -82,8 +95,9 @@ for run in failed:
 print(json.dumps(sorted((r.job_name, r.tags.get("dagster/partition"), r.status.value,
                          r.tags.get("promptopt/driver")) for r in instance.get_runs())))
 """
-    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=PROJECT_ROOT, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "FAILURE" not in done.stdout, done.stderr[-5000:]
     runs = [tuple(r) for r in json.loads(done.stdout.strip().splitlines()[-1])]
@@ -118,29 +132,45 @@ def test_a_backfill_of_three_datasets_runs_side_by_side_to_three_final_reports(d
     env, port = dagster_dev
     datasets = ["sst2", "sms_spam", "atis_intent"]
     backfill(port, "prepare_dataset", datasets)
-    wait_for(env, lambda runs: sum(r.job_name == "prepare_dataset" and r.status == dg.DagsterRunStatus.SUCCESS
-                                    for r in runs) == 3, 300, "the datasets to load")
+    wait_for(
+        env,
+        lambda runs: sum(r.job_name == "prepare_dataset" and r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        == 3,
+        300,
+        "the datasets to load",
+    )
     backfill(port, "start_optimization", datasets)  # each dataset's default optimization, from the YAML
-    wait_for(env, lambda runs: sum(r.job_name == "final_report_job" and r.is_finished for r in runs) == 3,
-             900, "three final reports")
-    runs = wait_for(env, lambda runs: sum(r.job_name == "leaderboard_job" and r.is_finished for r in runs) == 3,
-                    300, "the sensor to update each dataset's leaderboard")
+    wait_for(
+        env,
+        lambda runs: sum(r.job_name == "final_report_job" and r.is_finished for r in runs) == 3,
+        900,
+        "three final reports",
+    )
+    runs = wait_for(
+        env,
+        lambda runs: sum(r.job_name == "leaderboard_job" and r.is_finished for r in runs) == 3,
+        300,
+        "the sensor to update each dataset's leaderboard",
+    )
     finished = {(r.job_name, r.tags.get("dagster/partition"), r.status.value) for r in runs}
     for dataset in datasets:
         assert ("optimize_iteration", str(iteration_key(dataset, 1, 0)), "SUCCESS") in finished
         assert ("optimize_iteration", str(iteration_key(dataset, 1, 1)), "SUCCESS") in finished  # by the sensor
         assert ("final_report_job", dataset, "SUCCESS") in finished
     with open_instance(env) as instance:
-        spans = [(s.start_time, s.end_time) for s in (instance.get_run_stats(r.run_id) for r in runs
-                                                      if r.job_name == "optimize_iteration")]
+        spans = [
+            (s.start_time, s.end_time)
+            for s in (instance.get_run_stats(r.run_id) for r in runs if r.job_name == "optimize_iteration")
+        ]
     overlapping = max(sum(start <= t < end for start, end in spans) for t, _ in spans)
     assert overlapping >= 2, spans  # runs went side by side, not one after another
     with duckdb.connect(str(Path(env["PROMPTOPT_STATE_DIR"]) / "warehouse.duckdb"), read_only=True) as con:
         kept = dict(con.execute("select optimization, count(*) from promptopt.best_prompt group by 1").fetchall())
         reports = {r[0] for r in con.execute("select optimization from promptopt.final_report").fetchall()}
         boards = con.execute("select dataset, optimization, rank, current from promptopt.leaderboard").fetchall()
-    iterations = {d: sum(job == "optimize_iteration" and parse_key(part)[0] == d for job, part, _ in finished)
-                  for d in datasets}
+    iterations = {
+        d: sum(job == "optimize_iteration" and parse_key(part)[0] == d for job, part, _ in finished) for d in datasets
+    }
     assert kept == iterations and reports == set(datasets)  # every run's rows: no write lost to a lock
     assert sorted(boards) == [(d, d, 1, True) for d in sorted(datasets)]
 
@@ -151,11 +181,21 @@ def test_a_sigkilled_cli_run_does_not_block_runs_queued_from_the_ui(dagster_dev,
 
     env, port = dagster_dev
     with FakeLLMServer("openai", answer=lambda r: "positive", latency_s=0.5) as srv:
-        cli_env = {**env, "PROMPTOPT_TASK__BACKEND": "openai", "PROMPTOPT_TASK__BASE_URL": srv.openai_base_url,
-                   "OPENAI_API_KEY": "sk-test", "PROMPTOPT_TASK__MAX_IN_FLIGHT": "1"}
+        cli_env = {
+            **env,
+            "PROMPTOPT_TASK__BACKEND": "openai",
+            "PROMPTOPT_TASK__BASE_URL": srv.openai_base_url,
+            "OPENAI_API_KEY": "sk-test",
+            "PROMPTOPT_TASK__MAX_IN_FLIGHT": "1",
+        }
         cli_env.pop("DAGSTER_HOME")
-        cli = subprocess.Popen([sys.executable, "-m", "promptopt_dagster.cli", "optimize", "--dataset", "sst2"],
-                               cwd=PROJECT_ROOT, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "promptopt_dagster.cli", "optimize", "--dataset", "sst2"],
+            cwd=PROJECT_ROOT,
+            env=cli_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.time() + 180
         while not srv.requests and time.time() < deadline:  # the CLI's iteration run is calling the model
             time.sleep(0.5)
@@ -167,12 +207,24 @@ def test_a_sigkilled_cli_run_does_not_block_runs_queued_from_the_ui(dagster_dev,
     assert [r.job_name for r in stuck] == ["optimize_iteration"]  # what used to block the queue forever
 
     backfill(port, "prepare_dataset", ["sms_spam"])  # a run queued from the UI
-    runs = wait_for(env, lambda runs: any(r.job_name == "prepare_dataset" and r.tags.get("dagster/partition") ==
-                                           "sms_spam" and r.status == dg.DagsterRunStatus.SUCCESS for r in runs),
-                     240, "the queued run to start and finish")
+    runs = wait_for(
+        env,
+        lambda runs: any(
+            r.job_name == "prepare_dataset"
+            and r.tags.get("dagster/partition") == "sms_spam"
+            and r.status == dg.DagsterRunStatus.SUCCESS
+            for r in runs
+        ),
+        240,
+        "the queued run to start and finish",
+    )
     # With 3 runs allowed at once the queued run need not wait for the dead one; the dead_cli_run_sensor
     # (every 30 s) still marks it failed, so it never holds a place for good.
-    runs = wait_for(env, lambda runs: any(r.run_id == stuck[0].run_id and r.status == dg.DagsterRunStatus.FAILURE
-                                          for r in runs), 120, "the dead CLI run to be marked failed")
+    runs = wait_for(
+        env,
+        lambda runs: any(r.run_id == stuck[0].run_id and r.status == dg.DagsterRunStatus.FAILURE for r in runs),
+        120,
+        "the dead CLI run to be marked failed",
+    )
     killed = next(r for r in runs if r.run_id == stuck[0].run_id)
     assert killed.status == dg.DagsterRunStatus.FAILURE

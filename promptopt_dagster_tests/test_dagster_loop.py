@@ -30,10 +30,14 @@ def test_one_iteration_materializes_every_asset_and_passes_the_gates(tmp_path, i
     assert result.success
 
     checks = _checks(result)
-    assert checks == {"baseline_predictions:all_rows_answered": True, "baseline_metrics:scores_in_range": True,
-                      "refined_prompt:prompt_is_usable": True, "refined_prompt:no_held_out_rows": True,
-                      "refined_predictions:all_rows_answered": True,
-                      "refined_metrics:scores_in_range": True}
+    assert checks == {
+        "baseline_predictions:all_rows_answered": True,
+        "baseline_metrics:scores_in_range": True,
+        "refined_prompt:prompt_is_usable": True,
+        "refined_prompt:no_held_out_rows": True,
+        "refined_predictions:all_rows_answered": True,
+        "refined_metrics:scores_in_range": True,
+    }
 
     report = query(tmp_path, "select * from promptopt.comparison_report")
     assert len(report) == 1
@@ -49,8 +53,9 @@ def test_one_iteration_materializes_every_asset_and_passes_the_gates(tmp_path, i
     assert (chosen["demos"] or chosen["retrieval"]) and best.iloc[0]["version"] == 1
 
     meta = result.asset_materializations_for_node("comparison_report")[0].metadata
-    assert "```diff" in meta["report"].value and ("+[demos:" in meta["report"].value
-                                                  or "+[retrieved demos:" in meta["report"].value)
+    assert "```diff" in meta["report"].value and (
+        "+[demos:" in meta["report"].value or "+[retrieved demos:" in meta["report"].value
+    )
     assert "Gain on the 20 confirm rows" in meta["report"].value
     assert meta["baseline_score"].value == 0.0 and meta["refined_score"].value == 1.0
     assert [r.data["prompt"] for r in meta["scores"].value.records] == ["baseline", "refined"]
@@ -83,8 +88,9 @@ def test_next_iteration_starts_from_best_prompt_and_partitions_round_trip(tmp_pa
 
 def _tick(defs, instance, cursor=None):
     sensor = defs.resolve_sensor_def("iteration_sensor")
-    context = dg.build_sensor_context(instance=instance, definitions=defs, cursor=cursor,
-                                      instance_ref=instance.get_ref())
+    context = dg.build_sensor_context(
+        instance=instance, definitions=defs, cursor=cursor, instance_ref=instance.get_ref()
+    )
     return sensor.evaluate_tick(context)
 
 
@@ -121,8 +127,11 @@ def test_sensor_updates_the_leaderboard_after_a_final_report(tmp_path, instance)
     prepare(defs, instance)
     run_iteration(defs, instance, 0, target_score=0.9)
     first = _tick(defs, instance)
-    assert defs.resolve_job_def("final_report_job").execute_in_process(
-        partition_key="sst2", instance=instance, tags={DRIVER_TAG: "sensor"}).success
+    assert (
+        defs.resolve_job_def("final_report_job")
+        .execute_in_process(partition_key="sst2", instance=instance, tags={DRIVER_TAG: "sensor"})
+        .success
+    )
     second = _tick(defs, instance, cursor=first.cursor)
     assert [(r.job_name, r.partition_key) for r in second.run_requests] == [("leaderboard_job", "sst2")]
     assert "promptopt/optimization" not in second.run_requests[0].tags  # the dataset's board, not the chain's
@@ -137,8 +146,9 @@ def test_sensor_stops_on_patience(tmp_path, instance):
     run_iteration(defs, instance, 1, target_score=0.9, patience=2)
     second = _tick(defs, instance, cursor=first.cursor)
     assert [(r.job_name, r.partition_key) for r in second.run_requests] == [("final_report_job", "sst2")]
-    stop = query(tmp_path, "select stop_reason, iterations_without_improvement from promptopt.best_prompt "
-                           "where step = 1")
+    stop = query(
+        tmp_path, "select stop_reason, iterations_without_improvement from promptopt.best_prompt where step = 1"
+    )
     assert (stop.iloc[0]["stop_reason"], stop.iloc[0]["iterations_without_improvement"]) == ("patience", 2)
 
 
@@ -154,8 +164,7 @@ def test_final_report_scores_initial_and_best_prompt_on_test(tmp_path, instance)
     defs = make_defs(tmp_path)
     prepare(defs, instance)
     run_iteration(defs, instance, 0, target_score=0.9)
-    result = defs.resolve_job_def("final_report_job").execute_in_process(
-        partition_key="sst2", instance=instance)
+    result = defs.resolve_job_def("final_report_job").execute_in_process(partition_key="sst2", instance=instance)
     report = result.asset_materializations_for_node("final_report")[0].metadata["report"].value
     assert report["stop_reason"] == "threshold" and report["iterations"] == 1
     assert (report["initial_test_score"], report["best_test_score"]) == (0.0, 1.0)
@@ -197,8 +206,9 @@ def test_partition_keys_parse_from_strings_as_the_ui_sends_them():
 
 # --- failed rows, usage and budget ------------------------------------------------------------------------
 
+
 def test_failed_rows_are_stored_and_the_blocking_check_stops_the_iteration_over_the_limit(tmp_path, instance):
-    from promptopt_dagster.core.optimizations import OptimizationSpec
+    from promptopt_dagster.app.optimizations import OptimizationSpec
 
     assert OptimizationSpec(name="sst2", dataset="sst2").max_failed_fraction == 0.02
     defs = make_defs(tmp_path, script="fails_one_row_in_five")
@@ -210,8 +220,12 @@ def test_failed_rows_are_stored_and_the_blocking_check_stops_the_iteration_over_
     failed = stored[stored["error"].notna()]
     assert len(stored) == 20 and 0 < len(failed) < 20  # every row kept, failures with their reason
     assert failed["error"].str.contains("rejected this row").all() and (failed["attempts"] == 1).all()
-    assert query(tmp_path, "select count(*) as n from information_schema.tables "
-                           "where table_name = 'refined_prompt'")["n"][0] == 0  # nothing ran downstream
+    assert (
+        query(tmp_path, "select count(*) as n from information_schema.tables where table_name = 'refined_prompt'")["n"][
+            0
+        ]
+        == 0
+    )  # nothing ran downstream
 
     # The same failures under a looser limit: the iteration goes on, failed rows score 0.
     assert run_iteration(defs, instance, 0, target_score=1.1, max_failed_fraction=0.5).success
@@ -232,8 +246,7 @@ def test_usage_is_summed_per_iteration_and_a_budget_stops_the_loop(tmp_path, ins
     meta = result.asset_materializations_for_node("comparison_report")[0].metadata
     assert meta["requests"].value == 90 and meta["stop_reason"].value == "budget"
 
-    final = defs.resolve_job_def("final_report_job").execute_in_process(
-        partition_key="sst2", instance=instance)
+    final = defs.resolve_job_def("final_report_job").execute_in_process(partition_key="sst2", instance=instance)
     data = final.asset_materializations_for_node("final_report")[0].metadata["report"].value
     assert data["stop_reason"] == "budget"
     assert data["usage"]["total"]["requests"] == 90 + 40 == data["requests"]  # + initial and best on 20 test rows
@@ -244,21 +257,31 @@ def test_usage_is_summed_per_iteration_and_a_budget_stops_the_loop(tmp_path, ins
 def test_usage_shows_this_run_and_the_whole_optimization_after_a_cached_rerun(tmp_path, instance):
     defs = make_defs(tmp_path, cache=True)
     assert prepare(defs, instance).success
-    first = [run_iteration(defs, instance, i, target_score=1.1).asset_materializations_for_node("comparison_report")[0]
-             .metadata for i in (0, 1)]
+    first = [
+        run_iteration(defs, instance, i, target_score=1.1)
+        .asset_materializations_for_node("comparison_report")[0]
+        .metadata
+        for i in (0, 1)
+    ]
     calls = [m["llm_calls"].value for m in first]
     assert all(c > 0 for c in calls)
     assert first[1]["optimization_llm_calls"].value == sum(calls)  # iterations 0 and 1 together
 
-    rerun = run_iteration(defs, instance, 1, target_score=1.1).asset_materializations_for_node(
-        "comparison_report")[0].metadata
+    rerun = (
+        run_iteration(defs, instance, 1, target_score=1.1)
+        .asset_materializations_for_node("comparison_report")[0]
+        .metadata
+    )
     assert rerun["llm_calls"].value == 0 and rerun["cache_hits"].value > 0  # this run: all from the cache
     assert rerun["optimization_llm_calls"].value == calls[0]  # iteration 0 as materialized, plus 0
     assert rerun["optimization_answers"].value == first[1]["optimization_answers"].value  # same answers consumed
 
-    final = defs.resolve_job_def("final_report_job").execute_in_process(
-        partition_key="sst2", instance=instance).asset_materializations_for_node(
-        "final_report")[0].metadata
+    final = (
+        defs.resolve_job_def("final_report_job")
+        .execute_in_process(partition_key="sst2", instance=instance)
+        .asset_materializations_for_node("final_report")[0]
+        .metadata
+    )
     assert final["llm_calls"].value + final["cache_hits"].value == 40  # this run: initial and best on 20 test rows
     assert final["optimization_answers"].value == rerun["optimization_answers"].value + 40
 
@@ -281,8 +304,12 @@ def test_a_prompt_that_copies_a_dev_row_is_stopped_by_the_leakage_gate(tmp_path,
     assert not result.success
     gate = next(e for e in result.get_asset_check_evaluations() if e.check_name == "no_held_out_rows")
     assert not gate.passed and "copied verbatim from dev row(s)" in gate.description
-    assert query(tmp_path, "select count(*) as n from information_schema.tables "
-                           "where table_name = 'refined_predictions'")["n"][0] == 0  # never scored
+    assert (
+        query(tmp_path, "select count(*) as n from information_schema.tables where table_name = 'refined_predictions'")[
+            "n"
+        ][0]
+        == 0
+    )  # never scored
 
 
 def test_two_optimizations_of_one_dataset_keep_separate_histories_and_generations(tmp_path, instance):
@@ -296,7 +323,9 @@ def test_two_optimizations_of_one_dataset_keep_separate_histories_and_generation
         assert generation_of(start(defs, instance, spec, tags={DRIVER_TAG: "cli"})) == 1
         ensure = run_iteration_in(defs, instance, name, 1, 0)
         assert ensure.success
-        assert defs.resolve_job_def("final_report_job").execute_in_process(partition_key=name, instance=instance).success
+        assert (
+            defs.resolve_job_def("final_report_job").execute_in_process(partition_key=name, instance=instance).success
+        )
     best = query(tmp_path, "select optimization, iteration, generation from promptopt.best_prompt order by 1")
     assert best.values.tolist() == [["sst2", "g1-i0", 1], ["sst2_quick", "g1-i0", 1]]
     reports = query(tmp_path, "select optimization, generation from promptopt.final_report order by 1")
@@ -312,12 +341,20 @@ def test_two_optimizations_of_one_dataset_keep_separate_histories_and_generation
     assert generation_of(start(defs, instance, edited, tags={DRIVER_TAG: "cli"})) == 2
 
     # generation 2's report sits beside generation 1's, which stays as it was
-    first_report = query(tmp_path, "select report_json from promptopt.final_report where optimization = "
-                                   "'sst2_quick'").iloc[0]["report_json"]
-    assert defs.resolve_job_def("final_report_job").execute_in_process(partition_key="sst2_quick",
-                                                                       instance=instance).success
+    first_report = query(
+        tmp_path, "select report_json from promptopt.final_report where optimization = 'sst2_quick'"
+    ).iloc[0]["report_json"]
+    assert (
+        defs.resolve_job_def("final_report_job")
+        .execute_in_process(partition_key="sst2_quick", instance=instance)
+        .success
+    )
     reports = query(tmp_path, "select optimization, generation, report_json from promptopt.final_report order by 1, 2")
-    assert reports[["optimization", "generation"]].values.tolist() == [["sst2", 1], ["sst2_quick", 1], ["sst2_quick", 2]]
+    assert reports[["optimization", "generation"]].values.tolist() == [
+        ["sst2", 1],
+        ["sst2_quick", 1],
+        ["sst2_quick", 2],
+    ]
     assert reports.iloc[1]["report_json"] == first_report
 
     # the leaderboard of sst2: a row per optimization and generation, each optimization's current one marked
@@ -328,12 +365,16 @@ def test_two_optimizations_of_one_dataset_keep_separate_histories_and_generation
     assert [rows[k]["current"] for k in (("sst2", 1), ("sst2_quick", 1), ("sst2_quick", 2))] == [True, False, True]
     assert board["rank"].tolist() == [1, 2, 3] and board["best_test_score"].is_monotonic_decreasing
     for (name, generation), row in rows.items():
-        report = json.loads(reports[(reports.optimization == name) & (reports.generation == generation)]
-                            .iloc[0]["report_json"])
+        report = json.loads(
+            reports[(reports.optimization == name) & (reports.generation == generation)].iloc[0]["report_json"]
+        )
         assert row["best_test_score"] == report["best_test_score"] and row["prompt_id"] == report["best_prompt"]["id"]
         assert [row["test_low_95"], row["test_high_95"]] == report["test_intervals"]["best"]
         assert (row["llm_calls"], row["iterations"], row["stop_reason"]) == (
-            report["llm_calls"], report["iterations"], report["stop_reason"])
+            report["llm_calls"],
+            report["iterations"],
+            report["stop_reason"],
+        )
         assert (row["optimizer"], row["task_model"]) == ("fewshot", report["task_model"]) and row["task_model"]
     shown = result.asset_materializations_for_node("leaderboard")[0].metadata
     assert len(shown["leaderboard"].value.records) == 3
@@ -345,5 +386,8 @@ def run_iteration_in(defs, instance, optimization: str, generation: int, iterati
 
     ensure_iteration(instance, generation, iteration)
     return defs.resolve_job_def("optimize_iteration").execute_in_process(
-        partition_key=iteration_key(optimization, generation, iteration), instance=instance,
-        tags={DRIVER_TAG: "test"}, raise_on_error=False)
+        partition_key=iteration_key(optimization, generation, iteration),
+        instance=instance,
+        tags={DRIVER_TAG: "test"},
+        raise_on_error=False,
+    )

@@ -6,7 +6,6 @@ import json
 import textwrap
 
 import dagster as dg
-import pandas as pd
 import pytest
 
 from promptopt_dagster_tests import custom_scorers
@@ -24,7 +23,8 @@ def _project(tmp_path, scorers: str, extra: str = "") -> tuple:
     data = tmp_path / "data"
     data.mkdir()
     files = {s: str(DATA_DIR / "sst2" / f"{s}.csv") for s in ("train", "dev", "test")}
-    (data / "manifest.yaml").write_text(textwrap.dedent(f"""
+    (data / "manifest.yaml").write_text(
+        textwrap.dedent(f"""
         scorers:
           first_word: promptopt_dagster_tests.custom_scorers:first_word_match
         {extra}
@@ -32,9 +32,11 @@ def _project(tmp_path, scorers: str, extra: str = "") -> tuple:
           sst2:
             files: {json.dumps(files)}
             labels: [positive, negative]
-            initial_prompt: {PROMPTS_DIR / 'sst2.json'}
+            initial_prompt: {PROMPTS_DIR / "sst2.json"}
             max_output_tokens: 4
-    """) + textwrap.indent(textwrap.dedent(scorers), "    "))
+    """)
+        + textwrap.indent(textwrap.dedent(scorers), "    ")
+    )
     return data
 
 
@@ -79,8 +81,12 @@ def test_weighted_scorers_custom_and_judge_through_one_iteration_and_the_report(
 
     report = query(tmp_path, "select * from promptopt.comparison_report").iloc[0]
     scores = json.loads(report["scores_json"])
-    assert report["metric"] == "aggregate" and set(scores["baseline"]) == {"accuracy", "first_word", "llm_judge",
-                                                                            "aggregate"}
+    assert report["metric"] == "aggregate" and set(scores["baseline"]) == {
+        "accuracy",
+        "first_word",
+        "llm_judge",
+        "aggregate",
+    }
     assert report["baseline_score"] == pytest.approx(scores["baseline"]["aggregate"])
     assert scores["refined"]["accuracy"] == 1.0 and bool(report["accepted"])
     usage = json.loads(report["usage_json"])
@@ -89,11 +95,13 @@ def test_weighted_scorers_custom_and_judge_through_one_iteration_and_the_report(
     # and on all select rows: every answer was judged
     assert judge_calls == 20 + 20 + 10 + 2 * (10 + 10)
 
-    final = defs.resolve_job_def("final_report_job").execute_in_process(
-        partition_key="sst2", instance=instance)
+    final = defs.resolve_job_def("final_report_job").execute_in_process(partition_key="sst2", instance=instance)
     out = final.asset_materializations_for_node("final_report")[0].metadata["report"].value
-    assert out["metric"] == "aggregate" and [s["name"] for s in out["scorers"]] == ["accuracy", "first_word",
-                                                                                   "llm_judge"]
+    assert out["metric"] == "aggregate" and [s["name"] for s in out["scorers"]] == [
+        "accuracy",
+        "first_word",
+        "llm_judge",
+    ]
     assert set(out["test_scores"]["best"]) == {"accuracy", "first_word", "llm_judge", "aggregate"}
     assert out["best_test_score"] == out["test_scores"]["best"]["aggregate"]
     assert out["dev_scores"]["best"] == scores["refined"] and out["dev_scores"]["initial"] == scores["baseline"]
@@ -110,11 +118,16 @@ def test_the_run_can_target_one_scorer_instead_of_the_aggregate(tmp_path, instan
 
 
 def test_a_user_scorer_shadowing_a_builtin_stops_before_any_model_call(tmp_path, instance):
-    data = _project(tmp_path, "target_metric: accuracy\n",
-                    extra="  accuracy: promptopt_dagster_tests.custom_scorers:first_word_match")
+    data = _project(
+        tmp_path,
+        "target_metric: accuracy\n",
+        extra="  accuracy: promptopt_dagster_tests.custom_scorers:first_word_match",
+    )
     defs = make_defs(tmp_path, data_dir=data)
     result = prepare(defs, instance)
     assert not result.success
-    message = str(result.failure_data_for_node("dataset_splits").error.cause or result.failure_data_for_node(
-        "dataset_splits").error)
+    message = str(
+        result.failure_data_for_node("dataset_splits").error.cause
+        or result.failure_data_for_node("dataset_splits").error
+    )
     assert "'accuracy'" in message and "custom_scorers:first_word_match" in message and "built-in" in message

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from promptopt_dagster.core.datasets import (
+from promptopt_dagster.app.datasets import (
     COLUMNS,
     DatasetSpec,
     DatasetSplits,
@@ -16,8 +16,8 @@ from promptopt_dagster.core.datasets import (
     read_split,
     sample_rows,
 )
+from promptopt_dagster.app.settings import PROJECT_ROOT
 from promptopt_dagster.core.errors import DatasetError, ManifestError
-from promptopt_dagster.settings import PROJECT_ROOT
 
 DATA_DIR = PROJECT_ROOT / "data"
 HEADER = "user_input,ground_truth_output\n"
@@ -131,7 +131,7 @@ def test_malformed_csv(tmp_path):
 def test_not_utf8_names_the_line_and_the_fix(tmp_path):
     # Latin-1 from a spreadsheet: the é of "café" is the single byte 0xe9. Line 1 is the header.
     path = tmp_path / "latin1.csv"
-    path.write_bytes(HEADER.encode() + b"great film,positive\n\"a \n quoted break\",negative\ncaf\xe9 noir,positive\n")
+    path.write_bytes(HEADER.encode() + b'great film,positive\n"a \n quoted break",negative\ncaf\xe9 noir,positive\n')
     msg = refused(path)
     assert "not UTF-8" in msg and "line 5 " in msg and "0xe9" in msg
     assert "Re-save it as UTF-8" in msg and "iconv -f latin1 -t utf-8" in msg and "CSV UTF-8" in msg
@@ -152,8 +152,12 @@ def test_utf8_bom_is_accepted(tmp_path):
 def make_spec(tmp_path: Path, train: str, dev: str, test: str, labels=LABELS) -> DatasetSpec:
     for split, text in (("train", train), ("dev", dev), ("test", test)):
         write(tmp_path / "toy" / f"{split}.csv", HEADER + text)
-    return DatasetSpec(name="toy", files={s: f"toy/{s}.csv" for s in ("train", "dev", "test")},
-                       labels=labels, initial_prompt="toy.json")
+    return DatasetSpec(
+        name="toy",
+        files={s: f"toy/{s}.csv" for s in ("train", "dev", "test")},
+        labels=labels,
+        initial_prompt="toy.json",
+    )
 
 
 def test_load_splits_good(tmp_path):
@@ -166,8 +170,12 @@ def test_load_splits_good(tmp_path):
 
 
 def test_same_input_in_two_splits(tmp_path):
-    spec = make_spec(tmp_path, "a,positive\nshared one,negative\nshared two,positive\n",
-                     "c,positive\n", "shared two,positive\nshared one,negative\nd,negative\n")
+    spec = make_spec(
+        tmp_path,
+        "a,positive\nshared one,negative\nshared two,positive\n",
+        "c,positive\n",
+        "shared two,positive\nshared one,negative\nd,negative\n",
+    )
     with pytest.raises(DatasetError) as info:
         load_splits(spec, tmp_path)
     msg = str(info.value)
@@ -211,8 +219,9 @@ def test_manifest_missing(tmp_path):
     assert "does not exist" in msg and "datasets:" in msg
 
 
-@pytest.mark.parametrize("text", ["", "# nothing\n", "datasets:\n", "datasets: {}\n", "datasets: [a, b]\n",
-                                  "scorers: {}\n"])
+@pytest.mark.parametrize(
+    "text", ["", "# nothing\n", "datasets:\n", "datasets: {}\n", "datasets: [a, b]\n", "scorers: {}\n"]
+)
 def test_manifest_without_datasets(tmp_path, text):
     msg = manifest_refused(write(tmp_path / "manifest.yaml", text))
     assert "no `datasets:` mapping" in msg and "Add one entry per dataset" in msg
@@ -224,15 +233,19 @@ def test_manifest_unknown_top_level_key(tmp_path):
 
 
 def test_manifest_missing_split(tmp_path):
-    path = write(tmp_path / "manifest.yaml", "datasets:\n  toy:\n    files: {train: t.csv, dev: d.csv}\n"
-                                             "    initial_prompt: toy.json\n")
+    path = write(
+        tmp_path / "manifest.yaml",
+        "datasets:\n  toy:\n    files: {train: t.csv, dev: d.csv}\n    initial_prompt: toy.json\n",
+    )
     msg = manifest_refused(path)
     assert "datasets.toy.files" in msg and "split(s) test" in msg and "under `files:`" in msg
 
 
 def test_label_descriptions_must_describe_labels_the_dataset_has(tmp_path):
-    entry = ("datasets:\n  toy:\n    files: {train: t.csv, dev: d.csv, test: e.csv}\n    initial_prompt: toy.json\n"
-             "    labels: [ham, spam]\n")
+    entry = (
+        "datasets:\n  toy:\n    files: {train: t.csv, dev: d.csv, test: e.csv}\n    initial_prompt: toy.json\n"
+        "    labels: [ham, spam]\n"
+    )
     path = write(tmp_path / "manifest.yaml", entry + "    label_descriptions: {spam: unsolicited ads, Spam: typo}\n")
     msg = manifest_refused(path)
     assert "datasets.toy:" in msg and "'Spam'" in msg and "not in labels" in msg and "spelled as in `labels`" in msg
@@ -252,8 +265,10 @@ def test_manifest_empty_entry(tmp_path):
 
 
 def test_manifest_good_defaults(tmp_path):
-    path = write(tmp_path / "manifest.yaml", "datasets:\n  toy:\n    files: {train: a, dev: b, test: c}\n"
-                                             "    initial_prompt: toy.json\n")
+    path = write(
+        tmp_path / "manifest.yaml",
+        "datasets:\n  toy:\n    files: {train: a, dev: b, test: c}\n    initial_prompt: toy.json\n",
+    )
     spec = load_manifest(path)["toy"]
     assert spec.name == "toy" and spec.labels == [] and spec.target_metric == "accuracy"
     assert spec.max_output_tokens == 8
@@ -297,8 +312,13 @@ def test_shipped_splits(shipped, name):
 
 
 def toy_frame(n: int = 50) -> pd.DataFrame:
-    return pd.DataFrame({"row_id": range(n), "user_input": [f"text {i}" for i in range(n)],
-                         "ground_truth_output": ["positive" if i % 2 else "negative" for i in range(n)]})
+    return pd.DataFrame(
+        {
+            "row_id": range(n),
+            "user_input": [f"text {i}" for i in range(n)],
+            "ground_truth_output": ["positive" if i % 2 else "negative" for i in range(n)],
+        }
+    )
 
 
 def test_sample_rows_seeded_stable_and_sorted():

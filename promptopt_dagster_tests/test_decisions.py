@@ -53,8 +53,13 @@ def test_min_improvement():
 
 
 def test_streak_increments_on_rejection():
-    d = decide(2, 0.5, 0.5, LoopState(best_score=0.5, iterations_without_improvement=3),
-               POLICY.model_copy(update={"patience": 10, "max_iterations": 10}))
+    d = decide(
+        2,
+        0.5,
+        0.5,
+        LoopState(best_score=0.5, iterations_without_improvement=3),
+        POLICY.model_copy(update={"patience": 10, "max_iterations": 10}),
+    )
     assert d.iterations_without_improvement == 4
     assert d.stop_reason is None
 
@@ -149,8 +154,14 @@ def test_to_dict_round_trip():
     d = decide(0, 0.5, 0.625, FRESH, POLICY)
     data = d.to_dict()
     assert data["accepted"] is True and data["stop_reason"] is None
-    assert data["spent"] == {"requests": 0, "tokens": 0, "cost_usd": 0.0, "llm_calls": 0, "cache_hits": 0,
-                             "metric_calls": 0}
+    assert data["spent"] == {
+        "requests": 0,
+        "tokens": 0,
+        "cost_usd": 0.0,
+        "llm_calls": 0,
+        "cache_hits": 0,
+        "metric_calls": 0,
+    }
     assert Decision(**{**data, "spent": Spend(**data["spent"])}) == d
 
 
@@ -161,6 +172,7 @@ def test_spend_written_before_call_counts_existed_still_reads():
 
 
 # --- budget ------------------------------------------------------------------------------------------
+
 
 def test_budget_counts_earlier_iterations_and_this_one():
     policy = StopPolicy(target_score=0.99, patience=5, max_iterations=10, budget=Budget(max_requests=1000))
@@ -176,12 +188,18 @@ def test_each_budget_unit_stops_the_loop_and_zero_means_no_cap():
     base = dict(target_score=0.99, patience=5, max_iterations=10)
     spent = Spend(requests=10, tokens=5000, cost_usd=0.25)
     assert decide(0, 0.5, None, LoopState(), StopPolicy(**base), spent).stop_reason is None
-    assert decide(0, 0.5, None, LoopState(), StopPolicy(**base, budget=Budget(max_tokens=4000)),
-                  spent).stop_reason == "budget"
-    assert decide(0, 0.5, None, LoopState(), StopPolicy(**base, budget=Budget(max_cost_usd=0.2)),
-                  spent).stop_reason == "budget"
-    assert decide(0, 0.5, None, LoopState(), StopPolicy(**base, budget=Budget(max_cost_usd=0.3)),
-                  spent).stop_reason is None
+    assert (
+        decide(0, 0.5, None, LoopState(), StopPolicy(**base, budget=Budget(max_tokens=4000)), spent).stop_reason
+        == "budget"
+    )
+    assert (
+        decide(0, 0.5, None, LoopState(), StopPolicy(**base, budget=Budget(max_cost_usd=0.2)), spent).stop_reason
+        == "budget"
+    )
+    assert (
+        decide(0, 0.5, None, LoopState(), StopPolicy(**base, budget=Budget(max_cost_usd=0.3)), spent).stop_reason
+        is None
+    )
 
 
 def test_threshold_outranks_budget():

@@ -9,10 +9,10 @@ import typing
 import pytest
 from pydantic import Field
 
-from promptopt_dagster.cli import _parser
-from promptopt_dagster.cli_overrides import FLAGS, add_override_flags, flag_name, number, shown_default, spec_field
+from promptopt_dagster.app.optimizations import OPTIMIZERS, OptimizationSpec
+from promptopt_dagster.cli.commands import _parser
+from promptopt_dagster.cli.overrides import FLAGS, add_override_flags, flag_name, number, shown_default, spec_field
 from promptopt_dagster.core.decisions import Budget, StopPolicy, StopRules
-from promptopt_dagster.core.optimizations import OPTIMIZERS, OptimizationSpec
 
 
 def _optimize_flags() -> dict[str, argparse.Action]:
@@ -61,13 +61,15 @@ def test_a_default_changed_in_the_model_changes_the_help():
 def test_flag_types_come_from_the_field_constraints():
     actions = _optimize_flags()
     assert actions["--eval-size"].type("7") == 7 and actions["--confidence"].type("0.95") == 0.95
-    for flag, text, message in [("--eval-size", "-5", "must be 0 or more, got -5"),
-                                ("--max-iterations", "0", "must be 1 or more, got 0"),
-                                ("--max-failed-fraction", "1.5", "must be between 0 and 1, got 1.5"),
-                                ("--confidence", "0.2", "must be between 0.5 and 0.999, got 0.2"),
-                                ("--target-score", "x", "expected a number, got 'x'"),
-                                ("--seed", "1.5", "expected a whole number, got '1.5'"),
-                                ("--max-cost-usd", "nan", "must be 0 or more, got nan")]:
+    for flag, text, message in [
+        ("--eval-size", "-5", "must be 0 or more, got -5"),
+        ("--max-iterations", "0", "must be 1 or more, got 0"),
+        ("--max-failed-fraction", "1.5", "must be between 0 and 1, got 1.5"),
+        ("--confidence", "0.2", "must be between 0.5 and 0.999, got 0.2"),
+        ("--target-score", "x", "expected a number, got 'x'"),
+        ("--seed", "1.5", "expected a whole number, got '1.5'"),
+        ("--max-cost-usd", "nan", "must be 0 or more, got nan"),
+    ]:
         with pytest.raises(argparse.ArgumentTypeError) as info:
             actions[flag].type(text)
         assert str(info.value) == message, flag
@@ -75,9 +77,11 @@ def test_flag_types_come_from_the_field_constraints():
 
 
 def test_number_states_every_kind_of_bound():
-    for bounds, text, message in [({"gt": 0.0}, "0", "must be more than 0, got 0"),
-                                  ({"le": 10}, "11", "must be 10 or less, got 11"),
-                                  ({"gt": 0.0, "lt": 1.0}, "1", "must be more than 0 and less than 1, got 1")]:
+    for bounds, text, message in [
+        ({"gt": 0.0}, "0", "must be more than 0, got 0"),
+        ({"le": 10}, "11", "must be 10 or less, got 11"),
+        ({"gt": 0.0, "lt": 1.0}, "1", "must be more than 0 and less than 1, got 1"),
+    ]:
         with pytest.raises(argparse.ArgumentTypeError, match=message):
             number(float if "gt" in bounds else int, **bounds)(text)
 
@@ -94,5 +98,8 @@ def test_the_stop_policy_is_the_specs_rules_confidence_and_budget():
     assert policy.budget == Budget(max_tokens=9)
     # no default retyped: a bare policy has the spec's defaults
     bare, default = StopPolicy(), OptimizationSpec(name="a", dataset="sst2")
-    assert bare.model_dump() == {**default.stop.model_dump(), "confidence": default.confidence,
-                                 "budget": default.budget.model_dump()}
+    assert bare.model_dump() == {
+        **default.stop.model_dump(),
+        "confidence": default.confidence,
+        "budget": default.budget.model_dump(),
+    }

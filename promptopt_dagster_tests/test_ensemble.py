@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from promptopt_dagster.app.quality import leakage_gate
 from promptopt_dagster.core.prompts import Demo, PromptVersion
-from promptopt_dagster.core.quality import leakage_gate
 from promptopt_dagster.llm.base import LLMClient, LLMResponse
 from promptopt_dagster.llm.cache import CachedClient, ResponseCache, cache_key
 from promptopt_dagster.llm.fake import FakeLLM
@@ -18,12 +18,19 @@ from promptopt_dagster_tests.test_search import SELECT, SPARE, _input
 LABELS = ["positive", "negative"]
 A = [Demo(user_input="great fun", ground_truth_output="positive")]
 B = [Demo(user_input="a bore", ground_truth_output="negative")]
-PROMPT = PromptVersion(system_prompt="Classify.", output_prompt="Review: {user_input}\nSentiment:", demos=A,
-                       answer="label", labels=LABELS, ensemble=[B])
+PROMPT = PromptVersion(
+    system_prompt="Classify.",
+    output_prompt="Review: {user_input}\nSentiment:",
+    demos=A,
+    answer="label",
+    labels=LABELS,
+    ensemble=[B],
+)
 
 
 class Scoring(LLMClient):
     """Ranks labels like llama.cpp: set A leans positive a little, set B negative a lot."""
+
     backend, mode, ranks_labels = "scoring", "completion", True
 
     def __init__(self) -> None:
@@ -39,8 +46,14 @@ class Scoring(LLMClient):
         for r in requests:
             self.prompts.append(r.prompt)
             lean = [-0.5, -0.9] if "great fun" in r.prompt else [-3.0, -0.05]
-            out.append(LLMResponse(text=r.choices[int(np.argmax(lean))], prompt_tokens=10, completion_tokens=1,
-                                   label_scores=dict(zip(r.choices, lean))))
+            out.append(
+                LLMResponse(
+                    text=r.choices[int(np.argmax(lean))],
+                    prompt_tokens=10,
+                    completion_tokens=1,
+                    label_scores=dict(zip(r.choices, lean)),
+                )
+            )
         return out
 
 
@@ -75,8 +88,16 @@ def test_answers_sum_normalized_label_scores_over_sets_and_members_come_from_the
 def test_a_cached_answer_without_label_scores_is_asked_again(tmp_path):
     cache = ResponseCache(tmp_path / "cache.sqlite")
     request = build_request(Scoring(), PROMPT.child(ensemble=[]), "row 1", max_tokens=4)  # as predict builds it
-    cache.put_many([(cache_key({"backend": "scoring", "model": "scoring-1"}, request),
-                     {"backend": "scoring", "model": "scoring-1"}, request, LLMResponse(text="positive"))])
+    cache.put_many(
+        [
+            (
+                cache_key({"backend": "scoring", "model": "scoring-1"}, request),
+                {"backend": "scoring", "model": "scoring-1"},
+                request,
+                LLMResponse(text="positive"),
+            )
+        ]
+    )
     inner = Scoring()
     client = CachedClient(inner, cache)
     assert predict(client, PROMPT.child(ensemble=[]), ROWS.head(1), max_tokens=4)["cached"].all()  # plain: a hit
@@ -124,6 +145,9 @@ def test_a_static_parent_switches_to_retrieval_at_its_cheapest_k():
 
     optimizer = get_optimizer("fewshot")
     parent = PROMPT.child(ensemble=[], demos=[D(user_input=f"d{i}", ground_truth_output="positive") for i in range(16)])
-    switched = [child for child, why in (optimizer.mutate(parent, _input(), POOL, random.Random(seed))
-                                         for seed in range(100)) if child.retrieval is not None and not child.demos]
+    switched = [
+        child
+        for child, why in (optimizer.mutate(parent, _input(), POOL, random.Random(seed)) for seed in range(100))
+        if child.retrieval is not None and not child.demos
+    ]
     assert switched and {c.retrieval.k for c in switched} == {min(optimizer.retrieved_counts)}

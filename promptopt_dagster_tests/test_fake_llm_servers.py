@@ -57,8 +57,13 @@ def test_gemini_happy_path(path, model):
         return "alpha beta gamma"
 
     with FakeLLMServer("gemini", answer=answer) as srv:
-        body = gemini_body("one two three", system="be brief", temperature=0.3,
-                           responseMimeType="application/json", responseSchema={"type": "OBJECT"})
+        body = gemini_body(
+            "one two three",
+            system="be brief",
+            temperature=0.3,
+            responseMimeType="application/json",
+            responseSchema={"type": "OBJECT"},
+        )
         status, headers, raw = post(srv, path + "?alt=json", body, {"x-goog-api-key": "K"})
         assert status == 200 and headers["content-type"] == "application/json"
         out = json.loads(raw)
@@ -88,8 +93,13 @@ def test_gemini_max_tokens_truncates():
 def test_gemini_multi_turn_attempts_and_last_user():
     seen = []
     with FakeLLMServer("gemini", answer=lambda r: seen.append(r) or "x") as srv:
-        body = {"contents": [{"role": "user", "parts": [{"text": "q1"}]}, {"role": "model", "parts": [{"text": "a1"}]},
-                             {"role": "user", "parts": [{"text": "q2"}, {"text": " more"}]}]}
+        body = {
+            "contents": [
+                {"role": "user", "parts": [{"text": "q1"}]},
+                {"role": "model", "parts": [{"text": "a1"}]},
+                {"role": "user", "parts": [{"text": "q2"}, {"text": " more"}]},
+            ]
+        }
         post(srv, GEMINI_API, body)
         post(srv, GEMINI_API, body)
         assert seen[0].messages == [("user", "q1"), ("model", "a1"), ("user", "q2 more")]
@@ -101,17 +111,33 @@ def test_openai_happy_path_and_models():
     seen = []
     with FakeLLMServer("openai", answer=lambda r: seen.append(r) or "fine thanks") as srv:
         assert srv.openai_base_url == srv.url + "/v1"
-        body = chat_body("how are you", system="sys prompt", temperature=0, max_tokens=50,
-                         response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object"}}})
+        body = chat_body(
+            "how are you",
+            system="sys prompt",
+            temperature=0,
+            max_tokens=50,
+            response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object"}}},
+        )
         status, _, raw = post(srv, CHAT, body, {"Authorization": "Bearer sk-x"})
         out = json.loads(raw)
         assert status == 200 and out["object"] == "chat.completion" and out["id"].startswith("chatcmpl-")
         assert out["model"] == "gpt-fake" and isinstance(out["created"], int)
-        assert out["choices"] == [{"index": 0, "message": {"role": "assistant", "content": "fine thanks"},
-                                   "finish_reason": "stop", "logprobs": None}]
+        assert out["choices"] == [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "fine thanks"},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ]
         assert out["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
         req = seen[0]
-        assert (req.system, req.user, req.messages, req.max_tokens) == ("sys prompt", "how are you", [("user", "how are you")], 50)
+        assert (req.system, req.user, req.messages, req.max_tokens) == (
+            "sys prompt",
+            "how are you",
+            [("user", "how are you")],
+            50,
+        )
         assert req.json_mode and req.response_schema == {"type": "object"} and req.temperature == 0.0
         assert req.headers["authorization"] == "Bearer sk-x"
         with urllib.request.urlopen(srv.url + "/v1/models", timeout=5) as r:
@@ -121,8 +147,11 @@ def test_openai_happy_path_and_models():
 
 def test_openai_length_truncation_and_content_parts():
     with FakeLLMServer("openai", answer=lambda r: "w " * 10) as srv:
-        body = {"model": "m", "max_completion_tokens": 3,
-                "messages": [{"role": "user", "content": [{"type": "text", "text": "a b"}]}]}
+        body = {
+            "model": "m",
+            "max_completion_tokens": 3,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "a b"}]}],
+        }
         out = json.loads(post(srv, CHAT, body)[2])
         assert out["choices"][0]["finish_reason"] == "length" and out["choices"][0]["message"]["content"] == "w w w"
         assert out["usage"] == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
@@ -152,11 +181,18 @@ def test_default_models_list_and_unknown_paths():
 
 
 # ---- faults --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind,status,gstatus,ocode", [
-    ("429", 429, "RESOURCE_EXHAUSTED", "rate_limit_exceeded"), ("408", 408, "DEADLINE_EXCEEDED", "timeout"),
-    ("500", 500, "INTERNAL", "server_error"), ("502", 502, "UNAVAILABLE", "bad_gateway"),
-    ("503", 503, "UNAVAILABLE", "service_unavailable"), ("400", 400, "INVALID_ARGUMENT", "invalid_request"),
-    ("401", 401, "UNAUTHENTICATED", "invalid_api_key")])
+@pytest.mark.parametrize(
+    "kind,status,gstatus,ocode",
+    [
+        ("429", 429, "RESOURCE_EXHAUSTED", "rate_limit_exceeded"),
+        ("408", 408, "DEADLINE_EXCEEDED", "timeout"),
+        ("500", 500, "INTERNAL", "server_error"),
+        ("502", 502, "UNAVAILABLE", "bad_gateway"),
+        ("503", 503, "UNAVAILABLE", "service_unavailable"),
+        ("400", 400, "INVALID_ARGUMENT", "invalid_request"),
+        ("401", 401, "UNAUTHENTICATED", "invalid_api_key"),
+    ],
+)
 def test_status_faults(kind, status, gstatus, ocode):
     with FakeLLMServer("gemini", faults=lambda r: kind) as srv:
         st, headers, raw = post(srv, VERTEX, gemini_body())
@@ -248,8 +284,20 @@ def test_fault_plan_fail_attempts_and_rate_bounds():
     with FakeLLMServer("gemini", faults=FaultPlan(rate=0.0)) as srv:
         assert post(srv, GEMINI_API, gemini_body("x"))[0] == 200
     plan = FaultPlan(rate=1.0, kinds=("429", "500", "503"), fail_attempts=3)
-    req = dict(protocol="openai", path=CHAT, model="m", system="", user="u", messages=[("user", "u")], json_mode=False,
-               response_schema=None, max_tokens=None, temperature=None, body={}, headers={})
+    req = dict(
+        protocol="openai",
+        path=CHAT,
+        model="m",
+        system="",
+        user="u",
+        messages=[("user", "u")],
+        json_mode=False,
+        response_schema=None,
+        max_tokens=None,
+        temperature=None,
+        body={},
+        headers={},
+    )
     kinds = [plan.decide(FakeRequest(**req, attempt=a), 0) for a in (1, 2, 3, 4)]
     assert sorted(kinds[:3]) == ["429", "500", "503"] and kinds[3] is None
 
@@ -274,8 +322,10 @@ def test_echo_auth_in_errors():
 def test_latency_and_concurrent_counters():
     with FakeLLMServer("openai", answer=lambda r: "one two", latency_s=0.2) as srv:
         results = []
-        threads = [threading.Thread(target=lambda i=i: results.append(post(srv, CHAT, chat_body(f"a b {i}"))[0]))
-                   for i in range(8)]
+        threads = [
+            threading.Thread(target=lambda i=i: results.append(post(srv, CHAT, chat_body(f"a b {i}"))[0]))
+            for i in range(8)
+        ]
         t0 = time.monotonic()
         for t in threads:
             t.start()
@@ -295,15 +345,30 @@ def test_answer_exception_becomes_500():
 
 def test_runs_as_separate_process():
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "promptopt_dagster_tests.fake_llm_servers", "--protocol", "openai",
-                             "--port", "0", "--latency-s", "0.01"], stdout=subprocess.PIPE, text=True, env=env,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "promptopt_dagster_tests.fake_llm_servers",
+            "--protocol",
+            "openai",
+            "--port",
+            "0",
+            "--latency-s",
+            "0.01",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     try:
         line = proc.stdout.readline().strip()
         assert line.startswith("READY http://127.0.0.1:")
         url = line.split()[1]
-        req = urllib.request.Request(url + CHAT, data=json.dumps(chat_body()).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            url + CHAT, data=json.dumps(chat_body()).encode(), headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=5) as r:
             assert json.loads(r.read())["choices"][0]["message"]["content"] == "ok"
     finally:

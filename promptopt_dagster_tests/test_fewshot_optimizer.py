@@ -17,16 +17,36 @@ from promptopt_dagster.optimizers.fewshot import Choice, label_quotas, spread
 from promptopt_dagster.scoring import score
 from promptopt_dagster.scoring.registry import ScoreResult
 
-TRAIN = pd.DataFrame({"row_id": range(40), "user_input": [f"review {i}" for i in range(40)],
-                      "ground_truth_output": ["positive" if i % 4 == 0 else "negative" for i in range(40)]})
-ROWS = pd.DataFrame({"row_id": range(30), "user_input": [f"dev {i}" for i in range(30)],
-                     "ground_truth_output": ["positive"] * 30, "prediction": [""] * 30, "score": [0.0] * 30})
+TRAIN = pd.DataFrame(
+    {
+        "row_id": range(40),
+        "user_input": [f"review {i}" for i in range(40)],
+        "ground_truth_output": ["positive" if i % 4 == 0 else "negative" for i in range(40)],
+    }
+)
+ROWS = pd.DataFrame(
+    {
+        "row_id": range(30),
+        "user_input": [f"dev {i}" for i in range(30)],
+        "ground_truth_output": ["positive"] * 30,
+        "prediction": [""] * 30,
+        "score": [0.0] * 30,
+    }
+)
 SEED = PromptVersion(system_prompt="Classify the review.", output_prompt="Review: {user_input}\nSentiment:")
 
 
 def _input(prompt: PromptVersion = SEED, iteration: int = 0) -> OptimizerInput:
-    return OptimizerInput(prompt=prompt, scored_rows=ROWS, baseline_score=0.0, metric="accuracy", train=TRAIN,
-                          labels=["positive", "negative"], iteration=iteration, seed=7)
+    return OptimizerInput(
+        prompt=prompt,
+        scored_rows=ROWS,
+        baseline_score=0.0,
+        metric="accuracy",
+        train=TRAIN,
+        labels=["positive", "negative"],
+        iteration=iteration,
+        seed=7,
+    )
 
 
 def _by_demo_count(prompt: PromptVersion, rows: pd.DataFrame) -> ScoreResult:
@@ -36,16 +56,21 @@ def _by_demo_count(prompt: PromptVersion, rows: pd.DataFrame) -> ScoreResult:
 
 def _train(counts: dict[str, int], long: set[str] = frozenset()) -> pd.DataFrame:
     """Rows grouped by label; labels in `long` get inputs too long to be preferred as demos."""
-    rows = [(label, f"{label} text {i}" + ("!" * 300 if label in long else "")) for label, n in counts.items()
-            for i in range(n)]
-    return pd.DataFrame({"row_id": range(len(rows)), "user_input": [r[1] for r in rows],
-                         "ground_truth_output": [r[0] for r in rows]})
+    rows = [
+        (label, f"{label} text {i}" + ("!" * 300 if label in long else ""))
+        for label, n in counts.items()
+        for i in range(n)
+    ]
+    return pd.DataFrame(
+        {"row_id": range(len(rows)), "user_input": [r[1] for r in rows], "ground_truth_output": [r[0] for r in rows]}
+    )
 
 
 def _picks(train: pd.DataFrame, labels: list[str], count: int, seeds=range(40)) -> list[list[str]]:
     optimizer = get_optimizer("fewshot")
-    return [[d.ground_truth_output for d in optimizer.pick_demos(train, labels, count, random.Random(s))]
-            for s in seeds]
+    return [
+        [d.ground_truth_output for d in optimizer.pick_demos(train, labels, count, random.Random(s))] for s in seeds
+    ]
 
 
 def test_demo_labels_follow_the_train_label_mix():
@@ -68,8 +93,9 @@ def test_balanced_sets_show_every_label_equally_whatever_train_holds():
     optimizer = get_optimizer("fewshot")
     train = _train({"airfare": 365, "ground_service": 218, "airline": 131, "abbreviation": 96, "aircraft": 70})
     for seed in range(20):
-        demos = optimizer.pick_demos(train, list(train["ground_truth_output"].unique()), 10, random.Random(seed),
-                                     balanced=True)
+        demos = optimizer.pick_demos(
+            train, list(train["ground_truth_output"].unique()), 10, random.Random(seed), balanced=True
+        )
         assert set(collections.Counter(d.ground_truth_output for d in demos).values()) == {2}
 
 
@@ -96,14 +122,17 @@ def test_balanced_train_still_gives_balanced_interleaved_demos():
     assert {l[-1] for l in picks} == {"positive", "negative"}  # a tie leaves the last label free
 
 
-@pytest.mark.parametrize("sizes, count, expected", [
-    ([87, 13], 4, [3, 1]),
-    ([87, 13], 8, [7, 1]),
-    ([99, 1], 4, [3, 1]),  # the rare label takes its demo from the most common one
-    ([52, 48], 6, [3, 3]),
-    ([60, 20, 10, 5, 5], 8, [3, 2, 1, 1, 1]),
-    ([1, 1, 1, 1, 1], 3, [1, 1, 1, 1, 1]),
-])
+@pytest.mark.parametrize(
+    "sizes, count, expected",
+    [
+        ([87, 13], 4, [3, 1]),
+        ([87, 13], 8, [7, 1]),
+        ([99, 1], 4, [3, 1]),  # the rare label takes its demo from the most common one
+        ([52, 48], 6, [3, 3]),
+        ([60, 20, 10, 5, 5], 8, [3, 2, 1, 1, 1]),
+        ([1, 1, 1, 1, 1], 3, [1, 1, 1, 1, 1]),
+    ],
+)
 def test_label_quotas(sizes, count, expected):
     assert label_quotas(sizes, count) == expected
 
@@ -134,13 +163,24 @@ def test_no_candidate_does_worse_than_the_majority_label_on_imbalanced_data():
         return score("accuracy", answers["prediction"].tolist(), answers["ground_truth_output"].tolist(), labels)
 
     dev = ROWS.assign(ground_truth_output=["negative" if i % 5 else "positive" for i in range(30)])
-    inp = OptimizerInput(prompt=SEED, scored_rows=dev, baseline_score=0.0, metric="accuracy", train=TRAIN,
-                         labels=["negative", "positive"], iteration=0, seed=7)
+    inp = OptimizerInput(
+        prompt=SEED,
+        scored_rows=dev,
+        baseline_score=0.0,
+        metric="accuracy",
+        train=TRAIN,
+        labels=["negative", "positive"],
+        iteration=0,
+        seed=7,
+    )
     proposal = get_optimizer("fewshot", minibatch_size=30).propose(inp, evaluate, None)
     # sets drawn in train's label mix; the balanced ones are the other region of the space, which may
     # lose here (the select rows drop them) and wins where the smaller labels matter
-    static = [c["minibatch_score"] for c in proposal.candidates
-              if "retrieved" not in c["choices"] and "balanced" not in c["change"]]
+    static = [
+        c["minibatch_score"]
+        for c in proposal.candidates
+        if "retrieved" not in c["choices"] and "balanced" not in c["change"]
+    ]
     assert len(static) >= 3 and static == [0.8] * len(static)
     assert proposal.prompt.metadata["select_score"] >= 0.8
 
@@ -149,8 +189,11 @@ def test_picks_the_best_candidate_and_records_every_try():
     optimizer = get_optimizer("fewshot", num_candidates=3, minibatch_size=10)
     proposal = optimizer.propose(_input(), _by_demo_count, None)
     assert len(proposal.prompt.demos) == 12 and proposal.prompt.retrieval is None  # the only static seed of three
-    assert [c["choices"].split(",")[0] for c in proposal.candidates] == ["0 static demos", "12 static demos",
-                                                                         "0 static demos"]
+    assert [c["choices"].split(",")[0] for c in proposal.candidates] == [
+        "0 static demos",
+        "12 static demos",
+        "0 static demos",
+    ]
     assert proposal.prompt.parent_id == SEED.id and proposal.prompt.version == SEED.version + 1
     assert proposal.prompt.metadata["select_rows"] == len(ROWS)
 
@@ -166,8 +209,10 @@ def test_same_seed_and_iteration_give_the_same_proposal():
 def test_later_iterations_mutate_the_best_demo_set():
     from promptopt_dagster.optimizers.pool import Candidate
 
-    demos = [Demo(user_input=f"review {i}", ground_truth_output="positive" if i % 4 == 0 else "negative")
-             for i in (0, 1, 4, 5)]
+    demos = [
+        Demo(user_input=f"review {i}", ground_truth_output="positive" if i % 4 == 0 else "negative")
+        for i in (0, 1, 4, 5)
+    ]
     best = SEED.child(demos=demos)
     pool = [Candidate(best, 0, "seed", {i: 0.4 for i in ROWS["row_id"]}, 0.4)]
     inp = _input(best, iteration=1)
@@ -183,10 +228,12 @@ def test_later_iterations_mutate_the_best_demo_set():
 
 def _retrieval_ahead_by(rows_won: int):
     """An evaluator under which any prompt with retrieved demos gets `rows_won` more of 30 rows right."""
+
     def evaluate(prompt: PromptVersion, rows: pd.DataFrame) -> ScoreResult:
         ids = rows["row_id"].astype(int)
         right = [1.0 if (i < 20 or (prompt.retrieval is not None and i < 20 + rows_won)) else 0.0 for i in ids]
         return ScoreResult("accuracy", sum(right) / len(right), right)
+
     return evaluate
 
 
@@ -194,8 +241,9 @@ def _retrieval_ahead_by(rows_won: int):
 def test_a_costlier_candidate_is_proposed_only_when_surely_better_than_the_current_prompt(rows_won, proposed):
     from promptopt_dagster.optimizers.pool import Candidate
 
-    demos = [Demo(user_input=f"review {i}", ground_truth_output="positive" if i % 4 == 0 else "negative")
-             for i in range(8)]
+    demos = [
+        Demo(user_input=f"review {i}", ground_truth_output="positive" if i % 4 == 0 else "negative") for i in range(8)
+    ]
     current = SEED.child(demos=demos, answer="label", labels=["positive", "negative"])
     inp = _input(current, iteration=1)
     inp.history = [Candidate(current, 0, "seed", {i: 1.0 if i < 20 else 0.0 for i in range(30)}, 20 / 30)]
@@ -221,6 +269,8 @@ def test_label_descriptions_become_an_instruction_variant_once():
     assert len(variants) == 3 and variants[0] == SEED.system_prompt
     assert "- positive: the reviewer liked the film\n- negative" in variants[2]
     described = SEED.child(system_prompt=variants[2])
-    assert all(v.count("the reviewer liked") <= 1 for v in optimizer.instruction_variants(
-        described, ["positive", "negative"], descriptions))
+    assert all(
+        v.count("the reviewer liked") <= 1
+        for v in optimizer.instruction_variants(described, ["positive", "negative"], descriptions)
+    )
     assert len(optimizer.instruction_variants(SEED, ["positive", "negative"])) == 2  # none given: no such variant

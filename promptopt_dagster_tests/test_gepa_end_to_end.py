@@ -31,21 +31,53 @@ def toy_project(root: Path) -> Path:
     sizes = {"train": 60, "dev": 40, "test": 40}
     start = 0
     for split, n in sizes.items():
-        pd.DataFrame([{"user_input": f"review number {start + i}",
-                       "ground_truth_output": "positive" if (start + i) % 4 == 0 else "negative"}
-                      for i in range(n)]).to_csv(data / "toy" / f"{split}.csv", index=False)
+        pd.DataFrame(
+            [
+                {
+                    "user_input": f"review number {start + i}",
+                    "ground_truth_output": "positive" if (start + i) % 4 == 0 else "negative",
+                }
+                for i in range(n)
+            ]
+        ).to_csv(data / "toy" / f"{split}.csv", index=False)
         start += n
-    (data / "manifest.yaml").write_text(yaml.safe_dump({"datasets": {"toy": {
-        "description": "Synthetic: three of four reviews are negative.",
-        "files": {s: f"toy/{s}.csv" for s in sizes}, "labels": ["positive", "negative"],
-        "target_metric": "accuracy", "initial_prompt": "toy.json", "max_output_tokens": 4}}}))
-    (data / "optimizations.yaml").write_text(yaml.safe_dump({"optimizations": {"toy_gepa": {
-        "dataset": "toy", "optimizer": "gepa", "options": {"rows_per_iteration": 120, "minibatch_size": 3},
-        "select_size": 20, "eval_size": 20, "test_size": 0,
-        "stop": {"max_iterations": 2, "patience": 2, "target_score": 1.1}}}}))
+    (data / "manifest.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "datasets": {
+                    "toy": {
+                        "description": "Synthetic: three of four reviews are negative.",
+                        "files": {s: f"toy/{s}.csv" for s in sizes},
+                        "labels": ["positive", "negative"],
+                        "target_metric": "accuracy",
+                        "initial_prompt": "toy.json",
+                        "max_output_tokens": 4,
+                    }
+                }
+            }
+        )
+    )
+    (data / "optimizations.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "optimizations": {
+                    "toy_gepa": {
+                        "dataset": "toy",
+                        "optimizer": "gepa",
+                        "options": {"rows_per_iteration": 120, "minibatch_size": 3},
+                        "select_size": 20,
+                        "eval_size": 20,
+                        "test_size": 0,
+                        "stop": {"max_iterations": 2, "patience": 2, "target_score": 1.1},
+                    }
+                }
+            }
+        )
+    )
     (root / "prompts").mkdir()
-    (root / "prompts" / "toy.json").write_text(json.dumps({"system_prompt": SYSTEM,
-                                                           "output_prompt": "Review: {user_input}\nSentiment:"}))
+    (root / "prompts" / "toy.json").write_text(
+        json.dumps({"system_prompt": SYSTEM, "output_prompt": "Review: {user_input}\nSentiment:"})
+    )
     return root
 
 
@@ -67,17 +99,36 @@ def reflect(req) -> str:
 def test_gepa_keeps_the_better_rewrite_through_the_cli_and_a_rerun_sends_nothing(tmp_path, protocol):
     root = toy_project(tmp_path / "project")
     with FakeLLMServer("openai", answer=task) as task_srv, FakeLLMServer(protocol, answer=reflect) as opt_srv:
-        env = {"PROMPTOPT_DATA_DIR": str(root / "data"), "PROMPTOPT_PROMPTS_DIR": str(root / "prompts"),
-               "PROMPTOPT_TASK__BACKEND": "openai", "PROMPTOPT_TASK__BASE_URL": task_srv.openai_base_url,
-               "OPENAI_API_KEY": "sk-task", "PROMPTOPT_OPTIMIZER__BACKEND": protocol}
+        env = {
+            "PROMPTOPT_DATA_DIR": str(root / "data"),
+            "PROMPTOPT_PROMPTS_DIR": str(root / "prompts"),
+            "PROMPTOPT_TASK__BACKEND": "openai",
+            "PROMPTOPT_TASK__BASE_URL": task_srv.openai_base_url,
+            "OPENAI_API_KEY": "sk-task",
+            "PROMPTOPT_OPTIMIZER__BACKEND": protocol,
+        }
         if protocol == "openai":
             env["PROMPTOPT_OPTIMIZER__BASE_URL"] = opt_srv.openai_base_url
         else:
-            env.update({"PROMPTOPT_OPTIMIZER__BASE_URL": opt_srv.url, "PROMPTOPT_OPTIMIZER__PROJECT": "proj-1",
-                        "GOOGLE_APPLICATION_CREDENTIALS": str(adc_file(tmp_path, opt_srv))})
+            env.update(
+                {
+                    "PROMPTOPT_OPTIMIZER__BASE_URL": opt_srv.url,
+                    "PROMPTOPT_OPTIMIZER__PROJECT": "proj-1",
+                    "GOOGLE_APPLICATION_CREDENTIALS": str(adc_file(tmp_path, opt_srv)),
+                }
+            )
         state = root / "state"
-        done = run_cli(state, env, "--optimization", "toy_gepa", "--test-size", "40",
-                       "--report-json", str(tmp_path / "report.json"), cwd=root)
+        done = run_cli(
+            state,
+            env,
+            "--optimization",
+            "toy_gepa",
+            "--test-size",
+            "40",
+            "--report-json",
+            str(tmp_path / "report.json"),
+            cwd=root,
+        )
         assert done.returncode == 0, done.stderr[-4000:]
         reflections = [r for r in opt_srv.requests if r.status == 200 and "token" not in r.path]
         task_srv.reset()
@@ -92,8 +143,11 @@ def test_gepa_keeps_the_better_rewrite_through_the_cli_and_a_rerun_sends_nothing
     assert (report["initial_test_score"], report["best_test_score"]) == (0.25, 0.75)
     steps = warehouse(state, "select step, accepted, refined_score from promptopt.comparison_report order by step")
     assert steps["accepted"].tolist()[0] and not any(steps["accepted"].tolist()[1:])
-    pool = warehouse(state, "select kind, select_score from promptopt.candidate_pool where step = "
-                            "(select max(step) from promptopt.candidate_pool)")
+    pool = warehouse(
+        state,
+        "select kind, select_score from promptopt.candidate_pool where step = "
+        "(select max(step) from promptopt.candidate_pool)",
+    )
     # GEPA's candidates with their select-row scores: the kept rewrite well above the start (about a quarter of
     # the select rows are positive), and no worse child became the proposal
     assert set(pool["kind"]) <= {"gepa", "gepa-merge"} and pool["select_score"].max() > 0.5
@@ -134,12 +188,21 @@ def test_a_search_killed_mid_way_resumes_its_saved_state_and_repeats_no_paid_cal
     import time
 
     root = toy_project(tmp_path / "project")
-    with FakeLLMServer("openai", answer=task, latency_s=0.02) as task_srv, \
-            FakeLLMServer("openai", answer=reflect, latency_s=0.5) as opt_srv:
-        env = {**os.environ, "PROMPTOPT_DATA_DIR": str(root / "data"), "PROMPTOPT_PROMPTS_DIR": str(root / "prompts"),
-               "PROMPTOPT_STATE_DIR": str(root / "state"), "PROMPTOPT_TASK__BACKEND": "openai",
-               "PROMPTOPT_TASK__BASE_URL": task_srv.openai_base_url, "OPENAI_API_KEY": "sk-task",
-               "PROMPTOPT_OPTIMIZER__BACKEND": "openai", "PROMPTOPT_OPTIMIZER__BASE_URL": opt_srv.openai_base_url}
+    with (
+        FakeLLMServer("openai", answer=task, latency_s=0.02) as task_srv,
+        FakeLLMServer("openai", answer=reflect, latency_s=0.5) as opt_srv,
+    ):
+        env = {
+            **os.environ,
+            "PROMPTOPT_DATA_DIR": str(root / "data"),
+            "PROMPTOPT_PROMPTS_DIR": str(root / "prompts"),
+            "PROMPTOPT_STATE_DIR": str(root / "state"),
+            "PROMPTOPT_TASK__BACKEND": "openai",
+            "PROMPTOPT_TASK__BASE_URL": task_srv.openai_base_url,
+            "OPENAI_API_KEY": "sk-task",
+            "PROMPTOPT_OPTIMIZER__BACKEND": "openai",
+            "PROMPTOPT_OPTIMIZER__BASE_URL": opt_srv.openai_base_url,
+        }
         env.pop("DAGSTER_HOME", None)
         argv = [sys.executable, "-m", "promptopt_dagster.cli", "optimize", "--optimization", "toy_gepa"]
         proc = subprocess.Popen(argv, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -158,9 +221,15 @@ def test_a_search_killed_mid_way_resumes_its_saved_state_and_repeats_no_paid_cal
         saved = root / "state" / "search" / "toy_gepa" / "g1" / "i0" / "gepa_state.bin"
         assert saved.exists(), "GEPA saved no state before the kill"
         marks = (len(task_srv.requests), len(opt_srv.requests))
-        again = subprocess.run(argv + ["--report-json", str(tmp_path / "report.json")], env=env, cwd=root,
-                               capture_output=True, text=True, timeout=600)
-        resent = {_prompt_of(r) for r in task_srv.requests[marks[0]:] + opt_srv.requests[marks[1]:] if r.body}
+        again = subprocess.run(
+            argv + ["--report-json", str(tmp_path / "report.json")],
+            env=env,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        resent = {_prompt_of(r) for r in task_srv.requests[marks[0] :] + opt_srv.requests[marks[1] :] if r.body}
     assert again.returncode == 0, again.stderr[-3000:]
     assert not paid & resent, f"{len(paid & resent)} paid prompts were sent again"
     report = json.loads((tmp_path / "report.json").read_text())

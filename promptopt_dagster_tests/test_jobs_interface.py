@@ -18,12 +18,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from promptopt_dagster.settings import PROJECT_ROOT
+from promptopt_dagster.app.settings import PROJECT_ROOT
 from promptopt_dagster_tests.dagster_dev_helpers import free_port, start_ui, stop_ui, wait_for_webserver
 from promptopt_dagster_tests.fake_llm_servers import FakeLLMServer
 
-SMALL = {"dataset": "sst2", "eval_size": 10, "select_size": 5, "test_size": 10,
-         "options": {"num_candidates": 2, "minibatch_size": 5}}
+SMALL = {
+    "dataset": "sst2",
+    "eval_size": 10,
+    "select_size": 5,
+    "test_size": 10,
+    "options": {"num_candidates": 2, "minibatch_size": 5},
+}
 
 
 @pytest.fixture
@@ -33,11 +38,21 @@ def webserver(tmp_path):
         shutil.copytree(PROJECT_ROOT / "data", data)
         entries = {
             "fast": {**SMALL, "stop": {"max_iterations": 1, "patience": 1, "target_score": 1.1}},
-            "slow": {**SMALL, "stop": {"max_iterations": 3, "patience": 3, "target_score": 1.1},
-                     "task_model": {"backend": "openai", "base_url": slow.openai_base_url, "max_in_flight": 1}},
-            "broken": {**SMALL, "stop": {"max_iterations": 1, "patience": 1, "target_score": 1.1},
-                       "task_model": {"backend": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1",
-                                      "max_attempts": 1, "timeout_s": 2}},
+            "slow": {
+                **SMALL,
+                "stop": {"max_iterations": 3, "patience": 3, "target_score": 1.1},
+                "task_model": {"backend": "openai", "base_url": slow.openai_base_url, "max_in_flight": 1},
+            },
+            "broken": {
+                **SMALL,
+                "stop": {"max_iterations": 1, "patience": 1, "target_score": 1.1},
+                "task_model": {
+                    "backend": "openai",
+                    "base_url": f"http://127.0.0.1:{free_port()}/v1",
+                    "max_attempts": 1,
+                    "timeout_s": 2,
+                },
+            },
         }
         (data / "optimizations.yaml").write_text(yaml.safe_dump({"optimizations": entries}))
         port = free_port()
@@ -51,8 +66,14 @@ def webserver(tmp_path):
 
 
 def promptopt(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).parent / "promptopt"), *args], env=env, cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "promptopt"), *args],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def status(env: dict, target: str) -> dict:
@@ -72,8 +93,12 @@ def test_submit_status_and_cancel_drive_optimizations_on_a_real_dagster_dev(webs
     assert "iteration g1-i0" in done.stderr and "final_report_job fast" in done.stderr
     view = status(env, "fast")
     assert view["state"] == "finished" and view["iteration"] == "g1-i0" and view["generation"] == "1"
-    assert [r["job"] for r in view["runs"]] == ["prepare_dataset", "start_optimization", "optimize_iteration",
-                                                "final_report_job"]
+    assert [r["job"] for r in view["runs"]] == [
+        "prepare_dataset",
+        "start_optimization",
+        "optimize_iteration",
+        "final_report_job",
+    ]
     assert view["runs"][1]["run_id"] == start_run
     report = view["runs"][-1]
     assert 0.0 <= report["best_test_score"] <= 1.0 and report["stop_reason"]
@@ -88,15 +113,18 @@ def test_submit_status_and_cancel_drive_optimizations_on_a_real_dagster_dev(webs
     view = status(env, "broken")
     assert view["state"] == "failed"
     error = next(r["error"] for r in view["runs"] if r["status"] == "FAILURE")
-    assert error.startswith("quality check all_rows_answered on baseline_predictions failed: 10 rows failed") \
-        and "connection failed" in error, error
+    assert (
+        error.startswith("quality check all_rows_answered on baseline_predictions failed: 10 rows failed")
+        and "connection failed" in error
+    ), error
 
     # cancel: `slow` is stopped mid-iteration (the fake server has answered some rows, not all).
     assert promptopt(env, "submit", "slow").returncode == 0
     deadline = time.time() + 240
     while time.time() < deadline:
-        running = [r for r in status(env, "slow")["runs"]
-                   if r["job"] == "optimize_iteration" and r["status"] == "STARTED"]
+        running = [
+            r for r in status(env, "slow")["runs"] if r["job"] == "optimize_iteration" and r["status"] == "STARTED"
+        ]
         if running and slow.request_count > 0:
             break
         time.sleep(1)

@@ -3,22 +3,41 @@
 import base64
 import math
 
-from promptopt_dagster.core.leaderboard import as_text, leaderboard, score_cost_plot
+from promptopt_dagster.app.leaderboard import as_text, leaderboard, score_cost_plot
 
 
 def report(name: str, generation: int, test: float, cost: float, interval=(0.0, 1.0), calls: int = 10) -> dict:
-    return {"optimization": name, "generation": generation, "optimizer": "fewshot", "task_model": "fake/m",
-            "metric": "accuracy", "best_test_score": test, "initial_test_score": 0.5, "best_dev_score": 0.8,
-            "test_size": 100, "iterations": 2, "stop_reason": "patience", "fingerprint": "f",
-            "test_intervals": {"best": list(interval) if interval else None},
-            "usage": {"total": {"cost_usd": cost, "llm_calls": calls, "requests": calls}},
-            "best_prompt": {"id": f"{name}-{generation}", "version": generation}}
+    return {
+        "optimization": name,
+        "generation": generation,
+        "optimizer": "fewshot",
+        "task_model": "fake/m",
+        "metric": "accuracy",
+        "best_test_score": test,
+        "initial_test_score": 0.5,
+        "best_dev_score": 0.8,
+        "test_size": 100,
+        "iterations": 2,
+        "stop_reason": "patience",
+        "fingerprint": "f",
+        "test_intervals": {"best": list(interval) if interval else None},
+        "usage": {"total": {"cost_usd": cost, "llm_calls": calls, "requests": calls}},
+        "best_prompt": {"id": f"{name}-{generation}", "version": generation},
+    }
 
 
 def test_best_test_score_first_fewer_answers_first_on_a_tie_and_current_generations_marked():
     # c paid more than b, but used fewer answers: what was paid depends on whose cache an optimization found
-    board = leaderboard("sst2", [report("a", 1, 0.80, 1.0), report("b", 1, 0.90, 0.5), report("c", 1, 0.90, 2.0, calls=5),
-                                 report("a", 2, 0.85, 1.0, interval=None)], current={"a": 2, "b": 1, "c": 1})
+    board = leaderboard(
+        "sst2",
+        [
+            report("a", 1, 0.80, 1.0),
+            report("b", 1, 0.90, 0.5),
+            report("c", 1, 0.90, 2.0, calls=5),
+            report("a", 2, 0.85, 1.0, interval=None),
+        ],
+        current={"a": 2, "b": 1, "c": 1},
+    )
     assert list(zip(board["optimization"], board["generation"])) == [("c", 1), ("b", 1), ("a", 2), ("a", 1)]
     assert board["rank"].tolist() == [1, 2, 3, 4]
     assert board["current"].tolist() == [True, True, True, False]
@@ -38,11 +57,17 @@ def test_an_empty_board_says_so_and_the_plot_is_a_png():
 
 def test_a_migration_is_ranked_apart_from_optimizations_scored_on_the_labels():
     migration = {**report("to_small", 1, 0.99, 0.1), "migration": {"source_model": "openai/big"}}
-    board = leaderboard("sms_spam", [migration, report("a", 1, 0.80, 1.0), report("b", 1, 0.90, 2.0)],
-                        current={"to_small": 1, "a": 1, "b": 1})
+    board = leaderboard(
+        "sms_spam",
+        [migration, report("a", 1, 0.80, 1.0), report("b", 1, 0.90, 2.0)],
+        current={"to_small": 1, "a": 1, "b": 1},
+    )
     # 0.99 agreement with a source model does not outrank 0.90 against the labels: they measure different things
     assert list(zip(board["optimization"], board["rank"], board["references"])) == [
-        ("b", 1, "labels"), ("a", 2, "labels"), ("to_small", 1, "source openai/big")]
+        ("b", 1, "labels"),
+        ("a", 2, "labels"),
+        ("to_small", 1, "source openai/big"),
+    ]
     text = as_text(board)
     assert "model migrations, scored as agreement with source openai/big (not the labels)" in text
     assert text.index("model migrations") > text.index(" b ")
@@ -54,15 +79,27 @@ def test_the_ui_table_is_narrow_and_every_column_is_in_the_json_entry():
     from promptopt_dagster.defs.report_assets import BOARD_TABLE, board_metadata
 
     migration = {**report("to_small", 1, 0.99, 0.1), "migration": {"source_model": "openai/big"}}
-    board = leaderboard("sst2", [report("a", 1, 0.80, 0.012345678, interval=(0.74749999999999872, 0.85)),
-                                 report("a", 2, 0.85, 1.0, interval=None), migration], {"a": 2, "to_small": 1})
+    board = leaderboard(
+        "sst2",
+        [
+            report("a", 1, 0.80, 0.012345678, interval=(0.74749999999999872, 0.85)),
+            report("a", 2, 0.85, 1.0, interval=None),
+            migration,
+        ],
+        {"a": 2, "to_small": 1},
+    )
     shown = board_metadata(board)
     table = shown["leaderboard"].value
     names = [c.name for c in table.schema.columns]
     assert names == [n for n, _, _ in BOARD_TABLE] + ["scored against"] and len(names) <= 5
     rows = {r.data["optimization"]: r.data for r in table.records}
-    assert rows["a g1"] == {"#": 2, "optimization": "a g1", "test": "0.8000 [0.7475, 0.8500]",
-                            "cost": "$0.0123, 10 calls", "scored against": "labels"}
+    assert rows["a g1"] == {
+        "#": 2,
+        "optimization": "a g1",
+        "test": "0.8000 [0.7475, 0.8500]",
+        "cost": "$0.0123, 10 calls",
+        "scored against": "labels",
+    }
     assert rows["a g2*"]["test"] == "0.8500" and rows["to_small g1*"]["scored against"] == "source openai/big"
     every = shown["leaderboard_json"].value
     assert len(every) == 3 and all(set(row) == set(board.columns) for row in every)  # every column, every row
@@ -80,12 +117,23 @@ def test_the_plots_labels_do_not_overlap_even_when_points_coincide():
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    from promptopt_dagster.core.plots import draw_score_cost, label_boxes
+    from promptopt_dagster.app.plots import draw_score_cost, label_boxes
 
-    names = ["sst2", "sst2_quick", "sst2_gepa_openai", "sst2_fewshot", "sst2_metaprompt", "sst2_long_name_x",
-             "sst2_b", "sst2_c"]
-    board = leaderboard("sst2", [report(n, 1, 0.80 + 0.001 * (i % 3), 0.0, interval=(0.7, 0.9), calls=40)
-                                 for i, n in enumerate(names)], {n: 1 for n in names})
+    names = [
+        "sst2",
+        "sst2_quick",
+        "sst2_gepa_openai",
+        "sst2_fewshot",
+        "sst2_metaprompt",
+        "sst2_long_name_x",
+        "sst2_b",
+        "sst2_c",
+    ]
+    board = leaderboard(
+        "sst2",
+        [report(n, 1, 0.80 + 0.001 * (i % 3), 0.0, interval=(0.7, 0.9), calls=40) for i, n in enumerate(names)],
+        {n: 1 for n in names},
+    )
     fig, ax = plt.subplots(figsize=(7.2, 4.8), dpi=100)
     try:
         draw_score_cost(ax, board)
@@ -93,8 +141,9 @@ def test_the_plots_labels_do_not_overlap_even_when_points_coincide():
         fig.canvas.draw()
         boxes = label_boxes(ax)
         assert len(boxes) == len(names)
-        overlapping = [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes))
-                       if boxes[i].overlaps(boxes[j])]
+        overlapping = [
+            (i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes)) if boxes[i].overlaps(boxes[j])
+        ]
         assert overlapping == []
         frame = fig.bbox
         assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)

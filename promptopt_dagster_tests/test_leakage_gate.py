@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import pandas as pd
 
+from promptopt_dagster.app.quality import leakage_gate
 from promptopt_dagster.core.prompts import Demo, PromptVersion
-from promptopt_dagster.core.quality import leakage_gate
 
-TEST = pd.DataFrame({"row_id": [0, 1, 2], "user_input": [
-    "the film is a charming, funny and moving tale of two brothers", "dull", "an utterly pointless exercise in style"],
-    "ground_truth_output": ["positive", "negative", "negative"]})
+TEST = pd.DataFrame(
+    {
+        "row_id": [0, 1, 2],
+        "user_input": [
+            "the film is a charming, funny and moving tale of two brothers",
+            "dull",
+            "an utterly pointless exercise in style",
+        ],
+        "ground_truth_output": ["positive", "negative", "negative"],
+    }
+)
 BASE = PromptVersion(system_prompt="Classify the review.", output_prompt="Review: {user_input}\nSentiment:")
 
 
@@ -25,7 +33,9 @@ def test_a_test_row_as_a_demo_fails_with_its_row_number():
 
 
 def test_a_long_verbatim_span_in_the_instruction_fails():
-    prompt = BASE.child(system_prompt="Classify. For example: The film is a charming,  funny and moving tale is positive.")
+    prompt = BASE.child(
+        system_prompt="Classify. For example: The film is a charming,  funny and moving tale is positive."
+    )
     result = leakage_gate(prompt, {"test": TEST})
     assert not result.passed and "copied verbatim from test row(s) 1" in result.message
 
@@ -36,9 +46,14 @@ def test_short_rows_and_short_overlaps_do_not_fire():
 
 
 def test_the_demo_pool_drops_train_rows_that_repeat_a_held_out_row_up_to_case():
-    from promptopt_dagster.core.quality import drop_held_out
+    from promptopt_dagster.app.quality import drop_held_out
 
-    train = pd.DataFrame({"row_id": [0, 1, 2], "user_input": ["Dull", "a fine film", "AN utterly  pointless exercise in style"],
-                          "ground_truth_output": ["negative", "positive", "negative"]})
+    train = pd.DataFrame(
+        {
+            "row_id": [0, 1, 2],
+            "user_input": ["Dull", "a fine film", "AN utterly  pointless exercise in style"],
+            "ground_truth_output": ["negative", "positive", "negative"],
+        }
+    )
     kept = drop_held_out(train, {"test": TEST})
     assert kept["user_input"].tolist() == ["a fine film"]  # sms_spam has 5 such rows; a demo from them would leak

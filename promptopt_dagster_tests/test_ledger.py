@@ -43,6 +43,7 @@ def _ledger_rows(path: Path) -> list[dict]:
 
 # --- the ledger itself ------------------------------------------------------------------------------------------
 
+
 def test_a_paid_answer_is_recorded_once_and_a_cached_rerun_pays_nothing(tmp_path):
     path = tmp_path / "llm_cache.sqlite"
     client = CachedClient(FakeLLM(responder=lambda r: "positive"), ResponseCache(path))
@@ -51,8 +52,19 @@ def test_a_paid_answer_is_recorded_once_and_a_cached_rerun_pays_nothing(tmp_path
     client.generate(requests)
     rows = _ledger_rows(path)
     assert len(rows) == 2 and len(ResponseCache(path)) == 2
-    assert {(r["optimization"], r["generation"], r["iteration"], r["run_id"], r["role"], r["backend"], r["requests"],
-             r["error"]) for r in rows} == {("sst2", 1, 0, "run-1", "task", "fake", 1, 0)}
+    assert {
+        (
+            r["optimization"],
+            r["generation"],
+            r["iteration"],
+            r["run_id"],
+            r["role"],
+            r["backend"],
+            r["requests"],
+            r["error"],
+        )
+        for r in rows
+    } == {("sst2", 1, 0, "run-1", "task", "fake", 1, 0)}
     with sqlite3.connect(path) as con:
         assert {r["cache_key"] for r in rows} == {k for (k,) in con.execute("select key from llm_cache")}
 
@@ -152,6 +164,7 @@ def test_the_budget_counts_what_a_killed_run_paid(tmp_path):
 
 # --- through the CLI, against the fake OpenAI server -------------------------------------------------------------
 
+
 class HeldServer:
     """The fake OpenAI server answering "positive", except the `hold`-th request, which it holds until the
     test releases it and then fails: the client that sent it is gone by then, so nobody paid for it."""
@@ -185,11 +198,21 @@ class HeldServer:
 
 
 def _env(project: Path, srv: FakeLLMServer, **extra) -> dict:
-    env = {**os.environ, "PROMPTOPT_DATA_DIR": str(project / "data"), "PROMPTOPT_PROMPTS_DIR": str(project / "prompts"),
-           "PROMPTOPT_STATE_DIR": str(project / "state"), "PROMPTOPT_OPTIMIZER__BACKEND": "fake",
-           "PROMPTOPT_TASK__BACKEND": "openai", "PROMPTOPT_TASK__BASE_URL": srv.openai_base_url,
-           "OPENAI_API_KEY": "sk-test", "PROMPTOPT_TASK__MAX_ATTEMPTS": "1", "PROMPTOPT_TASK__MAX_IN_FLIGHT": "1",
-           "PROMPTOPT_TASK__INPUT_PRICE_PER_MTOK": "1.0", "PROMPTOPT_TASK__OUTPUT_PRICE_PER_MTOK": "4.0", **extra}
+    env = {
+        **os.environ,
+        "PROMPTOPT_DATA_DIR": str(project / "data"),
+        "PROMPTOPT_PROMPTS_DIR": str(project / "prompts"),
+        "PROMPTOPT_STATE_DIR": str(project / "state"),
+        "PROMPTOPT_OPTIMIZER__BACKEND": "fake",
+        "PROMPTOPT_TASK__BACKEND": "openai",
+        "PROMPTOPT_TASK__BASE_URL": srv.openai_base_url,
+        "OPENAI_API_KEY": "sk-test",
+        "PROMPTOPT_TASK__MAX_ATTEMPTS": "1",
+        "PROMPTOPT_TASK__MAX_IN_FLIGHT": "1",
+        "PROMPTOPT_TASK__INPUT_PRICE_PER_MTOK": "1.0",
+        "PROMPTOPT_TASK__OUTPUT_PRICE_PER_MTOK": "4.0",
+        **extra,
+    }
     env.pop("DAGSTER_HOME", None)
     return env
 
@@ -198,8 +221,14 @@ ARGS = ("--max-iterations", "1", "--eval-size", "0", "--test-size", "0")
 
 
 def _optimize(project: Path, env: dict, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "promptopt_dagster.cli", "optimize", *args], env=env, cwd=project,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "promptopt_dagster.cli", "optimize", *args],
+        env=env,
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _interrupt_at_the_held_request(project: Path, held: HeldServer, sig: int) -> None:
@@ -219,9 +248,24 @@ def _interrupt_at_the_held_request(project: Path, held: HeldServer, sig: int) ->
 
 
 def _rerun_to_the_end(project: Path, held: HeldServer) -> tuple[dict, str]:
-    done = subprocess.run([sys.executable, "-m", "promptopt_dagster.cli", "optimize", "--dataset", "sst2", *ARGS,
-                           "--report-json", str(project / "report.json")], env=_env(project, held.srv), cwd=project,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "promptopt_dagster.cli",
+            "optimize",
+            "--dataset",
+            "sst2",
+            *ARGS,
+            "--report-json",
+            str(project / "report.json"),
+        ],
+        env=_env(project, held.srv),
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((project / "report.json").read_text()), done.stdout
 
@@ -262,23 +306,29 @@ def test_a_sigkilled_run_s_calls_count_after_its_rerun(tmp_path):
         assert paid_before_the_kill == 7
         report, summary = _rerun_to_the_end(project, held)
         _check_paid_equals_the_server(project, held, report, summary, "SIGKILL")
-    killed = [run_id for run_id, (job, status) in _runs(project).items()
-              if job == "optimize_iteration" and status == dg.DagsterRunStatus.FAILURE]
+    killed = [
+        run_id
+        for run_id, (job, status) in _runs(project).items()
+        if job == "optimize_iteration" and status == dg.DagsterRunStatus.FAILURE
+    ]
     assert len(killed) == 1  # marked failed by the rerun; its calls are its own in the ledger
     assert ledger.spend(project / "state" / "llm_cache.sqlite", "sst2", run_id=killed[0]).llm_calls == 7
 
 
 def test_a_canceled_run_s_calls_count_in_status_and_in_the_report(tmp_path, monkeypatch):
     """Ctrl-C marks the run canceled (as `promptopt cancel` does under `dagster dev`); its paid calls stay its own."""
-    from promptopt_dagster import cli_jobs
-    from promptopt_dagster.webserver_client import RunView
+    from promptopt_dagster.cli import jobs as cli_jobs
+    from promptopt_dagster.defs.webserver_client import RunView
 
     project = _small_project(tmp_path / "project")
     cache = project / "state" / "llm_cache.sqlite"
     with HeldServer(hold=6) as held:
         _interrupt_at_the_held_request(project, held, signal.SIGINT)
-        canceled = [run_id for run_id, (job, status) in _runs(project).items()
-                    if job == "optimize_iteration" and status == dg.DagsterRunStatus.CANCELED]
+        canceled = [
+            run_id
+            for run_id, (job, status) in _runs(project).items()
+            if job == "optimize_iteration" and status == dg.DagsterRunStatus.CANCELED
+        ]
         assert len(canceled) == 1 and held.paid() == 5
 
         # `promptopt status sst2` while the optimization stands canceled: the canceled run paid 5 calls
@@ -289,10 +339,21 @@ def test_a_canceled_run_s_calls_count_in_status_and_in_the_report(tmp_path, monk
                 from promptopt_dagster.defs.loop import OPTIMIZATION_TAG
 
                 runs = list(_runs(project).items())  # newest first
-                return [RunView(run_id=run_id, job=job, status=status.value, created=len(runs) - i,
-                                tags={OPTIMIZATION_TAG: "sst2", "promptopt/dataset": "sst2", **(
-                                    {"dagster/partition": "sst2|g1-i0"} if job == "optimize_iteration" else {})},
-                                ended=None) for i, (run_id, (job, status)) in enumerate(runs)]
+                return [
+                    RunView(
+                        run_id=run_id,
+                        job=job,
+                        status=status.value,
+                        created=len(runs) - i,
+                        tags={
+                            OPTIMIZATION_TAG: "sst2",
+                            "promptopt/dataset": "sst2",
+                            **({"dagster/partition": "sst2|g1-i0"} if job == "optimize_iteration" else {}),
+                        },
+                        ended=None,
+                    )
+                    for i, (run_id, (job, status)) in enumerate(runs)
+                ]
 
             def error_of(self, run_id):
                 return None
@@ -313,15 +374,30 @@ def test_a_canceled_run_s_calls_count_in_status_and_in_the_report(tmp_path, monk
 def test_an_optimization_answered_from_another_s_cache_pays_nothing_and_does_not_win_the_tie(tmp_path):
     project = _small_project(tmp_path / "project")
     same = {"dataset": "sst2", "stop": {"max_iterations": 1}, "eval_size": 0, "test_size": 0}
-    (project / "data" / "optimizations.yaml").write_text(yaml.safe_dump({"optimizations": {"a_paid": same,
-                                                                                          "b_cached": same}}))
+    (project / "data" / "optimizations.yaml").write_text(
+        yaml.safe_dump({"optimizations": {"a_paid": same, "b_cached": same}})
+    )
     with HeldServer() as held:
         reports = {}
         for name in ("a_paid", "b_cached"):
             before = held.paid()
-            done = subprocess.run([sys.executable, "-m", "promptopt_dagster.cli", "optimize", "--optimization", name,
-                                   "--report-json", str(project / f"{name}.json")], env=_env(project, held.srv),
-                                  cwd=project, capture_output=True, text=True, timeout=600)
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "promptopt_dagster.cli",
+                    "optimize",
+                    "--optimization",
+                    name,
+                    "--report-json",
+                    str(project / f"{name}.json"),
+                ],
+                env=_env(project, held.srv),
+                cwd=project,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             assert done.returncode == 0, done.stderr[-3000:]
             reports[name] = json.loads((project / f"{name}.json").read_text())
             reports[name]["_sent"] = held.paid() - before
@@ -341,7 +417,7 @@ def test_status_of_an_unknown_name_says_it_is_neither_an_optimization_nor_a_run(
     """Issue 22, defect 10 (beside the spend in `status`): `status nosuch` said "no run with id"."""
     import argparse
 
-    from promptopt_dagster import cli_jobs
+    from promptopt_dagster.cli import jobs as cli_jobs
     from promptopt_dagster.core.errors import PromptOptError
 
     class Server:
@@ -351,6 +427,7 @@ def test_status_of_an_unknown_name_says_it_is_neither_an_optimization_nor_a_run(
             return []
 
     monkeypatch.setattr(cli_jobs, "_server", lambda args: Server())
-    with pytest.raises(PromptOptError, match="'nosuch' is neither an optimization in .* nor a run id; known "
-                                             "optimizations: .*sst2"):
+    with pytest.raises(
+        PromptOptError, match="'nosuch' is neither an optimization in .* nor a run id; known optimizations: .*sst2"
+    ):
         cli_jobs.status(argparse.Namespace(target="nosuch", json=False, url=None))

@@ -26,8 +26,12 @@ def test_price_table_overrides_and_unknown_models():
 
 
 def test_client_usage_counts_attempts_tokens_and_cost_but_not_cache_hits(tmp_path):
-    client = build_client(ModelSettings(backend="fake", input_price_per_mtok=1e6, output_price_per_mtok=0.0),
-                          tmp_path, 1, tmp_path / "cache.sqlite")
+    client = build_client(
+        ModelSettings(backend="fake", input_price_per_mtok=1e6, output_price_per_mtok=0.0),
+        tmp_path,
+        1,
+        tmp_path / "cache.sqlite",
+    )
     client.generate([LLMRequest(prompt="one two three")])
     client.generate([LLMRequest(prompt="one two three")])
     u = client.usage
@@ -37,18 +41,47 @@ def test_client_usage_counts_attempts_tokens_and_cost_but_not_cache_hits(tmp_pat
 
 def test_usage_from_prediction_rows_and_json_round_trip():
     rows = [
-        {"model": "gemini/g", "cached": False, "attempts": 3, "error": None, "prompt_tokens": 10,
-         "completion_tokens": 1, "cost_usd": 0.5},
-        {"model": "gemini/g", "cached": True, "attempts": 0, "error": None, "prompt_tokens": 10,
-         "completion_tokens": 1, "cost_usd": 0.0},
-        {"model": "gemini/g", "cached": False, "attempts": 6, "error": "http_500: down", "prompt_tokens": 0,
-         "completion_tokens": 0, "cost_usd": 0.0},
-        {"model": "openai/o", "cached": False, "attempts": 1, "error": float("nan"), "prompt_tokens": 4,
-         "completion_tokens": 2, "cost_usd": 0.25},
+        {
+            "model": "gemini/g",
+            "cached": False,
+            "attempts": 3,
+            "error": None,
+            "prompt_tokens": 10,
+            "completion_tokens": 1,
+            "cost_usd": 0.5,
+        },
+        {
+            "model": "gemini/g",
+            "cached": True,
+            "attempts": 0,
+            "error": None,
+            "prompt_tokens": 10,
+            "completion_tokens": 1,
+            "cost_usd": 0.0,
+        },
+        {
+            "model": "gemini/g",
+            "cached": False,
+            "attempts": 6,
+            "error": "http_500: down",
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "cost_usd": 0.0,
+        },
+        {
+            "model": "openai/o",
+            "cached": False,
+            "attempts": 1,
+            "error": float("nan"),
+            "prompt_tokens": 4,
+            "completion_tokens": 2,
+            "cost_usd": 0.25,
+        },
     ]
     by_model = from_rows(rows)
-    assert by_model["gemini/g"] == UsageStats(llm_calls=2, requests=9, cache_hits=1, errors=1, prompt_tokens=10,
-                                              completion_tokens=1, cost_usd=0.5)
+    assert by_model["gemini/g"] == UsageStats(
+        llm_calls=2, requests=9, cache_hits=1, errors=1, prompt_tokens=10, completion_tokens=1, cost_usd=0.5
+    )
     assert by_model["openai/o"].errors == 0  # NaN is how a stored "no error" comes back
     assert from_json(to_json(by_model)) == by_model
     both = merge(by_model, {"openai/o": UsageStats(requests=1)})

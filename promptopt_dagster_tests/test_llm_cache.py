@@ -9,11 +9,11 @@ import textwrap
 
 import pytest
 
+from promptopt_dagster.app.settings import PROJECT_ROOT
 from promptopt_dagster.core.prompts import Demo, PromptVersion
 from promptopt_dagster.llm.base import LLMRequest
 from promptopt_dagster.llm.cache import CachedClient, ResponseCache, cache_key
 from promptopt_dagster.llm.fake import FakeLLM
-from promptopt_dagster.settings import PROJECT_ROOT
 
 VENV_PYTHON = PROJECT_ROOT / ".venv" / "bin" / "python"
 if not VENV_PYTHON.exists():  # a checkout whose environment lives elsewhere
@@ -87,16 +87,19 @@ def test_cross_process(db):
         print("OK", len(inner.requests))
         """
     )
-    proc = subprocess.run([str(VENV_PYTHON), "-c", script], capture_output=True, text=True, timeout=120,
-                          cwd=PROJECT_ROOT)
+    proc = subprocess.run(
+        [str(VENV_PYTHON), "-c", script], capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "OK 2"
 
     here, inner = client(db, responder=lambda r: "answered in the parent")
-    out = here.generate([LLMRequest(prompt="p1"), LLMRequest(prompt="p2", max_tokens=4),
-                         LLMRequest(prompt="p3")])
-    assert [r.text for r in out] == ["written by the child process: p1", "written by the child process: p2",
-                                     "answered in the parent"]
+    out = here.generate([LLMRequest(prompt="p1"), LLMRequest(prompt="p2", max_tokens=4), LLMRequest(prompt="p3")])
+    assert [r.text for r in out] == [
+        "written by the child process: p1",
+        "written by the child process: p2",
+        "answered in the parent",
+    ]
     assert [r.cached for r in out] == [True, True, False]
     assert [r.prompt for r in inner.requests] == ["p3"]
     assert here.usage.cache_hits == 2 and here.usage.llm_calls == 1
@@ -137,8 +140,12 @@ def test_key_changes_end_to_end(db):
     cached.generate([BASE])
     assert len(inner.requests) == 1
 
-    variants = [dataclasses.replace(BASE, max_tokens=8), dataclasses.replace(BASE, temperature=0.5),
-                dataclasses.replace(BASE, stop=()), dataclasses.replace(BASE, prompt=BASE.prompt + " ")]
+    variants = [
+        dataclasses.replace(BASE, max_tokens=8),
+        dataclasses.replace(BASE, temperature=0.5),
+        dataclasses.replace(BASE, stop=()),
+        dataclasses.replace(BASE, prompt=BASE.prompt + " "),
+    ]
     out = cached.generate(variants)
     assert inner.requests[1:] == variants
     assert not any(r.cached for r in out)
@@ -232,7 +239,10 @@ def test_default_responder_and_chat_requests(db):
     inner = FakeLLM(mode="chat")
     cached = CachedClient(inner, ResponseCache(db))
     assert cached.mode == "chat" and cached.model == "fake-1" and cached.backend == "fake"
-    reqs = [LLMRequest(messages=(("system", "s"), ("user", "u1"))), LLMRequest(messages=(("system", "s"), ("user", "u2")))]
+    reqs = [
+        LLMRequest(messages=(("system", "s"), ("user", "u1"))),
+        LLMRequest(messages=(("system", "s"), ("user", "u2"))),
+    ]
     first = cached.generate(reqs)
     assert first[0].text != first[1].text
     second = cached.generate(list(reversed(reqs)))
@@ -248,6 +258,7 @@ def test_empty_batch(db):
 
 # --- durability and the store ----------------------------------------------------------------------
 
+
 def test_each_answer_is_committed_as_it_arrives(db):
     """A run killed mid-batch keeps every answer it had received: no batch waits to be written."""
     cached, _ = client(db)
@@ -261,13 +272,17 @@ def test_a_duckdb_cache_of_an_earlier_version_is_copied_in_once(tmp_path):
 
     legacy = tmp_path / "llm_cache.duckdb"
     with duckdb.connect(str(legacy)) as con:  # the layout earlier versions wrote
-        con.execute("create table llm_cache (key varchar primary key, backend varchar, model varchar, "
-                    "request_json varchar, text varchar, prompt_tokens integer, completion_tokens integer, "
-                    "finish_reason varchar, created_at timestamp default current_timestamp)")
+        con.execute(
+            "create table llm_cache (key varchar primary key, backend varchar, model varchar, "
+            "request_json varchar, text varchar, prompt_tokens integer, completion_tokens integer, "
+            "finish_reason varchar, created_at timestamp default current_timestamp)"
+        )
         request = LLMRequest(prompt="old")
-        con.execute("insert into llm_cache (key, backend, model, request_json, text, prompt_tokens, "
-                    "completion_tokens, finish_reason) values (?, 'fake', 'fake-1', '{}', 'kept', 3, 1, 'stop')",
-                    [cache_key(IDENT, request)])
+        con.execute(
+            "insert into llm_cache (key, backend, model, request_json, text, prompt_tokens, "
+            "completion_tokens, finish_reason) values (?, 'fake', 'fake-1', '{}', 'kept', 3, 1, 'stop')",
+            [cache_key(IDENT, request)],
+        )
     cached, inner = client(tmp_path / "llm_cache.sqlite", responder=lambda r: pytest.fail("sent despite the cache"))
     out = cached.generate([request])
     assert out[0].text == "kept" and out[0].cached and inner.requests == []

@@ -20,8 +20,13 @@ from promptopt_dagster_tests.test_jobs_interface import promptopt, status
 from promptopt_dagster_tests.test_metaprompt import _rewrite_from_what_was_sent
 from promptopt_dagster_tests.test_vertex_optimizer import vertex_service
 
-SMALL = {"dataset": "toy", "select_size": 20, "eval_size": 20, "test_size": 40,
-         "stop": {"max_iterations": 2, "patience": 2, "target_score": 1.1}}
+SMALL = {
+    "dataset": "toy",
+    "select_size": 20,
+    "eval_size": 20,
+    "test_size": 40,
+    "stop": {"max_iterations": 2, "patience": 2, "target_score": 1.1},
+}
 
 
 def optimizer_llm(req) -> str:
@@ -32,23 +37,37 @@ def optimizer_llm(req) -> str:
 @pytest.mark.slow
 def test_llm_driven_optimizers_run_through_the_daemon_to_their_reports(tmp_path):
     root = toy_project(tmp_path / "project")
-    with FakeLLMServer("openai", answer=task) as task_srv, FakeLLMServer("openai", answer=optimizer_llm) as chat, \
-            FakeLLMServer("gemini", answer=vertex_service) as vertex:
+    with (
+        FakeLLMServer("openai", answer=task) as task_srv,
+        FakeLLMServer("openai", answer=optimizer_llm) as chat,
+        FakeLLMServer("gemini", answer=vertex_service) as vertex,
+    ):
         chat_model = {"backend": "openai", "base_url": chat.openai_base_url}
         entries = {
-            "toy_gepa": {**SMALL, "optimizer": "gepa", "options": {"rows_per_iteration": 120, "minibatch_size": 3},
-                         "optimizer_model": chat_model},
+            "toy_gepa": {
+                **SMALL,
+                "optimizer": "gepa",
+                "options": {"rows_per_iteration": 120, "minibatch_size": 3},
+                "optimizer_model": chat_model,
+            },
             "toy_metaprompt": {**SMALL, "optimizer": "metaprompt", "optimizer_model": chat_model},
-            "toy_vertex": {**SMALL, "optimizer": "vertex", "options": {"examples": 4},
-                           "optimizer_model": {"backend": "vertex_prompt_optimizer", "base_url": vertex.url,
-                                               "project": "proj-1"}},
+            "toy_vertex": {
+                **SMALL,
+                "optimizer": "vertex",
+                "options": {"examples": 4},
+                "optimizer_model": {"backend": "vertex_prompt_optimizer", "base_url": vertex.url, "project": "proj-1"},
+            },
         }
         (root / "data" / "optimizations.yaml").write_text(yaml.safe_dump({"optimizations": entries}))
         port = free_port()
-        env_extra = {"PROMPTOPT_DATA_DIR": str(root / "data"), "PROMPTOPT_PROMPTS_DIR": str(root / "prompts"),
-                     "PROMPTOPT_TASK__BACKEND": "openai", "PROMPTOPT_TASK__BASE_URL": task_srv.openai_base_url,
-                     "OPENAI_API_KEY": "sk-test-llm-optimizers",
-                     "GOOGLE_APPLICATION_CREDENTIALS": str(adc_file(tmp_path, vertex))}
+        env_extra = {
+            "PROMPTOPT_DATA_DIR": str(root / "data"),
+            "PROMPTOPT_PROMPTS_DIR": str(root / "prompts"),
+            "PROMPTOPT_TASK__BACKEND": "openai",
+            "PROMPTOPT_TASK__BASE_URL": task_srv.openai_base_url,
+            "OPENAI_API_KEY": "sk-test-llm-optimizers",
+            "GOOGLE_APPLICATION_CREDENTIALS": str(adc_file(tmp_path, vertex)),
+        }
         proc, env = start_ui(root / "state", port, tmp_path / "dagster_dev.log", extra_env=env_extra)
         try:
             wait_for_webserver(port, proc, tmp_path / "dagster_dev.log")

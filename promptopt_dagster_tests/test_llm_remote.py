@@ -6,18 +6,18 @@ import time
 
 import pytest
 
-from promptopt_dagster.llm.base import LLMRequest
 from promptopt_dagster.llm.cache import CachedClient, ResponseCache
 from promptopt_dagster.llm.gemini import GeminiClient
 from promptopt_dagster.llm.openai_compat import OpenAIClient
 from promptopt_dagster.llm.remote import LLMConfigurationError, RetryPolicy
-from promptopt_dagster_tests.fake_llm_servers import ACCESS_TOKEN, FaultPlan, FakeLLMServer
+from promptopt_dagster_tests.fake_llm_servers import ACCESS_TOKEN, FakeLLMServer, FaultPlan
 from promptopt_dagster_tests.remote_helpers import SECRET, chat, echo, gemini_client, make_client, openai_client
 
 SCHEMA = {"type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"]}
 
 
 # --- wire format -----------------------------------------------------------------------------------------
+
 
 def test_gemini_vertex_request_path_body_and_adc_token(adc):
     with FakeLLMServer("gemini", answer=lambda r: "positive") as srv:
@@ -27,7 +27,10 @@ def test_gemini_vertex_request_path_body_and_adc_token(adc):
     assert (res.text, res.error, res.attempts, res.finish_reason) == ("positive", None, 1, "stop")
     assert (res.prompt_tokens, res.completion_tokens) == (srv.prompt_tokens, srv.completion_tokens) == (6, 1)
     [sent] = [r for r in srv.requests if r.path.endswith(":generateContent")]
-    assert sent.path == "/v1beta1/projects/proj-1/locations/us-central1/publishers/google/models/gemini-2.5-flash:generateContent"
+    assert (
+        sent.path
+        == "/v1beta1/projects/proj-1/locations/us-central1/publishers/google/models/gemini-2.5-flash:generateContent"
+    )
     assert sent.headers["authorization"] == f"Bearer {ACCESS_TOKEN}" and srv.token_requests == 1
     assert sent.body["systemInstruction"]["parts"] == [{"text": "Answer in one word."}]
     assert sent.body["contents"] == [{"role": "user", "parts": [{"text": "great film"}]}]
@@ -46,8 +49,9 @@ def test_gemini_json_mode_sends_mime_type_and_schema(adc):
 
 def test_gemini_api_key_mode_uses_the_developer_api_path_and_key_header():
     with FakeLLMServer("gemini") as srv:
-        client = GeminiClient("gemini-2.5-flash", vertexai=False, api_key=SECRET, base_url=srv.url,
-                              retry=RetryPolicy(max_attempts=1))
+        client = GeminiClient(
+            "gemini-2.5-flash", vertexai=False, api_key=SECRET, base_url=srv.url, retry=RetryPolicy(max_attempts=1)
+        )
         [res] = client.generate([chat("hi")])
     assert res.error is None
     sent = srv.requests[-1]
@@ -65,11 +69,17 @@ def test_openai_request_path_body_key_and_json_modes():
     assert (res.text, res.attempts, res.prompt_tokens, res.completion_tokens) == ("positive", 1, 6, 1)
     plain, schema, obj, off = (r for r in srv.requests if r.path == "/v1/chat/completions")
     assert plain.headers["authorization"] == f"Bearer {SECRET}"
-    assert plain.body == {"model": "gpt-4o-mini", "max_tokens": 4, "temperature": 0.0, "stop": ["\n"],
-                          "messages": [{"role": "system", "content": "Answer in one word."},
-                                       {"role": "user", "content": "great film"}]}
-    assert schema.body["response_format"] == {"type": "json_schema",
-                                              "json_schema": {"name": "response", "schema": SCHEMA}}
+    assert plain.body == {
+        "model": "gpt-4o-mini",
+        "max_tokens": 4,
+        "temperature": 0.0,
+        "stop": ["\n"],
+        "messages": [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "great film"}],
+    }
+    assert schema.body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "response", "schema": SCHEMA},
+    }
     assert obj.body["response_format"] == {"type": "json_object"}
     assert "response_format" not in off.body
 
@@ -136,11 +146,15 @@ def test_client_errors_are_not_retried(protocol, adc):
 
 @pytest.mark.parametrize("protocol", ["gemini", "openai"])
 def test_refused_credentials_stop_the_batch_with_a_clear_error_and_no_secret(protocol, adc):
-    with FakeLLMServer(protocol, faults=FaultPlan(rate=1.0, kinds=("401",), fail_attempts=99),
-                       echo_auth_in_errors=True) as srv:
+    with FakeLLMServer(
+        protocol, faults=FaultPlan(rate=1.0, kinds=("401",), fail_attempts=99), echo_auth_in_errors=True
+    ) as srv:
         adc(srv)
-        client = (GeminiClient("gemini-2.5-flash", vertexai=False, api_key=SECRET, base_url=srv.url)
-                  if protocol == "gemini" else openai_client(srv))
+        client = (
+            GeminiClient("gemini-2.5-flash", vertexai=False, api_key=SECRET, base_url=srv.url)
+            if protocol == "gemini"
+            else openai_client(srv)
+        )
         with pytest.raises(LLMConfigurationError) as err:
             client.generate([chat(f"row {i}") for i in range(50)])
     text = str(err.value)
@@ -151,14 +165,21 @@ def test_refused_credentials_stop_the_batch_with_a_clear_error_and_no_secret(pro
 
 # --- concurrency, limits, cache ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("protocol", ["gemini", "openai"])
 def test_many_rows_with_20_percent_faults_are_all_answered_once_in_order(protocol, adc):
-    plan = FaultPlan(rate=0.2, kinds=("429", "500", "timeout", "malformed", "drop"), fail_attempts=2,
-                     timeout_sleep_s=0.6)
+    plan = FaultPlan(
+        rate=0.2, kinds=("429", "500", "timeout", "malformed", "drop"), fail_attempts=2, timeout_sleep_s=0.6
+    )
     with FakeLLMServer(protocol, answer=echo, faults=plan, latency_s=0.01) as srv:
         adc(srv)
-        client = make_client(protocol, srv, max_in_flight=8, timeout_s=0.3,
-                             retry=RetryPolicy(max_attempts=4, initial_backoff_s=0.01, max_backoff_s=0.05))
+        client = make_client(
+            protocol,
+            srv,
+            max_in_flight=8,
+            timeout_s=0.3,
+            retry=RetryPolicy(max_attempts=4, initial_backoff_s=0.01, max_backoff_s=0.05),
+        )
         requests = [chat(f"row {i}") for i in range(150)]
         out = client.generate(requests)
     assert [r.text for r in out] == [f"answer to row {i}" for i in range(150)]

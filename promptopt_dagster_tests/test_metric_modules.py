@@ -28,10 +28,32 @@ NEW_MODULES = ["bleu", "chrf", "f1", "json_valid", "label_set", "numeric_match",
 
 def _long_text(seed: int, words: int) -> str:
     rng = random.Random(seed)
-    vocab = ["the", "cat", "cats", "running", "runs", "ran", "model", "models", "answer", "answering", "prompt",
-             "optimisation", "quickly", "data", "a", "of", "is", "was", "generalization", "generalise", "42", "1,234"]
+    vocab = [
+        "the",
+        "cat",
+        "cats",
+        "running",
+        "runs",
+        "ran",
+        "model",
+        "models",
+        "answer",
+        "answering",
+        "prompt",
+        "optimisation",
+        "quickly",
+        "data",
+        "a",
+        "of",
+        "is",
+        "was",
+        "generalization",
+        "generalise",
+        "42",
+        "1,234",
+    ]
     lines, line = [], []
-    for i in range(words):
+    for _ in range(words):
         line.append(rng.choice(vocab))
         if rng.random() < 0.08:
             line[-1] += rng.choice([".", ",", "!", "?"])
@@ -124,6 +146,7 @@ def _check_shape(name, out, n):
 
 # --- accuracy and f1 against scikit-learn -------------------------------------------------------------
 
+
 def _mapped(predictions, labels):
     mapped = [to_label(p, labels) for p in predictions]
     return [SENTINEL if m is None else m for m in mapped]  # "" is a label when a reference is empty
@@ -133,8 +156,9 @@ def _mapped(predictions, labels):
 def test_accuracy_agrees_with_sklearn(metric, labels):
     from sklearn.metrics import accuracy_score
 
-    out = metric("accuracy").compute(predictions=C_PREDICTIONS, references=C_REFERENCES,
-                                     **({"labels": labels} if labels else {}))
+    out = metric("accuracy").compute(
+        predictions=C_PREDICTIONS, references=C_REFERENCES, **({"labels": labels} if labels else {})
+    )
     label_set = labels or sorted({normalize(r) for r in C_REFERENCES})
     y_true = [normalize(r) for r in C_REFERENCES]
     y_pred = _mapped(C_PREDICTIONS, label_set)
@@ -143,17 +167,21 @@ def test_accuracy_agrees_with_sklearn(metric, labels):
     assert out["invalid_rate"] == pytest.approx(y_pred.count(SENTINEL) / len(y_pred), abs=TOL)
 
 
-@pytest.mark.parametrize("labels", [
-    None,
-    ["positive", "negative", "neutral"],  # "très bien" and "好" references fall outside the set
-    ["POSITIVE", "Negative", "neutral", "très bien", "好", "mixed"],  # "mixed": no row has it, left out
-    ["positive", "Positive", "negative"],  # duplicates after normalisation
-])
+@pytest.mark.parametrize(
+    "labels",
+    [
+        None,
+        ["positive", "negative", "neutral"],  # "très bien" and "好" references fall outside the set
+        ["POSITIVE", "Negative", "neutral", "très bien", "好", "mixed"],  # "mixed": no row has it, left out
+        ["positive", "Positive", "negative"],  # duplicates after normalisation
+    ],
+)
 def test_f1_agrees_with_sklearn(metric, labels):
     from sklearn.metrics import f1_score, precision_score, recall_score
 
-    out = metric("f1").compute(predictions=C_PREDICTIONS, references=C_REFERENCES,
-                               **({"labels": labels} if labels else {}))
+    out = metric("f1").compute(
+        predictions=C_PREDICTIONS, references=C_REFERENCES, **({"labels": labels} if labels else {})
+    )
     _check_shape("f1", out, len(C_PREDICTIONS))
     y_true = [normalize(r) for r in C_REFERENCES]
     if labels:
@@ -199,6 +227,7 @@ def test_f1_small_cases(metric):
 
 # --- rouge against rouge_score -------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module", params=[False, True], ids=["no-stemmer", "stemmer"])
 def rouge_reference(request):
     from rouge_score import rouge_scorer
@@ -211,8 +240,9 @@ def rouge_reference(request):
 @pytest.mark.parametrize("rouge_type", ["rouge1", "rouge2", "rougeL"])
 def test_rouge_agrees_with_rouge_score(metric, rouge_reference, rouge_type):
     use_stemmer, expected = rouge_reference
-    out = metric("rouge").compute(predictions=PREDICTIONS, references=REFERENCES, rouge_type=rouge_type,
-                                  use_stemmer=use_stemmer)
+    out = metric("rouge").compute(
+        predictions=PREDICTIONS, references=REFERENCES, rouge_type=rouge_type, use_stemmer=use_stemmer
+    )
     _check_shape("rouge", out, len(CORPUS))
     assert out["scores"] == pytest.approx(expected[rouge_type], abs=TOL)
     for t, per_row in expected.items():
@@ -222,8 +252,10 @@ def test_rouge_agrees_with_rouge_score(metric, rouge_reference, rouge_type):
 
 def test_rouge_default_type_is_rouge_l_and_unicode_scores_zero(metric):
     rouge = metric("rouge")
-    out = rouge.compute(predictions=["the cat sat", "日本語のテキストです", "", "Café"],
-                        references=["the cat sat", "日本語のテキストです", "", "cafe"])
+    out = rouge.compute(
+        predictions=["the cat sat", "日本語のテキストです", "", "Café"],
+        references=["the cat sat", "日本語のテキストです", "", "cafe"],
+    )
     assert out["scores"][:3] == [1.0, 0.0, 0.0]  # identical CJK text and two empty strings score 0 (no tokens)
     assert out["scores"][3] == 0.0  # "café" tokenises to "caf", not "cafe"
     assert out["rouge"] == out["rougeL"]
@@ -236,8 +268,9 @@ def test_rouge_lcs_agrees_with_rouge_score_table():
     """The bit-parallel LCS against rouge_score's dynamic-programming table, on many random pairs."""
     import importlib.util
 
-    from promptopt_dagster.scoring.registry import METRICS_DIR
     from rouge_score.rouge_scorer import _lcs_table
+
+    from promptopt_dagster.scoring.registry import METRICS_DIR
 
     spec = importlib.util.spec_from_file_location("_rouge_module", METRICS_DIR / "rouge" / "rouge.py")
     module = importlib.util.module_from_spec(spec)
@@ -252,8 +285,10 @@ def test_rouge_lcs_agrees_with_rouge_score_table():
 
 # --- bleu and chrf against sacrebleu -------------------------------------------------------------------
 
-@pytest.mark.parametrize("options", [{}, {"lowercase": True}, {"tokenize": "char"}, {"tokenize": "intl"},
-                                     {"tokenize": "zh"}])
+
+@pytest.mark.parametrize(
+    "options", [{}, {"lowercase": True}, {"tokenize": "char"}, {"tokenize": "intl"}, {"tokenize": "zh"}]
+)
 def test_bleu_agrees_with_sacrebleu(metric, options):
     import sacrebleu
 
@@ -264,19 +299,30 @@ def test_bleu_agrees_with_sacrebleu(metric, options):
     expected = [sacrebleu.sentence_bleu(p, [r], **options).score / 100 for p, r in CORPUS]
     assert out["scores"] == pytest.approx(expected, abs=TOL)
     assert out["brevity_penalty"] == pytest.approx(corpus.bp, abs=TOL)
-    assert [out["precisions"][str(n)] for n in range(1, 5)] == pytest.approx([p / 100 for p in corpus.precisions],
-                                                                           abs=TOL)
+    assert [out["precisions"][str(n)] for n in range(1, 5)] == pytest.approx(
+        [p / 100 for p in corpus.precisions], abs=TOL
+    )
 
 
 def test_bleu_is_corpus_level_not_the_mean(metric):
-    out = metric("bleu").compute(predictions=["the cat sat on the mat", "a dog"],
-                                 references=["the cat sat on the mat", "a dog barked loudly at night"])
+    out = metric("bleu").compute(
+        predictions=["the cat sat on the mat", "a dog"],
+        references=["the cat sat on the mat", "a dog barked loudly at night"],
+    )
     assert out["scores"][0] == 1.0
     assert out["bleu"] != pytest.approx(sum(out["scores"]) / 2, abs=1e-3)
 
 
-@pytest.mark.parametrize("options", [{}, {"word_order": 2}, {"lowercase": True}, {"char_order": 4, "beta": 3},
-                                     {"word_order": 2, "lowercase": True, "beta": 1}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"word_order": 2},
+        {"lowercase": True},
+        {"char_order": 4, "beta": 3},
+        {"word_order": 2, "lowercase": True, "beta": 1},
+    ],
+)
 def test_chrf_agrees_with_sacrebleu(metric, options):
     import sacrebleu
     from sacrebleu.metrics import CHRF
@@ -284,8 +330,9 @@ def test_chrf_agrees_with_sacrebleu(metric, options):
     out = metric("chrf").compute(predictions=PREDICTIONS, references=REFERENCES, **options)
     _check_shape("chrf", out, len(CORPUS))
     if "lowercase" not in options:  # the compat functions have no lowercase option
-        assert out["chrf"] == pytest.approx(sacrebleu.corpus_chrf(PREDICTIONS, [REFERENCES], **options).score / 100,
-                                            abs=TOL)
+        assert out["chrf"] == pytest.approx(
+            sacrebleu.corpus_chrf(PREDICTIONS, [REFERENCES], **options).score / 100, abs=TOL
+        )
         expected = [sacrebleu.sentence_chrf(p, [r], **options).score / 100 for p, r in CORPUS]
     else:
         reference = CHRF(**options)
@@ -296,8 +343,9 @@ def test_chrf_agrees_with_sacrebleu(metric, options):
 
 def test_bleu_and_chrf_of_identical_text_is_one_and_of_empty_is_zero(metric):
     for name in ("bleu", "chrf"):
-        out = metric(name).compute(predictions=["the cat sat on the mat", "", "x"],
-                                   references=["the cat sat on the mat", "", ""])
+        out = metric(name).compute(
+            predictions=["the cat sat on the mat", "", "x"], references=["the cat sat on the mat", "", ""]
+        )
         assert out["scores"] == [1.0, 0.0, 0.0], name  # capped at 1.0; empty scores 0 even against empty
 
 
@@ -358,8 +406,9 @@ def test_numeric_match_formats(metric):
     references = [r for _, r, _ in NUMERIC_CASES]
     out = metric("numeric_match").compute(predictions=predictions, references=references)
     _check_shape("numeric_match", out, len(NUMERIC_CASES))
-    wrong = [(p[:60], r, expected, got) for (p, r, expected), got in zip(NUMERIC_CASES, out["scores"])
-             if got != expected]
+    wrong = [
+        (p[:60], r, expected, got) for (p, r, expected), got in zip(NUMERIC_CASES, out["scores"]) if got != expected
+    ]
     assert not wrong, wrong
     assert out["numeric_match"] == pytest.approx(sum(e for _, _, e in NUMERIC_CASES) / len(NUMERIC_CASES), abs=TOL)
 
@@ -384,12 +433,14 @@ def test_numeric_match_bad_reference_names_the_row(metric, bad):
 
 
 def test_numeric_match_reference_notations(metric):
-    out = metric("numeric_match").compute(predictions=["1234"] * 4 + ["-2.5", "50"],
-                                          references=["1,234", " 1234 ", "$1,234", "1234.0", "-2.5", "50%"])
+    out = metric("numeric_match").compute(
+        predictions=["1234"] * 4 + ["-2.5", "50"], references=["1,234", " 1234 ", "$1,234", "1234.0", "-2.5", "50%"]
+    )
     assert out["scores"] == [1.0] * 6
 
 
 # --- regex_match ---------------------------------------------------------------------------------------
+
 
 def test_regex_match_search_and_fullmatch(metric):
     rm = metric("regex_match")
@@ -398,8 +449,9 @@ def test_regex_match_search_and_fullmatch(metric):
     assert rm.compute(predictions=predictions, references=refs, pattern="[A-D]")["scores"] == [1, 1, 1, 0, 0, 1]
     out = rm.compute(predictions=predictions, references=refs, pattern="[A-D]", mode="fullmatch")
     assert out["scores"] == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0] and out["regex_match"] == pytest.approx(2 / 6, abs=TOL)
-    assert rm.compute(predictions=predictions, references=refs, pattern="[a-d]", mode="fullmatch",
-                      flags="i")["scores"] == [1, 1, 0, 1, 0, 0]
+    assert rm.compute(predictions=predictions, references=refs, pattern="[a-d]", mode="fullmatch", flags="i")[
+        "scores"
+    ] == [1, 1, 0, 1, 0, 0]
 
 
 def test_regex_match_flags(metric):
@@ -434,16 +486,16 @@ JSON_CASES = [
     ('{"answer": "B", "confidence": 0.9}', 1, 1, 1),
     ('  {"answer": "B"}  \n', 1, 1, 0),
     ('```json\n{"answer": "B", "confidence": 1}\n```', 1, 1, 1),
-    ('```JSON\n[1, 2]\n```', 1, 0, 0),
+    ("```JSON\n[1, 2]\n```", 1, 0, 0),
     ('```\n{"answer": 1, "confidence": 2}\n```\n', 1, 1, 1),
     ('```json {"answer": 1, "confidence": 2} ```', 1, 1, 1),  # fence on one line
     ('Here you go:\n```json\n{"answer": "B"}\n```', 0, 0, 0),  # prose around the fence
-    ('[1, 2, 3]', 1, 0, 0),
+    ("[1, 2, 3]", 1, 0, 0),
     ('"just a string"', 1, 0, 0),
-    ('42', 1, 0, 0),
-    ('null', 1, 0, 0),
+    ("42", 1, 0, 0),
+    ("null", 1, 0, 0),
     ('{"answer": NaN, "confidence": 1}', 0, 0, 0),  # NaN is not JSON
-    ('Infinity', 0, 0, 0),
+    ("Infinity", 0, 0, 0),
     ("{'answer': 'B'}", 0, 0, 0),  # Python, not JSON
     ('{"answer": "B",}', 0, 0, 0),  # trailing comma
     ('{"answer": "日本語 😀", "confidence": 0.5}', 1, 1, 1),
@@ -455,9 +507,15 @@ JSON_CASES = [
 ]
 
 
-@pytest.mark.parametrize("options, column", [({}, 1), ({"require_object": True}, 2),
-                                             ({"required_keys": ["answer", "confidence"]}, 3),
-                                             ({"require_object": True, "required_keys": ["answer", "confidence"]}, 3)])
+@pytest.mark.parametrize(
+    "options, column",
+    [
+        ({}, 1),
+        ({"require_object": True}, 2),
+        ({"required_keys": ["answer", "confidence"]}, 3),
+        ({"require_object": True, "required_keys": ["answer", "confidence"]}, 3),
+    ],
+)
 def test_json_valid(metric, options, column):
     predictions = [case[0] for case in JSON_CASES]
     out = metric("json_valid").compute(predictions=predictions, references=[""] * len(predictions), **options)
@@ -469,24 +527,39 @@ def test_json_valid(metric, options, column):
 
 
 def test_json_valid_without_fence_stripping(metric):
-    out = metric("json_valid").compute(predictions=['```json\n{"a": 1}\n```', '{"a": 1}'], references=["", ""],
-                                       strip_code_fence=False)
+    out = metric("json_valid").compute(
+        predictions=['```json\n{"a": 1}\n```', '{"a": 1}'], references=["", ""], strip_code_fence=False
+    )
     assert out["scores"] == [0.0, 1.0]
 
 
 # --- label_set -----------------------------------------------------------------------------------------
 
+
 def test_label_set(metric):
     ls = metric("label_set")
     labels = ["Positive", "negative", "très bien", "好"]
-    predictions = ["positive", " POSITIVE. ", '"Negative!"', "negative\nbecause...", "Positive, because it is good",
-                   "The answer is positive", "neutral", "", "   ", "Très Bien", "好", "好的", "pos", "?!"]
+    predictions = [
+        "positive",
+        " POSITIVE. ",
+        '"Negative!"',
+        "negative\nbecause...",
+        "Positive, because it is good",
+        "The answer is positive",
+        "neutral",
+        "",
+        "   ",
+        "Très Bien",
+        "好",
+        "好的",
+        "pos",
+        "?!",
+    ]
     expected = [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0]
     out = ls.compute(predictions=predictions, references=["x"] * len(predictions), labels=labels)
     assert out["scores"] == expected and out["label_set"] == pytest.approx(sum(expected) / len(expected), abs=TOL)
     # stricter than accuracy, which maps "Positive, because..." to a label
-    acc = metric("accuracy").compute(predictions=predictions, references=["positive"] * len(predictions),
-                                     labels=labels)
+    acc = metric("accuracy").compute(predictions=predictions, references=["positive"] * len(predictions), labels=labels)
     assert acc["scores"][4] == 1.0 and out["scores"][4] == 0.0
     # default label set: the distinct references; an empty reference adds no empty label
     out = ls.compute(predictions=["yes", "No.", "maybe", ""], references=["yes", "no", "", "no"])
@@ -495,10 +568,21 @@ def test_label_set(metric):
 
 # --- the public API on the whole awkward corpus --------------------------------------------------------
 
-@pytest.mark.parametrize("name, options", [
-    ("accuracy", {}), ("exact_match", {}), ("f1", {}), ("label_set", {}), ("rouge", {}), ("bleu", {}), ("chrf", {}),
-    ("regex_match", {"pattern": r"\w"}), ("json_valid", {}),
-])
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("accuracy", {}),
+        ("exact_match", {}),
+        ("f1", {}),
+        ("label_set", {}),
+        ("rouge", {}),
+        ("bleu", {}),
+        ("chrf", {}),
+        ("regex_match", {"pattern": r"\w"}),
+        ("json_valid", {}),
+    ],
+)
 def test_every_module_takes_the_awkward_corpus(metric, name, options):
     out = metric(name).compute(predictions=PREDICTIONS, references=REFERENCES, **options)
     _check_shape(name, out, len(PREDICTIONS))
@@ -515,15 +599,28 @@ def test_numeric_match_on_the_awkward_corpus(metric):
     assert 0.0 < out["no_number_rate"] < 1.0
 
 
-@pytest.mark.parametrize("name, options", [
-    ("f1", {"labels": ["positive", "negative"]}), ("label_set", {}), ("rouge", {"use_stemmer": True}),
-    ("bleu", {}), ("chrf", {"word_order": 2}), ("regex_match", {"pattern": "^[a-z]", "flags": "i"}),
-    ("json_valid", {}), ("numeric_match", {}),
-])
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("f1", {"labels": ["positive", "negative"]}),
+        ("label_set", {}),
+        ("rouge", {"use_stemmer": True}),
+        ("bleu", {}),
+        ("chrf", {"word_order": 2}),
+        ("regex_match", {"pattern": "^[a-z]", "flags": "i"}),
+        ("json_valid", {}),
+        ("numeric_match", {}),
+    ],
+)
 def test_compute_and_direct_compute_agree(metric, name, options):
     """The registry calls `_compute` directly (no Arrow staging); it must give what `compute()` gives."""
-    predictions, references = (PREDICTIONS, ["42"] * len(PREDICTIONS)) if name == "numeric_match" else (
-        C_PREDICTIONS, C_REFERENCES) if name in ("f1", "label_set") else (PREDICTIONS, REFERENCES)
+    predictions, references = (
+        (PREDICTIONS, ["42"] * len(PREDICTIONS))
+        if name == "numeric_match"
+        else (C_PREDICTIONS, C_REFERENCES)
+        if name in ("f1", "label_set")
+        else (PREDICTIONS, REFERENCES)
+    )
     module = metric(name)
     public = module.compute(predictions=predictions, references=references, **options)
     direct = module._compute(predictions=list(predictions), references=list(references), **options)
@@ -536,7 +633,10 @@ def test_registry_hands_the_dataset_labels_to_f1_and_label_set():
     predictions, references = ["yes", "No.", "maybe", "yes"], ["yes", "no", "no", "no"]
     f1 = score("f1", predictions, references, labels=["yes", "no", "maybe"])
     assert f1.value == pytest.approx((2 / 3 + 1 / 2 + 0) / 3, abs=TOL) and set(f1.details["per_label"]) == {
-        "yes", "no", "maybe"}
+        "yes",
+        "no",
+        "maybe",
+    }
     assert f1.per_row == [1.0, 1.0, 0.0, 0.0]
     assert score("label_set", predictions, references, labels=["yes", "no"]).per_row == [1.0, 1.0, 0.0, 1.0]
 
@@ -630,14 +730,23 @@ OFFLINE_SCRIPT = textwrap.dedent(
 
 
 def test_every_module_loads_and_computes_without_network(tmp_path):
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"HF_HUB_OFFLINE", "HF_EVALUATE_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"}}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"HF_HUB_OFFLINE", "HF_EVALUATE_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"}
+    }
     cache = tmp_path / "hf"
-    env.update(HF_HOME=str(cache), HF_EVALUATE_CACHE=str(cache / "evaluate"),
-               HF_DATASETS_CACHE=str(cache / "datasets"), HF_METRICS_CACHE=str(cache / "metrics"),
-               HF_MODULES_CACHE=str(cache / "modules"), XDG_CACHE_HOME=str(tmp_path / "xdg"))
-    proc = subprocess.run([sys.executable, "-c", OFFLINE_SCRIPT], env=env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
+    env.update(
+        HF_HOME=str(cache),
+        HF_EVALUATE_CACHE=str(cache / "evaluate"),
+        HF_DATASETS_CACHE=str(cache / "datasets"),
+        HF_METRICS_CACHE=str(cache / "metrics"),
+        HF_MODULES_CACHE=str(cache / "modules"),
+        XDG_CACHE_HOME=str(tmp_path / "xdg"),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", OFFLINE_SCRIPT], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     lines = proc.stdout.splitlines()
     assert lines[0] == "GUARD-OK"

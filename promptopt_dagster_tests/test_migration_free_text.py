@@ -13,9 +13,9 @@ import dagster as dg
 import pandas as pd
 import yaml
 
-from promptopt_dagster.core.optimizations import OptimizationSpec
+from promptopt_dagster.app.optimizations import OptimizationSpec
+from promptopt_dagster.app.settings import PROJECT_ROOT
 from promptopt_dagster.defs.partitions import ensure_iteration, iteration_key
-from promptopt_dagster.settings import PROJECT_ROOT
 from promptopt_dagster_tests.dagster_helpers import generation_of, prepare, start
 from promptopt_dagster_tests.fake_llm_servers import FakeLLMServer
 from promptopt_dagster_tests.test_migration import KEY, _defs, _failure, source_block
@@ -56,26 +56,43 @@ def gsm8k_project(root):
 def test_a_free_text_migration_keeps_the_source_answers_and_reports_agreement(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     root = gsm8k_project(tmp_path / "project")
-    with FakeLLMServer("openai", answer=source) as src, FakeLLMServer("openai", answer=target) as tgt, \
-            dg.instance_for_test() as instance:
+    with (
+        FakeLLMServer("openai", answer=source) as src,
+        FakeLLMServer("openai", answer=target) as tgt,
+        dg.instance_for_test() as instance,
+    ):
         defs = _defs(root, tmp_path, tgt)
-        entry = {"eval_size": 12, "select_size": 12, "test_size": 0, "source_model": source_block(src),
-                 "options": {"num_candidates": 2, "minibatch_size": 6}, "stop": {"max_iterations": 1, "target_score": 1.1}}
+        entry = {
+            "eval_size": 12,
+            "select_size": 12,
+            "test_size": 0,
+            "source_model": source_block(src),
+            "options": {"num_candidates": 2, "minibatch_size": 6},
+            "stop": {"max_iterations": 1, "target_score": 1.1},
+        }
         (root / "data" / "optimizations.yaml").write_text(yaml.safe_dump({"optimizations": {"gsm8k": entry}}))
         assert prepare(defs, instance, "gsm8k").success
         started = start(defs, instance, OptimizationSpec(name="gsm8k", dataset="gsm8k", **entry))
         assert started.success, _failure(started)
         refs = started.output_for_node("migration_references")
         # free text: the source's whole answer is kept, and numeric_match gets the number it ends with
-        assert all(a == f"Counting the words of the question.\nAnswer: {words(u)}" and r == str(words(u))
-                   for u, a, r in zip(refs["user_input"], refs["source_answer"], refs["reference"]))
+        assert all(
+            a == f"Counting the words of the question.\nAnswer: {words(u)}" and r == str(words(u))
+            for u, a, r in zip(refs["user_input"], refs["source_answer"], refs["reference"])
+        )
         assert refs["dataset_label"].isna().all()
         generation = generation_of(started)
         ensure_iteration(instance, generation, 0)
-        assert defs.resolve_job_def("optimize_iteration").execute_in_process(
-            partition_key=iteration_key("gsm8k", generation, 0), instance=instance, raise_on_error=False).success
+        assert (
+            defs.resolve_job_def("optimize_iteration")
+            .execute_in_process(
+                partition_key=iteration_key("gsm8k", generation, 0), instance=instance, raise_on_error=False
+            )
+            .success
+        )
         report = defs.resolve_job_def("final_report_job").execute_in_process(
-            partition_key="gsm8k", instance=instance, raise_on_error=False)
+            partition_key="gsm8k", instance=instance, raise_on_error=False
+        )
         assert report.success, _failure(report)
     final = report.asset_materializations_for_node("final_report")[0].metadata
     migration = final["report"].value["migration"]
@@ -84,7 +101,7 @@ def test_a_free_text_migration_keeps_the_source_answers_and_reports_agreement(tm
 
 
 def test_a_free_text_reference_takes_the_form_the_scorers_read():
-    from promptopt_dagster.core.migration import reference_form, reference_of
+    from promptopt_dagster.app.migration import reference_form, reference_of
 
     number = reference_form(["numeric_match", "regex_match"])
     assert reference_of("So she earns $1,234.50 in all.\nAnswer: $1,234.50", [], number) == ("1234.50", "ok")

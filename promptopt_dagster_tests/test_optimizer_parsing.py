@@ -77,9 +77,14 @@ def test_missing_key():
     assert_rejected(parse_prompt_proposal(json.dumps({"system_prompt": "x"})), "missing key output_prompt")
 
 
-@pytest.mark.parametrize("key,value,type_name", [("system_prompt", None, "NoneType"),
-                                                 ("output_prompt", ["Review: {user_input}"], "list"),
-                                                 ("system_prompt", 3, "int")])
+@pytest.mark.parametrize(
+    "key,value,type_name",
+    [
+        ("system_prompt", None, "NoneType"),
+        ("output_prompt", ["Review: {user_input}"], "list"),
+        ("system_prompt", 3, "int"),
+    ],
+)
 def test_non_string_values(key, value, type_name):
     assert_rejected(parse_prompt_proposal(json.dumps({**GOOD, key: value})), key, "string", type_name)
 
@@ -138,8 +143,10 @@ def test_literal_json_braces_in_output_prompt_are_allowed():
 
 @pytest.mark.parametrize("ensure_ascii", [True, False])
 def test_unicode(ensure_ascii):
-    proposal = {"system_prompt": "Classe le sentiment — réponds « positif » ou « négatif ». 感情 🙂",
-                "output_prompt": "Critique : {user_input}\nSentiment :"}
+    proposal = {
+        "system_prompt": "Classe le sentiment — réponds « positif » ou « négatif ». 感情 🙂",
+        "output_prompt": "Critique : {user_input}\nSentiment :",
+    }
     parsed = parse_prompt_proposal(json.dumps(proposal, ensure_ascii=ensure_ascii))
     assert parsed.ok, parsed.rejected_reason
     assert parsed.system_prompt == proposal["system_prompt"]

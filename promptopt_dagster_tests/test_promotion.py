@@ -13,17 +13,27 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from promptopt_dagster.core import promotion as po
-from promptopt_dagster.core.optimizations import OptimizationSpec
+from promptopt_dagster.app import promotion as po
+from promptopt_dagster.app.optimizations import OptimizationSpec
 from promptopt_dagster.defs.partitions import ensure_iteration, iteration_key
-from promptopt_dagster_tests.dagster_helpers import (PROMPTS_DIR, generation_of, make_defs, prepare, query, small_spec,
-                                                     start)
+from promptopt_dagster_tests.dagster_helpers import (
+    PROMPTS_DIR,
+    generation_of,
+    make_defs,
+    prepare,
+    query,
+    small_spec,
+    start,
+)
 
 
 def promote(defs, instance, dataset: str = "sst2", **config):
     return defs.resolve_job_def("promote_prompt").execute_in_process(
-        partition_key=dataset, instance=instance, raise_on_error=False,
-        run_config={"ops": {"promotion_audit": {"config": {"requested_by": "ana", **config}}}})
+        partition_key=dataset,
+        instance=instance,
+        raise_on_error=False,
+        run_config={"ops": {"promotion_audit": {"config": {"requested_by": "ana", **config}}}},
+    )
 
 
 def finish(defs, instance, spec: OptimizationSpec) -> dict:
@@ -32,10 +42,14 @@ def finish(defs, instance, spec: OptimizationSpec) -> dict:
     assert started.success
     generation = generation_of(started)
     ensure_iteration(instance, generation, 0)
-    assert defs.resolve_job_def("optimize_iteration").execute_in_process(
-        partition_key=iteration_key(spec.name, generation, 0), instance=instance).success
-    assert defs.resolve_job_def("final_report_job").execute_in_process(partition_key=spec.name,
-                                                                       instance=instance).success
+    assert (
+        defs.resolve_job_def("optimize_iteration")
+        .execute_in_process(partition_key=iteration_key(spec.name, generation, 0), instance=instance)
+        .success
+    )
+    assert (
+        defs.resolve_job_def("final_report_job").execute_in_process(partition_key=spec.name, instance=instance).success
+    )
     return json.loads(query_report(defs, spec.name))
 
 
@@ -44,7 +58,9 @@ def query_report(defs, name: str) -> str:
 
     database = defs.resources["warehouse"].database
     with duckdb.connect(database, read_only=True) as con:
-        return con.execute("select report_json from promptopt.final_report where optimization = ?", [name]).fetchone()[0]
+        return con.execute("select report_json from promptopt.final_report where optimization = ?", [name]).fetchone()[
+            0
+        ]
 
 
 @pytest.fixture
@@ -56,9 +72,19 @@ def two_optimizations(tmp_path):
     instance = dg.DagsterInstance.ephemeral()
     assert prepare(defs, instance).success
     good = finish(defs, instance, small_spec("sst2", stop={"max_iterations": 1}))
-    bad = finish(defs, instance, OptimizationSpec(name="sst2_quick", dataset="sst2", optimizer="reflective",
-                                                  eval_size=20, select_size=10, test_size=20,
-                                                  stop={"max_iterations": 1}))
+    bad = finish(
+        defs,
+        instance,
+        OptimizationSpec(
+            name="sst2_quick",
+            dataset="sst2",
+            optimizer="reflective",
+            eval_size=20,
+            select_size=10,
+            test_size=20,
+            stop={"max_iterations": 1},
+        ),
+    )
     return defs, instance, prompts, good, bad
 
 
@@ -100,8 +126,11 @@ def test_promote_block_a_worse_one_roll_back_and_the_audit_has_every_event(tmp_p
 
     audit = query(tmp_path, "select * from promptopt.promotion_audit order by event_id")
     assert list(zip(audit["action"], audit["verdict"], audit["optimization"])) == [
-        ("promote", "approved", "sst2"), ("promote", "blocked", "sst2_quick"), ("promote", "approved", "sst2_quick"),
-        ("rollback", "approved", "sst2")]
+        ("promote", "approved", "sst2"),
+        ("promote", "blocked", "sst2_quick"),
+        ("promote", "approved", "sst2_quick"),
+        ("rollback", "approved", "sst2"),
+    ]
     assert audit["requested_by"].tolist() == ["ana"] * 4
     assert audit.loc[0, "iteration"] == f"g1-i{good['iterations'] - 1}"  # the best_prompt partition promoted
     assert audit["note"].tolist() == ["first serving", "cheaper?", "accept the drop", "the drop hurt"]
@@ -160,8 +189,14 @@ def test_three_promotions_then_rollbacks_step_back_through_the_history(tmp_path,
 
     audit = query(tmp_path, "select * from promptopt.promotion_audit order by event_id")
     assert list(zip(audit["action"], audit["verdict"])) == [
-        ("promote", "approved"), ("promote", "approved"), ("promote", "approved"),
-        ("rollback", "blocked"), ("rollback", "approved"), ("rollback", "approved"), ("rollback", "blocked")]
+        ("promote", "approved"),
+        ("promote", "approved"),
+        ("promote", "approved"),
+        ("rollback", "blocked"),
+        ("rollback", "approved"),
+        ("rollback", "approved"),
+        ("rollback", "blocked"),
+    ]
     assert audit["event_id"].tolist() == list(range(1, 8))
     assert audit["note"].tolist()[3:] == ["undo", "undo anyway", "", "one more"]
     assert "is below the promoted prompt" in audit.loc[3, "reason"] and audit.loc[3, "prompt_id"] == b
@@ -186,8 +221,11 @@ def test_nothing_to_roll_back_is_audited_and_an_unstarted_optimization_says_what
 
 def served_by(result) -> list[str]:
     """The prompt ids promoted_prompt materialized in this run (none when the request was refused)."""
-    return [e.event_specific_data.materialization.metadata["prompt_id"].value for e in result.all_events
-            if e.is_step_materialization and e.asset_key == dg.AssetKey("promoted_prompt")]
+    return [
+        e.event_specific_data.materialization.metadata["prompt_id"].value
+        for e in result.all_events
+        if e.is_step_materialization and e.asset_key == dg.AssetKey("promoted_prompt")
+    ]
 
 
 def failure(result) -> str:
@@ -205,8 +243,9 @@ def test_cli_errors_are_one_line_and_a_refusal_is_audited_with_exit_1(tmp_path):
     env.pop("DAGSTER_HOME", None)
 
     def promptopt(*args):
-        return subprocess.run([sys.executable, "-m", "promptopt_dagster.cli", *args], env=env, capture_output=True,
-                              text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "promptopt_dagster.cli", *args], env=env, capture_output=True, text=True, timeout=300
+        )
 
     unstarted = promptopt("promote", "sst2")
     assert unstarted.returncode == 2, unstarted.stderr[-3000:]
@@ -215,8 +254,9 @@ def test_cli_errors_are_one_line_and_a_refusal_is_audited_with_exit_1(tmp_path):
     assert unstarted.stdout == ""
     refused = promptopt("rollback", "sst2", "--note", "oops")
     assert refused.returncode == 1, refused.stderr[-3000:]
-    assert refused.stdout == ("rollback of sst2: BLOCKED: nothing to roll back: no prompt of 'sst2' has been "
-                              "promoted\n")
+    assert refused.stdout == (
+        "rollback of sst2: BLOCKED: nothing to roll back: no prompt of 'sst2' has been promoted\n"
+    )
     import duckdb
 
     with duckdb.connect(str(tmp_path / "state" / "warehouse.duckdb"), read_only=True) as con:
@@ -242,32 +282,57 @@ def test_promote_roll_back_and_render_through_the_cli(tmp_path):
 
     root = toy_project(tmp_path / "project")
     entries = yaml.safe_load((root / "data" / "optimizations.yaml").read_text())["optimizations"]
-    entries["toy"] = {"dataset": "toy", "select_size": 20, "eval_size": 20, "test_size": 40,
-                      "options": {"num_candidates": 2}, "stop": {"max_iterations": 1}}
+    entries["toy"] = {
+        "dataset": "toy",
+        "select_size": 20,
+        "eval_size": 20,
+        "test_size": 40,
+        "options": {"num_candidates": 2},
+        "stop": {"max_iterations": 1},
+    }
     entries["toy_gepa"]["test_size"] = 40
     (root / "data" / "optimizations.yaml").write_text(yaml.safe_dump({"optimizations": entries}))
     with FakeLLMServer("openai", answer=task) as task_srv, FakeLLMServer("openai", answer=reflect) as opt_srv:
-        env = {"PROMPTOPT_DATA_DIR": str(root / "data"), "PROMPTOPT_PROMPTS_DIR": str(root / "prompts"),
-               "PROMPTOPT_TASK__BACKEND": "openai", "PROMPTOPT_TASK__BASE_URL": task_srv.openai_base_url,
-               "OPENAI_API_KEY": "sk-task", "PROMPTOPT_OPTIMIZER__BACKEND": "openai",
-               "PROMPTOPT_OPTIMIZER__BASE_URL": opt_srv.openai_base_url}
+        env = {
+            "PROMPTOPT_DATA_DIR": str(root / "data"),
+            "PROMPTOPT_PROMPTS_DIR": str(root / "prompts"),
+            "PROMPTOPT_TASK__BACKEND": "openai",
+            "PROMPTOPT_TASK__BASE_URL": task_srv.openai_base_url,
+            "OPENAI_API_KEY": "sk-task",
+            "PROMPTOPT_OPTIMIZER__BACKEND": "openai",
+            "PROMPTOPT_OPTIMIZER__BASE_URL": opt_srv.openai_base_url,
+        }
         state = root / "state"
         full_env = {**os.environ, **env, "PROMPTOPT_STATE_DIR": str(state)}
         full_env.pop("DAGSTER_HOME", None)
 
         def promptopt(*args, code: int = 0):
-            done = subprocess.run([sys.executable, "-m", "promptopt_dagster.cli", *args], env=full_env, cwd=root,
-                                  capture_output=True, text=True, timeout=300)
+            done = subprocess.run(
+                [sys.executable, "-m", "promptopt_dagster.cli", *args],
+                env=full_env,
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             assert done.returncode == code, done.stdout + done.stderr[-3000:]
             assert "Traceback" not in done.stderr and "Warning" not in done.stderr, done.stderr[-3000:]
             return done.stdout
 
-        unfinished = subprocess.run([sys.executable, "-m", "promptopt_dagster.cli", "promote", "toy"], env=full_env,
-                                    cwd=root, capture_output=True, text=True, timeout=300)
+        unfinished = subprocess.run(
+            [sys.executable, "-m", "promptopt_dagster.cli", "promote", "toy"],
+            env=full_env,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert unfinished.returncode == 2 and unfinished.stdout == ""
-        assert unfinished.stderr.startswith("error: promote toy: nothing to promote: optimization 'toy' of dataset "
-                                            "'toy' has not been started here. Run `promptopt optimize "
-                                            "--optimization toy`"), unfinished.stderr
+        assert unfinished.stderr.startswith(
+            "error: promote toy: nothing to promote: optimization 'toy' of dataset "
+            "'toy' has not been started here. Run `promptopt optimize "
+            "--optimization toy`"
+        ), unfinished.stderr
         for name in ("toy_gepa", "toy"):
             done = run_cli(state, env, "--optimization", name, cwd=root)
             assert done.returncode == 0, done.stderr[-3000:]
@@ -294,6 +359,12 @@ def test_promote_roll_back_and_render_through_the_cli(tmp_path):
     assert shown.rstrip().endswith("[user]\nReview: a quiet film\nSentiment:")
     audit = warehouse(state, "select action, verdict, optimization from promptopt.promotion_audit order by event_id")
     assert list(zip(audit["action"], audit["verdict"], audit["optimization"].fillna("-"))) == [
-        ("promote", "approved", "toy_gepa"), ("promote", "blocked", "toy"), ("promote", "approved", "toy"),
-        ("promote", "approved", "toy_gepa"), ("rollback", "blocked", "toy"), ("rollback", "approved", "toy"),
-        ("rollback", "approved", "toy_gepa"), ("rollback", "blocked", "-")]
+        ("promote", "approved", "toy_gepa"),
+        ("promote", "blocked", "toy"),
+        ("promote", "approved", "toy"),
+        ("promote", "approved", "toy_gepa"),
+        ("rollback", "blocked", "toy"),
+        ("rollback", "approved", "toy"),
+        ("rollback", "approved", "toy_gepa"),
+        ("rollback", "blocked", "-"),
+    ]

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from promptopt_dagster.app.quality import prompt_gate
+from promptopt_dagster.app.settings import PROJECT_ROOT
 from promptopt_dagster.core.errors import PromptError
 from promptopt_dagster.core.prompts import Demo, PromptVersion, fill, placeholder_problem
-from promptopt_dagster.core.quality import prompt_gate
-from promptopt_dagster.settings import PROJECT_ROOT
 
 SYSTEM = "Classify the sentiment as positive or negative."
 OUTPUT = "Review: {user_input}\nSentiment:"
@@ -87,7 +87,11 @@ def test_braces_in_prompt_stay_literal():
     system = 'Answer with JSON like {"label": "positive"} or {"label": "negative"}. Not {0}.'
     output = 'Input: {user_input}\nJSON {"label": ...}:'
     assert placeholder_problem(output) is None
-    p = make(system_prompt=system, output_prompt=output, demos=[Demo(user_input="ok {x}", ground_truth_output='{"label": "positive"}')])
+    p = make(
+        system_prompt=system,
+        output_prompt=output,
+        demos=[Demo(user_input="ok {x}", ground_truth_output='{"label": "positive"}')],
+    )
     assert p.render_completion("fine") == (
         f"{system}\n\n"
         'Input: ok {x}\nJSON {"label": ...}: {"label": "positive"}\n\n'
@@ -183,8 +187,13 @@ def test_child_chain_and_unique_ids():
 
 
 def test_save_load_round_trip(tmp_path):
-    p = make(version=2, parent_id="abc123", metadata={"score": 0.75, "tags": ["x"]},
-             system_prompt='Use JSON {"a": 1}', output_prompt="Q: {user_input}\nA:")
+    p = make(
+        version=2,
+        parent_id="abc123",
+        metadata={"score": 0.75, "tags": ["x"]},
+        system_prompt='Use JSON {"a": 1}',
+        output_prompt="Q: {user_input}\nA:",
+    )
     path = tmp_path / "nested" / "dir" / "v2.json"
     p.save(path)
     assert path.exists()
@@ -261,8 +270,10 @@ def test_load_output_prompt_with_unknown_placeholder(tmp_path):
     assert str(path) in str(info.value) and "{lang}" in str(info.value)
 
 
-@pytest.mark.parametrize("system, found", [("Classify {user_input} as positive or negative.", "{user_input}"),
-                                           ("Answer with {label}.", "{label}")])
+@pytest.mark.parametrize(
+    "system, found",
+    [("Classify {user_input} as positive or negative.", "{user_input}"), ("Answer with {label}.", "{label}")],
+)
 def test_load_refuses_placeholder_in_system_prompt(tmp_path, system, found):
     # The system prompt is sent as written, so this would reach the model as literal braces.
     path = tmp_path / "system.json"
@@ -312,8 +323,12 @@ def test_gcs_round_trip(gcs_emulator):
 
     from promptopt_dagster.core.storage import _gcs_client
 
-    p = make(version=1, parent_id="root", metadata={"score": 0.5},
-             output_prompt='Review: {user_input}\nAnswer as {"label": ...}:')
+    p = make(
+        version=1,
+        parent_id="root",
+        metadata={"score": 0.5},
+        output_prompt='Review: {user_input}\nAnswer as {"label": ...}:',
+    )
     uri = "gs://promptopt-test/prompts/v1.json"
     p.save(uri)
     assert PromptVersion.load(uri) == p

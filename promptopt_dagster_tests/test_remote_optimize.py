@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from promptopt_dagster_tests.fake_llm_servers import FaultPlan, FakeLLMServer
+from promptopt_dagster_tests.fake_llm_servers import FakeLLMServer, FaultPlan
 from promptopt_dagster_tests.remote_helpers import SECRET, gemini_env, lexicon_model, run_cli, warehouse
 from promptopt_dagster_tests.test_cli import _small_project
 
@@ -20,10 +20,16 @@ def test_sst2_optimize_on_fake_gemini_with_20_percent_failures(tmp_path):
         env = gemini_env(srv, tmp_path)
         done = run_cli(state, env, "--dataset", "sst2", "--report-json", str(tmp_path / "report.json"))
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-        first = {"requests": srv.request_count, "prompt_tokens": srv.prompt_tokens,
-                 "completion_tokens": srv.completion_tokens, "faults": sum(srv.fault_counts.values())}
-        tables = {t: warehouse(state, f"select iteration, row_id, error, attempts, cached from promptopt.{t}")
-                  for t in ("baseline_predictions", "refined_predictions")}
+        first = {
+            "requests": srv.request_count,
+            "prompt_tokens": srv.prompt_tokens,
+            "completion_tokens": srv.completion_tokens,
+            "faults": sum(srv.fault_counts.values()),
+        }
+        tables = {
+            t: warehouse(state, f"select iteration, row_id, error, attempts, cached from promptopt.{t}")
+            for t in ("baseline_predictions", "refined_predictions")
+        }
         srv.reset()
         again = run_cli(state, env, "--dataset", "sst2")
         assert again.returncode == 0, again.stderr[-3000:]
@@ -64,12 +70,31 @@ def test_the_api_key_never_reaches_logs_tables_cache_or_reports(tmp_path):
     # An adversarial server that echoes the Authorization header into its error messages.
     plan = FaultPlan(rate=0.1, kinds=("400",), fail_attempts=1)
     with FakeLLMServer("openai", answer=lambda r: "positive", faults=plan, echo_auth_in_errors=True) as srv:
-        env = {"PROMPTOPT_TASK__BACKEND": "openai", "PROMPTOPT_TASK__BASE_URL": srv.openai_base_url,
-               "PROMPTOPT_DATA_DIR": str(root / "data"), "PROMPTOPT_PROMPTS_DIR": str(root / "prompts"),
-               "OPENAI_API_KEY": SECRET}
-        done = run_cli(state, env, "--dataset", "sst2", "--max-iterations", "1", "--eval-size", "0",
-                       "--test-size", "0", "--max-failed-fraction", "0.5", "--verbose",
-                       "--report-json", str(root / "report.json"), cwd=root)
+        env = {
+            "PROMPTOPT_TASK__BACKEND": "openai",
+            "PROMPTOPT_TASK__BASE_URL": srv.openai_base_url,
+            "PROMPTOPT_DATA_DIR": str(root / "data"),
+            "PROMPTOPT_PROMPTS_DIR": str(root / "prompts"),
+            "OPENAI_API_KEY": SECRET,
+        }
+        done = run_cli(
+            state,
+            env,
+            "--dataset",
+            "sst2",
+            "--max-iterations",
+            "1",
+            "--eval-size",
+            "0",
+            "--test-size",
+            "0",
+            "--max-failed-fraction",
+            "0.5",
+            "--verbose",
+            "--report-json",
+            str(root / "report.json"),
+            cwd=root,
+        )
         sent = [r for r in srv.requests if r.path == "/v1/chat/completions"]
     assert done.returncode == 0, done.stderr[-3000:]
     assert sent and all(r.headers["authorization"] == f"Bearer {SECRET}" for r in sent)  # the key was used

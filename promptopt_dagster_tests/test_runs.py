@@ -20,8 +20,11 @@ def instance():
 
 
 def _started_run(instance: dg.DagsterInstance, tags: dict) -> dg.DagsterRun:
-    run = instance.add_run(dg.DagsterRun(job_name="optimize_iteration", run_id=make_new_run_id(), tags=tags,
-                                         status=dg.DagsterRunStatus.STARTED))
+    run = instance.add_run(
+        dg.DagsterRun(
+            job_name="optimize_iteration", run_id=make_new_run_id(), tags=tags, status=dg.DagsterRunStatus.STARTED
+        )
+    )
     return run
 
 
@@ -45,10 +48,17 @@ def test_a_run_waits_for_another_process_that_holds_the_warehouse_file(tmp_path,
     from promptopt_dagster_tests.dagster_helpers import make_defs, prepare
 
     defs = make_defs(tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time\n"
-                               f"con = duckdb.connect({str(tmp_path / 'warehouse.duckdb')!r})\n"
-                               "print('held', flush=True); time.sleep(2); con.close()"],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time\n"
+            f"con = duckdb.connect({str(tmp_path / 'warehouse.duckdb')!r})\n"
+            "print('held', flush=True); time.sleep(2); con.close()",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
     started = time.perf_counter()
     result = prepare(defs, instance)

@@ -9,12 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from promptopt_dagster.core.datasets import load_manifest, load_user_scorers
+from promptopt_dagster.app.datasets import load_manifest, load_user_scorers
 from promptopt_dagster.core.errors import ManifestError, ScorerError
 from promptopt_dagster.llm.fake import FakeLLM
 from promptopt_dagster.scoring.registry import JUDGE, ScorerRegistry, available_metrics, load_metric
-from promptopt_dagster.scoring.suite import (AGGREGATE, ScorerSpec, ScoringSuite, objective_value, summary_from_frame,
-                                             wide_scores)
+from promptopt_dagster.scoring.suite import (
+    AGGREGATE,
+    ScorerSpec,
+    ScoringSuite,
+    objective_value,
+    summary_from_frame,
+    wide_scores,
+)
 from promptopt_dagster_tests import custom_scorers
 
 USER = "promptopt_dagster_tests.custom_scorers"
@@ -22,11 +28,22 @@ USER = "promptopt_dagster_tests.custom_scorers"
 
 # --- registry ------------------------------------------------------------------------------------
 
+
 def test_builtins_are_every_module_on_disk_plus_the_judge():
     names = ScorerRegistry(use_entry_points=False).names()
     assert set(available_metrics()) | {JUDGE} == set(names)
-    assert {"exact_match", "accuracy", "f1", "rouge", "bleu", "chrf", "numeric_match", "regex_match", "json_valid",
-            "label_set"} <= set(names)
+    assert {
+        "exact_match",
+        "accuracy",
+        "f1",
+        "rouge",
+        "bleu",
+        "chrf",
+        "numeric_match",
+        "regex_match",
+        "json_valid",
+        "label_set",
+    } <= set(names)
 
 
 @pytest.mark.parametrize("target", [f"{USER}:first_word_match", f"{USER}.first_word_match"])
@@ -44,8 +61,9 @@ def test_a_dict_returning_function_keeps_its_aggregate_details_and_options():
 
 
 def test_an_evaluate_module_class_by_dotted_path_goes_through_evaluate_compute():
-    scorer = ScorerRegistry({"contains_reference": f"{USER}:ContainsReference"},
-                            use_entry_points=False).load("contains_reference")
+    scorer = ScorerRegistry({"contains_reference": f"{USER}:ContainsReference"}, use_entry_points=False).load(
+        "contains_reference"
+    )
     result = scorer(["it was Paris", "Rome"], ["paris", "oslo"])
     assert result.per_row == [1.0, 0.0] and result.value == 0.5 and not scorer.fast
 
@@ -53,7 +71,8 @@ def test_an_evaluate_module_class_by_dotted_path_goes_through_evaluate_compute()
 def test_an_evaluate_module_file_by_path(tmp_path):
     module = tmp_path / "shouting" / "shouting.py"
     module.parent.mkdir()
-    module.write_text(textwrap.dedent('''
+    module.write_text(
+        textwrap.dedent("""
         import datasets
         import evaluate
         class Shouting(evaluate.Metric):
@@ -64,7 +83,8 @@ def test_an_evaluate_module_file_by_path(tmp_path):
             def _compute(self, predictions, references):
                 s = [float(p.isupper()) for p in predictions]
                 return {"shouting": sum(s) / len(s), "scores": s}
-    '''))
+    """)
+    )
     manifest = tmp_path / "manifest.yaml"
     manifest.write_text("scorers: {shouting: shouting/shouting.py}\ndatasets: {}\n")
     user = load_user_scorers(manifest)
@@ -76,8 +96,9 @@ def test_an_evaluate_module_file_by_path(tmp_path):
 @pytest.mark.parametrize("builtin", ["accuracy", "llm_judge"])
 def test_a_config_scorer_that_shadows_a_builtin_names_both(builtin):
     with pytest.raises(ScorerError) as info:
-        ScorerRegistry({builtin: f"{USER}:first_word_match"}, config_source="data/manifest.yaml",
-                       use_entry_points=False)
+        ScorerRegistry(
+            {builtin: f"{USER}:first_word_match"}, config_source="data/manifest.yaml", use_entry_points=False
+        )
     message = str(info.value)
     assert f"'{builtin}'" in message and f"{USER}:first_word_match" in message and "data/manifest.yaml" in message
     assert "built-in" in message and ("metrics/accuracy" in message or "scoring.judge" in message)
@@ -117,12 +138,15 @@ def test_an_entry_point_and_a_config_scorer_may_not_share_a_name(tmp_path, monke
     assert ScorerRegistry({"first_word": f"{USER}:first_word_match"}).load("first_word")  # same target: no clash
 
 
-@pytest.mark.parametrize("target, fragment", [
-    ("no_such_module_xyz:f", "cannot import no_such_module_xyz:f"),
-    (f"{USER}:missing", "cannot import"),
-    ("justaname", "not a dotted path"),
-    (f"{USER}:CALLS", "not a function"),
-])
+@pytest.mark.parametrize(
+    "target, fragment",
+    [
+        ("no_such_module_xyz:f", "cannot import no_such_module_xyz:f"),
+        (f"{USER}:missing", "cannot import"),
+        ("justaname", "not a dotted path"),
+        (f"{USER}:CALLS", "not a function"),
+    ],
+)
 def test_a_bad_dotted_path_names_the_scorer_and_the_fix(target, fragment):
     registry = ScorerRegistry({"mine": target}, config_source="m.yaml", use_entry_points=False)
     with pytest.raises(ScorerError) as info:
@@ -153,8 +177,11 @@ def test_the_fast_path_equals_evaluate_compute():
     preds = ["Positive.", "negative", "", "positive\nbecause", "NEUTRAL", "neg"]
     refs = ["positive", "positive", "negative", "positive", "negative", "negative"]
     registry = ScorerRegistry(use_entry_points=False)
-    for name, kwargs in (("exact_match", {}), ("accuracy", {"labels": ["positive", "negative"]}),
-                         ("f1", {"labels": ["positive", "negative"]})):
+    for name, kwargs in (
+        ("exact_match", {}),
+        ("accuracy", {"labels": ["positive", "negative"]}),
+        ("f1", {"labels": ["positive", "negative"]}),
+    ):
         fast = registry.load(name)(preds, refs, **kwargs)
         slow = load_metric(name).compute(predictions=preds, references=refs, **kwargs)
         assert fast.value == pytest.approx(slow[name], abs=1e-12)
@@ -163,10 +190,16 @@ def test_the_fast_path_equals_evaluate_compute():
 
 # --- suites ----------------------------------------------------------------------------------------
 
+
 def _suite(specs, target=None, **kw):
-    return ScoringSuite([ScorerSpec(**s) for s in specs], target,
-                        ScorerRegistry({"first_word": f"{USER}:first_word_match", "brevity": f"{USER}:brevity"},
-                                       use_entry_points=False), **kw)
+    return ScoringSuite(
+        [ScorerSpec(**s) for s in specs],
+        target,
+        ScorerRegistry(
+            {"first_word": f"{USER}:first_word_match", "brevity": f"{USER}:brevity"}, use_entry_points=False
+        ),
+        **kw,
+    )
 
 
 PREDS = ["positive", "Positive, the acting is great", "negative", "no idea"]
@@ -174,7 +207,9 @@ REFS = ["positive", "positive", "positive", "negative"]
 
 
 def test_weighted_aggregate_keeps_every_scorer_and_uses_the_target():
-    suite = _suite([{"name": "exact_match", "weight": 3}, {"name": "brevity", "weight": 1, "options": {"max_words": 2}}])
+    suite = _suite(
+        [{"name": "exact_match", "weight": 3}, {"name": "brevity", "weight": 1, "options": {"max_words": 2}}]
+    )
     assert suite.target == AGGREGATE
     result = suite.score(PREDS, REFS)
     em, br = result.results["exact_match"], result.results["brevity"]
@@ -206,15 +241,18 @@ def test_a_single_scorer_is_its_own_target_and_adds_no_aggregate_rows():
     assert set(frame["scorer"]) == {"exact_match"} and frame["is_target"].all()
 
 
-@pytest.mark.parametrize("specs, target, fragment", [
-    ([{"name": "exact_match"}, {"name": "exact_match"}], None, "listed twice"),
-    ([{"name": "exact_match", "weight": 0}], None, "add up to 0"),
-    ([{"name": "exact_match"}], "accuracy", "neither 'aggregate' nor one of the scorers"),
-    ([{"name": "exact_match", "options": {"ignore_cas": True}}], None, "no option(s) ignore_cas"),
-    ([{"name": "llm_judge", "options": {"temperature": 1}}], None, "no option(s) temperature"),
-    ([{"name": "bleurt"}], None, "Unknown scorer 'bleurt'"),
-    ([], None, "no scorers"),
-])
+@pytest.mark.parametrize(
+    "specs, target, fragment",
+    [
+        ([{"name": "exact_match"}, {"name": "exact_match"}], None, "listed twice"),
+        ([{"name": "exact_match", "weight": 0}], None, "add up to 0"),
+        ([{"name": "exact_match"}], "accuracy", "neither 'aggregate' nor one of the scorers"),
+        ([{"name": "exact_match", "options": {"ignore_cas": True}}], None, "no option(s) ignore_cas"),
+        ([{"name": "llm_judge", "options": {"temperature": 1}}], None, "no option(s) temperature"),
+        ([{"name": "bleurt"}], None, "Unknown scorer 'bleurt'"),
+        ([], None, "no scorers"),
+    ],
+)
 def test_suite_mistakes_fail_before_scoring(specs, target, fragment):
     with pytest.raises(ScorerError) as info:
         _suite(specs, target, where="data/manifest.yaml, dataset 'toy'")
@@ -238,8 +276,10 @@ def _verdict(request):
 
 def test_judge_rationales_reach_the_objective_and_the_table():
     judge = FakeLLM(responder=_verdict, mode="chat")
-    suite = _suite([{"name": "exact_match"}, {"name": "llm_judge", "options": {"rubric": "Is the capital right?"}}],
-                   judge_client=lambda: judge)
+    suite = _suite(
+        [{"name": "exact_match"}, {"name": "llm_judge", "options": {"rubric": "Is the capital right?"}}],
+        judge_client=lambda: judge,
+    )
     assert suite.uses_judge
     result = suite.score(["Paris", "Lyon"], ["Paris", "Paris"], inputs=["Capital of France?", "Capital of France?"])
     assert result.results["llm_judge"].per_row == [1.0, 0.0]
@@ -258,6 +298,7 @@ def test_a_judge_without_a_model_says_how_to_configure_one():
 
 # --- manifest ---------------------------------------------------------------------------------------
 
+
 def _manifest(tmp_path: Path, body: str) -> Path:
     path = tmp_path / "manifest.yaml"
     path.write_text(textwrap.dedent(body))
@@ -265,7 +306,9 @@ def _manifest(tmp_path: Path, body: str) -> Path:
 
 
 def test_manifest_scorers_weights_and_target(tmp_path):
-    path = _manifest(tmp_path, """
+    path = _manifest(
+        tmp_path,
+        """
         scorers: {first_word: promptopt_dagster_tests.custom_scorers:first_word_match}
         datasets:
           toy:
@@ -279,25 +322,32 @@ def test_manifest_scorers_weights_and_target(tmp_path):
             files: {train: a.csv, dev: b.csv, test: c.csv}
             initial_prompt: p.json
             target_metric: exact_match
-    """)
+    """,
+    )
     specs = load_manifest(path)
     toy = specs["toy"]
     assert [(s.name, s.weight) for s in toy.scorers] == [("exact_match", 2), ("first_word", 1), ("regex_match", 0)]
     assert toy.target_metric == AGGREGATE and toy.scorers[2].options == {"pattern": "^\\w+$"}
-    assert [s.name for s in specs["legacy"].scorers] == ["exact_match"] and specs["legacy"].target_metric == "exact_match"
+    assert [s.name for s in specs["legacy"].scorers] == ["exact_match"] and specs[
+        "legacy"
+    ].target_metric == "exact_match"
     assert load_user_scorers(path) == {"first_word": "promptopt_dagster_tests.custom_scorers:first_word_match"}
 
 
 def test_manifest_scorer_entries_are_checked(tmp_path):
-    path = _manifest(tmp_path, """
+    path = _manifest(
+        tmp_path,
+        """
         datasets:
           toy:
             files: {train: a.csv, dev: b.csv, test: c.csv}
             initial_prompt: p.json
             scorers: [{name: exact_match, wieght: 2}]
-    """)
-    with pytest.raises(ManifestError,
-                       match=r"datasets\.toy\.scorers\.0\.wieght: not a known key; did you mean 'weight'\?"):
+    """,
+    )
+    with pytest.raises(
+        ManifestError, match=r"datasets\.toy\.scorers\.0\.wieght: not a known key; did you mean 'weight'\?"
+    ):
         load_manifest(path)
     bad = _manifest(tmp_path, "scorers: [a, b]\ndatasets: {}\n")
     with pytest.raises(ManifestError, match="must map names to dotted paths"):
@@ -305,13 +355,12 @@ def test_manifest_scorer_entries_are_checked(tmp_path):
 
 
 def test_shipped_gsm8k_uses_numeric_match_and_watches_the_answer_format():
-    from promptopt_dagster.settings import PROJECT_ROOT
+    from promptopt_dagster.app.settings import PROJECT_ROOT
 
     spec = load_manifest(PROJECT_ROOT / "data" / "manifest.yaml")["gsm8k"]
     suite = ScoringSuite(spec.scorers, spec.target_metric, ScorerRegistry(use_entry_points=False), spec.labels)
     assert suite.target == "numeric_match"
-    result = suite.score(["3 apples, then 4 more.\nAnswer: 7", "The total is $1,200.", "Answer: 8"],
-                         ["7", "1200", "9"])
+    result = suite.score(["3 apples, then 4 more.\nAnswer: 7", "The total is $1,200.", "Answer: 8"], ["7", "1200", "9"])
     assert result.results["numeric_match"].per_row == [1.0, 1.0, 0.0]
     assert result.results["regex_match"].per_row == [1.0, 0.0, 1.0]
     assert result.value == pytest.approx(2 / 3) and result.aggregate == pytest.approx(2 / 3)  # weight 0: watched only

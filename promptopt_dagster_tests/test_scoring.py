@@ -9,10 +9,10 @@ import textwrap
 
 import pytest
 
+from promptopt_dagster.app.settings import PROJECT_ROOT
 from promptopt_dagster.core.errors import ScorerError
 from promptopt_dagster.scoring import available_metrics, score
 from promptopt_dagster.scoring.normalize import normalize, to_label
-from promptopt_dagster.settings import PROJECT_ROOT
 
 VENV_PYTHON = PROJECT_ROOT / ".venv" / "bin" / "python"
 if not VENV_PYTHON.exists():
@@ -195,9 +195,13 @@ OFFLINE_SCRIPT = textwrap.dedent(
 
 
 def test_metrics_load_without_network(tmp_path):
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"HF_HUB_OFFLINE", "HF_EVALUATE_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"}}
-    proc = subprocess.run([str(VENV_PYTHON), "-c", OFFLINE_SCRIPT], env=env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"HF_HUB_OFFLINE", "HF_EVALUATE_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"}
+    }
+    proc = subprocess.run(
+        [str(VENV_PYTHON), "-c", OFFLINE_SCRIPT], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert proc.stdout.strip().endswith("OFFLINE-OK")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from promptopt_dagster.settings import SettingsError, check_dotenv, get_settings
+from promptopt_dagster.app.settings import SettingsError, check_dotenv, get_settings
 
 
 def test_other_variables_in_dotenv_are_left_alone(tmp_path, monkeypatch):
@@ -28,8 +28,11 @@ def test_a_bad_value_from_the_environment_names_the_variable(tmp_path, monkeypat
     monkeypatch.setenv("PROMPTOPT_LLM_THREADS", "two")
     get_settings.cache_clear()
     try:
-        with pytest.raises(SettingsError, match=r"^environment variable PROMPTOPT_LLM_THREADS: Input should be a valid "
-                                                 r"integer.*\(got 'two'\)\.$"):
+        with pytest.raises(
+            SettingsError,
+            match=r"^environment variable PROMPTOPT_LLM_THREADS: Input should be a valid "
+            r"integer.*\(got 'two'\)\.$",
+        ):
             get_settings()
     finally:
         get_settings.cache_clear()

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from promptopt_dagster.settings import PROJECT_ROOT
-from promptopt_dagster.webserver_client import asset_partition_url
+from promptopt_dagster.app.settings import PROJECT_ROOT
+from promptopt_dagster.defs.webserver_client import asset_partition_url
 from promptopt_dagster_tests.dagster_dev_helpers import free_port, start_ui, stop_ui, wait_for_webserver
 from promptopt_dagster_tests.fake_llm_servers import FakeLLMServer
 from promptopt_dagster_tests.remote_helpers import run_cli
@@ -61,11 +61,20 @@ def test_the_asset_pages_show_the_summary_and_the_prompt_diff(tmp_path):
     (root / "data" / "optimizations.yaml").write_text(yaml.safe_dump(entries))
     dirs = {"PROMPTOPT_DATA_DIR": str(root / "data"), "PROMPTOPT_PROMPTS_DIR": str(root / "prompts")}
     with FakeLLMServer("openai", answer=task) as srv, FakeLLMServer("openai", answer=reflect) as reflection:
-        done = run_cli(root / "state", {**dirs, "PROMPTOPT_TASK__BACKEND": "openai",
-                                        "PROMPTOPT_TASK__BASE_URL": srv.openai_base_url, "OPENAI_API_KEY": "sk-ui",
-                                        "PROMPTOPT_OPTIMIZER__BACKEND": "openai",
-                                        "PROMPTOPT_OPTIMIZER__BASE_URL": reflection.openai_base_url},
-                       "--optimization", "toy_gepa", cwd=root)
+        done = run_cli(
+            root / "state",
+            {
+                **dirs,
+                "PROMPTOPT_TASK__BACKEND": "openai",
+                "PROMPTOPT_TASK__BASE_URL": srv.openai_base_url,
+                "OPENAI_API_KEY": "sk-ui",
+                "PROMPTOPT_OPTIMIZER__BACKEND": "openai",
+                "PROMPTOPT_OPTIMIZER__BASE_URL": reflection.openai_base_url,
+            },
+            "--optimization",
+            "toy_gepa",
+            cwd=root,
+        )
     assert done.returncode == 0, done.stderr[-3000:]
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -79,8 +88,12 @@ def test_the_asset_pages_show_the_summary_and_the_prompt_diff(tmp_path):
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 # the partition's own page (the overview shows the newest materialization of any partition)
-                _open(page, asset_partition_url("final_report", "toy_gepa", base), "score_per_iteration",
-                      ARTIFACTS / "final_report.png")
+                _open(
+                    page,
+                    asset_partition_url("final_report", "toy_gepa", base),
+                    "score_per_iteration",
+                    ARTIFACTS / "final_report.png",
+                )
                 # the summary is over the 1,000 characters the UI shows inline: it opens in a dialog
                 page.locator("tr", has_text="summary").get_by_text("[Show Markdown]").first.click()
                 page.get_by_text("Prompt Optimization Summary").first.wait_for(timeout=30000)
@@ -98,8 +111,9 @@ def test_the_asset_pages_show_the_summary_and_the_prompt_diff(tmp_path):
                 page.wait_for_timeout(1000)  # the dialog fades in
                 page.screenshot(path=str(ARTIFACTS / "score_per_iteration.png"))
                 page.get_by_role("button", name="Close").click()
-                diff = _open(page, f"{base}/assets/comparison_report",
-                             "Prompt diff", ARTIFACTS / "comparison_report.png")
+                diff = _open(
+                    page, f"{base}/assets/comparison_report", "Prompt diff", ARTIFACTS / "comparison_report.png"
+                )
                 assert "Iteration 0: accepted" in diff
                 assert "+Classify the review. When unsure, answer negative." in diff  # the diff's added line
             finally:

@@ -12,9 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from promptopt_dagster.settings import PROJECT_ROOT
-from promptopt_dagster_tests.dagster_dev_helpers import (alive, descendants, free_port, graphql, stop_ui,
-                                                        wait_for_webserver)
+from promptopt_dagster.app.settings import PROJECT_ROOT
+from promptopt_dagster_tests.dagster_dev_helpers import (
+    alive,
+    descendants,
+    free_port,
+    graphql,
+    stop_ui,
+    wait_for_webserver,
+)
 
 PARTITIONS = """query { assetNodeOrError(assetKey: {path: ["dataset_splits"]}) {
   ... on AssetNode { partitionKeys } } }"""
@@ -28,19 +34,32 @@ def _user_folder(tmp_path: Path) -> Path:
         shutil.copy(PROJECT_ROOT / "data" / "sst2" / f"{split}.csv", home / "data" / "reviews" / f"{split}.csv")
     (home / "data" / "manifest.yaml").write_text(
         "datasets:\n  my_reviews:\n    files: {train: reviews/train.csv, dev: reviews/dev.csv, test: reviews/test.csv}\n"
-        "    labels: [positive, negative]\n    initial_prompt: sst2.json\n")
+        "    labels: [positive, negative]\n    initial_prompt: sst2.json\n"
+    )
     shutil.copytree(PROJECT_ROOT / "prompts", home / "prompts", ignore=shutil.ignore_patterns("promoted"))
-    (home / ".env").write_text("PROMPTOPT_STATE_DIR=state\nPROMPTOPT_DATA_DIR=data\nPROMPTOPT_PROMPTS_DIR=prompts\n"
-                               "PROMPTOPT_TASK__BACKEND=fake\n")
+    (home / ".env").write_text(
+        "PROMPTOPT_STATE_DIR=state\nPROMPTOPT_DATA_DIR=data\nPROMPTOPT_PROMPTS_DIR=prompts\n"
+        "PROMPTOPT_TASK__BACKEND=fake\n"
+    )
     return home
 
 
 def _start(home: Path, port: int, log_path: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTOPT_") and k not in ("DAGSTER_HOME", "VIRTUAL_ENV")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PROMPTOPT_") and k not in ("DAGSTER_HOME", "VIRTUAL_ENV")
+    }
     env["PATH"] = "/usr/bin:/bin"
     with open(log_path, "w") as log:
-        return subprocess.Popen([str(Path(sys.executable).parent / "promptopt"), "ui", "--port", str(port)], cwd=home,
-                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [str(Path(sys.executable).parent / "promptopt"), "ui", "--port", str(port)],
+            cwd=home,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 @pytest.mark.slow

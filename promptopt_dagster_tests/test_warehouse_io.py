@@ -24,8 +24,9 @@ def test_a_column_empty_in_the_first_frame_takes_text_later(tmp_path):
         assert dg.materialize([answers], partition_key=key, resources=resources, instance=instance).success
     with duckdb.connect(database) as con:
         rows = con.execute("select part, error from public.answers order by part").fetchall()
-        kind = con.execute("select data_type from information_schema.columns where table_name = 'answers' "
-                           "and column_name = 'error'").fetchone()[0]
+        kind = con.execute(
+            "select data_type from information_schema.columns where table_name = 'answers' and column_name = 'error'"
+        ).fetchone()[0]
     assert rows == [("a", None), ("b", "timed out after 2 s")] and kind == "VARCHAR"
 
 
@@ -35,8 +36,11 @@ def test_a_table_stored_with_a_null_typed_column_is_repaired_on_the_next_write(t
         con.execute("create schema public")
         con.execute("create table public.answers as select 'a' as part, 'positive' as answer, null as error")
     resources = {"io_manager": WarehouseIOManager(database=database, schema="public")}
-    assert dg.materialize([answers], partition_key="b", resources=resources,
-                          instance=dg.DagsterInstance.ephemeral()).success
+    assert dg.materialize(
+        [answers], partition_key="b", resources=resources, instance=dg.DagsterInstance.ephemeral()
+    ).success
     with duckdb.connect(database) as con:
         assert con.execute("select part, error from public.answers order by part").fetchall() == [
-            ("a", None), ("b", "timed out after 2 s")]
+            ("a", None),
+            ("b", "timed out after 2 s"),
+        ]

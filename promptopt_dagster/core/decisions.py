@@ -28,7 +28,7 @@ class Spend:
     cache_hits: int = 0
     metric_calls: int = 0  # rows scored (answered and measured), by candidates and by the comparison alike
 
-    def __add__(self, other: "Spend") -> "Spend":
+    def __add__(self, other: Spend) -> Spend:
         return Spend(*(getattr(self, f) + getattr(other, f) for f in self.__dataclass_fields__))
 
     def to_json(self) -> str:
@@ -36,7 +36,7 @@ class Spend:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> "Spend":
+    def from_json(cls, text: str) -> Spend:
         """Rows written before llm_calls and cache_hits existed read as 0 for those."""
         return cls(**json.loads(text))
 
@@ -49,20 +49,30 @@ class Budget(BaseModel):
 
     model_config = ConfigDict(extra="forbid")  # a misspelt cap would otherwise be no cap at all
 
-    max_requests: int = Field(0, ge=0, description="cap on the optimization's model calls, retries included "
-                                                   "(0: no cap)")
+    max_requests: int = Field(
+        0, ge=0, description="cap on the optimization's model calls, retries included (0: no cap)"
+    )
     max_tokens: int = Field(0, ge=0, description="cap on the optimization's prompt + completion tokens (0: no cap)")
-    max_cost_usd: float = Field(0.0, ge=0.0, description="cap on the optimization's estimated cost in US dollars, "
-                                                         "priced by llm/prices.yaml (0: no cap)")
-    max_metric_calls: int = Field(0, ge=0, description="cap on the rows the optimization scores, by candidates and "
-                                                       "comparisons, cached answers included (0: no cap)")
+    max_cost_usd: float = Field(
+        0.0,
+        ge=0.0,
+        description="cap on the optimization's estimated cost in US dollars, priced by llm/prices.yaml (0: no cap)",
+    )
+    max_metric_calls: int = Field(
+        0,
+        ge=0,
+        description="cap on the rows the optimization scores, by candidates and "
+        "comparisons, cached answers included (0: no cap)",
+    )
 
     def exceeded(self, spent: Spend) -> str | None:
         """Which cap `spent` has reached, as a sentence, or None."""
-        for name, cap, used in (("requests", self.max_requests, spent.requests),
-                                ("tokens", self.max_tokens, spent.tokens),
-                                ("cost_usd", self.max_cost_usd, spent.cost_usd),
-                                ("metric_calls", self.max_metric_calls, spent.metric_calls)):
+        for name, cap, used in (
+            ("requests", self.max_requests, spent.requests),
+            ("tokens", self.max_tokens, spent.tokens),
+            ("cost_usd", self.max_cost_usd, spent.cost_usd),
+            ("metric_calls", self.max_metric_calls, spent.metric_calls),
+        ):
             if cap and used >= cap:
                 return f"{name} {used:g} reached the budget of {cap:g}"
         return None
@@ -76,22 +86,32 @@ class StopRules(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_iterations: int = Field(5, ge=1, description="stop after this many iterations")
-    target_score: float = Field(0.95, ge=0.0, description="stop once the best dev score reaches this; above 1: "
-                                                          "never stop on the score")
-    patience: int = Field(2, ge=1, description="stop after this many iterations in a row without an accepted "
-                                               "refinement")
-    min_improvement: float = Field(0.0, ge=0.0, description="a refinement must beat the baseline by more than this, "
-                                                            "and the paired test's interval of its gain must lie "
-                                                            "above it")
+    target_score: float = Field(
+        0.95, ge=0.0, description="stop once the best dev score reaches this; above 1: never stop on the score"
+    )
+    patience: int = Field(
+        2, ge=1, description="stop after this many iterations in a row without an accepted refinement"
+    )
+    min_improvement: float = Field(
+        0.0,
+        ge=0.0,
+        description="a refinement must beat the baseline by more than this, "
+        "and the paired test's interval of its gain must lie "
+        "above it",
+    )
 
 
 def confidence_field() -> Any:
     """The confidence knob, declared once for the optimization's settings and for StopPolicy (a function,
     so each model gets its own FieldInfo)."""
-    return Field(0.9, ge=0.5, le=0.999,
-                 description="a refinement is accepted only if its gain on the confirm rows holds at this confidence "
-                             "(paired bootstrap); fewshot also picks a costlier candidate (retrieved demos) over a "
-                             "cheaper one only if it is better on the select rows at this confidence")
+    return Field(
+        0.9,
+        ge=0.5,
+        le=0.999,
+        description="a refinement is accepted only if its gain on the confirm rows holds at this confidence "
+        "(paired bootstrap); fewshot also picks a costlier candidate (retrieved demos) over a "
+        "cheaper one only if it is better on the select rows at this confidence",
+    )
 
 
 class StopPolicy(StopRules):
@@ -161,8 +181,10 @@ def decide(
     elif refined_score is None:
         why = "rejected: the optimizer proposed nothing (no candidate beat the baseline on its select rows, or none was usable; see its note)"
     elif noise:
-        why = (f"rejected: refined {refined_score:.4f} > baseline {baseline_score:.4f}, but the paired test's "
-               f"interval reaches {gain.low:+.4f}, not above {policy.min_improvement:g}: the gain may be noise")
+        why = (
+            f"rejected: refined {refined_score:.4f} > baseline {baseline_score:.4f}, but the paired test's "
+            f"interval reaches {gain.low:+.4f}, not above {policy.min_improvement:g}: the gain may be noise"
+        )
     else:
         why = f"rejected: refined {refined_score:.4f} does not beat baseline {baseline_score:.4f}"
 

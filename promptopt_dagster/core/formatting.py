@@ -26,7 +26,7 @@ def fmt_signed(value, digits: int = 4) -> str:
 
 
 def fmt_interval(bounds, signed: bool = False, digits: int = 4) -> str:
-    """"[0.5400, 0.6800]", or with signs for a gain's interval "[+0.2475, +0.3100]"; "" when there is none."""
+    """ "[0.5400, 0.6800]", or with signs for a gain's interval "[+0.2475, +0.3100]"; "" when there is none."""
     if not bounds or any(missing(b) for b in bounds):
         return ""
     one = fmt_signed if signed else fmt_score
@@ -34,7 +34,7 @@ def fmt_interval(bounds, signed: bool = False, digits: int = 4) -> str:
 
 
 def fmt_dollars(value) -> str:
-    """"$0.0123"."""
+    """ "$0.0123"."""
     return "n/a" if missing(value) else f"${float(value):.4f}"
 
 

@@ -9,8 +9,8 @@ F1 and corpus BLEU/chrF are not, and get no interval rather than a wrong one.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -22,8 +22,13 @@ class Interval:
     confidence: float
 
 
-def bootstrap_mean_interval(scores: Sequence[float], aggregate: float | None = None, confidence: float = 0.95,
-                            resamples: int = 4000, seed: int = 0) -> Interval | None:
+def bootstrap_mean_interval(
+    scores: Sequence[float],
+    aggregate: float | None = None,
+    confidence: float = 0.95,
+    resamples: int = 4000,
+    seed: int = 0,
+) -> Interval | None:
     """Percentile bootstrap interval of the mean row score; None when it would not describe `aggregate`.
 
     Seeded, so a rerun of a report prints the same interval."""
@@ -34,8 +39,12 @@ def bootstrap_mean_interval(scores: Sequence[float], aggregate: float | None = N
         return None  # the aggregate is not a mean of these rows (macro F1, corpus BLEU)
     rng = np.random.default_rng(seed)
     chunk = max(1, 2_000_000 // len(values))  # bounded memory on large test splits
-    means = np.concatenate([values[rng.integers(0, len(values), size=(min(chunk, resamples - done), len(values)))]
-                            .mean(axis=1) for done in range(0, resamples, chunk)])
+    means = np.concatenate(
+        [
+            values[rng.integers(0, len(values), size=(min(chunk, resamples - done), len(values)))].mean(axis=1)
+            for done in range(0, resamples, chunk)
+        ]
+    )
     tail = (1.0 - confidence) / 2
     low, high = np.quantile(means, [tail, 1.0 - tail])
     return Interval(float(low), float(high), confidence)
@@ -56,13 +65,20 @@ class PairedGain:
         return self.low > min_improvement + 1e-12
 
     def text(self) -> str:
-        return (f"gain {self.gain:+.4f} [{self.low:+.4f}, {self.high:+.4f}] "
-                f"({self.confidence:.0%} paired bootstrap, {self.rows} rows)")
+        return (
+            f"gain {self.gain:+.4f} [{self.low:+.4f}, {self.high:+.4f}] "
+            f"({self.confidence:.0%} paired bootstrap, {self.rows} rows)"
+        )
 
 
-def paired_bootstrap_gain(baseline: Sequence[float], refined: Sequence[float], confidence: float = 0.9,
-                          resamples: int = 2000, seed: int = 0,
-                          statistic: Callable[[np.ndarray], tuple[float, float]] | None = None) -> PairedGain:
+def paired_bootstrap_gain(
+    baseline: Sequence[float],
+    refined: Sequence[float],
+    confidence: float = 0.9,
+    resamples: int = 2000,
+    seed: int = 0,
+    statistic: Callable[[np.ndarray], tuple[float, float]] | None = None,
+) -> PairedGain:
     """Resample rows (the same rows for both prompts) and read the gain's interval off the resamples.
 
     Pairing is what makes a small gain detectable: most rows are answered the same by both prompts
@@ -72,13 +88,13 @@ def paired_bootstrap_gain(baseline: Sequence[float], refined: Sequence[float], c
     if len(base) != len(ref) or len(base) == 0:
         raise ValueError(f"paired test needs the same non-zero number of rows ({len(base)} vs {len(ref)})")
     if statistic is not None:
+
         def difference(ix: np.ndarray) -> float:
             b, r = statistic(ix)
             return r - b
 
         interval = bootstrap_interval(len(base), difference, confidence, resamples, seed)
-        return PairedGain(float(difference(np.arange(len(base)))), interval.low, interval.high, confidence,
-                          len(base))
+        return PairedGain(float(difference(np.arange(len(base)))), interval.low, interval.high, confidence, len(base))
     rng = np.random.default_rng(seed)
     indices = rng.integers(0, len(base), size=(resamples, len(base)))
     diffs = ref - base
@@ -87,8 +103,9 @@ def paired_bootstrap_gain(baseline: Sequence[float], refined: Sequence[float], c
     return PairedGain(float(diffs.mean()), float(low), float(high), confidence, len(base))
 
 
-def bootstrap_interval(rows: int, statistic: Callable[[np.ndarray], float], confidence: float = 0.95,
-                       resamples: int = 1000, seed: int = 0) -> Interval:
+def bootstrap_interval(
+    rows: int, statistic: Callable[[np.ndarray], float], confidence: float = 0.95, resamples: int = 1000, seed: int = 0
+) -> Interval:
     """Percentile interval of `statistic(indices)` over rows resampled with replacement.
 
     For a target that is not a mean of row scores (macro F1, corpus BLEU), which

@@ -71,14 +71,14 @@ class PromptVersion(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
 
-    def child(self, **changes: Any) -> "PromptVersion":
+    def child(self, **changes: Any) -> PromptVersion:
         """A new version derived from this one; id, parent and version are set here, never by callers."""
         fields = self.model_dump(exclude={"id", "parent_id", "version", "created_at", "metadata"})
         fields.update(changes)
         fields.setdefault("metadata", {})
         return PromptVersion(parent_id=self.id, version=self.version + 1, **fields)
 
-    def content_equals(self, other: "PromptVersion") -> bool:
+    def content_equals(self, other: PromptVersion) -> bool:
         return (
             self.system_prompt == other.system_prompt
             and self.output_prompt == other.output_prompt
@@ -114,7 +114,7 @@ class PromptVersion(BaseModel):
         """Whether answers are summed over several demo sets: only label answers can be."""
         return bool(self.ensemble) and self.answer == "label" and bool(self.labels)
 
-    def ensemble_members(self) -> list["PromptVersion"]:
+    def ensemble_members(self) -> list[PromptVersion]:
         """One plain prompt per demo set (this one's first), each answered on its own; [] when not ensembled.
 
         Members are the prompts that were raced, so their answers (and label scores) come from the cache."""
@@ -169,22 +169,28 @@ class PromptVersion(BaseModel):
         write_text(uri, self.to_json())
 
     @classmethod
-    def load(cls, uri: str | Path) -> "PromptVersion":
+    def load(cls, uri: str | Path) -> PromptVersion:
         """Load a saved version or a seed file (only system_prompt and output_prompt required)."""
         try:
             raw = json.loads(read_text(uri))
         except FileNotFoundError:
-            raise PromptError(f"Prompt file {uri} does not exist. Create it with the keys "
-                              f'"system_prompt" and "output_prompt" (containing {PLACEHOLDER}).') from None
+            raise PromptError(
+                f"Prompt file {uri} does not exist. Create it with the keys "
+                f'"system_prompt" and "output_prompt" (containing {PLACEHOLDER}).'
+            ) from None
         except json.JSONDecodeError as exc:
-            raise PromptError(f"Prompt file {uri} is not valid JSON ({exc}). Fix the JSON syntax; "
-                              f'it needs the keys "system_prompt" and "output_prompt".') from None
+            raise PromptError(
+                f"Prompt file {uri} is not valid JSON ({exc}). Fix the JSON syntax; "
+                f'it needs the keys "system_prompt" and "output_prompt".'
+            ) from None
         try:
             prompt = cls.model_validate(raw)
         except ValidationError as exc:
             fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors())
-            raise PromptError(f"Prompt file {uri} has missing or invalid fields: {fields}. It needs "
-                              f'string values for "system_prompt" and "output_prompt".') from None
+            raise PromptError(
+                f"Prompt file {uri} has missing or invalid fields: {fields}. It needs "
+                f'string values for "system_prompt" and "output_prompt".'
+            ) from None
         problem = prompt_problem(prompt.system_prompt, prompt.output_prompt)
         if problem:
             raise PromptError(f"Prompt file {uri}: {problem}")
@@ -202,8 +208,10 @@ def placeholder_problem(output_prompt: str) -> str | None:
         return f"output_prompt is empty. Write the template for one row, containing {PLACEHOLDER}."
     count = output_prompt.count(PLACEHOLDER)
     if count != 1:
-        return (f"output_prompt must contain the placeholder {PLACEHOLDER} exactly once (found {count}). "
-                f"Put {PLACEHOLDER} where the row's input goes, e.g. \"Review: {PLACEHOLDER}\\nSentiment:\".")
+        return (
+            f"output_prompt must contain the placeholder {PLACEHOLDER} exactly once (found {count}). "
+            f'Put {PLACEHOLDER} where the row\'s input goes, e.g. "Review: {PLACEHOLDER}\\nSentiment:".'
+        )
     unknown = sorted({m for m in _PLACEHOLDER_RE.findall(output_prompt) if m != "user_input"})
     if unknown:
         names = ", ".join("{" + u + "}" for u in unknown)
@@ -223,9 +231,11 @@ def system_prompt_problem(system_prompt: str) -> str | None:
     names = ", ".join("{" + f + "}" for f in found)
     other = next((f for f in found if f != "user_input"), None)
     literal = f" To mean literal text, write e.g. <{other}> instead of {{{other}}}." if other else ""
-    return (f"system_prompt contains the placeholder(s) {names}, but it is sent to the model as written: the "
-            f"row's input is only filled in at {PLACEHOLDER} in output_prompt. Remove them from system_prompt "
-            f"(and put {PLACEHOLDER} in output_prompt if it is not there yet).{literal}")
+    return (
+        f"system_prompt contains the placeholder(s) {names}, but it is sent to the model as written: the "
+        f"row's input is only filled in at {PLACEHOLDER} in output_prompt. Remove them from system_prompt "
+        f"(and put {PLACEHOLDER} in output_prompt if it is not there yet).{literal}"
+    )
 
 
 def prompt_problem(system_prompt: str, output_prompt: str) -> str | None:
@@ -246,10 +256,14 @@ def unified_diff(old: PromptVersion, new: PromptVersion) -> str:
             out.append(f"[demo set {n}: {len(demos)}]")
             out += [f"- {d.user_input!r} -> {d.ground_truth_output}" for d in demos]
         if p.retrieval:
-            out.append(f"[retrieved demos: {p.retrieval.k} nearest of {len(p.retrieval.pool)} pool rows "
-                       f"({p.retrieval.method})]")
-        out.append(f"[answer: {'one of ' + ', '.join(p.labels) if p.answer == 'label' else 'free text'}"
-                   f"{', calibrated' if p.calibrated else ''}]")
+            out.append(
+                f"[retrieved demos: {p.retrieval.k} nearest of {len(p.retrieval.pool)} pool rows "
+                f"({p.retrieval.method})]"
+            )
+        out.append(
+            f"[answer: {'one of ' + ', '.join(p.labels) if p.answer == 'label' else 'free text'}"
+            f"{', calibrated' if p.calibrated else ''}]"
+        )
         return out
 
     return "\n".join(difflib.unified_diff(lines(old), lines(new), f"v{old.version}", f"v{new.version}", lineterm=""))

@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -30,8 +31,9 @@ class TfidfRetriever:
     def __init__(self, texts: Sequence[str]) -> None:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        self._vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True,
-                                           token_pattern=r"(?u)\b\w+\b")
+        self._vectorizer = TfidfVectorizer(
+            ngram_range=(1, 2), sublinear_tf=True, lowercase=True, token_pattern=r"(?u)\b\w+\b"
+        )
         self._matrix = self._vectorizer.fit_transform(list(texts))  # rows are L2-normalised
         self._memo: dict[str, np.ndarray] = {}
 
@@ -40,7 +42,7 @@ class TfidfRetriever:
         if order is None or len(order) < min(k, self._matrix.shape[0]):
             sims = (self._matrix @ self._vectorizer.transform([query]).T).toarray().ravel()
             # stable sort on -similarity: equal similarity keeps pool order, so ties are deterministic
-            order = np.argsort(-sims, kind="stable")[:max(k, 32)]
+            order = np.argsort(-sims, kind="stable")[: max(k, 32)]
             if len(self._memo) > 50_000:
                 self._memo.clear()
             self._memo[query] = order
@@ -48,7 +50,7 @@ class TfidfRetriever:
 
 
 _FACTORIES: dict[str, Callable[[Sequence[str]], Retriever]] = {"tfidf": TfidfRetriever}
-_BUILT: "OrderedDict[tuple[str, str], Retriever]" = OrderedDict()
+_BUILT: OrderedDict[tuple[str, str], Retriever] = OrderedDict()
 
 
 def register_retriever(name: str, factory: Callable[[Sequence[str]], Retriever]) -> None:

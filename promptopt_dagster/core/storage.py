@@ -23,7 +23,9 @@ def _gcs_client():
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         from google.auth.credentials import AnonymousCredentials
 
-        return storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "local"), credentials=AnonymousCredentials())
+        return storage.Client(
+            project=os.environ.get("GOOGLE_CLOUD_PROJECT", "local"), credentials=AnonymousCredentials()
+        )
     return storage.Client()
 
 
@@ -75,11 +77,12 @@ def mirror(uri: str, dest: Path) -> Path:
     for blob in client.list_blobs(bucket, prefix=prefix):
         if blob.name.endswith("/"):
             continue
-        target = dest / blob.name[len(prefix):]
+        target = dest / blob.name[len(prefix) :]
         target.parent.mkdir(parents=True, exist_ok=True)
         blob.download_to_filename(str(target))
         found += 1
     if not found:
-        raise FileNotFoundError(f"{uri} holds no objects: upload the directory there first "
-                                f"(e.g. `gcloud storage cp -r data {uri}`)")
+        raise FileNotFoundError(
+            f"{uri} holds no objects: upload the directory there first (e.g. `gcloud storage cp -r data {uri}`)"
+        )
     return dest

@@ -52,8 +52,11 @@ class _BoundedLoader(yaml.SafeLoader):
         if isinstance(event, yaml.AliasEvent):
             node = self.anchors.get(event.anchor)
             if node is not None and id(node) not in self._sizes:
-                raise _Refused(f"the alias *{event.anchor} is used inside its own anchor &{event.anchor}, which makes "
-                               "an endless value; write the value out instead", event.start_mark)
+                raise _Refused(
+                    f"the alias *{event.anchor} is used inside its own anchor &{event.anchor}, which makes "
+                    "an endless value; write the value out instead",
+                    event.start_mark,
+                )
             self._aliases += 1
             return super().compose_node(parent, index)  # the anchor's node, already counted
         self._composed += 1
@@ -62,8 +65,11 @@ class _BoundedLoader(yaml.SafeLoader):
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
-                raise _Refused(f"values are nested more than {MAX_DEPTH} levels deep; no setting nests that deep, so "
-                               "check the brackets and indentation", event.start_mark)
+                raise _Refused(
+                    f"values are nested more than {MAX_DEPTH} levels deep; no setting nests that deep, so "
+                    "check the brackets and indentation",
+                    event.start_mark,
+                )
             node = super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -81,8 +87,10 @@ class _BoundedLoader(yaml.SafeLoader):
 
     def _too_many(self) -> str:
         if self._aliases:
-            return (f"holds more than {MAX_VALUES:,} values once its aliases (*name) are expanded; write the values "
-                    "out instead of repeating aliases of aliases")
+            return (
+                f"holds more than {MAX_VALUES:,} values once its aliases (*name) are expanded; write the values "
+                "out instead of repeating aliases of aliases"
+            )
         return f"holds more than {MAX_VALUES:,} values, more than any settings file needs; keep rows in the CSV files"
 
     @staticmethod
@@ -126,14 +134,17 @@ def load_yaml_file(path: Path, error: type[PromptOptError], fix: str):
     with path.open("rb") as handle:
         data = handle.read(MAX_BYTES + 1)
     if len(data) > MAX_BYTES:
-        raise error(f"{path}: larger than {MAX_BYTES // (1024 * 1024)} MiB, too large for a settings file; keep rows "
-                    "in the CSV files and prompts under prompts/, and only settings here.")
+        raise error(
+            f"{path}: larger than {MAX_BYTES // (1024 * 1024)} MiB, too large for a settings file; keep rows "
+            "in the CSV files and prompts under prompts/, and only settings here."
+        )
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise error(f"{path}: line {line} has the byte 0x{data[exc.start]:02x}, which is not UTF-8. Re-save the "
-                    "file as UTF-8.") from None
+        raise error(
+            f"{path}: line {line} has the byte 0x{data[exc.start]:02x}, which is not UTF-8. Re-save the file as UTF-8."
+        ) from None
     return _load(text, str(path), error, fix)
 
 
@@ -145,6 +156,7 @@ def load_yaml_text(text: str, where: str, error: type[PromptOptError] = PromptOp
 
 
 # --- validation errors, one line ---------------------------------------------------------------------------
+
 
 def _models_in(annotation) -> list[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -158,8 +170,9 @@ def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     for part in loc:
         if isinstance(part, int):
             continue  # a list index: the same item model
-        models = [m for model in models if part in model.model_fields
-                  for m in _models_in(model.model_fields[part].annotation)]
+        models = [
+            m for model in models if part in model.model_fields for m in _models_in(model.model_fields[part].annotation)
+        ]
     return sorted({name for model in models for name in model.model_fields})
 
 
@@ -187,8 +200,13 @@ def sentence(text: str) -> str:
     return text if text.endswith((".", "?", "!")) else text + "."
 
 
-def validation_message(exc: ValidationError, prefix: tuple, model: type[BaseModel],
-                       hidden: typing.Container[str] = ("name",), limit: int = 5) -> str:
+def validation_message(
+    exc: ValidationError,
+    prefix: tuple,
+    model: type[BaseModel],
+    hidden: typing.Container[str] = ("name",),
+    limit: int = 5,
+) -> str:
     """Every error of `exc` as `prefix.key: what is wrong (got VALUE)`, joined by `; `, on one line.
 
     `model` is the validated class, so an unknown key can be answered with the closest known one;

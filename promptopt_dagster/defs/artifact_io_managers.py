@@ -7,7 +7,6 @@ GCSResource, whose client uses Application Default Credentials (and STORAGE_EMUL
 Columns ending in `_json` are embedded as JSON, not as strings of JSON, so a reader sees the prompt.
 """
 
-
 import json
 from pathlib import Path
 

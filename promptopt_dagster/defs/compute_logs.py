@@ -16,8 +16,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Generator, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import Generator, Sequence
 
 from dagster._core.execution.compute_logs import _clean_up_subprocess, _fileno, redirect_to_file
 from dagster._core.execution.scripts import watch_orphans
@@ -30,7 +30,7 @@ class DetachedTailComputeLogManager(LocalComputeLogManager):
     """LocalComputeLogManager whose mirroring processes ignore the terminal's Ctrl-C (own process group)."""
 
     @classmethod
-    def from_config_value(cls, inst_data, config_value) -> "DetachedTailComputeLogManager":
+    def from_config_value(cls, inst_data, config_value) -> DetachedTailComputeLogManager:
         return cls(inst_data=inst_data, **config_value)
 
     @contextmanager
@@ -54,8 +54,9 @@ def _mirror(stream, path: str):
     tail = watcher = None
     try:
         tail = subprocess.Popen(["tail", "-F", "-c", "+0", path], stdout=out, process_group=0)
-        watcher = subprocess.Popen([sys.executable, os.path.abspath(watch_orphans.__file__), str(os.getpid()),
-                                    str(tail.pid)], process_group=0)
+        watcher = subprocess.Popen(
+            [sys.executable, os.path.abspath(watch_orphans.__file__), str(os.getpid()), str(tail.pid)], process_group=0
+        )
         with redirect_to_file(stream, path):
             yield
     finally:

@@ -43,7 +43,8 @@ compute_logs:
 DAGSTER_YAML = HEADER + BODY
 
 # What earlier versions wrote; such a file is replaced, a file a person edited is left alone.
-_EARLIER_YAML = ("""\
+_EARLIER_YAML = (
+    """\
 telemetry:
   enabled: false
 run_queue:
@@ -52,13 +53,15 @@ python_logs:
   managed_python_loggers:
     - promptopt
   python_log_level: INFO
-""", "# Written by promptopt (defs/home.py); delete this file to get the current default back.\n"
-     + BODY.split("compute_logs:")[0].format(max_concurrent_runs=1))
+""",
+    "# Written by promptopt (defs/home.py); delete this file to get the current default back.\n"
+    + BODY.split("compute_logs:")[0].format(max_concurrent_runs=1),
+)
 
 
 def ensure_dagster_home(path: Path, max_concurrent_runs: int | None = None) -> Path:
     """The home with a dagster.yaml that follows the settings, unless a person took the file over."""
-    from promptopt_dagster.settings import get_settings
+    from promptopt_dagster.app.settings import get_settings
 
     path.mkdir(parents=True, exist_ok=True)
     config = path / "dagster.yaml"

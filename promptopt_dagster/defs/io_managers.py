@@ -79,17 +79,19 @@ def _add_new_columns(database: str, schema: str, table: str, obj) -> None:
         try:
             described = con.execute(
                 "select column_name, data_type from information_schema.columns where table_schema = ? and "
-                "table_name = ? order by ordinal_position", [schema, table]).fetchall()
+                "table_name = ? order by ordinal_position",
+                [schema, table],
+            ).fetchall()
         except duckdb.Error:
             return
         stored = [name for name, _ in described]
         for name, kind in described:  # created from an all-None column by an earlier version: see _typed_nulls
             if kind == '"NULL"' or kind == "NULL":
                 con.execute(f'alter table "{schema}"."{table}" alter column "{name}" type VARCHAR')
-        if not stored or len(stored) >= len(obj.columns) or list(obj.columns[:len(stored)]) != stored:
+        if not stored or len(stored) >= len(obj.columns) or list(obj.columns[: len(stored)]) != stored:
             return
         types = {"int64": "BIGINT", "float64": "DOUBLE", "bool": "BOOLEAN"}
-        for column in obj.columns[len(stored):]:
+        for column in obj.columns[len(stored) :]:
             kind = types.get(str(obj[column].dtype), "VARCHAR")
             con.execute(f'alter table "{schema}"."{table}" add column "{column}" {kind}')
 

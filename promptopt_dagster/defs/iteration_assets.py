@@ -15,18 +15,33 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from promptopt_dagster.core.datasets import DatasetSpec, DatasetSplits, dev_parts, spare_rows
+from promptopt_dagster.app.datasets import DatasetSpec, DatasetSplits, dev_parts, spare_rows
+from promptopt_dagster.app.optimizations import OptimizationSpec
+from promptopt_dagster.app.quality import drop_held_out, leakage_gate, metric_range_gate, predictions_gate, prompt_gate
+from promptopt_dagster.app.reports import comparison_markdown, worst_rows_markdown
+from promptopt_dagster.app.settings import get_settings
 from promptopt_dagster.core.decisions import LoopState, Spend, decide
 from promptopt_dagster.core.intervals import paired_bootstrap_gain
-from promptopt_dagster.core.optimizations import OptimizationSpec
 from promptopt_dagster.core.prompts import PromptVersion
-from promptopt_dagster.core.quality import drop_held_out, leakage_gate, metric_range_gate, predictions_gate, prompt_gate
-from promptopt_dagster.core.reports import comparison_markdown, worst_rows_markdown
-from promptopt_dagster.defs.metadata import (gate, optimization_metadata, prompt_md, snapshot, spend_of, usage_metadata,
-                                             usage_since)
-from promptopt_dagster.defs.partitions import (ITERATION_EXPR, iteration_name, iteration_partitions, of_optimization,
-                                               split_key)
+from promptopt_dagster.defs.loop import ARTIFACTS
+from promptopt_dagster.defs.metadata import (
+    gate,
+    optimization_metadata,
+    prompt_md,
+    snapshot,
+    spend_of,
+    usage_metadata,
+    usage_since,
+)
+from promptopt_dagster.defs.partitions import (
+    ITERATION_EXPR,
+    iteration_name,
+    iteration_partitions,
+    of_optimization,
+    split_key,
+)
 from promptopt_dagster.defs.resources import LLMResource, ProjectResource
+from promptopt_dagster.defs.table_types import METRICS, PREDICTIONS, MetricsFrame, PredictionsFrame, column_schema
 from promptopt_dagster.defs.tables import prompt_frame, prompt_from_frame, with_partition
 from promptopt_dagster.defs.warehouse_reads import previous_best, previous_pool
 from promptopt_dagster.llm import ledger
@@ -34,12 +49,9 @@ from promptopt_dagster.llm import usage as llm_usage
 from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.llm.inference import predict
 from promptopt_dagster.llm.usage import UsageByModel
-from promptopt_dagster.defs.loop import ARTIFACTS
-from promptopt_dagster.defs.table_types import METRICS, PREDICTIONS, MetricsFrame, PredictionsFrame, column_schema
 from promptopt_dagster.optimizers import OptimizerInput, get_optimizer
 from promptopt_dagster.optimizers.pool import Candidate, best, pareto_frontier, pool_frame
 from promptopt_dagster.scoring.suite import ScoringSuite, objective_value, summary_from_frame, wide_scores
-from promptopt_dagster.settings import get_settings
 
 LOOP = "prompt_optimization"
 #: the optimization's settings and rows, read by every iteration asset from its optimization's partition
@@ -51,50 +63,76 @@ def settings_of(optimization_settings: pd.DataFrame, generation: int) -> Optimiz
     """The settings of one generation, as stored when it started (an edited YAML does not reach it)."""
     rows = optimization_settings[optimization_settings["generation"] == generation]
     if rows.empty:
-        raise dg.Failure(f"Generation {generation} of this optimization was never started: materialize "
-                         "`optimization` for it first (`promptopt optimize` and `promptopt submit` do).")
+        raise dg.Failure(
+            f"Generation {generation} of this optimization was never started: materialize "
+            "`optimization` for it first (`promptopt optimize` and `promptopt submit` do)."
+        )
     return OptimizationSpec.model_validate_json(rows.iloc[0]["spec_json"])
 
 
-def _predict(client: LLMClient, prompt: PromptVersion, rows: pd.DataFrame, spec: DatasetSpec, label: str,
-             split: str = "dev"):
-    return predict(client, prompt, rows, spec.max_output_tokens, label=label,
-                   progress_interval_s=get_settings().progress_interval_s, stop=tuple(spec.completion_stop),
-                   where=spec.files[split])
+def _predict(
+    client: LLMClient, prompt: PromptVersion, rows: pd.DataFrame, spec: DatasetSpec, label: str, split: str = "dev"
+):
+    return predict(
+        client,
+        prompt,
+        rows,
+        spec.max_output_tokens,
+        label=label,
+        progress_interval_s=get_settings().progress_interval_s,
+        stop=tuple(spec.completion_stop),
+        where=spec.files[split],
+    )
 
 
 def _splits(optimization_rows: pd.DataFrame, dataset: str) -> DatasetSplits:
     """The dataset's rows as stored by optimization_rows; an iteration cannot start without them."""
     if optimization_rows.empty:
-        raise dg.Failure(f"Dataset '{dataset}' has no rows in the warehouse: its splits were never loaded "
-                         f"(or failed to load). Materialize optimization_rows for '{dataset}' first: launch the "
-                         f"prepare_dataset job for partition '{dataset}' (a backfill of prepare_dataset over "
-                         "several datasets works too), then this iteration again. `promptopt optimize` does both.")
+        raise dg.Failure(
+            f"Dataset '{dataset}' has no rows in the warehouse: its splits were never loaded "
+            f"(or failed to load). Materialize optimization_rows for '{dataset}' first: launch the "
+            f"prepare_dataset job for partition '{dataset}' (a backfill of prepare_dataset over "
+            "several datasets works too), then this iteration again. `promptopt optimize` does both."
+        )
     return DatasetSplits.from_frame(dataset, optimization_rows)
 
 
-def _dev_parts(optimization_rows: pd.DataFrame, dataset: str,
-               optimization: OptimizationSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _dev_parts(
+    optimization_rows: pd.DataFrame, dataset: str, optimization: OptimizationSpec
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(select, confirm) rows of the dev split: the optimizer never sees the confirm rows."""
-    return dev_parts(_splits(optimization_rows, dataset).dev, optimization.eval_size, optimization.select_size,
-                     optimization.seed)
+    return dev_parts(
+        _splits(optimization_rows, dataset).dev, optimization.eval_size, optimization.select_size, optimization.seed
+    )
 
 
 def _eval_rows(optimization_rows: pd.DataFrame, dataset: str, optimization: OptimizationSpec) -> pd.DataFrame:
     """The confirm rows, on which baseline and refined prompt are compared."""
     rows = _dev_parts(optimization_rows, dataset, optimization)[1]
     if rows.empty:
-        raise dg.Failure(f"Dataset '{dataset}' has no dev rows to evaluate prompts on. Add rows to its dev file "
-                         "and materialize optimization_rows again.")
+        raise dg.Failure(
+            f"Dataset '{dataset}' has no dev rows to evaluate prompts on. Add rows to its dev file "
+            "and materialize optimization_rows again."
+        )
     return rows
 
 
 # --- one iteration ------------------------------------------------------------------------------
 
-@dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP,
-          ins=SETTINGS_IN, io_manager_key=ARTIFACTS)
-def baseline_prompt(context: dg.AssetExecutionContext, optimization_settings: pd.DataFrame, project: ProjectResource,
-                    warehouse: DuckDBResource) -> pd.DataFrame:
+
+@dg.asset(
+    partitions_def=iteration_partitions,
+    metadata=ITERATION_EXPR,
+    group_name=LOOP,
+    ins=SETTINGS_IN,
+    io_manager_key=ARTIFACTS,
+)
+def baseline_prompt(
+    context: dg.AssetExecutionContext,
+    optimization_settings: pd.DataFrame,
+    project: ProjectResource,
+    warehouse: DuckDBResource,
+) -> pd.DataFrame:
     """The prompt this iteration tries to beat: the initial prompt, then the previous best_prompt."""
     name, generation, iteration = split_key(context)
     optimization = settings_of(optimization_settings, generation)
@@ -103,54 +141,99 @@ def baseline_prompt(context: dg.AssetExecutionContext, optimization_settings: pd
     else:
         row = previous_best(warehouse, name, generation, iteration - 1)
         prompt = PromptVersion.model_validate_json(row["prompt_json"])
-        state = LoopState(best_score=row["best_score"],
-                          iterations_without_improvement=int(row["iterations_without_improvement"]),
-                          spent=Spend.from_json(row["spent_json"]))
+        state = LoopState(
+            best_score=row["best_score"],
+            iterations_without_improvement=int(row["iterations_without_improvement"]),
+            spent=Spend.from_json(row["spent_json"]),
+        )
         if row["stop_reason"]:
-            context.log.warning(f"iteration {iteration - 1} decided to stop ({row['stop_reason']}); "
-                                "running this iteration anyway because it was requested")
+            context.log.warning(
+                f"iteration {iteration - 1} decided to stop ({row['stop_reason']}); "
+                "running this iteration anyway because it was requested"
+            )
     context.add_output_metadata({"prompt": prompt_md(prompt), "version": prompt.version, "prompt_id": prompt.id})
-    return prompt_frame(name, generation, iteration, optimization.dataset, prompt, status="baseline", best_score=state.best_score,
-                        iterations_without_improvement=state.iterations_without_improvement, spent=state.spent)
+    return prompt_frame(
+        name,
+        generation,
+        iteration,
+        optimization.dataset,
+        prompt,
+        status="baseline",
+        best_score=state.best_score,
+        iterations_without_improvement=state.iterations_without_improvement,
+        spent=state.spent,
+    )
 
 
-def _predictions(context: dg.AssetExecutionContext, asset: str, optimization_rows: pd.DataFrame,
-                 prompt_table: pd.DataFrame, project: ProjectResource, task_model: LLMResource,
-                 optimization_settings: pd.DataFrame):
+def _predictions(
+    context: dg.AssetExecutionContext,
+    asset: str,
+    optimization_rows: pd.DataFrame,
+    prompt_table: pd.DataFrame,
+    project: ProjectResource,
+    task_model: LLMResource,
+    optimization_settings: pd.DataFrame,
+):
     name, generation, iteration = split_key(context)
     optimization = settings_of(optimization_settings, generation)
     dataset = optimization.dataset
     spec, prompt = project.spec(dataset), prompt_from_frame(prompt_table)
     rows = _eval_rows(optimization_rows, dataset, optimization)
-    preds = _predict(task_model.client_for(optimization.task_model), prompt, rows, spec,
-                     f"{asset} {name} {iteration_name(generation, iteration)}")
+    preds = _predict(
+        task_model.client_for(optimization.task_model),
+        prompt,
+        rows,
+        spec,
+        f"{asset} {name} {iteration_name(generation, iteration)}",
+    )
     usage = llm_usage.from_rows(preds.to_dict("records"))
     frame = with_partition(preds, name, generation, iteration)
     frame.insert(2, "prompt_id", prompt.id)
     t = llm_usage.total(usage)
-    context.log.info(f"{asset}: {len(frame)} rows, {t.llm_calls} answered by the model in {t.requests} requests, "
-                     f"{t.cache_hits} from cache, {t.errors} failed")
+    context.log.info(
+        f"{asset}: {len(frame)} rows, {t.llm_calls} answered by the model in {t.requests} requests, "
+        f"{t.cache_hits} from cache, {t.errors} failed"
+    )
     yield dg.Output(frame, metadata={"rows": len(frame), "prompt_id": prompt.id, **usage_metadata(usage)})
     yield gate("all_rows_answered", predictions_gate(frame, rows["row_id"], optimization.max_failed_fraction), asset)
 
 
 def _completeness(asset: str) -> list[dg.AssetCheckSpec]:
-    return [dg.AssetCheckSpec("all_rows_answered", asset=asset, blocking=True,
-                              description="Every evaluation row has exactly one answer and failures stay under "
-                                          "max_failed_fraction.")]
+    return [
+        dg.AssetCheckSpec(
+            "all_rows_answered",
+            asset=asset,
+            blocking=True,
+            description="Every evaluation row has exactly one answer and failures stay under max_failed_fraction.",
+        )
+    ]
 
 
-@dg.asset(partitions_def=iteration_partitions, metadata={**ITERATION_EXPR, **column_schema(PREDICTIONS)}, group_name=LOOP,
-          ins=OPTIMIZATION_INS, check_specs=_completeness("baseline_predictions"), dagster_type=PredictionsFrame)
-def baseline_predictions(context: dg.AssetExecutionContext, optimization_rows: pd.DataFrame, baseline_prompt: pd.DataFrame,
-                         project: ProjectResource, task_model: LLMResource, optimization_settings: pd.DataFrame):
+@dg.asset(
+    partitions_def=iteration_partitions,
+    metadata={**ITERATION_EXPR, **column_schema(PREDICTIONS)},
+    group_name=LOOP,
+    ins=OPTIMIZATION_INS,
+    check_specs=_completeness("baseline_predictions"),
+    dagster_type=PredictionsFrame,
+)
+def baseline_predictions(
+    context: dg.AssetExecutionContext,
+    optimization_rows: pd.DataFrame,
+    baseline_prompt: pd.DataFrame,
+    project: ProjectResource,
+    task_model: LLMResource,
+    optimization_settings: pd.DataFrame,
+):
     """The task model's answers to the dev evaluation rows with the baseline prompt."""
-    yield from _predictions(context, "baseline_predictions", optimization_rows, baseline_prompt, project, task_model,
-                            optimization_settings)
+    yield from _predictions(
+        context, "baseline_predictions", optimization_rows, baseline_prompt, project, task_model, optimization_settings
+    )
 
 
-def _suite(project: ProjectResource, dataset: str, judge_model: LLMResource,
-           optimization: OptimizationSpec) -> ScoringSuite:
+def _suite(
+    project: ProjectResource, dataset: str, judge_model: LLMResource, optimization: OptimizationSpec
+) -> ScoringSuite:
     return project.suite(dataset, judge_model, optimization.target_metric)
 
 
@@ -158,13 +241,20 @@ def _score_answers(suite: ScoringSuite, judge_model: LLMResource, answers: pd.Da
     """Every scorer on a predictions table, plus what the judge model used doing it."""
     judge = [judge_model.get_client()] if suite.uses_judge else []  # the suite asks the resource's judge
     before = snapshot(judge)
-    result = suite.score(answers["prediction"].tolist(), answers["ground_truth_output"].tolist(),
-                         inputs=answers["user_input"].tolist())
+    result = suite.score(
+        answers["prediction"].tolist(), answers["ground_truth_output"].tolist(), inputs=answers["user_input"].tolist()
+    )
     return result, usage_since(judge, before)
 
 
-def _metrics(context: dg.AssetExecutionContext, asset: str, predictions: pd.DataFrame, project: ProjectResource,
-             judge_model: LLMResource, optimization_settings: pd.DataFrame):
+def _metrics(
+    context: dg.AssetExecutionContext,
+    asset: str,
+    predictions: pd.DataFrame,
+    project: ProjectResource,
+    judge_model: LLMResource,
+    optimization_settings: pd.DataFrame,
+):
     name, generation, iteration = split_key(context)
     optimization = settings_of(optimization_settings, generation)
     suite = _suite(project, optimization.dataset, judge_model, optimization)
@@ -172,19 +262,29 @@ def _metrics(context: dg.AssetExecutionContext, asset: str, predictions: pd.Data
     frame = with_partition(result.to_frame(predictions["row_id"].tolist()), name, generation, iteration)
     frame["usage_json"] = llm_usage.to_json(usage)  # judge calls count toward the budget (comparison_report)
     summary = result.summary()
-    context.log.info(f"{asset}: {suite.target} = {result.value:.4f} on {len(predictions)} rows ("
-                     + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()) + ")")
-    details = {f"{name}.{k}": dg.MetadataValue.float(float(v)) for name, r in result.results.items()
-               for k, v in r.details.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    context.log.info(
+        f"{asset}: {suite.target} = {result.value:.4f} on {len(predictions)} rows ("
+        + ", ".join(f"{k} {v:.4f}" for k, v in summary.items())
+        + ")"
+    )
+    details = {
+        f"{name}.{k}": dg.MetadataValue.float(float(v))
+        for name, r in result.results.items()
+        for k, v in r.details.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     scored = predictions.merge(wide_scores(frame), on="row_id")
-    yield dg.Output(frame, metadata={
-        "score": dg.MetadataValue.float(result.value),
-        "target_metric": suite.target,
-        **{name: dg.MetadataValue.float(v) for name, v in summary.items()},
-        **details,
-        "worst_rows": dg.MetadataValue.md(worst_rows_markdown(scored, [*result.results])),
-        **(usage_metadata(usage) if usage else {}),
-    })
+    yield dg.Output(
+        frame,
+        metadata={
+            "score": dg.MetadataValue.float(result.value),
+            "target_metric": suite.target,
+            **{name: dg.MetadataValue.float(v) for name, v in summary.items()},
+            **details,
+            "worst_rows": dg.MetadataValue.md(worst_rows_markdown(scored, [*result.results])),
+            **(usage_metadata(usage) if usage else {}),
+        },
+    )
     yield gate("scores_in_range", metric_range_gate(frame["score"]), asset, dg.AssetCheckSeverity.WARN)
 
 
@@ -192,32 +292,73 @@ def _in_range(asset: str) -> list[dg.AssetCheckSpec]:
     return [dg.AssetCheckSpec("scores_in_range", asset=asset, description="Every per-row score is in [0, 1].")]
 
 
-@dg.asset(partitions_def=iteration_partitions, metadata={**ITERATION_EXPR, **column_schema(METRICS)}, group_name=LOOP,
-          ins=SETTINGS_IN, check_specs=_in_range("baseline_metrics"), dagster_type=MetricsFrame)
-def baseline_metrics(context: dg.AssetExecutionContext, baseline_predictions: pd.DataFrame, project: ProjectResource,
-                     judge_model: LLMResource, optimization_settings: pd.DataFrame):
+@dg.asset(
+    partitions_def=iteration_partitions,
+    metadata={**ITERATION_EXPR, **column_schema(METRICS)},
+    group_name=LOOP,
+    ins=SETTINGS_IN,
+    check_specs=_in_range("baseline_metrics"),
+    dagster_type=MetricsFrame,
+)
+def baseline_metrics(
+    context: dg.AssetExecutionContext,
+    baseline_predictions: pd.DataFrame,
+    project: ProjectResource,
+    judge_model: LLMResource,
+    optimization_settings: pd.DataFrame,
+):
     """Per-row and aggregate scores of the baseline answers, per scorer and weighted (the iteration's baseline)."""
     yield from _metrics(context, "baseline_metrics", baseline_predictions, project, judge_model, optimization_settings)
 
 
 @dg.multi_asset(
-    partitions_def=iteration_partitions, group_name=LOOP, can_subset=False, ins=OPTIMIZATION_INS,
+    partitions_def=iteration_partitions,
+    group_name=LOOP,
+    can_subset=False,
+    ins=OPTIMIZATION_INS,
     deps=["baseline_metrics"],  # so a failed blocking check on the baseline's answers stops the search too
-    outs={"refined_prompt": dg.AssetOut(metadata=ITERATION_EXPR, io_manager_key=ARTIFACTS, description="The optimizer's proposal; when it has "
-                                        "nothing usable, the baseline is kept and the reason recorded."),
-          "candidate_pool": dg.AssetOut(metadata=ITERATION_EXPR, io_manager_key=ARTIFACTS, description="Every candidate of this optimization "
-                                        "so far, with its per-row scores on the select rows, its parent and whether "
-                                        "it passed the minibatch gate.")},
-    check_specs=[dg.AssetCheckSpec("prompt_is_usable", asset="refined_prompt", blocking=True,
-                                   description="Not empty, output_prompt keeps exactly one {user_input}, "
-                                               "system_prompt has no {placeholders}."),
-                 dg.AssetCheckSpec("no_held_out_rows", asset="refined_prompt", blocking=True,
-                                   description="No demo or demo-pool row is a dev or test row, and the instructions "
-                                               "copy no long span of one: those scores would be inflated.")],
+    outs={
+        "refined_prompt": dg.AssetOut(
+            metadata=ITERATION_EXPR,
+            io_manager_key=ARTIFACTS,
+            description="The optimizer's proposal; when it has "
+            "nothing usable, the baseline is kept and the reason recorded.",
+        ),
+        "candidate_pool": dg.AssetOut(
+            metadata=ITERATION_EXPR,
+            io_manager_key=ARTIFACTS,
+            description="Every candidate of this optimization "
+            "so far, with its per-row scores on the select rows, its parent and whether "
+            "it passed the minibatch gate.",
+        ),
+    },
+    check_specs=[
+        dg.AssetCheckSpec(
+            "prompt_is_usable",
+            asset="refined_prompt",
+            blocking=True,
+            description="Not empty, output_prompt keeps exactly one {user_input}, system_prompt has no {placeholders}.",
+        ),
+        dg.AssetCheckSpec(
+            "no_held_out_rows",
+            asset="refined_prompt",
+            blocking=True,
+            description="No demo or demo-pool row is a dev or test row, and the instructions "
+            "copy no long span of one: those scores would be inflated.",
+        ),
+    ],
 )
-def refined_prompt(context: dg.AssetExecutionContext, optimization_rows: pd.DataFrame, baseline_prompt: pd.DataFrame,
-                   project: ProjectResource, task_model: LLMResource, optimizer_model: LLMResource,
-                   judge_model: LLMResource, optimization_settings: pd.DataFrame, warehouse: DuckDBResource):
+def refined_prompt(
+    context: dg.AssetExecutionContext,
+    optimization_rows: pd.DataFrame,
+    baseline_prompt: pd.DataFrame,
+    project: ProjectResource,
+    task_model: LLMResource,
+    optimizer_model: LLMResource,
+    judge_model: LLMResource,
+    optimization_settings: pd.DataFrame,
+    warehouse: DuckDBResource,
+):
     """The optimizer's proposal, chosen on the select rows; the confirm rows never reach the optimizer.
 
     The optimizer sees the baseline's per-row scores on the select rows and, from an LLM judge, why
@@ -240,8 +381,11 @@ def refined_prompt(context: dg.AssetExecutionContext, optimization_rows: pd.Data
     def answer_and_score(candidate: PromptVersion, rows: pd.DataFrame):
         answers = _predict(task, candidate, rows, spec, f"candidate {name} {iteration_name(generation, iteration)}")
         scored_rows[0] += len(rows)
-        return answers, suite.score(answers["prediction"].tolist(), answers["ground_truth_output"].tolist(),
-                                    inputs=answers["user_input"].tolist()).objective()
+        return answers, suite.score(
+            answers["prediction"].tolist(),
+            answers["ground_truth_output"].tolist(),
+            inputs=answers["user_input"].tolist(),
+        ).objective()
 
     def evaluate(candidate: PromptVersion, rows: pd.DataFrame):
         return answer_and_score(candidate, rows)[1]
@@ -251,13 +395,27 @@ def refined_prompt(context: dg.AssetExecutionContext, optimization_rows: pd.Data
     answers, result = answer_and_score(prompt, select)
     scored = answers.assign(score=result.per_row, rationale=result.rationales or None)
     proposal = optimizer.propose(
-        OptimizerInput(prompt=prompt, scored_rows=scored, baseline_score=result.value, metric=suite.describe(),
-                       train=train, labels=spec.labels, label_descriptions=spec.label_descriptions,
-                       iteration=iteration, seed=optimization.seed, select_rows=select, history=history,
-                       spare_rows=spare_rows(splits.dev, select, confirm), calibration=task.ranks_labels,
-                       answer_and_score=answer_and_score, run_dir=project.search_dir(name, generation),
-                       metric_call_budget=_metric_calls_left(optimization, baseline_prompt, scored_rows[0])),
-        evaluate, opt)
+        OptimizerInput(
+            prompt=prompt,
+            scored_rows=scored,
+            baseline_score=result.value,
+            metric=suite.describe(),
+            train=train,
+            labels=spec.labels,
+            label_descriptions=spec.label_descriptions,
+            iteration=iteration,
+            seed=optimization.seed,
+            select_rows=select,
+            history=history,
+            spare_rows=spare_rows(splits.dev, select, confirm),
+            calibration=task.ranks_labels,
+            answer_and_score=answer_and_score,
+            run_dir=project.search_dir(name, generation),
+            metric_call_budget=_metric_calls_left(optimization, baseline_prompt, scored_rows[0]),
+        ),
+        evaluate,
+        opt,
+    )
     usage = usage_since(clients, before)
     if proposal.prompt is None:  # the optimizer already logged why; the reason is also stored below
         refined, status = prompt, "rejected_by_optimizer"
@@ -266,26 +424,54 @@ def refined_prompt(context: dg.AssetExecutionContext, optimization_rows: pd.Data
     pool = history + proposal.pool
     frontier = pareto_frontier(pool)
     top = best(pool)
-    context.log.info(f"refined_prompt {name} {iteration_name(generation, iteration)}: {status} ({refined.describe()}); "
-                     f"{len(proposal.pool)} new candidates, pool {len(pool)}, frontier {len(frontier)}; "
-                     f"{scored_rows[0]} rows scored on {len(select)} select rows")
-    metadata = {"status": status, "prompt": prompt_md(refined), "version": refined.version,
-                "choices": refined.describe(), "select_rows": len(select), "confirm_rows": len(confirm),
-                "metric_calls": scored_rows[0],
-                "candidates": dg.MetadataValue.json(proposal.candidates), **usage_metadata(usage)}
+    context.log.info(
+        f"refined_prompt {name} {iteration_name(generation, iteration)}: {status} ({refined.describe()}); "
+        f"{len(proposal.pool)} new candidates, pool {len(pool)}, frontier {len(frontier)}; "
+        f"{scored_rows[0]} rows scored on {len(select)} select rows"
+    )
+    metadata = {
+        "status": status,
+        "prompt": prompt_md(refined),
+        "version": refined.version,
+        "choices": refined.describe(),
+        "select_rows": len(select),
+        "confirm_rows": len(confirm),
+        "metric_calls": scored_rows[0],
+        "candidates": dg.MetadataValue.json(proposal.candidates),
+        **usage_metadata(usage),
+    }
     if proposal.rejected_reason:
         metadata["rejected_reason"] = proposal.rejected_reason
     if proposal.raw_output is not None:
         metadata["optimizer_output"] = dg.MetadataValue.md(f"```\n{proposal.raw_output[:4000]}\n```")
-    yield dg.Output(prompt_frame(name, generation, iteration, dataset, refined, status=status, note=proposal.rejected_reason,
-                                 usage_json=llm_usage.to_json(usage), metric_calls=scored_rows[0]),
-                    output_name="refined_prompt", metadata=metadata)
+    yield dg.Output(
+        prompt_frame(
+            name,
+            generation,
+            iteration,
+            dataset,
+            refined,
+            status=status,
+            note=proposal.rejected_reason,
+            usage_json=llm_usage.to_json(usage),
+            metric_calls=scored_rows[0],
+        ),
+        output_name="refined_prompt",
+        metadata=metadata,
+    )
     yield gate("prompt_is_usable", prompt_gate(refined), "refined_prompt")
     yield gate("no_held_out_rows", leakage_gate(refined, {**held_out, "confirm": confirm}), "refined_prompt")
-    yield dg.Output(with_partition(pool_frame(pool), name, generation, iteration), output_name="candidate_pool", metadata={
-        "candidates": len(pool), "new_candidates": len(proposal.pool), "frontier": len(frontier),
-        "best_select_score": dg.MetadataValue.float(float("nan") if top is None else top.select_score),
-        "table": dg.MetadataValue.md(_pool_md(pool, frontier))})
+    yield dg.Output(
+        with_partition(pool_frame(pool), name, generation, iteration),
+        output_name="candidate_pool",
+        metadata={
+            "candidates": len(pool),
+            "new_candidates": len(proposal.pool),
+            "frontier": len(frontier),
+            "best_select_score": dg.MetadataValue.float(float("nan") if top is None else top.select_score),
+            "table": dg.MetadataValue.md(_pool_md(pool, frontier)),
+        },
+    )
 
 
 def _metric_calls_left(optimization, baseline_prompt: pd.DataFrame, scored_now: int) -> int | None:
@@ -297,38 +483,80 @@ def _metric_calls_left(optimization, baseline_prompt: pd.DataFrame, scored_now: 
 
 
 def _pool_md(pool: list[Candidate], frontier: dict[str, int]) -> str:
-    lines = ["| candidate | parent | born | kind | choices | minibatch | select | rows won |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| candidate | parent | born | kind | choices | minibatch | select | rows won |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for c in sorted(pool, key=lambda c: (c.select_score is None, -(c.select_score or 0.0))):
         select = "-" if c.select_score is None else f"{c.select_score:.4f}"
         mini = "-" if c.minibatch_score is None else f"{c.minibatch_score:.3f}"
-        lines.append(f"| `{c.id}` | `{c.prompt.parent_id}` | {c.born_iteration} | {c.kind} | {c.prompt.describe()} "
-                     f"| {mini} | {select} | {frontier.get(c.id, 0)} |")
+        lines.append(
+            f"| `{c.id}` | `{c.prompt.parent_id}` | {c.born_iteration} | {c.kind} | {c.prompt.describe()} "
+            f"| {mini} | {select} | {frontier.get(c.id, 0)} |"
+        )
     return "\n".join(lines)
 
 
-@dg.asset(partitions_def=iteration_partitions, metadata={**ITERATION_EXPR, **column_schema(PREDICTIONS)}, group_name=LOOP,
-          ins=OPTIMIZATION_INS, check_specs=_completeness("refined_predictions"), dagster_type=PredictionsFrame)
-def refined_predictions(context: dg.AssetExecutionContext, optimization_rows: pd.DataFrame, refined_prompt: pd.DataFrame,
-                        project: ProjectResource, task_model: LLMResource, optimization_settings: pd.DataFrame):
+@dg.asset(
+    partitions_def=iteration_partitions,
+    metadata={**ITERATION_EXPR, **column_schema(PREDICTIONS)},
+    group_name=LOOP,
+    ins=OPTIMIZATION_INS,
+    check_specs=_completeness("refined_predictions"),
+    dagster_type=PredictionsFrame,
+)
+def refined_predictions(
+    context: dg.AssetExecutionContext,
+    optimization_rows: pd.DataFrame,
+    refined_prompt: pd.DataFrame,
+    project: ProjectResource,
+    task_model: LLMResource,
+    optimization_settings: pd.DataFrame,
+):
     """The task model's answers to the same dev rows with the refined prompt."""
-    yield from _predictions(context, "refined_predictions", optimization_rows, refined_prompt, project, task_model,
-                            optimization_settings)
+    yield from _predictions(
+        context, "refined_predictions", optimization_rows, refined_prompt, project, task_model, optimization_settings
+    )
 
 
-@dg.asset(partitions_def=iteration_partitions, metadata={**ITERATION_EXPR, **column_schema(METRICS)}, group_name=LOOP,
-          ins=SETTINGS_IN, check_specs=_in_range("refined_metrics"), dagster_type=MetricsFrame)
-def refined_metrics(context: dg.AssetExecutionContext, refined_predictions: pd.DataFrame, project: ProjectResource,
-                    judge_model: LLMResource, optimization_settings: pd.DataFrame):
+@dg.asset(
+    partitions_def=iteration_partitions,
+    metadata={**ITERATION_EXPR, **column_schema(METRICS)},
+    group_name=LOOP,
+    ins=SETTINGS_IN,
+    check_specs=_in_range("refined_metrics"),
+    dagster_type=MetricsFrame,
+)
+def refined_metrics(
+    context: dg.AssetExecutionContext,
+    refined_predictions: pd.DataFrame,
+    project: ProjectResource,
+    judge_model: LLMResource,
+    optimization_settings: pd.DataFrame,
+):
     """Per-row and aggregate scores of the refined answers, per scorer and weighted."""
     yield from _metrics(context, "refined_metrics", refined_predictions, project, judge_model, optimization_settings)
 
 
-@dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP,
-          ins=SETTINGS_IN, io_manager_key=ARTIFACTS)
-def comparison_report(context: dg.AssetExecutionContext, baseline_prompt: pd.DataFrame, refined_prompt: pd.DataFrame,
-                      baseline_predictions: pd.DataFrame, refined_predictions: pd.DataFrame,
-                      baseline_metrics: pd.DataFrame, refined_metrics: pd.DataFrame, project: ProjectResource,
-                      judge_model: LLMResource, optimization_settings: pd.DataFrame) -> pd.DataFrame:
+@dg.asset(
+    partitions_def=iteration_partitions,
+    metadata=ITERATION_EXPR,
+    group_name=LOOP,
+    ins=SETTINGS_IN,
+    io_manager_key=ARTIFACTS,
+)
+def comparison_report(
+    context: dg.AssetExecutionContext,
+    baseline_prompt: pd.DataFrame,
+    refined_prompt: pd.DataFrame,
+    baseline_predictions: pd.DataFrame,
+    refined_predictions: pd.DataFrame,
+    baseline_metrics: pd.DataFrame,
+    refined_metrics: pd.DataFrame,
+    project: ProjectResource,
+    judge_model: LLMResource,
+    optimization_settings: pd.DataFrame,
+) -> pd.DataFrame:
     """Baseline versus refined on the same rows, the accept/reject decision and whether to go on.
 
     It also sums what the iteration's model calls used, so the budget is part of the same decision."""
@@ -338,61 +566,129 @@ def comparison_report(context: dg.AssetExecutionContext, baseline_prompt: pd.Dat
     metric = _target_name(baseline_metrics)
     base_row, ref_row = baseline_prompt.iloc[0], refined_prompt.iloc[0]
     baseline, refined = prompt_from_frame(baseline_prompt), prompt_from_frame(refined_prompt)
-    state = LoopState(best_score=None if pd.isna(base_row["best_score"]) else float(base_row["best_score"]),
-                      iterations_without_improvement=int(base_row["iterations_without_improvement"]),
-                      spent=Spend.from_json(base_row["spent_json"]))
+    state = LoopState(
+        best_score=None if pd.isna(base_row["best_score"]) else float(base_row["best_score"]),
+        iterations_without_improvement=int(base_row["iterations_without_improvement"]),
+        spent=Spend.from_json(base_row["spent_json"]),
+    )
     baseline_score = objective_value(baseline_metrics)
     rejected = ref_row["status"] == "rejected_by_optimizer"
     refined_score = None if rejected else objective_value(refined_metrics)
-    scores = {"baseline": summary_from_frame(baseline_metrics),
-              "refined": None if rejected else summary_from_frame(refined_metrics)}
-    usage = llm_usage.merge(llm_usage.from_rows(baseline_predictions.to_dict("records")),
-                            _judge_usage(baseline_metrics), llm_usage.from_json(ref_row["usage_json"]),
-                            llm_usage.from_rows(refined_predictions.to_dict("records")), _judge_usage(refined_metrics))
+    scores = {
+        "baseline": summary_from_frame(baseline_metrics),
+        "refined": None if rejected else summary_from_frame(refined_metrics),
+    }
+    usage = llm_usage.merge(
+        llm_usage.from_rows(baseline_predictions.to_dict("records")),
+        _judge_usage(baseline_metrics),
+        llm_usage.from_json(ref_row["usage_json"]),
+        llm_usage.from_rows(refined_predictions.to_dict("records")),
+        _judge_usage(refined_metrics),
+    )
     metric_calls = len(baseline_predictions) + (0 if rejected else len(refined_predictions))
     metric_calls += int(0 if pd.isna(ref_row["metric_calls"]) else ref_row["metric_calls"])
-    gain = None if rejected else _paired_gain(project, dataset, judge_model, optimization, baseline_predictions,
-                                              refined_predictions, baseline_metrics, refined_metrics)
-    spent = with_paid(dataclasses.replace(spend_of(usage), metric_calls=metric_calls), state.spent,
-                      judge_model.cache_path, name, generation)
+    gain = (
+        None
+        if rejected
+        else _paired_gain(
+            project,
+            dataset,
+            judge_model,
+            optimization,
+            baseline_predictions,
+            refined_predictions,
+            baseline_metrics,
+            refined_metrics,
+        )
+    )
+    spent = with_paid(
+        dataclasses.replace(spend_of(usage), metric_calls=metric_calls),
+        state.spent,
+        judge_model.cache_path,
+        name,
+        generation,
+    )
     decision = decide(iteration, baseline_score, refined_score, state, optimization.stop_policy(), spent, gain)
-    report_md = comparison_markdown(metric, decision, baseline, refined,
-                                    None if pd.isna(ref_row["note"]) else ref_row["note"], scores)
+    report_md = comparison_markdown(
+        metric, decision, baseline, refined, None if pd.isna(ref_row["note"]) else ref_row["note"], scores
+    )
     columns = list(scores["baseline"])
-    context.log.info(f"{name} {iteration_name(generation, iteration)}: {decision.why}; "
-                     f"{'stop: ' + decision.stop_reason if decision.stop_reason else 'continue'}")
-    context.add_output_metadata({
-        "report": dg.MetadataValue.md(report_md),
-        "scores": dg.MetadataValue.table(
-            records=[dg.TableRecord({"prompt": name, "version": prompt.version,
-                                     **{c: (values or {}).get(c, float("nan")) for c in columns}})
-                     for name, prompt, values in (("baseline", baseline, scores["baseline"]),
-                                                  ("refined", refined, scores["refined"]))],
-            schema=dg.TableSchema(columns=[dg.TableColumn("prompt", "string"), dg.TableColumn("version", "int"),
-                                           *(dg.TableColumn(c, "float") for c in columns)])),
-        "target_metric": metric,
-        "baseline_score": dg.MetadataValue.float(baseline_score),
-        "refined_score": dg.MetadataValue.float(float("nan") if refined_score is None else refined_score),
-        "best_score": dg.MetadataValue.float(decision.best_score),
-        "accepted": dg.MetadataValue.bool(decision.accepted),
-        **({"gain": dg.MetadataValue.float(gain.gain), "gain_low": dg.MetadataValue.float(gain.low),
-            "gain_high": dg.MetadataValue.float(gain.high), "confidence": dg.MetadataValue.float(gain.confidence),
-            "confirm_rows": gain.rows} if gain else {}),
-        "stop_reason": decision.stop_reason or "",
-        **usage_metadata(usage),
-        **optimization_metadata(decision.spent),
-    })
-    return pd.DataFrame([{
-        "optimization": name, "iteration": iteration_name(generation, iteration), "generation": generation, "step": iteration, "dataset": dataset,
-        "metric": metric, "baseline_prompt_id": baseline.id,
-        "refined_prompt_id": refined.id, "baseline_score": baseline_score,
-        "refined_score": float("nan") if refined_score is None else refined_score, "accepted": decision.accepted,
-        "best_score": decision.best_score, "iterations_without_improvement": decision.iterations_without_improvement,
-        "stop_reason": decision.stop_reason, "why": decision.why, "report_md": report_md,
-        "scores_json": json.dumps(scores), "usage_json": llm_usage.to_json(usage),
-        "spent_json": decision.spent.to_json(),
-        "gain_json": json.dumps(dataclasses.asdict(gain) if gain else None),
-    }]).astype({"stop_reason": "string"})
+    context.log.info(
+        f"{name} {iteration_name(generation, iteration)}: {decision.why}; "
+        f"{'stop: ' + decision.stop_reason if decision.stop_reason else 'continue'}"
+    )
+    context.add_output_metadata(
+        {
+            "report": dg.MetadataValue.md(report_md),
+            "scores": dg.MetadataValue.table(
+                records=[
+                    dg.TableRecord(
+                        {
+                            "prompt": name,
+                            "version": prompt.version,
+                            **{c: (values or {}).get(c, float("nan")) for c in columns},
+                        }
+                    )
+                    for name, prompt, values in (
+                        ("baseline", baseline, scores["baseline"]),
+                        ("refined", refined, scores["refined"]),
+                    )
+                ],
+                schema=dg.TableSchema(
+                    columns=[
+                        dg.TableColumn("prompt", "string"),
+                        dg.TableColumn("version", "int"),
+                        *(dg.TableColumn(c, "float") for c in columns),
+                    ]
+                ),
+            ),
+            "target_metric": metric,
+            "baseline_score": dg.MetadataValue.float(baseline_score),
+            "refined_score": dg.MetadataValue.float(float("nan") if refined_score is None else refined_score),
+            "best_score": dg.MetadataValue.float(decision.best_score),
+            "accepted": dg.MetadataValue.bool(decision.accepted),
+            **(
+                {
+                    "gain": dg.MetadataValue.float(gain.gain),
+                    "gain_low": dg.MetadataValue.float(gain.low),
+                    "gain_high": dg.MetadataValue.float(gain.high),
+                    "confidence": dg.MetadataValue.float(gain.confidence),
+                    "confirm_rows": gain.rows,
+                }
+                if gain
+                else {}
+            ),
+            "stop_reason": decision.stop_reason or "",
+            **usage_metadata(usage),
+            **optimization_metadata(decision.spent),
+        }
+    )
+    return pd.DataFrame(
+        [
+            {
+                "optimization": name,
+                "iteration": iteration_name(generation, iteration),
+                "generation": generation,
+                "step": iteration,
+                "dataset": dataset,
+                "metric": metric,
+                "baseline_prompt_id": baseline.id,
+                "refined_prompt_id": refined.id,
+                "baseline_score": baseline_score,
+                "refined_score": float("nan") if refined_score is None else refined_score,
+                "accepted": decision.accepted,
+                "best_score": decision.best_score,
+                "iterations_without_improvement": decision.iterations_without_improvement,
+                "stop_reason": decision.stop_reason,
+                "why": decision.why,
+                "report_md": report_md,
+                "scores_json": json.dumps(scores),
+                "usage_json": llm_usage.to_json(usage),
+                "spent_json": decision.spent.to_json(),
+                "gain_json": json.dumps(dataclasses.asdict(gain) if gain else None),
+            }
+        ]
+    ).astype({"stop_reason": "string"})
 
 
 def with_paid(this: Spend, before: Spend, cache_path: str | None, name: str, generation: int) -> Spend:
@@ -403,14 +699,24 @@ def with_paid(this: Spend, before: Spend, cache_path: str | None, name: str, gen
     if not cache_path or not Path(cache_path).exists():
         return this
     paid = ledger.spend(Path(cache_path), name, generation, unassigned=True)
-    return dataclasses.replace(this, requests=max(this.requests, paid.requests - before.requests),
-                               tokens=max(this.tokens, paid.tokens - before.tokens),
-                               cost_usd=max(this.cost_usd, paid.cost_usd - before.cost_usd))
+    return dataclasses.replace(
+        this,
+        requests=max(this.requests, paid.requests - before.requests),
+        tokens=max(this.tokens, paid.tokens - before.tokens),
+        cost_usd=max(this.cost_usd, paid.cost_usd - before.cost_usd),
+    )
 
 
-def _paired_gain(project: ProjectResource, dataset: str, judge_model: LLMResource, optimization: OptimizationSpec,
-                 base_answers: pd.DataFrame, ref_answers: pd.DataFrame, base_metrics: pd.DataFrame,
-                 ref_metrics: pd.DataFrame):
+def _paired_gain(
+    project: ProjectResource,
+    dataset: str,
+    judge_model: LLMResource,
+    optimization: OptimizationSpec,
+    base_answers: pd.DataFrame,
+    ref_answers: pd.DataFrame,
+    base_metrics: pd.DataFrame,
+    ref_metrics: pd.DataFrame,
+):
     """The paired bootstrap of refined minus baseline on the confirm rows.
 
     A target that is the mean of its row scores is resampled as such; one that is not (macro F1,
@@ -418,19 +724,29 @@ def _paired_gain(project: ProjectResource, dataset: str, judge_model: LLMResourc
     base = wide_scores(base_metrics).set_index("row_id")["score"]
     ref = wide_scores(ref_metrics).set_index("row_id")["score"].reindex(base.index)
     statistic = None
-    if any(abs(float(rows.mean()) - objective_value(m)) > 1e-9 for rows, m in ((base, base_metrics), (ref, ref_metrics))):
+    if any(
+        abs(float(rows.mean()) - objective_value(m)) > 1e-9 for rows, m in ((base, base_metrics), (ref, ref_metrics))
+    ):
         suite = _suite(project, dataset, judge_model, optimization)
         if not suite.uses_judge:
             b = base_answers.set_index("row_id").reindex(base.index)
             r = ref_answers.set_index("row_id").reindex(base.index)
-            refs, bp, rp = (b["ground_truth_output"].to_numpy(), b["prediction"].to_numpy(),
-                            r["prediction"].to_numpy())
+            refs, bp, rp = (b["ground_truth_output"].to_numpy(), b["prediction"].to_numpy(), r["prediction"].to_numpy())
 
             def statistic(ix):
-                return (suite.score(list(bp[ix]), list(refs[ix])).value, suite.score(list(rp[ix]), list(refs[ix])).value)
-    return paired_bootstrap_gain(base.to_numpy(), ref.to_numpy(), optimization.confidence,
-                                 resamples=2000 if statistic is None else 400, seed=optimization.seed,
-                                 statistic=statistic)
+                return (
+                    suite.score(list(bp[ix]), list(refs[ix])).value,
+                    suite.score(list(rp[ix]), list(refs[ix])).value,
+                )
+
+    return paired_bootstrap_gain(
+        base.to_numpy(),
+        ref.to_numpy(),
+        optimization.confidence,
+        resamples=2000 if statistic is None else 400,
+        seed=optimization.seed,
+        statistic=statistic,
+    )
 
 
 def _target_name(metrics: pd.DataFrame) -> str:
@@ -443,25 +759,50 @@ def _judge_usage(metrics: pd.DataFrame) -> UsageByModel:
 
 
 @dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP, io_manager_key=ARTIFACTS)
-def best_prompt(context: dg.AssetExecutionContext, comparison_report: pd.DataFrame, baseline_prompt: pd.DataFrame,
-                refined_prompt: pd.DataFrame) -> pd.DataFrame:
+def best_prompt(
+    context: dg.AssetExecutionContext,
+    comparison_report: pd.DataFrame,
+    baseline_prompt: pd.DataFrame,
+    refined_prompt: pd.DataFrame,
+) -> pd.DataFrame:
     """The best prompt so far and the loop state the next iteration inherits; the sensor watches this."""
     name, generation, iteration = split_key(context)
     dataset = str(comparison_report.iloc[0]["dataset"])
     row = comparison_report.iloc[0]
     winner = prompt_from_frame(refined_prompt if row["accepted"] else baseline_prompt)
     stop_reason = None if pd.isna(row["stop_reason"]) else str(row["stop_reason"])
-    context.add_output_metadata({
-        "prompt": prompt_md(winner), "version": winner.version, "prompt_id": winner.id,
-        "best_score": dg.MetadataValue.float(float(row["best_score"])),
-        "stop_reason": stop_reason or "", "continue": dg.MetadataValue.bool(stop_reason is None),
-    })
-    return prompt_frame(name, generation, iteration, dataset, winner, status="best", note=row["why"], best_score=float(row["best_score"]),
-                        iterations_without_improvement=int(row["iterations_without_improvement"]),
-                        stop_reason=stop_reason, spent=Spend.from_json(row["spent_json"]))
+    context.add_output_metadata(
+        {
+            "prompt": prompt_md(winner),
+            "version": winner.version,
+            "prompt_id": winner.id,
+            "best_score": dg.MetadataValue.float(float(row["best_score"])),
+            "stop_reason": stop_reason or "",
+            "continue": dg.MetadataValue.bool(stop_reason is None),
+        }
+    )
+    return prompt_frame(
+        name,
+        generation,
+        iteration,
+        dataset,
+        winner,
+        status="best",
+        note=row["why"],
+        best_score=float(row["best_score"]),
+        iterations_without_improvement=int(row["iterations_without_improvement"]),
+        stop_reason=stop_reason,
+        spent=Spend.from_json(row["spent_json"]),
+    )
 
 
-
-
-ITERATION_ASSETS = [baseline_prompt, baseline_predictions, baseline_metrics, refined_prompt, refined_predictions,
-                    refined_metrics, comparison_report, best_prompt]
+ITERATION_ASSETS = [
+    baseline_prompt,
+    baseline_predictions,
+    baseline_metrics,
+    refined_prompt,
+    refined_predictions,
+    refined_metrics,
+    comparison_report,
+    best_prompt,
+]

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from promptopt_dagster.core.optimizations import OptimizationSpec
+from promptopt_dagster.app.optimizations import OptimizationSpec
+from promptopt_dagster.app.settings import get_settings
 from promptopt_dagster.defs.partitions import iteration_key
-from promptopt_dagster.settings import get_settings
 
 ITERATION_JOB = "optimize_iteration"
 REPORT_JOB = "final_report_job"
@@ -27,8 +27,15 @@ OPTIMIZATION_TAG = "promptopt/optimization"
 SUBMISSION_TAG = "promptopt/submission"  # one `promptopt submit`: its start run and every run the sensor chains to it
 #: Tags every run of an optimization carries, so the runs list (and `promptopt status`) can say what a run is
 #: without opening it; the sensor copies them from the run it follows to the run it launches.
-CHAIN_TAGS = (OPTIMIZATION_TAG, "promptopt/dataset", "promptopt/optimizer", "promptopt/task_model",
-              "promptopt/generation", "promptopt/fingerprint", SUBMISSION_TAG)
+CHAIN_TAGS = (
+    OPTIMIZATION_TAG,
+    "promptopt/dataset",
+    "promptopt/optimizer",
+    "promptopt/task_model",
+    "promptopt/generation",
+    "promptopt/fingerprint",
+    SUBMISSION_TAG,
+)
 
 
 def start_run_config(spec: OptimizationSpec) -> dict:
@@ -54,9 +61,13 @@ def optimization_tags(spec: OptimizationSpec, fingerprint: str, generation: int 
     """What a run of this optimization is, as run tags. A spec without a task model runs on the deployment's.
     `fingerprint`: spec.fingerprint(its dataset's manifest entry), or the one its generation recorded."""
     model = spec.task_model or get_settings().task
-    tags = {OPTIMIZATION_TAG: spec.name, "promptopt/dataset": spec.dataset, "promptopt/optimizer": spec.optimizer,
-            "promptopt/task_model": f"{model.backend}/{model.model or 'default'}",
-            "promptopt/fingerprint": fingerprint}
+    tags = {
+        OPTIMIZATION_TAG: spec.name,
+        "promptopt/dataset": spec.dataset,
+        "promptopt/optimizer": spec.optimizer,
+        "promptopt/task_model": f"{model.backend}/{model.model or 'default'}",
+        "promptopt/fingerprint": fingerprint,
+    }
     if generation is not None:
         tags["promptopt/generation"] = str(generation)
     return tags

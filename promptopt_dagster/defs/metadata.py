@@ -6,26 +6,35 @@ import dataclasses
 
 import dagster as dg
 
+from promptopt_dagster.app.quality import GateResult
 from promptopt_dagster.core.decisions import Spend
 from promptopt_dagster.core.prompts import PromptVersion
-from promptopt_dagster.core.quality import GateResult
 from promptopt_dagster.llm import usage as llm_usage
 from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.llm.usage import UsageByModel, UsageStats
 
 
-def gate(check: str, result: GateResult, asset: str,
-         severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(check_name=check, asset_key=asset, passed=result.passed, severity=severity,
-                               description=result.message, metadata={k: v for k, v in result.details.items()})
+def gate(
+    check: str, result: GateResult, asset: str, severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR
+) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=check,
+        asset_key=asset,
+        passed=result.passed,
+        severity=severity,
+        description=result.message,
+        metadata={k: v for k, v in result.details.items()},
+    )
 
 
 def prompt_md(prompt: PromptVersion) -> dg.MetadataValue:
     demos = "\n".join(f"- `{d.user_input[:100]}` → **{d.ground_truth_output}**" for d in prompt.demos) or "(none)"
-    return dg.MetadataValue.md(f"**v{prompt.version}** `{prompt.id}` (parent `{prompt.parent_id}`)\n\n"
-                               f"**System prompt**\n```\n{prompt.system_prompt}\n```\n"
-                               f"**Output prompt**\n```\n{prompt.output_prompt}\n```\n**Demos** ({prompt.describe()})\n"
-                               f"{demos}")
+    return dg.MetadataValue.md(
+        f"**v{prompt.version}** `{prompt.id}` (parent `{prompt.parent_id}`)\n\n"
+        f"**System prompt**\n```\n{prompt.system_prompt}\n```\n"
+        f"**Output prompt**\n```\n{prompt.output_prompt}\n```\n**Demos** ({prompt.describe()})\n"
+        f"{demos}"
+    )
 
 
 def usage_since(clients: list[LLMClient], before: list[UsageStats]) -> UsageByModel:
@@ -64,16 +73,19 @@ def usage_metadata(by_model: UsageByModel) -> dict:
 
 def optimization_metadata(spent: Spend) -> dict:
     """The whole optimization so far (every iteration as last materialized), beside this run's numbers."""
-    return {"optimization_llm_calls": dg.MetadataValue.int(spent.llm_calls),
-            "optimization_cache_hits": dg.MetadataValue.int(spent.cache_hits),
-            "optimization_answers": dg.MetadataValue.int(spent.llm_calls + spent.cache_hits),
-            "optimization_requests": dg.MetadataValue.int(spent.requests),
-            "optimization_metric_calls": dg.MetadataValue.int(spent.metric_calls),
-            "optimization_tokens": dg.MetadataValue.int(spent.tokens),
-            "optimization_cost_usd": dg.MetadataValue.float(round(spent.cost_usd, 6))}
+    return {
+        "optimization_llm_calls": dg.MetadataValue.int(spent.llm_calls),
+        "optimization_cache_hits": dg.MetadataValue.int(spent.cache_hits),
+        "optimization_answers": dg.MetadataValue.int(spent.llm_calls + spent.cache_hits),
+        "optimization_requests": dg.MetadataValue.int(spent.requests),
+        "optimization_metric_calls": dg.MetadataValue.int(spent.metric_calls),
+        "optimization_tokens": dg.MetadataValue.int(spent.tokens),
+        "optimization_cost_usd": dg.MetadataValue.float(round(spent.cost_usd, 6)),
+    }
 
 
 def spend_of(by_model: UsageByModel) -> Spend:
     t = llm_usage.total(by_model)
-    return Spend(requests=t.requests, tokens=t.tokens, cost_usd=t.cost_usd, llm_calls=t.llm_calls,
-                 cache_hits=t.cache_hits)
+    return Spend(
+        requests=t.requests, tokens=t.tokens, cost_usd=t.cost_usd, llm_calls=t.llm_calls, cache_hits=t.cache_hits
+    )

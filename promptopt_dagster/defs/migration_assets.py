@@ -5,23 +5,31 @@ optimization. For an optimization with a `source_model` the source model answers
 rows with the dataset's initial prompt, through the same client factory and response cache as every
 other call (a rerun is served from the cache and pays nothing); `optimization` then writes those
 answers as the `ground_truth_output` of `optimization_rows`. For any other optimization it is an
-empty table. The domain logic is core/migration.py.
+empty table. The domain logic is app/migration.py.
 """
 
 import dagster as dg
 import pandas as pd
 
-from promptopt_dagster.core.datasets import DatasetSplits
-from promptopt_dagster.core.migration import (MigrationError, build_references, check_references, empty_references,
-                                              reference_form, references_fingerprint, references_summary,
-                                              rows_to_answer, typed)
-from promptopt_dagster.core.optimizations import OptimizationSpec, describe_model
+from promptopt_dagster.app.datasets import DatasetSplits
+from promptopt_dagster.app.migration import (
+    MigrationError,
+    build_references,
+    check_references,
+    empty_references,
+    reference_form,
+    references_fingerprint,
+    references_summary,
+    rows_to_answer,
+    typed,
+)
+from promptopt_dagster.app.optimizations import OptimizationSpec, describe_model
+from promptopt_dagster.app.settings import get_settings
 from promptopt_dagster.defs.metadata import usage_metadata
 from promptopt_dagster.defs.partitions import OPTIMIZATION_EXPR, optimization_partitions, optimizations_of_dataset
 from promptopt_dagster.defs.resources import LLMResource, ProjectResource
 from promptopt_dagster.llm import usage as llm_usage
 from promptopt_dagster.llm.inference import predict
-from promptopt_dagster.settings import get_settings
 
 
 class MigrationConfig(dg.Config):
@@ -37,10 +45,19 @@ def start_spec(spec_json: str, project: ProjectResource, name: str) -> Optimizat
     return spec
 
 
-@dg.asset(partitions_def=optimization_partitions, metadata=OPTIMIZATION_EXPR, group_name="optimizations",
-          ins={"dataset_splits": dg.AssetIn(partition_mapping=optimizations_of_dataset)})
-def migration_references(context: dg.AssetExecutionContext, config: MigrationConfig, dataset_splits: pd.DataFrame,
-                         project: ProjectResource, task_model: LLMResource) -> pd.DataFrame:
+@dg.asset(
+    partitions_def=optimization_partitions,
+    metadata=OPTIMIZATION_EXPR,
+    group_name="optimizations",
+    ins={"dataset_splits": dg.AssetIn(partition_mapping=optimizations_of_dataset)},
+)
+def migration_references(
+    context: dg.AssetExecutionContext,
+    config: MigrationConfig,
+    dataset_splits: pd.DataFrame,
+    project: ProjectResource,
+    task_model: LLMResource,
+) -> pd.DataFrame:
     """Model migration: the source model's answer to every row the optimization reads (train, dev and the
     report's test rows), with the dataset's initial prompt. They become the rows' references, so the
     target model's prompt is optimized to agree with the source. Empty for an optimization with no
@@ -51,8 +68,10 @@ def migration_references(context: dg.AssetExecutionContext, config: MigrationCon
         context.add_output_metadata({"migration": False, "rows": 0})
         return empty_references()
     if dataset_splits.empty:
-        raise dg.Failure(f"Dataset '{spec.dataset}' has no rows in the warehouse: launch the prepare_dataset job for "
-                         f"partition '{spec.dataset}' first (`promptopt optimize` does).")
+        raise dg.Failure(
+            f"Dataset '{spec.dataset}' has no rows in the warehouse: launch the prepare_dataset job for "
+            f"partition '{spec.dataset}' first (`promptopt optimize` does)."
+        )
     dataset = project.spec(spec.dataset)
     initial = project.initial_prompt(spec.dataset)
     fingerprint = references_fingerprint(spec, initial)
@@ -61,9 +80,16 @@ def migration_references(context: dg.AssetExecutionContext, config: MigrationCon
     form = None if dataset.labels else reference_form([scorer.name for scorer in dataset.scorers])
     parts, usage = [], {}
     for split, rows in rows_to_answer(DatasetSplits.from_frame(spec.dataset, dataset_splits), spec).items():
-        answers = predict(client, initial, rows, dataset.max_output_tokens, label=f"source answers {name} {split}",
-                          progress_interval_s=get_settings().progress_interval_s,
-                          stop=tuple(dataset.completion_stop), where=dataset.files[split])
+        answers = predict(
+            client,
+            initial,
+            rows,
+            dataset.max_output_tokens,
+            label=f"source answers {name} {split}",
+            progress_interval_s=get_settings().progress_interval_s,
+            stop=tuple(dataset.completion_stop),
+            where=dataset.files[split],
+        )
         parts.append(build_references(name, split, rows, answers, dataset.labels, fingerprint, form))
         usage = llm_usage.merge(usage, llm_usage.from_rows(answers.to_dict("records")))
     references = typed(pd.concat(parts, ignore_index=True))
@@ -74,29 +100,42 @@ def migration_references(context: dg.AssetExecutionContext, config: MigrationCon
     summary = references_summary(references, dataset.labels)
     t = llm_usage.total(usage)
     dropped = len(references) - sum(summary["references_by_split"].values())
-    context.log.info(f"migration_references {name}: {len(references)} rows answered by the source model {source}, "
-                     f"{t.llm_calls} by the model, {t.cache_hits} from cache; {dropped} without a reference "
-                     f"({summary['statuses']})")
+    context.log.info(
+        f"migration_references {name}: {len(references)} rows answered by the source model {source}, "
+        f"{t.llm_calls} by the model, {t.cache_hits} from cache; {dropped} without a reference "
+        f"({summary['statuses']})"
+    )
     if dropped:
-        context.log.warning(f"{dropped} row(s) have no reference (the source call failed, or its answer names no "
-                            "label) and are left out of the optimization's rows")
+        context.log.warning(
+            f"{dropped} row(s) have no reference (the source call failed, or its answer names no "
+            "label) and are left out of the optimization's rows"
+        )
     agreement = summary["source_vs_dataset_labels"]
-    context.add_output_metadata({
-        "migration": True, "source_model": client.model_key, "rows": len(references),
-        "references": sum(summary["references_by_split"].values()), "without_reference": dropped,
-        "summary": dg.MetadataValue.json(summary), "fingerprint": fingerprint,
-        **({"source_vs_dataset_labels": dg.MetadataValue.float(agreement)} if agreement is not None else {}),
-        "sample": dg.MetadataValue.md(_sample_md(references)),
-        **usage_metadata(usage),
-    })
+    context.add_output_metadata(
+        {
+            "migration": True,
+            "source_model": client.model_key,
+            "rows": len(references),
+            "references": sum(summary["references_by_split"].values()),
+            "without_reference": dropped,
+            "summary": dg.MetadataValue.json(summary),
+            "fingerprint": fingerprint,
+            **({"source_vs_dataset_labels": dg.MetadataValue.float(agreement)} if agreement is not None else {}),
+            "sample": dg.MetadataValue.md(_sample_md(references)),
+            **usage_metadata(usage),
+        }
+    )
     return references
 
 
 def _sample_md(references: pd.DataFrame, limit: int = 10) -> str:
     lines = ["| split | row | input | source answer | reference | dataset label |", "|---|---|---|---|---|---|"]
     for r in references.head(limit).to_dict("records"):
-        cells = [r["split"], str(r["row_id"]), *(_cell(r[c]) for c in ("user_input", "source_answer", "reference",
-                                                                       "dataset_label"))]
+        cells = [
+            r["split"],
+            str(r["row_id"]),
+            *(_cell(r[c]) for c in ("user_input", "source_answer", "reference", "dataset_label")),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -14,9 +14,9 @@ import warnings
 
 import dagster as dg
 
-from promptopt_dagster.core.datasets import load_manifest
-from promptopt_dagster.core.optimizations import load_optimizations
-from promptopt_dagster.settings import get_settings
+from promptopt_dagster.app.datasets import load_manifest
+from promptopt_dagster.app.optimizations import load_optimizations
+from promptopt_dagster.app.settings import get_settings
 
 DATASET_NAMES = sorted(load_manifest(get_settings().manifest_path))
 OPTIMIZATIONS = load_optimizations(get_settings().optimizations_path, DATASET_NAMES)
@@ -25,12 +25,14 @@ DATASET_OF = {name: spec.dataset for name, spec in sorted(OPTIMIZATIONS.items())
 dataset_partitions = dg.StaticPartitionsDefinition(DATASET_NAMES)
 optimization_partitions = dg.StaticPartitionsDefinition(sorted(OPTIMIZATIONS))
 iteration_dimension = dg.DynamicPartitionsDefinition(name="iteration")
-iteration_partitions = dg.MultiPartitionsDefinition({"optimization": optimization_partitions,
-                                                     "iteration": iteration_dimension})
+iteration_partitions = dg.MultiPartitionsDefinition(
+    {"optimization": optimization_partitions, "iteration": iteration_dimension}
+)
 
 #: an optimization's partition reads its dataset's partition
 optimizations_of_dataset = dg.StaticPartitionMapping(
-    {dataset: [name for name, of in DATASET_OF.items() if of == dataset] for dataset in DATASET_NAMES})
+    {dataset: [name for name, of in DATASET_OF.items() if of == dataset] for dataset in DATASET_NAMES}
+)
 #: a dataset's leaderboard reads the partitions of every optimization of the dataset
 dataset_of_optimization = dg.StaticPartitionMapping(DATASET_OF)
 #: an iteration reads its optimization's partition (a beta API since Dagster 1.10; its warning says nothing

@@ -18,7 +18,6 @@ an unknown action, or an optimization with nothing to promote yet (never started
 those are errors with nothing to record, and their message says what to run first.
 """
 
-
 import json
 
 import dagster as dg
@@ -26,16 +25,15 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from promptopt_dagster.core import promotion as po
-from promptopt_dagster.core.datasets import DatasetSplits, sample_rows
+from promptopt_dagster.app import promotion as po
+from promptopt_dagster.app.datasets import DatasetSplits, sample_rows
+from promptopt_dagster.app.quality import leakage_gate
 from promptopt_dagster.core.prompts import PromptVersion, prompt_problem
-from promptopt_dagster.core.quality import leakage_gate
 from promptopt_dagster.core.storage import write_text
 from promptopt_dagster.defs.iteration_assets import _predict, _score_answers, _splits, _suite, settings_of
 from promptopt_dagster.defs.loop import ARTIFACTS
 from promptopt_dagster.defs.metadata import prompt_md
-from promptopt_dagster.defs.partitions import (DATASET_EXPR, dataset_of_optimization, dataset_partitions,
-                                               iteration_name)
+from promptopt_dagster.defs.partitions import DATASET_EXPR, dataset_of_optimization, dataset_partitions, iteration_name
 from promptopt_dagster.defs.resources import LLMResource, ProjectResource
 from promptopt_dagster.defs.warehouse_reads import promotion_events
 
@@ -43,45 +41,88 @@ PROMOTION = "promotion"
 
 
 class PromotionConfig(dg.Config):
-    action: str = Field("promote", description="promote: serve an optimization's best prompt; rollback: serve the "
-                                               "version that was served before the current one")
-    optimization: str = Field("", description="promote: the optimization whose best prompt (current generation) "
-                                              "is promoted")
+    action: str = Field(
+        "promote",
+        description="promote: serve an optimization's best prompt; rollback: serve the "
+        "version that was served before the current one",
+    )
+    optimization: str = Field(
+        "", description="promote: the optimization whose best prompt (current generation) is promoted"
+    )
     note: str = Field("", description="why: kept in the audit table")
     requested_by: str = Field("", description="who asks (the CLI fills in the user; empty: the run's launcher)")
-    margin: float = Field(0.0, ge=0.0, description="how far below the served prompt's test score the candidate "
-                                                   "may be and still be promoted")
-    force: bool = Field(False, description="serve it even if it scores below the served prompt (beyond the margin); "
-                                           "the audit records the override, and the other gates still apply")
+    margin: float = Field(
+        0.0,
+        ge=0.0,
+        description="how far below the served prompt's test score the candidate may be and still be promoted",
+    )
+    force: bool = Field(
+        False,
+        description="serve it even if it scores below the served prompt (beyond the margin); "
+        "the audit records the override, and the other gates still apply",
+    )
 
 
 #: check name -> (the audit column holding its problem, what it checks); one asset check each
 GATES = {
-    "not_worse_than_promoted": ("score_problem", "The candidate (for a rollback: the version it restores) scores "
-                                "at least the served prompt's test score, less the request's margin, on the same "
-                                "test rows; a request with force passes with a warning."),
-    "no_held_out_rows": ("leakage_problem", "No dev or test row as a demo, in the demo pool, or copied 40+ "
-                         "characters verbatim into the instructions."),
-    "prompt_is_usable": ("prompt_problem", "{user_input} exactly once in the template, no other placeholder "
-                         "anywhere."),
-    "earlier_version_exists": ("history_problem", "A rollback has an earlier served version to restore (a "
-                               "promotion always passes)."),
+    "not_worse_than_promoted": (
+        "score_problem",
+        "The candidate (for a rollback: the version it restores) scores "
+        "at least the served prompt's test score, less the request's margin, on the same "
+        "test rows; a request with force passes with a warning.",
+    ),
+    "no_held_out_rows": (
+        "leakage_problem",
+        "No dev or test row as a demo, in the demo pool, or copied 40+ characters verbatim into the instructions.",
+    ),
+    "prompt_is_usable": ("prompt_problem", "{user_input} exactly once in the template, no other placeholder anywhere."),
+    "earlier_version_exists": (
+        "history_problem",
+        "A rollback has an earlier served version to restore (a promotion always passes).",
+    ),
 }
 #: a request with force passes this gate with a warning
 FORCEABLE = "score_problem"
 #: what the prompt columns of an audit row are, for a rollback taken from the promotion it restores
-PROMPT_FIELDS = ("optimization", "generation", "iterations", "iteration", "prompt_id", "prompt_version", "metric",
-                 "candidate_score", "test_rows", "document_json")
+PROMPT_FIELDS = (
+    "optimization",
+    "generation",
+    "iterations",
+    "iteration",
+    "prompt_id",
+    "prompt_version",
+    "metric",
+    "candidate_score",
+    "test_rows",
+    "document_json",
+)
 
 
-@dg.asset(partitions_def=dataset_partitions, metadata=DATASET_EXPR, group_name=PROMOTION, io_manager_key=ARTIFACTS,
-          ins={"final_report": dg.AssetIn(partition_mapping=dataset_of_optimization),
-               "optimization_settings": dg.AssetIn(partition_mapping=dataset_of_optimization)},
-          check_specs=[dg.AssetCheckSpec(name, asset="promotion_audit", description=description)
-                       for name, (_, description) in GATES.items()])
-def promotion_audit(context: dg.AssetExecutionContext, config: PromotionConfig, final_report: pd.DataFrame,
-                    optimization_settings: pd.DataFrame, dataset_splits: pd.DataFrame, project: ProjectResource,
-                    task_model: LLMResource, judge_model: LLMResource, warehouse: DuckDBResource):
+@dg.asset(
+    partitions_def=dataset_partitions,
+    metadata=DATASET_EXPR,
+    group_name=PROMOTION,
+    io_manager_key=ARTIFACTS,
+    ins={
+        "final_report": dg.AssetIn(partition_mapping=dataset_of_optimization),
+        "optimization_settings": dg.AssetIn(partition_mapping=dataset_of_optimization),
+    },
+    check_specs=[
+        dg.AssetCheckSpec(name, asset="promotion_audit", description=description)
+        for name, (_, description) in GATES.items()
+    ],
+)
+def promotion_audit(
+    context: dg.AssetExecutionContext,
+    config: PromotionConfig,
+    final_report: pd.DataFrame,
+    optimization_settings: pd.DataFrame,
+    dataset_splits: pd.DataFrame,
+    project: ProjectResource,
+    task_model: LLMResource,
+    judge_model: LLMResource,
+    warehouse: DuckDBResource,
+):
     """Every promotion and rollback request of the dataset, approved or blocked: who, when, which
     optimization, the scores compared, the note. The last row is this run's request.
 
@@ -93,10 +134,21 @@ def promotion_audit(context: dg.AssetExecutionContext, config: PromotionConfig, 
     audit = promotion_events(warehouse, dataset)
     stack = po.served_stack(audit)
     who = config.requested_by or context.run.tags.get("dagster/user", "") or "unknown"
-    row = {"event_id": int(audit["event_id"].max()) + 1 if len(audit) else 1, "dataset": dataset,
-           "action": config.action, "requested_by": who, "note": config.note, "requested_at": po.now(),
-           "margin": config.margin, "score_problem": None, "current_prompt_id": None, "current_score": None,
-           "leakage_problem": None, "prompt_problem": None, "history_problem": None}
+    row = {
+        "event_id": int(audit["event_id"].max()) + 1 if len(audit) else 1,
+        "dataset": dataset,
+        "action": config.action,
+        "requested_by": who,
+        "note": config.note,
+        "requested_at": po.now(),
+        "margin": config.margin,
+        "score_problem": None,
+        "current_prompt_id": None,
+        "current_score": None,
+        "leakage_problem": None,
+        "prompt_problem": None,
+        "history_problem": None,
+    }
     scorer = _Scorer(dataset, optimization_settings, dataset_splits, project, task_model, judge_model)
     if config.action == "promote":
         row.update(_candidate(config, dataset, final_report, optimization_settings, stack, scorer))
@@ -117,40 +169,69 @@ def promotion_audit(context: dg.AssetExecutionContext, config: PromotionConfig, 
         row["reason"] = "; ".join(problems)
     else:
         served_version = po.promotions(audit) + 1 if config.action == "promote" else stack[-2]["served_version"]
-        row["reason"] = (("passed every gate" if config.action == "promote" else "restores the version served before")
-                         + f"; served as {po.version_name(served_version)}"
-                         + (f"; forced although {row['score_problem']}" if forced else ""))
-    what = f"{config.action} of {row['prompt_id']} ({row['optimization']})" if prompt is not None \
+        row["reason"] = (
+            ("passed every gate" if config.action == "promote" else "restores the version served before")
+            + f"; served as {po.version_name(served_version)}"
+            + (f"; forced although {row['score_problem']}" if forced else "")
+        )
+    what = (
+        f"{config.action} of {row['prompt_id']} ({row['optimization']})"
+        if prompt is not None
         else f"{config.action} of {dataset}"
+    )
     context.log.info(f"{dataset}: {what} {row['verdict']}: {row['reason']}")
     columns = list(po.AUDIT_COLUMNS)
     out = pd.DataFrame([row]).reindex(columns=columns).astype(po.AUDIT_COLUMNS)
     if len(audit):  # older rows may lack the columns added since: empty there
         out = pd.concat([audit.reindex(columns=columns).astype(po.AUDIT_COLUMNS), out], ignore_index=True)
-    scores = {name: dg.MetadataValue.float(float(row[name])) for name in ("candidate_score", "current_score")
-              if row.get(name) is not None and not pd.isna(row[name])}
-    yield dg.Output(out, metadata={
-        "request": f"{what} by {who}", "verdict": row["verdict"], "reason": row["reason"], "events": len(out),
-        **scores, **({"prompt": prompt_md(prompt)} if prompt is not None else {})})
+    scores = {
+        name: dg.MetadataValue.float(float(row[name]))
+        for name in ("candidate_score", "current_score")
+        if row.get(name) is not None and not pd.isna(row[name])
+    }
+    yield dg.Output(
+        out,
+        metadata={
+            "request": f"{what} by {who}",
+            "verdict": row["verdict"],
+            "reason": row["reason"],
+            "events": len(out),
+            **scores,
+            **({"prompt": prompt_md(prompt)} if prompt is not None else {}),
+        },
+    )
     for check, (field, _) in GATES.items():
         problem = row[field]
         if problem and forced and field == FORCEABLE:
-            yield dg.AssetCheckResult(check_name=check, passed=False, severity=dg.AssetCheckSeverity.WARN,
-                                      description=f"overridden with --force: {problem}",
-                                      metadata={"event_id": row["event_id"]})
+            yield dg.AssetCheckResult(
+                check_name=check,
+                passed=False,
+                severity=dg.AssetCheckSeverity.WARN,
+                description=f"overridden with --force: {problem}",
+                metadata={"event_id": row["event_id"]},
+            )
         else:
             unchecked = prompt is None and field != "history_problem"  # a rollback with nothing to restore
-            yield dg.AssetCheckResult(check_name=check, passed=problem is None,
-                                      description=problem or ("not checked: no version to restore" if unchecked
-                                                              else "passed"),
-                                      metadata={"event_id": row["event_id"]})
+            yield dg.AssetCheckResult(
+                check_name=check,
+                passed=problem is None,
+                description=problem or ("not checked: no version to restore" if unchecked else "passed"),
+                metadata={"event_id": row["event_id"]},
+            )
 
 
 class _Scorer:
     """Scores prompts on one optimization generation's test rows, with its task model and metric."""
 
-    def __init__(self, dataset: str, optimization_settings: pd.DataFrame, dataset_splits: pd.DataFrame,
-                 project: ProjectResource, task_model: LLMResource, judge_model: LLMResource) -> None:
+    def __init__(
+        self,
+        dataset: str,
+        optimization_settings: pd.DataFrame,
+        dataset_splits: pd.DataFrame,
+        project: ProjectResource,
+        task_model: LLMResource,
+        judge_model: LLMResource,
+    ) -> None:
         self.dataset, self.settings, self.rows = dataset, optimization_settings, dataset_splits
         self.project, self.task_model, self.judge_model = project, task_model, judge_model
 
@@ -159,8 +240,10 @@ class _Scorer:
 
     def knows(self, name: str, generation: int) -> bool:
         settings = self.settings
-        return not settings.empty and not settings[(settings["optimization"] == name)
-                                                   & (settings["generation"] == generation)].empty
+        return (
+            not settings.empty
+            and not settings[(settings["optimization"] == name) & (settings["generation"] == generation)].empty
+        )
 
     def on_rows_of(self, name: str, generation: int):
         """(score(prompt, which) -> float, metric, test rows, task client, dataset spec) for that generation."""
@@ -178,28 +261,47 @@ class _Scorer:
 
 
 def _run_first(name: str) -> str:
-    return (f"Run `promptopt optimize --optimization {name}` (or `promptopt submit {name}` while `promptopt ui` "
-            f"runs), then promote it")
+    return (
+        f"Run `promptopt optimize --optimization {name}` (or `promptopt submit {name}` while `promptopt ui` "
+        f"runs), then promote it"
+    )
 
 
-def _candidate(config: PromotionConfig, dataset: str, final_report: pd.DataFrame,
-               optimization_settings: pd.DataFrame, stack: list[dict], scorer: _Scorer) -> dict:
+def _candidate(
+    config: PromotionConfig,
+    dataset: str,
+    final_report: pd.DataFrame,
+    optimization_settings: pd.DataFrame,
+    stack: list[dict],
+    scorer: _Scorer,
+) -> dict:
     """The named optimization's best prompt, and both it and the served prompt scored on its test rows."""
     name = config.optimization
-    settings = optimization_settings[(optimization_settings["optimization"] == name)
-                                     & optimization_settings["current"].astype(bool)] \
-        if not optimization_settings.empty else optimization_settings
+    settings = (
+        optimization_settings[
+            (optimization_settings["optimization"] == name) & optimization_settings["current"].astype(bool)
+        ]
+        if not optimization_settings.empty
+        else optimization_settings
+    )
     if settings.empty:
-        raise dg.Failure(f"nothing to promote: optimization '{name}' of dataset '{dataset}' has not been started "
-                         f"here. {_run_first(name)}.")
+        raise dg.Failure(
+            f"nothing to promote: optimization '{name}' of dataset '{dataset}' has not been started "
+            f"here. {_run_first(name)}."
+        )
     generation = int(settings.iloc[0]["generation"])
-    reports = final_report[(final_report["optimization"] == name) & (final_report["generation"] == generation)] \
-        if not final_report.empty else final_report
+    reports = (
+        final_report[(final_report["optimization"] == name) & (final_report["generation"] == generation)]
+        if not final_report.empty
+        else final_report
+    )
     if reports.empty:
-        raise dg.Failure(f"nothing to promote yet: optimization '{name}' (generation {generation}) has no final "
-                         "report, and only a prompt scored on the held-out test split can be promoted. "
-                         f"`promptopt status {name}` shows where it is; `promptopt optimize --optimization {name}` "
-                         "runs it to its final report.")
+        raise dg.Failure(
+            f"nothing to promote yet: optimization '{name}' (generation {generation}) has no final "
+            "report, and only a prompt scored on the held-out test split can be promoted. "
+            f"`promptopt status {name}` shows where it is; `promptopt optimize --optimization {name}` "
+            "runs it to its final report."
+        )
     if scorer.rows.empty:
         raise dg.Failure(f"nothing to promote: dataset '{dataset}' has no rows in this warehouse. {_run_first(name)}.")
     report = json.loads(reports.iloc[0]["report_json"])
@@ -209,24 +311,55 @@ def _candidate(config: PromotionConfig, dataset: str, final_report: pd.DataFrame
     current = stack[-1] if stack else None
     current_score = score(po.prompt_of(json.loads(current["document_json"])), "served") if current else None
     iteration = iteration_name(generation, int(report["iterations"]) - 1)
-    document = po.export_document(candidate, dataset=dataset, max_output_tokens=spec.max_output_tokens,
-                                  stop=list(spec.completion_stop), task_model=client.model_key, mode=client.mode,
-                                  source={"optimization": name, "generation": generation, "iteration": iteration,
-                                          "metric": metric, "test_score": candidate_score, "test_rows": len(test)})
-    return {"optimization": name, "generation": generation, "iterations": int(report["iterations"]),
-            "iteration": iteration, "prompt_id": candidate.id, "prompt_version": candidate.version, "metric": metric,
-            "candidate_score": candidate_score, "test_rows": len(test), "document_json": json.dumps(document),
-            "current_prompt_id": current["prompt_id"] if current else None, "current_score": current_score,
-            "score_problem": po.score_problem("promote", metric, candidate_score, current_score,
-                                              current["prompt_id"] if current else None, config.margin, len(test))}
+    document = po.export_document(
+        candidate,
+        dataset=dataset,
+        max_output_tokens=spec.max_output_tokens,
+        stop=list(spec.completion_stop),
+        task_model=client.model_key,
+        mode=client.mode,
+        source={
+            "optimization": name,
+            "generation": generation,
+            "iteration": iteration,
+            "metric": metric,
+            "test_score": candidate_score,
+            "test_rows": len(test),
+        },
+    )
+    return {
+        "optimization": name,
+        "generation": generation,
+        "iterations": int(report["iterations"]),
+        "iteration": iteration,
+        "prompt_id": candidate.id,
+        "prompt_version": candidate.version,
+        "metric": metric,
+        "candidate_score": candidate_score,
+        "test_rows": len(test),
+        "document_json": json.dumps(document),
+        "current_prompt_id": current["prompt_id"] if current else None,
+        "current_score": current_score,
+        "score_problem": po.score_problem(
+            "promote",
+            metric,
+            candidate_score,
+            current_score,
+            current["prompt_id"] if current else None,
+            config.margin,
+            len(test),
+        ),
+    }
 
 
 def _rollback(config: PromotionConfig, dataset: str, stack: list[dict], scorer: _Scorer) -> dict:
     """The version served before the current one, and both scored on the test rows of the optimization it
     came from (as its promotion was). Nothing to restore is a problem of its own, recorded like any other."""
     served = stack[-1] if stack else None
-    current = {"current_prompt_id": served["prompt_id"] if served else None,
-               "current_score": float(served["candidate_score"]) if served else None}
+    current = {
+        "current_prompt_id": served["prompt_id"] if served else None,
+        "current_score": float(served["candidate_score"]) if served else None,
+    }
     problem = po.history_problem(dataset, stack)
     if problem:
         return {**current, "history_problem": problem}
@@ -236,13 +369,23 @@ def _rollback(config: PromotionConfig, dataset: str, stack: list[dict], scorer: 
     same_rows = scorer.knows(name, generation) and not scorer.rows.empty
     if same_rows:
         score, metric, test, *_ = scorer.on_rows_of(name, generation)
-        row.update(candidate_score=score(po.prompt_of(json.loads(back["document_json"])), "rollback target"),
-                   current_score=score(po.prompt_of(json.loads(served["document_json"])), "served"),
-                   metric=metric, test_rows=len(test))
-    row["score_problem"] = po.score_problem("rollback", row["metric"], float(row["candidate_score"]),
-                                            row["current_score"], served["prompt_id"], config.margin,
-                                            int(row["test_rows"]), candidate_id=back["prompt_id"],
-                                            same_rows=same_rows)
+        row.update(
+            candidate_score=score(po.prompt_of(json.loads(back["document_json"])), "rollback target"),
+            current_score=score(po.prompt_of(json.loads(served["document_json"])), "served"),
+            metric=metric,
+            test_rows=len(test),
+        )
+    row["score_problem"] = po.score_problem(
+        "rollback",
+        row["metric"],
+        float(row["candidate_score"]),
+        row["current_score"],
+        served["prompt_id"],
+        config.margin,
+        int(row["test_rows"]),
+        candidate_id=back["prompt_id"],
+        same_rows=same_rows,
+    )
     return row
 
 
@@ -259,33 +402,61 @@ def promoted_prompt(context: dg.AssetExecutionContext, promotion_audit: pd.DataF
     stack = po.served_stack(promotion_audit)
     last = promotion_audit.sort_values("event_id").iloc[-1]
     if last["verdict"] != po.APPROVED or not stack:
-        context.log.info(f"{dataset}: the {last['action']} request {int(last['event_id'])} was {last['verdict']}: "
-                         f"{last['reason']}. Nothing served changed.")
+        context.log.info(
+            f"{dataset}: the {last['action']} request {int(last['event_id'])} was {last['verdict']}: "
+            f"{last['reason']}. Nothing served changed."
+        )
         return
     served = stack[-1]
     document = json.loads(served["document_json"])
-    current, versioned = po.serving_paths(project.promoted_dir(), dataset, served["served_version"],
-                                          served["prompt_id"])
+    current, versioned = po.serving_paths(
+        project.promoted_dir(), dataset, served["served_version"], served["prompt_id"]
+    )
     # The copy is the version as its promotion served it; the stable file says which request serves it now.
     copy = {**document, "promotion": _stamp(served, served)}
     write_text(versioned, json.dumps(copy, indent=2, ensure_ascii=False) + "\n")
     document["promotion"] = _stamp(last, served)
     text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
     write_text(current, text)  # atomic: a reader sees the old file or the new one, never half of one
-    context.log.info(f"{dataset}: serving {served['prompt_id']} from {served['optimization']} "
-                     f"({po.version_name(served['served_version'])}) at {current}")
+    context.log.info(
+        f"{dataset}: serving {served['prompt_id']} from {served['optimization']} "
+        f"({po.version_name(served['served_version'])}) at {current}"
+    )
     yield dg.Output(
-        pd.DataFrame([{"dataset": dataset, "event_id": int(last["event_id"]), "prompt_id": served["prompt_id"],
-                       "optimization": served["optimization"], "path": str(current),
-                       "version_path": str(versioned), "served_at": po.now()}]),
-        metadata={"path": dg.MetadataValue.path(current), "version_path": dg.MetadataValue.path(versioned),
-                  "version": po.version_name(served["served_version"]),
-                  "prompt_id": served["prompt_id"], "optimization": served["optimization"],
-                  "test_score": dg.MetadataValue.float(float(served["candidate_score"])),
-                  "action": last["action"], "by": last["requested_by"], "prompt": prompt_md(po.prompt_of(document))})
+        pd.DataFrame(
+            [
+                {
+                    "dataset": dataset,
+                    "event_id": int(last["event_id"]),
+                    "prompt_id": served["prompt_id"],
+                    "optimization": served["optimization"],
+                    "path": str(current),
+                    "version_path": str(versioned),
+                    "served_at": po.now(),
+                }
+            ]
+        ),
+        metadata={
+            "path": dg.MetadataValue.path(current),
+            "version_path": dg.MetadataValue.path(versioned),
+            "version": po.version_name(served["served_version"]),
+            "prompt_id": served["prompt_id"],
+            "optimization": served["optimization"],
+            "test_score": dg.MetadataValue.float(float(served["candidate_score"])),
+            "action": last["action"],
+            "by": last["requested_by"],
+            "prompt": prompt_md(po.prompt_of(document)),
+        },
+    )
 
 
 def _stamp(request, served: dict) -> dict:
     """The `promotion` block of a served document: the request that serves it, and which served version it is."""
-    return {"event_id": int(request["event_id"]), "action": request["action"], "by": request["requested_by"],
-            "at": request["requested_at"], "note": request["note"], "version": int(served["served_version"])}
+    return {
+        "event_id": int(request["event_id"]),
+        "action": request["action"],
+        "by": request["requested_by"],
+        "at": request["requested_at"],
+        "note": request["note"],
+        "version": int(served["served_version"]),
+    }

@@ -9,40 +9,76 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from promptopt_dagster.core.datasets import sample_rows
+from promptopt_dagster.app.datasets import sample_rows
+from promptopt_dagster.app.leaderboard import as_text as board_text
+from promptopt_dagster.app.leaderboard import from_report_rows as board_of
+from promptopt_dagster.app.migration import migration_section, usage_by_role
+from promptopt_dagster.app.plots import score_cost_plot
+from promptopt_dagster.app.reports import (
+    best_iteration,
+    fmt_dollars,
+    fmt_interval,
+    fmt_score,
+    migration_markdown,
+    score_plot,
+    summary_markdown,
+)
+from promptopt_dagster.app.settings import get_settings
 from promptopt_dagster.core.decisions import Spend
 from promptopt_dagster.core.intervals import bootstrap_mean_interval
-from promptopt_dagster.core.leaderboard import as_text as board_text
-from promptopt_dagster.core.leaderboard import from_report_rows as board_of
-from promptopt_dagster.core.migration import migration_section, usage_by_role
-from promptopt_dagster.core.plots import score_cost_plot
-from promptopt_dagster.core.reports import (best_iteration, fmt_dollars, fmt_interval, fmt_score, migration_markdown,
-                                            score_plot, summary_markdown)
 from promptopt_dagster.core.prompts import PromptVersion
-from promptopt_dagster.defs.iteration_assets import (LOOP, _predict, _score_answers, _splits, _suite,
-                                                     best_prompt, settings_of)
+from promptopt_dagster.defs.iteration_assets import (
+    LOOP,
+    _predict,
+    _score_answers,
+    _splits,
+    _suite,
+    best_prompt,
+    settings_of,
+)
 from promptopt_dagster.defs.loop import ARTIFACTS
-from promptopt_dagster.defs.metadata import (optimization_metadata, prompt_md, rounded, spend_of, usage_metadata,
-                                             used)
-from promptopt_dagster.defs.partitions import (DATASET_EXPR, OPTIMIZATION_EXPR, dataset_of_optimization,
-                                               dataset_partitions, iteration_key, optimization_partitions)
+from promptopt_dagster.defs.metadata import optimization_metadata, prompt_md, rounded, spend_of, usage_metadata, used
+from promptopt_dagster.defs.partitions import (
+    DATASET_EXPR,
+    OPTIMIZATION_EXPR,
+    dataset_of_optimization,
+    dataset_partitions,
+    iteration_key,
+    optimization_partitions,
+)
 from promptopt_dagster.defs.resources import LLMResource, ProjectResource
 from promptopt_dagster.defs.warehouse_reads import optimization_history, other_generation_reports
+from promptopt_dagster.defs.webserver_client import asset_partition_url
 from promptopt_dagster.llm import ledger
 from promptopt_dagster.llm import usage as llm_usage
-from promptopt_dagster.settings import get_settings
-from promptopt_dagster.webserver_client import asset_partition_url
+
+REPORT_COLUMNS = {
+    "optimization": "string",
+    "generation": "int64",
+    "dataset": "string",
+    "initial_test_score": "float64",
+    "best_test_score": "float64",
+    "report_json": "string",
+}
 
 
-REPORT_COLUMNS = {"optimization": "string", "generation": "int64", "dataset": "string",
-                  "initial_test_score": "float64", "best_test_score": "float64", "report_json": "string"}
-
-
-@dg.asset(partitions_def=optimization_partitions, metadata=OPTIMIZATION_EXPR, group_name=LOOP, deps=[best_prompt],
-          io_manager_key=ARTIFACTS)
-def final_report(context: dg.AssetExecutionContext, optimization_settings: pd.DataFrame,
-                 optimization_rows: pd.DataFrame, migration_references: pd.DataFrame, project: ProjectResource,
-                 task_model: LLMResource, judge_model: LLMResource, warehouse: DuckDBResource) -> pd.DataFrame:
+@dg.asset(
+    partitions_def=optimization_partitions,
+    metadata=OPTIMIZATION_EXPR,
+    group_name=LOOP,
+    deps=[best_prompt],
+    io_manager_key=ARTIFACTS,
+)
+def final_report(
+    context: dg.AssetExecutionContext,
+    optimization_settings: pd.DataFrame,
+    optimization_rows: pd.DataFrame,
+    migration_references: pd.DataFrame,
+    project: ProjectResource,
+    task_model: LLMResource,
+    judge_model: LLMResource,
+    warehouse: DuckDBResource,
+) -> pd.DataFrame:
     """The latest best prompt and the initial prompt scored on the held-out test split.
 
     The optimizer never sees test rows: they enter the loop only here, after it has stopped. In a model
@@ -79,55 +115,107 @@ def final_report(context: dg.AssetExecutionContext, optimization_settings: pd.Da
         references = migration_references.astype(object).where(migration_references.notna(), None)
         source_usage = llm_usage.from_rows(references.to_dict("records"))
         migration = migration_section(
-            source, client, references, test_answers, test_scores, intervals, suite, spec.labels,
-            usage_by_role(usage, source_usage, source.model_key, client.model_key))
+            source,
+            client,
+            references,
+            test_answers,
+            test_scores,
+            intervals,
+            suite,
+            spec.labels,
+            usage_by_role(usage, source_usage, source.model_key, client.model_key),
+        )
         usage = llm_usage.merge(usage, source_usage)
     totals = llm_usage.total(usage)
     paid = paid_spend(task_model.cache_path, name, generation)
     report = {
-        "optimization": name, "generation": generation, "fingerprint": str(current.iloc[0]["fingerprint"]),
-        "dataset": dataset, "optimizer": optimization.optimizer, "task_model": client.model_key,
-        "metric": suite.target, "iterations": int(history["step"]) + 1,
+        "optimization": name,
+        "generation": generation,
+        "fingerprint": str(current.iloc[0]["fingerprint"]),
+        "dataset": dataset,
+        "optimizer": optimization.optimizer,
+        "task_model": client.model_key,
+        "metric": suite.target,
+        "iterations": int(history["step"]) + 1,
         "scorers": [s.model_dump() for s in suite.specs],
-        "stop_reason": history["stop_reason"], "eval_size": optimization.eval_size, "test_size": len(test),
-        "initial_dev_score": history["initial_dev_score"], "best_dev_score": float(history["best_score"]),
-        "initial_test_score": test_scores["initial"], "best_test_score": test_scores["best"],
+        "stop_reason": history["stop_reason"],
+        "eval_size": optimization.eval_size,
+        "test_size": len(test),
+        "initial_dev_score": history["initial_dev_score"],
+        "best_dev_score": float(history["best_score"]),
+        "initial_test_score": test_scores["initial"],
+        "best_test_score": test_scores["best"],
         # None where the target is not a mean of row scores (macro f1, corpus bleu/chrf)
         "test_intervals": {**intervals, "confidence": 0.95, "method": "percentile bootstrap of the mean row score"},
-        "test_scores": test_summaries, "dev_scores": history["dev_scores"],
-        "llm_calls": totals.llm_calls, "cache_hits": totals.cache_hits, "requests": totals.requests,
-        "usage": {"total": totals.to_dict(), "by_model": {m: u.to_dict() for m, u in sorted(used(usage).items())},
-                  "final_report": llm_usage.total(test_usage).to_dict(),
-                  **({"migration_references": llm_usage.total(source_usage).to_dict()} if migration else {})},
+        "test_scores": test_summaries,
+        "dev_scores": history["dev_scores"],
+        "llm_calls": totals.llm_calls,
+        "cache_hits": totals.cache_hits,
+        "requests": totals.requests,
+        "usage": {
+            "total": totals.to_dict(),
+            "by_model": {m: u.to_dict() for m, u in sorted(used(usage).items())},
+            "final_report": llm_usage.total(test_usage).to_dict(),
+            **({"migration_references": llm_usage.total(source_usage).to_dict()} if migration else {}),
+        },
         # What this generation paid, from the usage ledger: every run's calls, canceled and killed ones included;
         # a rerun answered from the cache adds nothing here (above, "usage" counts its answers as cache hits).
         **({"paid": paid} if paid is not None else {}),
         "best_prompt": json.loads(best.to_json()),
         **({"migration": migration} if migration else {}),
     }
-    context.log.info(f"{dataset}: test {suite.target} initial {test_scores['initial']:.4f} -> "
-                     f"best {test_scores['best']:.4f}")
-    context.add_output_metadata({  # the story first: the UI lists metadata in this order
-        "summary": dg.MetadataValue.md(summary_markdown(report, history["iterations"],
-                                                        summary_links(report, history["iterations"]))),
-        "score_per_iteration": dg.MetadataValue.md(score_plot(report, history["iterations"])),
-        "report": dg.MetadataValue.json(report),
-        "initial_test_score": rounded(test_scores["initial"]),
-        "best_test_score": rounded(test_scores["best"]),
-        **{f"{which}_test_{end}": rounded(bounds[i]) for which, bounds in intervals.items() if bounds
-           for i, end in enumerate(("low_95", "high_95"))},
-        "best_prompt": prompt_md(best),
-        **(migration_metadata(migration) if migration else {}),
-        **usage_metadata(test_usage),
-        **({f"paid_{k}": (dg.MetadataValue.float(v) if k == "cost_usd" else dg.MetadataValue.int(v))
-            for k, v in paid["total"].items() if k != "cache_hits"} if paid is not None else {}),
-        **optimization_metadata(Spend.from_json(history["spent_json"]) + spend_of(test_usage) + spend_of(source_usage)),
-    })
-    row = pd.DataFrame([{"optimization": name, "generation": generation, "dataset": dataset,
-                         "initial_test_score": test_scores["initial"], "best_test_score": test_scores["best"],
-                         "report_json": json.dumps(report)}], columns=list(REPORT_COLUMNS)).astype(REPORT_COLUMNS)
+    context.log.info(
+        f"{dataset}: test {suite.target} initial {test_scores['initial']:.4f} -> best {test_scores['best']:.4f}"
+    )
+    context.add_output_metadata(
+        {  # the story first: the UI lists metadata in this order
+            "summary": dg.MetadataValue.md(
+                summary_markdown(report, history["iterations"], summary_links(report, history["iterations"]))
+            ),
+            "score_per_iteration": dg.MetadataValue.md(score_plot(report, history["iterations"])),
+            "report": dg.MetadataValue.json(report),
+            "initial_test_score": rounded(test_scores["initial"]),
+            "best_test_score": rounded(test_scores["best"]),
+            **{
+                f"{which}_test_{end}": rounded(bounds[i])
+                for which, bounds in intervals.items()
+                if bounds
+                for i, end in enumerate(("low_95", "high_95"))
+            },
+            "best_prompt": prompt_md(best),
+            **(migration_metadata(migration) if migration else {}),
+            **usage_metadata(test_usage),
+            **(
+                {
+                    f"paid_{k}": (dg.MetadataValue.float(v) if k == "cost_usd" else dg.MetadataValue.int(v))
+                    for k, v in paid["total"].items()
+                    if k != "cache_hits"
+                }
+                if paid is not None
+                else {}
+            ),
+            **optimization_metadata(
+                Spend.from_json(history["spent_json"]) + spend_of(test_usage) + spend_of(source_usage)
+            ),
+        }
+    )
+    row = pd.DataFrame(
+        [
+            {
+                "optimization": name,
+                "generation": generation,
+                "dataset": dataset,
+                "initial_test_score": test_scores["initial"],
+                "best_test_score": test_scores["best"],
+                "report_json": json.dumps(report),
+            }
+        ],
+        columns=list(REPORT_COLUMNS),
+    ).astype(REPORT_COLUMNS)
     older = other_generation_reports(warehouse, name, generation)
-    return pd.concat([older[list(REPORT_COLUMNS)].astype(REPORT_COLUMNS), row], ignore_index=True) if len(older) else row
+    return (
+        pd.concat([older[list(REPORT_COLUMNS)].astype(REPORT_COLUMNS), row], ignore_index=True) if len(older) else row
+    )
 
 
 def paid_spend(cache_path: str | None, name: str, generation: int) -> dict | None:
@@ -139,32 +227,52 @@ def paid_spend(cache_path: str | None, name: str, generation: int) -> dict | Non
         return None
     ledger.claim(Path(cache_path), name, generation)
     by_model = ledger.spend_by_model(Path(cache_path), name, generation)
-    return {"total": llm_usage.total(by_model).to_dict(),
-            "by_model": {m: u.to_dict() for m, u in sorted(by_model.items())},
-            "by_role": {r: u.to_dict() for r, u in sorted(ledger.spend_by_role(Path(cache_path), name,
-                                                                              generation).items())}}
+    return {
+        "total": llm_usage.total(by_model).to_dict(),
+        "by_model": {m: u.to_dict() for m, u in sorted(by_model.items())},
+        "by_role": {
+            r: u.to_dict() for r, u in sorted(ledger.spend_by_role(Path(cache_path), name, generation).items())
+        },
+    }
 
 
-@dg.asset(partitions_def=dataset_partitions, metadata=DATASET_EXPR, group_name=LOOP, io_manager_key=ARTIFACTS,
-          ins={"final_report": dg.AssetIn(partition_mapping=dataset_of_optimization),
-               "optimization_settings": dg.AssetIn(partition_mapping=dataset_of_optimization)})
-def leaderboard(context: dg.AssetExecutionContext, final_report: pd.DataFrame,
-                optimization_settings: pd.DataFrame) -> pd.DataFrame:
+@dg.asset(
+    partitions_def=dataset_partitions,
+    metadata=DATASET_EXPR,
+    group_name=LOOP,
+    io_manager_key=ARTIFACTS,
+    ins={
+        "final_report": dg.AssetIn(partition_mapping=dataset_of_optimization),
+        "optimization_settings": dg.AssetIn(partition_mapping=dataset_of_optimization),
+    },
+)
+def leaderboard(
+    context: dg.AssetExecutionContext, final_report: pd.DataFrame, optimization_settings: pd.DataFrame
+) -> pd.DataFrame:
     """Every optimization of the dataset, ranked by its best prompt's held-out test score, with cost.
 
     One row per optimization and generation that has a final report; an optimization's older
     generations stay on the board, marked not current. `promptopt leaderboard DATASET` prints it."""
     dataset = context.partition_key
-    current = {} if optimization_settings.empty else {
-        row["optimization"]: int(row["generation"])
-        for row in optimization_settings[optimization_settings["current"].astype(bool)].to_dict("records")}
+    current = (
+        {}
+        if optimization_settings.empty
+        else {
+            row["optimization"]: int(row["generation"])
+            for row in optimization_settings[optimization_settings["current"].astype(bool)].to_dict("records")
+        }
+    )
     board = board_of(dataset, final_report, current)
     metadata = {"optimizations": dg.MetadataValue.int(int(board["optimization"].nunique())), **board_metadata(board)}
     if not board.empty:
         top = board.iloc[0]
-        metadata.update({"leader": f"{top['optimization']} (generation {top['generation']})",
-                         "leader_test_score": rounded(float(top["best_test_score"])),
-                         "score_vs_cost": dg.MetadataValue.md(score_cost_plot(board))})
+        metadata.update(
+            {
+                "leader": f"{top['optimization']} (generation {top['generation']})",
+                "leader_test_score": rounded(float(top["best_test_score"])),
+                "score_vs_cost": dg.MetadataValue.md(score_cost_plot(board)),
+            }
+        )
     context.add_output_metadata(metadata)
     return board
 
@@ -180,7 +288,8 @@ def summary_links(report: dict, iterations: list[dict]) -> dict[str, str]:
     found = best_iteration(iterations)
     if found is not None:
         links[f"iteration {found}, where the best prompt was accepted"] = asset_partition_url(
-            "comparison_report", str(iteration_key(name, generation, found)), base)
+            "comparison_report", str(iteration_key(name, generation, found)), base
+        )
     last = max((int(it["step"]) for it in iterations), default=None)
     if last is not None:
         links["the best prompt"] = asset_partition_url("best_prompt", str(iteration_key(name, generation, last)), base)
@@ -191,9 +300,13 @@ def summary_links(report: dict, iterations: list[dict]) -> dict[str, str]:
 def migration_metadata(migration: dict) -> dict:
     """The migration's numbers as metadata the UI plots, and its table."""
     agreement, intervals = migration["agreement"], migration["agreement"]["intervals"]
-    out = {"migration": dg.MetadataValue.md(migration_markdown(migration)), "source_model": migration["source_model"],
-           "agreement_before": rounded(agreement["before"]), "agreement_after": rounded(agreement["after"]),
-           "source_cost_usd": dg.MetadataValue.float(migration["cost"]["source"]["cost_usd"])}
+    out = {
+        "migration": dg.MetadataValue.md(migration_markdown(migration)),
+        "source_model": migration["source_model"],
+        "agreement_before": rounded(agreement["before"]),
+        "agreement_after": rounded(agreement["after"]),
+        "source_cost_usd": dg.MetadataValue.float(migration["cost"]["source"]["cost_usd"]),
+    }
     for which, key in (("initial", "before"), ("best", "after")):
         if intervals.get(which):
             out[f"agreement_{key}_low_95"] = rounded(intervals[which][0])
@@ -205,11 +318,17 @@ def migration_metadata(migration: dict) -> dict:
 #: metadata column (about 330 pixels in the overview and 650 in the Partitions tab on a 1400-pixel screen; a
 #: wider table is cut off at its right edge with no visible scrollbar: all 16 columns were cut after
 #: test_low_95). Every column of every row is in `leaderboard_json`.
-BOARD_TABLE = [("#", "int", "rank among the rows scored against the same references"),
-               ("optimization", "string", "name and generation; * marks the optimization's current generation"),
-               ("test", "string", "the best prompt's score on the held-out test rows, with its 95% bootstrap "
-                                  "interval (none for macro f1 and the like)"),
-               ("cost", "string", "what the optimization cost (USD) and the model calls it made")]
+BOARD_TABLE = [
+    ("#", "int", "rank among the rows scored against the same references"),
+    ("optimization", "string", "name and generation; * marks the optimization's current generation"),
+    (
+        "test",
+        "string",
+        "the best prompt's score on the held-out test rows, with its 95% bootstrap "
+        "interval (none for macro f1 and the like)",
+    ),
+    ("cost", "string", "what the optimization cost (USD) and the model calls it made"),
+]
 
 
 def board_metadata(board: pd.DataFrame) -> dict:
@@ -225,17 +344,22 @@ def board_metadata(board: pd.DataFrame) -> dict:
     records = []
     for row in board.to_dict("records"):
         interval = fmt_interval((row["test_low_95"], row["test_high_95"]))
-        cells = {"#": int(row["rank"]),
-                 "optimization": f"{row['optimization']} g{int(row['generation'])}{'*' if row['current'] else ''}",
-                 "test": fmt_score(row["best_test_score"]) + (f" {interval}" if interval else ""),
-                 "cost": f"{fmt_dollars(row['cost_usd'])}, {int(row['llm_calls']):,} calls"}
+        cells = {
+            "#": int(row["rank"]),
+            "optimization": f"{row['optimization']} g{int(row['generation'])}{'*' if row['current'] else ''}",
+            "test": fmt_score(row["best_test_score"]) + (f" {interval}" if interval else ""),
+            "cost": f"{fmt_dollars(row['cost_usd'])}, {int(row['llm_calls']):,} calls",
+        }
         if migrations:
             cells["scored against"] = str(row["references"])
         records.append(dg.TableRecord(cells))
     every = [{k: _readable(v) for k, v in row.items()} for row in board.to_dict("records")]
-    return {"leaderboard": dg.MetadataValue.table(
-                records=records, schema=dg.TableSchema(columns=[dg.TableColumn(n, t, d) for n, t, d in columns])),
-            "leaderboard_json": dg.MetadataValue.json(every)}
+    return {
+        "leaderboard": dg.MetadataValue.table(
+            records=records, schema=dg.TableSchema(columns=[dg.TableColumn(n, t, d) for n, t, d in columns])
+        ),
+        "leaderboard_json": dg.MetadataValue.json(every),
+    }
 
 
 def _readable(value):

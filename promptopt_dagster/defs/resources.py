@@ -4,7 +4,6 @@ An optimization's own settings are not a resource: they are stored with its gene
 `optimization` asset), so every iteration of it runs with the settings it started with.
 """
 
-
 import json
 import os
 from pathlib import Path
@@ -12,7 +11,9 @@ from pathlib import Path
 import dagster as dg
 from pydantic import PrivateAttr
 
-from promptopt_dagster.core.datasets import DatasetSpec, DatasetSplits, load_manifest, load_splits, load_user_scorers
+from promptopt_dagster.app.datasets import DatasetSpec, DatasetSplits, load_manifest, load_splits, load_user_scorers
+from promptopt_dagster.app.optimizations import OptimizationSpec, load_optimizations
+from promptopt_dagster.app.settings import get_settings
 from promptopt_dagster.core.errors import ManifestError
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.llm import ledger
@@ -21,7 +22,6 @@ from promptopt_dagster.llm.factory import build_client
 from promptopt_dagster.llm.model_settings import ModelSettings
 from promptopt_dagster.scoring.registry import ScorerRegistry
 from promptopt_dagster.scoring.suite import ScoringSuite
-from promptopt_dagster.settings import get_settings
 
 
 class ProjectResource(dg.ConfigurableResource):
@@ -44,21 +44,24 @@ class ProjectResource(dg.ConfigurableResource):
     def manifest(self) -> dict[str, DatasetSpec]:
         return load_manifest(Path(self.data_dir) / "manifest.yaml")
 
-    def optimization(self, name: str) -> "OptimizationSpec":
+    def optimization(self, name: str) -> OptimizationSpec:
         """The optimization as data/optimizations.yaml (or a dataset's default) defines it now."""
-        from promptopt_dagster.core.optimizations import load_optimizations
 
         specs = load_optimizations(Path(self.data_dir) / "optimizations.yaml", self.manifest())
         if name not in specs:
-            raise ManifestError(f"Optimization '{name}' is neither in {Path(self.data_dir) / 'optimizations.yaml'} nor "
-                                f"a dataset of the manifest; known: {', '.join(sorted(specs))}.")
+            raise ManifestError(
+                f"Optimization '{name}' is neither in {Path(self.data_dir) / 'optimizations.yaml'} nor "
+                f"a dataset of the manifest; known: {', '.join(sorted(specs))}."
+            )
         return specs[name]
 
     def spec(self, dataset: str) -> DatasetSpec:
         specs = self.manifest()
         if dataset not in specs:
-            raise ManifestError(f"Dataset '{dataset}' is not in {Path(self.data_dir) / 'manifest.yaml'}; "
-                                f"known: {', '.join(sorted(specs))}. Add an entry there.")
+            raise ManifestError(
+                f"Dataset '{dataset}' is not in {Path(self.data_dir) / 'manifest.yaml'}; "
+                f"known: {', '.join(sorted(specs))}. Add an entry there."
+            )
         return specs[dataset]
 
     def scorer_registry(self) -> ScorerRegistry:
@@ -66,13 +69,17 @@ class ProjectResource(dg.ConfigurableResource):
         path = Path(self.data_dir) / "manifest.yaml"
         return ScorerRegistry(load_user_scorers(path), config_source=str(path))
 
-    def suite(self, dataset: str, judge_model: "LLMResource | None" = None,
-              target: str | None = None) -> ScoringSuite:
+    def suite(self, dataset: str, judge_model: "LLMResource | None" = None, target: str | None = None) -> ScoringSuite:
         """The dataset's scorers, checked; `target` overrides the manifest's target_metric for one run."""
         spec = self.spec(dataset)
-        return ScoringSuite(spec.scorers, target or spec.target_metric, self.scorer_registry(), spec.labels,
-                            judge_client=judge_model.get_client if judge_model is not None else None,
-                            where=f"{Path(self.data_dir) / 'manifest.yaml'}, dataset '{dataset}'")
+        return ScoringSuite(
+            spec.scorers,
+            target or spec.target_metric,
+            self.scorer_registry(),
+            spec.labels,
+            judge_client=judge_model.get_client if judge_model is not None else None,
+            where=f"{Path(self.data_dir) / 'manifest.yaml'}, dataset '{dataset}'",
+        )
 
     def splits(self, dataset: str, unlabeled_ok: bool = False) -> DatasetSplits:
         """The dataset's splits; files without labels pass only with `unlabeled_ok` (a model migration)."""
@@ -80,7 +87,6 @@ class ProjectResource(dg.ConfigurableResource):
 
     def migrations_of(self, dataset: str) -> list[str]:
         """The optimizations of the dataset that name a source_model (their references need no labels)."""
-        from promptopt_dagster.core.optimizations import load_optimizations
 
         specs = load_optimizations(Path(self.data_dir) / "optimizations.yaml", self.manifest())
         return sorted(name for name, s in specs.items() if s.dataset == dataset and s.source_model is not None)
@@ -118,8 +124,13 @@ class LLMResource(dg.ConfigurableResource, ModelSettings):
 
     def get_client(self) -> LLMClient:
         if self._client is None:
-            self._client = build_client(self.settings(), Path(self.model_dir), self.threads,
-                                        Path(self.cache_path) if self.cache_path else None, api_key=self.api_key)
+            self._client = build_client(
+                self.settings(),
+                Path(self.model_dir),
+                self.threads,
+                Path(self.cache_path) if self.cache_path else None,
+                api_key=self.api_key,
+            )
         return attribute(self._client, self.role)
 
     def client_for(self, model: ModelSettings | None, role: str | None = None) -> LLMClient:
@@ -134,9 +145,13 @@ class LLMResource(dg.ConfigurableResource, ModelSettings):
         if key not in self._named:
             from promptopt_dagster.llm.model_settings import api_key_from_env
 
-            self._named[key] = build_client(ModelSettings(**model.model_dump()), Path(self.model_dir), self.threads,
-                                            Path(self.cache_path) if self.cache_path else None,
-                                            api_key=api_key_from_env(model))
+            self._named[key] = build_client(
+                ModelSettings(**model.model_dump()),
+                Path(self.model_dir),
+                self.threads,
+                Path(self.cache_path) if self.cache_path else None,
+                api_key=api_key_from_env(model),
+            )
         return attribute(self._named[key], role or self.role)
 
 
@@ -172,8 +187,9 @@ def current_attribution(role: str) -> ledger.Attribution:
                 pass
         elif _partition_expr(context) == "optimization":
             optimization = str(key)
-    return ledger.Attribution(optimization=optimization, generation=generation, iteration=iteration,
-                              run_id=context.run_id, role=role)
+    return ledger.Attribution(
+        optimization=optimization, generation=generation, iteration=iteration, run_id=context.run_id, role=role
+    )
 
 
 def _partition_expr(context) -> str | None:
@@ -191,8 +207,14 @@ def model_resource(settings: ModelSettings, role: str = "task") -> LLMResource:
     s = get_settings()
     key_env = settings.key_env()
     api_key = dg.EnvVar(key_env) if key_env and os.environ.get(key_env) else None
-    return LLMResource(**settings.model_dump(), api_key=api_key, model_dir=str(s.model_dir), threads=s.llm_threads,
-                       cache_path=str(s.llm_cache_path), role=role)
+    return LLMResource(
+        **settings.model_dump(),
+        api_key=api_key,
+        model_dir=str(s.model_dir),
+        threads=s.llm_threads,
+        cache_path=str(s.llm_cache_path),
+        role=role,
+    )
 
 
 def default_resources() -> dict:
@@ -211,15 +233,17 @@ def default_resources() -> dict:
         from dagster_gcp import GCSResource
 
         root = s.artifacts_root()
-        artifacts = GCSArtifactIOManager(gcs=GCSResource(project=s.gcs_project), gcs_bucket=s.gcs_bucket,
-                                         gcs_prefix=s.gcs_prefix, **table)
+        artifacts = GCSArtifactIOManager(
+            gcs=GCSResource(project=s.gcs_project), gcs_bucket=s.gcs_bucket, gcs_prefix=s.gcs_prefix, **table
+        )
         promoted = f"{root}/promoted"
     else:
         artifacts = LocalArtifactIOManager(root=s.artifacts_root(), **table)
         promoted = ""
     return {
-        "project": ProjectResource(data_dir=str(s.data_dir), prompts_dir=str(s.prompts_dir), state_dir=str(s.state_dir),
-                                   promoted_root=promoted),
+        "project": ProjectResource(
+            data_dir=str(s.data_dir), prompts_dir=str(s.prompts_dir), state_dir=str(s.state_dir), promoted_root=promoted
+        ),
         "task_model": model_resource(s.task, "task"),
         "optimizer_model": model_resource(s.optimizer, "optimizer"),
         "judge_model": model_resource(s.judge, "judge"),

@@ -14,6 +14,7 @@ import socket
 from pathlib import Path
 
 import dagster as dg
+
 from promptopt_dagster.defs.loop import DRIVER_TAG
 
 PID_TAG, HOST_TAG, PROC_START_TAG = "promptopt/pid", "promptopt/host", "promptopt/proc_start"
@@ -63,8 +64,11 @@ def fail_dead_cli_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
     """Mark in-progress CLI runs whose process is gone as failed; returns those runs."""
     dead = [run for run in executing_runs(instance) if owner_is_gone(run)]
     for run in dead:
-        instance.report_run_failed(run, f"The promptopt process {run.tags[PID_TAG]} that executed this run is gone "
-                                        "(killed or crashed); marked failed so queued runs can start.")
+        instance.report_run_failed(
+            run,
+            f"The promptopt process {run.tags[PID_TAG]} that executed this run is gone "
+            "(killed or crashed); marked failed so queued runs can start.",
+        )
     return dead
 
 

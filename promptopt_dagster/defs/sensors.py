@@ -7,12 +7,18 @@ fresh chain. Settings travel with the optimization's generation (the `optimizati
 with run config, so a backfill over optimizations needs no config at all.
 """
 
-
 import dagster as dg
 
-from promptopt_dagster.core.optimizations import OptimizationSpec
-from promptopt_dagster.defs.loop import (DRIVER_TAG, ITERATION_JOB, LEADERBOARD_JOB, chain_tags, next_step,
-                                         optimization_tags, stop_reason_of)
+from promptopt_dagster.app.optimizations import OptimizationSpec
+from promptopt_dagster.defs.loop import (
+    DRIVER_TAG,
+    ITERATION_JOB,
+    LEADERBOARD_JOB,
+    chain_tags,
+    next_step,
+    optimization_tags,
+    stop_reason_of,
+)
 from promptopt_dagster.defs.partitions import DATASET_OF, iteration_dimension, iteration_key, iteration_name, parse_key
 from promptopt_dagster.defs.runs import PID_TAG, describe, fail_dead_cli_runs
 
@@ -37,11 +43,16 @@ def _spec(record) -> OptimizationSpec:
 def build_iteration_sensor(jobs: list) -> dg.SensorDefinition:
     """Every 5 s, the daemon's shortest sensor loop: each wait is paid once per iteration of every
     optimization. A tick is a few indexed event-log reads, cheap next to an iteration."""
-    @dg.sensor(name="iteration_sensor", jobs=jobs, minimum_interval_seconds=5,
-               default_status=dg.DefaultSensorStatus.RUNNING,
-               description="Runs iteration 0 of a started optimization, then each next iteration until the loop "
-                               "decides to stop, then the final report on the held-out test split, then the "
-                           "dataset's leaderboard.")
+
+    @dg.sensor(
+        name="iteration_sensor",
+        jobs=jobs,
+        minimum_interval_seconds=5,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Runs iteration 0 of a started optimization, then each next iteration until the loop "
+        "decides to stop, then the final report on the held-out test split, then the "
+        "dataset's leaderboard.",
+    )
     def iteration_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         cursors = dict(part.split("=", 1) for part in (context.cursor or "").split(",") if "=" in part)
         new_iterations: list[str] = []
@@ -49,7 +60,8 @@ def build_iteration_sensor(jobs: list) -> dg.SensorDefinition:
         for key in WATCHED:
             after = int(cursors[key.path[-1]]) if key.path[-1] in cursors else None
             records = context.instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=key, after_storage_id=after), limit=100, ascending=True).records
+                dg.AssetRecordsFilter(asset_key=key, after_storage_id=after), limit=100, ascending=True
+            ).records
             for record in records:
                 cursors[key.path[-1]] = str(record.storage_id)
                 run = context.instance.get_run_by_id(record.run_id)
@@ -70,25 +82,37 @@ def build_iteration_sensor(jobs: list) -> dg.SensorDefinition:
                 if step is not None:
                     wanted = iteration_name(generation, step)
                     if wanted not in new_iterations and not context.instance.has_dynamic_partition(
-                            iteration_dimension.name, wanted):
+                        iteration_dimension.name, wanted
+                    ):
                         new_iterations.append(wanted)
                 context.log.info(f"{key.path[-1]} {record.partition_key}: next {job} {partition}")
-                requests.append(dg.RunRequest(job_name=job, partition_key=partition,
-                                              run_key=f"{job}:{partition}:after-{record.storage_id}",
-                                              tags=tags))
+                requests.append(
+                    dg.RunRequest(
+                        job_name=job,
+                        partition_key=partition,
+                        run_key=f"{job}:{partition}:after-{record.storage_id}",
+                        tags=tags,
+                    )
+                )
         return dg.SensorResult(
             run_requests=requests,
-            dynamic_partitions_requests=[iteration_dimension.build_add_request(new_iterations)] if new_iterations else [],
+            dynamic_partitions_requests=[iteration_dimension.build_add_request(new_iterations)]
+            if new_iterations
+            else [],
             cursor=",".join(f"{k}={v}" for k, v in sorted(cursors.items())) or None,
         )
 
     return iteration_sensor
 
 
-@dg.sensor(name="dead_cli_run_sensor", minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
-           description="Marks runs of a `promptopt optimize` process that was killed (SIGKILL, crash) as failed, "
-                       "so they stop holding the one-run-at-a-time queue. Dagster's run monitoring cannot see "
-                       "them: those runs execute in the CLI's own process, not in a launched worker.")
+@dg.sensor(
+    name="dead_cli_run_sensor",
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Marks runs of a `promptopt optimize` process that was killed (SIGKILL, crash) as failed, "
+    "so they stop holding the one-run-at-a-time queue. Dagster's run monitoring cannot see "
+    "them: those runs execute in the CLI's own process, not in a launched worker.",
+)
 def dead_cli_run_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
     dead = fail_dead_cli_runs(context.instance)
     for run in dead:

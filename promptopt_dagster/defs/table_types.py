@@ -3,7 +3,7 @@
 Each column is declared once here and gives two things: the dagster-pandas constraint checked on
 every materialization (a missing column or a null where none may be fails the step, naming the
 column, before the IO manager stores anything), and the column schema the UI shows on the asset.
-The friendly loader errors (core/datasets.py) still come first for a bad CSV: these types catch
+The friendly loader errors (app/datasets.py) still come first for a bad CSV: these types catch
 what code, not users, gets wrong.
 """
 
@@ -33,25 +33,39 @@ class Column:
         if self.kind == "int":
             return PandasColumn.integer_column(self.name, non_nullable=self.non_nullable, **bounds)
         if self.kind == "float":
-            return PandasColumn.float_column(self.name, non_nullable=self.non_nullable,
-                                             ignore_missing_vals=not self.non_nullable, **bounds)
+            return PandasColumn.float_column(
+                self.name, non_nullable=self.non_nullable, ignore_missing_vals=not self.non_nullable, **bounds
+            )
         if self.kind == "bool":
             return PandasColumn.boolean_column(self.name, non_nullable=self.non_nullable)
         if self.kind == "category":
-            return PandasColumn.categorical_column(self.name, set(self.categories),
-                                                   of_types=frozenset({"object", "string", "category"}),
-                                                   non_nullable=self.non_nullable)
+            return PandasColumn.categorical_column(
+                self.name,
+                set(self.categories),
+                of_types=frozenset({"object", "string", "category"}),
+                non_nullable=self.non_nullable,
+            )
         return PandasColumn.exists(self.name, non_nullable=self.non_nullable)
 
     def table_column(self) -> dg.TableColumn:
-        rules = [r for r in ("not null" if self.non_nullable else "",
-                             f">= {self.min_value:g}" if self.min_value is not None else "",
-                             f"<= {self.max_value:g}" if self.max_value is not None else "",
-                             f"one of {', '.join(self.categories)}" if self.categories else "") if r]
+        rules = [
+            r
+            for r in (
+                "not null" if self.non_nullable else "",
+                f">= {self.min_value:g}" if self.min_value is not None else "",
+                f"<= {self.max_value:g}" if self.max_value is not None else "",
+                f"one of {', '.join(self.categories)}" if self.categories else "",
+            )
+            if r
+        ]
         kind = {"text": "string", "category": "string"}.get(self.kind, self.kind)
         described = self.description + (f" ({'; '.join(rules)})" if rules else "")
-        return dg.TableColumn(self.name, kind, description=described,
-                              constraints=dg.TableColumnConstraints(nullable=not self.non_nullable))
+        return dg.TableColumn(
+            self.name,
+            kind,
+            description=described,
+            constraints=dg.TableColumnConstraints(nullable=not self.non_nullable),
+        )
 
 
 ITERATION_KEY = [
@@ -63,8 +77,9 @@ ITERATION_KEY = [
 
 SPLITS = [
     Column("dataset", "string", "the dataset (partition)", non_nullable=True),
-    Column("split", "category", "which split the row belongs to", non_nullable=True,
-           categories=("train", "dev", "test")),
+    Column(
+        "split", "category", "which split the row belongs to", non_nullable=True, categories=("train", "dev", "test")
+    ),
     Column("row_id", "int", "the row's number in its CSV (data rows from 1)", non_nullable=True, min_value=0),
     Column("user_input", "string", "the input filled in for {user_input}", non_nullable=True),
     Column("ground_truth_output", "text", "the expected answer; empty only for a model migration's rows"),
@@ -129,8 +144,9 @@ def frame_type(name: str, description: str, columns: list[Column]) -> dg.Dagster
     message prints a Python zip object, or a truncated frame, where the rows should be (dagster-pandas 0.29)."""
     with warnings.catch_warnings():  # dagster-pandas marks its column API beta; said once in docs/design.md
         warnings.simplefilter("ignore", dg.BetaWarning)
-        inner = create_dagster_pandas_dataframe_type(name, description=description,
-                                                     columns=[c.pandas() for c in columns])
+        inner = create_dagster_pandas_dataframe_type(
+            name, description=description, columns=[c.pandas() for c in columns]
+        )
     by_name = {c.name: c for c in columns}
 
     def check(context, value) -> dg.TypeCheck:

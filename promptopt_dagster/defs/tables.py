@@ -16,31 +16,70 @@ from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.defs.partitions import iteration_name
 
 PROMPT_COLUMNS = {
-    "optimization": "string", "iteration": "string", "generation": "int64", "step": "int64", "dataset": "string",
-    "prompt_id": "string", "parent_id": "string",
-    "version": "int64", "system_prompt": "string", "output_prompt": "string", "num_demos": "int64",
-    "status": "string", "note": "string", "best_score": "float64", "iterations_without_improvement": "int64",
-    "stop_reason": "string", "usage_json": "string", "spent_json": "string", "prompt_json": "string",
-    "written_at": "string", "metric_calls": "int64",
+    "optimization": "string",
+    "iteration": "string",
+    "generation": "int64",
+    "step": "int64",
+    "dataset": "string",
+    "prompt_id": "string",
+    "parent_id": "string",
+    "version": "int64",
+    "system_prompt": "string",
+    "output_prompt": "string",
+    "num_demos": "int64",
+    "status": "string",
+    "note": "string",
+    "best_score": "float64",
+    "iterations_without_improvement": "int64",
+    "stop_reason": "string",
+    "usage_json": "string",
+    "spent_json": "string",
+    "prompt_json": "string",
+    "written_at": "string",
+    "metric_calls": "int64",
 }
 
 
-def prompt_frame(optimization: str, generation: int, iteration: int, dataset: str, prompt: PromptVersion, status: str, note: str | None = None,
-                 best_score: float | None = None, iterations_without_improvement: int = 0,
-                 stop_reason: str | None = None, usage_json: str | None = None,
-                 spent: Spend = Spend(), metric_calls: int = 0) -> pd.DataFrame:
+def prompt_frame(
+    optimization: str,
+    generation: int,
+    iteration: int,
+    dataset: str,
+    prompt: PromptVersion,
+    status: str,
+    note: str | None = None,
+    best_score: float | None = None,
+    iterations_without_improvement: int = 0,
+    stop_reason: str | None = None,
+    usage_json: str | None = None,
+    spent: Spend = Spend(),
+    metric_calls: int = 0,
+) -> pd.DataFrame:
     """usage_json: model usage of the asset that wrote the row (refined_prompt); spent: the loop's
     cumulative spend, carried from best_prompt to the next iteration's baseline_prompt; metric_calls:
     rows the optimizer scored (refined_prompt). New columns go last: see io_managers._add_new_columns."""
     row: dict[str, Any] = {
-        "optimization": optimization, "iteration": iteration_name(generation, iteration), "generation": generation,
-        "step": iteration, "dataset": dataset, "prompt_id": prompt.id, "parent_id": prompt.parent_id,
-        "version": prompt.version, "system_prompt": prompt.system_prompt, "output_prompt": prompt.output_prompt,
-        "num_demos": len(prompt.demos), "status": status, "note": note,
+        "optimization": optimization,
+        "iteration": iteration_name(generation, iteration),
+        "generation": generation,
+        "step": iteration,
+        "dataset": dataset,
+        "prompt_id": prompt.id,
+        "parent_id": prompt.parent_id,
+        "version": prompt.version,
+        "system_prompt": prompt.system_prompt,
+        "output_prompt": prompt.output_prompt,
+        "num_demos": len(prompt.demos),
+        "status": status,
+        "note": note,
         "best_score": float("nan") if best_score is None else best_score,
-        "iterations_without_improvement": iterations_without_improvement, "stop_reason": stop_reason,
-        "usage_json": usage_json, "spent_json": spent.to_json(), "prompt_json": prompt.to_json(),
-        "written_at": datetime.now(timezone.utc).isoformat(), "metric_calls": metric_calls,
+        "iterations_without_improvement": iterations_without_improvement,
+        "stop_reason": stop_reason,
+        "usage_json": usage_json,
+        "spent_json": spent.to_json(),
+        "prompt_json": prompt.to_json(),
+        "written_at": datetime.now(timezone.utc).isoformat(),
+        "metric_calls": metric_calls,
     }
     return pd.DataFrame([row], columns=list(PROMPT_COLUMNS)).astype(PROMPT_COLUMNS)
 
@@ -54,8 +93,13 @@ def prompt_from_frame(frame: pd.DataFrame) -> PromptVersion:
 def with_partition(frame: pd.DataFrame, optimization: str, generation: int, iteration: int) -> pd.DataFrame:
     """Prepend the partition columns the IO manager filters on, and the generation and step they encode."""
     out = frame.copy()
-    for position, (column, value) in enumerate((("optimization", optimization),
-                                                ("iteration", iteration_name(generation, iteration)),
-                                                ("generation", generation), ("step", iteration))):
+    for position, (column, value) in enumerate(
+        (
+            ("optimization", optimization),
+            ("iteration", iteration_name(generation, iteration)),
+            ("generation", generation),
+            ("step", iteration),
+        )
+    ):
         out.insert(position, column, value)
     return out

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 from promptopt_dagster.llm.usage import Price, UsageStats
 
@@ -92,8 +93,9 @@ class LLMClient(ABC):
             self._account(r)
             yield i, r
 
-    def generate(self, requests: Sequence[LLMRequest],
-                 on_result: Callable[[int, LLMResponse], None] | None = None) -> list[LLMResponse]:
+    def generate(
+        self, requests: Sequence[LLMRequest], on_result: Callable[[int, LLMResponse], None] | None = None
+    ) -> list[LLMResponse]:
         out: list[LLMResponse | None] = [None] * len(requests)
         for i, r in self.stream(requests):
             if out[i] is not None:
@@ -106,7 +108,7 @@ class LLMClient(ABC):
             raise RuntimeError(f"{self.backend} returned no response for {len(missing)} of {len(requests)} requests")
         return out  # type: ignore[return-value]
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook: most clients hold nothing to release)
         """Release connections; the client must not be used afterwards."""
 
     def context_window(self) -> int | None:

@@ -22,8 +22,8 @@ import logging
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from promptopt_dagster.llm import ledger
 from promptopt_dagster.llm.base import LLMClient, LLMRequest, LLMResponse
@@ -85,11 +85,17 @@ class ResponseCache:
         import duckdb
 
         with duckdb.connect(str(legacy), read_only=True) as old:
-            columns = {r[0] for r in old.execute("select column_name from information_schema.columns "
-                                                 "where table_name = 'llm_cache'").fetchall()}
+            columns = {
+                r[0]
+                for r in old.execute(
+                    "select column_name from information_schema.columns where table_name = 'llm_cache'"
+                ).fetchall()
+            }
             scores = "label_scores" if "label_scores" in columns else "null"
-            rows = old.execute(f"select key, backend, model, request_json, text, prompt_tokens, completion_tokens, "
-                               f"finish_reason, {scores} from llm_cache").fetchall()
+            rows = old.execute(
+                f"select key, backend, model, request_json, text, prompt_tokens, completion_tokens, "
+                f"finish_reason, {scores} from llm_cache"
+            ).fetchall()
         self._write(f"insert or ignore into llm_cache ({_COLUMNS}) values (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         log.info("copied %d cached answers from %s into %s", len(rows), legacy, self.path)
 
@@ -98,26 +104,48 @@ class ResponseCache:
         con = self._con()
         keys = list(keys)
         for start in range(0, len(keys), 500):  # SQLite caps the parameters of one statement
-            chunk = keys[start:start + 500]
-            rows = con.execute("select key, text, prompt_tokens, completion_tokens, finish_reason, label_scores "
-                               f"from llm_cache where key in ({', '.join('?' * len(chunk))})", chunk).fetchall()
+            chunk = keys[start : start + 500]
+            rows = con.execute(
+                "select key, text, prompt_tokens, completion_tokens, finish_reason, label_scores "
+                f"from llm_cache where key in ({', '.join('?' * len(chunk))})",
+                chunk,
+            ).fetchall()
             for k, t, p, c, f, s in rows:
-                out[k] = LLMResponse(text=t, prompt_tokens=p, completion_tokens=c, finish_reason=f, cached=True,
-                                     label_scores=json.loads(s) if s else None)
+                out[k] = LLMResponse(
+                    text=t,
+                    prompt_tokens=p,
+                    completion_tokens=c,
+                    finish_reason=f,
+                    cached=True,
+                    label_scores=json.loads(s) if s else None,
+                )
         return out
 
-    def put_many(self, items: Sequence[tuple[str, dict, LLMRequest, LLMResponse]],
-                 paid: Sequence[tuple] = ()) -> None:
+    def put_many(self, items: Sequence[tuple[str, dict, LLMRequest, LLMResponse]], paid: Sequence[tuple] = ()) -> None:
         """Cache the answers (errors are not cached) and record `paid` ledger rows, in one transaction."""
-        rows = [(key, ident["backend"], ident["model"], json.dumps(req.to_dict(), ensure_ascii=False), r.text,
-                 r.prompt_tokens, r.completion_tokens, r.finish_reason,
-                 json.dumps(r.label_scores) if r.label_scores is not None else None)
-                for key, ident, req, r in items if r.error is None]
+        rows = [
+            (
+                key,
+                ident["backend"],
+                ident["model"],
+                json.dumps(req.to_dict(), ensure_ascii=False),
+                r.text,
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.finish_reason,
+                json.dumps(r.label_scores) if r.label_scores is not None else None,
+            )
+            for key, ident, req, r in items
+            if r.error is None
+        ]
         if not rows and not any(p is not None for p in paid):
             return
         # replace: an answer asked again for its label scores gains them
-        self._write(f"insert or replace into llm_cache ({_COLUMNS}) values (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows,
-                    lambda con: ledger.record(con, paid))
+        self._write(
+            f"insert or replace into llm_cache ({_COLUMNS}) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+            lambda con: ledger.record(con, paid),
+        )
 
     def _write(self, sql: str, rows: list, also=None) -> None:
         """One transaction; `begin immediate` takes the write lock up front, waiting up to lock_timeout_s."""

@@ -20,25 +20,40 @@ log = logging.getLogger("promptopt.llm")
 _UNPRICED_WARNED: set[str] = set()
 
 
-def build_client(settings: ModelSettings, model_dir: Path, threads: int, cache_path: Path | None,
-                 api_key: str | None = None) -> LLMClient:
+def build_client(
+    settings: ModelSettings, model_dir: Path, threads: int, cache_path: Path | None, api_key: str | None = None
+) -> LLMClient:
     """A ready client; `api_key` None means: read it from the environment variable the settings name."""
     s = settings
     if api_key is None:
         api_key = api_key_from_env(s)
-    engine = dict(max_in_flight=s.max_in_flight, rpm=s.rpm, tpm=s.tpm, timeout_s=s.timeout_s,
-                  retry=RetryPolicy(max_attempts=s.max_attempts, initial_backoff_s=s.backoff_initial_s,
-                                    max_backoff_s=s.backoff_max_s))
+    engine = dict(
+        max_in_flight=s.max_in_flight,
+        rpm=s.rpm,
+        tpm=s.tpm,
+        timeout_s=s.timeout_s,
+        retry=RetryPolicy(
+            max_attempts=s.max_attempts, initial_backoff_s=s.backoff_initial_s, max_backoff_s=s.backoff_max_s
+        ),
+    )
     if s.backend == "local":
         from promptopt_dagster.llm.local import LlamaCppClient
 
-        client: LLMClient = LlamaCppClient(model_dir=model_dir, model_path=Path(s.model) if s.model else None,
-                                           n_threads=threads)
+        client: LLMClient = LlamaCppClient(
+            model_dir=model_dir, model_path=Path(s.model) if s.model else None, n_threads=threads
+        )
     elif s.backend == "gemini":
         from promptopt_dagster.llm.gemini import GeminiClient
 
-        client = GeminiClient(s.model, vertexai=s.vertexai, project=s.project, location=s.location,
-                              api_key=api_key, base_url=s.base_url, **engine)
+        client = GeminiClient(
+            s.model,
+            vertexai=s.vertexai,
+            project=s.project,
+            location=s.location,
+            api_key=api_key,
+            base_url=s.base_url,
+            **engine,
+        )
     elif s.backend == "openai":
         from promptopt_dagster.llm.openai_compat import OpenAIClient
 
@@ -46,8 +61,9 @@ def build_client(settings: ModelSettings, model_dir: Path, threads: int, cache_p
     elif s.backend == "vertex_prompt_optimizer":
         from promptopt_dagster.llm.vertex_prompt_optimizer import VertexPromptOptimizerClient
 
-        client = VertexPromptOptimizerClient(s.model, project=s.project, location=s.location, base_url=s.base_url,
-                                             **engine)
+        client = VertexPromptOptimizerClient(
+            s.model, project=s.project, location=s.location, base_url=s.base_url, **engine
+        )
     elif s.backend == "fake":
         from promptopt_dagster.llm.fake import FakeLLM
 
@@ -57,7 +73,9 @@ def build_client(settings: ModelSettings, model_dir: Path, threads: int, cache_p
     client.price = price_for(client.backend, client.model, s.input_price_per_mtok, s.output_price_per_mtok)
     if not client.price.known and s.backend not in PROMPT_SERVICES and client.model_key not in _UNPRICED_WARNED:
         _UNPRICED_WARNED.add(client.model_key)  # a prompt service's call has no tokens to price
-        log.warning("no price known for %s; its cost counts as 0. Set input_price_per_mtok and "
-                    "output_price_per_mtok for this model to estimate cost and enforce a money budget.",
-                    client.model_key)
+        log.warning(
+            "no price known for %s; its cost counts as 0. Set input_price_per_mtok and "
+            "output_price_per_mtok for this model to estimate cost and enforce a money budget.",
+            client.model_key,
+        )
     return CachedClient(client, ResponseCache(cache_path)) if cache_path else client

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from promptopt_dagster.llm.base import LLMClient, LLMRequest, LLMResponse
 
@@ -16,8 +16,9 @@ def _default_responder(request: LLMRequest) -> str:
 class FakeLLM(LLMClient):
     backend = "fake"
 
-    def __init__(self, responder: Callable[[LLMRequest], str] | None = None, name: str = "fake-1",
-                 mode: str = "completion") -> None:
+    def __init__(
+        self, responder: Callable[[LLMRequest], str] | None = None, name: str = "fake-1", mode: str = "completion"
+    ) -> None:
         super().__init__()
         self._responder = responder or _default_responder
         self._name = name
@@ -40,8 +41,11 @@ class FakeLLM(LLMClient):
             if req.choices:
                 text = _as_choice(text, req.choices)
             prompt_len = len((req.prompt or "").split())
-            out.append(LLMResponse(text=text, prompt_tokens=prompt_len, completion_tokens=len(text.split()),
-                                   finish_reason="stop"))
+            out.append(
+                LLMResponse(
+                    text=text, prompt_tokens=prompt_len, completion_tokens=len(text.split()), finish_reason="stop"
+                )
+            )
         return out
 
 

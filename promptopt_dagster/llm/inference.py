@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,35 +16,67 @@ from promptopt_dagster.llm.progress import Progress
 
 log = logging.getLogger("promptopt.llm")
 
-PREDICTION_COLUMNS = ["row_id", "user_input", "ground_truth_output", "prediction", "error", "attempts", "model",
-                      "prompt_tokens", "completion_tokens", "cost_usd", "latency_s", "cached"]
-PREDICTION_DTYPES = {"row_id": "int64", "attempts": "int64", "model": "string", "prompt_tokens": "int64",
-                     "completion_tokens": "int64", "cost_usd": "float64", "latency_s": "float64", "cached": "bool"}
+PREDICTION_COLUMNS = [
+    "row_id",
+    "user_input",
+    "ground_truth_output",
+    "prediction",
+    "error",
+    "attempts",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "latency_s",
+    "cached",
+]
+PREDICTION_DTYPES = {
+    "row_id": "int64",
+    "attempts": "int64",
+    "model": "string",
+    "prompt_tokens": "int64",
+    "completion_tokens": "int64",
+    "cost_usd": "float64",
+    "latency_s": "float64",
+    "cached": "bool",
+}
 
 
-def build_request(client: LLMClient, prompt: PromptVersion, user_input: str, max_tokens: int,
-                  stop: tuple[str, ...] = ("\n",)) -> LLMRequest:
+def build_request(
+    client: LLMClient, prompt: PromptVersion, user_input: str, max_tokens: int, stop: tuple[str, ...] = ("\n",)
+) -> LLMRequest:
     if client.mode == "chat":
         messages = tuple((m["role"], m["content"]) for m in prompt.render_chat(user_input))
         return LLMRequest(messages=messages, max_tokens=max_tokens, stop=(), choices=prompt.choices)
     # A base model continues the pattern past the answer; by default the newline ends a one-line answer
     # (datasets with multi-line answers set their own stop, e.g. the start of the next demo).
     calibration = prompt.calibration_prompts(user_input) if client.ranks_labels else ()
-    return LLMRequest(prompt=prompt.render_completion(user_input), max_tokens=max_tokens, stop=tuple(stop),
-                      choices=prompt.choices, calibration_prompts=calibration)
+    return LLMRequest(
+        prompt=prompt.render_completion(user_input),
+        max_tokens=max_tokens,
+        stop=tuple(stop),
+        choices=prompt.choices,
+        calibration_prompts=calibration,
+    )
 
 
-def build_requests(client: LLMClient, prompt: PromptVersion, rows: pd.DataFrame, max_tokens: int,
-                   stop: tuple[str, ...] = ("\n",)) -> list[LLMRequest]:
+def build_requests(
+    client: LLMClient, prompt: PromptVersion, rows: pd.DataFrame, max_tokens: int, stop: tuple[str, ...] = ("\n",)
+) -> list[LLMRequest]:
     return [build_request(client, prompt, text, max_tokens, stop) for text in rows["user_input"]]
 
 
 def summed_answer(choices: Sequence[str], members: Sequence[LLMResponse]) -> LLMResponse:
     """One row's answer from its answers with each demo set: each label's log-probability, normalized
     over the labels, summed over the sets. A set's quirks (the labels its rows lean to) average out."""
-    cost = {"prompt_tokens": sum(r.prompt_tokens for r in members), "attempts": sum(r.attempts for r in members),
-            "completion_tokens": sum(r.completion_tokens for r in members), "cost_usd": sum(r.cost_usd for r in members),
-            "latency_s": sum(r.latency_s for r in members), "cached": all(r.cached for r in members)}
+    cost = {
+        "prompt_tokens": sum(r.prompt_tokens for r in members),
+        "attempts": sum(r.attempts for r in members),
+        "completion_tokens": sum(r.completion_tokens for r in members),
+        "cost_usd": sum(r.cost_usd for r in members),
+        "latency_s": sum(r.latency_s for r in members),
+        "cached": all(r.cached for r in members),
+    }
     failed = next((r.error for r in members if r.error is not None), None)
     if failed is None and any(r.label_scores is None for r in members):
         failed = "the backend returned no label scores to sum over demo sets"
@@ -58,8 +90,9 @@ def summed_answer(choices: Sequence[str], members: Sequence[LLMResponse]) -> LLM
     return LLMResponse(text=choices[int(np.argmax(total))], finish_reason="choice", **cost)
 
 
-def check_context(client: LLMClient, requests: list[LLMRequest], row_ids: list[int], prompt: PromptVersion,
-                  where: str) -> None:
+def check_context(
+    client: LLMClient, requests: list[LLMRequest], row_ids: list[int], prompt: PromptVersion, where: str
+) -> None:
     """Refuse, before any call, rows whose rendered prompt plus the answer budget exceed the model's context.
 
     Such a row would only fail (or be silently truncated) after the rows before it were paid for.
@@ -71,8 +104,11 @@ def check_context(client: LLMClient, requests: list[LLMRequest], row_ids: list[i
     if window is None or any(r.prompt is None for r in requests) or not requests:
         return
     budget = requests[0].max_tokens
-    suspects = [(row_id, r.prompt) for row_id, r in zip(row_ids, requests)
-                if len(r.prompt.encode("utf-8")) + 1 + budget > window]
+    suspects = [
+        (row_id, r.prompt)
+        for row_id, r in zip(row_ids, requests)
+        if len(r.prompt.encode("utf-8")) + 1 + budget > window
+    ]
     counts = client.count_tokens([text for _, text in suspects]) if suspects else []
     if counts is None:
         return
@@ -84,29 +120,47 @@ def check_context(client: LLMClient, requests: list[LLMRequest], row_ids: list[i
     raise ContextWindowError(
         f"{len(over)} row(s) of {where} do not fit the task model's context window of {window} tokens "
         f"with prompt v{prompt.version} ({budget} tokens kept for the answer): data row(s) {shown}{more}. "
-        "No model call was made. Shorten or remove those rows, or use a task model with a longer context.")
+        "No model call was made. Shorten or remove those rows, or use a task model with a longer context."
+    )
 
 
-def predict(client: LLMClient, prompt: PromptVersion, rows: pd.DataFrame, max_tokens: int,
-            label: str = "inference", progress_interval_s: float = 5.0,
-            stop: tuple[str, ...] = ("\n",), where: str = "the evaluation rows") -> pd.DataFrame:
+def predict(
+    client: LLMClient,
+    prompt: PromptVersion,
+    rows: pd.DataFrame,
+    max_tokens: int,
+    label: str = "inference",
+    progress_interval_s: float = 5.0,
+    stop: tuple[str, ...] = ("\n",),
+    where: str = "the evaluation rows",
+) -> pd.DataFrame:
     """One prediction row per input row, in input order; failed rows keep their error and attempt count.
 
     All rows go to the client in one batch, so a remote backend keeps its full number of requests
     in flight; the client streams answers back and progress is logged as they arrive."""
     inputs = rows.to_dict("records")
     if prompt.ensembled and not client.ranks_labels:
-        log.warning("prompt v%d sums label scores over %d demo sets, but the %s backend returns no label "
-                    "scores: it answers with the first set alone", prompt.version, 1 + len(prompt.ensemble),
-                    client.backend)
+        log.warning(
+            "prompt v%d sums label scores over %d demo sets, but the %s backend returns no label "
+            "scores: it answers with the first set alone",
+            prompt.version,
+            1 + len(prompt.ensemble),
+            client.backend,
+        )
     if prompt.calibrated and not client.ranks_labels:
-        log.warning("prompt v%d asks for calibrated label answers, but the %s backend returns no label scores: "
-                    "its answers are not calibrated (they were with the backend that measured the prompt)",
-                    prompt.version, client.backend)
+        log.warning(
+            "prompt v%d asks for calibrated label answers, but the %s backend returns no label scores: "
+            "its answers are not calibrated (they were with the backend that measured the prompt)",
+            prompt.version,
+            client.backend,
+        )
     members = prompt.ensemble_members() if client.ranks_labels else []
     if members:  # every row once per demo set, all in one batch: the backend orders them to share prefixes
-        requests = [dataclasses.replace(r, want_label_scores=True)
-                    for member in members for r in build_requests(client, member, rows, max_tokens, stop)]
+        requests = [
+            dataclasses.replace(r, want_label_scores=True)
+            for member in members
+            for r in build_requests(client, member, rows, max_tokens, stop)
+        ]
         label = f"{label} ({len(members)} demo sets)"
     else:
         requests = build_requests(client, prompt, rows, max_tokens, stop)
@@ -123,11 +177,21 @@ def predict(client: LLMClient, prompt: PromptVersion, rows: pd.DataFrame, max_to
     if members:
         n = len(inputs)
         responses = [summed_answer(prompt.choices, responses[i::n]) for i in range(n)]
-    records = [{"row_id": row["row_id"], "user_input": row["user_input"],
-                "ground_truth_output": row["ground_truth_output"],
-                "prediction": res.text if res.error is None else None, "error": res.error,
-                "attempts": res.attempts, "model": client.model_key, "prompt_tokens": res.prompt_tokens,
-                "completion_tokens": res.completion_tokens, "cost_usd": res.cost_usd, "latency_s": res.latency_s,
-                "cached": res.cached}
-               for row, res in zip(inputs, responses)]
+    records = [
+        {
+            "row_id": row["row_id"],
+            "user_input": row["user_input"],
+            "ground_truth_output": row["ground_truth_output"],
+            "prediction": res.text if res.error is None else None,
+            "error": res.error,
+            "attempts": res.attempts,
+            "model": client.model_key,
+            "prompt_tokens": res.prompt_tokens,
+            "completion_tokens": res.completion_tokens,
+            "cost_usd": res.cost_usd,
+            "latency_s": res.latency_s,
+            "cached": res.cached,
+        }
+        for row, res in zip(inputs, responses)
+    ]
     return pd.DataFrame.from_records(records, columns=PREDICTION_COLUMNS).astype(PREDICTION_DTYPES)

@@ -13,8 +13,8 @@ otherwise the longer label could never lose to it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -39,8 +39,9 @@ class LabelRanker:
 
     def __init__(self, llm) -> None:
         self.llm = llm
-        self._newlines = sorted({t for text in ("\n", "\n\n") for t in llm.tokenize(text.encode(), add_bos=False,
-                                                                                     special=False)[:1]})
+        self._newlines = sorted(
+            {t for text in ("\n", "\n\n") for t in llm.tokenize(text.encode(), add_bos=False, special=False)[:1]}
+        )
 
     def _tokens(self, text: str, bos: bool = True) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=bos, special=False)
@@ -50,7 +51,7 @@ class LabelRanker:
         from llama_cpp import Llama
 
         llm = self.llm
-        keep = min(Llama.longest_token_prefix(llm.input_ids[:llm.n_tokens].tolist(), tokens), len(tokens) - 1)
+        keep = min(Llama.longest_token_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens), len(tokens) - 1)
         if keep <= 0 or not llm._ctx.kv_cache_seq_rm(-1, keep, -1):
             keep = 0
         llm.n_tokens = keep
@@ -68,10 +69,11 @@ class LabelRanker:
         context = min([len(base), *(Llama.longest_token_prefix(base, f) for f in full.values())])
         context = max(context, 1)
         tails = {c: tuple(f[context:]) for c, f in full.items()}
+
         # Logits are needed only where labels part ways: below a node with one way on, every label
         # shares that token's probability, so it cannot change the ranking.
         def ways(node: tuple) -> set:
-            nexts = {t[len(node)] for t in tails.values() if len(t) > len(node) and t[:len(node)] == node}
+            nexts = {t[len(node)] for t in tails.values() if len(t) > len(node) and t[: len(node)] == node}
             return nexts | ({"end"} if node in tails.values() else set())
 
         nodes = {t[:i] for t in tails.values() for i in range(len(t) + 1)}

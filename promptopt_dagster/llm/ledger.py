@@ -18,9 +18,9 @@ This module is the llm layer: it imports neither dagster nor the project's defs 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from promptopt_dagster.llm.usage import UsageByModel, UsageStats, total
 
@@ -35,10 +35,14 @@ create table if not exists {TABLE} (
     cache_key text,
     created_at text default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 )"""
-INDEXES = (f"create index if not exists {TABLE}_optimization on {TABLE} (optimization, generation)",
-           f"create index if not exists {TABLE}_run on {TABLE} (run_id)")
-_INSERT = (f"insert into {TABLE} (optimization, generation, iteration, run_id, role, backend, model, requests, "
-           "prompt_tokens, completion_tokens, cost_usd, error, cache_key) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+INDEXES = (
+    f"create index if not exists {TABLE}_optimization on {TABLE} (optimization, generation)",
+    f"create index if not exists {TABLE}_run on {TABLE} (run_id)",
+)
+_INSERT = (
+    f"insert into {TABLE} (optimization, generation, iteration, run_id, role, backend, model, requests, "
+    "prompt_tokens, completion_tokens, cost_usd, error, cache_key) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 ROLES = ("task", "optimizer", "judge", "source")
 
 
@@ -64,9 +68,21 @@ def row(tags: Attribution | None, backend: str, model: str, response, key: str |
     if response.cached or (response.error is not None and not response.attempts):
         return None
     t = tags or Attribution()
-    return (t.optimization, t.generation, t.iteration, t.run_id, t.role, backend, model, int(response.attempts),
-            int(response.prompt_tokens or 0), int(response.completion_tokens or 0), float(response.cost_usd or 0.0),
-            int(response.error is not None), key)
+    return (
+        t.optimization,
+        t.generation,
+        t.iteration,
+        t.run_id,
+        t.role,
+        backend,
+        model,
+        int(response.attempts),
+        int(response.prompt_tokens or 0),
+        int(response.completion_tokens or 0),
+        float(response.cost_usd or 0.0),
+        int(response.error is not None),
+        key,
+    )
 
 
 def record(con: sqlite3.Connection, rows: Iterable[tuple]) -> None:
@@ -78,6 +94,7 @@ def record(con: sqlite3.Connection, rows: Iterable[tuple]) -> None:
 
 
 # --- reading ----------------------------------------------------------------------------------------------
+
 
 def _connect(path: Path) -> sqlite3.Connection | None:
     path = Path(path)
@@ -91,8 +108,7 @@ def _connect(path: Path) -> sqlite3.Connection | None:
     return con
 
 
-def _where(optimization: str | None, generation: int | None, run_id: str | None,
-           unassigned: bool) -> tuple[str, list]:
+def _where(optimization: str | None, generation: int | None, run_id: str | None, unassigned: bool) -> tuple[str, list]:
     clauses, params = [], []
     if optimization is not None:
         clauses.append("optimization = ?")
@@ -109,38 +125,61 @@ def _where(optimization: str | None, generation: int | None, run_id: str | None,
     return (" where " + " and ".join(clauses)) if clauses else "", params
 
 
-def _grouped(path: Path, group: str, optimization: str | None, generation: int | None, run_id: str | None,
-             unassigned: bool) -> dict[str, UsageStats]:
+def _grouped(
+    path: Path, group: str, optimization: str | None, generation: int | None, run_id: str | None, unassigned: bool
+) -> dict[str, UsageStats]:
     con = _connect(path)
     if con is None:
         return {}
     where, params = _where(optimization, generation, run_id, unassigned)
     try:
-        rows = con.execute(f"select {group}, count(*), sum(requests), sum(error), sum(prompt_tokens), "
-                           f"sum(completion_tokens), sum(cost_usd) from {TABLE}{where} group by 1", params).fetchall()
+        rows = con.execute(
+            f"select {group}, count(*), sum(requests), sum(error), sum(prompt_tokens), "
+            f"sum(completion_tokens), sum(cost_usd) from {TABLE}{where} group by 1",
+            params,
+        ).fetchall()
     finally:
         con.close()
-    return {str(key): UsageStats(llm_calls=n, requests=int(req or 0), errors=int(err or 0), prompt_tokens=int(p or 0),
-                                 completion_tokens=int(c or 0), cost_usd=float(cost or 0.0))
-            for key, n, req, err, p, c, cost in rows}
+    return {
+        str(key): UsageStats(
+            llm_calls=n,
+            requests=int(req or 0),
+            errors=int(err or 0),
+            prompt_tokens=int(p or 0),
+            completion_tokens=int(c or 0),
+            cost_usd=float(cost or 0.0),
+        )
+        for key, n, req, err, p, c, cost in rows
+    }
 
 
-def spend_by_model(path: Path, optimization: str | None = None, generation: int | None = None,
-                   run_id: str | None = None, unassigned: bool = False) -> UsageByModel:
+def spend_by_model(
+    path: Path,
+    optimization: str | None = None,
+    generation: int | None = None,
+    run_id: str | None = None,
+    unassigned: bool = False,
+) -> UsageByModel:
     """What was paid, keyed by "backend/model" as UsageByModel is; cache_hits is always 0 (nothing cached is paid).
 
     unassigned: with a generation, also count this optimization's calls not yet given a generation."""
     return _grouped(path, "backend || '/' || model", optimization, generation, run_id, unassigned)
 
 
-def spend(path: Path, optimization: str | None = None, generation: int | None = None, run_id: str | None = None,
-          unassigned: bool = False) -> UsageStats:
+def spend(
+    path: Path,
+    optimization: str | None = None,
+    generation: int | None = None,
+    run_id: str | None = None,
+    unassigned: bool = False,
+) -> UsageStats:
     """Totals of what was paid: llm_calls are answers (and failures) a backend sent, requests their attempts."""
     return total(spend_by_model(path, optimization, generation, run_id, unassigned))
 
 
-def spend_by_role(path: Path, optimization: str, generation: int | None = None,
-                  unassigned: bool = False) -> dict[str, UsageStats]:
+def spend_by_role(
+    path: Path, optimization: str, generation: int | None = None, unassigned: bool = False
+) -> dict[str, UsageStats]:
     return _grouped(path, "coalesce(role, 'task')", optimization, generation, None, unassigned)
 
 
@@ -159,7 +198,9 @@ def claim(path: Path, optimization: str, generation: int, timeout_s: float = 120
     con = sqlite3.connect(path, timeout=timeout_s, isolation_level=None)
     try:
         ensure_schema(con)
-        return con.execute(f"update {TABLE} set generation = ? where optimization = ? and generation is null",
-                           (generation, optimization)).rowcount
+        return con.execute(
+            f"update {TABLE} set generation = ? where optimization = ? and generation is null",
+            (generation, optimization),
+        ).rowcount
     finally:
         con.close()

@@ -13,9 +13,9 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from promptopt_dagster.llm.base import LLMClient, LLMRequest, LLMResponse
 
@@ -69,8 +69,9 @@ def _load_llama(model_path: str, n_ctx: int, n_threads: int, seed: int):
 
     _route_native_log()
     started = time.perf_counter()
-    llm = Llama(model_path=model_path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
-                seed=seed, verbose=False)
+    llm = Llama(
+        model_path=model_path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads, seed=seed, verbose=False
+    )
     log.info("loaded %s in %.1fs (%d threads)", Path(model_path).name, time.perf_counter() - started, n_threads)
     return llm, threading.Lock()
 
@@ -83,8 +84,9 @@ def prefix_order(requests: Sequence[LLMRequest]) -> list[int]:
     return sorted(range(len(requests)), key=lambda i: requests[i].prompt or "")
 
 
-def calibrated_choice(choices: Sequence[str], scores: dict[str, float],
-                      content_free: Sequence[dict[str, float]]) -> str:
+def calibrated_choice(
+    choices: Sequence[str], scores: dict[str, float], content_free: Sequence[dict[str, float]]
+) -> str:
     """The label whose probability, renormalized over the labels, most exceeds its mean content-free one.
 
     A demo set that leans the model toward one label leans it there for a content-free input too, so
@@ -105,8 +107,14 @@ class LlamaCppClient(LLMClient):
     mode = "completion"
     ranks_labels = True
 
-    def __init__(self, model_dir: Path, model_path: Path | None = None, n_ctx: int = 4096,
-                 n_threads: int | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        model_path: Path | None = None,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self._model_dir = Path(model_dir)
         self._model_path = Path(model_path) if model_path else None
@@ -158,9 +166,14 @@ class LlamaCppClient(LLMClient):
                 prompt_tokens += sum(n for _, n in free)
         except Exception as exc:
             return LLMResponse(error=f"{type(exc).__name__}: {exc}", latency_s=time.perf_counter() - started)
-        return LLMResponse(text=choice, prompt_tokens=prompt_tokens, completion_tokens=1,
-                           latency_s=time.perf_counter() - started, finish_reason="choice",
-                           label_scores={c: float(v) for c, v in scores.items()} if scores is not None else None)
+        return LLMResponse(
+            text=choice,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=1,
+            latency_s=time.perf_counter() - started,
+            finish_reason="choice",
+            label_scores={c: float(v) for c, v in scores.items()} if scores is not None else None,
+        )
 
     def _content_free_scores(self, ranker, prompt: str, choices: list[str]) -> tuple[dict[str, float], int]:
         """Label scores for a content-free prompt, and the prompt tokens it cost (0 when remembered)."""
@@ -181,12 +194,21 @@ class LlamaCppClient(LLMClient):
         if req.choices:
             return self._choose(llm, req, started)
         try:
-            res = llm.create_completion(req.prompt, max_tokens=req.max_tokens, temperature=req.temperature,
-                                        top_k=1 if req.temperature == 0 else 40,
-                                        stop=list(req.stop) or None, echo=False)
+            res = llm.create_completion(
+                req.prompt,
+                max_tokens=req.max_tokens,
+                temperature=req.temperature,
+                top_k=1 if req.temperature == 0 else 40,
+                stop=list(req.stop) or None,
+                echo=False,
+            )
         except Exception as exc:  # e.g. prompt longer than the context window
             return LLMResponse(error=f"{type(exc).__name__}: {exc}", latency_s=time.perf_counter() - started)
         choice, usage = res["choices"][0], res.get("usage", {})
-        return LLMResponse(text=choice["text"], prompt_tokens=usage.get("prompt_tokens", 0),
-                           completion_tokens=usage.get("completion_tokens", 0),
-                           latency_s=time.perf_counter() - started, finish_reason=choice.get("finish_reason"))
+        return LLMResponse(
+            text=choice["text"],
+            prompt_tokens=usage.get("prompt_tokens", 0),
+            completion_tokens=usage.get("completion_tokens", 0),
+            latency_s=time.perf_counter() - started,
+            finish_reason=choice.get("finish_reason"),
+        )

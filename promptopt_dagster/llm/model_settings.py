@@ -20,8 +20,11 @@ DEFAULT_KEY_ENV = {"gemini": "GOOGLE_API_KEY", "openai": "OPENAI_API_KEY"}
 
 
 class ModelSettings(BaseModel):
-    backend: str = Field("local", description="local (embedded llama.cpp) | gemini | openai | fake (tests) | "
-                                                     "vertex_prompt_optimizer (optimizer model of `vertex` only)")
+    backend: str = Field(
+        "local",
+        description="local (embedded llama.cpp) | gemini | openai | fake (tests) | "
+        "vertex_prompt_optimizer (optimizer model of `vertex` only)",
+    )
     model: str | None = Field(None, description="Model name (or GGUF path for local); empty: the backend's default")
     # where: gemini
     vertexai: bool = Field(True, description="gemini: Vertex AI with ADC (true) or the Gemini API with a key (false)")
@@ -29,20 +32,28 @@ class ModelSettings(BaseModel):
     location: str = Field("us-central1", description="gemini on Vertex, vertex_prompt_optimizer: region, or 'global'")
     # where: openai, or a proxy/test server for gemini
     base_url: str | None = Field(None, description="openai: server URL ending in /v1; gemini: endpoint override")
-    api_key_env: str | None = Field(None, description="Environment variable holding the API key "
-                                                      "(default GOOGLE_API_KEY / OPENAI_API_KEY)")
+    api_key_env: str | None = Field(
+        None, description="Environment variable holding the API key (default GOOGLE_API_KEY / OPENAI_API_KEY)"
+    )
     json_mode: Literal["schema", "object", "off"] = Field(
-        "schema", description="openai: how to ask for JSON (json_schema, json_object, or not at all)")
+        "schema", description="openai: how to ask for JSON (json_schema, json_object, or not at all)"
+    )
     # how fast
     max_in_flight: int = Field(16, description="Requests sent at once (remote backends)")
-    rpm: int | None = Field(None, description="Requests per minute, shared by everything this process sends to the model")
+    rpm: int | None = Field(
+        None, description="Requests per minute, shared by everything this process sends to the model"
+    )
     tpm: int | None = Field(None, description="Tokens per minute, shared likewise")
     timeout_s: float = Field(60.0, description="Seconds to wait for one reply")
-    max_attempts: int = Field(6, description="Tries per row, the first included, on 408/429/5xx/timeouts/broken replies")
+    max_attempts: int = Field(
+        6, description="Tries per row, the first included, on 408/429/5xx/timeouts/broken replies"
+    )
     backoff_initial_s: float = Field(1.0, description="First retry waits up to this long (full jitter, doubling)")
     backoff_max_s: float = Field(60.0, description="Cap of one backoff wait; a longer Retry-After is still honoured")
     # what it costs
-    input_price_per_mtok: float | None = Field(None, description="USD per million prompt tokens (default: llm/prices.yaml)")
+    input_price_per_mtok: float | None = Field(
+        None, description="USD per million prompt tokens (default: llm/prices.yaml)"
+    )
     output_price_per_mtok: float | None = Field(None, description="USD per million completion tokens")
 
     def key_env(self) -> str | None:

@@ -7,7 +7,8 @@ rate-limited in one place (llm/remote.py).
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from promptopt_dagster.llm.base import LLMRequest, LLMResponse
 from promptopt_dagster.llm.remote import Failure, MalformedReply, RemoteClient, failure_from_status
@@ -20,8 +21,15 @@ NO_KEY = "not-needed"
 class OpenAIClient(RemoteClient):
     backend = "openai"
 
-    def __init__(self, model: str | None = None, *, base_url: str | None = None, api_key: str | None = None,
-                 json_mode: Literal["schema", "object", "off"] = "schema", **engine: Any) -> None:
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        json_mode: Literal["schema", "object", "off"] = "schema",
+        **engine: Any,
+    ) -> None:
         import openai
 
         self._base_url = base_url
@@ -30,9 +38,13 @@ class OpenAIClient(RemoteClient):
         # aiohttp under the SDK (openai[aiohttp]) costs less CPU per request than its default httpx
         # stack, and on a small machine CPU per request bounds throughput (bench/llm_throughput.py).
         self._reply_type = openai.types.chat.ChatCompletion
-        self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or NO_KEY, max_retries=0,
-                                          timeout=self.timeout_s, http_client=openai.DefaultAioHttpClient(
-                                              timeout=self.timeout_s))
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url,
+            api_key=api_key or NO_KEY,
+            max_retries=0,
+            timeout=self.timeout_s,
+            http_client=openai.DefaultAioHttpClient(timeout=self.timeout_s),
+        )
 
     def endpoint(self) -> str:
         return self._base_url or "api.openai.com"
@@ -50,8 +62,10 @@ class OpenAIClient(RemoteClient):
         if self.json_mode == "object":
             return {"type": "json_object"}
         if request.choices:
-            return {"type": "json_schema", "json_schema": {"name": "label", "strict": True, "schema": label_schema(
-                request.choices)}}
+            return {
+                "type": "json_schema",
+                "json_schema": {"name": "label", "strict": True, "schema": label_schema(request.choices)},
+            }
         return {"type": "json_schema", "json_schema": {"name": "response", "schema": request.json_schema}}
 
     def _choice(self, text: str, choices: Sequence[str]) -> tuple[str | None, str]:
@@ -80,8 +94,9 @@ class OpenAIClient(RemoteClient):
             messages = [{"role": "user", "content": request.prompt}]
         else:
             messages = [{"role": r, "content": c} for r, c in request.messages or ()]
-        kwargs: dict[str, Any] = dict(model=self.model, messages=messages, max_tokens=request.max_tokens,
-                                      temperature=request.temperature)
+        kwargs: dict[str, Any] = dict(
+            model=self.model, messages=messages, max_tokens=request.max_tokens, temperature=request.temperature
+        )
         if request.stop:
             kwargs["stop"] = list(request.stop)
         fmt = self._response_format(request)
@@ -94,9 +109,12 @@ class OpenAIClient(RemoteClient):
             raise MalformedReply("no choices in the reply")
         choice = reply.choices[0]
         usage = reply.usage
-        out = LLMResponse(text=choice.message.content or "", finish_reason=choice.finish_reason,
-                          prompt_tokens=(usage.prompt_tokens or 0) if usage else 0,
-                          completion_tokens=(usage.completion_tokens or 0) if usage else 0)
+        out = LLMResponse(
+            text=choice.message.content or "",
+            finish_reason=choice.finish_reason,
+            prompt_tokens=(usage.prompt_tokens or 0) if usage else 0,
+            completion_tokens=(usage.completion_tokens or 0) if usage else 0,
+        )
         if request.choices:
             # An off-choice answer is the row's error, not a retry: at temperature 0 it would come back the same.
             label, why = self._choice(out.text, request.choices)
@@ -132,5 +150,9 @@ def _refused(exc: BaseException) -> BaseException | None:
 
 def label_schema(choices: Sequence[str]) -> dict:
     """A strict-mode schema (every property required, no others) whose one field is the label."""
-    return {"type": "object", "properties": {"label": {"type": "string", "enum": list(choices)}},
-            "required": ["label"], "additionalProperties": False}
+    return {
+        "type": "object",
+        "properties": {"label": {"type": "string", "enum": list(choices)}},
+        "required": ["label"],
+        "additionalProperties": False,
+    }

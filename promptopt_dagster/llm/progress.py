@@ -28,8 +28,7 @@ def bars_shown() -> bool:
 
 
 class Progress:
-    def __init__(self, total: int, label: str, interval_s: float = 5.0,
-                 logger: logging.Logger | None = None) -> None:
+    def __init__(self, total: int, label: str, interval_s: float = 5.0, logger: logging.Logger | None = None) -> None:
         self.total, self.label, self.interval_s = total, label, interval_s
         self.log = logger or logging.getLogger("promptopt.inference")
         self.done = self.failed = self.cached = 0
@@ -67,5 +66,4 @@ class Progress:
         pct = 100.0 * self.done / self.total if self.total else 100.0
         extra = f", {self.cached} cached" if self.cached else ""
         extra += f", {self.failed} failed" if self.failed else ""
-        return (f"{self.label}: {self.done}/{self.total} rows ({pct:.0f}%), {rate:.1f} rows/s, "
-                f"ETA {eta:.0f}s{extra}")
+        return f"{self.label}: {self.done}/{self.total} rows ({pct:.0f}%), {rate:.1f} rows/s, ETA {eta:.0f}s{extra}"

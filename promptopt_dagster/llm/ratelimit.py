@@ -46,9 +46,11 @@ class RateLimiter:
         while True:
             with self._lock:
                 now = time.monotonic()
-                wait = max(self._paused_until - now,
-                           self._requests.wait_for(1, now) if self._requests else 0.0,
-                           self._tokens.wait_for(tokens, now) if self._tokens else 0.0)
+                wait = max(
+                    self._paused_until - now,
+                    self._requests.wait_for(1, now) if self._requests else 0.0,
+                    self._tokens.wait_for(tokens, now) if self._tokens else 0.0,
+                )
                 if wait <= 0:
                     if self._requests:
                         self._requests.take(1)

@@ -16,8 +16,9 @@ import random
 import threading
 import time
 from abc import abstractmethod
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from promptopt_dagster.core.errors import PromptOptError
 from promptopt_dagster.llm.base import LLMClient, LLMRequest, LLMResponse
@@ -87,11 +88,16 @@ def failure_from_status(status: int, message: str, headers: Any = None) -> Failu
     if status in RETRYABLE_STATUS:
         return Failure(f"http_{status}", message, True, retry_after_seconds(headers))
     if status in (401, 403):
-        return Failure(f"http_{status}", f"the server refused the credentials ({message}); check the API key "
-                                         "or the Application Default Credentials", False, fatal=True)
+        return Failure(
+            f"http_{status}",
+            f"the server refused the credentials ({message}); check the API key or the Application Default Credentials",
+            False,
+            fatal=True,
+        )
     if status == 404:
-        return Failure("http_404", f"model or endpoint not found ({message}); check the model name and base_url",
-                       False, fatal=True)
+        return Failure(
+            "http_404", f"model or endpoint not found ({message}); check the model name and base_url", False, fatal=True
+        )
     return Failure(f"http_{status}", message, False)
 
 
@@ -118,9 +124,17 @@ def background_loop() -> asyncio.AbstractEventLoop:
 class RemoteClient(LLMClient):
     mode = "chat"
 
-    def __init__(self, model: str, max_in_flight: int = 16, rpm: float | None = None, tpm: float | None = None,
-                 retry: RetryPolicy = RetryPolicy(), timeout_s: float = 60.0, secrets: Sequence[str] = (),
-                 seed: int | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        max_in_flight: int = 16,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        timeout_s: float = 60.0,
+        secrets: Sequence[str] = (),
+        seed: int | None = None,
+    ) -> None:
         super().__init__()
         self._model = model
         self.max_in_flight = max_in_flight
@@ -181,11 +195,13 @@ class RemoteClient(LLMClient):
                 failure = self._classify(exc)
                 message = redact(failure.message, self._secrets)
                 if failure.fatal:
-                    raise LLMConfigurationError(f"{self.backend} model '{self.model}' at {self.endpoint() or 'default endpoint'}: "
-                                                f"{message}") from None
+                    raise LLMConfigurationError(
+                        f"{self.backend} model '{self.model}' at {self.endpoint() or 'default endpoint'}: {message}"
+                    ) from None
                 if not failure.retryable or attempt == self.retry.max_attempts:
-                    return LLMResponse(error=f"{failure.kind}: {message}", attempts=attempt,
-                                       latency_s=time.perf_counter() - started)
+                    return LLMResponse(
+                        error=f"{failure.kind}: {message}", attempts=attempt, latency_s=time.perf_counter() - started
+                    )
                 if failure.retry_after_s is not None:
                     self.limiter.pause(failure.retry_after_s)
                 delay = self.retry.delay(attempt, failure.retry_after_s, self._rng)

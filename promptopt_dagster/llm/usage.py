@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import yaml
 
@@ -30,12 +30,12 @@ class UsageStats:
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
-    def add(self, other: "UsageStats") -> "UsageStats":
+    def add(self, other: UsageStats) -> UsageStats:
         for f in dataclasses.fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         return self
 
-    def since(self, before: "UsageStats") -> "UsageStats":
+    def since(self, before: UsageStats) -> UsageStats:
         """What was used after the snapshot `before` (take one with dataclasses.replace(usage))."""
         return UsageStats(**{f.name: getattr(self, f.name) - getattr(before, f.name) for f in dataclasses.fields(self)})
 
@@ -111,8 +111,13 @@ def _table(path: str) -> dict:
     return yaml.safe_load(Path(path).read_text()) or {}
 
 
-def price_for(backend: str, model: str, input_per_mtok: float | None = None, output_per_mtok: float | None = None,
-              table: Path = PRICE_TABLE) -> Price:
+def price_for(
+    backend: str,
+    model: str,
+    input_per_mtok: float | None = None,
+    output_per_mtok: float | None = None,
+    table: Path = PRICE_TABLE,
+) -> Price:
     """Explicit prices win; then the packaged table by model name; local and fake models are free."""
     if input_per_mtok is not None or output_per_mtok is not None:
         return Price(input_per_mtok or 0.0, output_per_mtok or 0.0)

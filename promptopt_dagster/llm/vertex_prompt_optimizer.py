@@ -34,8 +34,9 @@ def optimize_request(instruction: str, examples: list[dict[str, str]] | None = N
     examples = examples or []
     for i, example in enumerate(examples):
         if set(example) != set(EXAMPLE_KEYS):
-            raise ValueError(f"example {i} has keys {sorted(example)}; "
-                             f"a few-shot example has exactly {list(EXAMPLE_KEYS)}")
+            raise ValueError(
+                f"example {i} has keys {sorted(example)}; a few-shot example has exactly {list(EXAMPLE_KEYS)}"
+            )
     doc = {"instruction": instruction, "mode": "few_shot" if examples else "zero_shot", "examples": examples}
     return LLMRequest(prompt=json.dumps(doc, ensure_ascii=False, sort_keys=True), max_tokens=0)
 
@@ -44,22 +45,36 @@ class VertexPromptOptimizerClient(RemoteClient):
     backend = BACKEND
     mode = "chat"
 
-    def __init__(self, model: str | None = None, *, project: str | None = None, location: str | None = None,
-                 base_url: str | None = None, credentials: Any = None, **engine: Any) -> None:
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        project: str | None = None,
+        location: str | None = None,
+        base_url: str | None = None,
+        credentials: Any = None,
+        **engine: Any,
+    ) -> None:
         import agentplatform
         import httpx
         from google.genai import types
 
         if not project or not location:
-            raise ValueError("the Vertex AI Prompt Optimizer needs a project and a location "
-                             "(optimizer_model: {backend: vertex_prompt_optimizer, project: ..., location: ...})")
+            raise ValueError(
+                "the Vertex AI Prompt Optimizer needs a project and a location "
+                "(optimizer_model: {backend: vertex_prompt_optimizer, project: ..., location: ...})"
+            )
         self._project, self._location, self._base_url = project, location, base_url
         super().__init__(model or MODEL, secrets=[], **engine)
         # httpx, for the reason GeminiClient gives: aiohttp may re-send a POST on a dropped connection.
-        http = types.HttpOptions(base_url=base_url, timeout=int(self.timeout_s * 1000),
-                                 httpx_async_client=httpx.AsyncClient(timeout=self.timeout_s))
-        self._client = agentplatform.Client(project=project, location=location, credentials=credentials,
-                                            http_options=http)
+        http = types.HttpOptions(
+            base_url=base_url,
+            timeout=int(self.timeout_s * 1000),
+            httpx_async_client=httpx.AsyncClient(timeout=self.timeout_s),
+        )
+        self._client = agentplatform.Client(
+            project=project, location=location, credentials=credentials, http_options=http
+        )
 
     def endpoint(self) -> str:
         where = f"vertex:{self._project}/{self._location}"
@@ -79,7 +94,8 @@ class VertexPromptOptimizerClient(RemoteClient):
 
             config = types.OptimizeConfig(
                 optimization_target=types.OptimizeTarget.OPTIMIZATION_TARGET_FEW_SHOT_TARGET_RESPONSE,
-                examples_dataframe=pd.DataFrame(examples, columns=list(EXAMPLE_KEYS)))
+                examples_dataframe=pd.DataFrame(examples, columns=list(EXAMPLE_KEYS)),
+            )
         reply = await self._client.aio.prompts.optimize(prompt=instruction, config=config)
         # Tokens are not reported by the service: its calls count as requests, and cost nothing estimated.
         return LLMResponse(text=reply.raw_text_response or "", finish_reason="stop")
@@ -91,6 +107,7 @@ class VertexPromptOptimizerClient(RemoteClient):
         from google.genai import errors  # the agentplatform client raises google-genai's errors
 
         if isinstance(exc, errors.APIError):
-            return failure_from_status(int(exc.code or 0), f"{exc.code} {exc.status}: {exc.message}",
-                                       getattr(exc.response, "headers", None))
+            return failure_from_status(
+                int(exc.code or 0), f"{exc.code} {exc.status}: {exc.message}", getattr(exc.response, "headers", None)
+            )
         return super()._classify(exc)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
@@ -72,8 +73,10 @@ def optimizer_classes() -> dict[str, type[Optimizer]]:
     from promptopt_dagster.optimizers.reflective import ReflectiveOptimizer
     from promptopt_dagster.optimizers.vertex_prompt import VertexOptimizer
 
-    return {cls.name: cls for cls in (FewShotOptimizer, ReflectiveOptimizer, GEPAOptimizer, MetaPromptOptimizer,
-                                      VertexOptimizer)}
+    return {
+        cls.name: cls
+        for cls in (FewShotOptimizer, ReflectiveOptimizer, GEPAOptimizer, MetaPromptOptimizer, VertexOptimizer)
+    }
 
 
 def get_optimizer(name: str, **options: Any) -> Optimizer:

@@ -54,25 +54,45 @@ class Choice:
 #: Free answers stay in the race where the labels rank badly. The last two are more static draws:
 #: which rows a static set holds moves its test score by several points, they cost little, and the
 #: race on spare dev rows tells the draws apart.
-SEEDS = (Choice("retrieved", 8, "label"), Choice("static", 12, "label"), Choice("retrieved", 4, "label"),
-         Choice("static", 12, "label", "balanced"), Choice("retrieved", 8, "free"), Choice("static", 16, "label"),
-         Choice("static", 12, "label"), Choice("static", 16, "label", "balanced"),
-         Choice("retrieved", 16, "label"), Choice("static", 12, "free", "balanced"))
+SEEDS = (
+    Choice("retrieved", 8, "label"),
+    Choice("static", 12, "label"),
+    Choice("retrieved", 4, "label"),
+    Choice("static", 12, "label", "balanced"),
+    Choice("retrieved", 8, "free"),
+    Choice("static", 16, "label"),
+    Choice("static", 12, "label"),
+    Choice("static", 16, "label", "balanced"),
+    Choice("retrieved", 16, "label"),
+    Choice("static", 12, "free", "balanced"),
+)
 
 
 class FewShotOptimizer(Optimizer):
     name = "fewshot"
 
-    def __init__(self, num_candidates: int = 8, demo_counts: tuple[int, ...] = (4, 8, 12, 16),
-                 retrieved_counts: tuple[int, ...] = (4, 8, 16), minibatch_size: int = 30,
-                 max_demo_chars: int = 300, cost_confidence: float = 0.9, race_size: int = 200,
-                 race_top: int = 3) -> None:
-        if min(num_candidates, minibatch_size, max_demo_chars, race_top, *demo_counts, *retrieved_counts) < 1 \
-                or race_size < 0 or not 0.5 <= cost_confidence < 1:
-            raise ValueError("num_candidates, minibatch_size, max_demo_chars, race_top and every demo count must "
-                             "be at least 1, race_size 0 or more, cost_confidence in [0.5, 1) (got "
-                             f"{num_candidates}, {minibatch_size}, {max_demo_chars}, {race_top}, {demo_counts}, "
-                             f"{retrieved_counts}, {race_size}, {cost_confidence})")
+    def __init__(
+        self,
+        num_candidates: int = 8,
+        demo_counts: tuple[int, ...] = (4, 8, 12, 16),
+        retrieved_counts: tuple[int, ...] = (4, 8, 16),
+        minibatch_size: int = 30,
+        max_demo_chars: int = 300,
+        cost_confidence: float = 0.9,
+        race_size: int = 200,
+        race_top: int = 3,
+    ) -> None:
+        if (
+            min(num_candidates, minibatch_size, max_demo_chars, race_top, *demo_counts, *retrieved_counts) < 1
+            or race_size < 0
+            or not 0.5 <= cost_confidence < 1
+        ):
+            raise ValueError(
+                "num_candidates, minibatch_size, max_demo_chars, race_top and every demo count must "
+                "be at least 1, race_size 0 or more, cost_confidence in [0.5, 1) (got "
+                f"{num_candidates}, {minibatch_size}, {max_demo_chars}, {race_top}, {demo_counts}, "
+                f"{retrieved_counts}, {race_size}, {cost_confidence})"
+            )
         self.num_candidates = num_candidates
         self.demo_counts = demo_counts
         self.retrieved_counts = retrieved_counts
@@ -84,8 +104,9 @@ class FewShotOptimizer(Optimizer):
 
     # --- the search space ---------------------------------------------------------------------
 
-    def instruction_variants(self, prompt: PromptVersion, labels: list[str],
-                             descriptions: dict[str, str] | None = None) -> list[str]:
+    def instruction_variants(
+        self, prompt: PromptVersion, labels: list[str], descriptions: dict[str, str] | None = None
+    ) -> list[str]:
         """The instruction as written, with the label list, and with what each label means (when the
         manifest says): labels such as `ground_service` or `abbreviation` tell a reader little alone."""
         base = prompt.system_prompt.strip()
@@ -95,8 +116,9 @@ class FewShotOptimizer(Optimizer):
             if hint not in base:
                 variants.append(f"{base} {hint}".strip())
             if descriptions and "Answer with exactly one label:" not in base:
-                meanings = "\n".join(f"- {label}: {descriptions[label]}" if label in descriptions else f"- {label}"
-                                      for label in labels)
+                meanings = "\n".join(
+                    f"- {label}: {descriptions[label]}" if label in descriptions else f"- {label}" for label in labels
+                )
                 variants.append(f"{base}\nAnswer with exactly one label:\n{meanings}".strip())
         return variants
 
@@ -106,8 +128,9 @@ class FewShotOptimizer(Optimizer):
         rows = short if len(short) >= max(50, len(train) // 2) else train
         return [_demo(r) for _, r in rows.iterrows()]
 
-    def pick_demos(self, train: pd.DataFrame, labels: list[str], count: int, rng: random.Random,
-                   balanced: bool = False) -> list[Demo]:
+    def pick_demos(
+        self, train: pd.DataFrame, labels: list[str], count: int, rng: random.Random, balanced: bool = False
+    ) -> list[Demo]:
         """Demos whose label mix follows train's (or equal per label), every label shown, a most common label last.
 
         A small base model answers with the label mix its demos show: on data that is mostly one label,
@@ -120,9 +143,15 @@ class FewShotOptimizer(Optimizer):
             rows = pool.sample(n=min(count, len(pool)), random_state=rng.randrange(2**31))
             return [_demo(r) for _, r in rows.iterrows()]
         quotas = label_quotas([1 if balanced else len(g) for g in groups], count)
-        picked = [[r for _, r in _prefer_short(g, n, self.max_demo_chars).sample(
-                      n=min(n, len(g)), random_state=rng.randrange(2**31)).iterrows()]
-                  for g, n in zip(groups, quotas)]
+        picked = [
+            [
+                r
+                for _, r in _prefer_short(g, n, self.max_demo_chars)
+                .sample(n=min(n, len(g)), random_state=rng.randrange(2**31))
+                .iterrows()
+            ]
+            for g, n in zip(groups, quotas)
+        ]
         order = spread(picked)
         if rng.random() < 0.5:  # half the candidates try a shuffled order, still ending on a common label
             rng.shuffle(order)
@@ -144,23 +173,48 @@ class FewShotOptimizer(Optimizer):
                 pool = pool[pool["user_input"] != row["user_input"]]
         return out
 
-    def build(self, parent: PromptVersion, choice: Choice, instruction: str, inp: OptimizerInput,
-              demo_pool: list[Demo], rng: random.Random) -> PromptVersion:
+    def build(
+        self,
+        parent: PromptVersion,
+        choice: Choice,
+        instruction: str,
+        inp: OptimizerInput,
+        demo_pool: list[Demo],
+        rng: random.Random,
+    ) -> PromptVersion:
         labels = list(inp.labels)
         answer = choice.answer if labels else "free"
         if choice.demos == "retrieved":  # calibrating would rank content-free prompts for every row
-            return parent.child(system_prompt=instruction, demos=[], answer=answer, labels=labels,
-                                retrieval=Retrieval(k=choice.count, pool=demo_pool), calibrate=False, ensemble=[])
+            return parent.child(
+                system_prompt=instruction,
+                demos=[],
+                answer=answer,
+                labels=labels,
+                retrieval=Retrieval(k=choice.count, pool=demo_pool),
+                calibrate=False,
+                ensemble=[],
+            )
         demos = self.pick_demos(inp.train, labels, choice.count, rng, balanced=choice.mix == "balanced")
-        return parent.child(system_prompt=instruction, demos=demos, answer=answer, labels=labels, retrieval=None,
-                            calibrate=parent.calibrate and inp.calibration, ensemble=[])  # a resized set keeps it
+        return parent.child(
+            system_prompt=instruction,
+            demos=demos,
+            answer=answer,
+            labels=labels,
+            retrieval=None,
+            calibrate=parent.calibrate and inp.calibration,
+            ensemble=[],
+        )  # a resized set keeps it
 
-    def mutate(self, parent: PromptVersion, inp: OptimizerInput, demo_pool: list[Demo],
-               rng: random.Random) -> tuple[PromptVersion, str]:
+    def mutate(
+        self, parent: PromptVersion, inp: OptimizerInput, demo_pool: list[Demo], rng: random.Random
+    ) -> tuple[PromptVersion, str]:
         """The parent with one choice changed, and which."""
         instructions = self.instruction_variants(parent, inp.labels, inp.label_descriptions)
-        moves = ["count", "switch"] + (["answer"] if inp.labels else []) + (["instruction"] if len(instructions) > 1
-                                                                           else [])
+        moves = (
+            ["count", "switch"]
+            + (["answer"] if inp.labels else [])
+            + (["instruction"] if len(instructions) > 1 else [])
+        )
         if parent.demos and not parent.retrieval:
             moves += ["swap", "swap"]  # refining a static set that works is the commonest useful move
             if inp.calibration and parent.answer == "label" and inp.labels and not parent.ensemble:
@@ -175,8 +229,9 @@ class FewShotOptimizer(Optimizer):
             answer = "free" if parent.answer == "label" else "label"
             return parent.child(answer=answer, labels=list(inp.labels)), f"{answer} answers"
         if move == "calibrate":
-            return parent.child(calibrate=not parent.calibrate), \
-                "calibrated answers" if not parent.calibrate else "uncalibrated answers"
+            return parent.child(
+                calibrate=not parent.calibrate
+            ), "calibrated answers" if not parent.calibrate else "uncalibrated answers"
         if move == "instruction":
             others = [i for i in instructions if i != parent.system_prompt.strip()] or instructions
             return parent.child(system_prompt=rng.choice(others)), "other instruction"
@@ -184,14 +239,12 @@ class FewShotOptimizer(Optimizer):
             retrieved = not retrieved
             # into retrieval at its cheapest k: a 16-retrieved child of a 16-demo static parent cost sst2
             # about 100 s on the select rows and never won; a larger k is one "count" move away
-            count = min(self.retrieved_counts) if retrieved else min(self.demo_counts,
-                                                                     key=lambda n: abs(n - count))
+            count = min(self.retrieved_counts) if retrieved else min(self.demo_counts, key=lambda n: abs(n - count))
         else:
             counts = [n for n in (self.retrieved_counts if retrieved else self.demo_counts) if n != count]
             count = rng.choice(counts)
         choice = Choice("retrieved" if retrieved else "static", count, answer, _mix(parent.demos))
-        return self.build(parent, choice, parent.system_prompt, inp, demo_pool, rng), \
-            f"{choice.demos} {count} demos"
+        return self.build(parent, choice, parent.system_prompt, inp, demo_pool, rng), f"{choice.demos} {count} demos"
 
     # --- the search ---------------------------------------------------------------------------
 
@@ -213,13 +266,23 @@ class FewShotOptimizer(Optimizer):
         if base is None:
             rows = inp.scored_rows
             if "score" in rows and set(rows["row_id"]) == set(select["row_id"]):  # the caller scored it already
-                base = Candidate(inp.prompt, inp.iteration, "baseline",
-                                 dict(zip(rows["row_id"].astype(int), rows["score"].astype(float))), inp.baseline_score)
+                base = Candidate(
+                    inp.prompt,
+                    inp.iteration,
+                    "baseline",
+                    dict(zip(rows["row_id"].astype(int), rows["score"].astype(float))),
+                    inp.baseline_score,
+                )
             else:
                 base = score_all(Candidate(inp.prompt, inp.iteration, "baseline"))
             new.append(base)
-        log.info("fewshot: baseline v%d on %d select rows: %s=%.3f", inp.prompt.version, len(select), inp.metric,
-                 base.select_score)
+        log.info(
+            "fewshot: baseline v%d on %d select rows: %s=%.3f",
+            inp.prompt.version,
+            len(select),
+            inp.metric,
+            base.select_score,
+        )
 
         minibatch = select.sample(n=min(self.minibatch_size, len(select)), random_state=rng.randrange(2**31))
         mb_ids = minibatch["row_id"].astype(int).tolist()
@@ -234,8 +297,9 @@ class FewShotOptimizer(Optimizer):
                 if j >= len(SEEDS):
                     break
                 parent, why = base, SEEDS[j]
-                prompt = self.build(inp.prompt, why, instructions[rng.randrange(len(instructions))], inp, demo_pool,
-                                    rng)
+                prompt = self.build(
+                    inp.prompt, why, instructions[rng.randrange(len(instructions))], inp, demo_pool, rng
+                )
                 kind, why = "seed", why.describe(bool(inp.labels))
             else:
                 parent = pick_parent(history + new, rng, self.cost_confidence) or base
@@ -249,53 +313,99 @@ class FewShotOptimizer(Optimizer):
             candidate.minibatch_score = sum(result.per_row) / max(1, len(result.per_row))
             parent_mb = sum(parent.scores.get(i, 0.0) for i in mb_ids) / max(1, len(mb_ids))
             candidate.passed_minibatch = candidate.minibatch_score > parent_mb or (
-                seeding and candidate.minibatch_score >= parent_mb)
+                seeding and candidate.minibatch_score >= parent_mb
+            )
             if candidate.passed_minibatch:
                 score_all(candidate)
             new.append(candidate)
-            tried.append({"candidate": prompt.id, "parent": parent.id, "kind": kind, "change": why,
-                          "choices": prompt.describe(), "minibatch_score": candidate.minibatch_score,
-                          "parent_minibatch_score": parent_mb, "select_score": candidate.select_score})
-            log.info("fewshot candidate %d/%d (%s: %s): minibatch %.3f vs parent %.3f%s", len(tried),
-                     self.num_candidates, kind, why, candidate.minibatch_score, parent_mb,
-                     f", select {inp.metric}={candidate.select_score:.3f}" if candidate.passed_minibatch
-                     else " (stopped at the minibatch)")
+            tried.append(
+                {
+                    "candidate": prompt.id,
+                    "parent": parent.id,
+                    "kind": kind,
+                    "change": why,
+                    "choices": prompt.describe(),
+                    "minibatch_score": candidate.minibatch_score,
+                    "parent_minibatch_score": parent_mb,
+                    "select_score": candidate.select_score,
+                }
+            )
+            log.info(
+                "fewshot candidate %d/%d (%s: %s): minibatch %.3f vs parent %.3f%s",
+                len(tried),
+                self.num_candidates,
+                kind,
+                why,
+                candidate.minibatch_score,
+                parent_mb,
+                f", select {inp.metric}={candidate.select_score:.3f}"
+                if candidate.passed_minibatch
+                else " (stopped at the minibatch)",
+            )
         contenders = [c for c in new if c.kind != "baseline"]
         raced = self.race(base, contenders, select, inp, evaluate, tried, seen, new)
         contenders = [c for c in new if c.kind != "baseline"]  # with the race's ensembles
         race_winner = max(raced, key=raced.get) if raced else None
         # The race settles the retrieval-free candidates: only its winner stays in the field.
-        field = ([c for c in [base] + contenders if c.prompt.retrieval is not None or c.id == race_winner] if raced
-                 else [base] + contenders)
+        field = (
+            [c for c in [base] + contenders if c.prompt.retrieval is not None or c.id == race_winner]
+            if raced
+            else [base] + contenders
+        )
         # The current prompt competes too: a costlier candidate a few select rows ahead of it would
         # cost a full confirm pass (a 16-retrieved-demo prompt took 3 minutes on sst2) to be rejected.
         winner = best(field, self.cost_confidence)
-        beat_base = winner is not None and winner is not base and (
-            winner.select_score > base.select_score if base.id not in raced or winner.id not in raced
-            else raced[winner.id] > raced[base.id])
+        beat_base = (
+            winner is not None
+            and winner is not base
+            and (
+                winner.select_score > base.select_score
+                if base.id not in raced or winner.id not in raced
+                else raced[winner.id] > raced[base.id]
+            )
+        )
         if not beat_base:
             top = best(contenders)
             if not tried:
                 reason = "every candidate this iteration would repeat one already in the pool"
             elif race_winner == base.id:
-                reason = (f"the baseline won the race of the leading retrieval-free candidates on the {len(select)} "
-                          f"select rows and spare dev rows ({raced[base.id]:.4f})")
+                reason = (
+                    f"the baseline won the race of the leading retrieval-free candidates on the {len(select)} "
+                    f"select rows and spare dev rows ({raced[base.id]:.4f})"
+                )
             elif top is not None and top.select_score > base.select_score:
-                reason = (f"the best candidate ({top.select_score:.4f} on the {len(select)} select rows, "
-                          f"{top.prompt.describe()}) is not surely better than the baseline's "
-                          f"{base.select_score:.4f}, which costs less to run")
+                reason = (
+                    f"the best candidate ({top.select_score:.4f} on the {len(select)} select rows, "
+                    f"{top.prompt.describe()}) is not surely better than the baseline's "
+                    f"{base.select_score:.4f}, which costs less to run"
+                )
             else:
                 reason = f"no candidate beat the baseline's {base.select_score:.4f} on the {len(select)} select rows"
             return Proposal(prompt=None, rejected_reason=reason, candidates=tried, pool=new)
         if winner.id in raced:
             winner.prompt.metadata["race_score"] = raced[winner.id]
-        winner.prompt.metadata.update({"optimizer": self.name, "select_score": winner.select_score,
-                                       "select_rows": len(select), "baseline_select_score": base.select_score,
-                                       "choices": winner.prompt.describe()})
+        winner.prompt.metadata.update(
+            {
+                "optimizer": self.name,
+                "select_score": winner.select_score,
+                "select_rows": len(select),
+                "baseline_select_score": base.select_score,
+                "choices": winner.prompt.describe(),
+            }
+        )
         return Proposal(prompt=winner.prompt, candidates=tried, pool=new)
 
-    def race(self, base: Candidate, contenders: list[Candidate], select: pd.DataFrame, inp: OptimizerInput,
-             evaluate: Evaluator, tried: list[dict], seen: set, new: list[Candidate]) -> dict[str, float]:
+    def race(
+        self,
+        base: Candidate,
+        contenders: list[Candidate],
+        select: pd.DataFrame,
+        inp: OptimizerInput,
+        evaluate: Evaluator,
+        tried: list[dict],
+        seen: set,
+        new: list[Candidate],
+    ) -> dict[str, float]:
         """Scores of the leading retrieval-free candidates on the select rows plus spare dev rows, by id.
 
         A hundred select rows cannot tell apart static demo sets a point or two apart, and their test
@@ -306,11 +416,14 @@ class FewShotOptimizer(Optimizer):
         spare = inp.spare_rows
         if spare is None or spare.empty or self.race_size <= 0 or self.race_top < 2:
             return {}
-        cheap = sorted([c for c in [base] + contenders if c.select_score is not None and c.prompt.retrieval is None],
-                       key=lambda c: c.select_score, reverse=True)
+        cheap = sorted(
+            [c for c in [base] + contenders if c.select_score is not None and c.prompt.retrieval is None],
+            key=lambda c: c.select_score,
+            reverse=True,
+        )
         # only those the leader does not already beat for sure: a race cannot change a clear result
         leaders = [c for c in cheap if c is cheap[0] or not surely_better(cheap[0], c, self.cost_confidence)]
-        leaders = leaders[:self.race_top]
+        leaders = leaders[: self.race_top]
         if len(leaders) < 2:
             return {}
         # the same spare rows every iteration (seeded by the optimization, not the iteration), so a
@@ -319,8 +432,14 @@ class FewShotOptimizer(Optimizer):
         rows = pd.concat([select, extra[["row_id", "user_input", "ground_truth_output"]]], ignore_index=True)
         raced = {c.id: float(evaluate(c.prompt, rows).value) for c in leaders}  # select rows: from the cache
         for c in leaders:
-            log.info("fewshot race (%d select + %d spare rows): %s %s=%.3f", len(select), len(extra),
-                     c.prompt.describe(), inp.metric, raced[c.id])
+            log.info(
+                "fewshot race (%d select + %d spare rows): %s %s=%.3f",
+                len(select),
+                len(extra),
+                c.prompt.describe(),
+                inp.metric,
+                raced[c.id],
+            )
         for candidate in self.ensembles(leaders, raced, inp, seen):
             result = evaluate(candidate.prompt, rows)
             per_row = dict(zip(rows["row_id"].astype(int), map(float, result.per_row)))
@@ -328,20 +447,34 @@ class FewShotOptimizer(Optimizer):
             candidate.select_score = float(evaluate(candidate.prompt, select).value)  # answers from the cache
             raced[candidate.id] = float(result.value)
             new.append(candidate)
-            tried.append({"candidate": candidate.id, "parent": candidate.prompt.parent_id, "kind": candidate.kind,
-                          "change": f"sum over {1 + len(candidate.prompt.ensemble)} raced demo sets",
-                          "choices": candidate.prompt.describe(), "minibatch_score": None,
-                          "parent_minibatch_score": None, "select_score": candidate.select_score})
-            log.info("fewshot race (%d select + %d spare rows): %s %s=%.3f", len(select), len(extra),
-                     candidate.prompt.describe(), inp.metric, raced[candidate.id])
+            tried.append(
+                {
+                    "candidate": candidate.id,
+                    "parent": candidate.prompt.parent_id,
+                    "kind": candidate.kind,
+                    "change": f"sum over {1 + len(candidate.prompt.ensemble)} raced demo sets",
+                    "choices": candidate.prompt.describe(),
+                    "minibatch_score": None,
+                    "parent_minibatch_score": None,
+                    "select_score": candidate.select_score,
+                }
+            )
+            log.info(
+                "fewshot race (%d select + %d spare rows): %s %s=%.3f",
+                len(select),
+                len(extra),
+                candidate.prompt.describe(),
+                inp.metric,
+                raced[candidate.id],
+            )
         for entry in tried:
             if entry["candidate"] in raced:
                 entry["race_score"] = raced[entry["candidate"]]
         return raced
 
-
-    def ensembles(self, leaders: list[Candidate], raced: dict[str, float], inp: OptimizerInput,
-                  seen: set) -> list[Candidate]:
+    def ensembles(
+        self, leaders: list[Candidate], raced: dict[str, float], inp: OptimizerInput, seen: set
+    ) -> list[Candidate]:
         """The race's best two static label sets summed, and its best three: candidates that race too.
 
         Which train rows a set holds moves a small model's test score by several points, and the race
@@ -350,8 +483,14 @@ class FewShotOptimizer(Optimizer):
         0.900. Only where the backend ranks labels (the sum needs label scores)."""
         if not (inp.calibration and inp.labels):
             return []
-        sets = sorted((c for c in leaders if c.prompt.demos and c.prompt.answer == "label"
-                       and not c.prompt.calibrated and not c.prompt.ensemble), key=lambda c: -raced[c.id])
+        sets = sorted(
+            (
+                c
+                for c in leaders
+                if c.prompt.demos and c.prompt.answer == "label" and not c.prompt.calibrated and not c.prompt.ensemble
+            ),
+            key=lambda c: -raced[c.id],
+        )
         out = []
         for size in range(2, min(3, len(sets)) + 1):
             members = sets[:size]
@@ -365,10 +504,15 @@ class FewShotOptimizer(Optimizer):
 def _signature(prompt: PromptVersion) -> tuple:
     """What makes two candidates the same prompt (ids and lineage aside)."""
     retrieval = (prompt.retrieval.k, prompt.retrieval.method) if prompt.retrieval else None
-    return (prompt.system_prompt, prompt.output_prompt, tuple((d.user_input, d.ground_truth_output)
-                                                              for d in prompt.demos), retrieval, prompt.answer,
-            prompt.calibrated, tuple(tuple((d.user_input, d.ground_truth_output) for d in demos)
-                                     for demos in prompt.ensemble))
+    return (
+        prompt.system_prompt,
+        prompt.output_prompt,
+        tuple((d.user_input, d.ground_truth_output) for d in prompt.demos),
+        retrieval,
+        prompt.answer,
+        prompt.calibrated,
+        tuple(tuple((d.user_input, d.ground_truth_output) for d in demos) for demos in prompt.ensemble),
+    )
 
 
 def label_quotas(sizes: list[int], count: int) -> list[int]:
@@ -379,7 +523,7 @@ def label_quotas(sizes: list[int], count: int) -> list[int]:
     total = sum(sizes)
     quotas = [count * size // total for size in sizes]
     by_remainder = sorted(range(len(sizes)), key=lambda i: count * sizes[i] % total, reverse=True)
-    for i in by_remainder[:count - sum(quotas)]:
+    for i in by_remainder[: count - sum(quotas)]:
         quotas[i] += 1
     for i, quota in enumerate(quotas):
         if quota == 0:
@@ -395,8 +539,9 @@ def spread(groups: list[list]) -> list[tuple[int, object]]:
 
     Item i of a group of k sits at (2i+1)/2k; ties go by group order. On equal groups this is plain
     interleaving, and the largest group always holds the last place."""
-    slots = [(Fraction(2 * i + 1, 2 * len(g)), index, item)
-             for index, g in enumerate(groups) for i, item in enumerate(g)]
+    slots = [
+        (Fraction(2 * i + 1, 2 * len(g)), index, item) for index, g in enumerate(groups) for i, item in enumerate(g)
+    ]
     return [(index, item) for _, index, item in sorted(slots, key=lambda s: s[:2])]
 
 

@@ -27,17 +27,17 @@ import logging
 import re
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
-from promptopt_dagster.core.optimizations import writer_model_problem
 from promptopt_dagster.core.prompts import PromptVersion, placeholder_problem, system_prompt_problem
-from promptopt_dagster.core.quality import verbatim_span_rows
+from promptopt_dagster.core.text_spans import verbatim_span_rows
 from promptopt_dagster.llm.base import LLMClient, LLMRequest
 from promptopt_dagster.optimizers.base import Optimizer, OptimizerInput, Proposal
+from promptopt_dagster.optimizers.capabilities import writer_model_problem
 from promptopt_dagster.optimizers.parsing import MAX_VALUE_CHARS
 from promptopt_dagster.optimizers.pool import Candidate
 
@@ -67,11 +67,17 @@ Provide the new {what} within one ``` block, and nothing else in ``` blocks.
 (component: {component})"""
 
 TEMPLATES = {
-    "system_prompt": _TEMPLATE.format(what="system prompt", component="system_prompt",
-                                      rule="It must contain no {placeholders}: it is sent as it is.\n"),
-    "output_prompt": _TEMPLATE.format(what="output prompt", component="output_prompt",
-                                      rule="It must contain {user_input} exactly once, where the input goes, and "
-                                           "no other {placeholders}; the answer follows it.\n"),
+    "system_prompt": _TEMPLATE.format(
+        what="system prompt",
+        component="system_prompt",
+        rule="It must contain no {placeholders}: it is sent as it is.\n",
+    ),
+    "output_prompt": _TEMPLATE.format(
+        what="output prompt",
+        component="output_prompt",
+        rule="It must contain {user_input} exactly once, where the input goes, and "
+        "no other {placeholders}; the answer follows it.\n",
+    ),
 }
 _COMPONENT = re.compile(r"\(component: (system_prompt|output_prompt)\)\s*$")
 _FENCE = re.compile(r"```[^\n`]*\n(.*?)\n?```", re.S)
@@ -97,14 +103,18 @@ class Reflection:
         found = _COMPONENT.search(prompt)
         component = found.group(1) if found else "system_prompt"
         self.calls += 1
-        request = (LLMRequest(messages=(("user", prompt),), max_tokens=self.max_tokens, temperature=0.0)
-                   if self.client.mode == "chat" else
-                   LLMRequest(prompt=prompt + "\n", max_tokens=self.max_tokens, temperature=0.0))
+        request = (
+            LLMRequest(messages=(("user", prompt),), max_tokens=self.max_tokens, temperature=0.0)
+            if self.client.mode == "chat"
+            else LLMRequest(prompt=prompt + "\n", max_tokens=self.max_tokens, temperature=0.0)
+        )
         response = self.client.generate([request])[0]
         reason = self.check(component, response.text, response.error, response.finish_reason)
         if reason:
             if not any(r["reason"] == reason and r["reply"] == (response.text or "")[:2000] for r in self.rejections):
-                self.rejections.append({"component": component, "reason": reason, "reply": (response.text or "")[:2000]})
+                self.rejections.append(
+                    {"component": component, "reason": reason, "reply": (response.text or "")[:2000]}
+                )
             log.warning("gepa: reflection reply for %s rejected: %s", component, reason)
             raise ReflectionRejected(reason)
         return response.text
@@ -117,8 +127,9 @@ class Reflection:
             return "reply was truncated: it hit the max_tokens limit before finishing"
         blocks = _FENCE.findall(text or "")
         if len(blocks) != 1:
-            return (f"expected the new {component} in exactly one ``` block, found {len(blocks)}"
-                    + ("" if blocks else " (no complete block: truncated or malformed)"))
+            return f"expected the new {component} in exactly one ``` block, found {len(blocks)}" + (
+                "" if blocks else " (no complete block: truncated or malformed)"
+            )
         new = blocks[0].strip()
         if not new:
             return f"the new {component} is empty"
@@ -129,8 +140,10 @@ class Reflection:
             return problem
         copied = verbatim_span_rows(new, self.shown_rows())
         if copied:
-            return (f"the new {component} copies 40+ characters verbatim from {len(copied)} row(s) it was shown: "
-                    "row text is data, not instructions (a prompt injection, or a leak)")
+            return (
+                f"the new {component} copies 40+ characters verbatim from {len(copied)} row(s) it was shown: "
+                "row text is data, not instructions (a prompt injection, or a leak)"
+            )
         return None
 
 
@@ -158,19 +171,35 @@ class PromptAdapter:
         traces = None
         if capture_traces:
             rationales = result.rationales or [None] * len(rows)
-            traces = [{"input": r["user_input"], "expected": r["ground_truth_output"], "answer": out, "score": s,
-                       "rationale": why} for r, out, s, why in zip(batch, outputs, scores, rationales)]
+            traces = [
+                {
+                    "input": r["user_input"],
+                    "expected": r["ground_truth_output"],
+                    "answer": out,
+                    "score": s,
+                    "rationale": why,
+                }
+                for r, out, s, why in zip(batch, outputs, scores, rationales)
+            ]
         return EvaluationBatch(outputs=outputs, scores=scores, trajectories=traces)
 
     def make_reflective_dataset(self, candidate: dict[str, str], eval_batch, components_to_update: list[str]):
         records = []
         for t in eval_batch.trajectories or []:
-            feedback = (f"Correct (score {t['score']:.2f})." if t["score"] >= 1.0 else
-                        f"Wrong (score {t['score']:.2f}): the expected answer is {json.dumps(t['expected'])}.")
+            feedback = (
+                f"Correct (score {t['score']:.2f})."
+                if t["score"] >= 1.0
+                else f"Wrong (score {t['score']:.2f}): the expected answer is {json.dumps(t['expected'])}."
+            )
             if t.get("rationale"):
                 feedback += f" A judge said: {t['rationale']}"
-            records.append({"Inputs": json.dumps(t["input"], ensure_ascii=False),
-                            "Generated Outputs": json.dumps(t["answer"], ensure_ascii=False), "Feedback": feedback})
+            records.append(
+                {
+                    "Inputs": json.dumps(t["input"], ensure_ascii=False),
+                    "Generated Outputs": json.dumps(t["answer"], ensure_ascii=False),
+                    "Feedback": feedback,
+                }
+            )
         self.last_shown = [t["input"] for t in eval_batch.trajectories or []]
         return {name: records for name in components_to_update}
 
@@ -216,11 +245,20 @@ LEDGER = "promptopt_iteration.json"
 class GEPAOptimizer(Optimizer):
     name = "gepa"
 
-    def __init__(self, rows_per_iteration: int = 400, minibatch_size: int = 3, use_merge: bool = True,
-                 train_rows: int = 60, max_tokens: int = 1024, components: str = "round_robin") -> None:
+    def __init__(
+        self,
+        rows_per_iteration: int = 400,
+        minibatch_size: int = 3,
+        use_merge: bool = True,
+        train_rows: int = 60,
+        max_tokens: int = 1024,
+        components: str = "round_robin",
+    ) -> None:
         if min(rows_per_iteration, minibatch_size, train_rows, max_tokens) < 1:
-            raise ValueError("rows_per_iteration, minibatch_size, train_rows and max_tokens must be at least 1 "
-                             f"(got {rows_per_iteration}, {minibatch_size}, {train_rows}, {max_tokens}).")
+            raise ValueError(
+                "rows_per_iteration, minibatch_size, train_rows and max_tokens must be at least 1 "
+                f"(got {rows_per_iteration}, {minibatch_size}, {train_rows}, {max_tokens})."
+            )
         if components not in ("round_robin", "all"):
             raise ValueError(f"components must be 'round_robin' or 'all', got {components!r}.")
         self.rows_per_iteration, self.minibatch_size, self.use_merge = rows_per_iteration, minibatch_size, use_merge
@@ -235,31 +273,51 @@ class GEPAOptimizer(Optimizer):
         if inp.answer_and_score is None or inp.run_dir is None or inp.select_rows is None:
             raise ValueError("gepa needs answer_and_score, run_dir and select_rows in its input")
         valset = _records(inp.select_rows)
-        trainset = _records(inp.train.sample(n=min(self.train_rows, len(inp.train)), random_state=inp.seed)
-                            .sort_values("row_id"))
+        trainset = _records(
+            inp.train.sample(n=min(self.train_rows, len(inp.train)), random_state=inp.seed).sort_values("row_id")
+        )
         if not trainset or not valset:
             return Proposal(prompt=None, rejected_reason="gepa needs train rows (for feedback) and select rows")
         adapter = PromptAdapter(inp.prompt, inp.answer_and_score)
         reflection = Reflection(optimizer_llm, lambda: adapter.last_shown, self.max_tokens)
         step_cost = max(2 * self.minibatch_size, 5 if self.use_merge else 0) + len(valset)
-        limit = self.rows_per_iteration if inp.metric_call_budget is None else min(self.rows_per_iteration,
-                                                                                   inp.metric_call_budget)
+        limit = (
+            self.rows_per_iteration
+            if inp.metric_call_budget is None
+            else min(self.rows_per_iteration, inp.metric_call_budget)
+        )
         if limit < len(valset) + step_cost:
-            return Proposal(prompt=None, rejected_reason=(
-                f"metric-call budget left for this iteration ({limit} rows) is below one GEPA step on "
-                f"{len(valset)} select rows ({len(valset) + step_cost} rows)"))
+            return Proposal(
+                prompt=None,
+                rejected_reason=(
+                    f"metric-call budget left for this iteration ({limit} rows) is below one GEPA step on "
+                    f"{len(valset)} select rows ({len(valset) + step_cost} rows)"
+                ),
+            )
         run_dir, ledger = iteration_dir(Path(inp.run_dir), inp.iteration)
         result = gepa.optimize(
-            seed_candidate={k: getattr(inp.prompt, k) for k in COMPONENTS}, trainset=trainset, valset=valset,
-            adapter=adapter, reflection_lm=reflection, reflection_prompt_template=dict(TEMPLATES),
-            reflection_minibatch_size=self.minibatch_size, module_selector=self.components,
-            use_merge=self.use_merge, stop_callbacks=[_Budget(ledger["start_evals"], limit, step_cost)],
-            run_dir=str(run_dir), logger=_Log(), seed=inp.seed, raise_on_exception=True,
-            display_progress_bar=False, track_best_outputs=False)
+            seed_candidate={k: getattr(inp.prompt, k) for k in COMPONENTS},
+            trainset=trainset,
+            valset=valset,
+            adapter=adapter,
+            reflection_lm=reflection,
+            reflection_prompt_template=dict(TEMPLATES),
+            reflection_minibatch_size=self.minibatch_size,
+            module_selector=self.components,
+            use_merge=self.use_merge,
+            stop_callbacks=[_Budget(ledger["start_evals"], limit, step_cost)],
+            run_dir=str(run_dir),
+            logger=_Log(),
+            seed=inp.seed,
+            raise_on_exception=True,
+            display_progress_bar=False,
+            track_best_outputs=False,
+        )
         return self._proposal(inp, result, reflection, adapter, run_dir, ledger)
 
-    def _proposal(self, inp: OptimizerInput, result, reflection: Reflection, adapter: PromptAdapter,
-                  run_dir: Path, ledger: dict) -> Proposal:
+    def _proposal(
+        self, inp: OptimizerInput, result, reflection: Reflection, adapter: PromptAdapter, run_dir: Path, ledger: dict
+    ) -> Proposal:
         ids = _stable_ids(run_dir, result, inp.prompt)
         row_ids = [int(r) for r in inp.select_rows["row_id"]]
         front = {i for members in result.per_val_instance_best_candidates.values() for i in members}
@@ -267,42 +325,81 @@ class GEPAOptimizer(Optimizer):
         pool, lineage = [], []
         for idx, texts in enumerate(result.candidates):
             parents = [p for p in result.parents[idx] if p is not None]
-            prompt = inp.prompt.model_copy(update={**{k: texts[k] for k in COMPONENTS}, "id": ids[idx],
-                                                   "parent_id": ids[parents[0]] if parents else inp.prompt.parent_id,
-                                                   "metadata": {"optimizer": self.name, "gepa_candidate": idx,
-                                                                "gepa_parents": parents}})
-            lineage.append({"gepa_candidate": idx, "prompt_id": ids[idx], "parents": [ids[p] for p in parents],
-                            "kind": "merge" if len(parents) > 1 else "seed" if not parents else "reflection",
-                            "select_score": result.val_aggregate_scores[idx], "on_pareto_front": idx in front,
-                            "found_after_metric_calls": result.discovery_eval_counts[idx]})
+            prompt = inp.prompt.model_copy(
+                update={
+                    **{k: texts[k] for k in COMPONENTS},
+                    "id": ids[idx],
+                    "parent_id": ids[parents[0]] if parents else inp.prompt.parent_id,
+                    "metadata": {"optimizer": self.name, "gepa_candidate": idx, "gepa_parents": parents},
+                }
+            )
+            lineage.append(
+                {
+                    "gepa_candidate": idx,
+                    "prompt_id": ids[idx],
+                    "parents": [ids[p] for p in parents],
+                    "kind": "merge" if len(parents) > 1 else "seed" if not parents else "reflection",
+                    "select_score": result.val_aggregate_scores[idx],
+                    "on_pareto_front": idx in front,
+                    "found_after_metric_calls": result.discovery_eval_counts[idx],
+                }
+            )
             if idx > 0 and ids[idx] not in known:
                 scores = {row_ids[int(v)]: float(s) for v, s in result.val_subscores[idx].items()}
-                pool.append(Candidate(prompt, inp.iteration, "gepa-merge" if len(parents) > 1 else "gepa", scores,
-                                      select_score=float(result.val_aggregate_scores[idx])))
-        (run_dir / LEDGER).write_text(json.dumps({**ledger, "end_evals": result.total_metric_calls,
-                                                   "pooled_after": sorted(known | {c.id for c in pool})}))
-        candidates = lineage + [{"rejected_reflection": r["reason"], "component": r["component"]}
-                                for r in reflection.rejections]
+                pool.append(
+                    Candidate(
+                        prompt,
+                        inp.iteration,
+                        "gepa-merge" if len(parents) > 1 else "gepa",
+                        scores,
+                        select_score=float(result.val_aggregate_scores[idx]),
+                    )
+                )
+        (run_dir / LEDGER).write_text(
+            json.dumps(
+                {**ledger, "end_evals": result.total_metric_calls, "pooled_after": sorted(known | {c.id for c in pool})}
+            )
+        )
+        candidates = lineage + [
+            {"rejected_reflection": r["reason"], "component": r["component"]} for r in reflection.rejections
+        ]
         best = result.best_idx
-        log.info("gepa: %d candidates (%d new), best #%d on the select rows %.4f; %d rows scored, %d reflections "
-                 "(%d rejected)", len(result.candidates), len(pool), best, result.val_aggregate_scores[best],
-                 adapter.rows_scored, reflection.calls, len(reflection.rejections))
+        log.info(
+            "gepa: %d candidates (%d new), best #%d on the select rows %.4f; %d rows scored, %d reflections "
+            "(%d rejected)",
+            len(result.candidates),
+            len(pool),
+            best,
+            result.val_aggregate_scores[best],
+            adapter.rows_scored,
+            reflection.calls,
+            len(reflection.rejections),
+        )
         if best == 0 or all(result.candidates[best][k] == getattr(inp.prompt, k) for k in COMPONENTS):
             why = "no GEPA candidate beats the current prompt on the select rows"
             if reflection.rejections:
-                why += f" ({len(reflection.rejections)} reflection replies rejected; last: " \
-                       f"{reflection.rejections[-1]['reason']})"
+                why += (
+                    f" ({len(reflection.rejections)} reflection replies rejected; last: "
+                    f"{reflection.rejections[-1]['reason']})"
+                )
             return Proposal(prompt=None, rejected_reason=why, candidates=candidates, pool=pool)
         texts = result.candidates[best]
-        prompt = inp.prompt.child(**{k: texts[k] for k in COMPONENTS},
-                                  metadata={"optimizer": self.name, "gepa_candidate": best,
-                                            "gepa_candidate_id": ids[best]})
+        prompt = inp.prompt.child(
+            **{k: texts[k] for k in COMPONENTS},
+            metadata={"optimizer": self.name, "gepa_candidate": best, "gepa_candidate_id": ids[best]},
+        )
         return Proposal(prompt=prompt, candidates=candidates, pool=pool)
 
 
 def _records(rows: pd.DataFrame) -> list[dict]:
-    return [{"row_id": int(r["row_id"]), "user_input": str(r["user_input"]),
-             "ground_truth_output": str(r["ground_truth_output"])} for r in rows.to_dict("records")]
+    return [
+        {
+            "row_id": int(r["row_id"]),
+            "user_input": str(r["user_input"]),
+            "ground_truth_output": str(r["ground_truth_output"]),
+        }
+        for r in rows.to_dict("records")
+    ]
 
 
 def _stable_ids(run_dir: Path, result, start: PromptVersion) -> list[str]:

@@ -13,17 +13,19 @@ from __future__ import annotations
 import json
 import logging
 
-from promptopt_dagster.core.optimizations import writer_model_problem
 from promptopt_dagster.core.prompts import PLACEHOLDER, PromptVersion
 from promptopt_dagster.llm.base import LLMClient, LLMRequest
 from promptopt_dagster.optimizers.base import Optimizer, OptimizerInput, Proposal
+from promptopt_dagster.optimizers.capabilities import writer_model_problem
 from promptopt_dagster.optimizers.parsing import parse_prompt_proposal
 from promptopt_dagster.optimizers.reflective import PROPOSAL_SCHEMA
 
 log = logging.getLogger("promptopt.optimizer")
 
-SYSTEM = ("You are an expert prompt engineer. You rewrite a prompt so that a smaller language model follows it "
-          "reliably. Reply with only a JSON object and nothing else.")
+SYSTEM = (
+    "You are an expert prompt engineer. You rewrite a prompt so that a smaller language model follows it "
+    "reliably. Reply with only a JSON object and nothing else."
+)
 
 GUIDELINES = (
     "State the task in the first sentence, plainly, in the second person.",
@@ -44,27 +46,46 @@ class MetaPromptOptimizer(Optimizer):
             raise ValueError(f"max_tokens must be at least 1 (got {max_tokens}).")
         self.guidelines, self.max_tokens = guidelines, max_tokens
 
-    def build_request(self, prompt: PromptVersion, labels: list[str], label_descriptions: dict[str, str],
-                      description: str, mode: str) -> LLMRequest:
-        lines = [f"Task description: {json.dumps(description, ensure_ascii=False)}" if description else "",
-                 f"Current system_prompt (JSON string): {json.dumps(prompt.system_prompt, ensure_ascii=False)}",
-                 f"Current output_prompt (JSON string): {json.dumps(prompt.output_prompt, ensure_ascii=False)}"]
+    def build_request(
+        self, prompt: PromptVersion, labels: list[str], label_descriptions: dict[str, str], description: str, mode: str
+    ) -> LLMRequest:
+        lines = [
+            f"Task description: {json.dumps(description, ensure_ascii=False)}" if description else "",
+            f"Current system_prompt (JSON string): {json.dumps(prompt.system_prompt, ensure_ascii=False)}",
+            f"Current output_prompt (JSON string): {json.dumps(prompt.output_prompt, ensure_ascii=False)}",
+        ]
         if labels:
             lines.append(f"Allowed answers: {json.dumps(labels, ensure_ascii=False)}")
-            lines += [f"- {json.dumps(k)} means: {json.dumps(v, ensure_ascii=False)}" for k, v in label_descriptions.items()]
-        lines += ["", "Rewrite the prompt following these guidelines:",
-                  *[f"{i}. {g}" for i, g in enumerate((*GUIDELINES, *([self.guidelines] if self.guidelines else ())), 1)],
-                  "", 'Reply with only one JSON object of the form {"system_prompt": "...", "output_prompt": "..."} '
-                      "with exactly those two string keys."]
+            lines += [
+                f"- {json.dumps(k)} means: {json.dumps(v, ensure_ascii=False)}" for k, v in label_descriptions.items()
+            ]
+        lines += [
+            "",
+            "Rewrite the prompt following these guidelines:",
+            *[f"{i}. {g}" for i, g in enumerate((*GUIDELINES, *([self.guidelines] if self.guidelines else ())), 1)],
+            "",
+            'Reply with only one JSON object of the form {"system_prompt": "...", "output_prompt": "..."} '
+            "with exactly those two string keys.",
+        ]
         user = "\n".join(line for line in lines if line is not None).strip()
         if mode == "chat":
-            return LLMRequest(messages=(("system", SYSTEM), ("user", user)), max_tokens=self.max_tokens,
-                              temperature=0.0, json_schema=PROPOSAL_SCHEMA)
+            return LLMRequest(
+                messages=(("system", SYSTEM), ("user", user)),
+                max_tokens=self.max_tokens,
+                temperature=0.0,
+                json_schema=PROPOSAL_SCHEMA,
+            )
         return LLMRequest(prompt=f"{SYSTEM}\n\n{user}\n\nJSON:\n", max_tokens=self.max_tokens, temperature=0.0)
 
-    def rewrite(self, prompt: PromptVersion, client: LLMClient, labels: list[str] | None = None,
-                label_descriptions: dict[str, str] | None = None, description: str = "",
-                scored: bool = True) -> Proposal:
+    def rewrite(
+        self,
+        prompt: PromptVersion,
+        client: LLMClient,
+        labels: list[str] | None = None,
+        label_descriptions: dict[str, str] | None = None,
+        description: str = "",
+        scored: bool = True,
+    ) -> Proposal:
         """The rewritten prompt, or why there is none. `scored=False` marks a version no row has judged."""
         refused = writer_model_problem(self.name, client.backend if client else None)
         if refused:
@@ -72,15 +93,17 @@ class MetaPromptOptimizer(Optimizer):
         request = self.build_request(prompt, labels or [], label_descriptions or {}, description, client.mode)
         response = client.generate([request])[0]
         if response.error is not None:
-            return Proposal(prompt=None, rejected_reason=f"optimizer LLM error: {response.error}",
-                            raw_output=response.text or None)
+            return Proposal(
+                prompt=None, rejected_reason=f"optimizer LLM error: {response.error}", raw_output=response.text or None
+            )
         parsed = parse_prompt_proposal(response.text, response.finish_reason)
         if not parsed.ok:
             log.warning("metaprompt: rewrite rejected: %s", parsed.rejected_reason)
             return Proposal(prompt=None, rejected_reason=parsed.rejected_reason, raw_output=response.text)
         if (parsed.system_prompt, parsed.output_prompt) == (prompt.system_prompt, prompt.output_prompt):
-            return Proposal(prompt=None, rejected_reason="the rewrite is the current prompt unchanged",
-                            raw_output=response.text)
+            return Proposal(
+                prompt=None, rejected_reason="the rewrite is the current prompt unchanged", raw_output=response.text
+            )
         metadata = {"optimizer": self.name, "scored": scored}
         if not scored:
             metadata["warning"] = "UNSCORED: written from guidelines alone; no row has judged this prompt"

@@ -16,7 +16,6 @@ KEYS = ("system_prompt", "output_prompt")
 MAX_VALUE_CHARS = 4000
 
 
-
 @dataclass(frozen=True)
 class ParsedProposal:
     system_prompt: str | None = None
@@ -49,8 +48,10 @@ def parse_prompt_proposal(text: str, finish_reason: str | None = None) -> Parsed
             return _reject(f"no JSON object with keys system_prompt and output_prompt (keys found: {found})")
         return _reject("no JSON object found in the reply")
     if len(candidates) > 1:
-        return _reject(f"ambiguous: {len(candidates)} different JSON objects with system_prompt/output_prompt "
-                       "keys (the reply may echo JSON from the data)")
+        return _reject(
+            f"ambiguous: {len(candidates)} different JSON objects with system_prompt/output_prompt "
+            "keys (the reply may echo JSON from the data)"
+        )
 
     obj = candidates[0]
     extra = sorted(set(obj) - set(KEYS))

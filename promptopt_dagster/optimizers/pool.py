@@ -18,10 +18,20 @@ import pandas as pd
 from promptopt_dagster.core.intervals import paired_bootstrap_gain
 from promptopt_dagster.core.prompts import PromptVersion
 
-POOL_COLUMNS = {"candidate_id": "string", "parent_id": "string", "born_iteration": "int64", "kind": "string",
-                "choices": "string", "select_score": "float64", "select_rows": "int64",
-                "minibatch_score": "float64", "passed_minibatch": "bool", "scores_json": "string",
-                "prompt_json": "string", "position": "int64"}
+POOL_COLUMNS = {
+    "candidate_id": "string",
+    "parent_id": "string",
+    "born_iteration": "int64",
+    "kind": "string",
+    "choices": "string",
+    "select_score": "float64",
+    "select_rows": "int64",
+    "minibatch_score": "float64",
+    "passed_minibatch": "bool",
+    "scores_json": "string",
+    "prompt_json": "string",
+    "position": "int64",
+}
 
 
 @dataclass
@@ -44,26 +54,36 @@ class Candidate:
         stored = self.prompt.model_copy(deep=True)
         if stored.retrieval is not None:
             stored.retrieval.pool = []
-        return {"candidate_id": self.id, "parent_id": self.prompt.parent_id, "born_iteration": self.born_iteration,
-                "kind": self.kind, "choices": self.prompt.describe(),
-                "select_score": float("nan") if self.select_score is None else self.select_score,
-                "select_rows": len(self.scores) if self.select_score is not None else 0,
-                "minibatch_score": float("nan") if self.minibatch_score is None else self.minibatch_score,
-                "passed_minibatch": self.passed_minibatch,
-                "scores_json": json.dumps({str(k): v for k, v in self.scores.items()}),
-                "prompt_json": stored.to_json()}
+        return {
+            "candidate_id": self.id,
+            "parent_id": self.prompt.parent_id,
+            "born_iteration": self.born_iteration,
+            "kind": self.kind,
+            "choices": self.prompt.describe(),
+            "select_score": float("nan") if self.select_score is None else self.select_score,
+            "select_rows": len(self.scores) if self.select_score is not None else 0,
+            "minibatch_score": float("nan") if self.minibatch_score is None else self.minibatch_score,
+            "passed_minibatch": self.passed_minibatch,
+            "scores_json": json.dumps({str(k): v for k, v in self.scores.items()}),
+            "prompt_json": stored.to_json(),
+        }
 
     @classmethod
-    def from_record(cls, row: dict[str, Any], demo_pool=None) -> "Candidate":
+    def from_record(cls, row: dict[str, Any], demo_pool=None) -> Candidate:
         prompt = PromptVersion.model_validate_json(row["prompt_json"])
         if prompt.retrieval is not None and demo_pool is not None:
             prompt.retrieval.pool = list(demo_pool)
         select = row["select_score"]
         mini = row["minibatch_score"]
-        return cls(prompt, int(row["born_iteration"]), str(row["kind"]),
-                   {int(k): float(v) for k, v in json.loads(row["scores_json"]).items()},
-                   None if pd.isna(select) else float(select), None if pd.isna(mini) else float(mini),
-                   bool(row["passed_minibatch"]))
+        return cls(
+            prompt,
+            int(row["born_iteration"]),
+            str(row["kind"]),
+            {int(k): float(v) for k, v in json.loads(row["scores_json"]).items()},
+            None if pd.isna(select) else float(select),
+            None if pd.isna(mini) else float(mini),
+            bool(row["passed_minibatch"]),
+        )
 
 
 def pool_frame(candidates: list[Candidate]) -> pd.DataFrame:
@@ -90,8 +110,12 @@ def best(pool: list[Candidate], confidence: float | None = None) -> Candidate | 
     if not ranked:
         return None
     top = max(ranked, key=lambda c: (c.select_score, -c.born_iteration))
-    near = [c for c in ranked if c.select_score >= top.select_score - 1e-12
-            or (confidence is not None and not surely_better(top, c, confidence))]
+    near = [
+        c
+        for c in ranked
+        if c.select_score >= top.select_score - 1e-12
+        or (confidence is not None and not surely_better(top, c, confidence))
+    ]
     return min(near, key=lambda c: (demo_cost(c.prompt), -c.select_score, len(c.prompt.demos), c.born_iteration))
 
 
@@ -99,8 +123,9 @@ def surely_better(leader: Candidate, other: Candidate, confidence: float) -> boo
     rows = sorted(leader.scores.keys() & other.scores.keys())
     if not rows:
         return leader.select_score > other.select_score
-    gain = paired_bootstrap_gain([other.scores[r] for r in rows], [leader.scores[r] for r in rows], confidence,
-                                 resamples=500, seed=0)
+    gain = paired_bootstrap_gain(
+        [other.scores[r] for r in rows], [leader.scores[r] for r in rows], confidence, resamples=500, seed=0
+    )
     return gain.low > 0
 
 
@@ -127,8 +152,12 @@ def pareto_frontier(pool: list[Candidate]) -> dict[str, int]:
                 wins[c.id] = wins.get(c.id, 0) + 1
     frontier = [c for c in ranked if c.id in wins]
     for c in list(frontier):
-        if any(o is not c and all(o.scores.get(r, 0.0) >= c.scores.get(r, 0.0) for r in rows)
-               and any(o.scores.get(r, 0.0) > c.scores.get(r, 0.0) for r in rows) for o in frontier):
+        if any(
+            o is not c
+            and all(o.scores.get(r, 0.0) >= c.scores.get(r, 0.0) for r in rows)
+            and any(o.scores.get(r, 0.0) > c.scores.get(r, 0.0) for r in rows)
+            for o in frontier
+        ):
             wins.pop(c.id, None)
     return wins
 
@@ -146,8 +175,9 @@ def pick_parent(pool: list[Candidate], rng: random.Random, confidence: float | N
         return top
     # pool order, never id order: ids are random, and a rerun must draw the same parent (and so send
     # the same requests, all answered from the response cache)
-    frontier = [c for c in scored(pool) if c.id in wins
-                and (confidence is None or demo_cost(c.prompt) <= demo_cost(top.prompt))]
+    frontier = [
+        c for c in scored(pool) if c.id in wins and (confidence is None or demo_cost(c.prompt) <= demo_cost(top.prompt))
+    ]
     if not frontier:
         return top
     return rng.choices(frontier, weights=[wins[c.id] for c in frontier])[0]

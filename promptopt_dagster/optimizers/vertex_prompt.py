@@ -20,12 +20,12 @@ import logging
 
 import pandas as pd
 
-from promptopt_dagster.core.optimizations import writer_model_problem
 from promptopt_dagster.core.prompts import PLACEHOLDER, system_prompt_problem
-from promptopt_dagster.core.quality import verbatim_span_rows
+from promptopt_dagster.core.text_spans import verbatim_span_rows
 from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.llm.vertex_prompt_optimizer import MODES, optimize_request
 from promptopt_dagster.optimizers.base import Evaluator, Optimizer, OptimizerInput, Proposal
+from promptopt_dagster.optimizers.capabilities import writer_model_problem
 from promptopt_dagster.optimizers.parsing import MAX_VALUE_CHARS
 from promptopt_dagster.optimizers.reflective import _text
 
@@ -33,8 +33,15 @@ log = logging.getLogger("promptopt.optimizer")
 
 #: where each mode's reply holds the new instruction (agentplatform's ParsedResponse / ParsedResponseFewShot)
 NEW_INSTRUCTION = {"zero_shot": "suggested_prompt", "few_shot": "new_system_instructions"}
-KNOWN_KEYS = {"optimization_type", "applicable_guidelines", "original_prompt", "suggested_prompt",
-              "suggested_modifications", "original_system_instructions", "new_system_instructions"}
+KNOWN_KEYS = {
+    "optimization_type",
+    "applicable_guidelines",
+    "original_prompt",
+    "suggested_prompt",
+    "suggested_modifications",
+    "original_system_instructions",
+    "new_system_instructions",
+}
 
 
 def parse_suggestion(text: str, mode: str) -> tuple[str | None, dict, str | None]:
@@ -89,29 +96,45 @@ class VertexOptimizer(Optimizer):
         rows = self.example_rows(inp.scored_rows) if self.mode == "few_shot" else inp.scored_rows.head(0)
         if self.mode == "few_shot" and rows.empty:
             return Proposal(prompt=None, rejected_reason="no scored select rows to give as examples")
-        examples = [{"prompt": _text(inp.prompt.output_prompt.replace(PLACEHOLDER, str(r["user_input"]))),
-                     "model_response": _text(r.get("prediction")),
-                     "target_response": _text(r.get("ground_truth_output"))} for _, r in rows.iterrows()]
+        examples = [
+            {
+                "prompt": _text(inp.prompt.output_prompt.replace(PLACEHOLDER, str(r["user_input"]))),
+                "model_response": _text(r.get("prediction")),
+                "target_response": _text(r.get("ground_truth_output")),
+            }
+            for _, r in rows.iterrows()
+        ]
         response = optimizer_llm.generate([optimize_request(inp.prompt.system_prompt, examples)])[0]
         if response.error is not None:
             log.warning("vertex: prompt optimizer error: %s", response.error)
-            return Proposal(prompt=None, rejected_reason=f"Vertex AI Prompt Optimizer error: {response.error}",
-                            raw_output=response.text or None)
+            return Proposal(
+                prompt=None,
+                rejected_reason=f"Vertex AI Prompt Optimizer error: {response.error}",
+                raw_output=response.text or None,
+            )
         new, extra, problem = parse_suggestion(response.text, self.mode)
         if problem is None:
             problem = system_prompt_problem(new)
         if problem is None:
             copied = verbatim_span_rows(new, [str(v) for v in rows["user_input"]]) if not rows.empty else []
             if copied:
-                problem = (f"the suggestion copies 40+ characters verbatim from {len(copied)} example row(s) it was "
-                           "shown (a row's text must not become the instruction)")
+                problem = (
+                    f"the suggestion copies 40+ characters verbatim from {len(copied)} example row(s) it was "
+                    "shown (a row's text must not become the instruction)"
+                )
         if problem is None and new == inp.prompt.system_prompt:
             problem = "the suggestion is the current system prompt unchanged"
         if problem is not None:
             log.warning("vertex: suggestion rejected: %s", problem)
             return Proposal(prompt=None, rejected_reason=problem, raw_output=response.text)
-        child = inp.prompt.child(system_prompt=new, metadata={
-            "optimizer": self.name, "mode": self.mode, "examples": len(examples),
-            **({"optimization_type": str(extra["optimization_type"])} if extra.get("optimization_type") else {})})
+        child = inp.prompt.child(
+            system_prompt=new,
+            metadata={
+                "optimizer": self.name,
+                "mode": self.mode,
+                "examples": len(examples),
+                **({"optimization_type": str(extra["optimization_type"])} if extra.get("optimization_type") else {}),
+            },
+        )
         log.info("vertex: %s suggestion v%d from %d example rows", self.mode, child.version, len(examples))
         return Proposal(prompt=child, raw_output=response.text)

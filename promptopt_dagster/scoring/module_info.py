@@ -7,5 +7,6 @@ _TEXT_PAIR = datasets.Features({"predictions": datasets.Value("string"), "refere
 
 
 def text_pair_info(description: str, inputs_description: str, citation: str = "") -> evaluate.MetricInfo:
-    return evaluate.MetricInfo(description=description, citation=citation, inputs_description=inputs_description,
-                               features=_TEXT_PAIR)
+    return evaluate.MetricInfo(
+        description=description, citation=citation, inputs_description=inputs_description, features=_TEXT_PAIR
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import string
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -56,8 +56,9 @@ def map_distinct(func, texts: Sequence[str | None]) -> np.ndarray:
     return np.asarray([func(u) for u in uniques], dtype=object)[codes]
 
 
-def normalize_many(texts: Sequence[str | None], first_line: bool = True, ignore_case: bool = True,
-                   strip: bool = True) -> np.ndarray:
+def normalize_many(
+    texts: Sequence[str | None], first_line: bool = True, ignore_case: bool = True, strip: bool = True
+) -> np.ndarray:
     return map_distinct(lambda t: normalize(t, first_line, ignore_case, strip), texts)
 
 

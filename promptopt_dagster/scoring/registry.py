@@ -13,11 +13,12 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,7 @@ def available_metrics() -> list[str]:
     return sorted(p.name for p in METRICS_DIR.iterdir() if (p / f"{p.name}.py").exists())
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_metric(name: str):
     """A built-in module loaded offline; cached because loading copies the module into HF's cache."""
     if name not in available_metrics():
@@ -69,25 +70,40 @@ class ScorerEntry:
 class ScorerRegistry:
     """Every scorer name usable in a manifest, resolved once; lookups fail with the known names."""
 
-    def __init__(self, user_scorers: Mapping[str, str] | None = None, config_source: str = "config",
-                 use_entry_points: bool = True) -> None:
+    def __init__(
+        self,
+        user_scorers: Mapping[str, str] | None = None,
+        config_source: str = "config",
+        use_entry_points: bool = True,
+    ) -> None:
         self._entries: dict[str, ScorerEntry] = {
             name: ScorerEntry(name, str(METRICS_DIR / name), f"built-in evaluate module {METRICS_DIR / name}")
-            for name in available_metrics()}
+            for name in available_metrics()
+        }
         self._entries[JUDGE] = ScorerEntry(JUDGE, JUDGE, "built-in LLM judge (promptopt_dagster.scoring.judge)")
         user: list[ScorerEntry] = []
         if use_entry_points:
-            user += [ScorerEntry(ep.name, ep.value, f"entry point '{ep.name} = {ep.value}' in group "
-                                                    f"{ENTRY_POINT_GROUP} of package "
-                                                    f"{ep.dist.name if ep.dist else 'unknown'}")
-                     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)]
-        user += [ScorerEntry(str(name), str(target), f"'{name}: {target}' under scorers: in {config_source}")
-                 for name, target in (user_scorers or {}).items()]
+            user += [
+                ScorerEntry(
+                    ep.name,
+                    ep.value,
+                    f"entry point '{ep.name} = {ep.value}' in group "
+                    f"{ENTRY_POINT_GROUP} of package "
+                    f"{ep.dist.name if ep.dist else 'unknown'}",
+                )
+                for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)
+            ]
+        user += [
+            ScorerEntry(str(name), str(target), f"'{name}: {target}' under scorers: in {config_source}")
+            for name, target in (user_scorers or {}).items()
+        ]
         for entry in user:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", entry.name) or entry.name in RESERVED:
-                raise ScorerError(f"Scorer name '{entry.name}' ({entry.source}) is not allowed: use letters, digits "
-                                  f"and underscores, and none of {', '.join(sorted(RESERVED))} (the score tables "
-                                  "use those words).")
+                raise ScorerError(
+                    f"Scorer name '{entry.name}' ({entry.source}) is not allowed: use letters, digits "
+                    f"and underscores, and none of {', '.join(sorted(RESERVED))} (the score tables "
+                    "use those words)."
+                )
             known = self._entries.get(entry.name)
             if known is not None and known.target != entry.target:
                 what = "the built-in scorer" if known.builtin else "the user scorer"
@@ -95,7 +111,8 @@ class ScorerRegistry:
                     f"Scorer name '{entry.name}' is taken twice: {entry.source} would shadow {what} "
                     f"'{known.name}' ({known.source}). A user scorer cannot reuse a "
                     f"{'built-in' if known.builtin else 'registered'} name; rename it, e.g. "
-                    f"'my_{entry.name}', and use that name in the dataset's scorers.")
+                    f"'my_{entry.name}', and use that name in the dataset's scorers."
+                )
             self._entries[entry.name] = entry
 
     def names(self) -> list[str]:
@@ -103,11 +120,13 @@ class ScorerRegistry:
 
     def entry(self, name: str) -> ScorerEntry:
         if name not in self._entries:
-            raise ScorerError(f"Unknown scorer {name!r}. Known scorers: {', '.join(self.names())}. Use one of "
-                              "them, or register yours by dotted path under `scorers:` in data/manifest.yaml.")
+            raise ScorerError(
+                f"Unknown scorer {name!r}. Known scorers: {', '.join(self.names())}. Use one of "
+                "them, or register yours by dotted path under `scorers:` in data/manifest.yaml."
+            )
         return self._entries[name]
 
-    def load(self, name: str) -> "Scorer":
+    def load(self, name: str) -> Scorer:
         entry = self.entry(name)
         if entry.target == JUDGE:
             raise ScorerError(f"Scorer '{JUDGE}' needs a judge model; build it with ScoringSuite, which gets one.")
@@ -125,9 +144,15 @@ class Scorer:
         """Keyword options the scorer takes (None: any)."""
         raise NotImplementedError
 
-    def __call__(self, predictions: Sequence[str | None], references: Sequence[str], *,
-                 inputs: Sequence[str] | None = None, labels: Sequence[str] | None = None,
-                 **options: Any) -> ScoreResult:
+    def __call__(
+        self,
+        predictions: Sequence[str | None],
+        references: Sequence[str],
+        *,
+        inputs: Sequence[str] | None = None,
+        labels: Sequence[str] | None = None,
+        **options: Any,
+    ) -> ScoreResult:
         raise NotImplementedError
 
 
@@ -194,8 +219,10 @@ def _result(name: str, out: Mapping[str, Any], n: int) -> ScoreResult:
     out = dict(out)
     scores = out.pop("scores", None)
     if scores is None or len(scores) != n:
-        raise ScorerError(f"Scorer '{name}' returned {'no' if scores is None else len(scores)} per-row scores for "
-                          f"{n} rows. It must return one score per row under 'scores' (or a list of scores).")
+        raise ScorerError(
+            f"Scorer '{name}' returned {'no' if scores is None else len(scores)} per-row scores for "
+            f"{n} rows. It must return one score per row under 'scores' (or a list of scores)."
+        )
     per_row = np.asarray(scores, dtype=float)
     if n and not np.isfinite(per_row).all():
         bad = int(np.flatnonzero(~np.isfinite(per_row))[0])
@@ -214,21 +241,26 @@ def _load_user_scorer(entry: ScorerEntry) -> Scorer:
         try:
             return ModuleScorer(entry.name, evaluate.load(target))
         except Exception as exc:
-            raise ScorerError(f"Scorer '{entry.name}' ({entry.source}): evaluate could not load {target}: "
-                              f"{type(exc).__name__}: {exc}") from None
+            raise ScorerError(
+                f"Scorer '{entry.name}' ({entry.source}): evaluate could not load {target}: {type(exc).__name__}: {exc}"
+            ) from None
     module_name, sep, attr = target.partition(":")
     if not sep:
         module_name, _, attr = target.rpartition(".")
     if not module_name or not attr:
-        raise ScorerError(f"Scorer '{entry.name}' ({entry.source}): {target!r} is not a dotted path. Write "
-                          "'package.module:function' (or package.module.function), or a path to an evaluate module.")
+        raise ScorerError(
+            f"Scorer '{entry.name}' ({entry.source}): {target!r} is not a dotted path. Write "
+            "'package.module:function' (or package.module.function), or a path to an evaluate module."
+        )
     try:
         obj = importlib.import_module(module_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
-        raise ScorerError(f"Scorer '{entry.name}' ({entry.source}): cannot import {target}: {exc}. Check the "
-                          "module is installed or on PYTHONPATH and the name is spelled right.") from None
+        raise ScorerError(
+            f"Scorer '{entry.name}' ({entry.source}): cannot import {target}: {exc}. Check the "
+            "module is installed or on PYTHONPATH and the name is spelled right."
+        ) from None
     import evaluate
 
     if inspect.isclass(obj) and issubclass(obj, evaluate.EvaluationModule):
@@ -237,12 +269,19 @@ def _load_user_scorer(entry: ScorerEntry) -> Scorer:
         return ModuleScorer(entry.name, obj)
     if callable(obj):
         return CallableScorer(entry.name, obj)
-    raise ScorerError(f"Scorer '{entry.name}' ({entry.source}): {target} is a {type(obj).__name__}, not a function "
-                      "or an evaluate module.")
+    raise ScorerError(
+        f"Scorer '{entry.name}' ({entry.source}): {target} is a {type(obj).__name__}, not a function "
+        "or an evaluate module."
+    )
 
 
-def score(metric: str, predictions: Sequence[str | None], references: Sequence[str],
-          labels: Sequence[str] | None = None, **options: Any) -> ScoreResult:
+def score(
+    metric: str,
+    predictions: Sequence[str | None],
+    references: Sequence[str],
+    labels: Sequence[str] | None = None,
+    **options: Any,
+) -> ScoreResult:
     """One built-in metric on one set of answers; a failed row (None) scores as an empty answer."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")

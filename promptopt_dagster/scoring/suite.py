@@ -8,8 +8,9 @@ the aggregate, or one scorer when the others are only there to watch.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from promptopt_dagster.core.errors import ScorerError
 from promptopt_dagster.llm.base import LLMClient
-from promptopt_dagster.scoring.registry import JUDGE, Scorer, ScorerRegistry, ScoreResult
+from promptopt_dagster.scoring.registry import JUDGE, Scorer, ScoreResult, ScorerRegistry
 
 AGGREGATE = "aggregate"
 #: Options of the LLM judge; everything else in its `options` is a mistake worth naming.
@@ -58,8 +59,7 @@ class SuiteResult:
     def objective(self) -> ScoreResult:
         """The target as one ScoreResult, which is what optimizers rank candidates by."""
         if self.target == AGGREGATE:
-            return ScoreResult(AGGREGATE, self.aggregate, self.per_row_aggregate().tolist(), {},
-                               self.rationales())
+            return ScoreResult(AGGREGATE, self.aggregate, self.per_row_aggregate().tolist(), {}, self.rationales())
         result = self.results[self.target]
         return ScoreResult(result.metric, result.value, result.per_row, result.details, self.rationales())
 
@@ -82,14 +82,33 @@ class SuiteResult:
         the warehouse table keeps one schema whatever scorers a dataset uses."""
         parts = []
         for name, r in self.results.items():
-            parts.append(pd.DataFrame({"row_id": list(row_ids), "scorer": name, "score": r.per_row, "value": r.value,
-                                       "weight": self.weights[name], "is_target": name == self.target,
-                                       "rationale": r.rationales if r.rationales is not None else None}))
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "row_id": list(row_ids),
+                        "scorer": name,
+                        "score": r.per_row,
+                        "value": r.value,
+                        "weight": self.weights[name],
+                        "is_target": name == self.target,
+                        "rationale": r.rationales if r.rationales is not None else None,
+                    }
+                )
+            )
         if len(self.results) > 1:
-            parts.append(pd.DataFrame({"row_id": list(row_ids), "scorer": AGGREGATE,
-                                       "score": self.per_row_aggregate(), "value": self.aggregate,
-                                       "weight": sum(self.weights.values()), "is_target": self.target == AGGREGATE,
-                                       "rationale": None}))
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "row_id": list(row_ids),
+                        "scorer": AGGREGATE,
+                        "score": self.per_row_aggregate(),
+                        "value": self.aggregate,
+                        "weight": sum(self.weights.values()),
+                        "is_target": self.target == AGGREGATE,
+                        "rationale": None,
+                    }
+                )
+            )
         frame = pd.concat(parts, ignore_index=True)
         return frame.astype({"rationale": "string", "score": float, "value": float, "weight": float})
 
@@ -97,24 +116,34 @@ class SuiteResult:
 class ScoringSuite:
     """Scorers resolved and options checked up front, so a typo fails before any model call."""
 
-    def __init__(self, specs: Sequence[ScorerSpec], target: str | None = None, registry: ScorerRegistry | None = None,
-                 labels: Sequence[str] = (), judge_client: Callable[[], LLMClient] | None = None,
-                 where: str = "the dataset's scorers") -> None:
+    def __init__(
+        self,
+        specs: Sequence[ScorerSpec],
+        target: str | None = None,
+        registry: ScorerRegistry | None = None,
+        labels: Sequence[str] = (),
+        judge_client: Callable[[], LLMClient] | None = None,
+        where: str = "the dataset's scorers",
+    ) -> None:
         if not specs:
             raise ScorerError(f"{where}: no scorers. Name at least one, e.g. `scorers: [{{name: exact_match}}]`.")
         names = [s.name for s in specs]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
-            raise ScorerError(f"{where}: scorer(s) {', '.join(repeated)} listed twice. List each once; "
-                              "give one the weight you want.")
+            raise ScorerError(
+                f"{where}: scorer(s) {', '.join(repeated)} listed twice. List each once; give one the weight you want."
+            )
         if sum(s.weight for s in specs) <= 0:
-            raise ScorerError(f"{where}: the weights add up to 0, so there is no aggregate. Give one scorer a "
-                              "weight above 0.")
+            raise ScorerError(
+                f"{where}: the weights add up to 0, so there is no aggregate. Give one scorer a weight above 0."
+            )
         self.specs = list(specs)
         self.target = target or (AGGREGATE if len(specs) > 1 else specs[0].name)
         if self.target != AGGREGATE and self.target not in names:
-            raise ScorerError(f"{where}: target_metric {self.target!r} is neither '{AGGREGATE}' nor one of the "
-                              f"scorers ({', '.join(names)}). Set it to one of those.")
+            raise ScorerError(
+                f"{where}: target_metric {self.target!r} is neither '{AGGREGATE}' nor one of the "
+                f"scorers ({', '.join(names)}). Set it to one of those."
+            )
         self.labels = list(labels)
         self.registry = registry or ScorerRegistry()
         self._judge_client = judge_client
@@ -133,8 +162,10 @@ class ScoringSuite:
                 unknown = set() if accepted is None else set(spec.options) - accepted
             if unknown:
                 accepted_text = ", ".join(sorted(JUDGE_OPTIONS if spec.name == JUDGE else accepted or ())) or "none"
-                raise ScorerError(f"{where}: scorer '{spec.name}' has no option(s) {', '.join(sorted(unknown))}; "
-                                  f"it accepts: {accepted_text}.")
+                raise ScorerError(
+                    f"{where}: scorer '{spec.name}' has no option(s) {', '.join(sorted(unknown))}; "
+                    f"it accepts: {accepted_text}."
+                )
 
     @property
     def names(self) -> list[str]:
@@ -149,11 +180,14 @@ class ScoringSuite:
         parts = [f"{s.name} (weight {s.weight:g})" for s in self.specs]
         return f"{' + '.join(parts)}; optimizing {self.target}" if len(parts) > 1 else self.specs[0].name
 
-    def score(self, predictions: Sequence[str | None], references: Sequence[str],
-              inputs: Sequence[str] | None = None) -> SuiteResult:
+    def score(
+        self, predictions: Sequence[str | None], references: Sequence[str], inputs: Sequence[str] | None = None
+    ) -> SuiteResult:
         if len(predictions) != len(references) or (inputs is not None and len(inputs) != len(predictions)):
-            raise ValueError(f"{len(predictions)} predictions, {len(references)} references and "
-                             f"{'no' if inputs is None else len(inputs)} inputs: they must match row for row")
+            raise ValueError(
+                f"{len(predictions)} predictions, {len(references)} references and "
+                f"{'no' if inputs is None else len(inputs)} inputs: they must match row for row"
+            )
         results = {}
         for spec in self.specs:
             if not len(predictions):
@@ -161,16 +195,19 @@ class ScoringSuite:
             elif spec.name == JUDGE:
                 results[spec.name] = self._judge(spec, predictions, references, inputs)
             else:
-                results[spec.name] = self._scorers[spec.name](predictions, references, inputs=inputs,
-                                                              labels=self.labels, **spec.options)
+                results[spec.name] = self._scorers[spec.name](
+                    predictions, references, inputs=inputs, labels=self.labels, **spec.options
+                )
         return SuiteResult(results, {s.name: s.weight for s in self.specs}, self.target)
 
     def _judge(self, spec: ScorerSpec, predictions, references, inputs) -> ScoreResult:
         from promptopt_dagster.scoring.judge import LLMJudge  # the judge is optional; its import is not free
 
         if self._judge_client is None:
-            raise ScorerError(f"Scorer '{JUDGE}' needs a judge model and none is configured here. Set "
-                              "PROMPTOPT_JUDGE__BACKEND / __MODEL (or the judge_model resource).")
+            raise ScorerError(
+                f"Scorer '{JUDGE}' needs a judge model and none is configured here. Set "
+                "PROMPTOPT_JUDGE__BACKEND / __MODEL (or the judge_model resource)."
+            )
         out = LLMJudge(self._judge_client(), **spec.options).compute(predictions, references, inputs=inputs)
         scores, rationales = out.pop("scores"), out.pop("rationales")
         value = out.pop(JUDGE)
@@ -178,6 +215,7 @@ class ScoringSuite:
 
 
 # --- reading the long table back (what downstream assets and reports need) -------------------------
+
 
 def objective_value(frame: pd.DataFrame) -> float:
     """The target's aggregate from a `SuiteResult.to_frame()` table (0.0 when nothing was scored)."""
@@ -199,8 +237,12 @@ def wide_scores(frame: pd.DataFrame) -> pd.DataFrame:
     scores = frame.pivot(index="row_id", columns="scorer", values="score")
     target = frame[frame["is_target"].astype(bool)].set_index("row_id")["score"].rename("score")
     explained = frame.dropna(subset=["rationale"])
-    why = (explained.assign(line=explained["scorer"] + ": " + explained["rationale"])
-           .groupby("row_id")["line"].agg("\n".join).rename("rationale"))
+    why = (
+        explained.assign(line=explained["scorer"] + ": " + explained["rationale"])
+        .groupby("row_id")["line"]
+        .agg("\n".join)
+        .rename("rationale")
+    )
     out = scores.join(target).join(why) if len(why) else scores.join(target).assign(rationale=pd.NA)
     out.columns.name = None
     return out.reset_index()

@@ -9,7 +9,6 @@ import evaluate
 from promptopt_dagster.scoring.module_info import text_pair_info
 from promptopt_dagster.scoring.normalize import normalize_many, to_label_many
 
-
 _DESCRIPTION = "Fraction of answers whose label equals the reference label; per-row scores in `scores`."
 _KWARGS = """
 Args:
@@ -33,5 +32,8 @@ class Accuracy(evaluate.Metric):
         mapped = to_label_many(predictions, labels)
         scores = (mapped == refs).astype(float)
         n = len(scores)
-        return {"accuracy": float(scores.mean()) if n else 0.0, "scores": scores.tolist(),
-                "invalid_rate": float(sum(m is None for m in mapped)) / n if n else 0.0}
+        return {
+            "accuracy": float(scores.mean()) if n else 0.0,
+            "scores": scores.tolist(),
+            "invalid_rate": float(sum(m is None for m in mapped)) / n if n else 0.0,
+        }

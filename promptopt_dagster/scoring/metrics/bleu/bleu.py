@@ -47,9 +47,11 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
 class Bleu(evaluate.Metric):
     def _info(self):
-        return text_pair_info(_DESCRIPTION, _KWARGS,
-                              "Post, A Call for Clarity in Reporting BLEU Scores (WMT 2018); "
-                              "Papineni et al., BLEU (ACL 2002)")
+        return text_pair_info(
+            _DESCRIPTION,
+            _KWARGS,
+            "Post, A Call for Clarity in Reporting BLEU Scores (WMT 2018); Papineni et al., BLEU (ACL 2002)",
+        )
 
     def _compute(self, predictions, references, tokenize="13a", lowercase=False):
         corpus = BLEU(tokenize=tokenize, lowercase=lowercase)  # what corpus_bleu builds
@@ -59,6 +61,10 @@ class Bleu(evaluate.Metric):
         stats = corpus._extract_corpus_statistics(list(predictions), [list(references)])
         total = corpus._aggregate_and_compute(stats)
         scores = [min(sentence._compute_score_from_stats(s).score / 100, 1.0) for s in stats]
-        return {"bleu": min(total.score / 100, 1.0), "scores": scores, "brevity_penalty": float(total.bp),
-                "length_ratio": float(total.ratio),
-                "precisions": {str(n + 1): p / 100 for n, p in enumerate(total.precisions)}}
+        return {
+            "bleu": min(total.score / 100, 1.0),
+            "scores": scores,
+            "brevity_penalty": float(total.bp),
+            "length_ratio": float(total.ratio),
+            "precisions": {str(n + 1): p / 100 for n, p in enumerate(total.precisions)},
+        }

@@ -42,9 +42,12 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
 class Chrf(evaluate.Metric):
     def _info(self):
-        return text_pair_info(_DESCRIPTION, _KWARGS,
-                              "Popovic, chrF: character n-gram F-score for automatic MT evaluation (WMT 2015); "
-                              "Popovic, chrF++ (WMT 2017)")
+        return text_pair_info(
+            _DESCRIPTION,
+            _KWARGS,
+            "Popovic, chrF: character n-gram F-score for automatic MT evaluation (WMT 2015); "
+            "Popovic, chrF++ (WMT 2017)",
+        )
 
     def _compute(self, predictions, references, char_order=6, word_order=0, beta=2, lowercase=False):
         metric = CHRF(char_order=char_order, word_order=word_order, beta=beta, lowercase=lowercase)

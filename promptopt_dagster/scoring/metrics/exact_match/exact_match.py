@@ -8,7 +8,6 @@ import evaluate
 from promptopt_dagster.scoring.module_info import text_pair_info
 from promptopt_dagster.scoring.normalize import normalize_many
 
-
 _DESCRIPTION = "Fraction of predictions equal to their reference after normalisation; per-row scores in `scores`."
 _KWARGS = """
 Args:

@@ -29,7 +29,6 @@ import evaluate
 from promptopt_dagster.scoring.module_info import text_pair_info
 from promptopt_dagster.scoring.normalize import normalize, normalize_many, to_label_many
 
-
 _DESCRIPTION = "Macro F1 over the label set (unmapped answers are wrong); per-row correctness in `scores`."
 _KWARGS = """
 Args:
@@ -85,5 +84,10 @@ class F1(evaluate.Metric):
             recalls.append(t / (t + f_n) if t + f_n else 0.0)
             per_label[label] = 2 * t / (2 * t + f_p + f_n)
         k = len(per_label)
-        return {"f1": sum(per_label.values()) / k if k else 0.0, "scores": scores, "per_label": per_label,
-                "precision": sum(precisions) / k if k else 0.0, "recall": sum(recalls) / k if k else 0.0}
+        return {
+            "f1": sum(per_label.values()) / k if k else 0.0,
+            "scores": scores,
+            "per_label": per_label,
+            "precision": sum(precisions) / k if k else 0.0,
+            "recall": sum(recalls) / k if k else 0.0,
+        }

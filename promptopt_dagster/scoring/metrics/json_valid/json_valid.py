@@ -21,6 +21,7 @@ import json
 import re
 
 import evaluate
+
 from promptopt_dagster.scoring.module_info import text_pair_info
 
 # ``` then an optional info string (json, JSON, javascript...) then the content, then ```: all of the answer.
@@ -76,5 +77,4 @@ class JsonValid(evaluate.Metric):
                 ok = isinstance(value, dict) and all(k in value for k in keys)
             scores.append(float(ok))
         n = len(scores)
-        return {"json_valid": sum(scores) / n if n else 0.0, "scores": scores,
-                "parse_rate": parsed / n if n else 0.0}
+        return {"json_valid": sum(scores) / n if n else 0.0, "scores": scores, "parse_rate": parsed / n if n else 0.0}

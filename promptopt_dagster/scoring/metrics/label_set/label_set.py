@@ -15,7 +15,6 @@ import evaluate
 from promptopt_dagster.scoring.module_info import text_pair_info
 from promptopt_dagster.scoring.normalize import map_distinct, normalize
 
-
 _DESCRIPTION = "Fraction of answers that are exactly one of the labels after normalisation; per-row in `scores`."
 _KWARGS = """
 Args:

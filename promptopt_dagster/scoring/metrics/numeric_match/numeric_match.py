@@ -30,6 +30,7 @@ import re
 from decimal import Decimal
 
 import evaluate
+
 from promptopt_dagster.scoring.module_info import text_pair_info
 from promptopt_dagster.scoring.normalize import map_distinct
 
@@ -69,7 +70,7 @@ def last_number(text):
     """The last number in `text` as a Decimal, or None when it has none (see the module docstring)."""
     for match in reversed(list(_NUMBER.finditer(text))):
         start, end = match.span("digits")
-        if _SLASH_AFTER.match(text, end) or _SLASH_BEFORE.search(text[max(0, start - 12):start]):
+        if _SLASH_AFTER.match(text, end) or _SLASH_BEFORE.search(text[max(0, start - 12) : start]):
             continue  # one side of a fraction or a date
         return _value(match)
     return None
@@ -78,8 +79,10 @@ def last_number(text):
 def parse_reference(index, text):
     match = _REFERENCE.fullmatch(text or "")
     if match is None:
-        raise ValueError(f"numeric_match: reference at row index {index} is not a number: {text!r}. "
-                         "Write references as plain numbers such as 400, 1,234 or -2.5.")
+        raise ValueError(
+            f"numeric_match: reference at row index {index} is not a number: {text!r}. "
+            "Write references as plain numbers such as 400, 1,234 or -2.5."
+        )
     return _value(match)
 
 
@@ -119,5 +122,8 @@ class NumericMatch(evaluate.Metric):
             else:
                 scores.append(float(abs(value - ref) <= tol))
         n = len(scores)
-        return {"numeric_match": sum(scores) / n if n else 0.0, "scores": scores,
-                "no_number_rate": missing / n if n else 0.0}
+        return {
+            "numeric_match": sum(scores) / n if n else 0.0,
+            "scores": scores,
+            "no_number_rate": missing / n if n else 0.0,
+        }

@@ -15,6 +15,7 @@ An `evaluate` metric module: `evaluate.load(<this directory>)`.
 import re
 
 import evaluate
+
 from promptopt_dagster.scoring.module_info import text_pair_info
 
 _FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE, "a": re.ASCII}
@@ -37,15 +38,18 @@ Raises:
 
 def compile_pattern(pattern, flags=None):
     if pattern is None or pattern == "":
-        raise ValueError("regex_match needs a pattern: set `options: {pattern: ...}` for this scorer in "
-                         "data/manifest.yaml, e.g. options: {pattern: '^[A-D]$', mode: fullmatch}.")
+        raise ValueError(
+            "regex_match needs a pattern: set `options: {pattern: ...}` for this scorer in "
+            "data/manifest.yaml, e.g. options: {pattern: '^[A-D]$', mode: fullmatch}."
+        )
     if not isinstance(pattern, str):
         raise ValueError(f"regex_match: pattern must be a string, not {type(pattern).__name__} ({pattern!r}).")
     value = 0
     for letter in flags or "":
         if letter not in _FLAGS:
-            raise ValueError(f"regex_match: unknown flag {letter!r} in flags={flags!r}; use letters from "
-                             f"{''.join(_FLAGS)}.")
+            raise ValueError(
+                f"regex_match: unknown flag {letter!r} in flags={flags!r}; use letters from {''.join(_FLAGS)}."
+            )
         value |= _FLAGS[letter]
     try:
         return re.compile(pattern, value)

@@ -101,9 +101,12 @@ def _check_type(rouge_type):
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
 class Rouge(evaluate.Metric):
     def _info(self):
-        return text_pair_info(_DESCRIPTION, _KWARGS,
-                              "Lin, ROUGE: A Package for Automatic Evaluation of Summaries (2004); "
-                              "https://github.com/google-research/google-research/tree/master/rouge")
+        return text_pair_info(
+            _DESCRIPTION,
+            _KWARGS,
+            "Lin, ROUGE: A Package for Automatic Evaluation of Summaries (2004); "
+            "https://github.com/google-research/google-research/tree/master/rouge",
+        )
 
     def compute(self, *, predictions=None, references=None, **kwargs):
         """`evaluate.Metric.compute`, with the options checked first.\n"""  # evaluate appends the args doc
@@ -129,5 +132,9 @@ class Rouge(evaluate.Metric):
             per_type["rougeL"].append(_lcs_f(rt, pt))
         n = len(per_type["rougeL"])
         means = {t: sum(s) / n if n else 0.0 for t, s in per_type.items()}
-        return {"rouge": means[rouge_type], "scores": per_type[rouge_type], **means,
-                "no_token_rate": no_tokens / n if n else 0.0}
+        return {
+            "rouge": means[rouge_type],
+            "scores": per_type[rouge_type],
+            **means,
+            "no_token_rate": no_tokens / n if n else 0.0,
+        }

@@ -10,7 +10,6 @@ import difflib
 import os
 from functools import lru_cache
 from pathlib import Path
-
 from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator
@@ -19,37 +18,43 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from promptopt_dagster.core.errors import PromptOptError
 from promptopt_dagster.llm.model_settings import ModelSettings
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PROMPTOPT_", env_file=".env", extra="ignore",
-                                      env_nested_delimiter="__")
+    model_config = SettingsConfigDict(
+        env_prefix="PROMPTOPT_", env_file=".env", extra="ignore", env_nested_delimiter="__"
+    )
 
     data_dir: Path = Field(PROJECT_ROOT / "data", description="Holds manifest.yaml and the CSV splits.")
     prompts_dir: Path = Field(PROJECT_ROOT / "prompts", description="Initial prompt per dataset.")
-    state_dir: Path = Field(
-        PROJECT_ROOT / ".promptopt", description="Warehouse, LLM cache and the Dagster home."
-    )
+    state_dir: Path = Field(PROJECT_ROOT / ".promptopt", description="Warehouse, LLM cache and the Dagster home.")
     model_dir: Path = Field(
         Path.home() / ".cache" / "promptopt" / "models",
         description="Where the packaged GGUF is assembled once and reused.",
     )
     llm_threads: int = Field(default_factory=lambda: os.cpu_count() or 1)
-    task: ModelSettings = Field(default_factory=ModelSettings,
-                                description="The model that answers rows: PROMPTOPT_TASK__BACKEND, __MODEL, ...")
-    optimizer: ModelSettings = Field(default_factory=ModelSettings,
-                                     description="The model the reflective optimizer asks: PROMPTOPT_OPTIMIZER__*")
-    judge: ModelSettings = Field(default_factory=ModelSettings,
-                                 description="The model the llm_judge scorer asks: PROMPTOPT_JUDGE__*")
+    task: ModelSettings = Field(
+        default_factory=ModelSettings, description="The model that answers rows: PROMPTOPT_TASK__BACKEND, __MODEL, ..."
+    )
+    optimizer: ModelSettings = Field(
+        default_factory=ModelSettings, description="The model the reflective optimizer asks: PROMPTOPT_OPTIMIZER__*"
+    )
+    judge: ModelSettings = Field(
+        default_factory=ModelSettings, description="The model the llm_judge scorer asks: PROMPTOPT_JUDGE__*"
+    )
     progress_interval_s: float = Field(5.0, description="Seconds between progress lines during inference.")
-    max_concurrent_runs: int = Field(3, ge=1, description="Runs the Dagster daemon executes at once (run queue "
-                                                           "limit in the generated dagster.yaml).")
-    dagster_url: str = Field("http://127.0.0.1:3000", description="The Dagster webserver `promptopt submit`, "
-                                                                  "`status` and `cancel` talk to.")
+    max_concurrent_runs: int = Field(
+        3, ge=1, description="Runs the Dagster daemon executes at once (run queue limit in the generated dagster.yaml)."
+    )
+    dagster_url: str = Field(
+        "http://127.0.0.1:3000", description="The Dagster webserver `promptopt submit`, `status` and `cancel` talk to."
+    )
     deployment: Literal["local", "gcs"] = Field(
-        "local", description="local: tables in DuckDB, artifacts and promoted prompts on disk; gcs: tables in DuckDB, "
-                             "artifacts and promoted prompts in gs://GCS_BUCKET/GCS_PREFIX")
+        "local",
+        description="local: tables in DuckDB, artifacts and promoted prompts on disk; gcs: tables in DuckDB, "
+        "artifacts and promoted prompts in gs://GCS_BUCKET/GCS_PREFIX",
+    )
     gcs_bucket: str | None = Field(None, description="gcs deployment: the bucket (it must exist)")
     gcs_prefix: str = Field("promptopt", description="gcs deployment: the folder inside the bucket")
     gcs_project: str | None = Field(None, description="gcs deployment: the project billed (default: ADC's)")
@@ -64,7 +69,7 @@ class Settings(BaseSettings):
         from promptopt_dagster.core.storage import mirror
 
         state = Path(os.environ.get("PROMPTOPT_STATE_DIR") or PROJECT_ROOT / ".promptopt")
-        return mirror(text, state / "gcs_mirror" / text[len("gs://"):].rstrip("/"))
+        return mirror(text, state / "gcs_mirror" / text[len("gs://") :].rstrip("/"))
 
     @field_validator("data_dir", "prompts_dir", "state_dir", "model_dir", mode="after")
     @classmethod
@@ -125,8 +130,11 @@ def dotenv_settings(path: Path = Path(".env")) -> dict[str, str]:
         return {}
     from dotenv import dotenv_values
 
-    return {key.upper(): value for key, value in dotenv_values(path).items()
-            if key.upper().startswith("PROMPTOPT_") and value is not None}
+    return {
+        key.upper(): value
+        for key, value in dotenv_values(path).items()
+        if key.upper().startswith("PROMPTOPT_") and value is not None
+    }
 
 
 def check_dotenv(path: Path = Path(".env")) -> None:
@@ -137,8 +145,10 @@ def check_dotenv(path: Path = Path(".env")) -> None:
         if key not in known:
             close = difflib.get_close_matches(key.upper(), known, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
-            raise SettingsError(f"{path}: {key} is not a promptopt setting{hint} Fix the name or remove the line "
-                                "(docs/configuration.md lists every setting).")
+            raise SettingsError(
+                f"{path}: {key} is not a promptopt setting{hint} Fix the name or remove the line "
+                "(docs/configuration.md lists every setting)."
+            )
 
 
 @lru_cache(maxsize=1)
@@ -150,6 +160,11 @@ def get_settings() -> Settings:
     except ValidationError as exc:
         err = exc.errors()[0]
         name = "PROMPTOPT_" + "__".join(str(part).upper() for part in err["loc"])
-        where = (f"environment variable {name}" if name in os.environ or name not in dotenv_settings(dotenv)
-                 else f"{dotenv}: {name}")
-        raise SettingsError(f"{where}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r}).") from None
+        where = (
+            f"environment variable {name}"
+            if name in os.environ or name not in dotenv_settings(dotenv)
+            else f"{dotenv}: {name}"
+        )
+        raise SettingsError(
+            f"{where}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})."
+        ) from None

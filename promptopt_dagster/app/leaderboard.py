@@ -12,19 +12,35 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import pandas as pd
 
-from promptopt_dagster.core.plots import png_markdown
+from promptopt_dagster.app.plots import png_markdown
 
 COLUMNS = {
-    "dataset": "string", "rank": "int64", "optimization": "string", "generation": "int64", "current": "bool",
-    "optimizer": "string", "task_model": "string", "metric": "string",
-    "best_test_score": "float64", "test_low_95": "float64", "test_high_95": "float64",
-    "initial_test_score": "float64", "best_dev_score": "float64", "test_size": "int64",
-    "cost_usd": "float64", "llm_calls": "int64", "requests": "int64", "iterations": "int64",
-    "stop_reason": "string", "prompt_id": "string", "prompt_version": "int64", "fingerprint": "string",
+    "dataset": "string",
+    "rank": "int64",
+    "optimization": "string",
+    "generation": "int64",
+    "current": "bool",
+    "optimizer": "string",
+    "task_model": "string",
+    "metric": "string",
+    "best_test_score": "float64",
+    "test_low_95": "float64",
+    "test_high_95": "float64",
+    "initial_test_score": "float64",
+    "best_dev_score": "float64",
+    "test_size": "int64",
+    "cost_usd": "float64",
+    "llm_calls": "int64",
+    "requests": "int64",
+    "iterations": "int64",
+    "stop_reason": "string",
+    "prompt_id": "string",
+    "prompt_version": "int64",
+    "fingerprint": "string",
     # "labels", or "source <model>" for a migration: ranks restart per value. Last (then the columns added
     # after it), because the warehouse appends a new column to a table stored by an earlier version and rows
     # are inserted by position.
@@ -50,29 +66,44 @@ def leaderboard(dataset: str, reports: Iterable[dict], current: dict[str, int]) 
     for report in reports:
         total = report["usage"]["total"]
         paid = (report.get("paid") or {}).get("total") or total
-        rows.append({
-            "dataset": dataset, "rank": 0, "optimization": report["optimization"],
-            "generation": int(report["generation"]),
-            "current": current.get(report["optimization"]) == int(report["generation"]),
-            "optimizer": report.get("optimizer") or "", "task_model": report.get("task_model") or "",
-            "metric": report["metric"], "references": references_of(report),
-            "best_test_score": float(report["best_test_score"]),
-            "test_low_95": _bound(report, 0), "test_high_95": _bound(report, 1),
-            "initial_test_score": float(report["initial_test_score"]), "best_dev_score": float(report["best_dev_score"]),
-            "test_size": int(report["test_size"]), "cost_usd": float(paid["cost_usd"]),
-            "llm_calls": int(paid["llm_calls"]), "requests": int(paid["requests"]),
-            "answers": int(total["llm_calls"]) + int(total.get("cache_hits", 0)),
-            "iterations": int(report["iterations"]), "stop_reason": report.get("stop_reason") or "",
-            "prompt_id": report["best_prompt"]["id"], "prompt_version": int(report["best_prompt"]["version"]),
-            "fingerprint": report.get("fingerprint") or "",
-        })
+        rows.append(
+            {
+                "dataset": dataset,
+                "rank": 0,
+                "optimization": report["optimization"],
+                "generation": int(report["generation"]),
+                "current": current.get(report["optimization"]) == int(report["generation"]),
+                "optimizer": report.get("optimizer") or "",
+                "task_model": report.get("task_model") or "",
+                "metric": report["metric"],
+                "references": references_of(report),
+                "best_test_score": float(report["best_test_score"]),
+                "test_low_95": _bound(report, 0),
+                "test_high_95": _bound(report, 1),
+                "initial_test_score": float(report["initial_test_score"]),
+                "best_dev_score": float(report["best_dev_score"]),
+                "test_size": int(report["test_size"]),
+                "cost_usd": float(paid["cost_usd"]),
+                "llm_calls": int(paid["llm_calls"]),
+                "requests": int(paid["requests"]),
+                "answers": int(total["llm_calls"]) + int(total.get("cache_hits", 0)),
+                "iterations": int(report["iterations"]),
+                "stop_reason": report.get("stop_reason") or "",
+                "prompt_id": report["best_prompt"]["id"],
+                "prompt_version": int(report["best_prompt"]["version"]),
+                "fingerprint": report.get("fingerprint") or "",
+            }
+        )
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     frame["_migration"] = frame["references"] != LABELS
     # A tie on the score goes to the optimization that needed fewer answers, cached or not. Not to the one that
     # paid less: what an optimization pays depends on whose cache it found (a second optimization of the same
     # rows and model pays nothing for answers the first one bought), not on what its settings cost.
-    frame = frame.sort_values(["_migration", "references", "best_test_score", "answers", "optimization", "generation"],
-                              ascending=[True, True, False, True, True, False], kind="stable").reset_index(drop=True)
+    frame = frame.sort_values(
+        ["_migration", "references", "best_test_score", "answers", "optimization", "generation"],
+        ascending=[True, True, False, True, True, False],
+        kind="stable",
+    ).reset_index(drop=True)
     frame["rank"] = frame.groupby("references", sort=False).cumcount() + 1
     return frame.drop(columns="_migration").astype(COLUMNS)
 
@@ -101,18 +132,22 @@ def as_text(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "no optimization of this dataset has a final report yet"
     metric, size = frame.iloc[0]["metric"], int(frame["test_size"].max())
-    lines = [f"{frame.iloc[0]['dataset']}: {metric} on up to {size} held-out test rows (95% interval); "
-             "* marks each optimization's current generation",
-             f"{'#':>2}  {'optimization':<20} {'gen':>3}  {'optimizer':<10} {'task model':<28} "
-             f"{'test':<22} {'dev':>6}  {'initial':>7}  {'cost $':>8} {'calls':>7} {'iter':>4}  stop / prompt"]
+    lines = [
+        f"{frame.iloc[0]['dataset']}: {metric} on up to {size} held-out test rows (95% interval); "
+        "* marks each optimization's current generation",
+        f"{'#':>2}  {'optimization':<20} {'gen':>3}  {'optimizer':<10} {'task model':<28} "
+        f"{'test':<22} {'dev':>6}  {'initial':>7}  {'cost $':>8} {'calls':>7} {'iter':>4}  stop / prompt",
+    ]
     for row in frame.itertuples():
         if row.references != LABELS and row.rank == 1:
             lines.append(f"-- model migrations, scored as agreement with {row.references} (not the labels) --")
         test = f"{row.best_test_score:.4f}{_interval(row)}"
-        lines.append(f"{row.rank:>2}  {row.optimization:<20} {row.generation:>2}{'*' if row.current else ' '}  "
-                     f"{row.optimizer:<10} {row.task_model[:28]:<28} {test:<22} {row.best_dev_score:>6.4f}  "
-                     f"{row.initial_test_score:>7.4f}  {row.cost_usd:>8.4f} {row.llm_calls:>7,} {row.iterations:>4}  "
-                     f"{row.stop_reason}; v{row.prompt_version} {row.prompt_id}")
+        lines.append(
+            f"{row.rank:>2}  {row.optimization:<20} {row.generation:>2}{'*' if row.current else ' '}  "
+            f"{row.optimizer:<10} {row.task_model[:28]:<28} {test:<22} {row.best_dev_score:>6.4f}  "
+            f"{row.initial_test_score:>7.4f}  {row.cost_usd:>8.4f} {row.llm_calls:>7,} {row.iterations:>4}  "
+            f"{row.stop_reason}; v{row.prompt_version} {row.prompt_id}"
+        )
     return "\n".join(lines)
 
 
@@ -126,10 +161,21 @@ def score_cost_plot(frame: pd.DataFrame) -> str:
         for (_, row), cost in zip(frame.iterrows(), x):
             low, high = row["test_low_95"], row["test_high_95"]
             err = None if math.isnan(low) else [[row["best_test_score"] - low], [high - row["best_test_score"]]]
-            ax.errorbar([cost], [row["best_test_score"]], yerr=err, fmt="o" if row["current"] else "x",
-                        capsize=3, alpha=1.0 if row["current"] else 0.5)
-            ax.annotate(f"{row['optimization']} g{row['generation']}", (cost, row["best_test_score"]),
-                        textcoords="offset points", xytext=(5, 4), fontsize=8)
+            ax.errorbar(
+                [cost],
+                [row["best_test_score"]],
+                yerr=err,
+                fmt="o" if row["current"] else "x",
+                capsize=3,
+                alpha=1.0 if row["current"] else 0.5,
+            )
+            ax.annotate(
+                f"{row['optimization']} g{row['generation']}",
+                (cost, row["best_test_score"]),
+                textcoords="offset points",
+                xytext=(5, 4),
+                fontsize=8,
+            )
         ax.set_xlabel("estimated cost (USD)" if priced else "model calls (no price set)")
         ax.set_ylabel(f"best prompt, test {frame.iloc[0]['metric'] if len(frame) else ''}")
         ax.set_title(f"{frame.iloc[0]['dataset'] if len(frame) else ''}: score vs cost (o current, x older)")

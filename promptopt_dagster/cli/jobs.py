@@ -16,51 +16,73 @@ import sys
 import time
 import uuid
 
+from promptopt_dagster.app.settings import get_settings
 from promptopt_dagster.core.errors import PromptOptError
-from promptopt_dagster.settings import get_settings
-from promptopt_dagster.webserver_client import FINISHED, RunView, Webserver
+from promptopt_dagster.defs.webserver_client import RunView, Webserver
 
 ACTIVE = {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"}
 
 
 def add_commands(sub) -> None:
     """The three subcommands, on the `promptopt` parser's subparsers."""
-    from promptopt_dagster.cli import _Help
-    from promptopt_dagster.cli_overrides import number
+    from promptopt_dagster.cli.commands import _Help
+    from promptopt_dagster.cli.overrides import number
 
     def common(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--url", help="the Dagster webserver (default: PROMPTOPT_DAGSTER_URL, else "
-                                          "http://127.0.0.1:3000, where `promptopt ui` listens)")
+        parser.add_argument(
+            "--url",
+            help="the Dagster webserver (default: PROMPTOPT_DAGSTER_URL, else "
+            "http://127.0.0.1:3000, where `promptopt ui` listens)",
+        )
 
-    submit = sub.add_parser("submit", formatter_class=_Help,
-                            help="start a named optimization on a running Dagster webserver (`promptopt ui`)",
-                            description="Load the optimization's dataset, then start the optimization with the "
-                                        "settings data/optimizations.yaml gives it; the webserver's sensor runs "
-                                        "its iterations and final report. Prints the submission's start run id.")
-    submit.add_argument("name", metavar="NAME", help="an optimization in data/optimizations.yaml, or a dataset "
-                                                     "(its default optimization)")
-    submit.add_argument("--wait", action="store_true",
-                        help="follow the runs until the final report (exit 0) or a failed or canceled run (exit 1)")
+    submit = sub.add_parser(
+        "submit",
+        formatter_class=_Help,
+        help="start a named optimization on a running Dagster webserver (`promptopt ui`)",
+        description="Load the optimization's dataset, then start the optimization with the "
+        "settings data/optimizations.yaml gives it; the webserver's sensor runs "
+        "its iterations and final report. Prints the submission's start run id.",
+    )
+    submit.add_argument(
+        "name",
+        metavar="NAME",
+        help="an optimization in data/optimizations.yaml, or a dataset (its default optimization)",
+    )
+    submit.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the runs until the final report (exit 0) or a failed or canceled run (exit 1)",
+    )
     submit.add_argument("--poll-s", type=number(float, ge=0.1), default=3.0, help="seconds between checks with --wait")
     common(submit)
-    status = sub.add_parser("status", formatter_class=_Help,
-                            help="where optimizations stand on the webserver: runs, iteration, scores, spend, errors",
-                            description="Without an argument: each optimization's latest run. With an optimization "
-                                        "name: the runs of its latest submission, their scores and spend, and "
-                                        "the innermost error of a failed run. With a run id (or its first 8 "
-                                        "characters): that run.")
+    status = sub.add_parser(
+        "status",
+        formatter_class=_Help,
+        help="where optimizations stand on the webserver: runs, iteration, scores, spend, errors",
+        description="Without an argument: each optimization's latest run. With an optimization "
+        "name: the runs of its latest submission, their scores and spend, and "
+        "the innermost error of a failed run. With a run id (or its first 8 "
+        "characters): that run.",
+    )
     status.add_argument("target", nargs="?", metavar="NAME|RUN_ID", help="an optimization name or a run id")
     status.add_argument("--json", action="store_true", help="print what is shown as JSON")
     common(status)
-    cancel = sub.add_parser("cancel", formatter_class=_Help,
-                            help="stop a run (or every queued and running run of an optimization)",
-                            description="Terminate a run on the webserver; a queued run is dropped from the queue. "
-                                        "With an optimization name, every run of it not finished yet. Answers "
-                                        "already received stay in the response cache.")
-    cancel.add_argument("target", metavar="RUN_ID|NAME", help="a run id (or its first 8 characters), or an "
-                                                              "optimization name")
-    cancel.add_argument("--no-wait", action="store_true", help="return once the cancel is requested, not when the "
-                                                               "run reports it canceled")
+    cancel = sub.add_parser(
+        "cancel",
+        formatter_class=_Help,
+        help="stop a run (or every queued and running run of an optimization)",
+        description="Terminate a run on the webserver; a queued run is dropped from the queue. "
+        "With an optimization name, every run of it not finished yet. Answers "
+        "already received stay in the response cache.",
+    )
+    cancel.add_argument(
+        "target", metavar="RUN_ID|NAME", help="a run id (or its first 8 characters), or an optimization name"
+    )
+    cancel.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="return once the cancel is requested, not when the run reports it canceled",
+    )
     common(cancel)
 
 
@@ -69,8 +91,8 @@ def _server(args) -> Webserver:
 
 
 def _specs():
-    from promptopt_dagster.core.datasets import load_manifest
-    from promptopt_dagster.core.optimizations import load_optimizations
+    from promptopt_dagster.app.datasets import load_manifest
+    from promptopt_dagster.app.optimizations import load_optimizations
 
     settings = get_settings()
     return load_optimizations(settings.optimizations_path, load_manifest(settings.manifest_path))
@@ -115,8 +137,13 @@ def paid_spend(name: str, generation: int | None) -> dict | None:
     if path is None:
         return None
     paid = ledger.spend(path, name, generation, unassigned=generation is not None)
-    return {"llm_calls": paid.llm_calls, "requests": paid.requests, "errors": paid.errors, "tokens": paid.tokens,
-            "cost_usd": round(paid.cost_usd, 6)}
+    return {
+        "llm_calls": paid.llm_calls,
+        "requests": paid.requests,
+        "errors": paid.errors,
+        "tokens": paid.tokens,
+        "cost_usd": round(paid.cost_usd, 6),
+    }
 
 
 def run_summary(run: RunView, paid=None) -> dict:
@@ -137,9 +164,17 @@ def run_summary(run: RunView, paid=None) -> dict:
         out["stop_reason"] = (report.get("report") or {}).get("stop_reason")
     spent = best or report or {}
     if "optimization_llm_calls" in spent:
-        out["spend"] = {k.removeprefix("optimization_"): spent[k] for k in
-                        ("optimization_llm_calls", "optimization_cache_hits", "optimization_requests",
-                         "optimization_tokens", "optimization_cost_usd") if k in spent}
+        out["spend"] = {
+            k.removeprefix("optimization_"): spent[k]
+            for k in (
+                "optimization_llm_calls",
+                "optimization_cache_hits",
+                "optimization_requests",
+                "optimization_tokens",
+                "optimization_cost_usd",
+            )
+            if k in spent
+        }
     return out
 
 
@@ -147,8 +182,10 @@ def run_line(run: RunView, error: str | None = None, paid=None) -> str:
     s = run_summary(run, paid)
     parts = [f"{run.run_id[:8]}  {_where(run):<28} {run.status:<9}"]
     if "baseline_score" in s:
-        parts.append(f"baseline {_number(s['baseline_score'])}, refined {_number(s['refined_score'])}, "
-                     f"{'accepted' if s['accepted'] else 'rejected'}; best {_number(s['best_score'])}")
+        parts.append(
+            f"baseline {_number(s['baseline_score'])}, refined {_number(s['refined_score'])}, "
+            f"{'accepted' if s['accepted'] else 'rejected'}; best {_number(s['best_score'])}"
+        )
     if "best_test_score" in s:
         parts.append(f"test: initial {_number(s['initial_test_score'])} -> best {_number(s['best_test_score'])}")
     if s.get("stop_reason"):
@@ -166,8 +203,10 @@ def chain_state(runs: list[RunView]) -> str:
     last = runs[-1]
     if any(r.status in ACTIVE for r in runs):
         active = [r for r in runs if r.status in ACTIVE][-1]
-        return f"{'canceling' if active.status == 'CANCELING' else 'running' if active.status != 'QUEUED' else 'queued'}" \
-               f" ({_where(active)})"
+        return (
+            f"{'canceling' if active.status == 'CANCELING' else 'running' if active.status != 'QUEUED' else 'queued'}"
+            f" ({_where(active)})"
+        )
     if last.status == "FAILURE":
         return "failed"
     if last.status == "CANCELED":
@@ -195,43 +234,62 @@ def optimization_view(server: Webserver, name: str) -> dict:
         from promptopt_dagster.llm import ledger
 
         by_run = ledger.spend_by_run(path, name)
-    summaries = [{**run_summary(r, by_run.get(r.run_id)), **({"error": errors[r.run_id]} if r.run_id in errors else {})}
-                 for r in chain]
+    summaries = [
+        {**run_summary(r, by_run.get(r.run_id)), **({"error": errors[r.run_id]} if r.run_id in errors else {})}
+        for r in chain
+    ]
     recorded = next((s["spend"] for s in reversed(summaries) if "spend" in s), None)
     paid = paid_spend(name, generation)
     # What was paid comes from the usage ledger, so a canceled or killed run's calls count; the cached answers
     # come from the assets' metadata (the ledger holds only paid calls). Without the ledger, the metadata alone.
-    spend = recorded if paid is None else {**paid, "cache_hits": (recorded or {}).get("cache_hits", 0),
-                                           "source": "usage ledger"}
+    spend = (
+        recorded
+        if paid is None
+        else {**paid, "cache_hits": (recorded or {}).get("cache_hits", 0), "source": "usage ledger"}
+    )
     iterations = [_where(r) for r in chain if r.job == "optimize_iteration"]
-    return {"optimization": name, "dataset": tags.get("promptopt/dataset"), "optimizer": tags.get("promptopt/optimizer"),
-            "task_model": tags.get("promptopt/task_model"),
-            "generation": None if generation is None else str(generation),
-            "submission": submission, "state": chain_state(chain),
-            "iteration": iterations[-1].removeprefix("iteration ") if iterations else None, "spend": spend,
-            "runs": summaries,
-            "_lines": [run_line(r, errors.get(r.run_id), by_run.get(r.run_id)) for r in chain]}
+    return {
+        "optimization": name,
+        "dataset": tags.get("promptopt/dataset"),
+        "optimizer": tags.get("promptopt/optimizer"),
+        "task_model": tags.get("promptopt/task_model"),
+        "generation": None if generation is None else str(generation),
+        "submission": submission,
+        "state": chain_state(chain),
+        "iteration": iterations[-1].removeprefix("iteration ") if iterations else None,
+        "spend": spend,
+        "runs": summaries,
+        "_lines": [run_line(r, errors.get(r.run_id), by_run.get(r.run_id)) for r in chain],
+    }
 
 
 def _print_view(view: dict) -> None:
     if not view["runs"]:
-        print(f"{view['optimization']}: no runs on this webserver; start one with `promptopt submit "
-              f"{view['optimization']}`")
+        print(
+            f"{view['optimization']}: no runs on this webserver; start one with `promptopt submit "
+            f"{view['optimization']}`"
+        )
         return
     generation = f"generation {view['generation']}" if view["generation"] else "no generation started yet"
-    print(f"{view['optimization']}: {view['dataset']}, {view['optimizer']} on {view['task_model']}, "
-          f"{generation}; state: {view['state']}")
+    print(
+        f"{view['optimization']}: {view['dataset']}, {view['optimizer']} on {view['task_model']}, "
+        f"{generation}; state: {view['state']}"
+    )
     for line in view["_lines"]:
         print(f"  {line}")
     if view["spend"]:
         spend = view["spend"]
         if spend.get("source") == "usage ledger":
-            print(f"  spend so far: {spend['llm_calls']:,} paid model calls ({spend['requests']:,} requests), "
-                  f"{spend['tokens']:,} tokens, ${spend['cost_usd']:.4f}, every run counted, canceled and killed ones "
-                  f"too; {spend.get('cache_hits', 0):,} answers from the cache")
+            print(
+                f"  spend so far: {spend['llm_calls']:,} paid model calls ({spend['requests']:,} requests), "
+                f"{spend['tokens']:,} tokens, ${spend['cost_usd']:.4f}, every run counted, canceled and killed ones "
+                f"too; {spend.get('cache_hits', 0):,} answers from the cache"
+            )
         else:
-            print(f"  spend so far: {spend.get('llm_calls', 0):,} model calls + {spend.get('cache_hits', 0):,} cached "
-                  f"answers, {spend.get('tokens', 0):,} tokens, ${spend.get('cost_usd', 0.0):.4f}")
+            print(
+                f"  spend so far: {spend.get('llm_calls', 0):,} model calls + {spend.get('cache_hits', 0):,} cached "
+                f"answers, {spend.get('tokens', 0):,} tokens, ${spend.get('cost_usd', 0.0):.4f}"
+            )
 
 
 def status(args: argparse.Namespace) -> int:
@@ -263,16 +321,27 @@ def status(args: argparse.Namespace) -> int:
             _print_view(view)
         return 1 if view["state"] == "failed" else 0
     if not re.fullmatch(r"[0-9a-f-]{4,36}", target):  # not a run id either: say what it could have been
-        raise PromptOptError(f"{target!r} is neither an optimization in {get_settings().optimizations_path} nor a run "
-                             f"id; known optimizations: {', '.join(sorted(_specs())) or 'none'}.")
+        raise PromptOptError(
+            f"{target!r} is neither an optimization in {get_settings().optimizations_path} nor a run "
+            f"id; known optimizations: {', '.join(sorted(_specs())) or 'none'}."
+        )
     run = server.find_run(target)
     error = server.error_of(run.run_id) if run.status == "FAILURE" else None
     if args.json:
         print(json.dumps({**run_summary(run), "tags": run.tags, **({"error": error} if error else {})}, indent=2))
     else:
-        what = ", ".join(f"{k.removeprefix('promptopt/')} {v}" for k, v in run.tags.items()
-                         if k in ("promptopt/optimization", "promptopt/dataset", "promptopt/optimizer",
-                                  "promptopt/task_model", "promptopt/generation"))
+        what = ", ".join(
+            f"{k.removeprefix('promptopt/')} {v}"
+            for k, v in run.tags.items()
+            if k
+            in (
+                "promptopt/optimization",
+                "promptopt/dataset",
+                "promptopt/optimizer",
+                "promptopt/task_model",
+                "promptopt/generation",
+            )
+        )
         print(f"run {run.run_id} ({what or 'not an optimization run'})")
         print(f"  {run_line(run, error)}")
     return 1 if run.status == "FAILURE" else 0
@@ -288,22 +357,32 @@ def _wait_finished(server: Webserver, run_id: str, poll_s: float, timeout_s: flo
 
 
 def submit(args: argparse.Namespace) -> int:
-    from promptopt_dagster.core.datasets import load_manifest
-    from promptopt_dagster.defs.loop import (DATASET_JOB, DRIVER_TAG, START_JOB, SUBMISSION_TAG,
-                                             optimization_tags, start_run_config)
+    from promptopt_dagster.app.datasets import load_manifest
+    from promptopt_dagster.defs.loop import (
+        DATASET_JOB,
+        DRIVER_TAG,
+        START_JOB,
+        SUBMISSION_TAG,
+        optimization_tags,
+        start_run_config,
+    )
 
     specs = _specs()
     if args.name not in specs:
-        raise PromptOptError(f"{args.name!r} is neither an optimization in {get_settings().optimizations_path} nor "
-                             f"a dataset of the manifest; known: {', '.join(sorted(specs))}.")
+        raise PromptOptError(
+            f"{args.name!r} is neither an optimization in {get_settings().optimizations_path} nor "
+            f"a dataset of the manifest; known: {', '.join(sorted(specs))}."
+        )
     spec = specs[args.name]
     server = _server(args)
     if spec.name not in server.partitions(START_JOB):
         say(f"[{spec.name}] not a partition of the webserver's definitions yet: reloading its code location")
         server.reload()
         if spec.name not in server.partitions(START_JOB):
-            raise PromptOptError(f"the webserver at {server.url} still has no optimization {spec.name!r} after a "
-                                 "reload: does it serve this project's data/optimizations.yaml (PROMPTOPT_DATA_DIR)?")
+            raise PromptOptError(
+                f"the webserver at {server.url} still has no optimization {spec.name!r} after a "
+                "reload: does it serve this project's data/optimizations.yaml (PROMPTOPT_DATA_DIR)?"
+            )
     submission = uuid.uuid4().hex[:12]
     fingerprint = spec.fingerprint(load_manifest(get_settings().manifest_path)[spec.dataset])
     tags = {**optimization_tags(spec, fingerprint), SUBMISSION_TAG: submission, DRIVER_TAG: "submit"}
@@ -314,8 +393,10 @@ def submit(args: argparse.Namespace) -> int:
         error = server.error_of(prepare) or run.status.lower()
         raise PromptOptError(f"run {prepare} ({DATASET_JOB} {spec.dataset}) {run.status.lower()}: {error}")
     start = server.launch(START_JOB, spec.name, tags, run_config=start_run_config(spec))
-    say(f"[{spec.name}] started: run {start} (submission {submission}); the sensor runs each iteration and the "
-        f"final report. Follow it with `promptopt status {spec.name}` or in the UI at {server.url}/runs")
+    say(
+        f"[{spec.name}] started: run {start} (submission {submission}); the sensor runs each iteration and the "
+        f"final report. Follow it with `promptopt status {spec.name}` or in the UI at {server.url}/runs"
+    )
     print(start, flush=True)
     return _follow(server, spec.name, submission, args.poll_s) if args.wait else 0
 
@@ -360,8 +441,11 @@ def cancel(args: argparse.Namespace) -> int:
     ended = []
     for run in runs:
         server.terminate(run.run_id)
-        run = (server.runs(run_ids=[run.run_id], limit=1)[0] if args.no_wait
-               else _wait_finished(server, run.run_id, poll_s=1.0, timeout_s=120))
+        run = (
+            server.runs(run_ids=[run.run_id], limit=1)[0]
+            if args.no_wait
+            else _wait_finished(server, run.run_id, poll_s=1.0, timeout_s=120)
+        )
         ended.append(run.status)
         print(f"run {run.run_id} ({_where(run)}): {run.status}", flush=True)
     return 0 if args.no_wait or all(status == "CANCELED" for status in ended) else 1

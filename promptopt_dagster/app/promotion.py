@@ -33,14 +33,30 @@ EXPORT_FORMAT = "promptopt.promoted_prompt/v1"
 
 #: nullable integers: a refused rollback with nothing to restore has no prompt, optimization or scores
 AUDIT_COLUMNS = {
-    "event_id": "int64", "dataset": "string", "action": "string", "verdict": "string", "reason": "string",
-    "optimization": "string", "generation": "Int64", "iterations": "Int64",
+    "event_id": "int64",
+    "dataset": "string",
+    "action": "string",
+    "verdict": "string",
+    "reason": "string",
+    "optimization": "string",
+    "generation": "Int64",
+    "iterations": "Int64",
     "iteration": "string",  # the best_prompt partition the candidate was read from (g<generation>-i<n>)
     "prompt_id": "string",
-    "prompt_version": "Int64", "metric": "string", "candidate_score": "float64", "current_prompt_id": "string",
-    "current_score": "float64", "margin": "float64", "test_rows": "Int64", "score_problem": "string",
-    "leakage_problem": "string", "prompt_problem": "string", "requested_by": "string", "note": "string",
-    "requested_at": "string", "document_json": "string",
+    "prompt_version": "Int64",
+    "metric": "string",
+    "candidate_score": "float64",
+    "current_prompt_id": "string",
+    "current_score": "float64",
+    "margin": "float64",
+    "test_rows": "Int64",
+    "score_problem": "string",
+    "leakage_problem": "string",
+    "prompt_problem": "string",
+    "requested_by": "string",
+    "note": "string",
+    "requested_at": "string",
+    "document_json": "string",
     "history_problem": "string",  # added later: new columns go last (the warehouse appends them to old tables)
 }
 
@@ -77,41 +93,70 @@ def history_problem(dataset: str, stack: list[dict[str, Any]]) -> str | None:
         return f"nothing to roll back: no prompt of '{dataset}' has been promoted"
     if len(stack) == 1:
         first = stack[0]
-        return (f"nothing earlier to roll back to: {first['prompt_id']} (optimization {first['optimization']}, "
-                f"served as {version_name(first['served_version'])}) is the first version of '{dataset}' still "
-                "on the history")
+        return (
+            f"nothing earlier to roll back to: {first['prompt_id']} (optimization {first['optimization']}, "
+            f"served as {version_name(first['served_version'])}) is the first version of '{dataset}' still "
+            "on the history"
+        )
     return None
 
 
 #: what a refused score gate tells the person to do, by action
-SCORE_ADVICE = {"promote": "Promote a better optimization, or pass a larger --margin or --force if the drop is "
-                           "intended",
-                "rollback": "Pass --force to roll back anyway"}
+SCORE_ADVICE = {
+    "promote": "Promote a better optimization, or pass a larger --margin or --force if the drop is intended",
+    "rollback": "Pass --force to roll back anyway",
+}
 
 
-def score_problem(action: str, metric: str, candidate: float, current: float | None, current_id: str | None,
-                  margin: float, rows: int, candidate_id: str = "", same_rows: bool = True) -> str | None:
+def score_problem(
+    action: str,
+    metric: str,
+    candidate: float,
+    current: float | None,
+    current_id: str | None,
+    margin: float,
+    rows: int,
+    candidate_id: str = "",
+    same_rows: bool = True,
+) -> str | None:
     """Why the candidate (a rollback: the version it would restore) may not replace the served prompt, or
     None: both scores, the rows they are on, the margin. `SCORE_ADVICE` says what to do about it."""
     if current is None or candidate + margin >= current:
         return None
     who = "the candidate's" if action == "promote" else f"the rollback target {candidate_id}'s"
-    where = f"on the same {rows} test rows" if same_rows else "(their recorded test scores: the target's " \
-                                                              "optimization is gone, so they were not re-scored)"
+    where = (
+        f"on the same {rows} test rows"
+        if same_rows
+        else "(their recorded test scores: the target's optimization is gone, so they were not re-scored)"
+    )
     allowed = f" (allowed margin {margin:g})" if margin else ""
-    return (f"{who} test {metric} {candidate:.4f} is below the promoted prompt {current_id}'s {current:.4f} "
-            f"{where}{allowed}")
+    return (
+        f"{who} test {metric} {candidate:.4f} is below the promoted prompt {current_id}'s {current:.4f} "
+        f"{where}{allowed}"
+    )
 
 
-def export_document(prompt: PromptVersion, *, dataset: str, max_output_tokens: int, stop: list[str],
-                    task_model: str, mode: str, source: dict[str, Any]) -> dict[str, Any]:
+def export_document(
+    prompt: PromptVersion,
+    *,
+    dataset: str,
+    max_output_tokens: int,
+    stop: list[str],
+    task_model: str,
+    mode: str,
+    source: dict[str, Any],
+) -> dict[str, Any]:
     """What an application needs to send this prompt to its model, and where it came from. `mode`:
     completion (one text, base models) or chat (system/user/assistant turns), as the task model was asked."""
     return {
-        "format": EXPORT_FORMAT, "dataset": dataset, "task_model": task_model, "mode": mode,
+        "format": EXPORT_FORMAT,
+        "dataset": dataset,
+        "task_model": task_model,
+        "mode": mode,
         "generation": {"max_output_tokens": max_output_tokens, "stop": list(stop) if mode == "completion" else []},
         "answer": {"kind": prompt.answer, "labels": list(prompt.labels) if prompt.answer == "label" else []},
-        "prompt": json.loads(prompt.to_json()), "source": source,
+        "prompt": json.loads(prompt.to_json()),
+        "source": source,
     }
 
 

@@ -18,46 +18,65 @@ import sys
 
 
 def add_commands(sub) -> None:
-    from promptopt_dagster.cli import _Help
+    from promptopt_dagster.cli.commands import _Help
 
-    promote = sub.add_parser("promote", formatter_class=_Help,
-                             help="serve an optimization's best prompt where applications read it (gated, audited)",
-                             description="Score the optimization's best prompt and the prompt served now on the "
-                                         "same held-out test rows; if it is not worse (beyond --margin), has no "
-                                         "held-out row in it and its placeholders are intact, write it to "
-                                         "<prompts dir>/promoted/<dataset>.json. Every request, blocked or not, is "
-                                         "a row of the promotion_audit table.")
+    promote = sub.add_parser(
+        "promote",
+        formatter_class=_Help,
+        help="serve an optimization's best prompt where applications read it (gated, audited)",
+        description="Score the optimization's best prompt and the prompt served now on the "
+        "same held-out test rows; if it is not worse (beyond --margin), has no "
+        "held-out row in it and its placeholders are intact, write it to "
+        "<prompts dir>/promoted/<dataset>.json. Every request, blocked or not, is "
+        "a row of the promotion_audit table.",
+    )
     promote.add_argument("optimization", metavar="OPTIMIZATION", help="an optimization with a final report")
     promote.add_argument("--note", default="", help="why: kept in the audit table")
-    promote.add_argument("--margin", type=float, default=0.0,
-                         help="how far below the served prompt's test score the candidate may be (default: 0)")
+    promote.add_argument(
+        "--margin",
+        type=float,
+        default=0.0,
+        help="how far below the served prompt's test score the candidate may be (default: 0)",
+    )
     promote.add_argument("--by", default="", help="who approves (default: the user running the command)")
-    promote.add_argument("--force", action="store_true",
-                         help="promote even if it scores below the served prompt (the audit records the override)")
+    promote.add_argument(
+        "--force",
+        action="store_true",
+        help="promote even if it scores below the served prompt (the audit records the override)",
+    )
 
-    rollback = sub.add_parser("rollback", formatter_class=_Help,
-                              help="serve again the prompt that was served before the current one (audited)",
-                              description="Restore the version served before the current one through the same "
-                                          "job, gates and audit as a promotion; repeated, it steps back through "
-                                          "the history (after promotions A, B, C: B, then A, then a refusal). Both "
-                                          "are scored on the test rows of the restored version's optimization: a "
-                                          "worse one is refused unless --force.")
+    rollback = sub.add_parser(
+        "rollback",
+        formatter_class=_Help,
+        help="serve again the prompt that was served before the current one (audited)",
+        description="Restore the version served before the current one through the same "
+        "job, gates and audit as a promotion; repeated, it steps back through "
+        "the history (after promotions A, B, C: B, then A, then a refusal). Both "
+        "are scored on the test rows of the restored version's optimization: a "
+        "worse one is refused unless --force.",
+    )
     rollback.add_argument("dataset", metavar="DATASET", help="a dataset named in data/manifest.yaml")
     rollback.add_argument("--note", default="", help="why: kept in the audit table")
     rollback.add_argument("--by", default="", help="who approves (default: the user running the command)")
-    rollback.add_argument("--force", action="store_true",
-                          help="roll back even if the restored version scores below the served one (audited)")
+    rollback.add_argument(
+        "--force",
+        action="store_true",
+        help="roll back even if the restored version scores below the served one (audited)",
+    )
 
-    render = sub.add_parser("render", formatter_class=_Help,
-                            help="print exactly what the model receives from the promoted prompt for one input",
-                            description="Read <prompts dir>/promoted/<dataset>.json (nothing else: the file is "
-                                        "self-contained) and print the text, or the chat turns, sent for INPUT.")
+    render = sub.add_parser(
+        "render",
+        formatter_class=_Help,
+        help="print exactly what the model receives from the promoted prompt for one input",
+        description="Read <prompts dir>/promoted/<dataset>.json (nothing else: the file is "
+        "self-contained) and print the text, or the chat turns, sent for INPUT.",
+    )
     render.add_argument("dataset", metavar="DATASET", help="a dataset with a promoted prompt")
     render.add_argument("input", metavar="INPUT", help="the input to fill in for {user_input}")
 
 
 def promote(args: argparse.Namespace) -> int:
-    from promptopt_dagster.cli import definitions_here
+    from promptopt_dagster.cli.commands import definitions_here
     from promptopt_dagster.core.errors import PromptOptError
 
     definitions_here()  # the partitions below come from the manifest and optimizations.yaml it loads
@@ -65,42 +84,56 @@ def promote(args: argparse.Namespace) -> int:
 
     if args.optimization not in DATASET_OF:
         raise PromptOptError(f"unknown optimization {args.optimization!r}; known: {', '.join(sorted(DATASET_OF))}.")
-    return _request(DATASET_OF[args.optimization], {"action": "promote", "optimization": args.optimization,
-                                                    "note": args.note, "margin": args.margin, "force": args.force},
-                    args.by)
+    return _request(
+        DATASET_OF[args.optimization],
+        {
+            "action": "promote",
+            "optimization": args.optimization,
+            "note": args.note,
+            "margin": args.margin,
+            "force": args.force,
+        },
+        args.by,
+    )
 
 
 def rollback(args: argparse.Namespace) -> int:
-    from promptopt_dagster.cli import definitions_here
+    from promptopt_dagster.cli.commands import definitions_here
 
     definitions_here().resources["project"].spec(args.dataset)  # names an unknown dataset
     return _request(args.dataset, {"action": "rollback", "note": args.note, "force": args.force}, args.by)
 
 
 def render(args: argparse.Namespace) -> int:
-    from promptopt_dagster.cli import definitions_here
+    from promptopt_dagster.app.promotion import current_path
+    from promptopt_dagster.app.promotion import render as render_document
+    from promptopt_dagster.cli.commands import definitions_here
     from promptopt_dagster.core.errors import PromptOptError
-    from promptopt_dagster.core.promotion import current_path
-    from promptopt_dagster.core.promotion import render as render_document
     from promptopt_dagster.core.storage import read_text
 
     path = current_path(definitions_here().resources["project"].promoted_dir(), args.dataset)
     try:
         document = json.loads(read_text(path))
     except FileNotFoundError:
-        raise PromptOptError(f"{path} does not exist: no prompt of {args.dataset!r} is promoted. "
-                             "Run `promptopt promote OPTIMIZATION` first.") from None
+        raise PromptOptError(
+            f"{path} does not exist: no prompt of {args.dataset!r} is promoted. "
+            "Run `promptopt promote OPTIMIZATION` first."
+        ) from None
     print(render_document(document, args.input))
     return 0
 
 
 def _request(dataset: str, config: dict, by: str) -> int:
-    from promptopt_dagster.cli import run_here, step_failure_text
+    from promptopt_dagster.cli.commands import run_here, step_failure_text
     from promptopt_dagster.core.errors import PromptOptError
     from promptopt_dagster.defs.loop import PROMOTE_JOB
 
-    result = run_here(PROMOTE_JOB, dataset, {"promptopt/dataset": dataset},
-                      ops={"promotion_audit": {"config": {**config, "requested_by": by or getpass.getuser()}}})
+    result = run_here(
+        PROMOTE_JOB,
+        dataset,
+        {"promptopt/dataset": dataset},
+        ops={"promotion_audit": {"config": {**config, "requested_by": by or getpass.getuser()}}},
+    )
     audited = result.output_for_node("promotion_audit") if _has_output(result, "promotion_audit") else None
     if audited is None:  # no request could be judged (nothing to promote yet, ...): nothing recorded
         raise PromptOptError(f"{config['action']} {config.get('optimization') or dataset}: {step_failure_text(result)}")
@@ -109,8 +142,10 @@ def _request(dataset: str, config: dict, by: str) -> int:
     if last["verdict"] != "approved":
         return 1
     if not result.success or not _has_output(result, "promoted_prompt"):  # e.g. the prompts dir is not writable
-        print(f"error: {config['action']} {dataset} was approved, but serving it failed: {step_failure_text(result)}",
-              file=sys.stderr)
+        print(
+            f"error: {config['action']} {dataset} was approved, but serving it failed: {step_failure_text(result)}",
+            file=sys.stderr,
+        )
         return 1
     served = result.output_for_node("promoted_prompt").iloc[0]
     print(f"serving {served['prompt_id']} at {served['path']} (copy: {served['version_path']})")
@@ -129,7 +164,8 @@ def _verdict_line(last) -> str:
         return f"{last['action']} of {last['dataset']}: {verdict}"
     target = "to " if last["action"] == "rollback" else ""
     scores = f"test {last['metric']} {last['candidate_score']:.4f}" + (
-        f" vs served {last['current_score']:.4f}" if known(last["current_score"]) else "")
+        f" vs served {last['current_score']:.4f}" if known(last["current_score"]) else ""
+    )
     return f"{last['action']} {target}{last['prompt_id']} (optimization {last['optimization']}, {scores}): {verdict}"
 
 

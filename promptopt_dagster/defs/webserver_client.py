@@ -82,13 +82,19 @@ class RunView:
     materialized: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def from_graphql(cls, node: dict) -> "RunView":
+    def from_graphql(cls, node: dict) -> RunView:
         materialized: dict[str, dict[str, Any]] = {}
         for event in node.get("assetMaterializations") or []:
             materialized.setdefault(event["assetKey"]["path"][-1], {}).update(_metadata(event["metadataEntries"]))
-        return cls(run_id=node["runId"], job=node["jobName"], status=node["status"],
-                   tags={t["key"]: t["value"] for t in node["tags"]}, created=node["creationTime"],
-                   ended=node.get("endTime"), materialized=materialized)
+        return cls(
+            run_id=node["runId"],
+            job=node["jobName"],
+            status=node["status"],
+            tags={t["key"]: t["value"] for t in node["tags"]},
+            created=node["creationTime"],
+            ended=node.get("endTime"),
+            materialized=materialized,
+        )
 
     @property
     def partition(self) -> str | None:
@@ -112,14 +118,21 @@ class Webserver:
     def _client(self):
         from dagster_graphql import DagsterGraphQLClient
 
-        return DagsterGraphQLClient(self._parsed.hostname, port_number=self._parsed.port,
-                                    use_https=self._parsed.scheme == "https",
-                                    path_prefix=self._parsed.path.rstrip("/"), timeout=int(self._timeout_s))
+        return DagsterGraphQLClient(
+            self._parsed.hostname,
+            port_number=self._parsed.port,
+            use_https=self._parsed.scheme == "https",
+            path_prefix=self._parsed.path.rstrip("/"),
+            timeout=int(self._timeout_s),
+        )
 
     def query(self, text: str, variables: dict | None = None) -> dict:
-        request = urllib.request.Request(f"{self.url}/graphql", method="POST",
-                                         data=json.dumps({"query": text, "variables": variables or {}}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.url}/graphql",
+            method="POST",
+            data=json.dumps({"query": text, "variables": variables or {}}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=self._timeout_s) as reply:
                 body = json.loads(reply.read())
@@ -130,8 +143,10 @@ class Webserver:
         return body["data"]
 
     def _unreachable(self, reason) -> PromptOptError:
-        return PromptOptError(f"no Dagster webserver answers at {self.url} ({reason}). Start one with "
-                              "`promptopt ui`, or pass --url (or set PROMPTOPT_DAGSTER_URL).")
+        return PromptOptError(
+            f"no Dagster webserver answers at {self.url} ({reason}). Start one with "
+            "`promptopt ui`, or pass --url (or set PROMPTOPT_DAGSTER_URL)."
+        )
 
     def _mutate(self, what: str, call):
         from dagster_graphql import DagsterGraphQLClientError
@@ -139,8 +154,9 @@ class Webserver:
         try:
             return call(self._client())
         except DagsterGraphQLClientError as exc:
-            raise PromptOptError(f"{what} failed at {self.url}: {exc.args[0]}"
-                                 + (f": {exc.body}" if getattr(exc, "body", None) else "")) from None
+            raise PromptOptError(
+                f"{what} failed at {self.url}: {exc.args[0]}" + (f": {exc.body}" if getattr(exc, "body", None) else "")
+            ) from None
         except OSError as exc:
             raise self._unreachable(exc) from None
 
@@ -148,8 +164,10 @@ class Webserver:
         selector = {"repositoryName": REPOSITORY, "repositoryLocationName": LOCATION}
         found = self.query(PARTITIONS, {"selector": selector, "name": f"{job}_partition_set"})["partitionSetOrError"]
         if found["__typename"] != "PartitionSet":
-            raise PromptOptError(f"the webserver at {self.url} does not serve this project's job {job!r} "
-                                 f"({found['__typename']}); is it `promptopt ui` of this project?")
+            raise PromptOptError(
+                f"the webserver at {self.url} does not serve this project's job {job!r} "
+                f"({found['__typename']}); is it `promptopt ui` of this project?"
+            )
         return [p["name"] for p in found["partitionsOrError"].get("results", [])]
 
     def reload(self) -> None:
@@ -157,15 +175,23 @@ class Webserver:
         self._mutate("reloading the code location", lambda c: c.reload_repository_location(LOCATION))
 
     def launch(self, job: str, partition: str, tags: dict[str, str], run_config: dict | None = None) -> str:
-        return self._mutate(f"launching {job} for {partition}", lambda c: c.submit_job_execution(
-            job, repository_location_name=LOCATION, repository_name=REPOSITORY, run_config=run_config or {},
-            tags={**tags, "dagster/partition": partition}))
+        return self._mutate(
+            f"launching {job} for {partition}",
+            lambda c: c.submit_job_execution(
+                job,
+                repository_location_name=LOCATION,
+                repository_name=REPOSITORY,
+                run_config=run_config or {},
+                tags={**tags, "dagster/partition": partition},
+            ),
+        )
 
     def terminate(self, run_id: str) -> None:
         self._mutate(f"canceling run {run_id}", lambda c: c.terminate_run(run_id))
 
-    def runs(self, tags: dict[str, str] | None = None, limit: int = 100, run_ids: list[str] | None = None
-             ) -> list[RunView]:
+    def runs(
+        self, tags: dict[str, str] | None = None, limit: int = 100, run_ids: list[str] | None = None
+    ) -> list[RunView]:
         """Newest first."""
         filter_: dict = {}
         if tags:
@@ -184,8 +210,10 @@ class Webserver:
         else:
             found = [r for r in self.runs(limit=1000) if r.run_id.startswith(run_id)]
         if len(found) != 1:
-            raise PromptOptError(f"{'no' if not found else 'more than one'} run with id {run_id!r} on {self.url}"
-                                 f"{'' if not found else '; give more characters of it'}.")
+            raise PromptOptError(
+                f"{'no' if not found else 'more than one'} run with id {run_id!r} on {self.url}"
+                f"{'' if not found else '; give more characters of it'}."
+            )
         return found[0]
 
     def error_of(self, run_id: str) -> str | None:
@@ -201,11 +229,19 @@ class Webserver:
             cursor = page["cursor"]
             if not page["hasMore"]:
                 break
-        checks = [e["evaluation"] for e in events if e["__typename"] == "AssetCheckEvaluationEvent"
-                  and not e["evaluation"]["success"] and e["evaluation"]["severity"] == "ERROR"]
+        checks = [
+            e["evaluation"]
+            for e in events
+            if e["__typename"] == "AssetCheckEvaluationEvent"
+            and not e["evaluation"]["success"]
+            and e["evaluation"]["severity"] == "ERROR"
+        ]
         if checks:
-            return "; ".join(f"quality check {c['checkName']} on {'/'.join(c['assetKey']['path'])} failed: "
-                             f"{c['description'] or 'no description'}" for c in checks)
+            return "; ".join(
+                f"quality check {c['checkName']} on {'/'.join(c['assetKey']['path'])} failed: "
+                f"{c['description'] or 'no description'}"
+                for c in checks
+            )
         for event in events:
             if event["__typename"] == "ExecutionStepFailureEvent" and event.get("error"):
                 chain = [link["error"] for link in event["error"]["errorChain"]] or [event["error"]]

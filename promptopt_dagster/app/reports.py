@@ -5,14 +5,28 @@ from __future__ import annotations
 import pandas as pd
 
 from promptopt_dagster.core.decisions import Decision
+
 # the number helpers live in core/formatting.py (no pandas, for the CLI); re-exported for the report assets
-from promptopt_dagster.core.formatting import (NO_CANDIDATE, fmt_dollars, fmt_interval, fmt_refined,  # noqa: F401
-                                               fmt_score, fmt_signed, missing)
+from promptopt_dagster.core.formatting import (  # noqa: F401
+    NO_CANDIDATE,
+    fmt_dollars,
+    fmt_interval,
+    fmt_refined,
+    fmt_score,
+    fmt_signed,
+    missing,
+)
 from promptopt_dagster.core.prompts import PromptVersion, unified_diff
 
 
-def comparison_markdown(metric: str, decision: Decision, baseline: PromptVersion, refined: PromptVersion,
-                        refined_note: str | None, scores: dict[str, dict[str, float] | None] | None = None) -> str:
+def comparison_markdown(
+    metric: str,
+    decision: Decision,
+    baseline: PromptVersion,
+    refined: PromptVersion,
+    refined_note: str | None,
+    scores: dict[str, dict[str, float] | None] | None = None,
+) -> str:
     refined_score = fmt_refined(decision.refined_score)
     diff = unified_diff(baseline, refined) or "(no change)"
     lines = [
@@ -22,10 +36,16 @@ def comparison_markdown(metric: str, decision: Decision, baseline: PromptVersion
         "|---|---|---|---|",
         f"| baseline | v{baseline.version} | `{baseline.id}` | {fmt_score(decision.baseline_score)} |",
         f"| refined | v{refined.version} | `{refined.id}` | {refined_score} |",
-        *([f"", f"**Gain on the {decision.gain.rows} confirm rows:** {fmt_signed(decision.gain.gain)}, "
-           f"{decision.gain.confidence:.0%} interval {fmt_interval((decision.gain.low, decision.gain.high), True)} "
-           "(paired bootstrap; accepted only when the whole interval is above min_improvement)"]
-          if decision.gain else []),
+        *(
+            [
+                "",
+                f"**Gain on the {decision.gain.rows} confirm rows:** {fmt_signed(decision.gain.gain)}, "
+                f"{decision.gain.confidence:.0%} interval {fmt_interval((decision.gain.low, decision.gain.high), True)} "
+                "(paired bootstrap; accepted only when the whole interval is above min_improvement)",
+            ]
+            if decision.gain
+            else []
+        ),
         "",
         f"**Decision:** {decision.why}. Iterations without improvement: {decision.iterations_without_improvement}. "
         f"**Next:** {'stop (' + decision.stop_reason + ')' if decision.stop_reason else 'continue'}.",
@@ -50,8 +70,14 @@ def worst_rows_markdown(scored: pd.DataFrame, scorers: list[str] | None = None, 
     head = ["row", "input", "expected", "answer", "score", *scorers, *(["rationale"] if explained else [])]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in worst.to_dict("records"):
-        cells = [str(r["row_id"]), _cell(r["user_input"]), _cell(r["ground_truth_output"]), _cell(r["prediction"]),
-                 f"{r['score']:.2f}", *(f"{r[c]:.2f}" for c in scorers)]
+        cells = [
+            str(r["row_id"]),
+            _cell(r["user_input"]),
+            _cell(r["ground_truth_output"]),
+            _cell(r["prediction"]),
+            f"{r['score']:.2f}",
+            *(f"{r[c]:.2f}" for c in scorers),
+        ]
         if explained:
             cells.append(_cell(r.get("rationale"), 160))
         lines.append("| " + " | ".join(cells) + " |")
@@ -74,27 +100,42 @@ def migration_markdown(migration: dict) -> str:
         bounds = "" if missing(value) else fmt_interval(interval)
         return fmt_score(value) + (f" {bounds}" if bounds else "")
 
-    lines = [f"### Migration from `{migration['source_model']}` to `{migration['task_model']}`", "",
-             f"Agreement with the source model ({migration['metric']}) on {agreement['test_rows']} test rows, "
-             "95% intervals:", "",
-             "| prompt | agreement with the source |", "|---|---|",
-             f"| before (initial prompt) | {score(agreement['before'], bounds.get('initial'))} |",
-             f"| after (best prompt) | {score(agreement['after'], bounds.get('best'))} |"]
+    lines = [
+        f"### Migration from `{migration['source_model']}` to `{migration['task_model']}`",
+        "",
+        f"Agreement with the source model ({migration['metric']}) on {agreement['test_rows']} test rows, "
+        "95% intervals:",
+        "",
+        "| prompt | agreement with the source |",
+        "|---|---|",
+        f"| before (initial prompt) | {score(agreement['before'], bounds.get('initial'))} |",
+        f"| after (best prompt) | {score(agreement['after'], bounds.get('best'))} |",
+    ]
     labels = migration.get("dataset_labels")
     if labels:
-        lines += ["", f"Against the dataset's own labels ({labels['rows']} test rows): source "
-                      f"{score(labels['source'])}, before {score(labels['initial'])}, after {score(labels['best'])}."]
-    lines += ["", "| model | role | calls | cached | tokens | cost | per 1,000 answers |",
-              "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Against the dataset's own labels ({labels['rows']} test rows): source "
+            f"{score(labels['source'])}, before {score(labels['initial'])}, after {score(labels['best'])}.",
+        ]
+    lines += [
+        "",
+        "| model | role | calls | cached | tokens | cost | per 1,000 answers |",
+        "|---|---|---|---|---|---|---|",
+    ]
     cost, per = migration["cost"], migration["per_answer"]
     for role in ("source", "task"):
         c = cost[role]
-        lines.append(f"| `{c['model']}` | {role} | {c['llm_calls']:,} | {c['cache_hits']:,} | "
-                     f"{c['prompt_tokens'] + c['completion_tokens']:,} | {fmt_dollars(c['cost_usd'])} | "
-                     f"{fmt_dollars(per[role].get('cost_usd_per_1k_answers'))} |")
+        lines.append(
+            f"| `{c['model']}` | {role} | {c['llm_calls']:,} | {c['cache_hits']:,} | "
+            f"{c['prompt_tokens'] + c['completion_tokens']:,} | {fmt_dollars(c['cost_usd'])} | "
+            f"{fmt_dollars(per[role].get('cost_usd_per_1k_answers'))} |"
+        )
     for model, c in cost.get("other", {}).items():
-        lines.append(f"| `{model}` | optimizer/judge | {c['llm_calls']:,} | {c['cache_hits']:,} | "
-                     f"{c['prompt_tokens'] + c['completion_tokens']:,} | {fmt_dollars(c['cost_usd'])} | |")
+        lines.append(
+            f"| `{model}` | optimizer/judge | {c['llm_calls']:,} | {c['cache_hits']:,} | "
+            f"{c['prompt_tokens'] + c['completion_tokens']:,} | {fmt_dollars(c['cost_usd'])} | |"
+        )
     return "\n".join(lines)
 
 
@@ -112,12 +153,17 @@ def describe_demos(prompt: dict) -> str:
     ensemble = prompt.get("ensemble") or []
     parts = []
     if static:
-        parts.append(f"{static} static demo{'s' if static != 1 else ''} (the same for every input"
-                     + (f"; {1 + len(ensemble)} demo sets, answers summed over them" if ensemble else "") + ")")
+        parts.append(
+            f"{static} static demo{'s' if static != 1 else ''} (the same for every input"
+            + (f"; {1 + len(ensemble)} demo sets, answers summed over them" if ensemble else "")
+            + ")"
+        )
     if retrieval:
         k = int(retrieval.get("k") or 0)
-        parts.append(f"{k} retrieved demo{'s' if k != 1 else ''} per input ({retrieval.get('method', 'tfidf')}, "
-                     f"from a pool of {len(retrieval.get('pool') or [])} rows)")
+        parts.append(
+            f"{k} retrieved demo{'s' if k != 1 else ''} per input ({retrieval.get('method', 'tfidf')}, "
+            f"from a pool of {len(retrieval.get('pool') or [])} rows)"
+        )
     return " + ".join(parts) if parts else "no demos (zero-shot)"
 
 
@@ -127,8 +173,7 @@ def describe_answer_mode(prompt: dict) -> str:
     if prompt.get("answer") == "label" and labels:
         shown = ", ".join(f"`{_cell(label, 40)}`" for label in labels[:12])
         more = f" and {len(labels) - 12} more" if len(labels) > 12 else ""
-        return (f"one label of {len(labels)} ({shown}{more})"
-                + (", calibrated" if prompt.get("calibrate") else ""))
+        return f"one label of {len(labels)} ({shown}{more})" + (", calibrated" if prompt.get("calibrate") else "")
     return "free text"
 
 
@@ -150,29 +195,51 @@ def summary_markdown(report: dict, iterations: list[dict], links: dict[str, str]
 
     best = report["best_prompt"]
     found = best_iteration(iterations)
-    where = (f"accepted in iteration {found}" if found is not None
-             else "the initial prompt: no iteration's refinement was accepted")
-    lines = [f"## Prompt Optimization Summary: {report['optimization']} (generation {report['generation']})", "",
-             f"Dataset `{report['dataset']}`, optimizer `{report['optimizer']}`, task model `{report['task_model']}`, "
-             f"target `{report['metric']}`.", "",
-             f"**Held-out test** ({report['test_size']} rows, never seen by the optimizer; 95% intervals): initial "
-             f"{fmt_score(report['initial_test_score'])}{bounds('initial')} → best "
-             f"{fmt_score(report['best_test_score'])}{bounds('best')}", "",
-             f"**Best prompt:** v{best['version']} `{best['id']}`, {where}. Demos: {describe_demos(best)}. "
-             f"Answer: {describe_answer_mode(best)}.", "",
-             "| iteration | baseline (dev) | refined (dev) | decision | best so far | why |", "|---|---|---|---|---|---|"]
+    where = (
+        f"accepted in iteration {found}"
+        if found is not None
+        else "the initial prompt: no iteration's refinement was accepted"
+    )
+    lines = [
+        f"## Prompt Optimization Summary: {report['optimization']} (generation {report['generation']})",
+        "",
+        f"Dataset `{report['dataset']}`, optimizer `{report['optimizer']}`, task model `{report['task_model']}`, "
+        f"target `{report['metric']}`.",
+        "",
+        f"**Held-out test** ({report['test_size']} rows, never seen by the optimizer; 95% intervals): initial "
+        f"{fmt_score(report['initial_test_score'])}{bounds('initial')} → best "
+        f"{fmt_score(report['best_test_score'])}{bounds('best')}",
+        "",
+        f"**Best prompt:** v{best['version']} `{best['id']}`, {where}. Demos: {describe_demos(best)}. "
+        f"Answer: {describe_answer_mode(best)}.",
+        "",
+        "| iteration | baseline (dev) | refined (dev) | decision | best so far | why |",
+        "|---|---|---|---|---|---|",
+    ]
     for it in iterations:
         mark = "✓ accepted" if it["accepted"] else "✗ rejected"
         mark += " (best prompt)" if found is not None and int(it["step"]) == found else ""
-        lines.append(f"| {it['step']} | {fmt_score(it['baseline_score'])} | {fmt_refined(it.get('refined_score'))} | "
-                     f"{mark} | {fmt_score(it['best_score'])} | {_cell(it.get('why') or '', None)} |")
-    lines += ["", f"**Stopped:** {report.get('stop_reason') or 'not stopped'}", "",
-              f"**Spend:** {paid['llm_calls']:,} model calls paid ({paid['requests']:,} requests, "
-              f"{paid['prompt_tokens'] + paid['completion_tokens']:,} tokens, {fmt_dollars(paid['cost_usd'])}), every "
-              f"run of this generation counted, canceled and killed ones too; {total['cache_hits']:,} answers from the "
-              "cache", "",
-              f"**Best prompt's text** (v{best['version']} `{best['id']}`; system prompt, then output prompt):", "",
-              "```", best["system_prompt"], "---", best["output_prompt"], "```"]
+        lines.append(
+            f"| {it['step']} | {fmt_score(it['baseline_score'])} | {fmt_refined(it.get('refined_score'))} | "
+            f"{mark} | {fmt_score(it['best_score'])} | {_cell(it.get('why') or '', None)} |"
+        )
+    lines += [
+        "",
+        f"**Stopped:** {report.get('stop_reason') or 'not stopped'}",
+        "",
+        f"**Spend:** {paid['llm_calls']:,} model calls paid ({paid['requests']:,} requests, "
+        f"{paid['prompt_tokens'] + paid['completion_tokens']:,} tokens, {fmt_dollars(paid['cost_usd'])}), every "
+        f"run of this generation counted, canceled and killed ones too; {total['cache_hits']:,} answers from the "
+        "cache",
+        "",
+        f"**Best prompt's text** (v{best['version']} `{best['id']}`; system prompt, then output prompt):",
+        "",
+        "```",
+        best["system_prompt"],
+        "---",
+        best["output_prompt"],
+        "```",
+    ]
     if links:
         lines += ["", "**In the UI:** " + " · ".join(f"[{name}]({url})" for name, url in links.items())]
     return "\n".join(lines)
@@ -181,21 +248,33 @@ def summary_markdown(report: dict, iterations: list[dict], links: dict[str, str]
 def score_plot(report: dict, iterations: list[dict]) -> str:
     """Dev score per iteration of this one optimization (baseline, refined with accept/reject marks, best so far),
     as markdown holding a PNG: the UI's own plots mix every partition of an asset."""
-    from promptopt_dagster.core.plots import png_markdown
+    from promptopt_dagster.app.plots import png_markdown
 
     steps = [it["step"] for it in iterations]
 
     def draw(ax) -> None:
         ax.plot(steps, [it["best_score"] for it in iterations], "-", color="tab:blue", label="best so far")
         ax.plot(steps, [it["baseline_score"] for it in iterations], "o", color="tab:gray", label="baseline")
-        for accepted, marker, color, label in ((True, "^", "tab:green", "refined, accepted"),
-                                               (False, "x", "tab:red", "refined, rejected")):
-            pts = [(it["step"], it["refined_score"]) for it in iterations if bool(it["accepted"]) == accepted
-                   and it.get("refined_score") is not None and it["refined_score"] == it["refined_score"]]
+        for accepted, marker, color, label in (
+            (True, "^", "tab:green", "refined, accepted"),
+            (False, "x", "tab:red", "refined, rejected"),
+        ):
+            pts = [
+                (it["step"], it["refined_score"])
+                for it in iterations
+                if bool(it["accepted"]) == accepted
+                and it.get("refined_score") is not None
+                and it["refined_score"] == it["refined_score"]
+            ]
             if pts:
                 ax.plot(*zip(*pts), marker, color=color, label=label, linestyle="none")
-        ax.axhline(report["best_test_score"], color="tab:purple", linestyle="--", linewidth=1,
-                   label=f"best on test ({fmt_score(report['best_test_score'])})")
+        ax.axhline(
+            report["best_test_score"],
+            color="tab:purple",
+            linestyle="--",
+            linewidth=1,
+            label=f"best on test ({fmt_score(report['best_test_score'])})",
+        )
         ax.set_xlabel("iteration")
         ax.set_ylabel(f"dev {report['metric']}")
         ax.set_xticks(steps)

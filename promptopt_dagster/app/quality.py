@@ -6,13 +6,15 @@ They re-check what was actually stored, so a gate still holds if a loader or bac
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
-from promptopt_dagster.core.datasets import COLUMNS, SPLITS, data_row_numbers
+from promptopt_dagster.app.datasets import COLUMNS, SPLITS, data_row_numbers
 from promptopt_dagster.core.prompts import PromptVersion, prompt_problem
+from promptopt_dagster.core.text_spans import squash, verbatim_span_rows
 
 
 @dataclass(frozen=True)
@@ -37,23 +39,35 @@ def dataset_gate(frame: pd.DataFrame) -> GateResult:
     return GateResult(True, "schema ok, splits non-empty and disjoint", {**counts, **overlaps})
 
 
-def predictions_gate(predictions: pd.DataFrame, expected_row_ids: Iterable[int], max_failed_fraction: float) -> GateResult:
+def predictions_gate(
+    predictions: pd.DataFrame, expected_row_ids: Iterable[int], max_failed_fraction: float
+) -> GateResult:
     expected = set(expected_row_ids)
     got = predictions["row_id"].tolist()
     if not got and not expected:
-        return GateResult(False, "no evaluation rows: there was nothing to answer (is the dev split empty, or were "
-                                 "the dataset's splits never loaded?)", {"rows": 0})
+        return GateResult(
+            False,
+            "no evaluation rows: there was nothing to answer (is the dev split empty, or were "
+            "the dataset's splits never loaded?)",
+            {"rows": 0},
+        )
     missing, duplicated = expected - set(got), len(got) - len(set(got))
     failed = int(predictions["error"].notna().sum())
     fraction = failed / len(got) if got else 1.0
-    details = {"rows": len(got), "missing": len(missing), "duplicated": duplicated, "failed": failed,
-               "failed_fraction": fraction}
+    details = {
+        "rows": len(got),
+        "missing": len(missing),
+        "duplicated": duplicated,
+        "failed": failed,
+        "failed_fraction": fraction,
+    }
     if missing or duplicated:
         return GateResult(False, f"{len(missing)} eval rows unanswered, {duplicated} answered twice", details)
     if fraction > max_failed_fraction:
         errors = predictions.loc[predictions["error"].notna(), "error"].head(3).tolist()
-        return GateResult(False, f"{failed} rows failed ({fraction:.1%} > {max_failed_fraction:.1%}); e.g. {errors}",
-                          details)
+        return GateResult(
+            False, f"{failed} rows failed ({fraction:.1%} > {max_failed_fraction:.1%}); e.g. {errors}", details
+        )
     return GateResult(True, f"all {len(got)} rows answered", details)
 
 
@@ -63,8 +77,11 @@ def prompt_gate(prompt: PromptVersion) -> GateResult:
     problem = prompt_problem(prompt.system_prompt, prompt.output_prompt)
     if problem:
         return GateResult(False, problem)
-    return GateResult(True, "prompt is not empty, output_prompt keeps {user_input}, system_prompt has no placeholders",
-                      {"chars": len(prompt.system_prompt) + len(prompt.output_prompt), "demos": len(prompt.demos)})
+    return GateResult(
+        True,
+        "prompt is not empty, output_prompt keeps {user_input}, system_prompt has no placeholders",
+        {"chars": len(prompt.system_prompt) + len(prompt.output_prompt), "demos": len(prompt.demos)},
+    )
 
 
 def metric_range_gate(scores: pd.Series) -> GateResult:
@@ -74,28 +91,11 @@ def metric_range_gate(scores: pd.Series) -> GateResult:
     return GateResult(True, "all scores in [0, 1]", {"rows": len(scores)})
 
 
-def _squash(text: str) -> str:
-    return " ".join(text.casefold().split())
-
-
 def drop_held_out(rows: pd.DataFrame, held_out: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """`rows` without those equal to a held-out row up to case and whitespace (the splits are only
     checked for exact repeats): the demo pool an optimizer may use without tripping leakage_gate."""
-    seen = {_squash(t) for frame in held_out.values() for t in frame["user_input"]}
-    return rows[~rows["user_input"].map(_squash).isin(seen)]
-
-
-def verbatim_span_rows(text: str, inputs: list[str], min_span: int = 40) -> list[int]:
-    """Positions of the inputs that share a span of `min_span` characters with `text` (case and
-    whitespace aside): an instruction that carries a row's text verbatim leaks it, or obeys it."""
-    squashed = _squash(text)
-    windows = {squashed[i:i + min_span] for i in range(max(0, len(squashed) - min_span + 1))}
-    found = []
-    for position, row in enumerate(inputs):
-        row = _squash(str(row))
-        if len(row) >= min_span and any(row[i:i + min_span] in windows for i in range(len(row) - min_span + 1)):
-            found.append(position)
-    return found
+    seen = {squash(t) for frame in held_out.values() for t in frame["user_input"]}
+    return rows[~rows["user_input"].map(squash).isin(seen)]
 
 
 def leakage_gate(prompt: PromptVersion, held_out: dict[str, pd.DataFrame], min_span: int = 40) -> GateResult:
@@ -107,21 +107,29 @@ def leakage_gate(prompt: PromptVersion, held_out: dict[str, pd.DataFrame], min_s
     found: list[str] = []
     # retrieved demos come from the pool, so a held-out row in the pool is as bad as one in the demos
     sets = [prompt.demos, *prompt.ensemble, prompt.retrieval.pool if prompt.retrieval else []]
-    demos = {_squash(d.user_input) for demos in sets for d in demos}
+    demos = {squash(d.user_input) for demos in sets for d in demos}
     for split, rows in held_out.items():
-        inputs = {_squash(t): int(i) for t, i in zip(rows["user_input"], rows["row_id"])}
+        inputs = {squash(t): int(i) for t, i in zip(rows["user_input"], rows["row_id"])}
         demo_rows = [row_id for squashed, row_id in inputs.items() if squashed in demos]
         if demo_rows:
             found.append(f"demo(s) or demo-pool rows that are {split} rows (data rows {data_row_numbers(demo_rows)})")
         ids = list(inputs.values())
-        spans = [ids[i] for i in verbatim_span_rows(f"{prompt.system_prompt}\n{prompt.output_prompt}", list(inputs),
-                                                    min_span)]
+        spans = [
+            ids[i]
+            for i in verbatim_span_rows(f"{prompt.system_prompt}\n{prompt.output_prompt}", list(inputs), min_span)
+        ]
         if spans:
-            found.append(f"{min_span}+ characters copied verbatim from {split} row(s) "
-                         f"{data_row_numbers(spans)} in its instructions")
+            found.append(
+                f"{min_span}+ characters copied verbatim from {split} row(s) "
+                f"{data_row_numbers(spans)} in its instructions"
+            )
     if found:
-        return GateResult(False, f"prompt v{prompt.version} leaks held-out rows: {'; '.join(found)}. Scores on "
-                                 "those rows would be inflated; the prompt is not used.",
-                          {"leaks": len(found)})
-    return GateResult(True, "no demo and no long verbatim span comes from a held-out row",
-                      {"splits_checked": ", ".join(held_out)})
+        return GateResult(
+            False,
+            f"prompt v{prompt.version} leaks held-out rows: {'; '.join(found)}. Scores on "
+            "those rows would be inflated; the prompt is not used.",
+            {"leaks": len(found)},
+        )
+    return GateResult(
+        True, "no demo and no long verbatim span comes from a held-out row", {"splits_checked": ", ".join(held_out)}
+    )

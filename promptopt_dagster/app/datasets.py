@@ -31,8 +31,10 @@ MANIFEST_KEYS = ("datasets", "scorers")
 def check_name(value: str) -> str:
     """A dataset's or an optimization's name, refused in words rather than as a regular expression."""
     if not re.fullmatch(NAME_PATTERN, value):
-        raise ValueError("not a usable name: use 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or "
-                         "digit (a name becomes a Dagster partition key and a file name)")
+        raise ValueError(
+            "not a usable name: use 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or "
+            "digit (a name becomes a Dagster partition key and a file name)"
+        )
     return value
 
 
@@ -61,16 +63,18 @@ class DatasetSpec(BaseModel):
     _name = field_validator("name")(check_name)
 
     @model_validator(mode="after")
-    def _one_scorer_by_default(self) -> "DatasetSpec":
+    def _one_scorer_by_default(self) -> DatasetSpec:
         if not self.scorers:
             self.scorers = [ScorerSpec(name=self.target_metric or "accuracy")]
         if self.target_metric is None:
             self.target_metric = AGGREGATE if len(self.scorers) > 1 else self.scorers[0].name
         unknown = [label for label in self.label_descriptions if label not in self.labels]
         if unknown:
-            raise ValueError(f"label_descriptions names {', '.join(map(repr, unknown))}, which "
-                             f"{'is' if len(unknown) == 1 else 'are'} not in labels {self.labels}; describe only "
-                             "labels the dataset has, spelled as in `labels`")
+            raise ValueError(
+                f"label_descriptions names {', '.join(map(repr, unknown))}, which "
+                f"{'is' if len(unknown) == 1 else 'are'} not in labels {self.labels}; describe only "
+                "labels the dataset has, spelled as in `labels`"
+            )
         return self
 
 
@@ -78,13 +82,17 @@ def _read_manifest(path: Path) -> dict:
     try:
         raw = load_yaml_file(path, ManifestError, "It needs a `datasets:` mapping.")
     except FileNotFoundError:
-        raise ManifestError(f"Dataset manifest {path} does not exist. Create it with a `datasets:` "
-                            "mapping (see data/manifest.yaml in the repository).") from None
+        raise ManifestError(
+            f"Dataset manifest {path} does not exist. Create it with a `datasets:` "
+            "mapping (see data/manifest.yaml in the repository)."
+        ) from None
     if isinstance(raw, dict):
         unknown = [key for key in raw if key not in MANIFEST_KEYS]
         if unknown:
-            raise ManifestError(f"{path}: {unknown[0]}: {unknown_key_message(unknown[0], MANIFEST_KEYS)} (the manifest "
-                                "has `datasets:` and, for your own scorers, `scorers:`).")
+            raise ManifestError(
+                f"{path}: {unknown[0]}: {unknown_key_message(unknown[0], MANIFEST_KEYS)} (the manifest "
+                "has `datasets:` and, for your own scorers, `scorers:`)."
+            )
     return raw or {}
 
 
@@ -96,8 +104,10 @@ def load_user_scorers(path: Path) -> dict[str, str]:
     if entries is None:
         return {}
     if not isinstance(entries, dict) or not all(isinstance(v, str) for v in entries.values()):
-        raise ManifestError(f"Dataset manifest {path}: `scorers:` must map names to dotted paths, e.g. "
-                            "`scorers: {{keyword_overlap: mypackage.scorers:keyword_overlap}}`.")
+        raise ManifestError(
+            f"Dataset manifest {path}: `scorers:` must map names to dotted paths, e.g. "
+            "`scorers: {{keyword_overlap: mypackage.scorers:keyword_overlap}}`."
+        )
     out = {}
     for name, target in entries.items():
         local = Path(path).parent / target
@@ -116,11 +126,15 @@ def load_manifest(path: Path) -> dict[str, DatasetSpec]:
         if entry is None:
             entry = {}
         if not isinstance(entry, dict):
-            raise ManifestError(f"{path}: datasets.{name}: should be a mapping of settings (files, initial_prompt, "
-                                f"labels, ...), got {type(entry).__name__}.")
+            raise ManifestError(
+                f"{path}: datasets.{name}: should be a mapping of settings (files, initial_prompt, "
+                f"labels, ...), got {type(entry).__name__}."
+            )
         if "name" in entry:
-            raise ManifestError(f"{path}: datasets.{name}.name: not a known key; the entry's key is the dataset's "
-                                "name, so delete this one.")
+            raise ManifestError(
+                f"{path}: datasets.{name}.name: not a known key; the entry's key is the dataset's "
+                "name, so delete this one."
+            )
         try:
             specs[name] = DatasetSpec(name=name, **{str(k): v for k, v in entry.items()})
         except ValidationError as exc:
@@ -128,12 +142,15 @@ def load_manifest(path: Path) -> dict[str, DatasetSpec]:
             raise ManifestError(sentence(f"{path}: {problems}")) from None
         missing = [s for s in SPLITS if s not in specs[name].files]
         if missing:
-            raise ManifestError(f"{path}: datasets.{name}.files names no file for split(s) "
-                                f"{', '.join(missing)}. Add them under `files:`.")
+            raise ManifestError(
+                f"{path}: datasets.{name}.files names no file for split(s) "
+                f"{', '.join(missing)}. Add them under `files:`."
+            )
         extra = [s for s in specs[name].files if s not in SPLITS]
         if extra:
-            raise ManifestError(f"{path}: datasets.{name}.files.{extra[0]}: not a split; the splits are "
-                                f"{', '.join(SPLITS)}.")
+            raise ManifestError(
+                f"{path}: datasets.{name}.files.{extra[0]}: not a split; the splits are {', '.join(SPLITS)}."
+            )
     return specs
 
 
@@ -158,7 +175,7 @@ class DatasetSplits:
         return out[["dataset", "split", "row_id", "user_input", "ground_truth_output"]]
 
     @classmethod
-    def from_frame(cls, name: str, frame: pd.DataFrame) -> "DatasetSplits":
+    def from_frame(cls, name: str, frame: pd.DataFrame) -> DatasetSplits:
         parts = {s: frame[frame["split"] == s][["row_id", *COLUMNS]].reset_index(drop=True) for s in SPLITS}
         return cls(name=name, **parts)
 
@@ -169,48 +186,63 @@ def read_split(path: Path, labels: list[str] | None = None, unlabeled_ok: bool =
     `unlabeled_ok`: a file without the ground_truth_output column is read with no labels (null), for
     a model migration, whose references come from the source model instead."""
     if not path.exists():
-        raise DatasetError(f"Dataset file {path} does not exist. Check the path in data/manifest.yaml "
-                           f"or add the file with the header `{','.join(COLUMNS)}`.")
+        raise DatasetError(
+            f"Dataset file {path} does not exist. Check the path in data/manifest.yaml "
+            f"or add the file with the header `{','.join(COLUMNS)}`."
+        )
     text = _utf8_text(path)
     try:
         frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         frame = pd.DataFrame()
     except pd.errors.ParserError as exc:
-        raise DatasetError(f"Dataset file {path} is not valid CSV: {_parse_problem(str(exc))}. Quote fields that "
-                           'contain commas, quotes or newlines with double quotes ("like, this"), and write a quote '
-                           'inside one twice ("").') from None
+        raise DatasetError(
+            f"Dataset file {path} is not valid CSV: {_parse_problem(str(exc))}. Quote fields that "
+            'contain commas, quotes or newlines with double quotes ("like, this"), and write a quote '
+            'inside one twice ("").'
+        ) from None
     missing = [c for c in COLUMNS if c not in frame.columns]
     unlabeled = missing == ["ground_truth_output"]
     if unlabeled and unlabeled_ok:
         frame["ground_truth_output"] = pd.Series([None] * len(frame), index=frame.index, dtype="string")
     elif missing:
-        message = (f"Dataset file {path} is missing the column(s) {', '.join(missing)} "
-                   f"(found: {', '.join(map(str, frame.columns)) or 'none'}). The first line must be "
-                   f"the header `{','.join(COLUMNS)}`, one row per example.")
+        message = (
+            f"Dataset file {path} is missing the column(s) {', '.join(missing)} "
+            f"(found: {', '.join(map(str, frame.columns)) or 'none'}). The first line must be "
+            f"the header `{','.join(COLUMNS)}`, one row per example."
+        )
         if unlabeled:
             raise MissingLabelsError(f"{message} {MIGRATION_HINT}")
         raise DatasetError(message)
     if frame.empty:
-        raise DatasetError(f"Dataset file {path} has a header but no rows. Add labeled examples, "
-                           f"one per line as `{','.join(COLUMNS)}`.")
+        raise DatasetError(
+            f"Dataset file {path} has a header but no rows. Add labeled examples, "
+            f"one per line as `{','.join(COLUMNS)}`."
+        )
     frame = frame[list(COLUMNS)].copy()
     no_input = frame["user_input"].fillna("").str.strip().eq("")
     no_label = frame["ground_truth_output"].str.strip().eq("").fillna(False).astype(bool)  # null: no label column
-    blanks = [f"an empty {column} in data row(s) {data_row_numbers(frame.index[empty])}"
-              for column, empty in zip(COLUMNS, (no_input, no_label)) if empty.any()]
+    blanks = [
+        f"an empty {column} in data row(s) {data_row_numbers(frame.index[empty])}"
+        for column, empty in zip(COLUMNS, (no_input, no_label))
+        if empty.any()
+    ]
     if blanks:
         raise DatasetError(f"Dataset file {path} has {' and '.join(blanks)}. Fill them in or delete those rows.")
     dupes = frame[frame.duplicated("user_input", keep="first")]
     if len(dupes):
-        raise DatasetError(f"Dataset file {path} repeats the same user_input in data row(s) {data_row_numbers(dupes.index)}. "
-                           "Delete the repeats so no example counts twice.")
+        raise DatasetError(
+            f"Dataset file {path} repeats the same user_input in data row(s) {data_row_numbers(dupes.index)}. "
+            "Delete the repeats so no example counts twice."
+        )
     if labels and not unlabeled:
         allowed = {l.casefold() for l in labels}
         bad = frame[~frame["ground_truth_output"].str.strip().str.casefold().isin(allowed)]
         if len(bad):
-            raise DatasetError(f"Dataset file {path} has labels outside {labels} in data row(s) {data_row_numbers(bad.index)}. "
-                               "Fix those rows or add the label to `labels:` in data/manifest.yaml.")
+            raise DatasetError(
+                f"Dataset file {path} has labels outside {labels} in data row(s) {data_row_numbers(bad.index)}. "
+                "Fix those rows or add the label to `labels:` in data/manifest.yaml."
+            )
     frame.insert(0, "row_id", range(len(frame)))
     return frame
 
@@ -246,13 +278,16 @@ def _utf8_text(path: Path) -> str:
             f"Dataset file {path} is not UTF-8: line {line} has the byte 0x{data[exc.start]:02x}, which is not "
             "valid UTF-8 (the file was probably saved as Latin-1 or Windows-1252). Re-save it as UTF-8, e.g. "
             f"`iconv -f latin1 -t utf-8 {name} > {name}.utf8 && mv {name}.utf8 {name}` (use `-f cp1252` for a "
-            'file from Excel on Windows), or choose "CSV UTF-8" when saving from a spreadsheet.') from None
+            'file from Excel on Windows), or choose "CSV UTF-8" when saving from a spreadsheet.'
+        ) from None
 
 
 #: what to do about a file without labels: the end of every message that refuses one
-MIGRATION_HINT = ("Add the ground_truth_output column with each row's expected output, or, to move a prompt from "
-                  "one model to another, set `source_model` on the optimization in data/optimizations.yaml: the "
-                  "source model's answers then become the references, and no label column is needed.")
+MIGRATION_HINT = (
+    "Add the ground_truth_output column with each row's expected output, or, to move a prompt from "
+    "one model to another, set `source_model` on the optimization in data/optimizations.yaml: the "
+    "source model's answers then become the references, and no label column is needed."
+)
 
 
 def load_splits(spec: DatasetSpec, data_dir: Path, unlabeled_ok: bool = False) -> DatasetSplits:
@@ -266,7 +301,8 @@ def load_splits(spec: DatasetSpec, data_dir: Path, unlabeled_ok: bool = False) -
                 raise DatasetError(
                     f"Dataset '{spec.name}': {len(overlap)} user_input value(s) appear in both "
                     f"{spec.files[seen[text]]} and {spec.files[split]}, e.g. {next(iter(overlap))[:80]!r}. "
-                    "A held-out split must share no example with the others: delete them from one file.")
+                    "A held-out split must share no example with the others: delete them from one file."
+                )
             seen[text] = split
     return DatasetSplits(name=spec.name, **splits)
 
@@ -286,7 +322,9 @@ def sample_rows(frame: pd.DataFrame, size: int | None, seed: int) -> pd.DataFram
     return frame.sample(n=size, random_state=seed).sort_values("row_id").reset_index(drop=True)
 
 
-def dev_parts(dev: pd.DataFrame, eval_size: int | None, select_size: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def dev_parts(
+    dev: pd.DataFrame, eval_size: int | None, select_size: int, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(select, confirm): dev rows that choose among candidates, and the disjoint rows that accept them.
 
     When the rows that pick a candidate also judge it, the loop climbs noise: the best of many

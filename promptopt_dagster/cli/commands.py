@@ -17,12 +17,13 @@ import sys
 import time
 from pathlib import Path
 
-from promptopt_dagster.cli_overrides import add_override_flags, apply_overrides
+from promptopt_dagster.app.optimizations import OptimizationSpec, describe_model, load_optimizations, same_model
+from promptopt_dagster.app.settings import get_settings
+from promptopt_dagster.cli.overrides import add_override_flags, apply_overrides
 from promptopt_dagster.core.errors import PromptOptError
-from promptopt_dagster.core.optimizations import writer_model_problem
-from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.core.formatting import fmt_interval, fmt_refined, fmt_score
-from promptopt_dagster.settings import PROJECT_ROOT, get_settings
+from promptopt_dagster.core.prompts import PromptVersion
+from promptopt_dagster.optimizers.capabilities import writer_model_problem
 
 log = logging.getLogger("promptopt.cli")
 
@@ -44,31 +45,46 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="promptopt", description=__doc__.splitlines()[0], formatter_class=_Help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    opt = sub.add_parser("optimize", help="optimize one dataset's prompt and report it on the held-out test split",
-                         description="Optimize one dataset's prompt, then score the initial and the best prompt "
-                                     "on the held-out test split.", formatter_class=_Help)
+    opt = sub.add_parser(
+        "optimize",
+        help="optimize one dataset's prompt and report it on the held-out test split",
+        description="Optimize one dataset's prompt, then score the initial and the best prompt "
+        "on the held-out test split.",
+        formatter_class=_Help,
+    )
     which = opt.add_mutually_exclusive_group(required=True)
-    which.add_argument("--dataset", metavar="NAME",
-                       help="a dataset named in data/manifest.yaml; runs its optimization of the same name "
-                            "(optimizations.yaml may set it, else the defaults below)")
-    which.add_argument("--optimization", metavar="NAME",
-                       help="an optimization named in data/optimizations.yaml (or a dataset's default)")
+    which.add_argument(
+        "--dataset",
+        metavar="NAME",
+        help="a dataset named in data/manifest.yaml; runs its optimization of the same name "
+        "(optimizations.yaml may set it, else the defaults below)",
+    )
+    which.add_argument(
+        "--optimization",
+        metavar="NAME",
+        help="an optimization named in data/optimizations.yaml (or a dataset's default)",
+    )
     # The flags below override the optimization's settings (default: the optimization's own; the
     # values shown are a dataset's default optimization). An override is a different optimization
     # fingerprint, so it starts a new generation.
     add_override_flags(opt)
-    opt.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                     help="an option of the optimizer, e.g. num_candidates=4 (repeatable; a value is read as YAML)")
+    opt.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the optimizer, e.g. num_candidates=4 (repeatable; a value is read as YAML)",
+    )
     opt.add_argument("--report-json", type=Path, metavar="PATH", help="write the full report as JSON to this file")
     opt.add_argument("--json", action="store_true", help="print the full report as JSON instead of the summary")
     opt.add_argument("--verbose", action="store_true", help="show Dagster's own step logs and llama.cpp's messages")
-    from promptopt_dagster import cli_jobs, cli_leaderboard, cli_promote, cli_rewrite, cli_ui
+    from promptopt_dagster.cli import jobs, leaderboard, promote, rewrite, ui
 
-    cli_ui.add_command(sub)
-    cli_leaderboard.add_command(sub)
-    cli_rewrite.add_command(sub)
-    cli_jobs.add_commands(sub)
-    cli_promote.add_commands(sub)
+    ui.add_command(sub)
+    leaderboard.add_command(sub)
+    rewrite.add_command(sub)
+    jobs.add_commands(sub)
+    promote.add_commands(sub)
     return parser
 
 
@@ -84,18 +100,18 @@ def _parse_options(pairs: list[str]) -> dict:
     return options
 
 
-def _resolve_optimization(args: argparse.Namespace, datasets) -> "OptimizationSpec":
+def _resolve_optimization(args: argparse.Namespace, datasets) -> OptimizationSpec:
     """The dataset's optimization with the flags given on the command line applied; checked like the YAML."""
     from pydantic import ValidationError
-
-    from promptopt_dagster.core.optimizations import OptimizationSpec, load_optimizations
 
     settings = get_settings()
     specs = load_optimizations(settings.optimizations_path, datasets)
     name = args.optimization or args.dataset
     if name not in specs:
-        raise PromptOptError(f"--optimization {name!r} is neither in {settings.optimizations_path} nor a dataset "
-                             f"of the manifest; known: {', '.join(sorted(specs))}.")
+        raise PromptOptError(
+            f"--optimization {name!r} is neither in {settings.optimizations_path} nor a dataset "
+            f"of the manifest; known: {', '.join(sorted(specs))}."
+        )
     entry = apply_overrides(args, specs[name].model_dump())
     if args.optimizer is not None and args.optimizer != specs[name].optimizer:
         entry["options"] = {}  # the other optimizer's options do not apply
@@ -103,8 +119,9 @@ def _resolve_optimization(args: argparse.Namespace, datasets) -> "OptimizationSp
     try:
         return OptimizationSpec(**entry)
     except ValidationError as exc:
-        problems = "; ".join(f"--{'-'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-                             for e in exc.errors())
+        problems = "; ".join(
+            f"--{'-'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+        )
         raise PromptOptError(problems.replace("--options", "--option")) from None
 
 
@@ -135,9 +152,17 @@ def run_here(job_name: str, partition_key: str, tags: dict, ops: dict | None = N
     from promptopt_dagster.defs.loop import DRIVER_TAG
 
     run_config = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}, **({"ops": ops} if ops else {})}
-    return definitions_here().resolve_job_def(job_name).execute_in_process(
-        partition_key=partition_key, instance=dg.DagsterInstance.get(), raise_on_error=False,
-        tags={DRIVER_TAG: "cli", **tags}, run_config=run_config)
+    return (
+        definitions_here()
+        .resolve_job_def(job_name)
+        .execute_in_process(
+            partition_key=partition_key,
+            instance=dg.DagsterInstance.get(),
+            raise_on_error=False,
+            tags={DRIVER_TAG: "cli", **tags},
+            run_config=run_config,
+        )
+    )
 
 
 def _was_interrupted(result) -> bool:
@@ -155,11 +180,15 @@ def _failure_message(result) -> str:
     innermost error of the failed step (e.g. a DatasetError), never Dagster's wrapper."""
     import dagster as dg
 
-    checks = [e for e in result.get_asset_check_evaluations()
-              if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR]
+    checks = [
+        e for e in result.get_asset_check_evaluations() if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR
+    ]
     if checks:
-        return "; ".join(f"quality check {e.check_name} on {e.asset_key.to_user_string()} failed: "
-                         f"{e.description or 'no description'}" for e in checks)
+        return "; ".join(
+            f"quality check {e.check_name} on {e.asset_key.to_user_string()} failed: "
+            f"{e.description or 'no description'}"
+            for e in checks
+        )
     return step_failure_text(result)
 
 
@@ -187,9 +216,11 @@ def _check_target(optimization, spec, flag: bool) -> None:
     names = [s.name for s in spec.scorers]
     if optimization.target_metric and optimization.target_metric not in (*names, AGGREGATE):
         where = "--target-metric" if flag else f"optimizations.{optimization.name}.target_metric"
-        raise PromptOptError(f"{where} {optimization.target_metric!r} is neither '{AGGREGATE}' nor one of the "
-                             f"scorers of dataset '{spec.name}' ({', '.join(names)}). Pass one of those, or leave "
-                             f"the flag out to use the manifest's target_metric ({spec.target_metric}).")
+        raise PromptOptError(
+            f"{where} {optimization.target_metric!r} is neither '{AGGREGATE}' nor one of the "
+            f"scorers of dataset '{spec.name}' ({', '.join(names)}). Pass one of those, or leave "
+            f"the flag out to use the manifest's target_metric ({spec.target_metric})."
+        )
 
 
 def _check_optimizer_model(optimization) -> None:
@@ -203,13 +234,15 @@ def _check_optimizer_model(optimization) -> None:
         raise PromptOptError(problem)
     task = optimization.task_model or get_settings().task
     if task.backend in PROMPT_SERVICES:
-        raise PromptOptError(f"the task model's backend is {task.backend}, which rewrites prompts and cannot answer "
-                             "rows. Set PROMPTOPT_TASK__BACKEND (or task_model) to local, gemini or openai.")
+        raise PromptOptError(
+            f"the task model's backend is {task.backend}, which rewrites prompts and cannot answer "
+            "rows. Set PROMPTOPT_TASK__BACKEND (or task_model) to local, gemini or openai."
+        )
 
 
 def _check_context(client, spec, splits, prompt, optimization, data_dir: Path) -> None:
     """The initial prompt over every dev and test row the run will use fits the task model's context."""
-    from promptopt_dagster.core.datasets import sample_rows
+    from promptopt_dagster.app.datasets import sample_rows
     from promptopt_dagster.llm.inference import build_requests, check_context
 
     for split, size in (("dev", optimization.eval_size), ("test", optimization.test_size)):
@@ -220,14 +253,15 @@ def _check_context(client, spec, splits, prompt, optimization, data_dir: Path) -
 
 def _check_migration(optimization) -> None:
     """A migration moves a prompt between two models: the source must not be the task model."""
-    from promptopt_dagster.core.optimizations import describe_model, same_model
 
     task = optimization.task_model or get_settings().task
     if optimization.source_model is not None and same_model(optimization.source_model, task):
-        raise PromptOptError(f"optimizations.{optimization.name}.source_model is the task model "
-                             f"({describe_model(task)}, from {'task_model' if optimization.task_model else 'PROMPTOPT_TASK__*'}): "
-                             "a migration moves a prompt from one model to another. Set task_model (or "
-                             "PROMPTOPT_TASK__*) to the model the prompt moves to.")
+        raise PromptOptError(
+            f"optimizations.{optimization.name}.source_model is the task model "
+            f"({describe_model(task)}, from {'task_model' if optimization.task_model else 'PROMPTOPT_TASK__*'}): "
+            "a migration moves a prompt from one model to another. Set task_model (or "
+            "PROMPTOPT_TASK__*) to the model the prompt moves to."
+        )
 
 
 def _migration_lines(migration: dict) -> list[str]:
@@ -237,17 +271,25 @@ def _migration_lines(migration: dict) -> list[str]:
         return fmt_score(value) + (f" {fmt_interval(interval)}" if interval else "")
 
     cost, per = migration["cost"], migration["per_answer"]
-    lines = [f"  migration from {migration['source_model']}: agreement with its answers on {agreement['test_rows']} "
-             f"test rows: before {score(agreement['before'], bounds.get('initial'))} -> after "
-             f"{score(agreement['after'], bounds.get('best'))}"]
+    lines = [
+        f"  migration from {migration['source_model']}: agreement with its answers on {agreement['test_rows']} "
+        f"test rows: before {score(agreement['before'], bounds.get('initial'))} -> after "
+        f"{score(agreement['after'], bounds.get('best'))}"
+    ]
     labels = migration.get("dataset_labels")
     if labels:
-        lines.append(f"  the dataset's own labels ({labels['rows']} test rows): source {labels['source']:.4f}, "
-                     f"before {labels['initial']:.4f}, after {labels['best']:.4f}")
-    lines.append("  cost: " + "; ".join(
-        f"{role} {cost[role]['model']} {cost[role]['llm_calls']:,} calls + {cost[role]['cache_hits']:,} cached, "
-        f"${cost[role]['cost_usd']:.4f} (${per[role].get('cost_usd_per_1k_answers', 0.0):.4f} per 1,000 answers)"
-        for role in ("source", "task")))
+        lines.append(
+            f"  the dataset's own labels ({labels['rows']} test rows): source {labels['source']:.4f}, "
+            f"before {labels['initial']:.4f}, after {labels['best']:.4f}"
+        )
+    lines.append(
+        "  cost: "
+        + "; ".join(
+            f"{role} {cost[role]['model']} {cost[role]['llm_calls']:,} calls + {cost[role]['cache_hits']:,} cached, "
+            f"${cost[role]['cost_usd']:.4f} (${per[role].get('cost_usd_per_1k_answers', 0.0):.4f} per 1,000 answers)"
+            for role in ("source", "task")
+        )
+    )
     return lines
 
 
@@ -259,7 +301,7 @@ def _summary(optimization: str, report: dict, this_run: dict, best_path: Path, r
 
     def score(name: str) -> str:
         interval = bounds.get(name)
-        return fmt_score(report[name + '_test_score']) + (f" {fmt_interval(interval)}" if interval else "")
+        return fmt_score(report[name + "_test_score"]) + (f" {fmt_interval(interval)}" if interval else "")
 
     lines = [
         f"[{optimization}] {report['metric']} on {report['test_size']} held-out test rows (95% interval): "
@@ -282,8 +324,18 @@ def optimize(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from promptopt_dagster.defs.home import ensure_dagster_home
-    from promptopt_dagster.defs.loop import (DATASET_JOB, DRIVER_TAG, ITERATION_JOB, LEADERBOARD_JOB, REPORT_JOB,
-                                             START_JOB, next_step, optimization_tags, start_run_config, stop_reason_of)
+    from promptopt_dagster.defs.loop import (
+        DATASET_JOB,
+        DRIVER_TAG,
+        ITERATION_JOB,
+        LEADERBOARD_JOB,
+        REPORT_JOB,
+        START_JOB,
+        next_step,
+        optimization_tags,
+        start_run_config,
+        stop_reason_of,
+    )
     from promptopt_dagster.defs.partitions import ensure_iteration, iteration_key
     from promptopt_dagster.defs.runs import PID_TAG, describe, fail_dead_cli_runs, process_tags
     from promptopt_dagster.llm.progress import bars_shown
@@ -305,7 +357,14 @@ def optimize(args: argparse.Namespace) -> int:
     _check_optimizer_model(optimization)
     _check_migration(optimization)
     suite = project.suite(dataset, target=optimization.target_metric)  # unknown scorers, options, name clashes
-    _check_context(defs.resources["task_model"].client_for(optimization.task_model), spec, splits, initial, optimization, settings.data_dir)
+    _check_context(
+        defs.resources["task_model"].client_for(optimization.task_model),
+        spec,
+        splits,
+        initial,
+        optimization,
+        settings.data_dir,
+    )
 
     instance = dg.DagsterInstance.get()
     for run in fail_dead_cli_runs(instance):
@@ -323,13 +382,15 @@ def optimize(args: argparse.Namespace) -> int:
     def run(job_name: str, partition_key, with_config: bool = False):
         job = defs.resolve_job_def(job_name)
         config = {**loggers, **(start_config if with_config else {})}
-        result = job.execute_in_process(partition_key=partition_key, instance=instance, run_config=config,
-                                        tags=tags, raise_on_error=False)
+        result = job.execute_in_process(
+            partition_key=partition_key, instance=instance, run_config=config, tags=tags, raise_on_error=False
+        )
         if not result.success and _was_interrupted(result):
             raise _Interrupted(result.run_id)
         if not result.success:
-            raise PromptOptError(f"Run {result.run_id} ({job_name}, partition {partition_key}) failed: "
-                                 f"{_failure_message(result)}")
+            raise PromptOptError(
+                f"Run {result.run_id} ({job_name}, partition {partition_key}) failed: {_failure_message(result)}"
+            )
         return result
 
     try:
@@ -353,11 +414,13 @@ def optimize(args: argparse.Namespace) -> int:
             for key in this_run:
                 this_run[key] += compare[key].value
             stop_reason = stop_reason_of(best)
-            say(f"[{name}] iteration {iteration}: {suite.target} baseline "
+            say(
+                f"[{name}] iteration {iteration}: {suite.target} baseline "
                 f"{compare['baseline_score'].value:.4f}, refined {fmt_refined(compare['refined_score'].value)}, "
                 f"{'accepted' if compare['accepted'].value else 'rejected'}; best {compare['best_score'].value:.4f}; "
                 f"{'stop: ' + stop_reason if stop_reason else 'continue'}; {compare['llm_calls'].value} model calls, "
-                f"{compare['cache_hits'].value} cached ({time.perf_counter() - started:.0f}s)")
+                f"{compare['cache_hits'].value} cached ({time.perf_counter() - started:.0f}s)"
+            )
             step = next_step(name, generation, iteration, stop_reason)
             if step.iteration is None:
                 break
@@ -405,8 +468,11 @@ def _cancel_interrupted(instance, mine, run_id: str | None) -> None:
             instance.report_run_canceled(run, "Interrupted with Ctrl-C in `promptopt optimize`.")
             canceled.append(describe(run))
     what = f"{canceled[0]} marked canceled" if canceled else "no run was in progress"
-    print(f"interrupted: {what}. Answers already received are cached; the same command resumes from there.",
-          file=sys.stderr, flush=True)
+    print(
+        f"interrupted: {what}. Answers already received are cached; the same command resumes from there.",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def say(text: str) -> None:
@@ -444,12 +510,20 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         _setup_logging(args)  # reads the settings: a bad .env line is an error like any other input
-        from promptopt_dagster import cli_jobs, cli_leaderboard, cli_promote, cli_rewrite, cli_ui
+        from promptopt_dagster.cli import jobs, leaderboard, promote, rewrite, ui
 
-        commands = {"optimize": optimize, "ui": cli_ui.ui, "leaderboard": cli_leaderboard.leaderboard,
-                    "rewrite": cli_rewrite.rewrite, "promote": cli_promote.promote,
-                    "rollback": cli_promote.rollback, "render": cli_promote.render,
-                    "submit": cli_jobs.submit, "status": cli_jobs.status, "cancel": cli_jobs.cancel}
+        commands = {
+            "optimize": optimize,
+            "ui": ui.ui,
+            "leaderboard": leaderboard.leaderboard,
+            "rewrite": rewrite.rewrite,
+            "promote": promote.promote,
+            "rollback": promote.rollback,
+            "render": promote.render,
+            "submit": jobs.submit,
+            "status": jobs.status,
+            "cancel": jobs.cancel,
+        }
         return commands[args.command](args)
     except PromptOptError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 
 def png_markdown(draw: Callable, alt: str, size: tuple[float, float] = (6.4, 4.0)) -> str:
@@ -33,8 +33,12 @@ def _offsets(rings: int = 6, step: float = 11.0) -> list[tuple[float, float, str
     out = []
     for ring in range(rings):
         gap, lift = 4.0 + ring * step * 0.6, ring * step
-        out += [(gap, 3.0 + lift, "left", "bottom"), (gap, -3.0 - lift, "left", "top"),
-                (-gap, 3.0 + lift, "right", "bottom"), (-gap, -3.0 - lift, "right", "top")]
+        out += [
+            (gap, 3.0 + lift, "left", "bottom"),
+            (gap, -3.0 - lift, "left", "top"),
+            (-gap, 3.0 + lift, "right", "bottom"),
+            (-gap, -3.0 - lift, "right", "top"),
+        ]
     return out
 
 
@@ -61,17 +65,27 @@ def place_labels(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence[
         best, best_cost = None, math.inf
         for dx, dy, ha, va in _offsets():
             far = abs(dy) > 6 or abs(dx) > 6
-            note = ax.annotate(label, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
-                               fontsize=fontsize, annotation_clip=False,
-                               arrowprops=dict(arrowstyle="-", color="0.6", linewidth=0.6, shrinkA=0, shrinkB=2)
-                               if far else None)
+            note = ax.annotate(
+                label,
+                (x, y),
+                textcoords="offset points",
+                xytext=(dx, dy),
+                ha=ha,
+                va=va,
+                fontsize=fontsize,
+                annotation_clip=False,
+                arrowprops=dict(arrowstyle="-", color="0.6", linewidth=0.6, shrinkA=0, shrinkB=2) if far else None,
+            )
             note.set_in_layout(False)
             note.update_positions(renderer)  # where the offset puts the text: known only once laid out
             box = Text.get_window_extent(note, renderer).expanded(1.0, 1.08)  # the text, not its leader line
             cost = sum(_overlap(box, other) for other in taken)
             cost += sum(1.0 for px, py in dots if box.x0 - 2 <= px <= box.x1 + 2 and box.y0 - 2 <= py <= box.y1 + 2)
-            cost += 0.0 if (box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0
-                            and box.y1 <= frame.y1) else 0.5
+            cost += (
+                0.0
+                if (box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0 and box.y1 <= frame.y1)
+                else 0.5
+            )
             if cost < best_cost:
                 if best is not None:
                     best[0].remove()
@@ -110,8 +124,14 @@ def draw_score_cost(ax, frame) -> None:
     for (_, row), cost in zip(frame.iterrows(), x):
         low, high = row["test_low_95"], row["test_high_95"]
         err = None if math.isnan(low) else [[row["best_test_score"] - low], [high - row["best_test_score"]]]
-        ax.errorbar([cost], [row["best_test_score"]], yerr=err, fmt="o" if row["current"] else "x",
-                    capsize=3, alpha=1.0 if row["current"] else 0.5)
+        ax.errorbar(
+            [cost],
+            [row["best_test_score"]],
+            yerr=err,
+            fmt="o" if row["current"] else "x",
+            capsize=3,
+            alpha=1.0 if row["current"] else 0.5,
+        )
     ax.set_xlabel("estimated cost (USD)" if priced else "model calls (no price set)")
     ax.set_ylabel(f"best prompt, test {frame.iloc[0]['metric'] if len(frame) else ''}")
     ax.set_title(f"{frame.iloc[0]['dataset'] if len(frame) else ''}: score vs cost (o current, x older)")

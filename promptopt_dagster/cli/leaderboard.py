@@ -13,12 +13,15 @@ import json
 
 
 def add_command(sub) -> None:
-    from promptopt_dagster.cli import _Help
+    from promptopt_dagster.cli.commands import _Help
 
-    board = sub.add_parser("leaderboard", formatter_class=_Help,
-                           help="rank every optimization of a dataset by its held-out test score, with cost",
-                           description="Print the dataset's leaderboard (one row per optimization and generation), "
-                                       "as the last final report left it. Starts no run and calls no model.")
+    board = sub.add_parser(
+        "leaderboard",
+        formatter_class=_Help,
+        help="rank every optimization of a dataset by its held-out test score, with cost",
+        description="Print the dataset's leaderboard (one row per optimization and generation), "
+        "as the last final report left it. Starts no run and calls no model.",
+    )
     board.add_argument("dataset", metavar="DATASET", help="a dataset named in data/manifest.yaml")
     board.add_argument("--json", action="store_true", help="print the rows as JSON")
 
@@ -26,14 +29,15 @@ def add_command(sub) -> None:
 def leaderboard(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from promptopt_dagster.cli import definitions_here
-    from promptopt_dagster.core.leaderboard import as_text
+    from promptopt_dagster.app.leaderboard import as_text
+    from promptopt_dagster.cli.commands import definitions_here
 
     defs = definitions_here()
     defs.resources["project"].spec(args.dataset)  # names an unknown dataset and the manifest
     instance = dg.DagsterInstance.get()
     stored = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("leaderboard"), asset_partitions=[args.dataset]), limit=1).records
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("leaderboard"), asset_partitions=[args.dataset]), limit=1
+    ).records
     if not stored:
         board = None
     else:
@@ -41,8 +45,10 @@ def leaderboard(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([] if board is None else json.loads(board.to_json(orient="records")), indent=2))
     elif board is None:
-        print(f"no optimization of {args.dataset} has a final report yet; run `promptopt optimize --dataset "
-              f"{args.dataset}` (or `promptopt submit NAME` to the UI) first")
+        print(
+            f"no optimization of {args.dataset} has a final report yet; run `promptopt optimize --dataset "
+            f"{args.dataset}` (or `promptopt submit NAME` to the UI) first"
+        )
     else:
         print(as_text(board))
     return 0

@@ -15,14 +15,26 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from promptopt_dagster.core.optimizations import OptimizationSpec
+from promptopt_dagster.app.optimizations import OptimizationSpec
 
 #: the settings that are flags, as paths into an optimization entry (optimizations.yaml's layout); the
 #: flag is the last part with dashes (("stop", "max_iterations") -> --max-iterations), in --help's order
 FLAGS: tuple[tuple[str, ...], ...] = (
-    ("stop", "max_iterations"), ("eval_size",), ("select_size",), ("confidence",), ("test_size",), ("optimizer",),
-    ("stop", "target_score"), ("target_metric",), ("stop", "patience"), ("seed",), ("budget", "max_requests"),
-    ("budget", "max_tokens"), ("budget", "max_cost_usd"), ("budget", "max_metric_calls"), ("max_failed_fraction",),
+    ("stop", "max_iterations"),
+    ("eval_size",),
+    ("select_size",),
+    ("confidence",),
+    ("test_size",),
+    ("optimizer",),
+    ("stop", "target_score"),
+    ("target_metric",),
+    ("stop", "patience"),
+    ("seed",),
+    ("budget", "max_requests"),
+    ("budget", "max_tokens"),
+    ("budget", "max_cost_usd"),
+    ("budget", "max_metric_calls"),
+    ("max_failed_fraction",),
 )
 
 
@@ -49,8 +61,9 @@ def flag_help(field: FieldInfo) -> str:
     return f"{field.description} (default: {shown_default(field)})"
 
 
-def number(kind: type, ge: float | None = None, gt: float | None = None, le: float | None = None,
-           lt: float | None = None):
+def number(
+    kind: type, ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None
+):
     """An argparse type for an int or float within bounds (pydantic's ge/gt/le/lt), whose refusal is one
     line naming the rule, e.g. "must be 0 or more, got -5", "must be between 0 and 1, got 1.5"."""
     rule = _rule(ge, gt, le, lt)
@@ -59,13 +72,19 @@ def number(kind: type, ge: float | None = None, gt: float | None = None, le: flo
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, "
-                                             f"got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}"
+            ) from None
         # written as `not (within)`, so a float NaN, which compares false with everything, is refused too
-        if not ((ge is None or value >= ge) and (gt is None or value > gt) and (le is None or value <= le)
-                and (lt is None or value < lt)):
+        if not (
+            (ge is None or value >= ge)
+            and (gt is None or value > gt)
+            and (le is None or value <= le)
+            and (lt is None or value < lt)
+        ):
             raise argparse.ArgumentTypeError(f"must be {rule}, got {value if kind is int else text}")
         return value
+
     return parse
 
 
@@ -96,8 +115,12 @@ def _argparse_type(field: FieldInfo) -> dict[str, Any]:
     if kind is str:
         return {}
     if kind in (int, float):
-        bounds = {name: getattr(rule, name) for rule in field.metadata for name in ("ge", "gt", "le", "lt")
-                  if hasattr(rule, name)}
+        bounds = {
+            name: getattr(rule, name)
+            for rule in field.metadata
+            for name in ("ge", "gt", "le", "lt")
+            if hasattr(rule, name)
+        }
         return {"type": number(kind, **bounds)}
     raise TypeError(f"no command-line form for a setting of type {field.annotation}")  # a new flag's type: add one
 
@@ -119,8 +142,16 @@ def _rule(ge, gt, le, lt) -> str:
     """The bounds as the refusal states them: today's wording for the usual ones ("0 or more", "between 0 and 1")."""
     if ge is not None and le is not None:
         return f"between {_number_text(ge)} and {_number_text(le)}"
-    low = f"at least {_number_text(ge)}" if ge is not None else f"more than {_number_text(gt)}" if gt is not None else None
-    high = f"at most {_number_text(le)}" if le is not None else f"less than {_number_text(lt)}" if lt is not None else None
+    low = (
+        f"at least {_number_text(ge)}"
+        if ge is not None
+        else f"more than {_number_text(gt)}"
+        if gt is not None
+        else None
+    )
+    high = (
+        f"at most {_number_text(le)}" if le is not None else f"less than {_number_text(lt)}" if lt is not None else None
+    )
     if ge is not None and high is None:
         return f"{_number_text(ge)} or more"
     if le is not None and low is None:

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from promptopt_dagster.settings import PROJECT_ROOT, Settings, dotenv_settings, get_settings
+from promptopt_dagster.app.settings import PROJECT_ROOT, Settings, dotenv_settings, get_settings
 
 #: seconds the webserver, daemon and code server get to stop after the first signal, before SIGKILL
 STOP_GRACE_S = 6.0
@@ -33,14 +33,18 @@ _PATH_SETTINGS = ("data_dir", "prompts_dir", "state_dir", "model_dir")
 
 
 def add_command(sub) -> None:
-    from promptopt_dagster.cli import _Help
-    from promptopt_dagster.cli_overrides import number
+    from promptopt_dagster.cli.commands import _Help
+    from promptopt_dagster.cli.overrides import number
 
-    ui = sub.add_parser("ui", help="start the Dagster UI and daemon on this project's Dagster home",
-                        description="Start `dagster dev` (web UI, daemon, sensors) on this project's Dagster home, "
-                                    "with the interpreter and packages this command runs with, and the settings of "
-                                    "the folder it is started from (environment, then .env). SIGTERM, SIGINT "
-                                    "(Ctrl-C) and SIGHUP stop every process it started.", formatter_class=_Help)
+    ui = sub.add_parser(
+        "ui",
+        help="start the Dagster UI and daemon on this project's Dagster home",
+        description="Start `dagster dev` (web UI, daemon, sensors) on this project's Dagster home, "
+        "with the interpreter and packages this command runs with, and the settings of "
+        "the folder it is started from (environment, then .env). SIGTERM, SIGINT "
+        "(Ctrl-C) and SIGHUP stop every process it started.",
+        formatter_class=_Help,
+    )
     ui.add_argument("--port", type=number(int, ge=1), default=3000, help="port of the web UI")
     ui.add_argument("--host", default="127.0.0.1", help="address the web UI listens on (0.0.0.0: every interface)")
 
@@ -64,10 +68,23 @@ def ui(args: argparse.Namespace) -> int:
     settings = get_settings()
     ensure_dagster_home(settings.dagster_home)  # sets DAGSTER_HOME, which child_environment passes on
     env = child_environment(settings)
-    argv = [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
-            "--port", str(args.port), "--host", args.host]
-    print(f"Dagster UI on http://{args.host}:{args.port} (Dagster home {env['DAGSTER_HOME']}, data "
-          f"{settings.data_dir}); Ctrl-C or SIGTERM stops it.", flush=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "dev",
+        "-w",
+        str(PROJECT_ROOT / "workspace.yaml"),
+        "--port",
+        str(args.port),
+        "--host",
+        args.host,
+    ]
+    print(
+        f"Dagster UI on http://{args.host}:{args.port} (Dagster home {env['DAGSTER_HOME']}, data "
+        f"{settings.data_dir}); Ctrl-C or SIGTERM stops it.",
+        flush=True,
+    )
     child = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, process_group=0, preexec_fn=_interrupt_when_orphaned)
     received: list[int] = []
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from promptopt_dagster.core.datasets import DatasetSpec, check_name
+from promptopt_dagster.app.datasets import DatasetSpec, check_name
 from promptopt_dagster.core.decisions import Budget, StopPolicy, StopRules, confidence_field
 from promptopt_dagster.core.errors import PromptOptError
 from promptopt_dagster.core.yaml_input import load_yaml_file, sentence, unknown_key_message, validation_message
@@ -29,30 +29,6 @@ from promptopt_dagster.llm.model_settings import ModelSettings
 #: every optimizer's name, written once: OptimizationSpec's Literal and the CLI's --optimizer choices are built from it
 OPTIMIZERS = ("fewshot", "reflective", "gepa", "metaprompt", "vertex")
 OptimizerName = Literal[OPTIMIZERS]  # Literal[("a", "b")] is Literal["a", "b"]
-#: optimizers that ask the optimizer model to write prompts: the embedded model cannot
-WRITERS = ("reflective", "gepa", "metaprompt", "vertex")
-#: the optimizer-model backend each service-bound optimizer needs (the others need a chat model)
-SERVICE_OF = {"vertex": "vertex_prompt_optimizer"}
-
-
-def writer_model_problem(optimizer: str, backend: str | None) -> str | None:
-    """Why this optimizer cannot run on this optimizer-model backend (None: no model), or None. One message
-    for the CLI's check before any run and for the optimizers themselves under Dagster."""
-    service = SERVICE_OF.get(optimizer)
-    if service and backend != service:
-        return (f"optimizer {optimizer!r} sends the prompt to Google's Vertex AI Prompt Optimizer, and the optimizer "
-                f"model is {backend or 'missing'}. Set optimizer_model: {{backend: {service}, project: YOUR_PROJECT, "
-                f"location: us-central1}} in data/optimizations.yaml (or PROMPTOPT_OPTIMIZER__BACKEND={service} "
-                "with PROMPTOPT_OPTIMIZER__PROJECT).")
-    if optimizer in WRITERS and not service and backend in SERVICE_OF.values():
-        return (f"optimizer {optimizer!r} needs a chat model to write prompts; {backend} only serves optimizer "
-                f"'vertex'. Set optimizer_model to a gemini or openai model, or use optimizer: vertex.")
-    if optimizer not in WRITERS or backend not in (None, "local"):
-        return None
-    which = "missing" if backend is None else "the embedded Gemma 3 270M, which cannot"
-    return (f"optimizer {optimizer!r} needs a model that can write prompts, and the optimizer model is {which}. "
-            "Set optimizer_model in data/optimizations.yaml (or PROMPTOPT_OPTIMIZER__BACKEND=gemini|openai with its "
-            "settings), or use --optimizer fewshot.")
 
 
 class OptimizationConfigError(PromptOptError):
@@ -80,26 +56,33 @@ class OptimizationSpec(_Strict):
     # task model's prompt is optimized to agree with; the dataset then needs no ground_truth_output column.
     source_model: ModelSpec | None = None
     optimizer: OptimizerName = Field(
-        "fewshot", description="fewshot: search demos and instructions; reflective: an LLM rewrites the prompt once an "
+        "fewshot",
+        description="fewshot: search demos and instructions; reflective: an LLM rewrites the prompt once an "
         "iteration from the worst rows; gepa: GEPA's reflective evolution of the instructions; metaprompt: a rewrite "
         "from guidelines alone; vertex: Google's Vertex AI Prompt Optimizer suggests the instruction (all but fewshot "
-        "need a capable optimizer model; vertex needs optimizer backend vertex_prompt_optimizer)")
+        "need a capable optimizer model; vertex needs optimizer backend vertex_prompt_optimizer)",
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="the optimizer's own options")
     optimizer_model: ModelSpec | None = None
     judge_model: ModelSpec | None = None
     target_metric: str | None = Field(
-        None, description="what the loop accepts and stops on: one of the dataset's scorers or 'aggregate'",
-        json_schema_extra={"default_text": "target_metric in data/manifest.yaml"})  # what None means
+        None,
+        description="what the loop accepts and stops on: one of the dataset's scorers or 'aggregate'",
+        json_schema_extra={"default_text": "target_metric in data/manifest.yaml"},
+    )  # what None means
     stop: StopRules = Field(default_factory=StopRules)
     budget: Budget = Field(default_factory=Budget)
-    eval_size: int = Field(200, ge=0, description="confirm rows: dev rows on which a refined prompt is accepted or "
-                                                  "rejected (0: all)")
-    select_size: int = Field(100, ge=1, description="select rows: other dev rows on which the optimizer compares "
-                                                    "its candidates")
+    eval_size: int = Field(
+        200, ge=0, description="confirm rows: dev rows on which a refined prompt is accepted or rejected (0: all)"
+    )
+    select_size: int = Field(
+        100, ge=1, description="select rows: other dev rows on which the optimizer compares its candidates"
+    )
     test_size: int = Field(500, ge=0, description="held-out test rows in the report (0: all)")
     confidence: float = confidence_field()
-    max_failed_fraction: float = Field(0.02, ge=0.0, le=1.0, description="share of rows that may end in an error "
-                                                                         "before an iteration fails")
+    max_failed_fraction: float = Field(
+        0.02, ge=0.0, le=1.0, description="share of rows that may end in an error before an iteration fails"
+    )
     seed: int = Field(0, description="seeds row sampling and the optimizer's choices")
 
     _name = field_validator("name")(check_name)
@@ -110,8 +93,10 @@ class OptimizationSpec(_Strict):
         from promptopt_dagster.llm.model_settings import PROMPT_SERVICES
 
         if value is not None and value.backend in PROMPT_SERVICES:
-            raise ValueError(f"{value.backend} rewrites prompts and cannot answer rows; it can only be the "
-                             "optimizer_model of optimizer: vertex")
+            raise ValueError(
+                f"{value.backend} rewrites prompts and cannot answer rows; it can only be the "
+                "optimizer_model of optimizer: vertex"
+            )
         return value
 
     @field_validator("source_model")
@@ -119,17 +104,21 @@ class OptimizationSpec(_Strict):
     def _not_the_task_model(cls, value, info: ValidationInfo):
         task = info.data.get("task_model")
         if value is not None and task is not None and same_model(value, task):
-            raise ValueError(f"source_model is the task model ({describe_model(value)}): a migration moves a prompt "
-                             "from one model to another. Name the model the prompt was written for as source_model "
-                             "and the model it moves to as task_model, or remove source_model")
+            raise ValueError(
+                f"source_model is the task model ({describe_model(value)}): a migration moves a prompt "
+                "from one model to another. Name the model the prompt was written for as source_model "
+                "and the model it moves to as task_model, or remove source_model"
+            )
         return value
 
     @field_validator("judge_model")
     @classmethod
     def _no_judge_yet(cls, value):
         if value is not None:
-            raise ValueError("a judge model per optimization is not supported yet; remove the key and set "
-                             "PROMPTOPT_JUDGE__* for the judge")
+            raise ValueError(
+                "a judge model per optimization is not supported yet; remove the key and set "
+                "PROMPTOPT_JUDGE__* for the judge"
+            )
         return value
 
     @field_validator("options")
@@ -195,8 +184,10 @@ def check_optimizer_options(optimizer: str, options: dict[str, Any]) -> None:
     known = optimizer_option_names(optimizer)
     unknown = sorted(set(options) - set(known))
     if unknown:
-        raise ValueError(f"unknown {optimizer} option(s) {', '.join(map(repr, unknown))}; "
-                         f"{optimizer} takes {', '.join(sorted(known))}")
+        raise ValueError(
+            f"unknown {optimizer} option(s) {', '.join(map(repr, unknown))}; "
+            f"{optimizer} takes {', '.join(sorted(known))}"
+        )
     from promptopt_dagster.optimizers import get_optimizer
 
     try:
@@ -207,8 +198,9 @@ def check_optimizer_options(optimizer: str, options: dict[str, Any]) -> None:
 
 def default_optimization(dataset: str) -> OptimizationSpec:
     """What `promptopt optimize --dataset NAME` runs when optimizations.yaml does not name NAME."""
-    return OptimizationSpec(name=dataset, dataset=dataset,
-                            description=f"the default optimization of {dataset} (embedded model, fewshot)")
+    return OptimizationSpec(
+        name=dataset, dataset=dataset, description=f"the default optimization of {dataset} (embedded model, fewshot)"
+    )
 
 
 def _spec_error(path: Path, name: str, exc: ValidationError) -> OptimizationConfigError:
@@ -224,24 +216,35 @@ def load_optimizations(path: Path, datasets: typing.Iterable[str]) -> dict[str, 
     path = Path(path)
     if not path.exists():
         return specs
-    raw = load_yaml_file(path, OptimizationConfigError, "Fix the syntax; the file needs an `optimizations:` "
-                         "mapping of names to entries.") or {}
+    raw = (
+        load_yaml_file(
+            path,
+            OptimizationConfigError,
+            "Fix the syntax; the file needs an `optimizations:` mapping of names to entries.",
+        )
+        or {}
+    )
     if isinstance(raw, dict) and any(key != "optimizations" for key in raw):
         key = next(str(key) for key in raw if key != "optimizations")
-        raise OptimizationConfigError(f"{path}: {key}: {unknown_key_message(key, ['optimizations'])} (the file holds "
-                                      "one `optimizations:` mapping of names to entries).")
+        raise OptimizationConfigError(
+            f"{path}: {key}: {unknown_key_message(key, ['optimizations'])} (the file holds "
+            "one `optimizations:` mapping of names to entries)."
+        )
     entries = raw.get("optimizations") if isinstance(raw, dict) else None
     if entries is None:
         return specs
     if not isinstance(entries, dict):
-        raise OptimizationConfigError(f"{path}: `optimizations:` must map names to entries, e.g. "
-                                      "`optimizations: {sst2_big: {dataset: sst2, eval_size: 400}}`.")
+        raise OptimizationConfigError(
+            f"{path}: `optimizations:` must map names to entries, e.g. "
+            "`optimizations: {sst2_big: {dataset: sst2, eval_size: 400}}`."
+        )
     for name, entry in entries.items():
         if entry is None:
             entry = {}
         if not isinstance(entry, dict):
-            raise OptimizationConfigError(f"{path}: optimizations.{name} must be a mapping of settings, "
-                                          f"got {type(entry).__name__}.")
+            raise OptimizationConfigError(
+                f"{path}: optimizations.{name} must be a mapping of settings, got {type(entry).__name__}."
+            )
         entry = dict(entry)
         if "dataset" not in entry and str(name) in datasets:
             entry["dataset"] = str(name)
@@ -254,12 +257,14 @@ def load_optimizations(path: Path, datasets: typing.Iterable[str]) -> dict[str, 
         if spec.dataset not in datasets:
             raise OptimizationConfigError(
                 f"{path}: optimizations.{name}.dataset: {spec.dataset!r} is not a dataset of the manifest "
-                f"({', '.join(sorted(datasets))}). Name one of those, or add the dataset to data/manifest.yaml.")
+                f"({', '.join(sorted(datasets))}). Name one of those, or add the dataset to data/manifest.yaml."
+            )
         if spec.name in datasets and spec.dataset != spec.name:
             raise OptimizationConfigError(
                 f"{path}: optimizations.{name}.dataset: {spec.dataset!r}, but {name!r} is a dataset of the manifest, "
                 f"and `--dataset {name}` must optimize that dataset. Rename the entry (e.g. "
-                f"{spec.dataset}_{name}), or drop its dataset key to replace {name}'s default.")
+                f"{spec.dataset}_{name}), or drop its dataset key to replace {name}'s default."
+            )
         specs[spec.name] = spec
     return specs
 
@@ -276,5 +281,7 @@ def assign_generation(known: list[dict], spec: OptimizationSpec, dataset: Datase
         if row["fingerprint"] == fingerprint:
             return int(row["generation"]), known
     generation = max((int(row["generation"]) for row in known), default=0) + 1
-    return generation, [*known, {"generation": generation, "fingerprint": fingerprint,
-                                 "spec": spec.model_dump(mode="json")}]
+    return generation, [
+        *known,
+        {"generation": generation, "fingerprint": fingerprint, "spec": spec.model_dump(mode="json")},
+    ]

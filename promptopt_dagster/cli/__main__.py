@@ -1,0 +1,5 @@
+"""`python -m promptopt_dagster.cli`: the same as the `promptopt` command."""
+
+from promptopt_dagster.cli.commands import run
+
+run()
