@@ -17,11 +17,16 @@ from promptopt_dagster.defs.promotion_assets import promoted_prompt, promotion_a
 from promptopt_dagster.defs.report_assets import final_report, leaderboard
 from promptopt_dagster.defs.resources import default_resources
 from promptopt_dagster.defs.sensors import build_iteration_sensor, dead_cli_run_sensor
+from promptopt_dagster.defs.state_store import WarehouseStateStore
 from promptopt_dagster.defs.unscored_prompts import unscored_prompt
 
 
 def build_definitions(resources: dict | None = None) -> dg.Definitions:
-    """Tests pass their own resources (temporary warehouse, fake model); everything else is shared."""
+    """Tests pass their own resources (temporary warehouse, fake model); everything else is shared.
+    The state store lives in the warehouse unless a resource set brings its own."""
+    resources = dict(resources if resources is not None else default_resources())
+    if "state_store" not in resources and "warehouse" in resources:
+        resources["state_store"] = WarehouseStateStore(warehouse=resources["warehouse"])
     return dg.Definitions(
         assets=[
             dataset_splits,
@@ -43,7 +48,7 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
             promote_prompt,
         ],
         sensors=[build_iteration_sensor([optimize_iteration, final_report_job, leaderboard_job]), dead_cli_run_sensor],
-        resources=resources if resources is not None else default_resources(),
+        resources=resources,
         executor=dg.in_process_executor,
     )
 

@@ -123,18 +123,22 @@ def make_defs(
     prompts_dir: Path = PROMPTS_DIR,
     judge_script: str = "never_right",
     cache: bool = False,
+    state_dir: Path | None = None,
 ) -> dg.Definitions:
+    """Definitions on a warehouse and artifacts in tmp_path; the local state (response cache, the
+    project's state dir) in `state_dir`, tmp_path unless a test gives each run its own."""
     warehouse = str(tmp_path / "warehouse.duckdb")
+    state_dir = state_dir or tmp_path
     llm = dict(
         script=script,
         backend="fake",
         model_dir=str(tmp_path / "models"),
         threads=1,
-        cache_path=str(tmp_path / "llm_cache.sqlite") if cache else None,
+        cache_path=str(state_dir / "llm_cache.sqlite") if cache else None,
     )
     return build_definitions(
         {
-            "project": ProjectResource(data_dir=str(data_dir), prompts_dir=str(prompts_dir), state_dir=str(tmp_path)),
+            "project": ProjectResource(data_dir=str(data_dir), prompts_dir=str(prompts_dir), state_dir=str(state_dir)),
             "task_model": ScriptedLLMResource(**llm),
             "optimizer_model": ScriptedLLMResource(**llm),
             "judge_model": ScriptedLLMResource(**{**llm, "script": judge_script}),

@@ -64,13 +64,24 @@ def test_one_iteration_materializes_every_asset_and_passes_the_gates(tmp_path, i
 def test_next_iteration_starts_from_best_prompt_and_partitions_round_trip(tmp_path, instance):
     defs = make_defs(tmp_path)
     prepare(defs, instance)
-    assert run_iteration(defs, instance, 0, target_score=1.1).success
-    assert run_iteration(defs, instance, 1, target_score=1.1).success
+    first = run_iteration(defs, instance, 0, target_score=1.1)
+    second = run_iteration(defs, instance, 1, target_score=1.1)
+    assert first.success and second.success
+    # each iteration names the partition it continued from, with a link to that partition's best prompt
+    assert "continued_from" not in first.asset_materializations_for_node("baseline_prompt")[0].metadata
+    link = second.asset_materializations_for_node("baseline_prompt")[0].metadata["continued_from"].value
+    assert link == "[g1-i0|sst2](/assets/best_prompt?view=partitions&partition=g1-i0%7Csst2)"
 
     prompts = query(tmp_path, "select step, prompt_id from promptopt.best_prompt order by step")
-    baseline_1 = query(tmp_path, "select prompt_id, best_score from promptopt.baseline_prompt where step = 1")
+    baseline_1 = query(tmp_path, "select prompt_id from promptopt.baseline_prompt where step = 1")
     assert baseline_1.iloc[0]["prompt_id"] == prompts.iloc[0]["prompt_id"]
-    assert baseline_1.iloc[0]["best_score"] == 1.0
+    # the loop state travels through the state store, not through the prompt rows
+    state = query(
+        tmp_path, "select iteration, continued_from, outcome_json from promptopt.iteration_state order by iteration"
+    )
+    assert state["continued_from"].tolist()[1] == "g1-i0" and state["continued_from"].isna().tolist()[0]
+    assert json.loads(state.iloc[0]["outcome_json"])["best_score"] == 1.0
+    assert json.loads(state.iloc[0]["outcome_json"])["best_prompt"]["id"] == prompts.iloc[0]["prompt_id"]
 
     # Each partition write replaced only its own rows, and the IO manager reads each one back.
     counts = query(tmp_path, "select step, count(*) n from promptopt.baseline_predictions group by 1 order by 1")
@@ -147,7 +158,7 @@ def test_sensor_stops_on_patience(tmp_path, instance):
     second = _tick(defs, instance, cursor=first.cursor)
     assert [(r.job_name, r.partition_key) for r in second.run_requests] == [("final_report_job", "sst2")]
     stop = query(
-        tmp_path, "select stop_reason, iterations_without_improvement from promptopt.best_prompt where step = 1"
+        tmp_path, "select stop_reason, iterations_without_improvement from promptopt.comparison_report where step = 1"
     )
     assert (stop.iloc[0]["stop_reason"], stop.iloc[0]["iterations_without_improvement"]) == ("patience", 2)
 

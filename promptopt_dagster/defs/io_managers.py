@@ -21,7 +21,7 @@ class _WithInstance(dg.IOManager):
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         with dg.partition_loading_context(dynamic_partitions_store=context.step_context.instance):
             obj = _typed_nulls(obj)
-            _add_new_columns(self._database, self._schema, context.asset_key.path[-1], obj)
+            obj = _fit_to_table(self._database, self._schema, context.asset_key.path[-1], obj)
             self._inner.handle_output(context, obj)
 
     def load_input(self, context: dg.InputContext):
@@ -48,7 +48,8 @@ class WarehouseIOManager(DuckDBPandasIOManager):
         return _WithInstance(super().create_io_manager(context), self.database, self.schema_ or "public")
 
 
-_UP_TO_DATE: set[tuple[str, str, str]] = set()
+#: the stored column order of each table this process has checked: (database, schema, table) -> columns
+_STORED: dict[tuple[str, str, str], list[str]] = {}
 
 
 def _typed_nulls(obj):
@@ -64,36 +65,55 @@ def _typed_nulls(obj):
     return obj.astype({c: "string" for c in empty}) if empty else obj
 
 
-def _add_new_columns(database: str, schema: str, table: str, obj) -> None:
-    """Append columns a newer version added at the end of a table's frame to the stored table.
+def _fit_to_table(database: str, schema: str, table: str, obj):
+    """The frame in the stored table's column order, after adding to the table the columns a newer
+    version added to its frame.
 
     The library inserts rows positionally, so a warehouse written by an earlier version would refuse
-    the wider frame; adding the columns (NULL for old rows) keeps every stored row and the history."""
+    a wider frame, and a narrower one (a column a newer version no longer writes, such as the loop
+    state that moved from the prompt tables to the state store) would land in the wrong columns.
+    Added columns are NULL for old rows; a column no longer written is NULL for new ones. Every
+    stored row and the history stay."""
     import duckdb
     import pandas as pd
 
-    if not isinstance(obj, pd.DataFrame) or (database, schema, table) in _UP_TO_DATE:
-        return
-    _UP_TO_DATE.add((database, schema, table))  # once per table and process, not on every output
-    with _connect(database) as con:
-        try:
-            described = con.execute(
-                "select column_name, data_type from information_schema.columns where table_schema = ? and "
-                "table_name = ? order by ordinal_position",
-                [schema, table],
-            ).fetchall()
-        except duckdb.Error:
-            return
-        stored = [name for name, _ in described]
-        for name, kind in described:  # created from an all-None column by an earlier version: see _typed_nulls
-            if kind == '"NULL"' or kind == "NULL":
-                con.execute(f'alter table "{schema}"."{table}" alter column "{name}" type VARCHAR')
-        if not stored or len(stored) >= len(obj.columns) or list(obj.columns[: len(stored)]) != stored:
-            return
-        types = {"int64": "BIGINT", "float64": "DOUBLE", "bool": "BOOLEAN"}
-        for column in obj.columns[len(stored) :]:
-            kind = types.get(str(obj[column].dtype), "VARCHAR")
-            con.execute(f'alter table "{schema}"."{table}" add column "{column}" {kind}')
+    if not isinstance(obj, pd.DataFrame):
+        return obj
+    key = (database, schema, table)
+    if key not in _STORED:  # once per table and process, not on every output
+        with _connect(database) as con:
+            try:
+                described = con.execute(
+                    "select column_name, data_type from information_schema.columns where table_schema = ? and "
+                    "table_name = ? order by ordinal_position",
+                    [schema, table],
+                ).fetchall()
+            except duckdb.Error:
+                return obj
+            if not described:  # the library creates the table from this frame
+                return obj
+            for name, kind in described:  # created from an all-None column by an earlier version: see _typed_nulls
+                if kind == '"NULL"' or kind == "NULL":
+                    con.execute(f'alter table "{schema}"."{table}" alter column "{name}" type VARCHAR')
+            stored = [name for name, _ in described]
+            types = {"int64": "BIGINT", "Int64": "BIGINT", "float64": "DOUBLE", "bool": "BOOLEAN"}
+            for column in [c for c in obj.columns if c not in stored]:
+                kind = types.get(str(obj[column].dtype), "VARCHAR")
+                con.execute(f'alter table "{schema}"."{table}" add column "{column}" {kind}')
+                stored.append(column)
+        _STORED[key] = stored
+    stored = _STORED[key]
+    if list(obj.columns) == stored:
+        return obj
+    missing = [c for c in obj.columns if c not in stored]
+    if missing:  # a column this process has not added yet (another frame of the same table): check again
+        del _STORED[key]
+        return _fit_to_table(database, schema, table, obj)
+    fitted = obj.copy()
+    for column in stored:
+        if column not in fitted.columns:
+            fitted[column] = pd.Series([None] * len(fitted), index=fitted.index, dtype=object)  # NULL in any type
+    return fitted[stored]
 
 
 def _connect(database: str, wait_s: float = 120.0):

@@ -2,9 +2,10 @@
 
 baseline_prompt -> baseline_predictions -> baseline_metrics -> refined_prompt (+ candidate_pool) ->
 refined_predictions -> refined_metrics -> comparison_report -> best_prompt. Every asset reads its
-optimization's settings (of the generation in its key) and rows through plain partition mappings;
-iteration N starts from best_prompt of iteration N-1 (warehouse_reads.py: Dagster cannot map a
-dynamic partition to its predecessor). The work is done by the domain packages.
+optimization's settings (of the generation in its key) and rows through plain partition mappings.
+What iteration N continues from (iteration N-1's best prompt, loop state, candidate pool and the
+optimizer's own state) comes from the state store (app/state.py, defs/state_store.py): Dagster
+cannot map a dynamic partition to its predecessor. The work is done by the layers below.
 """
 
 import dataclasses
@@ -13,13 +14,21 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
-from dagster_duckdb import DuckDBResource
 
 from promptopt_dagster.app.datasets import DatasetSpec, DatasetSplits, dev_parts, spare_rows
 from promptopt_dagster.app.optimizations import OptimizationSpec
 from promptopt_dagster.app.quality import drop_held_out, leakage_gate, metric_range_gate, predictions_gate, prompt_gate
 from promptopt_dagster.app.reports import comparison_markdown, worst_rows_markdown
 from promptopt_dagster.app.settings import get_settings
+from promptopt_dagster.app.state import (
+    IterationKey,
+    IterationState,
+    NotContinuable,
+    Outcome,
+    Search,
+    continue_from,
+    loop_before,
+)
 from promptopt_dagster.core.decisions import LoopState, Spend, decide
 from promptopt_dagster.core.intervals import paired_bootstrap_gain
 from promptopt_dagster.core.prompts import PromptVersion
@@ -35,15 +44,17 @@ from promptopt_dagster.defs.metadata import (
 )
 from promptopt_dagster.defs.partitions import (
     ITERATION_EXPR,
+    iteration_key,
     iteration_name,
     iteration_partitions,
     of_optimization,
     split_key,
 )
 from promptopt_dagster.defs.resources import LLMResource, ProjectResource
+from promptopt_dagster.defs.state_store import WarehouseStateStore
 from promptopt_dagster.defs.table_types import METRICS, PREDICTIONS, MetricsFrame, PredictionsFrame, column_schema
 from promptopt_dagster.defs.tables import prompt_frame, prompt_from_frame, with_partition
-from promptopt_dagster.defs.warehouse_reads import previous_best, previous_pool
+from promptopt_dagster.defs.webserver_client import asset_partition_url
 from promptopt_dagster.llm import ledger
 from promptopt_dagster.llm import usage as llm_usage
 from promptopt_dagster.llm.base import LLMClient
@@ -131,38 +142,44 @@ def baseline_prompt(
     context: dg.AssetExecutionContext,
     optimization_settings: pd.DataFrame,
     project: ProjectResource,
-    warehouse: DuckDBResource,
+    state_store: WarehouseStateStore,
 ) -> pd.DataFrame:
-    """The prompt this iteration tries to beat: the initial prompt, then the previous best_prompt."""
-    name, generation, iteration = split_key(context)
-    optimization = settings_of(optimization_settings, generation)
-    if iteration == 0:
-        prompt, state = project.initial_prompt(optimization.dataset), LoopState()
+    """The prompt this iteration tries to beat: the initial prompt, then the best prompt of the iteration
+    it continues from (read from the state store, with a link to that partition)."""
+    key = iteration_of(context)
+    optimization = settings_of(optimization_settings, key.generation)
+    previous = _continue_from(state_store, key)
+    metadata = {}
+    if previous is None:
+        prompt = project.initial_prompt(optimization.dataset)
     else:
-        row = previous_best(warehouse, name, generation, iteration - 1)
-        prompt = PromptVersion.model_validate_json(row["prompt_json"])
-        state = LoopState(
-            best_score=row["best_score"],
-            iterations_without_improvement=int(row["iterations_without_improvement"]),
-            spent=Spend.from_json(row["spent_json"]),
-        )
-        if row["stop_reason"]:
+        prompt, stop_reason = previous.outcome.best_prompt, previous.outcome.stop_reason
+        if stop_reason:
             context.log.warning(
-                f"iteration {iteration - 1} decided to stop ({row['stop_reason']}); "
+                f"iteration {previous.key.name} decided to stop ({stop_reason}); "
                 "running this iteration anyway because it was requested"
             )
-    context.add_output_metadata({"prompt": prompt_md(prompt), "version": prompt.version, "prompt_id": prompt.id})
-    return prompt_frame(
-        name,
-        generation,
-        iteration,
-        optimization.dataset,
-        prompt,
-        status="baseline",
-        best_score=state.best_score,
-        iterations_without_improvement=state.iterations_without_improvement,
-        spent=state.spent,
+        link = asset_partition_url(
+            "best_prompt", str(iteration_key(key.optimization, key.generation, previous.key.iteration))
+        )
+        metadata["continued_from"] = dg.MetadataValue.md(f"[{previous.key}]({link})")
+    context.add_output_metadata(
+        {"prompt": prompt_md(prompt), "version": prompt.version, "prompt_id": prompt.id, **metadata}
     )
+    return prompt_frame(
+        key.optimization, key.generation, key.iteration, optimization.dataset, prompt, status="baseline"
+    )
+
+
+def iteration_of(context: dg.AssetExecutionContext) -> IterationKey:
+    return IterationKey(*split_key(context))
+
+
+def _continue_from(store: WarehouseStateStore, key: IterationKey, demo_pool=None) -> IterationState | None:
+    try:
+        return continue_from(store, key, demo_pool)
+    except NotContinuable as e:
+        raise dg.Failure(str(e)) from None
 
 
 def _predictions(
@@ -357,7 +374,7 @@ def refined_prompt(
     optimizer_model: LLMResource,
     judge_model: LLMResource,
     optimization_settings: pd.DataFrame,
-    warehouse: DuckDBResource,
+    state_store: WarehouseStateStore,
 ):
     """The optimizer's proposal, chosen on the select rows; the confirm rows never reach the optimizer.
 
@@ -391,7 +408,9 @@ def refined_prompt(
         return answer_and_score(candidate, rows)[1]
 
     optimizer = get_optimizer(optimization.optimizer, **optimization.optimizer_options())
-    history = previous_pool(warehouse, name, generation, iteration, optimizer.demo_pool(train))
+    previous = _continue_from(state_store, IterationKey(name, generation, iteration), optimizer.demo_pool(train))
+    history = previous.search.pool if previous and previous.search else []
+    loop = loop_before(previous)
     answers, result = answer_and_score(prompt, select)
     scored = answers.assign(score=result.per_row, rationale=result.rationales or None)
     proposal = optimizer.propose(
@@ -411,7 +430,7 @@ def refined_prompt(
             calibration=task.ranks_labels,
             answer_and_score=answer_and_score,
             run_dir=project.search_dir(name, generation),
-            metric_call_budget=_metric_calls_left(optimization, baseline_prompt, scored_rows[0]),
+            metric_call_budget=_metric_calls_left(optimization, loop, scored_rows[0]),
         ),
         evaluate,
         opt,
@@ -422,6 +441,7 @@ def refined_prompt(
     else:
         refined, status = proposal.prompt, "proposed"
     pool = history + proposal.pool
+    state_store.save_search(IterationKey(name, generation, iteration), Search(pool))
     frontier = pareto_frontier(pool)
     top = best(pool)
     context.log.info(
@@ -474,12 +494,12 @@ def refined_prompt(
     )
 
 
-def _metric_calls_left(optimization, baseline_prompt: pd.DataFrame, scored_now: int) -> int | None:
+def _metric_calls_left(optimization, loop: LoopState, scored_now: int) -> int | None:
     """Rows the optimizer may still score under the optimization's budget (None: no cap)."""
     cap = optimization.budget.max_metric_calls
     if not cap:
         return None
-    return max(0, cap - Spend.from_json(baseline_prompt.iloc[0]["spent_json"]).metric_calls - scored_now)
+    return max(0, cap - loop.spent.metric_calls - scored_now)
 
 
 def _pool_md(pool: list[Candidate], frontier: dict[str, int]) -> str:
@@ -556,6 +576,7 @@ def comparison_report(
     project: ProjectResource,
     judge_model: LLMResource,
     optimization_settings: pd.DataFrame,
+    state_store: WarehouseStateStore,
 ) -> pd.DataFrame:
     """Baseline versus refined on the same rows, the accept/reject decision and whether to go on.
 
@@ -564,13 +585,9 @@ def comparison_report(
     optimization = settings_of(optimization_settings, generation)
     dataset = optimization.dataset
     metric = _target_name(baseline_metrics)
-    base_row, ref_row = baseline_prompt.iloc[0], refined_prompt.iloc[0]
+    ref_row = refined_prompt.iloc[0]
     baseline, refined = prompt_from_frame(baseline_prompt), prompt_from_frame(refined_prompt)
-    state = LoopState(
-        best_score=None if pd.isna(base_row["best_score"]) else float(base_row["best_score"]),
-        iterations_without_improvement=int(base_row["iterations_without_improvement"]),
-        spent=Spend.from_json(base_row["spent_json"]),
-    )
+    state = loop_before(_continue_from(state_store, IterationKey(name, generation, iteration)))
     baseline_score = objective_value(baseline_metrics)
     rejected = ref_row["status"] == "rejected_by_optimizer"
     refined_score = None if rejected else objective_value(refined_metrics)
@@ -764,13 +781,21 @@ def best_prompt(
     comparison_report: pd.DataFrame,
     baseline_prompt: pd.DataFrame,
     refined_prompt: pd.DataFrame,
+    state_store: WarehouseStateStore,
 ) -> pd.DataFrame:
-    """The best prompt so far and the loop state the next iteration inherits; the sensor watches this."""
+    """The best prompt so far; the loop state the next iteration inherits goes to the state store (before
+    this materialization is recorded, so the sensor that watches it finds the state saved)."""
     name, generation, iteration = split_key(context)
     dataset = str(comparison_report.iloc[0]["dataset"])
     row = comparison_report.iloc[0]
     winner = prompt_from_frame(refined_prompt if row["accepted"] else baseline_prompt)
     stop_reason = None if pd.isna(row["stop_reason"]) else str(row["stop_reason"])
+    loop = LoopState(
+        best_score=float(row["best_score"]),
+        iterations_without_improvement=int(row["iterations_without_improvement"]),
+        spent=Spend.from_json(row["spent_json"]),
+    )
+    state_store.save_outcome(IterationKey(name, generation, iteration), Outcome(winner, loop, stop_reason))
     context.add_output_metadata(
         {
             "prompt": prompt_md(winner),
@@ -781,19 +806,7 @@ def best_prompt(
             "continue": dg.MetadataValue.bool(stop_reason is None),
         }
     )
-    return prompt_frame(
-        name,
-        generation,
-        iteration,
-        dataset,
-        winner,
-        status="best",
-        note=row["why"],
-        best_score=float(row["best_score"]),
-        iterations_without_improvement=int(row["iterations_without_improvement"]),
-        stop_reason=stop_reason,
-        spent=Spend.from_json(row["spent_json"]),
-    )
+    return prompt_frame(name, generation, iteration, dataset, winner, status="best", note=row["why"])
 
 
 ITERATION_ASSETS = [

@@ -22,7 +22,6 @@ import json
 
 import dagster as dg
 import pandas as pd
-from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from promptopt_dagster.app import promotion as po
@@ -35,7 +34,7 @@ from promptopt_dagster.defs.loop import ARTIFACTS
 from promptopt_dagster.defs.metadata import prompt_md
 from promptopt_dagster.defs.partitions import DATASET_EXPR, dataset_of_optimization, dataset_partitions, iteration_name
 from promptopt_dagster.defs.resources import LLMResource, ProjectResource
-from promptopt_dagster.defs.warehouse_reads import promotion_events
+from promptopt_dagster.defs.state_store import WarehouseStateStore
 
 PROMOTION = "promotion"
 
@@ -121,7 +120,7 @@ def promotion_audit(
     project: ProjectResource,
     task_model: LLMResource,
     judge_model: LLMResource,
-    warehouse: DuckDBResource,
+    state_store: WarehouseStateStore,
 ):
     """Every promotion and rollback request of the dataset, approved or blocked: who, when, which
     optimization, the scores compared, the note. The last row is this run's request.
@@ -131,7 +130,7 @@ def promotion_audit(
     dataset = context.partition_key
     if config.action not in po.ACTIONS:
         raise dg.Failure(f"action must be one of {', '.join(po.ACTIONS)}, not {config.action!r}.")
-    audit = promotion_events(warehouse, dataset)
+    audit = state_store.promotion_events(dataset)
     stack = po.served_stack(audit)
     who = config.requested_by or context.run.tags.get("dagster/user", "") or "unknown"
     row = {

@@ -7,7 +7,6 @@ from urllib.parse import urlparse
 
 import dagster as dg
 import pandas as pd
-from dagster_duckdb import DuckDBResource
 
 from promptopt_dagster.app.datasets import sample_rows
 from promptopt_dagster.app.leaderboard import as_text as board_text
@@ -24,9 +23,7 @@ from promptopt_dagster.app.reports import (
     summary_markdown,
 )
 from promptopt_dagster.app.settings import get_settings
-from promptopt_dagster.core.decisions import Spend
 from promptopt_dagster.core.intervals import bootstrap_mean_interval
-from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.defs.iteration_assets import (
     LOOP,
     _predict,
@@ -47,7 +44,7 @@ from promptopt_dagster.defs.partitions import (
     optimization_partitions,
 )
 from promptopt_dagster.defs.resources import LLMResource, ProjectResource
-from promptopt_dagster.defs.warehouse_reads import optimization_history, other_generation_reports
+from promptopt_dagster.defs.state_store import WarehouseStateStore
 from promptopt_dagster.defs.webserver_client import asset_partition_url
 from promptopt_dagster.llm import ledger
 from promptopt_dagster.llm import usage as llm_usage
@@ -77,7 +74,7 @@ def final_report(
     project: ProjectResource,
     task_model: LLMResource,
     judge_model: LLMResource,
-    warehouse: DuckDBResource,
+    state_store: WarehouseStateStore,
 ) -> pd.DataFrame:
     """The latest best prompt and the initial prompt scored on the held-out test split.
 
@@ -94,8 +91,9 @@ def final_report(
     dataset = optimization.dataset
     spec = project.spec(dataset)
     suite = _suite(project, dataset, judge_model, optimization)
-    history = optimization_history(warehouse, name, generation)
-    best = PromptVersion.model_validate_json(history["prompt_json"])
+    history = state_store.history(name, generation)
+    outcome = history["state"].outcome
+    best = outcome.best_prompt
     initial = project.initial_prompt(dataset)
     test = sample_rows(_splits(optimization_rows, dataset).test, optimization.test_size, optimization.seed)
     client = task_model.client_for(optimization.task_model)
@@ -138,11 +136,11 @@ def final_report(
         "metric": suite.target,
         "iterations": int(history["step"]) + 1,
         "scorers": [s.model_dump() for s in suite.specs],
-        "stop_reason": history["stop_reason"],
+        "stop_reason": outcome.stop_reason,
         "eval_size": optimization.eval_size,
         "test_size": len(test),
         "initial_dev_score": history["initial_dev_score"],
-        "best_dev_score": float(history["best_score"]),
+        "best_dev_score": float(outcome.loop.best_score),
         "initial_test_score": test_scores["initial"],
         "best_test_score": test_scores["best"],
         # None where the target is not a mean of row scores (macro f1, corpus bleu/chrf)
@@ -194,9 +192,7 @@ def final_report(
                 if paid is not None
                 else {}
             ),
-            **optimization_metadata(
-                Spend.from_json(history["spent_json"]) + spend_of(test_usage) + spend_of(source_usage)
-            ),
+            **optimization_metadata(outcome.loop.spent + spend_of(test_usage) + spend_of(source_usage)),
         }
     )
     row = pd.DataFrame(
@@ -212,7 +208,7 @@ def final_report(
         ],
         columns=list(REPORT_COLUMNS),
     ).astype(REPORT_COLUMNS)
-    older = other_generation_reports(warehouse, name, generation)
+    older = state_store.other_generation_reports(name, generation)
     return (
         pd.concat([older[list(REPORT_COLUMNS)].astype(REPORT_COLUMNS), row], ignore_index=True) if len(older) else row
     )

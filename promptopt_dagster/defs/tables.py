@@ -11,7 +11,6 @@ from typing import Any
 
 import pandas as pd
 
-from promptopt_dagster.core.decisions import Spend
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.defs.partitions import iteration_name
 
@@ -29,11 +28,7 @@ PROMPT_COLUMNS = {
     "num_demos": "int64",
     "status": "string",
     "note": "string",
-    "best_score": "float64",
-    "iterations_without_improvement": "int64",
-    "stop_reason": "string",
     "usage_json": "string",
-    "spent_json": "string",
     "prompt_json": "string",
     "written_at": "string",
     "metric_calls": "int64",
@@ -48,16 +43,12 @@ def prompt_frame(
     prompt: PromptVersion,
     status: str,
     note: str | None = None,
-    best_score: float | None = None,
-    iterations_without_improvement: int = 0,
-    stop_reason: str | None = None,
     usage_json: str | None = None,
-    spent: Spend = Spend(),
     metric_calls: int = 0,
 ) -> pd.DataFrame:
-    """usage_json: model usage of the asset that wrote the row (refined_prompt); spent: the loop's
-    cumulative spend, carried from best_prompt to the next iteration's baseline_prompt; metric_calls:
-    rows the optimizer scored (refined_prompt). New columns go last: see io_managers._add_new_columns."""
+    """A prompt version and what wrote it; the loop's state is not here but in the state store.
+    usage_json: model usage of the asset that wrote the row (refined_prompt); metric_calls: rows the
+    optimizer scored (refined_prompt). Stored tables follow: see io_managers._fit_to_table."""
     row: dict[str, Any] = {
         "optimization": optimization,
         "iteration": iteration_name(generation, iteration),
@@ -72,11 +63,7 @@ def prompt_frame(
         "num_demos": len(prompt.demos),
         "status": status,
         "note": note,
-        "best_score": float("nan") if best_score is None else best_score,
-        "iterations_without_improvement": iterations_without_improvement,
-        "stop_reason": stop_reason,
         "usage_json": usage_json,
-        "spent_json": spent.to_json(),
         "prompt_json": prompt.to_json(),
         "written_at": datetime.now(timezone.utc).isoformat(),
         "metric_calls": metric_calls,

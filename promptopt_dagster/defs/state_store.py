@@ -1,0 +1,205 @@
+"""The one store of an optimization's state, and the only code that queries the warehouse by hand.
+
+Dagster maps no dynamic partition to its predecessor (custom partition mappings are not supported,
+dagster #16023), so what iteration N continues from cannot arrive as an asset input. It is saved
+here instead, explicitly, as app/state.py's IterationState in the `iteration_state` table of the
+warehouse that holds the asset tables; the final report's and the promotion's reads of earlier
+partitions are here too. Every other module reaches the warehouse through the IO managers.
+
+Nothing of an optimization lives on local disk between runs, so a run can start on a machine (or in
+a container) that has never seen the previous one: only the warehouse is shared.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import dagster as dg
+import duckdb
+import pandas as pd
+from dagster_duckdb import DuckDBResource
+
+from promptopt_dagster.app.state import (
+    IterationKey,
+    IterationState,
+    Outcome,
+    Search,
+    outcome_from_json,
+    outcome_to_json,
+    pool_from_json,
+    pool_to_json,
+)
+from promptopt_dagster.core.prompts import Demo
+from promptopt_dagster.llm import usage as llm_usage
+
+SCHEMA = "promptopt"
+STATE_TABLE = f"{SCHEMA}.iteration_state"
+_CREATE = f"""
+create schema if not exists {SCHEMA};
+create table if not exists {STATE_TABLE} (
+    optimization varchar not null,
+    generation bigint not null,
+    iteration bigint not null,
+    partition varchar not null,
+    continued_from varchar,
+    pool_json varchar,
+    optimizer_state blob,
+    outcome_json varchar,
+    search_written_at varchar,
+    outcome_written_at varchar,
+    primary key (optimization, generation, iteration)
+)"""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _fetch(con, sql: str, params: list) -> pd.DataFrame:
+    """Rows of a query on the warehouse; empty when the table does not exist yet (nothing finished)."""
+    try:
+        return con.execute(sql, params).fetchdf()
+    except duckdb.CatalogException:
+        return pd.DataFrame()
+
+
+class WarehouseStateStore(dg.ConfigurableResource):
+    """app/state.py's StateStore in the warehouse (DuckDB), plus the reads of earlier partitions.
+
+    A resource, so a deployment could put the state elsewhere by swapping it; by default the
+    Definitions build it on their `warehouse` resource."""
+
+    warehouse: DuckDBResource
+
+    # --- IterationState ------------------------------------------------------------------------
+
+    def _upsert(self, key: IterationKey, columns: dict) -> None:
+        """Write some of the key's columns, keeping the others (the search and the outcome are saved by
+        different assets); a new row gets the key and its link to the previous iteration."""
+        previous = key.previous()
+        with self.warehouse.get_connection() as con:
+            con.execute(_CREATE)
+            con.execute("begin transaction")
+            exists = con.execute(
+                f"select 1 from {STATE_TABLE} where optimization = ? and generation = ? and iteration = ?",
+                [key.optimization, key.generation, key.iteration],
+            ).fetchone()
+            if not exists:
+                con.execute(
+                    f"insert into {STATE_TABLE} (optimization, generation, iteration, partition, continued_from) "
+                    "values (?, ?, ?, ?, ?)",
+                    [key.optimization, key.generation, key.iteration, key.name, previous and previous.name],
+                )
+            assignments = ", ".join(f"{name} = ?" for name in columns)
+            con.execute(
+                f"update {STATE_TABLE} set {assignments} where optimization = ? and generation = ? and iteration = ?",
+                [*columns.values(), key.optimization, key.generation, key.iteration],
+            )
+            con.execute("commit")
+
+    def save_search(self, key: IterationKey, search: Search) -> None:
+        self._upsert(
+            key,
+            {
+                "pool_json": pool_to_json(search.pool),
+                "optimizer_state": search.optimizer_state,
+                "search_written_at": _now(),
+                # a rerun's new search invalidates the decision its earlier attempt made
+                "outcome_json": None,
+                "outcome_written_at": None,
+            },
+        )
+
+    def save_outcome(self, key: IterationKey, outcome: Outcome) -> None:
+        self._upsert(key, {"outcome_json": outcome_to_json(outcome), "outcome_written_at": _now()})
+
+    def load(self, key: IterationKey, demo_pool: list[Demo] | None = None) -> IterationState | None:
+        with self.warehouse.get_connection() as con:
+            try:
+                row = con.execute(
+                    f"select pool_json, optimizer_state, outcome_json from {STATE_TABLE} "
+                    "where optimization = ? and generation = ? and iteration = ?",
+                    [key.optimization, key.generation, key.iteration],
+                ).fetchone()
+            except duckdb.CatalogException:  # nothing saved in this warehouse yet
+                return None
+        if row is None:
+            return None
+        pool_json, optimizer_state, outcome_json = row
+        search = None if pool_json is None else Search(pool_from_json(pool_json, demo_pool), optimizer_state)
+        outcome = None if outcome_json is None else outcome_from_json(outcome_json)
+        return IterationState(key, key.previous(), search, outcome)
+
+    def last_finished(self, optimization: str, generation: int) -> IterationState | None:
+        """The generation's latest iteration with a decision: what its final report reports."""
+        with self.warehouse.get_connection() as con:
+            found = _fetch(
+                con,
+                f"select iteration from {STATE_TABLE} where optimization = ? and generation = ? "
+                "and outcome_json is not null order by iteration desc limit 1",
+                [optimization, generation],
+            )
+        if found.empty:
+            return None
+        return self.load(IterationKey(optimization, generation, int(found.iloc[0]["iteration"])))
+
+    # --- reads of earlier partitions' asset tables -------------------------------------------------
+
+    def history(self, optimization: str, generation: int) -> dict:
+        """The latest finished iteration of a generation, the totals of the iterations leading to it, and
+        each iteration's scores and decision (`iterations`, for the summary)."""
+        last = self.last_finished(optimization, generation)
+        if last is None:
+            raise dg.Failure(
+                f"Generation {generation} of optimization '{optimization}' has no finished iteration, "
+                f"so there is no best prompt to report. Run `promptopt optimize` for it, or "
+                f"materialize partition {IterationKey(optimization, generation, 0)} first."
+            )
+        step = last.key.iteration
+        report = f"{SCHEMA}.comparison_report"
+        where = "where optimization = ? and generation = ?"
+        with self.warehouse.get_connection() as con:
+            first = con.execute(
+                f"select baseline_score, scores_json from {report} {where} and step = 0", [optimization, generation]
+            ).fetchone()
+            accepted = con.execute(
+                f"select scores_json from {report} {where} and step <= ? and accepted order by step desc limit 1",
+                [optimization, generation, step],
+            ).fetchone()
+            per_iteration = con.execute(
+                f"select usage_json from {report} {where} and step <= ?", [optimization, generation, step]
+            ).fetchall()
+            steps = con.execute(
+                f"select step, baseline_score, refined_score, accepted, best_score, why from {report} {where} "
+                "and step <= ? order by step",
+                [optimization, generation, step],
+            ).fetchdf()
+        best_scores = json.loads(accepted[0])["refined"] if accepted else json.loads(first[1])["baseline"]
+        return {
+            "state": last,
+            "step": step,
+            "initial_dev_score": first[0],
+            "dev_scores": {"initial": json.loads(first[1])["baseline"], "best": best_scores},
+            "iterations": [
+                {k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+                for r in steps.astype(object).to_dict("records")
+            ],
+            "usage": llm_usage.merge(*(llm_usage.from_json(u) for (u,) in per_iteration)),
+        }
+
+    def other_generation_reports(self, optimization: str, generation: int) -> pd.DataFrame:
+        """The final_report rows of the optimization's other generations, which its new report must keep:
+        the IO manager replaces the optimization's whole partition, and an old generation stays readable."""
+        with self.warehouse.get_connection() as con:
+            return _fetch(
+                con,
+                f"select * from {SCHEMA}.final_report where optimization = ? and generation <> ? order by generation",
+                [optimization, generation],
+            )
+
+    def promotion_events(self, dataset: str) -> pd.DataFrame:
+        """The dataset's promotion audit so far, which the next request appends to (the IO manager replaces
+        the dataset's whole partition) and which says what is served now."""
+        with self.warehouse.get_connection() as con:
+            return _fetch(con, f"select * from {SCHEMA}.promotion_audit where dataset = ? order by event_id", [dataset])
