@@ -45,20 +45,40 @@ class DatasetSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    description: str = ""
-    files: dict[str, str]  # split -> path relative to the data dir
-    labels: list[str] = Field(default_factory=list)  # empty: free-form outputs
-    #: What a label means, in a few words; the fewshot search tries an instruction that lists them.
-    label_descriptions: dict[str, str] = Field(default_factory=dict)
-    #: Scorers with weights; none given means the single scorer `target_metric` (default accuracy).
-    scorers: list[ScorerSpec] = Field(default_factory=list)
-    #: What the loop accepts and stops on: a scorer's name or "aggregate" (the weighted mean of all).
-    target_metric: str | None = None
-    initial_prompt: str  # path relative to the prompts dir
-    max_output_tokens: int = 8
-    #: Where a base (completion-mode) model's answer ends; chat models end on their own.
-    completion_stop: list[str] = Field(default_factory=lambda: ["\n"])
+    name: str = Field(
+        description="the dataset's name: its key under `datasets:`, not a key inside the entry; 1 to 64 letters, "
+        "digits, '_', '.' or '-', starting with a letter or digit (it becomes a Dagster partition key and a file name)"
+    )
+    description: str = Field("", description="free text for people; the one key that is not fingerprinted")
+    files: dict[str, str] = Field(
+        description="the CSV file of each split, train, dev and test (no other), relative to the data directory; "
+        "each has the header user_input,ground_truth_output"
+    )
+    labels: list[str] = Field(
+        default_factory=list, description="the answers allowed, matched without case; empty: free-form outputs"
+    )
+    label_descriptions: dict[str, str] = Field(
+        default_factory=dict,
+        description="what a label means, in a few words ({label: text}, labels of `labels` only); the fewshot "
+        "search tries an instruction that lists them",
+    )
+    scorers: list[ScorerSpec] = Field(
+        default_factory=list,
+        description="scorers with weights; none given means the single scorer `target_metric` (default accuracy)",
+    )
+    target_metric: str | None = Field(
+        None,
+        description="what the loop accepts and stops on: a scorer's name or aggregate (the weighted mean of all)",
+        json_schema_extra={"default_text": "the one scorer's name; aggregate with several"},
+    )
+    initial_prompt: str = Field(
+        description="the initial prompt's JSON file ({system_prompt, output_prompt}), relative to the prompts directory"
+    )
+    max_output_tokens: int = Field(8, description="the most tokens the task model may write for one answer")
+    completion_stop: list[str] = Field(
+        default_factory=lambda: ["\n"],
+        description="where a base (completion-mode) model's answer ends; chat models end on their own",
+    )
 
     _name = field_validator("name")(check_name)
 

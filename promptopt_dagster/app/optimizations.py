@@ -47,14 +47,29 @@ class ModelSpec(ModelSettings):
 
 
 class OptimizationSpec(_Strict):
-    name: str  # a partition key and a file name, like a dataset's (check_name)
-    dataset: str
-    description: str = ""
-    # None: the model the environment configures (PROMPTOPT_TASK__*, ...; the embedded one by default)
-    task_model: ModelSpec | None = None
-    # Model migration: this model's answers (with the dataset's initial prompt) become the references the
-    # task model's prompt is optimized to agree with; the dataset then needs no ground_truth_output column.
-    source_model: ModelSpec | None = None
+    name: str = Field(
+        description="the optimization's name: its key under `optimizations:`, not a key inside the entry; 1 to 64 "
+        "letters, digits, '_', '.' or '-', starting with a letter or digit (it becomes a Dagster partition key and "
+        "a file name)"
+    )
+    dataset: str = Field(
+        description="the dataset of data/manifest.yaml it optimizes; an entry named after a dataset replaces that "
+        "dataset's default optimization",
+        json_schema_extra={"default_text": "the entry's name, when that is a dataset's"},
+    )
+    description: str = Field(
+        "", description="free text for people; not fingerprinted, so editing it is no new generation"
+    )
+    task_model: ModelSpec | None = Field(
+        None,
+        description="the model that answers rows; none: the model the environment configures (PROMPTOPT_TASK__*, "
+        "the embedded one by default)",
+    )
+    source_model: ModelSpec | None = Field(
+        None,
+        description="model migration: this model's answers (with the dataset's initial prompt) become the references "
+        "the task model's prompt is optimized to agree with; the dataset then needs no ground_truth_output column",
+    )
     optimizer: OptimizerName = Field(
         "fewshot",
         description="fewshot: search demos and instructions; reflective: an LLM rewrites the prompt once an "
@@ -62,16 +77,29 @@ class OptimizationSpec(_Strict):
         "from guidelines alone; vertex: Google's Vertex AI Prompt Optimizer suggests the instruction (all but fewshot "
         "need a capable optimizer model; vertex needs optimizer backend vertex_prompt_optimizer)",
     )
-    options: dict[str, Any] = Field(default_factory=dict, description="the optimizer's own options")
-    optimizer_model: ModelSpec | None = None
-    judge_model: ModelSpec | None = None
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="the optimizer's own options (the table of options by optimizer)"
+    )
+    optimizer_model: ModelSpec | None = Field(
+        None,
+        description="the model the optimizer asks (reflective, gepa, metaprompt, vertex); none: the model the "
+        "environment configures (PROMPTOPT_OPTIMIZER__*)",
+    )
+    judge_model: ModelSpec | None = Field(
+        None,
+        description="not supported yet, refused with a message: the llm_judge scorer asks the PROMPTOPT_JUDGE__* model",
+    )
     target_metric: str | None = Field(
         None,
         description="what the loop accepts and stops on: one of the dataset's scorers or 'aggregate'",
         json_schema_extra={"default_text": "target_metric in data/manifest.yaml"},
     )  # what None means
-    stop: StopRules = Field(default_factory=StopRules)
-    budget: Budget = Field(default_factory=Budget)
+    stop: StopRules = Field(default_factory=StopRules, description="when the loop stops and what it accepts")
+    budget: Budget = Field(
+        default_factory=Budget,
+        description="caps on the whole optimization, checked after each iteration (the iteration that crosses a "
+        "cap finishes)",
+    )
     eval_size: int = Field(
         200, ge=0, description="confirm rows: dev rows on which a refined prompt is accepted or rejected (0: all)"
     )

@@ -33,12 +33,18 @@ class Settings(BaseSettings):
         Path.home() / ".cache" / "promptopt" / "models",
         description="Where the packaged GGUF is assembled once and reused.",
     )
-    llm_threads: int = Field(default_factory=lambda: os.cpu_count() or 1)
+    llm_threads: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        description="Threads llama.cpp uses (local backend).",
+        json_schema_extra={"default_text": "the number of CPU cores"},
+    )
     task: ModelSettings = Field(
         default_factory=ModelSettings, description="The model that answers rows: PROMPTOPT_TASK__BACKEND, __MODEL, ..."
     )
     optimizer: ModelSettings = Field(
-        default_factory=ModelSettings, description="The model the reflective optimizer asks: PROMPTOPT_OPTIMIZER__*"
+        default_factory=ModelSettings,
+        description="The model the optimizers that need one ask (reflective, gepa, metaprompt, vertex): "
+        "PROMPTOPT_OPTIMIZER__*",
     )
     judge: ModelSettings = Field(
         default_factory=ModelSettings, description="The model the llm_judge scorer asks: PROMPTOPT_JUDGE__*"

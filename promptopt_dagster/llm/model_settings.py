@@ -39,22 +39,32 @@ class ModelSettings(BaseModel):
         "schema", description="openai: how to ask for JSON (json_schema, json_object, or not at all)"
     )
     # how fast
-    max_in_flight: int = Field(16, description="Requests sent at once (remote backends)")
+    max_in_flight: int = Field(16, description="Requests sent at once (remote backends), on one event loop per process")
     rpm: int | None = Field(
         None, description="Requests per minute, shared by everything this process sends to the model"
     )
     tpm: int | None = Field(None, description="Tokens per minute, shared likewise")
     timeout_s: float = Field(60.0, description="Seconds to wait for one reply")
     max_attempts: int = Field(
-        6, description="Tries per row, the first included, on 408/429/5xx/timeouts/broken replies"
+        6,
+        description="Tries per row, the first included, on 408, 429, 5xx, timeouts, broken connections and malformed replies",
     )
-    backoff_initial_s: float = Field(1.0, description="First retry waits up to this long (full jitter, doubling)")
-    backoff_max_s: float = Field(60.0, description="Cap of one backoff wait; a longer Retry-After is still honoured")
+    backoff_initial_s: float = Field(
+        1.0, description="First retry waits up to this long; exponential backoff with full jitter, doubling"
+    )
+    backoff_max_s: float = Field(
+        60.0,
+        description="Cap of one backoff wait; a server's Retry-After is a floor (a longer one is still honoured) "
+        "and pauses the model's limiter",
+    )
     # what it costs
     input_price_per_mtok: float | None = Field(
-        None, description="USD per million prompt tokens (default: llm/prices.yaml)"
+        None,
+        description="USD per million prompt tokens, for the cost estimate and --max-cost-usd (default: llm/prices.yaml)",
     )
-    output_price_per_mtok: float | None = Field(None, description="USD per million completion tokens")
+    output_price_per_mtok: float | None = Field(
+        None, description="USD per million completion tokens, likewise (default: llm/prices.yaml)"
+    )
 
     def key_env(self) -> str | None:
         return self.api_key_env or DEFAULT_KEY_ENV.get(self.backend)

@@ -30,9 +30,18 @@ class ScorerSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    weight: float = Field(1.0, ge=0.0)
-    options: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(
+        description="a built-in scorer (accuracy, exact_match, f1, llm_judge, ...) or one the manifest's top-level "
+        "`scorers:` registers"
+    )
+    weight: float = Field(
+        1.0,
+        ge=0.0,
+        description="its weight in the aggregate; 0: computed and reported, but it does not move the aggregate",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="the scorer's own options (exact_match's first_line, llm_judge's rubric, ...)"
+    )
 
 
 @dataclass
