@@ -153,7 +153,7 @@ def check_dotenv(path: Path = Path(".env")) -> None:
             hint = f"; did you mean {close[0]}?" if close else ""
             raise SettingsError(
                 f"{path}: {key} is not a promptopt setting{hint} Fix the name or remove the line "
-                "(docs/configuration.md lists every setting)."
+                "(docs/reference/settings.md lists every setting)."
             )
 
 
