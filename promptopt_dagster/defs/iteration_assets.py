@@ -49,7 +49,7 @@ from promptopt_dagster.llm import usage as llm_usage
 from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.llm.inference import predict
 from promptopt_dagster.llm.usage import UsageByModel
-from promptopt_dagster.optimizers import OptimizerInput, get_optimizer
+from promptopt_dagster.optimizers import Evaluation, OptimizerContext, get_optimizer
 from promptopt_dagster.optimizers.pool import Candidate, best, pareto_frontier, pool_frame
 from promptopt_dagster.scoring.suite import ScoringSuite, objective_value, summary_from_frame, wide_scores
 
@@ -378,27 +378,25 @@ def refined_prompt(
     before = snapshot(clients)
     scored_rows = [0]
 
-    def answer_and_score(candidate: PromptVersion, rows: pd.DataFrame):
+    def evaluate(candidate: PromptVersion, rows: pd.DataFrame) -> Evaluation:
         answers = _predict(task, candidate, rows, spec, f"candidate {name} {iteration_name(generation, iteration)}")
         scored_rows[0] += len(rows)
-        return answers, suite.score(
+        result = suite.score(
             answers["prediction"].tolist(),
             answers["ground_truth_output"].tolist(),
             inputs=answers["user_input"].tolist(),
         ).objective()
-
-    def evaluate(candidate: PromptVersion, rows: pd.DataFrame):
-        return answer_and_score(candidate, rows)[1]
+        return Evaluation(answers, result.per_row, result.value, result.rationales)
 
     optimizer = get_optimizer(optimization.optimizer, **optimization.optimizer_options())
     history = previous_pool(warehouse, name, generation, iteration, optimizer.demo_pool(train))
-    answers, result = answer_and_score(prompt, select)
-    scored = answers.assign(score=result.per_row, rationale=result.rationales or None)
+    baseline = evaluate(prompt, select)
+    # what the optimizer returned as its state in the previous iteration of this generation (None at 0)
+    previous_state = _optimizer_state(project, name, generation, iteration - 1)
     proposal = optimizer.propose(
-        OptimizerInput(
+        OptimizerContext(
             prompt=prompt,
-            scored_rows=scored,
-            baseline_score=result.value,
+            baseline=baseline,
             metric=suite.describe(),
             train=train,
             labels=spec.labels,
@@ -409,13 +407,13 @@ def refined_prompt(
             history=history,
             spare_rows=spare_rows(splits.dev, select, confirm),
             calibration=task.ranks_labels,
-            answer_and_score=answer_and_score,
-            run_dir=project.search_dir(name, generation),
             metric_call_budget=_metric_calls_left(optimization, baseline_prompt, scored_rows[0]),
+            state=previous_state,
         ),
         evaluate,
         opt,
     )
+    _keep_optimizer_state(project, name, generation, iteration, proposal.state)
     usage = usage_since(clients, before)
     if proposal.prompt is None:  # the optimizer already logged why; the reason is also stored below
         refined, status = prompt, "rejected_by_optimizer"
@@ -437,6 +435,7 @@ def refined_prompt(
         "select_rows": len(select),
         "confirm_rows": len(confirm),
         "metric_calls": scored_rows[0],
+        "optimizer_state_bytes": len(proposal.state or b""),
         "candidates": dg.MetadataValue.json(proposal.candidates),
         **usage_metadata(usage),
     }
@@ -472,6 +471,27 @@ def refined_prompt(
             "table": dg.MetadataValue.md(_pool_md(pool, frontier)),
         },
     )
+
+
+def _optimizer_state(project: ProjectResource, name: str, generation: int, iteration: int) -> bytes | None:
+    """The state the optimizer returned at `iteration` of this generation (None: none, or iteration < 0),
+    read from a file under the generation's search directory: the local stand-in for a state store."""
+    path = project.search_dir(name, generation) / f"i{iteration}.state"
+    return path.read_bytes() if iteration >= 0 and path.exists() else None
+
+
+def _keep_optimizer_state(
+    project: ProjectResource, name: str, generation: int, iteration: int, state: bytes | None
+) -> None:
+    """Keeps the state an optimizer returned at `iteration` for the next one (whole or absent; None: none)."""
+    path = project.search_dir(name, generation) / f"i{iteration}.state"
+    if state is None:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(state)
+    tmp.replace(path)
 
 
 def _metric_calls_left(optimization, baseline_prompt: pd.DataFrame, scored_now: int) -> int | None:
