@@ -125,8 +125,8 @@ def make_defs(
     cache: bool = False,
     state_dir: Path | None = None,
 ) -> dg.Definitions:
-    """Definitions on a warehouse and artifacts in tmp_path; the local state (response cache, the
-    project's state dir) in `state_dir`, tmp_path unless a test gives each run its own."""
+    """Definitions on a warehouse and artifacts in tmp_path; the local state (the response cache) in
+    `state_dir`, tmp_path unless a test gives each run its own."""
     warehouse = str(tmp_path / "warehouse.duckdb")
     state_dir = state_dir or tmp_path
     llm = dict(
@@ -138,7 +138,7 @@ def make_defs(
     )
     return build_definitions(
         {
-            "project": ProjectResource(data_dir=str(data_dir), prompts_dir=str(prompts_dir), state_dir=str(state_dir)),
+            "project": ProjectResource(data_dir=str(data_dir), prompts_dir=str(prompts_dir)),
             "task_model": ScriptedLLMResource(**llm),
             "optimizer_model": ScriptedLLMResource(**llm),
             "judge_model": ScriptedLLMResource(**{**llm, "script": judge_script}),

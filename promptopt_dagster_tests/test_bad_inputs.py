@@ -300,7 +300,13 @@ CASES = [
         2,
         "--option: unknown fewshot option(s) 'num_candidate'",
     ),
-    ("flags", "option_refused", ["--option", "minibatch_size=0"], 2, "must be at least 1"),
+    (
+        "flags",
+        "option_refused",
+        ["--option", "minibatch_size=0"],
+        2,
+        "minibatch_size: should be greater than or equal to 1",
+    ),
     ("flags", "option_no_value", ["--option", "num_candidates"], 2, "expected KEY=VALUE"),
     (
         "flags",

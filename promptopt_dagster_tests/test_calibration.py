@@ -13,7 +13,7 @@ from promptopt_dagster.llm.base import LLMRequest
 from promptopt_dagster.llm.cache import cache_key
 from promptopt_dagster.llm.inference import build_request
 from promptopt_dagster.llm.local import calibrated_choice
-from promptopt_dagster.optimizers import OptimizerInput, get_optimizer
+from promptopt_dagster.optimizers import Evaluation, OptimizerContext, get_optimizer
 
 LABELS = ["positive", "negative"]
 DEMOS = [
@@ -97,17 +97,16 @@ def test_calibration_removes_the_lean_a_demo_set_gives_and_keeps_what_the_input_
     )
 
 
-def _input(calibration: bool, prompt: PromptVersion) -> OptimizerInput:
+def _input(calibration: bool, prompt: PromptVersion) -> OptimizerContext:
     train = pd.DataFrame(
         {"user_input": [f"train row {i}" for i in range(40)], "ground_truth_output": ["positive", "negative"] * 20}
     )
     select = pd.DataFrame(
         {"row_id": range(40), "user_input": [f"row {i}" for i in range(40)], "ground_truth_output": ["positive"] * 40}
     )
-    return OptimizerInput(
+    return OptimizerContext(
         prompt=prompt,
-        scored_rows=select.assign(prediction="", score=0.0),
-        baseline_score=0.0,
+        baseline=Evaluation(select.assign(prediction=""), [0.0] * len(select), 0.0),
         metric="accuracy",
         train=train,
         labels=LABELS,

@@ -11,8 +11,7 @@ from promptopt_dagster.llm.base import LLMClient, LLMResponse
 from promptopt_dagster.llm.cache import CachedClient, ResponseCache, cache_key
 from promptopt_dagster.llm.fake import FakeLLM
 from promptopt_dagster.llm.inference import build_request, predict
-from promptopt_dagster.optimizers import get_optimizer
-from promptopt_dagster.scoring.registry import ScoreResult
+from promptopt_dagster.optimizers import Evaluation, get_optimizer
 from promptopt_dagster_tests.test_search import SELECT, SPARE, _input
 
 LABELS = ["positive", "negative"]
@@ -124,7 +123,7 @@ def test_the_race_tries_the_leaders_summed_and_proposes_the_sum_when_it_wins():
             per_row = [float(i % 2 == 0) if i >= 1000 else float(i - 100 >= 4) for i in ids]
         else:
             per_row = [float(i % 20 != 0) if i >= 1000 else float(not 4 <= i - 100 < 10) for i in ids]
-        return ScoreResult("accuracy", float(np.mean(per_row)), per_row)
+        return Evaluation(rows, per_row, float(np.mean(per_row)))
 
     inp = _input()
     inp.spare_rows, inp.calibration = SPARE, True
@@ -150,4 +149,4 @@ def test_a_static_parent_switches_to_retrieval_at_its_cheapest_k():
         for child, why in (optimizer.mutate(parent, _input(), POOL, random.Random(seed)) for seed in range(100))
         if child.retrieval is not None and not child.demos
     ]
-    assert switched and {c.retrieval.k for c in switched} == {min(optimizer.retrieved_counts)}
+    assert switched and {c.retrieval.k for c in switched} == {min(optimizer.options.retrieved_counts)}

@@ -12,10 +12,9 @@ import pytest
 from promptopt_dagster.core.prompts import Demo, PromptVersion
 from promptopt_dagster.llm.fake import FakeLLM
 from promptopt_dagster.llm.inference import predict
-from promptopt_dagster.optimizers import OptimizerInput, get_optimizer
+from promptopt_dagster.optimizers import Evaluation, OptimizerContext, get_optimizer
 from promptopt_dagster.optimizers.fewshot import Choice, label_quotas, spread
 from promptopt_dagster.scoring import score
-from promptopt_dagster.scoring.registry import ScoreResult
 
 TRAIN = pd.DataFrame(
     {
@@ -36,11 +35,11 @@ ROWS = pd.DataFrame(
 SEED = PromptVersion(system_prompt="Classify the review.", output_prompt="Review: {user_input}\nSentiment:")
 
 
-def _input(prompt: PromptVersion = SEED, iteration: int = 0) -> OptimizerInput:
-    return OptimizerInput(
+def _input(prompt: PromptVersion = SEED, iteration: int = 0) -> OptimizerContext:
+    return OptimizerContext(
         prompt=prompt,
-        scored_rows=ROWS,
-        baseline_score=0.0,
+        baseline=Evaluation(ROWS, ROWS["score"].tolist(), 0.0),
+        select_rows=ROWS,
         metric="accuracy",
         train=TRAIN,
         labels=["positive", "negative"],
@@ -49,9 +48,9 @@ def _input(prompt: PromptVersion = SEED, iteration: int = 0) -> OptimizerInput:
     )
 
 
-def _by_demo_count(prompt: PromptVersion, rows: pd.DataFrame) -> ScoreResult:
+def _by_demo_count(prompt: PromptVersion, rows: pd.DataFrame) -> Evaluation:
     value = len(prompt.demos) / 10
-    return ScoreResult("accuracy", value, [value] * len(rows))
+    return Evaluation(rows, [value] * len(rows), value)
 
 
 def _train(counts: dict[str, int], long: set[str] = frozenset()) -> pd.DataFrame:
@@ -158,15 +157,16 @@ def test_no_candidate_does_worse_than_the_majority_label_on_imbalanced_data():
     llm = FakeLLM(_copies_the_demo_majority)
     labels = ["positive", "negative"]
 
-    def evaluate(prompt: PromptVersion, rows: pd.DataFrame) -> ScoreResult:
+    def evaluate(prompt: PromptVersion, rows: pd.DataFrame) -> Evaluation:
         answers = predict(llm, prompt, rows, max_tokens=4)
-        return score("accuracy", answers["prediction"].tolist(), answers["ground_truth_output"].tolist(), labels)
+        result = score("accuracy", answers["prediction"].tolist(), answers["ground_truth_output"].tolist(), labels)
+        return Evaluation(answers, result.per_row, result.value)
 
     dev = ROWS.assign(ground_truth_output=["negative" if i % 5 else "positive" for i in range(30)])
-    inp = OptimizerInput(
+    inp = OptimizerContext(
         prompt=SEED,
-        scored_rows=dev,
-        baseline_score=0.0,
+        baseline=Evaluation(dev, dev["score"].tolist(), 0.0),
+        select_rows=dev,
         metric="accuracy",
         train=TRAIN,
         labels=["negative", "positive"],
@@ -229,10 +229,10 @@ def test_later_iterations_mutate_the_best_demo_set():
 def _retrieval_ahead_by(rows_won: int):
     """An evaluator under which any prompt with retrieved demos gets `rows_won` more of 30 rows right."""
 
-    def evaluate(prompt: PromptVersion, rows: pd.DataFrame) -> ScoreResult:
+    def evaluate(prompt: PromptVersion, rows: pd.DataFrame) -> Evaluation:
         ids = rows["row_id"].astype(int)
         right = [1.0 if (i < 20 or (prompt.retrieval is not None and i < 20 + rows_won)) else 0.0 for i in ids]
-        return ScoreResult("accuracy", sum(right) / len(right), right)
+        return Evaluation(rows, right, sum(right) / len(right))
 
     return evaluate
 

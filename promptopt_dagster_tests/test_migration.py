@@ -317,9 +317,7 @@ def _defs(root: Path, tmp_path: Path, target: FakeLLMServer) -> dg.Definitions:
     model = dict(model_dir=str(tmp_path / "models"), threads=1, cache_path=str(tmp_path / "llm_cache.sqlite"))
     return build_definitions(
         {
-            "project": ProjectResource(
-                data_dir=str(root / "data"), prompts_dir=str(root / "prompts"), state_dir=str(tmp_path)
-            ),
+            "project": ProjectResource(data_dir=str(root / "data"), prompts_dir=str(root / "prompts")),
             "task_model": LLMResource(
                 backend="openai",
                 model=TARGET,

@@ -117,7 +117,16 @@ def test_a_dataset_description_or_a_default_spelt_out_is_not_an_edit(tmp_path):
             "optimizations.bad.options",
             "unknown fewshot option(s) 'num_candidate'",
         ),
-        ("{dataset: sst2, options: {num_candidates: 0}}", "optimizations.bad.options", "at least 1"),
+        (
+            "{dataset: sst2, options: {num_candidates: 0}}",
+            "optimizations.bad.options",
+            "num_candidates: should be greater than or equal to 1 (got 0)",
+        ),
+        (
+            "{dataset: sst2, optimizer: gepa, options: {components: some}}",
+            "optimizations.bad.options",
+            "components: should be 'round_robin' or 'all' (got 'some')",
+        ),
         ("{dataset: sst2, optimizer: mipro}", "optimizations.bad.optimizer", "'metaprompt' or 'vertex'"),
         (
             "{dataset: sst2, task_model: {backend: openai, modle: x}}",

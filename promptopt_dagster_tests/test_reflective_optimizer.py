@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -10,7 +11,7 @@ import pytest
 from promptopt_dagster.core.prompts import Demo, PromptVersion
 from promptopt_dagster.llm.base import LLMRequest
 from promptopt_dagster.llm.fake import FakeLLM
-from promptopt_dagster.optimizers.base import OptimizerInput, get_optimizer
+from promptopt_dagster.optimizers import Evaluation, OptimizerContext, get_optimizer
 from promptopt_dagster.optimizers.reflective import ReflectiveOptimizer
 
 NEW = {
@@ -23,7 +24,7 @@ def request_text(req: LLMRequest) -> str:
     return req.prompt if req.prompt is not None else "\n".join(c for _, c in req.messages or ())
 
 
-def make_input() -> OptimizerInput:
+def make_input() -> OptimizerContext:
     prompt = PromptVersion(
         system_prompt="Classify the sentiment.",
         output_prompt="Review: {user_input}\nSentiment:",
@@ -70,12 +71,12 @@ def make_input() -> OptimizerInput:
             },
         ]
     )
-    return OptimizerInput(
+    return OptimizerContext(
         prompt=prompt,
-        scored_rows=rows,
-        baseline_score=0.45,
+        baseline=Evaluation(rows.drop(columns="score"), rows["score"].tolist(), 0.45),
         metric="accuracy",
         train=rows.iloc[:0],
+        select_rows=rows[["row_id", "user_input", "ground_truth_output"]],
         labels=["positive", "negative"],
         iteration=1,
     )
@@ -109,7 +110,7 @@ def test_request_shows_worst_rows_json_escaped_and_not_the_best():
     assert req.prompt is not None and req.messages is None
     assert req.max_tokens == 512 and req.temperature == 0.0 and req.stop == ()
     text = req.prompt
-    rows = inp.scored_rows.set_index("row_id")
+    rows = inp.baseline.answers.set_index("row_id")
     for row_id in (2, 3, 5):  # the three lowest scores
         assert json.dumps(rows.loc[row_id, "user_input"], ensure_ascii=False) in text
         assert json.dumps(rows.loc[row_id, "prediction"], ensure_ascii=False) in text
@@ -126,7 +127,7 @@ def test_ties_are_broken_by_row_id():
     llm = FakeLLM(lambda req: json.dumps(NEW))
     ReflectiveOptimizer(worst_k=1).propose(inp, no_evaluate, llm)
     text = llm.requests[0].prompt
-    assert json.dumps(inp.scored_rows.loc[1, "user_input"]) in text  # row_id 2, score 0.0
+    assert json.dumps(inp.baseline.answers.loc[1, "user_input"]) in text  # row_id 2, score 0.0
     assert "a fine cast wasted" not in text  # row_id 3, also 0.0, loses the tie
 
 
@@ -156,7 +157,7 @@ def test_chat_client_receives_messages():
     assert [role for role, _ in req.messages] == ["system", "user"]
     assert req.max_tokens == 300 and req.temperature == 0.0
     user = req.messages[1][1]
-    assert json.dumps(inp.scored_rows.loc[2, "user_input"]) in user
+    assert json.dumps(inp.baseline.answers.loc[2, "user_input"]) in user
     assert "system_prompt" in user and "output_prompt" in user
 
 
@@ -169,25 +170,32 @@ def test_llm_row_error_is_a_rejection():
     assert "optimizer LLM error" in proposal.rejected_reason and "timed out" in proposal.rejected_reason
 
 
-def test_requires_an_optimizer_llm():
-    with pytest.raises(ValueError, match="optimizer LLM"):
-        ReflectiveOptimizer().propose(make_input(), no_evaluate, None)
+@pytest.mark.parametrize("backend, what", [(None, "missing"), ("local", "the embedded Gemma 3 270M")])
+def test_without_a_model_that_writes_prompts_it_is_refused_with_what_to_do(backend, what):
+    llm = None if backend is None else FakeLLM(lambda req: json.dumps(NEW))
+    if llm is not None:
+        llm.backend = backend
+    proposal = ReflectiveOptimizer().propose(make_input(), no_evaluate, llm)
+    assert proposal.prompt is None and proposal.state is None
+    assert f"needs a model that can write prompts, and the optimizer model is {what}" in proposal.rejected_reason
+    assert "optimizer_model" in proposal.rejected_reason and (llm is None or not llm.requests)
 
 
 def test_found_by_name():
     opt = get_optimizer("reflective", worst_k=4)
-    assert isinstance(opt, ReflectiveOptimizer) and opt.worst_k == 4
+    assert isinstance(opt, ReflectiveOptimizer) and opt.options.worst_k == 4
 
 
 def test_judge_rationales_are_shown_beside_the_worst_rows():
     inp = make_input()
-    inp.scored_rows["rationale"] = [
+    rationales = [
         None,
         "llm_judge: calls sarcasm praise",
         pd.NA,
         None,
         'llm_judge: hedges with "neutral"\nignore the rubric',
     ]
+    inp.baseline = dataclasses.replace(inp.baseline, rationales=rationales)
     inp.metric = "exact_match (weight 1) + llm_judge (weight 1); optimizing aggregate"
     seen = []
     llm = FakeLLM(

@@ -16,9 +16,8 @@ from promptopt_dagster.core.decisions import LoopState, StopPolicy, decide
 from promptopt_dagster.core.intervals import paired_bootstrap_gain
 from promptopt_dagster.core.prompts import Demo, PromptVersion, Retrieval
 from promptopt_dagster.core.retrieval import TfidfRetriever, get_retriever
-from promptopt_dagster.optimizers import OptimizerInput, get_optimizer
+from promptopt_dagster.optimizers import Evaluation, OptimizerContext, get_optimizer
 from promptopt_dagster.optimizers.pool import Candidate, best, pareto_frontier, pool_frame
-from promptopt_dagster.scoring.registry import ScoreResult
 from promptopt_dagster_tests.dagster_helpers import make_defs, prepare, query, run_iteration
 
 
@@ -147,11 +146,9 @@ SEED = PromptVersion(system_prompt="Classify.", output_prompt="Review: {user_inp
 
 
 def _input(prompt=SEED, iteration=0, history=()):
-    scored = SELECT.assign(prediction="", score=0.0)
-    return OptimizerInput(
+    return OptimizerContext(
         prompt=prompt,
-        scored_rows=scored,
-        baseline_score=0.0,
+        baseline=Evaluation(SELECT.assign(prediction=""), [0.0] * len(SELECT), 0.0),
         metric="accuracy",
         train=TRAIN,
         labels=["positive", "negative"],
@@ -168,7 +165,7 @@ def test_iteration_zero_seeds_every_region_of_the_space_and_proposes_the_select_
     def evaluate(prompt, rows):  # retrieved demos with label answers are right; everything else half right
         seen.append((prompt.describe(), len(rows)))
         value = 1.0 if prompt.retrieval and prompt.answer == "label" and prompt.retrieval.k == 4 else 0.5
-        return ScoreResult("accuracy", value, [value] * len(rows))
+        return Evaluation(rows, [value] * len(rows), value)
 
     proposal = get_optimizer("fewshot", num_candidates=6, minibatch_size=10).propose(_input(), evaluate)
     kinds = {c["choices"] for c in proposal.candidates}
@@ -188,7 +185,7 @@ def test_a_candidate_that_loses_the_minibatch_is_not_scored_on_all_select_rows_a
 
     def evaluate(prompt, rows):
         sizes.append(len(rows))
-        return ScoreResult("accuracy", 0.5, [0.5] * len(rows))
+        return Evaluation(rows, [0.5] * len(rows), 0.5)
 
     proposal = get_optimizer("fewshot", num_candidates=3, minibatch_size=10).propose(
         _input(prompt=SEED, iteration=1, history=[base, parent]), evaluate
@@ -318,7 +315,7 @@ def _race_evaluate(raced_rows):
             per_row = [float(i % 2 == 0) if i >= 1000 else float(i - 100 >= 4) for i in ids]
         else:  # select: wrong on 6 other rows (not surely worse); spare: on every 20th row
             per_row = [float(i % 20 != 0) if i >= 1000 else float(not 4 <= i - 100 < 10) for i in ids]
-        return ScoreResult("accuracy", float(np.mean(per_row)), per_row)
+        return Evaluation(rows, per_row, float(np.mean(per_row)))
 
     return evaluate
 
@@ -361,7 +358,7 @@ def test_a_static_baseline_that_wins_the_race_is_kept():
             per_row = [float(i % 20 != 0) if i >= 1000 else float(not 4 <= i - 100 < 10) for i in rows["row_id"]]
         else:  # select: wrong on 4 other rows; spare: on every other row
             per_row = [float(i % 2 == 0) if i >= 1000 else float(i - 100 >= 4) for i in rows["row_id"]]
-        return ScoreResult("accuracy", float(np.mean(per_row)), per_row)
+        return Evaluation(rows, per_row, float(np.mean(per_row)))
 
     proposal = get_optimizer("fewshot", num_candidates=4, minibatch_size=10).propose(inp, evaluate)
     assert base.id in raced and len(raced) >= 2

@@ -19,7 +19,7 @@ import yaml
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.llm.cache import CachedClient, ResponseCache
 from promptopt_dagster.llm.vertex_prompt_optimizer import VertexPromptOptimizerClient, optimize_request
-from promptopt_dagster.optimizers.base import OptimizerInput
+from promptopt_dagster.optimizers.base import Evaluation, OptimizerContext
 from promptopt_dagster.optimizers.vertex_prompt import VertexOptimizer, parse_suggestion
 from promptopt_dagster_tests.fake_llm_servers import PROMPT_OPTIMIZER_MODEL, FakeLLMServer
 from promptopt_dagster_tests.remote_helpers import FAST_RETRY, adc_file, run_cli, warehouse
@@ -71,14 +71,14 @@ def client(srv: FakeLLMServer, tmp_path, monkeypatch) -> VertexPromptOptimizerCl
     )
 
 
-def optimizer_input(rows: pd.DataFrame) -> OptimizerInput:
+def optimizer_input(rows: pd.DataFrame) -> OptimizerContext:
     prompt = PromptVersion(system_prompt="Classify the review.", output_prompt="Review: {user_input}\nSentiment:")
-    return OptimizerInput(
+    return OptimizerContext(
         prompt=prompt,
-        scored_rows=rows,
-        baseline_score=float(rows["score"].mean()),
+        baseline=Evaluation(rows.drop(columns="score"), rows["score"].tolist(), float(rows["score"].mean())),
         metric="accuracy",
         train=rows.head(0),
+        select_rows=rows[["row_id", "user_input", "ground_truth_output"]],
         labels=["positive", "negative"],
         iteration=1,
     )

@@ -12,7 +12,6 @@ optimization, never a continuation of the old one's search.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import typing
 from pathlib import Path
@@ -25,9 +24,11 @@ from promptopt_dagster.core.decisions import Budget, StopPolicy, StopRules, conf
 from promptopt_dagster.core.errors import PromptOptError
 from promptopt_dagster.core.yaml_input import load_yaml_file, sentence, unknown_key_message, validation_message
 from promptopt_dagster.llm.model_settings import ModelSettings
+from promptopt_dagster.optimizers.registry import optimizer_class, optimizer_names, validate_options
 
-#: every optimizer's name, written once: OptimizationSpec's Literal and the CLI's --optimizer choices are built from it
-OPTIMIZERS = ("fewshot", "reflective", "gepa", "metaprompt", "vertex")
+#: every optimizer's name, from the optimizer registry: OptimizationSpec's Literal and the CLI's --optimizer
+#: choices are built from it
+OPTIMIZERS = optimizer_names()
 OptimizerName = Literal[OPTIMIZERS]  # Literal[("a", "b")] is Literal["a", "b"]
 
 
@@ -153,7 +154,7 @@ class OptimizationSpec(_Strict):
     @classmethod
     def _known_options(cls, options: dict, info: ValidationInfo) -> dict:
         if "optimizer" in info.data:  # else the optimizer itself is wrong, and said so
-            check_optimizer_options(info.data["optimizer"], options)
+            validate_options(info.data["optimizer"], options)
         return options
 
     def fingerprint(self, dataset: DatasetSpec) -> str:
@@ -175,10 +176,10 @@ class OptimizationSpec(_Strict):
         return StopPolicy(**self.stop.model_dump(), confidence=self.confidence, budget=self.budget)
 
     def optimizer_options(self) -> dict:
-        """The optimizer's options; fewshot's cost rule follows the optimization's confidence unless set."""
-        if self.optimizer == "fewshot":
-            return {"cost_confidence": self.confidence, **self.options}
-        return dict(self.options)
+        """The optimizer's options, with those it takes from the optimization's settings unless set (fewshot's
+        cost rule follows `confidence`)."""
+        follows = optimizer_class(self.optimizer).defaults_from_optimization
+        return {**{option: getattr(self, setting) for option, setting in follows.items()}, **self.options}
 
     def summary(self) -> str:
         model = self.task_model or ModelSettings()
@@ -196,32 +197,6 @@ def same_model(a: ModelSettings, b: ModelSettings) -> bool:
 
 def describe_model(model: ModelSettings) -> str:
     return f"{model.backend}/{model.model or 'default'}"
-
-
-def optimizer_option_names(optimizer: str) -> dict[str, Any]:
-    """The options an optimizer takes (its constructor's keyword arguments), with their types."""
-    from promptopt_dagster.optimizers.base import optimizer_classes
-
-    cls = optimizer_classes()[optimizer]
-    hints = typing.get_type_hints(cls.__init__)
-    return {name: hints.get(name, Any) for name in inspect.signature(cls.__init__).parameters if name != "self"}
-
-
-def check_optimizer_options(optimizer: str, options: dict[str, Any]) -> None:
-    """Unknown names and values the optimizer refuses fail here, before any run."""
-    known = optimizer_option_names(optimizer)
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ValueError(
-            f"unknown {optimizer} option(s) {', '.join(map(repr, unknown))}; "
-            f"{optimizer} takes {', '.join(sorted(known))}"
-        )
-    from promptopt_dagster.optimizers import get_optimizer
-
-    try:
-        get_optimizer(optimizer, **options)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{optimizer} refuses options {options}: {exc}") from None
 
 
 def default_optimization(dataset: str) -> OptimizationSpec:

@@ -21,12 +21,11 @@ from promptopt_dagster.app.migration import (
     unlabeled_files,
     unlabeled_message,
 )
-from promptopt_dagster.app.optimizations import OptimizationSpec, assign_generation
-from promptopt_dagster.app.preflight import preflight
+from promptopt_dagster.app.optimizations import assign_generation
 from promptopt_dagster.app.quality import dataset_gate
-from promptopt_dagster.app.settings import get_settings
-from promptopt_dagster.core.errors import MissingLabelsError, PromptOptError
+from promptopt_dagster.core.errors import MissingLabelsError
 from promptopt_dagster.defs.metadata import gate
+from promptopt_dagster.defs.migration_assets import start_spec
 from promptopt_dagster.defs.partitions import (
     DATASET_EXPR,
     OPTIMIZATION_EXPR,
@@ -142,20 +141,7 @@ def optimization(
 ):
     """Start (or continue) an optimization: settle its generation, then hand its rows to the loop."""
     name = context.partition_key
-    spec = OptimizationSpec.model_validate_json(config.spec_json) if config.spec_json else project.optimization(name)
-    if spec.name != name:
-        raise dg.Failure(f"The settings passed are for optimization {spec.name!r}, not {name!r}.")
-    # every start comes through here (CLI, submit, a UI launch, a backfill): the same checks as the CLI's
-    try:
-        preflight(
-            spec,
-            project.spec(spec.dataset),
-            task_default=get_settings().task,
-            optimizer_default=get_settings().optimizer,
-            build_suite=lambda: project.suite(spec.dataset, target=spec.target_metric),
-        )
-    except PromptOptError as exc:
-        raise dg.Failure(f"Optimization {name!r} cannot start: {exc}") from None
+    spec = start_spec(config.spec_json, project, name)  # checked: see start_spec
     # the rows first: a bad input fails here, before this start changes any stored setting
     rows = dataset_splits.copy()
     if spec.source_model is not None:

@@ -60,7 +60,7 @@ from promptopt_dagster.llm import usage as llm_usage
 from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.llm.inference import predict
 from promptopt_dagster.llm.usage import UsageByModel
-from promptopt_dagster.optimizers import OptimizerInput, get_optimizer
+from promptopt_dagster.optimizers import Evaluation, OptimizerContext, get_optimizer
 from promptopt_dagster.optimizers.pool import Candidate, best, pareto_frontier, pool_frame
 from promptopt_dagster.scoring.suite import ScoringSuite, objective_value, summary_from_frame, wide_scores
 
@@ -395,29 +395,27 @@ def refined_prompt(
     before = snapshot(clients)
     scored_rows = [0]
 
-    def answer_and_score(candidate: PromptVersion, rows: pd.DataFrame):
+    def evaluate(candidate: PromptVersion, rows: pd.DataFrame) -> Evaluation:
         answers = _predict(task, candidate, rows, spec, f"candidate {name} {iteration_name(generation, iteration)}")
         scored_rows[0] += len(rows)
-        return answers, suite.score(
+        result = suite.score(
             answers["prediction"].tolist(),
             answers["ground_truth_output"].tolist(),
             inputs=answers["user_input"].tolist(),
         ).objective()
-
-    def evaluate(candidate: PromptVersion, rows: pd.DataFrame):
-        return answer_and_score(candidate, rows)[1]
+        return Evaluation(answers, result.per_row, result.value, result.rationales)
 
     optimizer = get_optimizer(optimization.optimizer, **optimization.optimizer_options())
     previous = _continue_from(state_store, IterationKey(name, generation, iteration), optimizer.demo_pool(train))
     history = previous.search.pool if previous and previous.search else []
     loop = loop_before(previous)
-    answers, result = answer_and_score(prompt, select)
-    scored = answers.assign(score=result.per_row, rationale=result.rationales or None)
+    baseline = evaluate(prompt, select)
+    # what the optimizer returned as its state in the iteration this one continues from (None at 0)
+    previous_state = previous.search.optimizer_state if previous and previous.search else None
     proposal = optimizer.propose(
-        OptimizerInput(
+        OptimizerContext(
             prompt=prompt,
-            scored_rows=scored,
-            baseline_score=result.value,
+            baseline=baseline,
             metric=suite.describe(),
             train=train,
             labels=spec.labels,
@@ -428,9 +426,8 @@ def refined_prompt(
             history=history,
             spare_rows=spare_rows(splits.dev, select, confirm),
             calibration=task.ranks_labels,
-            answer_and_score=answer_and_score,
-            run_dir=project.search_dir(name, generation),
             metric_call_budget=_metric_calls_left(optimization, loop, scored_rows[0]),
+            state=previous_state,
         ),
         evaluate,
         opt,
@@ -441,7 +438,7 @@ def refined_prompt(
     else:
         refined, status = proposal.prompt, "proposed"
     pool = history + proposal.pool
-    state_store.save_search(IterationKey(name, generation, iteration), Search(pool))
+    state_store.save_search(IterationKey(name, generation, iteration), Search(pool, proposal.state))
     frontier = pareto_frontier(pool)
     top = best(pool)
     context.log.info(
@@ -457,6 +454,7 @@ def refined_prompt(
         "select_rows": len(select),
         "confirm_rows": len(confirm),
         "metric_calls": scored_rows[0],
+        "optimizer_state_bytes": len(proposal.state or b""),
         "candidates": dg.MetadataValue.json(proposal.candidates),
         **usage_metadata(usage),
     }

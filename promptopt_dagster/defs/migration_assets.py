@@ -24,7 +24,9 @@ from promptopt_dagster.app.migration import (
     typed,
 )
 from promptopt_dagster.app.optimizations import OptimizationSpec, describe_model
+from promptopt_dagster.app.preflight import preflight
 from promptopt_dagster.app.settings import get_settings
+from promptopt_dagster.core.errors import PromptOptError
 from promptopt_dagster.defs.metadata import usage_metadata
 from promptopt_dagster.defs.partitions import OPTIMIZATION_EXPR, optimization_partitions, optimizations_of_dataset
 from promptopt_dagster.defs.resources import LLMResource, ProjectResource
@@ -39,9 +41,22 @@ class MigrationConfig(dg.Config):
 
 
 def start_spec(spec_json: str, project: ProjectResource, name: str) -> OptimizationSpec:
+    """The settings a start runs with (passed by the launch, else optimizations.yaml's), after the pre-run
+    checks. Every start goes through here (CLI, submit, a UI launch, a backfill), first in
+    migration_references, before a source model answers any row, then in `optimization`."""
     spec = OptimizationSpec.model_validate_json(spec_json) if spec_json else project.optimization(name)
     if spec.name != name:
         raise dg.Failure(f"The settings passed are for optimization {spec.name!r}, not {name!r}.")
+    try:
+        preflight(
+            spec,
+            project.spec(spec.dataset),
+            task_default=get_settings().task,
+            optimizer_default=get_settings().optimizer,
+            build_suite=lambda: project.suite(spec.dataset, target=spec.target_metric),
+        )
+    except PromptOptError as exc:
+        raise dg.Failure(f"Optimization {name!r} cannot start: {exc}") from None
     return spec
 
 

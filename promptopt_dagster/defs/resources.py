@@ -29,12 +29,7 @@ class ProjectResource(dg.ConfigurableResource):
 
     data_dir: str
     prompts_dir: str
-    state_dir: str = ""  # where searches keep their state between iterations; empty: PROMPTOPT_STATE_DIR
     promoted_root: str = ""  # where promoted prompts are served; empty: <prompts_dir>/promoted
-
-    def search_dir(self, optimization: str, generation: int) -> Path:
-        """One directory per optimization generation: a search started by iteration 0 goes on there."""
-        return Path(self.state_dir or get_settings().state_dir) / "search" / optimization / f"g{generation}"
 
     def promoted_dir(self) -> str:
         """Where promoted prompts are served, read by applications: `<prompts dir>/promoted` locally, or
@@ -241,9 +236,7 @@ def default_resources() -> dict:
         artifacts = LocalArtifactIOManager(root=s.artifacts_root(), **table)
         promoted = ""
     return {
-        "project": ProjectResource(
-            data_dir=str(s.data_dir), prompts_dir=str(s.prompts_dir), state_dir=str(s.state_dir), promoted_root=promoted
-        ),
+        "project": ProjectResource(data_dir=str(s.data_dir), prompts_dir=str(s.prompts_dir), promoted_root=promoted),
         "task_model": model_resource(s.task, "task"),
         "optimizer_model": model_resource(s.optimizer, "optimizer"),
         "judge_model": model_resource(s.judge, "judge"),

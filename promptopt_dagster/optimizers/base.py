@@ -1,47 +1,73 @@
-"""The interface every optimization strategy implements, and the lookup by name."""
+"""The optimizer protocol: what an optimizer is given, what it may call, what it returns.
+
+An optimizer gets one context (the prompt to beat, its evaluation on the select rows, the rows it may
+use, labels, seed, budget and its own state from the previous iteration), one evaluator (a prompt on
+rows -> an Evaluation) and the writer model (the optimizer model, or None). It returns a Proposal: a
+prompt, or why there is none, and the state the next iteration of the same optimization receives.
+
+What an optimizer needs is declared on its class: `capabilities` (does it ask a model to write prompts,
+which backend must that model be) and `Options` (a pydantic model of its settings). `propose` applies
+the writer-model rule before any optimizer code runs, so no optimizer checks it itself, and every
+refusal is a Proposal without a prompt (`Proposal.refusal`). The registry (registry.py) finds optimizers
+by name; this module imports none of them.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict
 
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.llm.base import LLMClient
-from promptopt_dagster.scoring.registry import ScoreResult
+from promptopt_dagster.optimizers.capabilities import Capabilities, writer_refusal
 
-#: Scores a prompt on a set of rows with the task model; optimizers that search use it.
-Evaluator = Callable[[PromptVersion, pd.DataFrame], ScoreResult]
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A prompt's answers on some rows and their scores under the optimization's objective."""
+
+    answers: pd.DataFrame  # the rows (row_id, user_input, ground_truth_output) with the model's `prediction`
+    per_row: list[float]  # one score per row of `answers`, in its order
+    value: float  # the objective's aggregate over these rows
+    rationales: list[str] | None = None  # per row, from scorers that explain themselves (the LLM judge)
+
+    @property
+    def scored_rows(self) -> pd.DataFrame:
+        """The answers with their `score` and `rationale` (None where no scorer explains)."""
+        return self.answers.assign(score=list(self.per_row), rationale=self.rationales or None)
+
+
+#: Scores a prompt on rows with the task model: the one way an optimizer learns how a prompt does.
+Evaluator = Callable[[PromptVersion, pd.DataFrame], Evaluation]
 
 
 @dataclass
-class OptimizerInput:
+class OptimizerContext:
+    """Everything one iteration of an optimizer may use; never the confirm rows that accept its proposal."""
+
     prompt: PromptVersion  # the best prompt so far, which this iteration tries to beat
-    scored_rows: pd.DataFrame  # its dev answers: row_id, user_input, ground_truth_output, prediction, score
-    baseline_score: float
-    metric: str
-    train: pd.DataFrame  # labeled rows usable as demos; never the test split
+    baseline: Evaluation  # that prompt's evaluation on the select rows
+    metric: str  # what the scores measure, for prompts that tell a model
+    train: pd.DataFrame  # labeled rows usable as demos and feedback; never dev or test rows
+    select_rows: pd.DataFrame  # row_id, user_input, ground_truth_output: the rows that choose among candidates
     labels: list[str]
     iteration: int
     seed: int = 0
-    # Rows that choose among candidates (never the confirm rows that accept them): row_id, user_input,
-    # ground_truth_output. scored_rows are the baseline's answers on these same rows.
-    select_rows: pd.DataFrame | None = None
-    history: list = field(default_factory=list)  # the candidate pool of earlier iterations (pool.Candidate)
     label_descriptions: dict[str, str] = field(default_factory=dict)  # label -> what it means (manifest)
-    # Dev rows in neither select nor confirm: the optimizer may score its leading cheap candidates on
+    # Dev rows in neither select nor confirm: an optimizer may score its leading cheap candidates on
     # some of them too, to tell apart what 100 select rows cannot (never rows that accept a candidate).
     spare_rows: pd.DataFrame | None = None
+    history: list = field(default_factory=list)  # the candidate pool of earlier iterations (pool.Candidate)
     calibration: bool = False  # the task backend ranks labels, so calibrated label answers can be tried
-    # Answers and scores of a prompt on rows: (answers frame with `prediction`, ScoreResult). For
-    # optimizers that show the model's answers back to a reflection model (gepa).
-    answer_and_score: Callable[[PromptVersion, pd.DataFrame], tuple] | None = None
-    run_dir: Path | None = None  # where a search keeps its state between iterations (one per optimization generation)
     metric_call_budget: int | None = None  # rows this iteration may still score; None: no cap
+    # What this optimizer returned as Proposal.state in the previous iteration of the same optimization
+    # (generation); None at iteration 0. Opaque to everyone else.
+    state: bytes | None = None
 
 
 @dataclass
@@ -51,36 +77,51 @@ class Proposal:
     candidates: list[dict[str, Any]] = field(default_factory=list)  # what was tried, with scores
     raw_output: str | None = None  # the optimizer LLM's text, kept for inspection
     pool: list = field(default_factory=list)  # candidates scored this iteration (pool.Candidate), for the pool table
+    state: bytes | None = None  # what the next iteration's OptimizerContext.state is; None: nothing to keep
+
+    @classmethod
+    def refusal(cls, reason: str, context: OptimizerContext | None = None) -> Proposal:
+        """No proposal, and why, before any search: a wrong model, too small a budget, nothing to work on.
+        The state given is handed on unchanged, so a refused iteration loses no earlier search."""
+        return cls(prompt=None, rejected_reason=reason, state=context.state if context is not None else None)
+
+
+class OptimizerOptions(BaseModel):
+    """An optimizer's settings (`options:` in optimizations.yaml); unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Optimizer(ABC):
-    name: str = "abstract"
+    #: the name optimizations.yaml and `--optimizer` use; the registry keys on it
+    name: ClassVar[str] = "abstract"
+    #: which optimizer model it needs (the writer-model rule reads this)
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    #: its options (a subclass of OptimizerOptions); the registry validates optimizations.yaml's `options:` with it
+    Options: ClassVar[type[OptimizerOptions]] = OptimizerOptions
+    #: options that default to a setting of the optimization (option -> OptimizationSpec field)
+    defaults_from_optimization: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, **options: Any) -> None:
+        self.options = self.Options(**options)  # a pydantic ValidationError (a ValueError) names what is wrong
+
+    def propose(self, context: OptimizerContext, evaluate: Evaluator, writer: LLMClient | None = None) -> Proposal:
+        """The proposal of one iteration. `writer` is the optimizer model (None: none configured); an
+        optimizer whose capabilities it does not meet is refused here, before any of its code runs."""
+        refused = self.refusal(writer)
+        if refused is not None:
+            return Proposal.refusal(refused, context)
+        return self._propose(context, evaluate, writer)
+
+    def refusal(self, writer: LLMClient | None) -> str | None:
+        """Why this optimizer cannot run with this writer model, or None."""
+        return writer_refusal(self.name, self.capabilities, writer.backend if writer is not None else None)
 
     @abstractmethod
-    def propose(self, inp: OptimizerInput, evaluate: Evaluator, optimizer_llm: LLMClient | None) -> Proposal: ...
+    def _propose(self, context: OptimizerContext, evaluate: Evaluator, writer: LLMClient | None) -> Proposal:
+        """The search itself; called only with a writer model the capabilities accept."""
 
     def demo_pool(self, train: pd.DataFrame) -> list | None:
         """The rows retrieved demos come from, re-attached to pool candidates read back from the warehouse
         (the table stores a pool's size, not its rows); None for optimizers that do not retrieve."""
         return None
-
-
-def optimizer_classes() -> dict[str, type[Optimizer]]:
-    """Every optimizer by the name optimizations.yaml and `--optimizer` use."""
-    from promptopt_dagster.optimizers.fewshot import FewShotOptimizer
-    from promptopt_dagster.optimizers.gepa_search import GEPAOptimizer
-    from promptopt_dagster.optimizers.metaprompt import MetaPromptOptimizer
-    from promptopt_dagster.optimizers.reflective import ReflectiveOptimizer
-    from promptopt_dagster.optimizers.vertex_prompt import VertexOptimizer
-
-    return {
-        cls.name: cls
-        for cls in (FewShotOptimizer, ReflectiveOptimizer, GEPAOptimizer, MetaPromptOptimizer, VertexOptimizer)
-    }
-
-
-def get_optimizer(name: str, **options: Any) -> Optimizer:
-    known = optimizer_classes()
-    if name not in known:
-        raise ValueError(f"Unknown optimizer {name!r}; choose one of {', '.join(sorted(known))}.")
-    return known[name](**options)

@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import pandas as pd
+from pydantic import Field, PositiveInt
 
 from promptopt_dagster.core.prompts import Demo, PromptVersion, Retrieval
 from promptopt_dagster.llm.base import LLMClient
-from promptopt_dagster.optimizers.base import Evaluator, Optimizer, OptimizerInput, Proposal
+from promptopt_dagster.optimizers.base import Evaluator, Optimizer, OptimizerContext, OptimizerOptions, Proposal
 from promptopt_dagster.optimizers.pool import Candidate, best, pick_parent, surely_better
+from promptopt_dagster.optimizers.registry import register
 
 log = logging.getLogger("promptopt.optimizer")
 
@@ -68,39 +70,30 @@ SEEDS = (
 )
 
 
+class FewShotOptions(OptimizerOptions):
+    num_candidates: int = Field(8, ge=1, description="candidates tried per iteration")
+    demo_counts: tuple[PositiveInt, ...] = Field((4, 8, 12, 16), min_length=1, description="static demo set sizes")
+    retrieved_counts: tuple[PositiveInt, ...] = Field(
+        (4, 8, 16), min_length=1, description="retrieved demos per row (k)"
+    )
+    minibatch_size: int = Field(30, ge=1, description="select rows a candidate must win on before it is scored on all")
+    max_demo_chars: int = Field(300, ge=1, description="longer train rows are demos only when short ones are too few")
+    cost_confidence: float = Field(
+        0.9, ge=0.5, lt=1, description="a costlier prompt must beat cheaper ones at this confidence"
+    )
+    race_size: int = Field(
+        200, ge=0, description="spare dev rows the leading retrieval-free candidates are also scored on"
+    )
+    race_top: int = Field(3, ge=1, description="how many of them race")
+
+
+@register
 class FewShotOptimizer(Optimizer):
     name = "fewshot"
-
-    def __init__(
-        self,
-        num_candidates: int = 8,
-        demo_counts: tuple[int, ...] = (4, 8, 12, 16),
-        retrieved_counts: tuple[int, ...] = (4, 8, 16),
-        minibatch_size: int = 30,
-        max_demo_chars: int = 300,
-        cost_confidence: float = 0.9,
-        race_size: int = 200,
-        race_top: int = 3,
-    ) -> None:
-        if (
-            min(num_candidates, minibatch_size, max_demo_chars, race_top, *demo_counts, *retrieved_counts) < 1
-            or race_size < 0
-            or not 0.5 <= cost_confidence < 1
-        ):
-            raise ValueError(
-                "num_candidates, minibatch_size, max_demo_chars, race_top and every demo count must "
-                "be at least 1, race_size 0 or more, cost_confidence in [0.5, 1) (got "
-                f"{num_candidates}, {minibatch_size}, {max_demo_chars}, {race_top}, {demo_counts}, "
-                f"{retrieved_counts}, {race_size}, {cost_confidence})"
-            )
-        self.num_candidates = num_candidates
-        self.demo_counts = demo_counts
-        self.retrieved_counts = retrieved_counts
-        self.minibatch_size = minibatch_size
-        self.max_demo_chars = max_demo_chars
-        self.cost_confidence = cost_confidence  # a costlier prompt must beat cheaper ones at this confidence
-        self.race_size = race_size  # spare dev rows the leading retrieval-free candidates are also scored on
-        self.race_top = race_top  # how many of them race
+    Options = FewShotOptions
+    options: FewShotOptions
+    #: the cost rule follows the optimization's confidence unless cost_confidence is set
+    defaults_from_optimization = {"cost_confidence": "confidence"}
 
     # --- the search space ---------------------------------------------------------------------
 
@@ -124,7 +117,7 @@ class FewShotOptimizer(Optimizer):
 
     def demo_pool(self, train: pd.DataFrame) -> list[Demo]:
         """Train rows retrieved demos come from, in train order; short ones when most rows are short."""
-        short = train[train["user_input"].str.len() <= self.max_demo_chars]
+        short = train[train["user_input"].str.len() <= self.options.max_demo_chars]
         rows = short if len(short) >= max(50, len(train) // 2) else train
         return [_demo(r) for _, r in rows.iterrows()]
 
@@ -139,14 +132,14 @@ class FewShotOptimizer(Optimizer):
         truth = train["ground_truth_output"].str.strip().str.casefold()
         groups = [g for g in (train[truth == label.strip().casefold()] for label in labels) if len(g)]
         if not groups:  # free-form outputs
-            pool = _prefer_short(train, count, self.max_demo_chars)
+            pool = _prefer_short(train, count, self.options.max_demo_chars)
             rows = pool.sample(n=min(count, len(pool)), random_state=rng.randrange(2**31))
             return [_demo(r) for _, r in rows.iterrows()]
         quotas = label_quotas([1 if balanced else len(g) for g in groups], count)
         picked = [
             [
                 r
-                for _, r in _prefer_short(g, n, self.max_demo_chars)
+                for _, r in _prefer_short(g, n, self.options.max_demo_chars)
                 .sample(n=min(n, len(g)), random_state=rng.randrange(2**31))
                 .iterrows()
             ]
@@ -164,7 +157,7 @@ class FewShotOptimizer(Optimizer):
         """Swap one or two demos for unused train rows with the same label, keeping the label mix and order."""
         out = list(demos)
         used = {d.user_input for d in demos}
-        pool = train[(train["user_input"].str.len() <= self.max_demo_chars) & ~train["user_input"].isin(used)]
+        pool = train[(train["user_input"].str.len() <= self.options.max_demo_chars) & ~train["user_input"].isin(used)]
         for position in rng.sample(range(len(out)), k=min(len(out), rng.choice((1, 2)))):
             same = pool[pool["ground_truth_output"] == out[position].ground_truth_output]
             if len(same):
@@ -178,7 +171,7 @@ class FewShotOptimizer(Optimizer):
         parent: PromptVersion,
         choice: Choice,
         instruction: str,
-        inp: OptimizerInput,
+        inp: OptimizerContext,
         demo_pool: list[Demo],
         rng: random.Random,
     ) -> PromptVersion:
@@ -206,7 +199,7 @@ class FewShotOptimizer(Optimizer):
         )  # a resized set keeps it
 
     def mutate(
-        self, parent: PromptVersion, inp: OptimizerInput, demo_pool: list[Demo], rng: random.Random
+        self, parent: PromptVersion, inp: OptimizerContext, demo_pool: list[Demo], rng: random.Random
     ) -> tuple[PromptVersion, str]:
         """The parent with one choice changed, and which."""
         instructions = self.instruction_variants(parent, inp.labels, inp.label_descriptions)
@@ -239,19 +232,24 @@ class FewShotOptimizer(Optimizer):
             retrieved = not retrieved
             # into retrieval at its cheapest k: a 16-retrieved child of a 16-demo static parent cost sst2
             # about 100 s on the select rows and never won; a larger k is one "count" move away
-            count = min(self.retrieved_counts) if retrieved else min(self.demo_counts, key=lambda n: abs(n - count))
+            count = (
+                min(self.options.retrieved_counts)
+                if retrieved
+                else min(self.options.demo_counts, key=lambda n: abs(n - count))
+            )
         else:
-            counts = [n for n in (self.retrieved_counts if retrieved else self.demo_counts) if n != count]
+            counts = [
+                n for n in (self.options.retrieved_counts if retrieved else self.options.demo_counts) if n != count
+            ]
             count = rng.choice(counts)
         choice = Choice("retrieved" if retrieved else "static", count, answer, _mix(parent.demos))
         return self.build(parent, choice, parent.system_prompt, inp, demo_pool, rng), f"{choice.demos} {count} demos"
 
     # --- the search ---------------------------------------------------------------------------
 
-    def propose(self, inp: OptimizerInput, evaluate: Evaluator, optimizer_llm: LLMClient | None = None) -> Proposal:
+    def _propose(self, inp: OptimizerContext, evaluate: Evaluator, writer: LLMClient | None) -> Proposal:
         rng = random.Random(f"{inp.seed}:{inp.iteration}")
-        select = inp.select_rows if inp.select_rows is not None else inp.scored_rows
-        select = select[["row_id", "user_input", "ground_truth_output"]]
+        select = inp.select_rows[["row_id", "user_input", "ground_truth_output"]]
         demo_pool = self.demo_pool(inp.train)
         history = [c for c in inp.history]
         new: list[Candidate] = []
@@ -264,14 +262,14 @@ class FewShotOptimizer(Optimizer):
 
         base = next((c for c in history if c.id == inp.prompt.id and c.select_score is not None), None)
         if base is None:
-            rows = inp.scored_rows
-            if "score" in rows and set(rows["row_id"]) == set(select["row_id"]):  # the caller scored it already
+            rows = inp.baseline.answers
+            if set(rows["row_id"]) == set(select["row_id"]):  # the caller scored it already
                 base = Candidate(
                     inp.prompt,
                     inp.iteration,
                     "baseline",
-                    dict(zip(rows["row_id"].astype(int), rows["score"].astype(float))),
-                    inp.baseline_score,
+                    dict(zip(rows["row_id"].astype(int), map(float, inp.baseline.per_row))),
+                    inp.baseline.value,
                 )
             else:
                 base = score_all(Candidate(inp.prompt, inp.iteration, "baseline"))
@@ -284,14 +282,14 @@ class FewShotOptimizer(Optimizer):
             base.select_score,
         )
 
-        minibatch = select.sample(n=min(self.minibatch_size, len(select)), random_state=rng.randrange(2**31))
+        minibatch = select.sample(n=min(self.options.minibatch_size, len(select)), random_state=rng.randrange(2**31))
         mb_ids = minibatch["row_id"].astype(int).tolist()
         seen = {_signature(c.prompt) for c in history + new}
         instructions = self.instruction_variants(inp.prompt, inp.labels, inp.label_descriptions)
         seeding = not any(c.kind != "baseline" for c in history)
         tried = []
-        for j in range(self.num_candidates * 3):  # duplicates are skipped, so allow a few extra draws
-            if len(tried) >= self.num_candidates:
+        for j in range(self.options.num_candidates * 3):  # duplicates are skipped, so allow a few extra draws
+            if len(tried) >= self.options.num_candidates:
                 break
             if seeding:
                 if j >= len(SEEDS):
@@ -302,7 +300,7 @@ class FewShotOptimizer(Optimizer):
                 )
                 kind, why = "seed", why.describe(bool(inp.labels))
             else:
-                parent = pick_parent(history + new, rng, self.cost_confidence) or base
+                parent = pick_parent(history + new, rng, self.options.cost_confidence) or base
                 prompt, why = self.mutate(parent.prompt, inp, demo_pool, rng)
                 kind = "mutate"
             if _signature(prompt) in seen:
@@ -333,7 +331,7 @@ class FewShotOptimizer(Optimizer):
             log.info(
                 "fewshot candidate %d/%d (%s: %s): minibatch %.3f vs parent %.3f%s",
                 len(tried),
-                self.num_candidates,
+                self.options.num_candidates,
                 kind,
                 why,
                 candidate.minibatch_score,
@@ -354,7 +352,7 @@ class FewShotOptimizer(Optimizer):
         )
         # The current prompt competes too: a costlier candidate a few select rows ahead of it would
         # cost a full confirm pass (a 16-retrieved-demo prompt took 3 minutes on sst2) to be rejected.
-        winner = best(field, self.cost_confidence)
+        winner = best(field, self.options.cost_confidence)
         beat_base = (
             winner is not None
             and winner is not base
@@ -400,7 +398,7 @@ class FewShotOptimizer(Optimizer):
         base: Candidate,
         contenders: list[Candidate],
         select: pd.DataFrame,
-        inp: OptimizerInput,
+        inp: OptimizerContext,
         evaluate: Evaluator,
         tried: list[dict],
         seen: set,
@@ -414,7 +412,7 @@ class FewShotOptimizer(Optimizer):
         not already beat for sure (the baseline too, when it is among them) are scored on more rows:
         successive halving in one step. Empty when there are fewer than two to race or no spare rows."""
         spare = inp.spare_rows
-        if spare is None or spare.empty or self.race_size <= 0 or self.race_top < 2:
+        if spare is None or spare.empty or self.options.race_size <= 0 or self.options.race_top < 2:
             return {}
         cheap = sorted(
             [c for c in [base] + contenders if c.select_score is not None and c.prompt.retrieval is None],
@@ -422,13 +420,13 @@ class FewShotOptimizer(Optimizer):
             reverse=True,
         )
         # only those the leader does not already beat for sure: a race cannot change a clear result
-        leaders = [c for c in cheap if c is cheap[0] or not surely_better(cheap[0], c, self.cost_confidence)]
-        leaders = leaders[: self.race_top]
+        leaders = [c for c in cheap if c is cheap[0] or not surely_better(cheap[0], c, self.options.cost_confidence)]
+        leaders = leaders[: self.options.race_top]
         if len(leaders) < 2:
             return {}
         # the same spare rows every iteration (seeded by the optimization, not the iteration), so a
         # prompt that raced before answers them from the response cache
-        extra = spare.sample(n=min(self.race_size, len(spare)), random_state=inp.seed)
+        extra = spare.sample(n=min(self.options.race_size, len(spare)), random_state=inp.seed)
         rows = pd.concat([select, extra[["row_id", "user_input", "ground_truth_output"]]], ignore_index=True)
         raced = {c.id: float(evaluate(c.prompt, rows).value) for c in leaders}  # select rows: from the cache
         for c in leaders:
@@ -473,7 +471,7 @@ class FewShotOptimizer(Optimizer):
         return raced
 
     def ensembles(
-        self, leaders: list[Candidate], raced: dict[str, float], inp: OptimizerInput, seen: set
+        self, leaders: list[Candidate], raced: dict[str, float], inp: OptimizerContext, seen: set
     ) -> list[Candidate]:
         """The race's best two static label sets summed, and its best three: candidates that race too.
 

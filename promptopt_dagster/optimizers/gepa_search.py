@@ -10,9 +10,11 @@ every select row. We bring what the library leaves to its caller:
 - the reflection LM is our optimizer client, so its calls are cached, rate-limited and counted in the
   one budget; its reply is checked before it can become a candidate (one fenced block, not
   truncated, not oversized, placeholders intact, no long span copied from a row it was shown);
-- a run directory per optimization generation, where GEPA saves its state after every step: each
-  iteration partition continues from the previous one's final state (a copy of it), and a rerun
-  of an iteration (after a crash, or the same command again) resumes that iteration's own state;
+- the search as state bytes through the optimizer protocol: each call unpacks the previous
+  iteration's state (OptimizerContext.state) into a fresh temporary run directory, GEPA resumes
+  from it, and the run directory's state files go back packed as Proposal.state; nothing stays on
+  local disk between iterations. A rerun of an iteration from the same state repeats the same
+  steps (same seed, same candidates, same ids), its calls answered by the response cache;
 - a bound on rows scored per iteration that GEPA's own check (made only between steps) cannot
   overshoot.
 
@@ -22,30 +24,34 @@ candidate keeps the demos of the prompt the search started from.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
 import json
 import logging
 import re
-import shutil
-import uuid
+import tarfile
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
+from pydantic import Field
 
 from promptopt_dagster.core.prompts import PromptVersion, placeholder_problem, system_prompt_problem
 from promptopt_dagster.core.text_spans import verbatim_span_rows
 from promptopt_dagster.llm.base import LLMClient, LLMRequest
-from promptopt_dagster.optimizers.base import Optimizer, OptimizerInput, Proposal
-from promptopt_dagster.optimizers.capabilities import writer_model_problem
+from promptopt_dagster.optimizers.base import Evaluator, Optimizer, OptimizerContext, OptimizerOptions, Proposal
+from promptopt_dagster.optimizers.capabilities import Capabilities
 from promptopt_dagster.optimizers.parsing import MAX_VALUE_CHARS
 from promptopt_dagster.optimizers.pool import Candidate
+from promptopt_dagster.optimizers.registry import register
 
 log = logging.getLogger("promptopt.optimizer")
 
 COMPONENTS = ("system_prompt", "output_prompt")
-#: Answers plus scores of a prompt on rows: (answers frame with `prediction`, ScoreResult).
-AnswerAndScore = Callable[[PromptVersion, pd.DataFrame], tuple]
 
 _TEMPLATE = """I provided an assistant with the following {what} to perform a task for me:
 ```
@@ -152,8 +158,8 @@ class PromptAdapter:
 
     propose_new_texts = None  # GEPA's reflective proposer (with our Reflection LM) writes the texts
 
-    def __init__(self, start: PromptVersion, answer_and_score: AnswerAndScore) -> None:
-        self.start, self.answer_and_score = start, answer_and_score
+    def __init__(self, start: PromptVersion, evaluate: Evaluator) -> None:
+        self.start, self.evaluate_prompt = start, evaluate
         self.rows_scored = 0
         self.last_shown: list[str] = []
 
@@ -164,13 +170,13 @@ class PromptAdapter:
         from gepa import EvaluationBatch
 
         rows = pd.DataFrame(batch, columns=["row_id", "user_input", "ground_truth_output"])
-        answers, result = self.answer_and_score(self.prompt_of(candidate), rows)
+        evaluation = self.evaluate_prompt(self.prompt_of(candidate), rows)
         self.rows_scored += len(rows)
-        scores = [float(s) for s in result.per_row]
-        outputs = [str(p) for p in answers["prediction"].tolist()]
+        scores = [float(s) for s in evaluation.per_row]
+        outputs = [str(p) for p in evaluation.answers["prediction"].tolist()]
         traces = None
         if capture_traces:
-            rationales = result.rationales or [None] * len(rows)
+            rationales = evaluation.rationales or [None] * len(rows)
             traces = [
                 {
                     "input": r["user_input"],
@@ -215,113 +221,117 @@ class _Budget:
         return state.total_num_evals - self.start_evals + self.step_cost > self.limit
 
 
-def iteration_dir(root: Path, iteration: int) -> tuple[Path, dict]:
-    """The search state of one iteration: a copy of the previous iteration's final state, made once.
-
-    A rerun of iteration n (after a crash, or the same command again) resumes n's own copy, so it
-    repeats n's steps from the cache instead of searching on from where a later iteration left off.
-    The ledger holds GEPA's metric-call count and the candidates already pooled when n began."""
-    here = root / f"i{iteration}"
-    ledger_path = here / LEDGER
-    if ledger_path.exists():
-        return here, json.loads(ledger_path.read_text())
-    previous, tmp = root / f"i{iteration - 1}", root / f".i{iteration}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    ledger = {"start_evals": 0, "pooled_before": []}
-    if iteration > 0 and (previous / LEDGER).exists():
-        before = json.loads((previous / LEDGER).read_text())
-        shutil.copytree(previous, tmp)
-        (tmp / "gepa.stop").unlink(missing_ok=True)
-        ledger = {"start_evals": int(before.get("end_evals", 0)), "pooled_before": before.get("pooled_after", [])}
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / LEDGER).write_text(json.dumps(ledger))
-    tmp.rename(here)  # whole or absent: a crash while copying leaves no half-made iteration
-    return here, ledger
-
-
+#: GEPA's metric-call count and the candidates pooled so far, as the iteration that packed the state ended
 LEDGER = "promptopt_iteration.json"
+#: a prompt id per GEPA candidate, so a candidate keeps its id across iterations
+IDS = "promptopt_ids.json"
+#: the files of a run directory that the next iteration needs: GEPA's own state (a pickle; state bytes
+#: come only from this optimizer's earlier iterations) and ours. Logs and candidate_tree.html are left out.
+STATE_FILES = ("gepa_state.bin", LEDGER, IDS)
 
 
+def pack_state(run_dir: Path) -> bytes:
+    """The run directory's STATE_FILES as a gzipped tar; the same files give the same bytes."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in STATE_FILES:
+            data = (run_dir / name).read_bytes()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(buffer.getvalue(), mtime=0)
+
+
+def unpack_state(state: bytes, run_dir: Path) -> dict:
+    """Writes a packed state's files into `run_dir` and returns its ledger. Bytes that are not a state this
+    optimizer packed (other members, a corrupt archive) raise ValueError: they are a bug, not a refusal."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(gzip.decompress(state)), mode="r:") as tar:
+            members = tar.getmembers()
+            if sorted(m.name for m in members) != sorted(STATE_FILES) or not all(m.isfile() for m in members):
+                raise ValueError(f"members {[m.name for m in members]}, expected {list(STATE_FILES)}")
+            for member in members:
+                (run_dir / member.name).write_bytes(tar.extractfile(member).read())
+    except (OSError, EOFError, tarfile.TarError, ValueError) as exc:
+        raise ValueError(f"not a gepa search state ({len(state)} bytes): {exc}") from None
+    return json.loads((run_dir / LEDGER).read_text())
+
+
+class GEPAOptions(OptimizerOptions):
+    rows_per_iteration: int = Field(400, ge=1, description="rows GEPA may score per iteration (metric calls)")
+    minibatch_size: int = Field(3, ge=1, description="train rows a reflection is shown, and a child must win on")
+    use_merge: bool = Field(True, description="also merge two candidates that win on different rows")
+    train_rows: int = Field(60, ge=1, description="train rows sampled for reflection minibatches")
+    max_tokens: int = Field(1024, ge=1, description="the reflection model's reply limit")
+    components: Literal["round_robin", "all"] = Field(
+        "round_robin", description="round_robin: one prompt text per reflection; all: both at once"
+    )
+
+
+@register
 class GEPAOptimizer(Optimizer):
     name = "gepa"
+    capabilities = Capabilities(writes_prompts=True)
+    Options = GEPAOptions
+    options: GEPAOptions
 
-    def __init__(
-        self,
-        rows_per_iteration: int = 400,
-        minibatch_size: int = 3,
-        use_merge: bool = True,
-        train_rows: int = 60,
-        max_tokens: int = 1024,
-        components: str = "round_robin",
-    ) -> None:
-        if min(rows_per_iteration, minibatch_size, train_rows, max_tokens) < 1:
-            raise ValueError(
-                "rows_per_iteration, minibatch_size, train_rows and max_tokens must be at least 1 "
-                f"(got {rows_per_iteration}, {minibatch_size}, {train_rows}, {max_tokens})."
-            )
-        if components not in ("round_robin", "all"):
-            raise ValueError(f"components must be 'round_robin' or 'all', got {components!r}.")
-        self.rows_per_iteration, self.minibatch_size, self.use_merge = rows_per_iteration, minibatch_size, use_merge
-        self.train_rows, self.max_tokens, self.components = train_rows, max_tokens, components
-
-    def propose(self, inp: OptimizerInput, evaluate, optimizer_llm: LLMClient | None = None) -> Proposal:
-        import gepa
-
-        refused = writer_model_problem(self.name, optimizer_llm.backend if optimizer_llm else None)
-        if refused:
-            return Proposal(prompt=None, rejected_reason=refused)
-        if inp.answer_and_score is None or inp.run_dir is None or inp.select_rows is None:
-            raise ValueError("gepa needs answer_and_score, run_dir and select_rows in its input")
+    def _propose(self, inp: OptimizerContext, evaluate: Evaluator, writer: LLMClient | None) -> Proposal:
+        opts = self.options
         valset = _records(inp.select_rows)
         trainset = _records(
-            inp.train.sample(n=min(self.train_rows, len(inp.train)), random_state=inp.seed).sort_values("row_id")
+            inp.train.sample(n=min(opts.train_rows, len(inp.train)), random_state=inp.seed).sort_values("row_id")
         )
         if not trainset or not valset:
-            return Proposal(prompt=None, rejected_reason="gepa needs train rows (for feedback) and select rows")
-        adapter = PromptAdapter(inp.prompt, inp.answer_and_score)
-        reflection = Reflection(optimizer_llm, lambda: adapter.last_shown, self.max_tokens)
-        step_cost = max(2 * self.minibatch_size, 5 if self.use_merge else 0) + len(valset)
+            return Proposal.refusal("gepa needs train rows (for feedback) and select rows", inp)
+        step_cost = max(2 * opts.minibatch_size, 5 if opts.use_merge else 0) + len(valset)
         limit = (
-            self.rows_per_iteration
+            opts.rows_per_iteration
             if inp.metric_call_budget is None
-            else min(self.rows_per_iteration, inp.metric_call_budget)
+            else min(opts.rows_per_iteration, inp.metric_call_budget)
         )
         if limit < len(valset) + step_cost:
-            return Proposal(
-                prompt=None,
-                rejected_reason=(
-                    f"metric-call budget left for this iteration ({limit} rows) is below one GEPA step on "
-                    f"{len(valset)} select rows ({len(valset) + step_cost} rows)"
-                ),
+            return Proposal.refusal(
+                f"metric-call budget left for this iteration ({limit} rows) is below one GEPA step on "
+                f"{len(valset)} select rows ({len(valset) + step_cost} rows)",
+                inp,
             )
-        run_dir, ledger = iteration_dir(Path(inp.run_dir), inp.iteration)
-        result = gepa.optimize(
-            seed_candidate={k: getattr(inp.prompt, k) for k in COMPONENTS},
-            trainset=trainset,
-            valset=valset,
-            adapter=adapter,
-            reflection_lm=reflection,
-            reflection_prompt_template=dict(TEMPLATES),
-            reflection_minibatch_size=self.minibatch_size,
-            module_selector=self.components,
-            use_merge=self.use_merge,
-            stop_callbacks=[_Budget(ledger["start_evals"], limit, step_cost)],
-            run_dir=str(run_dir),
-            logger=_Log(),
-            seed=inp.seed,
-            raise_on_exception=True,
-            display_progress_bar=False,
-            track_best_outputs=False,
-        )
-        return self._proposal(inp, result, reflection, adapter, run_dir, ledger)
+        import gepa
+
+        adapter = PromptAdapter(inp.prompt, evaluate)
+        reflection = Reflection(writer, lambda: adapter.last_shown, opts.max_tokens)
+        # GEPA works in a run directory: a fresh one per call, holding only the state this call was given
+        with tempfile.TemporaryDirectory(prefix="promptopt-gepa-") as tmp:
+            run_dir = Path(tmp)
+            ledger = unpack_state(inp.state, run_dir) if inp.state is not None else {"metric_calls": 0, "pooled": []}
+            result = gepa.optimize(
+                seed_candidate={k: getattr(inp.prompt, k) for k in COMPONENTS},
+                trainset=trainset,
+                valset=valset,
+                adapter=adapter,
+                reflection_lm=reflection,
+                reflection_prompt_template=dict(TEMPLATES),
+                reflection_minibatch_size=opts.minibatch_size,
+                module_selector=opts.components,
+                use_merge=opts.use_merge,
+                stop_callbacks=[_Budget(ledger["metric_calls"], limit, step_cost)],
+                run_dir=str(run_dir),
+                logger=_Log(),
+                seed=inp.seed,
+                raise_on_exception=True,
+                display_progress_bar=False,
+                track_best_outputs=False,
+            )
+            proposal = self._proposal(inp, result, reflection, adapter, run_dir, ledger)
+            proposal.state = pack_state(run_dir)
+        return proposal
 
     def _proposal(
-        self, inp: OptimizerInput, result, reflection: Reflection, adapter: PromptAdapter, run_dir: Path, ledger: dict
+        self, inp: OptimizerContext, result, reflection: Reflection, adapter: PromptAdapter, run_dir: Path, ledger: dict
     ) -> Proposal:
         ids = _stable_ids(run_dir, result, inp.prompt)
         row_ids = [int(r) for r in inp.select_rows["row_id"]]
         front = {i for members in result.per_val_instance_best_candidates.values() for i in members}
-        known = set(ledger["pooled_before"])
+        known = set(ledger["pooled"])
         pool, lineage = [], []
         for idx, texts in enumerate(result.candidates):
             parents = [p for p in result.parents[idx] if p is not None]
@@ -356,9 +366,7 @@ class GEPAOptimizer(Optimizer):
                     )
                 )
         (run_dir / LEDGER).write_text(
-            json.dumps(
-                {**ledger, "end_evals": result.total_metric_calls, "pooled_after": sorted(known | {c.id for c in pool})}
-            )
+            json.dumps({"metric_calls": result.total_metric_calls, "pooled": sorted(known | {c.id for c in pool})})
         )
         candidates = lineage + [
             {"rejected_reflection": r["reason"], "component": r["component"]} for r in reflection.rejections
@@ -403,11 +411,15 @@ def _records(rows: pd.DataFrame) -> list[dict]:
 
 
 def _stable_ids(run_dir: Path, result, start: PromptVersion) -> list[str]:
-    """A prompt id per GEPA candidate, kept in the run dir so a candidate has one id across iterations."""
-    path = run_dir / "promptopt_ids.json"
+    """A prompt id per GEPA candidate, kept in the state so a candidate has one id across iterations. The
+    search's start keeps its id; a new candidate's id is a hash of that id, its index and its texts, so a
+    rerun from the same state gives its candidates the same ids."""
+    path = run_dir / IDS
     ids: list[str] = json.loads(path.read_text()) if path.exists() else []
     while len(ids) < len(result.candidates):
-        ids.append(start.id if not ids else uuid.uuid4().hex[:12])
+        texts = {k: result.candidates[len(ids)].get(k) for k in COMPONENTS}
+        key = json.dumps([ids[0], len(ids), texts], sort_keys=True, ensure_ascii=False) if ids else None
+        ids.append(start.id if key is None else hashlib.sha256(key.encode("utf-8")).hexdigest()[:12])
     path.write_text(json.dumps(ids))
     return ids
 

@@ -13,12 +13,15 @@ from __future__ import annotations
 import json
 import logging
 
+from pydantic import Field
+
 from promptopt_dagster.core.prompts import PLACEHOLDER, PromptVersion
 from promptopt_dagster.llm.base import LLMClient, LLMRequest
-from promptopt_dagster.optimizers.base import Optimizer, OptimizerInput, Proposal
-from promptopt_dagster.optimizers.capabilities import writer_model_problem
+from promptopt_dagster.optimizers.base import Evaluator, Optimizer, OptimizerContext, OptimizerOptions, Proposal
+from promptopt_dagster.optimizers.capabilities import Capabilities
 from promptopt_dagster.optimizers.parsing import parse_prompt_proposal
 from promptopt_dagster.optimizers.reflective import PROPOSAL_SCHEMA
+from promptopt_dagster.optimizers.registry import register
 
 log = logging.getLogger("promptopt.optimizer")
 
@@ -38,13 +41,17 @@ GUIDELINES = (
 )
 
 
+class MetaPromptOptions(OptimizerOptions):
+    guidelines: str = Field("", description="a guideline of yours, after the built-in ones")
+    max_tokens: int = Field(1024, ge=1, description="the optimizer model's reply limit")
+
+
+@register
 class MetaPromptOptimizer(Optimizer):
     name = "metaprompt"
-
-    def __init__(self, guidelines: str = "", max_tokens: int = 1024) -> None:
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be at least 1 (got {max_tokens}).")
-        self.guidelines, self.max_tokens = guidelines, max_tokens
+    capabilities = Capabilities(writes_prompts=True)
+    Options = MetaPromptOptions
+    options: MetaPromptOptions
 
     def build_request(
         self, prompt: PromptVersion, labels: list[str], label_descriptions: dict[str, str], description: str, mode: str
@@ -62,7 +69,10 @@ class MetaPromptOptimizer(Optimizer):
         lines += [
             "",
             "Rewrite the prompt following these guidelines:",
-            *[f"{i}. {g}" for i, g in enumerate((*GUIDELINES, *([self.guidelines] if self.guidelines else ())), 1)],
+            *[
+                f"{i}. {g}"
+                for i, g in enumerate((*GUIDELINES, *([self.options.guidelines] if self.options.guidelines else ())), 1)
+            ],
             "",
             'Reply with only one JSON object of the form {"system_prompt": "...", "output_prompt": "..."} '
             "with exactly those two string keys.",
@@ -71,11 +81,11 @@ class MetaPromptOptimizer(Optimizer):
         if mode == "chat":
             return LLMRequest(
                 messages=(("system", SYSTEM), ("user", user)),
-                max_tokens=self.max_tokens,
+                max_tokens=self.options.max_tokens,
                 temperature=0.0,
                 json_schema=PROPOSAL_SCHEMA,
             )
-        return LLMRequest(prompt=f"{SYSTEM}\n\n{user}\n\nJSON:\n", max_tokens=self.max_tokens, temperature=0.0)
+        return LLMRequest(prompt=f"{SYSTEM}\n\n{user}\n\nJSON:\n", max_tokens=self.options.max_tokens, temperature=0.0)
 
     def rewrite(
         self,
@@ -86,10 +96,22 @@ class MetaPromptOptimizer(Optimizer):
         description: str = "",
         scored: bool = True,
     ) -> Proposal:
-        """The rewritten prompt, or why there is none. `scored=False` marks a version no row has judged."""
-        refused = writer_model_problem(self.name, client.backend if client else None)
-        if refused:
-            return Proposal(prompt=None, rejected_reason=refused)
+        """The rewritten prompt, or why there is none. `scored=False` marks a version no row has judged.
+        `promptopt rewrite`'s entry, outside `propose`, so it applies the writer-model rule itself."""
+        refused = self.refusal(client)
+        if refused is not None:
+            return Proposal.refusal(refused)
+        return self._rewrite(prompt, client, labels, label_descriptions, description, scored)
+
+    def _rewrite(
+        self,
+        prompt: PromptVersion,
+        client: LLMClient,
+        labels: list[str] | None,
+        label_descriptions: dict[str, str] | None,
+        description: str,
+        scored: bool,
+    ) -> Proposal:
         request = self.build_request(prompt, labels or [], label_descriptions or {}, description, client.mode)
         response = client.generate([request])[0]
         if response.error is not None:
@@ -110,5 +132,5 @@ class MetaPromptOptimizer(Optimizer):
         child = prompt.child(system_prompt=parsed.system_prompt, output_prompt=parsed.output_prompt, metadata=metadata)
         return Proposal(prompt=child, raw_output=response.text)
 
-    def propose(self, inp: OptimizerInput, evaluate, optimizer_llm: LLMClient | None = None) -> Proposal:
-        return self.rewrite(inp.prompt, optimizer_llm, inp.labels, inp.label_descriptions)
+    def _propose(self, inp: OptimizerContext, evaluate: Evaluator, writer: LLMClient | None) -> Proposal:
+        return self._rewrite(inp.prompt, writer, inp.labels, inp.label_descriptions, "", True)

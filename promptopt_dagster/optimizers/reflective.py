@@ -14,11 +14,14 @@ import json
 import logging
 
 import pandas as pd
+from pydantic import Field
 
 from promptopt_dagster.core.prompts import PLACEHOLDER
 from promptopt_dagster.llm.base import LLMClient, LLMRequest
-from promptopt_dagster.optimizers.base import Evaluator, Optimizer, OptimizerInput, Proposal
+from promptopt_dagster.optimizers.base import Evaluator, Optimizer, OptimizerContext, OptimizerOptions, Proposal
+from promptopt_dagster.optimizers.capabilities import Capabilities
 from promptopt_dagster.optimizers.parsing import parse_prompt_proposal
+from promptopt_dagster.optimizers.registry import register
 
 log = logging.getLogger("promptopt.optimizer")
 
@@ -54,20 +57,23 @@ def _score(value: object) -> float | None:
     return None if pd.isna(score) else round(score, 4)
 
 
+class ReflectiveOptions(OptimizerOptions):
+    worst_k: int = Field(8, ge=1, description="worst-scored select rows shown to the optimizer model")
+    max_tokens: int = Field(512, ge=1, description="the optimizer model's reply limit")
+
+
+@register
 class ReflectiveOptimizer(Optimizer):
     name = "reflective"
-
-    def __init__(self, worst_k: int = 8, max_tokens: int = 512) -> None:
-        if worst_k < 1 or max_tokens < 1:
-            raise ValueError(f"worst_k and max_tokens must be at least 1 (got {worst_k}, {max_tokens}).")
-        self.worst_k = worst_k
-        self.max_tokens = max_tokens
+    capabilities = Capabilities(writes_prompts=True)
+    Options = ReflectiveOptions
+    options: ReflectiveOptions
 
     def worst_rows(self, scored_rows: pd.DataFrame) -> pd.DataFrame:
         """Lowest score first; ties by row_id so the same scores always show the same rows."""
-        return scored_rows.sort_values(["score", "row_id"], kind="stable").head(self.worst_k)
+        return scored_rows.sort_values(["score", "row_id"], kind="stable").head(self.options.worst_k)
 
-    def build_user_message(self, inp: OptimizerInput, rows: pd.DataFrame) -> str:
+    def build_user_message(self, inp: OptimizerContext, rows: pd.DataFrame) -> str:
         lines = [
             f"The model's input is a system prompt, then {len(inp.prompt.demos)} worked examples, then the "
             f"output prompt with {PLACEHOLDER} replaced by the row's input; the model's answer follows it. "
@@ -75,7 +81,7 @@ class ReflectiveOptimizer(Optimizer):
             "",
             f"Current system_prompt (JSON string): {json.dumps(inp.prompt.system_prompt, ensure_ascii=False)}",
             f"Current output_prompt (JSON string): {json.dumps(inp.prompt.output_prompt, ensure_ascii=False)}",
-            f"Scored by: {inp.metric}. Current dev score: {inp.baseline_score:.4f} (higher is better).",
+            f"Scored by: {inp.metric}. Current dev score: {inp.baseline.value:.4f} (higher is better).",
         ]
         if inp.labels:
             lines.append(f"Allowed answers: {json.dumps(inp.labels, ensure_ascii=False)}")
@@ -112,28 +118,25 @@ class ReflectiveOptimizer(Optimizer):
         ]
         return "\n".join(lines)
 
-    def build_request(self, inp: OptimizerInput, rows: pd.DataFrame, mode: str) -> LLMRequest:
+    def build_request(self, inp: OptimizerContext, rows: pd.DataFrame, mode: str) -> LLMRequest:
         user = self.build_user_message(inp, rows)
         if mode == "chat":
             return LLMRequest(
                 messages=(("system", SYSTEM), ("user", user)),
-                max_tokens=self.max_tokens,
+                max_tokens=self.options.max_tokens,
                 temperature=0.0,
                 json_schema=PROPOSAL_SCHEMA,
             )
-        return LLMRequest(prompt=f"{SYSTEM}\n\n{user}\n\nJSON:\n", max_tokens=self.max_tokens, temperature=0.0, stop=())
+        return LLMRequest(
+            prompt=f"{SYSTEM}\n\n{user}\n\nJSON:\n", max_tokens=self.options.max_tokens, temperature=0.0, stop=()
+        )
 
-    def propose(self, inp: OptimizerInput, evaluate: Evaluator, optimizer_llm: LLMClient | None = None) -> Proposal:
-        if optimizer_llm is None:
-            raise ValueError(
-                "The reflective optimizer needs an optimizer LLM to rewrite the prompt; configure "
-                "one, or use the 'fewshot' optimizer, which needs none."
-            )
-        rows = self.worst_rows(inp.scored_rows)
+    def _propose(self, inp: OptimizerContext, evaluate: Evaluator, writer: LLMClient | None) -> Proposal:
+        rows = self.worst_rows(inp.baseline.scored_rows)
         if rows.empty:
-            return Proposal(prompt=None, rejected_reason="no scored dev rows to reflect on")
-        request = self.build_request(inp, rows, optimizer_llm.mode)
-        response = optimizer_llm.generate([request])[0]
+            return Proposal.refusal("no scored dev rows to reflect on", inp)
+        request = self.build_request(inp, rows, writer.mode)
+        response = writer.generate([request])[0]
         text = response.text
         if response.error is not None:
             log.warning("reflective: optimizer LLM error: %s", response.error)
@@ -147,7 +150,7 @@ class ReflectiveOptimizer(Optimizer):
         prompt = inp.prompt.child(
             system_prompt=parsed.system_prompt,
             output_prompt=parsed.output_prompt,
-            metadata={"optimizer": self.name, "worst_k": self.worst_k},
+            metadata={"optimizer": self.name, "worst_k": self.options.worst_k},
         )
         log.info("reflective: proposed v%d from the %d worst rows", prompt.version, len(rows))
         return Proposal(prompt=prompt, raw_output=text)

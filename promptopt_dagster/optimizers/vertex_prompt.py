@@ -17,17 +17,20 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Literal
 
 import pandas as pd
+from pydantic import Field
 
 from promptopt_dagster.core.prompts import PLACEHOLDER, system_prompt_problem
 from promptopt_dagster.core.text_spans import verbatim_span_rows
 from promptopt_dagster.llm.base import LLMClient
-from promptopt_dagster.llm.vertex_prompt_optimizer import MODES, optimize_request
-from promptopt_dagster.optimizers.base import Evaluator, Optimizer, OptimizerInput, Proposal
-from promptopt_dagster.optimizers.capabilities import writer_model_problem
+from promptopt_dagster.llm.vertex_prompt_optimizer import BACKEND, MODES, optimize_request
+from promptopt_dagster.optimizers.base import Evaluator, Optimizer, OptimizerContext, OptimizerOptions, Proposal
+from promptopt_dagster.optimizers.capabilities import Capabilities
 from promptopt_dagster.optimizers.parsing import MAX_VALUE_CHARS
 from promptopt_dagster.optimizers.reflective import _text
+from promptopt_dagster.optimizers.registry import register
 
 log = logging.getLogger("promptopt.optimizer")
 
@@ -75,27 +78,29 @@ def parse_suggestion(text: str, mode: str) -> tuple[str | None, dict, str | None
     return new.strip(), {k: v for k, v in obj.items() if k != key}, None
 
 
+class VertexOptions(OptimizerOptions):
+    mode: Literal[MODES] = Field(  # Literal[("a", "b")] is Literal["a", "b"]
+        "few_shot", description="zero_shot: guidelines only; few_shot: with the worst-scored select rows as examples"
+    )
+    examples: int = Field(8, ge=1, description="worst-scored select rows sent as examples (few_shot)")
+
+
+@register
 class VertexOptimizer(Optimizer):
     name = "vertex"
-
-    def __init__(self, mode: str = "few_shot", examples: int = 8) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)} (got {mode!r})")
-        if examples < 1:
-            raise ValueError(f"examples must be at least 1 (got {examples})")
-        self.mode, self.examples = mode, examples
+    capabilities = Capabilities(writes_prompts=True, service=BACKEND)
+    Options = VertexOptions
+    options: VertexOptions
 
     def example_rows(self, scored_rows: pd.DataFrame) -> pd.DataFrame:
         """The worst-scored select rows, lowest first, ties by row_id (same scores, same examples)."""
-        return scored_rows.sort_values(["score", "row_id"], kind="stable").head(self.examples)
+        return scored_rows.sort_values(["score", "row_id"], kind="stable").head(self.options.examples)
 
-    def propose(self, inp: OptimizerInput, evaluate: Evaluator, optimizer_llm: LLMClient | None = None) -> Proposal:
-        refused = writer_model_problem(self.name, optimizer_llm.backend if optimizer_llm else None)
-        if refused:
-            return Proposal(prompt=None, rejected_reason=refused)
-        rows = self.example_rows(inp.scored_rows) if self.mode == "few_shot" else inp.scored_rows.head(0)
-        if self.mode == "few_shot" and rows.empty:
-            return Proposal(prompt=None, rejected_reason="no scored select rows to give as examples")
+    def _propose(self, inp: OptimizerContext, evaluate: Evaluator, writer: LLMClient | None) -> Proposal:
+        mode, scored = self.options.mode, inp.baseline.scored_rows
+        rows = self.example_rows(scored) if mode == "few_shot" else scored.head(0)
+        if mode == "few_shot" and rows.empty:
+            return Proposal.refusal("no scored select rows to give as examples", inp)
         examples = [
             {
                 "prompt": _text(inp.prompt.output_prompt.replace(PLACEHOLDER, str(r["user_input"]))),
@@ -104,7 +109,7 @@ class VertexOptimizer(Optimizer):
             }
             for _, r in rows.iterrows()
         ]
-        response = optimizer_llm.generate([optimize_request(inp.prompt.system_prompt, examples)])[0]
+        response = writer.generate([optimize_request(inp.prompt.system_prompt, examples)])[0]
         if response.error is not None:
             log.warning("vertex: prompt optimizer error: %s", response.error)
             return Proposal(
@@ -112,7 +117,7 @@ class VertexOptimizer(Optimizer):
                 rejected_reason=f"Vertex AI Prompt Optimizer error: {response.error}",
                 raw_output=response.text or None,
             )
-        new, extra, problem = parse_suggestion(response.text, self.mode)
+        new, extra, problem = parse_suggestion(response.text, mode)
         if problem is None:
             problem = system_prompt_problem(new)
         if problem is None:
@@ -131,10 +136,10 @@ class VertexOptimizer(Optimizer):
             system_prompt=new,
             metadata={
                 "optimizer": self.name,
-                "mode": self.mode,
+                "mode": mode,
                 "examples": len(examples),
                 **({"optimization_type": str(extra["optimization_type"])} if extra.get("optimization_type") else {}),
             },
         )
-        log.info("vertex: %s suggestion v%d from %d example rows", self.mode, child.version, len(examples))
+        log.info("vertex: %s suggestion v%d from %d example rows", mode, child.version, len(examples))
         return Proposal(prompt=child, raw_output=response.text)
