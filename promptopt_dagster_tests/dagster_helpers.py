@@ -124,6 +124,7 @@ def make_defs(
     judge_script: str = "never_right",
     cache: bool = False,
     state_dir: Path | None = None,
+    optimizer_script: str | None = None,
 ) -> dg.Definitions:
     """Definitions on a warehouse and artifacts in tmp_path; the local state (the response cache) in
     `state_dir`, tmp_path unless a test gives each run its own."""
@@ -140,7 +141,7 @@ def make_defs(
         {
             "project": ProjectResource(data_dir=str(data_dir), prompts_dir=str(prompts_dir)),
             "task_model": ScriptedLLMResource(**llm),
-            "optimizer_model": ScriptedLLMResource(**llm),
+            "optimizer_model": ScriptedLLMResource(**{**llm, "script": optimizer_script or script}),
             "judge_model": ScriptedLLMResource(**{**llm, "script": judge_script}),
             "warehouse": DuckDBResource(database=warehouse),
             "io_manager": WarehouseIOManager(database=warehouse, schema="promptopt"),

@@ -10,6 +10,7 @@ import dagster as dg
 import duckdb
 import pytest
 
+from promptopt_dagster.app.optimizations import OptimizationSpec
 from promptopt_dagster_tests.dagster_helpers import make_defs, prepare, small_spec, start
 
 
@@ -28,16 +29,19 @@ def _stored_generations(tmp_path) -> int:
 @pytest.mark.parametrize(
     "overrides, expected",
     [
-        ({"optimizer": "metaprompt", "options": {}}, "optimizer 'metaprompt' needs a model that can write prompts"),
+        (
+            {"optimizer": "metaprompt", "options": {}, "optimizer_model": {"backend": "local"}},
+            "optimizer 'metaprompt' needs a model that can write prompts",
+        ),
         ({"target_metric": "bleu"}, "optimizations.sst2.target_metric 'bleu' is neither 'aggregate' nor one of"),
-        ({"source_model": {"backend": "local"}}, "optimizations.sst2.source_model is the task model"),
+        ({"source_model": {"backend": "fake"}}, "optimizations.sst2.source_model is the task model"),
     ],
 )
 def test_a_start_as_the_ui_or_a_backfill_launches_it_fails_before_anything_is_stored(tmp_path, overrides, expected):
     with dg.instance_for_test() as instance:
         defs = make_defs(tmp_path)
         assert prepare(defs, instance).success
-        spec = small_spec(**overrides) if "options" not in overrides else small_spec().model_copy(update=overrides)
+        spec = OptimizationSpec.model_validate({**small_spec().model_dump(exclude_none=True), **overrides})
         result = start(defs, instance, spec, tags={"promptopt/driver": "ui"})
         assert not result.success
         message = _failure(result)

@@ -25,8 +25,9 @@ from promptopt_dagster.app.state import (
 from promptopt_dagster.core.decisions import LoopState, Spend
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.defs.state_store import WarehouseStateStore
+from promptopt_dagster.llm.base import LLMRequest
 from promptopt_dagster.optimizers.pool import Candidate
-from promptopt_dagster_tests.dagster_helpers import make_defs, prepare, run_iteration
+from promptopt_dagster_tests.dagster_helpers import SCRIPTS, make_defs, prepare, run_iteration
 
 PACKAGE = Path(__file__).resolve().parents[1] / "promptopt_dagster"
 START = PromptVersion(system_prompt="Classify.", output_prompt="Review: {user_input}\nLabel:")
@@ -113,6 +114,85 @@ def test_runs_with_an_empty_local_state_directory_each_give_the_same_best_prompt
         got = _final_report(fresh(), instance)
     assert got == expected and expected["iterations"] == 2
     assert expected["best_test_score"] == 1.0 and expected["best_prompt"]["demos"]
+
+
+FALLBACK = re.compile(r"When unsure, answer (\w+)\.")
+
+
+def _falls_back(request: LLMRequest) -> str:
+    """A task model that answers the label the instruction last says to fall back on, else `maybe`."""
+    found = FALLBACK.findall(request.prompt or "")
+    return f" {found[-1]}" if found else " maybe"
+
+
+def _reflects(request: LLMRequest) -> str:
+    """A reflection model that answers from what it is sent: the text it is shown, told to fall back on the
+    expected label of the first wrong row it was shown (GEPA's proposal format: one fenced block)."""
+    text = request.messages[-1][1] if request.messages else request.prompt or ""
+    current = text.split("```", 2)[1].strip("\n")
+    if "(component: output_prompt)" in text:
+        return f"```\n{current}\n```"
+    wrong = re.search(r'the expected answer is \\?"(\w+)', text)
+    return f"```\n{current} When unsure, answer {wrong.group(1) if wrong else 'positive'}.\n```"
+
+
+SCRIPTS.update({"falls_back": _falls_back, "reflects": _reflects})
+
+
+def _gepa_iterations(defs_for_run, instance) -> list[dict]:
+    gepa = dict(optimizer="gepa", options={"rows_per_iteration": 60, "minibatch_size": 3}, max_iterations=2)
+    assert prepare(defs_for_run(), instance).success
+    seen = []
+    for iteration in (0, 1):
+        result = run_iteration(defs_for_run(), instance, iteration, target_score=1.1, patience=3, **gepa)
+        assert result.success
+        made = {m.asset_key.path[-1]: m.metadata for m in result.asset_materializations_for_node("refined_prompt")}
+        meta, pool = made["refined_prompt"], made["candidate_pool"]
+        seen.append(
+            {
+                "status": meta["status"].value,
+                "prompt": meta["prompt"].value.split("\n", 1)[1],  # the texts; ids are new in every run
+                "candidates": pool["candidates"].value,
+                "state_kept": meta["optimizer_state_bytes"].value > 0,
+                # GEPA's archive as its lineage lists it: what the search found, step by step
+                "lineage": [
+                    (c["kind"], c["select_score"], c["found_after_metric_calls"])
+                    for c in meta["candidates"].value
+                    if "kind" in c
+                ],
+            }
+        )
+    return seen
+
+
+def test_a_gepa_search_resumes_from_the_stored_state_on_a_machine_without_the_previous_runs_files(tmp_path):
+    """Iteration 1 continues iteration 0's GEPA search from the archive in the state store: with an empty
+    local directory per run, it proposes and pools exactly what it does on one machine."""
+    scripts = dict(script="falls_back", optimizer_script="reflects", cache=True)
+    one = tmp_path / "one_machine"
+    one.mkdir()
+    with dg.instance_for_test() as instance:
+        expected = _gepa_iterations(lambda: make_defs(one, **scripts), instance)
+    cluster = tmp_path / "cluster"
+    cluster.mkdir()
+    runs = iter(range(100))
+
+    def fresh() -> dg.Definitions:
+        state_dir = tmp_path / f"pod{next(runs)}"
+        state_dir.mkdir()
+        return make_defs(cluster, state_dir=state_dir, **scripts)
+
+    with dg.instance_for_test() as instance:
+        got = _gepa_iterations(fresh, instance)
+    assert got == expected
+    # the search went on: iteration 1 started from a non-empty archive and pooled more candidates
+    assert expected[0]["state_kept"] and expected[1]["state_kept"]
+    # iteration 1's archive starts with iteration 0's whole search (the seed is still the initial prompt,
+    # scored 0.0): the search went on instead of starting again from iteration 0's best prompt
+    first, second = expected[0]["lineage"], expected[1]["lineage"]
+    assert second[: len(first)] == first and len(second) > len(first) and first[0][:2] == ("seed", 0.0)
+    assert expected[1]["candidates"] > expected[0]["candidates"]
+    assert not any(path.name == "search" for path in tmp_path.rglob("*"))  # no search folder anywhere
 
 
 def test_no_sql_outside_the_state_store_and_the_warehouse_modules():

@@ -33,7 +33,7 @@ from promptopt_dagster.defs.partitions import (
     optimization_partitions,
     optimizations_of_dataset,
 )
-from promptopt_dagster.defs.resources import ProjectResource
+from promptopt_dagster.defs.resources import LLMResource, ProjectResource
 from promptopt_dagster.defs.table_types import SPLITS, DatasetSplitsFrame, column_schema
 
 SETTINGS_COLUMNS = {
@@ -138,10 +138,12 @@ def optimization(
     dataset_splits: pd.DataFrame,
     migration_references: pd.DataFrame,
     project: ProjectResource,
+    task_model: LLMResource,
+    optimizer_model: LLMResource,
 ):
     """Start (or continue) an optimization: settle its generation, then hand its rows to the loop."""
     name = context.partition_key
-    spec = start_spec(config.spec_json, project, name)  # checked: see start_spec
+    spec = start_spec(config.spec_json, project, name, task_model, optimizer_model)  # checked: see start_spec
     # the rows first: a bad input fails here, before this start changes any stored setting
     rows = dataset_splits.copy()
     if spec.source_model is not None:

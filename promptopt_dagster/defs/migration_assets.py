@@ -40,10 +40,13 @@ class MigrationConfig(dg.Config):
     spec_json: str = ""
 
 
-def start_spec(spec_json: str, project: ProjectResource, name: str) -> OptimizationSpec:
+def start_spec(
+    spec_json: str, project: ProjectResource, name: str, task_model: LLMResource, optimizer_model: LLMResource
+) -> OptimizationSpec:
     """The settings a start runs with (passed by the launch, else optimizations.yaml's), after the pre-run
     checks. Every start goes through here (CLI, submit, a UI launch, a backfill), first in
-    migration_references, before a source model answers any row, then in `optimization`."""
+    migration_references, before a source model answers any row, then in `optimization`. The model
+    resources are the deployment's models, which an optimization naming none runs on."""
     spec = OptimizationSpec.model_validate_json(spec_json) if spec_json else project.optimization(name)
     if spec.name != name:
         raise dg.Failure(f"The settings passed are for optimization {spec.name!r}, not {name!r}.")
@@ -51,8 +54,8 @@ def start_spec(spec_json: str, project: ProjectResource, name: str) -> Optimizat
         preflight(
             spec,
             project.spec(spec.dataset),
-            task_default=get_settings().task,
-            optimizer_default=get_settings().optimizer,
+            task_default=task_model.settings(),
+            optimizer_default=optimizer_model.settings(),
             build_suite=lambda: project.suite(spec.dataset, target=spec.target_metric),
         )
     except PromptOptError as exc:
@@ -72,13 +75,14 @@ def migration_references(
     dataset_splits: pd.DataFrame,
     project: ProjectResource,
     task_model: LLMResource,
+    optimizer_model: LLMResource,
 ) -> pd.DataFrame:
     """Model migration: the source model's answer to every row the optimization reads (train, dev and the
     report's test rows), with the dataset's initial prompt. They become the rows' references, so the
     target model's prompt is optimized to agree with the source. Empty for an optimization with no
     source_model."""
     name = context.partition_key
-    spec = start_spec(config.spec_json, project, name)
+    spec = start_spec(config.spec_json, project, name, task_model, optimizer_model)
     if spec.source_model is None:
         context.add_output_metadata({"migration": False, "rows": 0})
         return empty_references()
