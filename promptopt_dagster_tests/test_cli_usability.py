@@ -304,7 +304,7 @@ def test_real_model_refuses_an_over_long_row_before_any_call(project):
     ],
 )
 def test_a_failed_step_is_explained_without_dagster_class_names(raised, expected):
-    from promptopt_dagster.cli.commands import step_failure_text
+    from promptopt_dagster.cli.runs import step_failure_text
 
     @dg.op
     def fails():

@@ -10,13 +10,13 @@ import pytest
 from pydantic import Field
 
 from promptopt_dagster.app.optimizations import OPTIMIZERS, OptimizationSpec
-from promptopt_dagster.cli.commands import _parser
+from promptopt_dagster.cli.dispatch import promptopt_parser
 from promptopt_dagster.cli.overrides import FLAGS, add_override_flags, flag_name, number, shown_default, spec_field
 from promptopt_dagster.core.decisions import Budget, StopPolicy, StopRules
 
 
 def _optimize_flags() -> dict[str, argparse.Action]:
-    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    sub = next(a for a in promptopt_parser()._actions if isinstance(a, argparse._SubParsersAction))
     return {a.option_strings[0]: a for a in sub.choices["optimize"]._actions if a.option_strings}
 
 

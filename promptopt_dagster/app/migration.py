@@ -11,6 +11,7 @@ be shown, never optimized for. No Dagster here: the asset is defs/migration_asse
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from collections.abc import Callable
 
@@ -19,7 +20,9 @@ import pandas as pd
 from promptopt_dagster.app.datasets import MIGRATION_HINT, SPLITS, DatasetSplits, sample_rows
 from promptopt_dagster.core.errors import PromptOptError
 from promptopt_dagster.core.prompts import PromptVersion
+from promptopt_dagster.llm import usage as llm_usage
 from promptopt_dagster.scoring.normalize import normalize, to_label
+from promptopt_dagster.scoring.registry import load_metric
 
 #: one row per row the source model answered (the `migration_references` table)
 REFERENCE_COLUMNS = {
@@ -84,10 +87,6 @@ def reference_form(scorers: list[str]) -> Callable[[str], str | None] | None:
     scorer reads the target's answers (its module's own `last_number`, from the registry's loaded copy)."""
     if "numeric_match" not in scorers:
         return None
-    import inspect
-
-    from promptopt_dagster.scoring.registry import load_metric
-
     module = inspect.getmodule(type(load_metric("numeric_match")))  # the copy the scorer itself runs
 
     def number(answer: str) -> str | None:
@@ -275,8 +274,6 @@ def usage_by_role(loop_usage: dict, source_usage: dict, source_key: str, task_ke
     """What each model of a migration used: the source model (its references), the task model (the loop and
     the test rows) and any other (optimizer, judge) by model name. Counts as last materialized: a rerun
     served from the cache shows cache hits, not calls."""
-    from promptopt_dagster.llm import usage as llm_usage
-
     return {
         "source": {"model": source_key, **llm_usage.total(source_usage).to_dict()},
         "task": {"model": task_key, **loop_usage.get(task_key, llm_usage.UsageStats()).to_dict()},

@@ -19,7 +19,7 @@ from promptopt_dagster.llm import inference
 from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.llm.model_settings import PROMPT_SERVICES, ModelSettings
 from promptopt_dagster.optimizers.capabilities import writer_model_problem
-from promptopt_dagster.scoring.suite import AGGREGATE
+from promptopt_dagster.scoring.suite import AGGREGATE, ScoringSuite
 
 
 def check_target(optimization: OptimizationSpec, spec: DatasetSpec, flag: bool = False) -> None:
@@ -79,12 +79,12 @@ def preflight(
     *,
     task_default: ModelSettings,
     optimizer_default: ModelSettings,
-    build_suite: Callable[[], object],
+    build_suite: Callable[[], ScoringSuite],
     target_flag: bool = False,
-) -> None:
+) -> ScoringSuite:
     """Every check that needs no model: target metric, models, scorers (`build_suite` builds the
     dataset's scoring suite, which refuses unknown scorers, bad options and name clashes). The context
-    check needs the task model's tokenizer and runs where a client is at hand (check_fits_context)."""
+    check needs the task model's tokenizer and runs where a client is at hand (check_fits_context). Returns the suite."""
     check_target(optimization, spec, flag=target_flag)
     check_models(optimization, task_default, optimizer_default)
-    build_suite()
+    return build_suite()

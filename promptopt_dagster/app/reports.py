@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from promptopt_dagster.app.plots import png_markdown
 from promptopt_dagster.core.decisions import Decision
 
 # the number helpers live in core/formatting.py (no pandas, for the CLI); re-exported for the report assets
@@ -248,8 +249,6 @@ def summary_markdown(report: dict, iterations: list[dict], links: dict[str, str]
 def score_plot(report: dict, iterations: list[dict]) -> str:
     """Dev score per iteration of this one optimization (baseline, refined with accept/reject marks, best so far),
     as markdown holding a PNG: the UI's own plots mix every partition of an asset."""
-    from promptopt_dagster.app.plots import png_markdown
-
     steps = [it["step"] for it in iterations]
 
     def draw(ax) -> None:

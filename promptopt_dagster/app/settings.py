@@ -12,10 +12,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from dotenv import dotenv_values
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from promptopt_dagster.core.errors import PromptOptError
+from promptopt_dagster.core.storage import mirror
 from promptopt_dagster.llm.model_settings import ModelSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -72,8 +74,6 @@ class Settings(BaseSettings):
         text = str(value)
         if not text.startswith("gs://"):
             return value
-        from promptopt_dagster.core.storage import mirror
-
         state = Path(os.environ.get("PROMPTOPT_STATE_DIR") or PROJECT_ROOT / ".promptopt")
         return mirror(text, state / "gcs_mirror" / text[len("gs://") :].rstrip("/"))
 
@@ -134,8 +134,6 @@ def dotenv_settings(path: Path = Path(".env")) -> dict[str, str]:
     Other variables are not ours: they are neither checked nor passed on."""
     if not path.is_file():
         return {}
-    from dotenv import dotenv_values
-
     return {
         key.upper(): value
         for key, value in dotenv_values(path).items()

@@ -1,5 +1,5 @@
 """`python -m promptopt_dagster.cli`: the same as the `promptopt` command."""
 
-from promptopt_dagster.cli.commands import run
+from promptopt_dagster.cli.dispatch import run
 
 run()

@@ -15,18 +15,23 @@ import re
 import sys
 import time
 import uuid
+from typing import TYPE_CHECKING
 
+from promptopt_dagster.app.datasets import load_manifest
+from promptopt_dagster.app.optimizations import load_optimizations
 from promptopt_dagster.app.settings import get_settings
+from promptopt_dagster.cli.overrides import number
+from promptopt_dagster.cli.parser import HelpFormatter
 from promptopt_dagster.core.errors import PromptOptError
-from promptopt_dagster.defs.webserver_client import RunView, Webserver
+
+if TYPE_CHECKING:
+    from promptopt_dagster.defs.webserver_client import RunView, Webserver
 
 ACTIVE = {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"}
 
 
 def add_commands(sub) -> None:
     """The three subcommands, on the `promptopt` parser's subparsers."""
-    from promptopt_dagster.cli.commands import _Help
-    from promptopt_dagster.cli.overrides import number
 
     def common(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
@@ -37,7 +42,7 @@ def add_commands(sub) -> None:
 
     submit = sub.add_parser(
         "submit",
-        formatter_class=_Help,
+        formatter_class=HelpFormatter,
         help="start a named optimization on a running Dagster webserver (`promptopt ui`)",
         description="Load the optimization's dataset, then start the optimization with the "
         "settings data/optimizations.yaml gives it; the webserver's sensor runs "
@@ -57,7 +62,7 @@ def add_commands(sub) -> None:
     common(submit)
     status = sub.add_parser(
         "status",
-        formatter_class=_Help,
+        formatter_class=HelpFormatter,
         help="where optimizations stand on the webserver: runs, iteration, scores, spend, errors",
         description="Without an argument: each optimization's latest run. With an optimization "
         "name: the runs of its latest submission, their scores and spend, and "
@@ -69,7 +74,7 @@ def add_commands(sub) -> None:
     common(status)
     cancel = sub.add_parser(
         "cancel",
-        formatter_class=_Help,
+        formatter_class=HelpFormatter,
         help="stop a run (or every queued and running run of an optimization)",
         description="Terminate a run on the webserver; a queued run is dropped from the queue. "
         "With an optimization name, every run of it not finished yet. Answers "
@@ -87,13 +92,13 @@ def add_commands(sub) -> None:
 
 
 def _server(args) -> Webserver:
+    # start-up: the client brings urllib.request and http.client (~6 ms), which only these three commands need
+    from promptopt_dagster.defs.webserver_client import Webserver
+
     return Webserver(args.url or get_settings().dagster_url)
 
 
 def _specs():
-    from promptopt_dagster.app.datasets import load_manifest
-    from promptopt_dagster.app.optimizations import load_optimizations
-
     settings = get_settings()
     return load_optimizations(settings.optimizations_path, load_manifest(settings.manifest_path))
 
@@ -131,6 +136,7 @@ def _generation_of(runs: list[RunView]) -> int | None:
 
 def paid_spend(name: str, generation: int | None) -> dict | None:
     """What the optimization (the generation, when known) paid, from the usage ledger: every run counted."""
+    # start-up: the ledger brings sqlite3 (~3 ms with it), which only `status` needs, not every `promptopt` command
     from promptopt_dagster.llm import ledger
 
     path = _ledger_path()
@@ -217,6 +223,7 @@ def chain_state(runs: list[RunView]) -> str:
 
 
 def optimization_view(server: Webserver, name: str) -> dict:
+    # start-up: defs.loop imports dagster (~0.5 s); `promptopt --help` must not wait for it
     from promptopt_dagster.defs.loop import OPTIMIZATION_TAG, SUBMISSION_TAG
 
     runs = server.runs(tags={OPTIMIZATION_TAG: name}, limit=200)
@@ -231,6 +238,7 @@ def optimization_view(server: Webserver, name: str) -> dict:
     by_run = {}
     path = _ledger_path()
     if path is not None:
+        # start-up: the ledger brings sqlite3 (~3 ms with it), which only `status` needs, not every `promptopt` command
         from promptopt_dagster.llm import ledger
 
         by_run = ledger.spend_by_run(path, name)
@@ -293,6 +301,7 @@ def _print_view(view: dict) -> None:
 
 
 def status(args: argparse.Namespace) -> int:
+    # start-up: defs.loop imports dagster (~0.5 s); `promptopt --help` must not wait for it
     from promptopt_dagster.defs.loop import OPTIMIZATION_TAG
 
     server = _server(args)
@@ -357,7 +366,7 @@ def _wait_finished(server: Webserver, run_id: str, poll_s: float, timeout_s: flo
 
 
 def submit(args: argparse.Namespace) -> int:
-    from promptopt_dagster.app.datasets import load_manifest
+    # start-up: defs.loop imports dagster (~0.5 s); `promptopt --help` must not wait for it
     from promptopt_dagster.defs.loop import (
         DATASET_JOB,
         DRIVER_TAG,
@@ -402,6 +411,7 @@ def submit(args: argparse.Namespace) -> int:
 
 
 def _follow(server: Webserver, name: str, submission: str, poll_s: float) -> int:
+    # start-up: defs.loop imports dagster (~0.5 s); `promptopt --help` must not wait for it
     from promptopt_dagster.defs.loop import SUBMISSION_TAG
 
     shown: set[str] = set()
@@ -425,6 +435,7 @@ def _follow(server: Webserver, name: str, submission: str, poll_s: float) -> int
 
 
 def cancel(args: argparse.Namespace) -> int:
+    # start-up: defs.loop imports dagster (~0.5 s); `promptopt --help` must not wait for it
     from promptopt_dagster.defs.loop import OPTIMIZATION_TAG
 
     server = _server(args)

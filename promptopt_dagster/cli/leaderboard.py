@@ -11,13 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 
+from promptopt_dagster.app.leaderboard import as_text
+from promptopt_dagster.cli.parser import HelpFormatter
+from promptopt_dagster.cli.runs import definitions_here
 
-def add_command(sub) -> None:
-    from promptopt_dagster.cli.commands import _Help
 
+def add_commands(sub) -> None:
+    """The `leaderboard` subcommand, on the `promptopt` parser's subparsers."""
     board = sub.add_parser(
         "leaderboard",
-        formatter_class=_Help,
+        formatter_class=HelpFormatter,
         help="rank every optimization of a dataset by its held-out test score, with cost",
         description="Print the dataset's leaderboard (one row per optimization and generation), "
         "as the last final report left it. Starts no run and calls no model.",
@@ -27,10 +30,7 @@ def add_command(sub) -> None:
 
 
 def leaderboard(args: argparse.Namespace) -> int:
-    import dagster as dg
-
-    from promptopt_dagster.app.leaderboard import as_text
-    from promptopt_dagster.cli.commands import definitions_here
+    import dagster as dg  # start-up: dagster takes ~0.5 s to import; `promptopt --help` must not wait for it
 
     defs = definitions_here()
     defs.resources["project"].spec(args.dataset)  # names an unknown dataset and the manifest

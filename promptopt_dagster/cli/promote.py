@@ -16,13 +16,21 @@ import getpass
 import json
 import sys
 
+import pandas as pd
+
+from promptopt_dagster.app.promotion import current_path
+from promptopt_dagster.app.promotion import render as render_document
+from promptopt_dagster.cli.parser import HelpFormatter
+from promptopt_dagster.cli.runs import definitions_here, run_here, step_failure_text
+from promptopt_dagster.core.errors import PromptOptError
+from promptopt_dagster.core.storage import read_text
+
 
 def add_commands(sub) -> None:
-    from promptopt_dagster.cli.commands import _Help
-
+    """The `promote`, `rollback` and `render` subcommands, on the `promptopt` parser's subparsers."""
     promote = sub.add_parser(
         "promote",
-        formatter_class=_Help,
+        formatter_class=HelpFormatter,
         help="serve an optimization's best prompt where applications read it (gated, audited)",
         description="Score the optimization's best prompt and the prompt served now on the "
         "same held-out test rows; if it is not worse (beyond --margin), has no "
@@ -47,7 +55,7 @@ def add_commands(sub) -> None:
 
     rollback = sub.add_parser(
         "rollback",
-        formatter_class=_Help,
+        formatter_class=HelpFormatter,
         help="serve again the prompt that was served before the current one (audited)",
         description="Restore the version served before the current one through the same "
         "job, gates and audit as a promotion; repeated, it steps back through "
@@ -66,7 +74,7 @@ def add_commands(sub) -> None:
 
     render = sub.add_parser(
         "render",
-        formatter_class=_Help,
+        formatter_class=HelpFormatter,
         help="print exactly what the model receives from the promoted prompt for one input",
         description="Read <prompts dir>/promoted/<dataset>.json (nothing else: the file is "
         "self-contained) and print the text, or the chat turns, sent for INPUT.",
@@ -76,11 +84,8 @@ def add_commands(sub) -> None:
 
 
 def promote(args: argparse.Namespace) -> int:
-    from promptopt_dagster.cli.commands import definitions_here
-    from promptopt_dagster.core.errors import PromptOptError
-
     definitions_here()  # the partitions below come from the manifest and optimizations.yaml it loads
-    from promptopt_dagster.defs.partitions import DATASET_OF
+    from promptopt_dagster.defs.partitions import DATASET_OF  # start-up: defs.partitions imports dagster (~0.5 s)
 
     if args.optimization not in DATASET_OF:
         raise PromptOptError(f"unknown optimization {args.optimization!r}; known: {', '.join(sorted(DATASET_OF))}.")
@@ -98,19 +103,11 @@ def promote(args: argparse.Namespace) -> int:
 
 
 def rollback(args: argparse.Namespace) -> int:
-    from promptopt_dagster.cli.commands import definitions_here
-
     definitions_here().resources["project"].spec(args.dataset)  # names an unknown dataset
     return _request(args.dataset, {"action": "rollback", "note": args.note, "force": args.force}, args.by)
 
 
 def render(args: argparse.Namespace) -> int:
-    from promptopt_dagster.app.promotion import current_path
-    from promptopt_dagster.app.promotion import render as render_document
-    from promptopt_dagster.cli.commands import definitions_here
-    from promptopt_dagster.core.errors import PromptOptError
-    from promptopt_dagster.core.storage import read_text
-
     path = current_path(definitions_here().resources["project"].promoted_dir(), args.dataset)
     try:
         document = json.loads(read_text(path))
@@ -124,9 +121,7 @@ def render(args: argparse.Namespace) -> int:
 
 
 def _request(dataset: str, config: dict, by: str) -> int:
-    from promptopt_dagster.cli.commands import run_here, step_failure_text
-    from promptopt_dagster.core.errors import PromptOptError
-    from promptopt_dagster.defs.loop import PROMOTE_JOB
+    from promptopt_dagster.defs.loop import PROMOTE_JOB  # start-up: defs.loop imports dagster (~0.5 s)
 
     result = run_here(
         PROMOTE_JOB,
@@ -154,7 +149,6 @@ def _request(dataset: str, config: dict, by: str) -> int:
 
 def _verdict_line(last) -> str:
     """One line: what was asked, the scores compared, the verdict and why."""
-    import pandas as pd
 
     def known(value) -> bool:
         return value is not None and not pd.isna(value)

@@ -18,6 +18,7 @@ Two things a plain `exec dagster dev` got wrong, and why this module exists:
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import signal
 import subprocess
@@ -26,16 +27,17 @@ import time
 from pathlib import Path
 
 from promptopt_dagster.app.settings import PROJECT_ROOT, Settings, dotenv_settings, get_settings
+from promptopt_dagster.cli.overrides import number
+from promptopt_dagster.cli.parser import HelpFormatter
+from promptopt_dagster.defs.home import ensure_dagster_home
 
 #: seconds the webserver, daemon and code server get to stop after the first signal, before SIGKILL
 STOP_GRACE_S = 6.0
 _PATH_SETTINGS = ("data_dir", "prompts_dir", "state_dir", "model_dir")
 
 
-def add_command(sub) -> None:
-    from promptopt_dagster.cli.commands import _Help
-    from promptopt_dagster.cli.overrides import number
-
+def add_commands(sub) -> None:
+    """The `ui` subcommand, on the `promptopt` parser's subparsers."""
     ui = sub.add_parser(
         "ui",
         help="start the Dagster UI and daemon on this project's Dagster home",
@@ -43,7 +45,7 @@ def add_command(sub) -> None:
         "with the interpreter and packages this command runs with, and the settings of "
         "the folder it is started from (environment, then .env). SIGTERM, SIGINT "
         "(Ctrl-C) and SIGHUP stop every process it started.",
-        formatter_class=_Help,
+        formatter_class=HelpFormatter,
     )
     ui.add_argument("--port", type=number(int, ge=1), default=3000, help="port of the web UI")
     ui.add_argument("--host", default="127.0.0.1", help="address the web UI listens on (0.0.0.0: every interface)")
@@ -63,8 +65,6 @@ def child_environment(settings: Settings) -> dict[str, str]:
 def ui(args: argparse.Namespace) -> int:
     """Run `dagster dev` from this interpreter's environment (no PATH lookup) until it ends or a signal
     stops it; the exit code is dagster dev's, or 128 + the signal."""
-    from promptopt_dagster.defs.home import ensure_dagster_home
-
     settings = get_settings()
     ensure_dagster_home(settings.dagster_home)  # sets DAGSTER_HOME, which child_environment passes on
     env = child_environment(settings)
@@ -114,8 +114,6 @@ def _interrupt_when_orphaned() -> None:
     kernel sends dagster dev SIGINT, its own clean shutdown, so no webserver or daemon is left behind. Linux
     only (prctl); elsewhere a SIGKILL of `promptopt ui` leaves `dagster dev` to be stopped by hand."""
     if sys.platform.startswith("linux"):
-        import ctypes
-
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGINT), 0, 0, 0)
 

@@ -82,7 +82,7 @@ class ResponseCache:
         legacy = self.path.with_name(LEGACY_NAME)
         if legacy == self.path or not legacy.exists() or len(self):
             return
-        import duckdb
+        import duckdb  # start-up: ~40 ms, for a one-time copy of a legacy cache that most processes never make
 
         with duckdb.connect(str(legacy), read_only=True) as old:
             columns = {

@@ -7,9 +7,14 @@ from pathlib import Path
 
 from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.llm.cache import CachedClient, ResponseCache
+from promptopt_dagster.llm.fake import FakeLLM
+from promptopt_dagster.llm.gemini import GeminiClient
+from promptopt_dagster.llm.local import LlamaCppClient
 from promptopt_dagster.llm.model_settings import BACKENDS, PROMPT_SERVICES, ModelSettings, api_key_from_env
+from promptopt_dagster.llm.openai_compat import OpenAIClient
 from promptopt_dagster.llm.remote import RetryPolicy
 from promptopt_dagster.llm.usage import price_for
+from promptopt_dagster.llm.vertex_prompt_optimizer import VertexPromptOptimizerClient
 
 __all__ = ["ModelSettings", "build_client"]
 
@@ -37,14 +42,10 @@ def build_client(
         ),
     )
     if s.backend == "local":
-        from promptopt_dagster.llm.local import LlamaCppClient
-
         client: LLMClient = LlamaCppClient(
             model_dir=model_dir, model_path=Path(s.model) if s.model else None, n_threads=threads
         )
     elif s.backend == "gemini":
-        from promptopt_dagster.llm.gemini import GeminiClient
-
         client = GeminiClient(
             s.model,
             vertexai=s.vertexai,
@@ -55,18 +56,12 @@ def build_client(
             **engine,
         )
     elif s.backend == "openai":
-        from promptopt_dagster.llm.openai_compat import OpenAIClient
-
         client = OpenAIClient(s.model, base_url=s.base_url, api_key=api_key, json_mode=s.json_mode, **engine)
     elif s.backend == "vertex_prompt_optimizer":
-        from promptopt_dagster.llm.vertex_prompt_optimizer import VertexPromptOptimizerClient
-
         client = VertexPromptOptimizerClient(
             s.model, project=s.project, location=s.location, base_url=s.base_url, **engine
         )
     elif s.backend == "fake":
-        from promptopt_dagster.llm.fake import FakeLLM
-
         client = FakeLLM(name=s.model or "fake-1")
     else:
         raise ValueError(f"Unknown LLM backend {s.backend!r}; choose one of {', '.join(BACKENDS)}.")

@@ -31,6 +31,7 @@ class GeminiClient(RemoteClient):
         credentials: Any = None,
         **engine: Any,
     ) -> None:
+        # start-up: google-genai and httpx take ~0.4 s to import; only a process with a Gemini model pays it
         import httpx
         from google import genai
         from google.genai import types
@@ -142,7 +143,7 @@ class GeminiClient(RemoteClient):
         return LLMResponse(text=text, finish_reason=finish.lower() or None, **tokens)
 
     def _classify(self, exc: BaseException) -> Failure:
-        from google.genai import errors
+        from google.genai import errors  # start-up: see __init__ (google-genai, ~0.4 s, only for Gemini)
 
         if isinstance(exc, errors.APIError):
             return failure_from_status(

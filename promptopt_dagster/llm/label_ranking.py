@@ -48,7 +48,7 @@ class LabelRanker:
 
     def _eval_to(self, tokens: list[int]) -> np.ndarray:
         """Log-probabilities of the next token after `tokens`, reusing the KV cache for the shared prefix."""
-        from llama_cpp import Llama
+        from llama_cpp import Llama  # start-up: the native llama.cpp library, loaded only with a local model
 
         llm = self.llm
         keep = min(Llama.longest_token_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens), len(tokens) - 1)
@@ -64,7 +64,7 @@ class LabelRanker:
         full = {c: self._tokens(prompt + SEPARATOR + c) for c in choices}
         # Usually the prompt's tokens are a prefix of every labelled text; if a label merged with the
         # prompt's last token, the shared context stops before it.
-        from llama_cpp import Llama
+        from llama_cpp import Llama  # start-up: the native llama.cpp library, loaded only with a local model
 
         context = min([len(base), *(Llama.longest_token_prefix(base, f) for f in full.values())])
         context = max(context, 1)

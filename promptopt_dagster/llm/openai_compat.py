@@ -30,7 +30,7 @@ class OpenAIClient(RemoteClient):
         json_mode: Literal["schema", "object", "off"] = "schema",
         **engine: Any,
     ) -> None:
-        import openai
+        import openai  # start-up: the SDK takes ~0.4 s to import; paid only with an OpenAI-compatible model
 
         self._base_url = base_url
         self.json_mode = json_mode
@@ -122,7 +122,7 @@ class OpenAIClient(RemoteClient):
         return out
 
     def _classify(self, exc: BaseException) -> Failure:
-        import openai
+        import openai  # start-up: see __init__ (~0.4 s, only for an OpenAI-compatible model)
 
         if isinstance(exc, openai.APIStatusError):
             return failure_from_status(exc.status_code, f"{exc.status_code}: {exc.message}", exc.response.headers)

@@ -16,6 +16,8 @@ import json
 import warnings
 from typing import Any
 
+import pandas as pd
+
 from promptopt_dagster.llm.base import LLMRequest, LLMResponse
 from promptopt_dagster.llm.remote import Failure, RemoteClient, failure_from_status
 
@@ -55,6 +57,7 @@ class VertexPromptOptimizerClient(RemoteClient):
         credentials: Any = None,
         **engine: Any,
     ) -> None:
+        # start-up: agentplatform takes ~2 s to import (google-genai, httpx ~0.4 s); only the vertex optimizer pays it
         import agentplatform
         import httpx
         from google.genai import types
@@ -81,7 +84,7 @@ class VertexPromptOptimizerClient(RemoteClient):
         return f"{where}@{self._base_url}" if self._base_url else where
 
     async def _send(self, request: LLMRequest) -> LLMResponse:
-        from agentplatform import types
+        from agentplatform import types  # start-up: see __init__ (~2 s, only for the vertex optimizer)
 
         try:
             doc = json.loads(request.prompt or "")
@@ -90,8 +93,6 @@ class VertexPromptOptimizerClient(RemoteClient):
             return LLMResponse(error="rejected: not an optimize request (build it with optimize_request())")
         config = None
         if mode == "few_shot":
-            import pandas as pd
-
             config = types.OptimizeConfig(
                 optimization_target=types.OptimizeTarget.OPTIMIZATION_TARGET_FEW_SHOT_TARGET_RESPONSE,
                 examples_dataframe=pd.DataFrame(examples, columns=list(EXAMPLE_KEYS)),
@@ -104,7 +105,8 @@ class VertexPromptOptimizerClient(RemoteClient):
         await self._client.aio._api_client.aclose()  # the SDK's async pool (AsyncClient has no public close)
 
     def _classify(self, exc: BaseException) -> Failure:
-        from google.genai import errors  # the agentplatform client raises google-genai's errors
+        # the agentplatform client raises google-genai's errors; start-up: see __init__ (only for the vertex optimizer)
+        from google.genai import errors
 
         if isinstance(exc, errors.APIError):
             return failure_from_status(

@@ -40,7 +40,7 @@ def load_metric(name: str):
     """A built-in module loaded offline; cached because loading copies the module into HF's cache."""
     if name not in available_metrics():
         raise ScorerError(f"Unknown metric {name!r}; built-ins are {', '.join(available_metrics())}.")
-    import evaluate  # ~1.5 s import: paid only when something is scored
+    import evaluate  # start-up: ~1.5 s import, paid only when something is scored
 
     return evaluate.load(str(METRICS_DIR / name))
 
@@ -236,7 +236,7 @@ def _result(name: str, out: Mapping[str, Any], n: int) -> ScoreResult:
 def _load_user_scorer(entry: ScorerEntry) -> Scorer:
     target = entry.target
     if target.endswith(".py") or Path(target).is_dir():
-        import evaluate
+        import evaluate  # start-up: ~1.5 s import, paid only when a scorer is an evaluate module
 
         try:
             return ModuleScorer(entry.name, evaluate.load(target))
@@ -261,7 +261,7 @@ def _load_user_scorer(entry: ScorerEntry) -> Scorer:
             f"Scorer '{entry.name}' ({entry.source}): cannot import {target}: {exc}. Check the "
             "module is installed or on PYTHONPATH and the name is spelled right."
         ) from None
-    import evaluate
+    import evaluate  # start-up: ~1.5 s import, paid only when something is scored
 
     if inspect.isclass(obj) and issubclass(obj, evaluate.EvaluationModule):
         return ModuleScorer(entry.name, obj())

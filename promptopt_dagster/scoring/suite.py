@@ -210,7 +210,8 @@ class ScoringSuite:
         return SuiteResult(results, {s.name: s.weight for s in self.specs}, self.target)
 
     def _judge(self, spec: ScorerSpec, predictions, references, inputs) -> ScoreResult:
-        from promptopt_dagster.scoring.judge import LLMJudge  # the judge is optional; its import is not free
+        # start-up: ~4 ms on every import of the suite (`promptopt --help` too); only a suite with the judge pays it
+        from promptopt_dagster.scoring.judge import LLMJudge
 
         if self._judge_client is None:
             raise ScorerError(
