@@ -13,10 +13,11 @@ from pydantic import BaseModel, Field
 
 from promptopt_dagster.app import reference
 from promptopt_dagster.app.datasets import MANIFEST_KEYS, DatasetSpec
-from promptopt_dagster.app.optimizations import OPTIMIZERS, OptimizationSpec, optimizer_option_names
+from promptopt_dagster.app.optimizations import OPTIMIZERS, OptimizationSpec
 from promptopt_dagster.app.settings import PROJECT_ROOT, Settings, _known_names
 from promptopt_dagster.core.decisions import Budget, StopRules
 from promptopt_dagster.llm.model_settings import ModelSettings
+from promptopt_dagster.optimizers.registry import optimizer_class
 from promptopt_dagster.scoring.suite import ScorerSpec
 
 PAGES = reference.generate()
@@ -167,9 +168,9 @@ def test_the_pages_hold_nothing_of_the_machine_that_made_them():
 def test_every_optimizer_option_is_listed():
     options = PAGES["optimizations-yaml.md"].split("## `options`, by optimizer")[1]
     for optimizer in OPTIMIZERS:
-        for option in optimizer_option_names(optimizer):
+        for option in optimizer_class(optimizer).Options.model_fields:
             assert f"| `{optimizer}` | `{option}` |" in options, (optimizer, option)
-    assert "| `fewshot` | `cost_confidence` | float | the entry's `confidence` |" in options
+    assert "| `fewshot` | `cost_confidence` | float in [0.5, 1) | the entry's `confidence` |" in options
 
 
 def test_the_docs_link_to_the_reference_pages():

@@ -13,7 +13,6 @@ key cannot go undocumented. `test_docs_reference.py` keeps the checked-in pages 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import sys
 import types
@@ -27,8 +26,9 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from promptopt_dagster.app.datasets import MANIFEST_KEYS, DatasetSpec
-from promptopt_dagster.app.optimizations import OPTIMIZERS, OptimizationSpec
+from promptopt_dagster.app.optimizations import OptimizationSpec
 from promptopt_dagster.app.settings import PROJECT_ROOT, Settings
+from promptopt_dagster.optimizers.registry import optimizer_classes
 
 REFERENCE_DIR = PROJECT_ROOT / "docs" / "reference"
 COMMAND = "python -m promptopt_dagster.app.reference"
@@ -99,20 +99,24 @@ _BOUNDS = (annotated_types.Interval, annotated_types.Ge, annotated_types.Gt, ann
 def bounds_text(metadata: list[Any]) -> str:
     """pydantic's ge/gt/le/lt as a reader writes them: `≥ 1`, `in [0, 1]`, `in (0, 1]`, `< 10`."""
     found: dict[str, float] = {}
+    sizes = []
     for rule in metadata:
-        if isinstance(rule, _BOUNDS):
+        if isinstance(rule, annotated_types.MinLen):
+            sizes.append(f"with at least {rule.min_length} item{'s' if rule.min_length != 1 else ''}")
+        elif isinstance(rule, _BOUNDS):
             found.update({k: getattr(rule, k) for k in ("ge", "gt", "le", "lt") if getattr(rule, k, None) is not None})
         else:  # a rule the reference cannot put in words would be left out silently: say it instead
             raise TypeError(f"the reference has no words for the constraint {rule!r}; teach bounds_text")
     low = ("[", found["ge"]) if "ge" in found else ("(", found["gt"]) if "gt" in found else None
     high = ("]", found["le"]) if "le" in found else (")", found["lt"]) if "lt" in found else None
+    text = ""
     if low and high:
-        return f"in {low[0]}{_number(low[1])}, {_number(high[1])}{high[0]}"
-    if low:
-        return f"{'≥' if low[0] == '[' else '>'} {_number(low[1])}"
-    if high:
-        return f"{'≤' if high[0] == ']' else '<'} {_number(high[1])}"
-    return ""
+        text = f"in {low[0]}{_number(low[1])}, {_number(high[1])}{high[0]}"
+    elif low:
+        text = f"{'≥' if low[0] == '[' else '>'} {_number(low[1])}"
+    elif high:
+        text = f"{'≤' if high[0] == ']' else '<'} {_number(high[1])}"
+    return ", ".join(part for part in (text, *sizes) if part)
 
 
 def type_text(annotation: Any, metadata: list[Any] = ()) -> str:
@@ -273,35 +277,30 @@ def _header(title: str, source: str) -> str:
 # ---- the pages
 
 
-def optimizer_options_rows() -> list[tuple[str, str, str, str]]:
-    """(optimizer, option, type, default) for every option every optimizer's constructor takes. An option the
-    entry fills in (fewshot's cost_confidence follows `confidence`) says which key it follows."""
-    from promptopt_dagster.app.optimizations import optimizer_option_names
-    from promptopt_dagster.optimizers.base import optimizer_classes
-
+def optimizer_options_rows() -> list[tuple[str, str, str, str, str]]:
+    """(optimizer, option, type, default, description) for every option of every registered optimizer, from
+    its Options model. An option the entry fills in (fewshot's cost_confidence follows `confidence`) says
+    which key it follows."""
     rows = []
-    for optimizer in OPTIMIZERS:
-        spec = OptimizationSpec(name="x", dataset="x", optimizer=optimizer)
-        filled = spec.optimizer_options()
-        signature = inspect.signature(optimizer_classes()[optimizer].__init__).parameters
-        for option, hint in optimizer_option_names(optimizer).items():
-            default = signature[option].default
-            shown = "required" if default is inspect.Parameter.empty else _value_text(default)
-            if option in filled:
-                follows = [
-                    name
-                    for name, value in spec.model_dump().items()
-                    if isinstance(value, float)
-                    and spec.model_copy(update={name: value / 2}).optimizer_options() != filled
-                ]
-                shown = f"the entry's `{follows[0]}`" if follows else _value_text(filled[option])
-            rows.append((f"`{optimizer}`", f"`{option}`", type_text(hint), shown))
+    for name, cls in optimizer_classes().items():
+        for option, field in cls.Options.model_fields.items():
+            follows = cls.defaults_from_optimization.get(option)
+            shown = f"the entry's `{follows}`" if follows else default_text(field)
+            rows.append(
+                (
+                    f"`{name}`",
+                    f"`{option}`",
+                    type_text(field.annotation, field.metadata),
+                    shown,
+                    description_text(cls.Options, option, field),
+                )
+            )
     return rows
 
 
 def optimizations_page() -> str:
     tables = model_tables(OptimizationSpec, yaml_key)
-    options = ["| optimizer | option | type | default |", "|---|---|---|---|"]
+    options = ["| optimizer | option | type | default | description |", "|---|---|---|---|---|"]
     options += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in optimizer_options_rows()]
     return "\n\n".join(
         [
@@ -322,8 +321,8 @@ def optimizations_page() -> str:
                 "read from the environment variable `api_key_env` names.",
             ),
             "## `options`, by optimizer",
-            "The keyword arguments of each optimizer's constructor, with their types and defaults; an option "
-            "another optimizer takes is refused. What each does: [Optimizers](../optimizers.md).",
+            "Each optimizer's options, from its `Options` model (`optimizers/`), with their types and defaults; "
+            "an option another optimizer takes is refused. What each does: [Optimizers](../optimizers.md).",
             "\n".join(options),
         ]
     )
