@@ -23,7 +23,7 @@ from promptopt_dagster.app.datasets import DatasetSpec, check_name
 from promptopt_dagster.core.decisions import Budget, StopPolicy, StopRules, confidence_field
 from promptopt_dagster.core.errors import PromptOptError
 from promptopt_dagster.core.yaml_input import load_yaml_file, sentence, unknown_key_message, validation_message
-from promptopt_dagster.llm.model_settings import ModelSettings
+from promptopt_dagster.llm.model_settings import PROMPT_SERVICES, ModelSettings
 from promptopt_dagster.optimizers.registry import optimizer_class, optimizer_names, validate_options
 
 #: every optimizer's name, from the optimizer registry: OptimizationSpec's Literal and the CLI's --optimizer
@@ -119,8 +119,6 @@ class OptimizationSpec(_Strict):
     @field_validator("task_model", "source_model")  # both answer rows
     @classmethod
     def _answers_rows(cls, value):
-        from promptopt_dagster.llm.model_settings import PROMPT_SERVICES
-
         if value is not None and value.backend in PROMPT_SERVICES:
             raise ValueError(
                 f"{value.backend} rewrites prompts and cannot answer rows; it can only be the "

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 def png_markdown(draw: Callable, alt: str, size: tuple[float, float] = (6.4, 4.0)) -> str:
     """`draw(ax)` on a fresh matplotlib figure (no display needed), returned as `![alt](data:image/png...)`."""
-    import matplotlib
+    import matplotlib  # start-up: matplotlib takes ~0.3 s to import; only a run that draws a plot pays it
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
@@ -51,7 +51,7 @@ def place_labels(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence[
     Call it last, once the axes' labels and title are set: it lays out the figure first, because the
     places are measured in pixels, and keeps the labels out of later layouts (tight_layout), which would
     otherwise move the axes under them."""
-    from matplotlib.text import Text
+    from matplotlib.text import Text  # start-up: as png_markdown's
 
     fig = ax.figure
     fig.tight_layout()
@@ -109,7 +109,7 @@ def _overlap(a, b) -> float:
 
 def label_boxes(ax) -> list:
     """The pixel boxes of the axes' annotations' text as drawn (for checks that no two labels overlap)."""
-    from matplotlib.text import Text
+    from matplotlib.text import Text  # start-up: as png_markdown's
 
     renderer = ax.figure.canvas.get_renderer()
     return [Text.get_window_extent(t, renderer) for t in ax.texts]

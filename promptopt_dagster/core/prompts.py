@@ -6,6 +6,7 @@ so the lineage of the best prompt can be walked from the stored records alone.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import uuid
@@ -16,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from promptopt_dagster.core.errors import PromptError
+from promptopt_dagster.core.retrieval import retriever_for_pool
 from promptopt_dagster.core.storage import read_text, write_text
 
 PLACEHOLDER = "{user_input}"
@@ -40,8 +42,6 @@ class Retrieval(BaseModel):
     pool: list[Demo]
 
     def pick(self, user_input: str) -> list[Demo]:
-        from promptopt_dagster.core.retrieval import retriever_for_pool
-
         if not self.pool:
             return []
         nearest = retriever_for_pool(self.method, self.pool).top(user_input, self.k)
@@ -246,7 +246,6 @@ def prompt_problem(system_prompt: str, output_prompt: str) -> str | None:
 
 def unified_diff(old: PromptVersion, new: PromptVersion) -> str:
     """A line diff of everything the model sees, for the UI's fenced diff block."""
-    import difflib
 
     def lines(p: PromptVersion) -> list[str]:
         out = ["[system_prompt]", *p.system_prompt.splitlines(), "[output_prompt]", *p.output_prompt.splitlines()]

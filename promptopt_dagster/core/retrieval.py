@@ -29,6 +29,7 @@ class TfidfRetriever:
     """Word unigrams and bigrams, sublinear term frequency, English-agnostic (no stop-word list)."""
 
     def __init__(self, texts: Sequence[str]) -> None:
+        # start-up: scikit-learn takes ~0.5 s to import; only a prompt with retrieved demos pays it
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         self._vectorizer = TfidfVectorizer(

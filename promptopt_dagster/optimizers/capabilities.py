@@ -50,12 +50,13 @@ def writer_refusal(optimizer: str, capabilities: Capabilities, backend: str | No
 
 def writer_model_problem(optimizer: str, backend: str | None) -> str | None:
     """The rule for a registered optimizer by name: the CLI's check before any run."""
+    # cycle: the registry imports the optimizers, which import this module for their capabilities
     from promptopt_dagster.optimizers.registry import optimizer_class
 
     return writer_refusal(optimizer, optimizer_class(optimizer).capabilities, backend)
 
 
 def _names(which) -> list[str]:
-    from promptopt_dagster.optimizers.registry import optimizer_classes
+    from promptopt_dagster.optimizers.registry import optimizer_classes  # cycle: as writer_model_problem's
 
     return [name for name, cls in optimizer_classes().items() if which(cls.capabilities)]

@@ -167,7 +167,7 @@ class PromptAdapter:
         return self.start.model_copy(update={k: candidate[k] for k in COMPONENTS if k in candidate})
 
     def evaluate(self, batch: list[dict], candidate: dict[str, str], capture_traces: bool = False):
-        from gepa import EvaluationBatch
+        from gepa import EvaluationBatch  # start-up: gepa loads only when a gepa optimization runs
 
         rows = pd.DataFrame(batch, columns=["row_id", "user_input", "ground_truth_output"])
         evaluation = self.evaluate_prompt(self.prompt_of(candidate), rows)
@@ -295,7 +295,7 @@ class GEPAOptimizer(Optimizer):
                 f"{len(valset)} select rows ({len(valset) + step_cost} rows)",
                 inp,
             )
-        import gepa
+        import gepa  # start-up: gepa loads only when a gepa optimization runs
 
         adapter = PromptAdapter(inp.prompt, evaluate)
         reflection = Reflection(writer, lambda: adapter.last_shown, opts.max_tokens)
