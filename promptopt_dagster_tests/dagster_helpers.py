@@ -175,7 +175,7 @@ def start(
 ):
     """Record the optimization's settings; returns the run result (its metadata holds the generation)."""
     spec = spec or small_spec()
-    from promptopt_dagster.defs.loop import start_run_config
+    from promptopt_dagster.defs.loop.chain import start_run_config
 
     config = start_run_config(spec)
     return defs.resolve_job_def("start_optimization").execute_in_process(

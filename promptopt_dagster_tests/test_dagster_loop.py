@@ -8,7 +8,7 @@ import shutil
 import dagster as dg
 import pytest
 
-from promptopt_dagster.defs.loop import DRIVER_TAG
+from promptopt_dagster.defs.names import DRIVER_TAG
 from promptopt_dagster.defs.partitions import iteration_key
 from promptopt_dagster_tests.dagster_helpers import DATA_DIR, make_defs, prepare, query, run_iteration
 

@@ -76,7 +76,7 @@ def test_a_migration_is_ranked_apart_from_optimizations_scored_on_the_labels():
 def test_the_ui_table_is_narrow_and_every_column_is_in_the_json_entry():
     """All 16 columns in one table were cut off after test_low_95 by the asset page's metadata column (no
     visible scrollbar): the table keeps what ranks and tells apart, the JSON entry every column."""
-    from promptopt_dagster.defs.report_assets import BOARD_TABLE, board_metadata
+    from promptopt_dagster.defs.reporting.assets import BOARD_TABLE, board_metadata
 
     migration = {**report("to_small", 1, 0.99, 0.1), "migration": {"source_model": "openai/big"}}
     board = leaderboard(

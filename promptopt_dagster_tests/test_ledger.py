@@ -145,7 +145,7 @@ def test_two_processes_record_side_by_side(tmp_path):
 
 def test_the_budget_counts_what_a_killed_run_paid(tmp_path):
     from promptopt_dagster.core.decisions import Budget, LoopState, Spend, StopPolicy, decide
-    from promptopt_dagster.defs.iteration_assets import with_paid
+    from promptopt_dagster.defs.loop.assets import with_paid
 
     path = tmp_path / "llm_cache.sqlite"
     killed = CachedClient(FakeLLM(responder=lambda r: "positive"), ResponseCache(path))
@@ -336,7 +336,7 @@ def test_a_canceled_run_s_calls_count_in_status_and_in_the_report(tmp_path, monk
             url = "http://webserver"
 
             def runs(self, tags=None, limit=200, run_ids=None):
-                from promptopt_dagster.defs.loop import OPTIMIZATION_TAG
+                from promptopt_dagster.defs.names import OPTIMIZATION_TAG
 
                 runs = list(_runs(project).items())  # newest first
                 return [

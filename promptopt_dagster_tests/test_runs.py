@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 from dagster._core.utils import make_new_run_id
 
-from promptopt_dagster.defs.loop import DRIVER_TAG
+from promptopt_dagster.defs.names import DRIVER_TAG
 from promptopt_dagster.defs.runs import PID_TAG, fail_dead_cli_runs, process_tags
 
 

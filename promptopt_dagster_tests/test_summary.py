@@ -16,7 +16,7 @@ from promptopt_dagster.app.reports import (
     summary_markdown,
 )
 from promptopt_dagster.defs.metadata import rounded, usage_metadata
-from promptopt_dagster.defs.report_assets import summary_links
+from promptopt_dagster.defs.reporting.assets import summary_links
 from promptopt_dagster.defs.webserver_client import asset_partition_url
 from promptopt_dagster.llm.usage import UsageStats
 

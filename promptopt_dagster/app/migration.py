@@ -5,7 +5,7 @@ prompt. Those answers become the references (`ground_truth_output`) of the rows 
 every scorer, optimizer and check runs unchanged and measures one thing: agreement with the source
 (exact label match on a labeled dataset, the dataset's own scorers such as rouge or the judge on
 free text). The dataset's own labels, where its files have them, are kept beside the references to
-be shown, never optimized for. No Dagster here: the asset is defs/migration_assets.py.
+be shown, never optimized for. No Dagster here: the asset is defs/datasets/migration.py.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from promptopt_dagster.app.settings import get_settings
 from promptopt_dagster.cli.overrides import number
 from promptopt_dagster.cli.parser import HelpFormatter
 from promptopt_dagster.core.errors import PromptOptError
+from promptopt_dagster.defs.names import DATASET_JOB, DRIVER_TAG, OPTIMIZATION_TAG, START_JOB, SUBMISSION_TAG
 
 if TYPE_CHECKING:
     from promptopt_dagster.defs.webserver_client import RunView, Webserver
@@ -223,9 +224,6 @@ def chain_state(runs: list[RunView]) -> str:
 
 
 def optimization_view(server: Webserver, name: str) -> dict:
-    # start-up: defs.loop imports dagster (~0.5 s); `promptopt --help` must not wait for it
-    from promptopt_dagster.defs.loop import OPTIMIZATION_TAG, SUBMISSION_TAG
-
     runs = server.runs(tags={OPTIMIZATION_TAG: name}, limit=200)
     if not runs:
         return {"optimization": name, "state": "never run here", "runs": []}
@@ -301,9 +299,6 @@ def _print_view(view: dict) -> None:
 
 
 def status(args: argparse.Namespace) -> int:
-    # start-up: defs.loop imports dagster (~0.5 s); `promptopt --help` must not wait for it
-    from promptopt_dagster.defs.loop import OPTIMIZATION_TAG
-
     server = _server(args)
     target = args.target
     if target is None:
@@ -366,15 +361,8 @@ def _wait_finished(server: Webserver, run_id: str, poll_s: float, timeout_s: flo
 
 
 def submit(args: argparse.Namespace) -> int:
-    # start-up: defs.loop imports dagster (~0.5 s); `promptopt --help` must not wait for it
-    from promptopt_dagster.defs.loop import (
-        DATASET_JOB,
-        DRIVER_TAG,
-        START_JOB,
-        SUBMISSION_TAG,
-        optimization_tags,
-        start_run_config,
-    )
+    # start-up: defs.loop.chain imports dagster (~0.5 s); `promptopt --help` must not wait for it
+    from promptopt_dagster.defs.loop.chain import optimization_tags, start_run_config
 
     specs = _specs()
     if args.name not in specs:
@@ -411,9 +399,6 @@ def submit(args: argparse.Namespace) -> int:
 
 
 def _follow(server: Webserver, name: str, submission: str, poll_s: float) -> int:
-    # start-up: defs.loop imports dagster (~0.5 s); `promptopt --help` must not wait for it
-    from promptopt_dagster.defs.loop import SUBMISSION_TAG
-
     shown: set[str] = set()
     try:
         while True:
@@ -435,9 +420,6 @@ def _follow(server: Webserver, name: str, submission: str, poll_s: float) -> int
 
 
 def cancel(args: argparse.Namespace) -> int:
-    # start-up: defs.loop imports dagster (~0.5 s); `promptopt --help` must not wait for it
-    from promptopt_dagster.defs.loop import OPTIMIZATION_TAG
-
     server = _server(args)
     if args.target in _specs() or server.runs(tags={OPTIMIZATION_TAG: args.target}, limit=1):
         runs = [r for r in server.runs(tags={OPTIMIZATION_TAG: args.target}, limit=200) if r.status in ACTIVE]

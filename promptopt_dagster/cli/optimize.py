@@ -30,6 +30,7 @@ from promptopt_dagster.cli.summary import summary_text
 from promptopt_dagster.core.errors import PromptOptError
 from promptopt_dagster.core.formatting import fmt_refined
 from promptopt_dagster.core.yaml_input import load_yaml_text
+from promptopt_dagster.defs.names import DATASET_JOB, DRIVER_TAG, ITERATION_JOB, LEADERBOARD_JOB, REPORT_JOB, START_JOB
 from promptopt_dagster.llm.progress import bars_shown
 
 
@@ -77,18 +78,7 @@ def optimize(args: argparse.Namespace) -> int:
     # start-up: these import dagster (~0.5 s); `promptopt --help` and the other commands must not wait for it
     import dagster as dg
 
-    from promptopt_dagster.defs.loop import (
-        DATASET_JOB,
-        DRIVER_TAG,
-        ITERATION_JOB,
-        LEADERBOARD_JOB,
-        REPORT_JOB,
-        START_JOB,
-        next_step,
-        optimization_tags,
-        start_run_config,
-        stop_reason_of,
-    )
+    from promptopt_dagster.defs.loop.chain import next_step, optimization_tags, start_run_config, stop_reason_of
     from promptopt_dagster.defs.partitions import ensure_iteration, iteration_key
     from promptopt_dagster.defs.runs import PID_TAG, describe, fail_dead_cli_runs, process_tags
 

@@ -24,6 +24,7 @@ from promptopt_dagster.cli.parser import HelpFormatter
 from promptopt_dagster.cli.runs import definitions_here, run_here, step_failure_text
 from promptopt_dagster.core.errors import PromptOptError
 from promptopt_dagster.core.storage import read_text
+from promptopt_dagster.defs.names import PROMOTE_JOB
 
 
 def add_commands(sub) -> None:
@@ -121,8 +122,6 @@ def render(args: argparse.Namespace) -> int:
 
 
 def _request(dataset: str, config: dict, by: str) -> int:
-    from promptopt_dagster.defs.loop import PROMOTE_JOB  # start-up: defs.loop imports dagster (~0.5 s)
-
     result = run_here(
         PROMOTE_JOB,
         dataset,

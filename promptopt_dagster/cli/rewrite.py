@@ -95,7 +95,7 @@ def _record_in_dagster(name: str, prompt, path: Path, written_by: str) -> None:
     # start-up: these import dagster (~0.5 s); `promptopt --help` must not wait for it
     import dagster as dg
 
-    from promptopt_dagster.defs.unscored_prompts import record_unscored
+    from promptopt_dagster.defs.promotion.unscored import record_unscored
 
     ensure_dagster_home(get_settings().dagster_home)
     with dg.DagsterInstance.get() as instance:

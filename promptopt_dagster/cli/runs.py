@@ -7,6 +7,7 @@ import re
 
 from promptopt_dagster.app.settings import get_settings
 from promptopt_dagster.defs.home import ensure_dagster_home
+from promptopt_dagster.defs.names import DRIVER_TAG
 
 
 def definitions_here():
@@ -23,8 +24,6 @@ def run_here(job_name: str, partition_key: str, tags: dict, ops: dict | None = N
     """One run of a job in this process (leaderboard, promotion), tagged as the CLI's; a failure comes back in
     the result, for the command to explain in its own words."""
     import dagster as dg  # start-up: dagster takes ~0.5 s to import; `promptopt --help` must not wait for it
-
-    from promptopt_dagster.defs.loop import DRIVER_TAG  # start-up: defs.loop imports dagster
 
     run_config = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}, **({"ops": ops} if ops else {})}
     return (

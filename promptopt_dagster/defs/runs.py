@@ -15,7 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from promptopt_dagster.defs.loop import DRIVER_TAG
+from promptopt_dagster.defs.names import DRIVER_TAG
 
 PID_TAG, HOST_TAG, PROC_START_TAG = "promptopt/pid", "promptopt/host", "promptopt/proc_start"
 

@@ -4,7 +4,7 @@
 records the settings of the generation being started (from data/optimizations.yaml, or the CLI's
 flags applied to it) and gives the optimization its own copy of its dataset's rows, which the
 iteration assets read through a plain partition mapping. In a model migration (a `source_model`) those
-rows carry the source model's answers from `migration_references` (defs/migration_assets.py) as their
+rows carry the source model's answers from `migration_references` (defs/datasets/migration.py) as their
 references; a dataset file without labels is accepted only then.
 """
 
@@ -24,8 +24,8 @@ from promptopt_dagster.app.migration import (
 from promptopt_dagster.app.optimizations import assign_generation
 from promptopt_dagster.app.quality import dataset_gate
 from promptopt_dagster.core.errors import MissingLabelsError
+from promptopt_dagster.defs.datasets.migration import start_spec
 from promptopt_dagster.defs.metadata import gate
-from promptopt_dagster.defs.migration_assets import start_spec
 from promptopt_dagster.defs.partitions import (
     DATASET_EXPR,
     OPTIMIZATION_EXPR,

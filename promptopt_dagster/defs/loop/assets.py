@@ -15,11 +15,10 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from promptopt_dagster.app.datasets import DatasetSpec, DatasetSplits, dev_parts, spare_rows
+from promptopt_dagster.app.datasets import dev_parts, spare_rows
 from promptopt_dagster.app.optimizations import OptimizationSpec
 from promptopt_dagster.app.quality import drop_held_out, leakage_gate, metric_range_gate, predictions_gate, prompt_gate
 from promptopt_dagster.app.reports import comparison_markdown, worst_rows_markdown
-from promptopt_dagster.app.settings import get_settings
 from promptopt_dagster.app.state import (
     IterationKey,
     IterationState,
@@ -32,7 +31,7 @@ from promptopt_dagster.app.state import (
 from promptopt_dagster.core.decisions import LoopState, Spend, decide
 from promptopt_dagster.core.intervals import paired_bootstrap_gain
 from promptopt_dagster.core.prompts import PromptVersion
-from promptopt_dagster.defs.loop import ARTIFACTS
+from promptopt_dagster.defs.evaluation import predict_rows, score_answers, settings_of, splits_of, suite_of
 from promptopt_dagster.defs.metadata import (
     gate,
     optimization_metadata,
@@ -42,6 +41,7 @@ from promptopt_dagster.defs.metadata import (
     usage_metadata,
     usage_since,
 )
+from promptopt_dagster.defs.names import ARTIFACTS, LOOP
 from promptopt_dagster.defs.partitions import (
     ITERATION_EXPR,
     iteration_key,
@@ -57,55 +57,14 @@ from promptopt_dagster.defs.tables import prompt_frame, prompt_from_frame, with_
 from promptopt_dagster.defs.webserver_client import asset_partition_url
 from promptopt_dagster.llm import ledger
 from promptopt_dagster.llm import usage as llm_usage
-from promptopt_dagster.llm.base import LLMClient
-from promptopt_dagster.llm.inference import predict
 from promptopt_dagster.llm.usage import UsageByModel
 from promptopt_dagster.optimizers import Evaluation, OptimizerContext, get_optimizer
 from promptopt_dagster.optimizers.pool import Candidate, best, pareto_frontier, pool_frame
-from promptopt_dagster.scoring.suite import ScoringSuite, objective_value, summary_from_frame, wide_scores
+from promptopt_dagster.scoring.suite import objective_value, summary_from_frame, wide_scores
 
-LOOP = "prompt_optimization"
 #: the optimization's settings and rows, read by every iteration asset from its optimization's partition
 SETTINGS_IN = {"optimization_settings": dg.AssetIn(partition_mapping=of_optimization)}
 OPTIMIZATION_INS = {**SETTINGS_IN, "optimization_rows": dg.AssetIn(partition_mapping=of_optimization)}
-
-
-def settings_of(optimization_settings: pd.DataFrame, generation: int) -> OptimizationSpec:
-    """The settings of one generation, as stored when it started (an edited YAML does not reach it)."""
-    rows = optimization_settings[optimization_settings["generation"] == generation]
-    if rows.empty:
-        raise dg.Failure(
-            f"Generation {generation} of this optimization was never started: materialize "
-            "`optimization` for it first (`promptopt optimize` and `promptopt submit` do)."
-        )
-    return OptimizationSpec.model_validate_json(rows.iloc[0]["spec_json"])
-
-
-def _predict(
-    client: LLMClient, prompt: PromptVersion, rows: pd.DataFrame, spec: DatasetSpec, label: str, split: str = "dev"
-):
-    return predict(
-        client,
-        prompt,
-        rows,
-        spec.max_output_tokens,
-        label=label,
-        progress_interval_s=get_settings().progress_interval_s,
-        stop=tuple(spec.completion_stop),
-        where=spec.files[split],
-    )
-
-
-def _splits(optimization_rows: pd.DataFrame, dataset: str) -> DatasetSplits:
-    """The dataset's rows as stored by optimization_rows; an iteration cannot start without them."""
-    if optimization_rows.empty:
-        raise dg.Failure(
-            f"Dataset '{dataset}' has no rows in the warehouse: its splits were never loaded "
-            f"(or failed to load). Materialize optimization_rows for '{dataset}' first: launch the "
-            f"prepare_dataset job for partition '{dataset}' (a backfill of prepare_dataset over "
-            "several datasets works too), then this iteration again. `promptopt optimize` does both."
-        )
-    return DatasetSplits.from_frame(dataset, optimization_rows)
 
 
 def _dev_parts(
@@ -113,7 +72,7 @@ def _dev_parts(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(select, confirm) rows of the dev split: the optimizer never sees the confirm rows."""
     return dev_parts(
-        _splits(optimization_rows, dataset).dev, optimization.eval_size, optimization.select_size, optimization.seed
+        splits_of(optimization_rows, dataset).dev, optimization.eval_size, optimization.select_size, optimization.seed
     )
 
 
@@ -196,7 +155,7 @@ def _predictions(
     dataset = optimization.dataset
     spec, prompt = project.spec(dataset), prompt_from_frame(prompt_table)
     rows = _eval_rows(optimization_rows, dataset, optimization)
-    preds = _predict(
+    preds = predict_rows(
         task_model.client_for(optimization.task_model),
         prompt,
         rows,
@@ -248,22 +207,6 @@ def baseline_predictions(
     )
 
 
-def _suite(
-    project: ProjectResource, dataset: str, judge_model: LLMResource, optimization: OptimizationSpec
-) -> ScoringSuite:
-    return project.suite(dataset, judge_model, optimization.target_metric)
-
-
-def _score_answers(suite: ScoringSuite, judge_model: LLMResource, answers: pd.DataFrame):
-    """Every scorer on a predictions table, plus what the judge model used doing it."""
-    judge = [judge_model.get_client()] if suite.uses_judge else []  # the suite asks the resource's judge
-    before = snapshot(judge)
-    result = suite.score(
-        answers["prediction"].tolist(), answers["ground_truth_output"].tolist(), inputs=answers["user_input"].tolist()
-    )
-    return result, usage_since(judge, before)
-
-
 def _metrics(
     context: dg.AssetExecutionContext,
     asset: str,
@@ -274,8 +217,8 @@ def _metrics(
 ):
     name, generation, iteration = split_key(context)
     optimization = settings_of(optimization_settings, generation)
-    suite = _suite(project, optimization.dataset, judge_model, optimization)
-    result, usage = _score_answers(suite, judge_model, predictions)
+    suite = suite_of(project, optimization.dataset, judge_model, optimization)
+    result, usage = score_answers(suite, judge_model, predictions)
     frame = with_partition(result.to_frame(predictions["row_id"].tolist()), name, generation, iteration)
     frame["usage_json"] = llm_usage.to_json(usage)  # judge calls count toward the budget (comparison_report)
     summary = result.summary()
@@ -384,8 +327,8 @@ def refined_prompt(
     optimization = settings_of(optimization_settings, generation)
     dataset = optimization.dataset
     spec, prompt = project.spec(dataset), prompt_from_frame(baseline_prompt)
-    suite = _suite(project, dataset, judge_model, optimization)
-    splits = _splits(optimization_rows, dataset)
+    suite = suite_of(project, dataset, judge_model, optimization)
+    splits = splits_of(optimization_rows, dataset)
     select, confirm = _dev_parts(optimization_rows, dataset, optimization)
     held_out = {"dev": splits.dev, "test": splits.test}
     train = drop_held_out(splits.train, held_out)
@@ -396,7 +339,7 @@ def refined_prompt(
     scored_rows = [0]
 
     def evaluate(candidate: PromptVersion, rows: pd.DataFrame) -> Evaluation:
-        answers = _predict(task, candidate, rows, spec, f"candidate {name} {iteration_name(generation, iteration)}")
+        answers = predict_rows(task, candidate, rows, spec, f"candidate {name} {iteration_name(generation, iteration)}")
         scored_rows[0] += len(rows)
         result = suite.score(
             answers["prediction"].tolist(),
@@ -742,7 +685,7 @@ def _paired_gain(
     if any(
         abs(float(rows.mean()) - objective_value(m)) > 1e-9 for rows, m in ((base, base_metrics), (ref, ref_metrics))
     ):
-        suite = _suite(project, dataset, judge_model, optimization)
+        suite = suite_of(project, dataset, judge_model, optimization)
         if not suite.uses_judge:
             b = base_answers.set_index("row_id").reindex(base.index)
             r = ref_answers.set_index("row_id").reindex(base.index)

@@ -12,19 +12,9 @@ import dagster as dg
 
 from promptopt_dagster.app.optimizations import OptimizationSpec
 from promptopt_dagster.app.settings import get_settings
+from promptopt_dagster.defs.names import ITERATION_JOB, OPTIMIZATION_TAG, REPORT_JOB, SUBMISSION_TAG
 from promptopt_dagster.defs.partitions import iteration_key
 
-ITERATION_JOB = "optimize_iteration"
-REPORT_JOB = "final_report_job"
-LEADERBOARD_JOB = "leaderboard_job"
-DATASET_JOB = "prepare_dataset"
-START_JOB = "start_optimization"
-PROMOTE_JOB = "promote_prompt"
-#: the IO manager of the tables people open: DuckDB plus a readable JSON copy where the deployment keeps artifacts
-ARTIFACTS = "artifact_io_manager"  # only ever launched by a person: never in a sensor
-DRIVER_TAG = "promptopt/driver"  # "cli" runs are driven by the CLI itself; the sensor leaves them alone
-OPTIMIZATION_TAG = "promptopt/optimization"
-SUBMISSION_TAG = "promptopt/submission"  # one `promptopt submit`: its start run and every run the sensor chains to it
 #: Tags every run of an optimization carries, so the runs list (and `promptopt status`) can say what a run is
 #: without opening it; the sensor copies them from the run it follows to the run it launches.
 CHAIN_TAGS = (

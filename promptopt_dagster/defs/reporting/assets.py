@@ -24,17 +24,9 @@ from promptopt_dagster.app.reports import (
 )
 from promptopt_dagster.app.settings import get_settings
 from promptopt_dagster.core.intervals import bootstrap_mean_interval
-from promptopt_dagster.defs.iteration_assets import (
-    LOOP,
-    _predict,
-    _score_answers,
-    _splits,
-    _suite,
-    best_prompt,
-    settings_of,
-)
-from promptopt_dagster.defs.loop import ARTIFACTS
+from promptopt_dagster.defs.evaluation import predict_rows, score_answers, settings_of, splits_of, suite_of
 from promptopt_dagster.defs.metadata import optimization_metadata, prompt_md, rounded, spend_of, usage_metadata, used
+from promptopt_dagster.defs.names import ARTIFACTS, LOOP
 from promptopt_dagster.defs.partitions import (
     DATASET_EXPR,
     OPTIMIZATION_EXPR,
@@ -63,7 +55,7 @@ REPORT_COLUMNS = {
     partitions_def=optimization_partitions,
     metadata=OPTIMIZATION_EXPR,
     group_name=LOOP,
-    deps=[best_prompt],
+    deps=[dg.AssetKey("best_prompt")],  # the loop area's last asset, by key: areas do not import each other
     io_manager_key=ARTIFACTS,
 )
 def final_report(
@@ -90,17 +82,17 @@ def final_report(
     optimization = settings_of(optimization_settings, generation)
     dataset = optimization.dataset
     spec = project.spec(dataset)
-    suite = _suite(project, dataset, judge_model, optimization)
+    suite = suite_of(project, dataset, judge_model, optimization)
     history = state_store.history(name, generation)
     outcome = history["state"].outcome
     best = outcome.best_prompt
     initial = project.initial_prompt(dataset)
-    test = sample_rows(_splits(optimization_rows, dataset).test, optimization.test_size, optimization.seed)
+    test = sample_rows(splits_of(optimization_rows, dataset).test, optimization.test_size, optimization.seed)
     client = task_model.client_for(optimization.task_model)
     test_scores, test_summaries, test_usage, intervals, test_answers = {}, {}, {}, {}, {}
     for which, prompt in (("initial", initial), ("best", best)):
-        answers = test_answers[which] = _predict(client, prompt, test, spec, f"test {which} {name}", split="test")
-        result, judge_usage = _score_answers(suite, judge_model, answers)
+        answers = test_answers[which] = predict_rows(client, prompt, test, spec, f"test {which} {name}", split="test")
+        result, judge_usage = score_answers(suite, judge_model, answers)
         test_scores[which], test_summaries[which] = result.value, result.summary()
         target = result.objective()
         interval = bootstrap_mean_interval(target.per_row, target.value, seed=optimization.seed)

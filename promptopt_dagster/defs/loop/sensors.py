@@ -10,15 +10,8 @@ with run config, so a backfill over optimizations needs no config at all.
 import dagster as dg
 
 from promptopt_dagster.app.optimizations import OptimizationSpec
-from promptopt_dagster.defs.loop import (
-    DRIVER_TAG,
-    ITERATION_JOB,
-    LEADERBOARD_JOB,
-    chain_tags,
-    next_step,
-    optimization_tags,
-    stop_reason_of,
-)
+from promptopt_dagster.defs.loop.chain import chain_tags, next_step, optimization_tags, stop_reason_of
+from promptopt_dagster.defs.names import DRIVER_TAG, ITERATION_JOB, LEADERBOARD_JOB
 from promptopt_dagster.defs.partitions import DATASET_OF, iteration_dimension, iteration_key, iteration_name, parse_key
 from promptopt_dagster.defs.runs import PID_TAG, describe, fail_dead_cli_runs
 

@@ -29,9 +29,9 @@ from promptopt_dagster.app.datasets import DatasetSplits, sample_rows
 from promptopt_dagster.app.quality import leakage_gate
 from promptopt_dagster.core.prompts import PromptVersion, prompt_problem
 from promptopt_dagster.core.storage import write_text
-from promptopt_dagster.defs.iteration_assets import _predict, _score_answers, _splits, _suite, settings_of
-from promptopt_dagster.defs.loop import ARTIFACTS
+from promptopt_dagster.defs.evaluation import predict_rows, score_answers, settings_of, splits_of, suite_of
 from promptopt_dagster.defs.metadata import prompt_md
+from promptopt_dagster.defs.names import ARTIFACTS
 from promptopt_dagster.defs.partitions import DATASET_EXPR, dataset_of_optimization, dataset_partitions, iteration_name
 from promptopt_dagster.defs.resources import LLMResource, ProjectResource
 from promptopt_dagster.defs.state_store import WarehouseStateStore
@@ -235,7 +235,7 @@ class _Scorer:
         self.project, self.task_model, self.judge_model = project, task_model, judge_model
 
     def splits(self) -> DatasetSplits:
-        return _splits(self.rows, self.dataset)
+        return splits_of(self.rows, self.dataset)
 
     def knows(self, name: str, generation: int) -> bool:
         settings = self.settings
@@ -249,12 +249,12 @@ class _Scorer:
         optimization = settings_of(self.settings[self.settings["optimization"] == name], generation)
         spec = self.project.spec(self.dataset)
         client = self.task_model.client_for(optimization.task_model)
-        suite = _suite(self.project, self.dataset, self.judge_model, optimization)
+        suite = suite_of(self.project, self.dataset, self.judge_model, optimization)
         test = sample_rows(self.splits().test, optimization.test_size, optimization.seed)
 
         def score(prompt: PromptVersion, which: str) -> float:  # a final report answered most: the cache has them
-            answers = _predict(client, prompt, test, spec, f"promotion {which} {self.dataset}", split="test")
-            return float(_score_answers(suite, self.judge_model, answers)[0].value)
+            answers = predict_rows(client, prompt, test, spec, f"promotion {which} {self.dataset}", split="test")
+            return float(score_answers(suite, self.judge_model, answers)[0].value)
 
         return score, suite.target, test, client, spec
 
