@@ -14,6 +14,7 @@ import dagster as dg
 import pandas as pd
 from dagster_gcp import GCSResource
 
+from promptopt_dagster.core.storage import write_text
 from promptopt_dagster.defs.io_managers import WarehouseIOManager
 
 
@@ -64,8 +65,6 @@ class LocalArtifactIOManager(WarehouseIOManager):
 
     def create_io_manager(self, context) -> dg.IOManager:
         def write(path: str, text: str) -> None:
-            from promptopt_dagster.core.storage import write_text
-
             write_text(Path(self.root) / path, text)
 
         return _TableAndArtifact(super().create_io_manager(context), write)

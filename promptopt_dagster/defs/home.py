@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+from promptopt_dagster.app.settings import get_settings
+
 # Runs go side by side (PROMPTOPT_MAX_CONCURRENT_RUNS, default 3): every warehouse write is a short
 # DuckDB transaction that waits for the file lock, and the response cache is SQLite in WAL mode.
 # Run monitoring fails runs whose worker never started or never finished canceling. It cannot see a
@@ -61,8 +63,6 @@ python_logs:
 
 def ensure_dagster_home(path: Path, max_concurrent_runs: int | None = None) -> Path:
     """The home with a dagster.yaml that follows the settings, unless a person took the file over."""
-    from promptopt_dagster.app.settings import get_settings
-
     path.mkdir(parents=True, exist_ok=True)
     config = path / "dagster.yaml"
     limit = max_concurrent_runs or get_settings().max_concurrent_runs

@@ -9,7 +9,11 @@ that without re-implementing the table writes.
 
 from __future__ import annotations
 
+import time
+
 import dagster as dg
+import duckdb
+import pandas as pd
 from dagster_duckdb_pandas import DuckDBPandasIOManager
 
 
@@ -27,9 +31,6 @@ class _WithInstance(dg.IOManager):
     def load_input(self, context: dg.InputContext):
         """A table that does not exist yet reads as no rows, as a partition never written does; the
         asset that needs the rows says what to materialize (e.g. `dataset_splits` on a fresh home)."""
-        import duckdb
-        import pandas as pd
-
         with dg.partition_loading_context(dynamic_partitions_store=context.instance):
             try:
                 return self._inner.load_input(context)
@@ -57,8 +58,6 @@ def _typed_nulls(obj):
 
     DuckDB would create such a column with type NULL when the frame creates the table, and every later
     frame with a value there (the first row that failed) would then be refused."""
-    import pandas as pd
-
     if not isinstance(obj, pd.DataFrame):
         return obj
     empty = [c for c in obj.columns if obj[c].dtype == object and obj[c].isna().all()]
@@ -74,9 +73,6 @@ def _fit_to_table(database: str, schema: str, table: str, obj):
     state that moved from the prompt tables to the state store) would land in the wrong columns.
     Added columns are NULL for old rows; a column no longer written is NULL for new ones. Every
     stored row and the history stay."""
-    import duckdb
-    import pandas as pd
-
     if not isinstance(obj, pd.DataFrame):
         return obj
     key = (database, schema, table)
@@ -118,10 +114,6 @@ def _fit_to_table(database: str, schema: str, table: str, obj):
 
 def _connect(database: str, wait_s: float = 120.0):
     """A connection that waits, with backoff, while another run's process holds the file."""
-    import time
-
-    import duckdb
-
     deadline, delay = time.monotonic() + wait_s, 0.05
     while True:
         try:

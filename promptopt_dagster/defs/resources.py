@@ -19,7 +19,7 @@ from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.llm import ledger
 from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.llm.factory import build_client
-from promptopt_dagster.llm.model_settings import ModelSettings
+from promptopt_dagster.llm.model_settings import ModelSettings, api_key_from_env
 from promptopt_dagster.scoring.registry import ScorerRegistry
 from promptopt_dagster.scoring.suite import ScoringSuite
 
@@ -138,8 +138,6 @@ class LLMResource(dg.ConfigurableResource, ModelSettings):
             return attribute(self.get_client(), role or self.role)
         key = json.dumps(model.model_dump(mode="json"), sort_keys=True)
         if key not in self._named:
-            from promptopt_dagster.llm.model_settings import api_key_from_env
-
             self._named[key] = build_client(
                 ModelSettings(**model.model_dump()),
                 Path(self.model_dir),
@@ -174,6 +172,7 @@ def current_attribution(role: str) -> ledger.Attribution:
     if context.has_partition_key:
         key = context.partition_key
         if isinstance(key, dg.MultiPartitionKey) or "|" in str(key):
+            # import-time: partitions reads the manifest when imported; only a partitioned run needs it
             from promptopt_dagster.defs.partitions import parse_key
 
             try:
@@ -216,6 +215,7 @@ def default_resources() -> dict:
     """The resource set of the deployment PROMPTOPT_DEPLOYMENT names, as Dagster's fully-featured example picks
     one per environment. Both keep tables in DuckDB under the state dir; they differ in where artifacts (JSON
     copies of prompts and reports) and promoted prompts go: `local` on disk, `gcs` in the bucket."""
+    # cycle: the IO managers' module imports this one; and only the code location builds a resource set
     from dagster_duckdb import DuckDBResource
 
     from promptopt_dagster.defs.artifact_io_managers import GCSArtifactIOManager, LocalArtifactIOManager
@@ -225,7 +225,7 @@ def default_resources() -> dict:
     s.state_dir.mkdir(parents=True, exist_ok=True)
     table = dict(database=str(s.warehouse_path), schema="promptopt")
     if s.deployment == "gcs":
-        from dagster_gcp import GCSResource
+        from dagster_gcp import GCSResource  # only the gcs deployment needs it
 
         root = s.artifacts_root()
         artifacts = GCSArtifactIOManager(

@@ -116,6 +116,7 @@ class Webserver:
         self._parsed, self._timeout_s = parsed, timeout_s
 
     def _client(self):
+        # start-up: dagster-graphql brings gql and requests; only a command that talks to a webserver pays it
         from dagster_graphql import DagsterGraphQLClient
 
         return DagsterGraphQLClient(
@@ -149,7 +150,7 @@ class Webserver:
         )
 
     def _mutate(self, what: str, call):
-        from dagster_graphql import DagsterGraphQLClientError
+        from dagster_graphql import DagsterGraphQLClientError  # start-up: as _client's
 
         try:
             return call(self._client())
