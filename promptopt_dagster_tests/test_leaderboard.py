@@ -3,7 +3,8 @@
 import base64
 import math
 
-from promptopt_dagster.app.leaderboard import as_text, leaderboard, score_cost_plot
+from promptopt_dagster.app.leaderboard import as_text, leaderboard
+from promptopt_dagster.app.plots import score_cost_plot
 
 
 def report(name: str, generation: int, test: float, cost: float, interval=(0.0, 1.0), calls: int = 10) -> dict:

@@ -16,8 +16,6 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from promptopt_dagster.app.plots import png_markdown
-
 COLUMNS = {
     "dataset": "string",
     "rank": "int64",
@@ -149,36 +147,3 @@ def as_text(frame: pd.DataFrame) -> str:
             f"{row.stop_reason}; v{row.prompt_version} {row.prompt_id}"
         )
     return "\n".join(lines)
-
-
-def score_cost_plot(frame: pd.DataFrame) -> str:
-    """Best test score against cost (dollars, or model calls when nothing was priced), one point per
-    optimization generation with its 95% interval, as markdown holding a PNG."""
-    priced = frame["cost_usd"].sum() > 0
-    x = frame["cost_usd"] if priced else frame["llm_calls"]
-
-    def draw(ax) -> None:
-        for (_, row), cost in zip(frame.iterrows(), x):
-            low, high = row["test_low_95"], row["test_high_95"]
-            err = None if math.isnan(low) else [[row["best_test_score"] - low], [high - row["best_test_score"]]]
-            ax.errorbar(
-                [cost],
-                [row["best_test_score"]],
-                yerr=err,
-                fmt="o" if row["current"] else "x",
-                capsize=3,
-                alpha=1.0 if row["current"] else 0.5,
-            )
-            ax.annotate(
-                f"{row['optimization']} g{row['generation']}",
-                (cost, row["best_test_score"]),
-                textcoords="offset points",
-                xytext=(5, 4),
-                fontsize=8,
-            )
-        ax.set_xlabel("estimated cost (USD)" if priced else "model calls (no price set)")
-        ax.set_ylabel(f"best prompt, test {frame.iloc[0]['metric'] if len(frame) else ''}")
-        ax.set_title(f"{frame.iloc[0]['dataset'] if len(frame) else ''}: score vs cost (o current, x older)")
-        ax.grid(alpha=0.3)
-
-    return png_markdown(draw, "score vs cost")

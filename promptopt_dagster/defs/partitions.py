@@ -17,6 +17,7 @@ import dagster as dg
 from promptopt_dagster.app.datasets import load_manifest
 from promptopt_dagster.app.optimizations import load_optimizations
 from promptopt_dagster.app.settings import get_settings
+from promptopt_dagster.app.state import partition_name
 
 DATASET_NAMES = sorted(load_manifest(get_settings().manifest_path))
 OPTIMIZATIONS = load_optimizations(get_settings().optimizations_path, DATASET_NAMES)
@@ -50,7 +51,7 @@ _ITERATION = re.compile(r"^g(\d+)-i(\d+)$")
 
 
 def iteration_name(generation: int, iteration: int) -> str:
-    return f"g{generation}-i{iteration}"
+    return partition_name(generation, iteration)  # spelled once, with the state's keys
 
 
 def parse_iteration(name: str) -> tuple[int, int]:
