@@ -1,8 +1,9 @@
 """One iteration of an optimization as assets, one partition per (optimization, g<generation>-i<n>).
 
-baseline_prompt -> baseline_predictions -> baseline_metrics -> refined_prompt (+ candidate_pool) ->
-refined_predictions -> refined_metrics -> comparison_report -> best_prompt. Every asset reads its
-optimization's settings (of the generation in its key) and rows through plain partition mappings.
+iteration_setup -> baseline_prompt -> baseline_predictions -> baseline_metrics -> refined_prompt
+(+ candidate_pool) -> refined_predictions -> refined_metrics -> comparison_report -> best_prompt.
+iteration_setup alone reads the optimization's settings (of the generation in its key) and rows;
+every other asset reads the setup it resolved (app/iteration_setup.py).
 What iteration N continues from (iteration N-1's best prompt, loop state, candidate pool and the
 optimizer's own state) comes from the state store (app/state.py, defs/state_store.py): Dagster
 cannot map a dynamic partition to its predecessor. The work is done by the layers below.
@@ -15,9 +16,9 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from promptopt_dagster.app.datasets import dev_parts, spare_rows
+from promptopt_dagster.app.iteration_setup import IterationSetup
 from promptopt_dagster.app.optimizations import OptimizationSpec
-from promptopt_dagster.app.quality import drop_held_out, leakage_gate, metric_range_gate, predictions_gate, prompt_gate
+from promptopt_dagster.app.quality import leakage_gate, metric_range_gate, predictions_gate, prompt_gate
 from promptopt_dagster.app.reports import comparison_markdown, worst_rows_markdown
 from promptopt_dagster.app.state import (
     IterationKey,
@@ -29,6 +30,7 @@ from promptopt_dagster.app.state import (
     loop_before,
 )
 from promptopt_dagster.core.decisions import LoopState, Spend, decide
+from promptopt_dagster.core.errors import DatasetError
 from promptopt_dagster.core.intervals import paired_bootstrap_gain
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.defs.evaluation import predict_rows, score_answers, settings_of, splits_of, suite_of
@@ -62,29 +64,11 @@ from promptopt_dagster.optimizers import Evaluation, OptimizerContext, get_optim
 from promptopt_dagster.optimizers.pool import Candidate, best, pareto_frontier, pool_frame
 from promptopt_dagster.scoring.suite import objective_value, summary_from_frame, wide_scores
 
-#: the optimization's settings and rows, read by every iteration asset from its optimization's partition
-SETTINGS_IN = {"optimization_settings": dg.AssetIn(partition_mapping=of_optimization)}
-OPTIMIZATION_INS = {**SETTINGS_IN, "optimization_rows": dg.AssetIn(partition_mapping=of_optimization)}
-
-
-def _dev_parts(
-    optimization_rows: pd.DataFrame, dataset: str, optimization: OptimizationSpec
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(select, confirm) rows of the dev split: the optimizer never sees the confirm rows."""
-    return dev_parts(
-        splits_of(optimization_rows, dataset).dev, optimization.eval_size, optimization.select_size, optimization.seed
-    )
-
-
-def _eval_rows(optimization_rows: pd.DataFrame, dataset: str, optimization: OptimizationSpec) -> pd.DataFrame:
-    """The confirm rows, on which baseline and refined prompt are compared."""
-    rows = _dev_parts(optimization_rows, dataset, optimization)[1]
-    if rows.empty:
-        raise dg.Failure(
-            f"Dataset '{dataset}' has no dev rows to evaluate prompts on. Add rows to its dev file "
-            "and materialize optimization_rows again."
-        )
-    return rows
+#: the optimization's settings and rows, read by iteration_setup from its optimization's partition
+OPTIMIZATION_INS = {
+    "optimization_settings": dg.AssetIn(partition_mapping=of_optimization),
+    "optimization_rows": dg.AssetIn(partition_mapping=of_optimization),
+}
 
 
 # --- one iteration ------------------------------------------------------------------------------
@@ -94,19 +78,55 @@ def _eval_rows(optimization_rows: pd.DataFrame, dataset: str, optimization: Opti
     partitions_def=iteration_partitions,
     metadata=ITERATION_EXPR,
     group_name=LOOP,
-    ins=SETTINGS_IN,
-    io_manager_key=ARTIFACTS,
+    ins=OPTIMIZATION_INS,
 )
+def iteration_setup(
+    context: dg.AssetExecutionContext, optimization_settings: pd.DataFrame, optimization_rows: pd.DataFrame
+) -> pd.DataFrame:
+    """What this iteration works with, resolved once: its generation's settings (as stored when the
+    generation started) and the dataset's rows, cut into train, select, confirm, spare and test."""
+    key = iteration_of(context)
+    spec = settings_of(optimization_settings, key.generation)
+    try:
+        setup = IterationSetup.resolve(spec, splits_of(optimization_rows, spec.dataset))
+    except DatasetError as e:
+        raise dg.Failure(str(e)) from None
+    sizes = setup.sizes()
+    context.log.info(
+        f"iteration_setup {key.optimization} {key.name}: {spec.dataset}, optimizer {spec.optimizer}; "
+        + ", ".join(f"{n} {part}" for part, n in sizes.items())
+        + " rows"
+    )
+    context.add_output_metadata(
+        {
+            "dataset": spec.dataset,
+            "optimizer": spec.optimizer,
+            "target_metric": spec.target_metric or "",
+            **{f"{part}_rows": n for part, n in sizes.items()},
+            "settings": dg.MetadataValue.json(spec.model_dump(mode="json", exclude_none=True)),
+        }
+    )
+    return with_partition(setup.to_frame(), key.optimization, key.generation, key.iteration)
+
+
+def _setup(frame: pd.DataFrame) -> IterationSetup:
+    try:
+        return IterationSetup.from_frame(frame)
+    except DatasetError as e:
+        raise dg.Failure(str(e)) from None
+
+
+@dg.asset(partitions_def=iteration_partitions, metadata=ITERATION_EXPR, group_name=LOOP, io_manager_key=ARTIFACTS)
 def baseline_prompt(
     context: dg.AssetExecutionContext,
-    optimization_settings: pd.DataFrame,
+    iteration_setup: pd.DataFrame,
     project: ProjectResource,
     state_store: WarehouseStateStore,
 ) -> pd.DataFrame:
     """The prompt this iteration tries to beat: the initial prompt, then the best prompt of the iteration
     it continues from (read from the state store, with a link to that partition)."""
     key = iteration_of(context)
-    optimization = settings_of(optimization_settings, key.generation)
+    optimization = _setup(iteration_setup).spec
     previous = _continue_from(state_store, key)
     metadata = {}
     if previous is None:
@@ -144,17 +164,15 @@ def _continue_from(store: WarehouseStateStore, key: IterationKey, demo_pool=None
 def _predictions(
     context: dg.AssetExecutionContext,
     asset: str,
-    optimization_rows: pd.DataFrame,
+    setup: IterationSetup,
     prompt_table: pd.DataFrame,
     project: ProjectResource,
     task_model: LLMResource,
-    optimization_settings: pd.DataFrame,
 ):
     name, generation, iteration = split_key(context)
-    optimization = settings_of(optimization_settings, generation)
-    dataset = optimization.dataset
-    spec, prompt = project.spec(dataset), prompt_from_frame(prompt_table)
-    rows = _eval_rows(optimization_rows, dataset, optimization)
+    optimization = setup.spec
+    spec, prompt = project.spec(setup.dataset), prompt_from_frame(prompt_table)
+    rows = setup.confirm
     preds = predict_rows(
         task_model.client_for(optimization.task_model),
         prompt,
@@ -189,21 +207,19 @@ def _completeness(asset: str) -> list[dg.AssetCheckSpec]:
     partitions_def=iteration_partitions,
     metadata={**ITERATION_EXPR, **column_schema(PREDICTIONS)},
     group_name=LOOP,
-    ins=OPTIMIZATION_INS,
     check_specs=_completeness("baseline_predictions"),
     dagster_type=PredictionsFrame,
 )
 def baseline_predictions(
     context: dg.AssetExecutionContext,
-    optimization_rows: pd.DataFrame,
+    iteration_setup: pd.DataFrame,
     baseline_prompt: pd.DataFrame,
     project: ProjectResource,
     task_model: LLMResource,
-    optimization_settings: pd.DataFrame,
 ):
-    """The task model's answers to the dev evaluation rows with the baseline prompt."""
+    """The task model's answers to the confirm rows with the baseline prompt."""
     yield from _predictions(
-        context, "baseline_predictions", optimization_rows, baseline_prompt, project, task_model, optimization_settings
+        context, "baseline_predictions", _setup(iteration_setup), baseline_prompt, project, task_model
     )
 
 
@@ -213,10 +229,9 @@ def _metrics(
     predictions: pd.DataFrame,
     project: ProjectResource,
     judge_model: LLMResource,
-    optimization_settings: pd.DataFrame,
+    optimization: OptimizationSpec,
 ):
     name, generation, iteration = split_key(context)
-    optimization = settings_of(optimization_settings, generation)
     suite = suite_of(project, optimization.dataset, judge_model, optimization)
     result, usage = score_answers(suite, judge_model, predictions)
     frame = with_partition(result.to_frame(predictions["row_id"].tolist()), name, generation, iteration)
@@ -256,26 +271,26 @@ def _in_range(asset: str) -> list[dg.AssetCheckSpec]:
     partitions_def=iteration_partitions,
     metadata={**ITERATION_EXPR, **column_schema(METRICS)},
     group_name=LOOP,
-    ins=SETTINGS_IN,
     check_specs=_in_range("baseline_metrics"),
     dagster_type=MetricsFrame,
 )
 def baseline_metrics(
     context: dg.AssetExecutionContext,
+    iteration_setup: pd.DataFrame,
     baseline_predictions: pd.DataFrame,
     project: ProjectResource,
     judge_model: LLMResource,
-    optimization_settings: pd.DataFrame,
 ):
     """Per-row and aggregate scores of the baseline answers, per scorer and weighted (the iteration's baseline)."""
-    yield from _metrics(context, "baseline_metrics", baseline_predictions, project, judge_model, optimization_settings)
+    yield from _metrics(
+        context, "baseline_metrics", baseline_predictions, project, judge_model, _setup(iteration_setup).spec
+    )
 
 
 @dg.multi_asset(
     partitions_def=iteration_partitions,
     group_name=LOOP,
     can_subset=False,
-    ins=OPTIMIZATION_INS,
     deps=["baseline_metrics"],  # so a failed blocking check on the baseline's answers stops the search too
     outs={
         "refined_prompt": dg.AssetOut(
@@ -310,13 +325,12 @@ def baseline_metrics(
 )
 def refined_prompt(
     context: dg.AssetExecutionContext,
-    optimization_rows: pd.DataFrame,
+    iteration_setup: pd.DataFrame,
     baseline_prompt: pd.DataFrame,
     project: ProjectResource,
     task_model: LLMResource,
     optimizer_model: LLMResource,
     judge_model: LLMResource,
-    optimization_settings: pd.DataFrame,
     state_store: WarehouseStateStore,
 ):
     """The optimizer's proposal, chosen on the select rows; the confirm rows never reach the optimizer.
@@ -324,14 +338,13 @@ def refined_prompt(
     The optimizer sees the baseline's per-row scores on the select rows and, from an LLM judge, why
     each row scored low; the candidate pool carries every earlier candidate into this iteration."""
     name, generation, iteration = split_key(context)
-    optimization = settings_of(optimization_settings, generation)
-    dataset = optimization.dataset
+    setup = _setup(iteration_setup)
+    optimization, dataset = setup.spec, setup.dataset
     spec, prompt = project.spec(dataset), prompt_from_frame(baseline_prompt)
     suite = suite_of(project, dataset, judge_model, optimization)
-    splits = splits_of(optimization_rows, dataset)
-    select, confirm = _dev_parts(optimization_rows, dataset, optimization)
-    held_out = {"dev": splits.dev, "test": splits.test}
-    train = drop_held_out(splits.train, held_out)
+    select, confirm = setup.select, setup.confirm
+    held_out = setup.held_out()
+    train = setup.demo_source()
     clients = [task_model.client_for(optimization.task_model), optimizer_model.client_for(optimization.optimizer_model)]
     clients += [judge_model.get_client()] if suite.uses_judge else []
     task, opt = clients[0], clients[1]
@@ -367,7 +380,7 @@ def refined_prompt(
             seed=optimization.seed,
             select_rows=select,
             history=history,
-            spare_rows=spare_rows(splits.dev, select, confirm),
+            spare_rows=setup.spare,
             calibration=task.ranks_labels,
             metric_call_budget=_metric_calls_left(optimization, loop, scored_rows[0]),
             state=previous_state,
@@ -462,21 +475,19 @@ def _pool_md(pool: list[Candidate], frontier: dict[str, int]) -> str:
     partitions_def=iteration_partitions,
     metadata={**ITERATION_EXPR, **column_schema(PREDICTIONS)},
     group_name=LOOP,
-    ins=OPTIMIZATION_INS,
     check_specs=_completeness("refined_predictions"),
     dagster_type=PredictionsFrame,
 )
 def refined_predictions(
     context: dg.AssetExecutionContext,
-    optimization_rows: pd.DataFrame,
+    iteration_setup: pd.DataFrame,
     refined_prompt: pd.DataFrame,
     project: ProjectResource,
     task_model: LLMResource,
-    optimization_settings: pd.DataFrame,
 ):
-    """The task model's answers to the same dev rows with the refined prompt."""
+    """The task model's answers to the same confirm rows with the refined prompt."""
     yield from _predictions(
-        context, "refined_predictions", optimization_rows, refined_prompt, project, task_model, optimization_settings
+        context, "refined_predictions", _setup(iteration_setup), refined_prompt, project, task_model
     )
 
 
@@ -484,30 +495,31 @@ def refined_predictions(
     partitions_def=iteration_partitions,
     metadata={**ITERATION_EXPR, **column_schema(METRICS)},
     group_name=LOOP,
-    ins=SETTINGS_IN,
     check_specs=_in_range("refined_metrics"),
     dagster_type=MetricsFrame,
 )
 def refined_metrics(
     context: dg.AssetExecutionContext,
+    iteration_setup: pd.DataFrame,
     refined_predictions: pd.DataFrame,
     project: ProjectResource,
     judge_model: LLMResource,
-    optimization_settings: pd.DataFrame,
 ):
     """Per-row and aggregate scores of the refined answers, per scorer and weighted."""
-    yield from _metrics(context, "refined_metrics", refined_predictions, project, judge_model, optimization_settings)
+    yield from _metrics(
+        context, "refined_metrics", refined_predictions, project, judge_model, _setup(iteration_setup).spec
+    )
 
 
 @dg.asset(
     partitions_def=iteration_partitions,
     metadata=ITERATION_EXPR,
     group_name=LOOP,
-    ins=SETTINGS_IN,
     io_manager_key=ARTIFACTS,
 )
 def comparison_report(
     context: dg.AssetExecutionContext,
+    iteration_setup: pd.DataFrame,
     baseline_prompt: pd.DataFrame,
     refined_prompt: pd.DataFrame,
     baseline_predictions: pd.DataFrame,
@@ -516,14 +528,13 @@ def comparison_report(
     refined_metrics: pd.DataFrame,
     project: ProjectResource,
     judge_model: LLMResource,
-    optimization_settings: pd.DataFrame,
     state_store: WarehouseStateStore,
 ) -> pd.DataFrame:
     """Baseline versus refined on the same rows, the accept/reject decision and whether to go on.
 
     It also sums what the iteration's model calls used, so the budget is part of the same decision."""
     name, generation, iteration = split_key(context)
-    optimization = settings_of(optimization_settings, generation)
+    optimization = _setup(iteration_setup).spec
     dataset = optimization.dataset
     metric = _target_name(baseline_metrics)
     ref_row = refined_prompt.iloc[0]
@@ -751,6 +762,7 @@ def best_prompt(
 
 
 ITERATION_ASSETS = [
+    iteration_setup,
     baseline_prompt,
     baseline_predictions,
     baseline_metrics,
