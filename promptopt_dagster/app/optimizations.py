@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from promptopt_dagster.app.datasets import DatasetSpec, check_name
 from promptopt_dagster.core.decisions import Budget, StopPolicy, StopRules, confidence_field
 from promptopt_dagster.core.errors import PromptOptError
+from promptopt_dagster.core.objective import Objective
 from promptopt_dagster.core.yaml_input import load_yaml_file, sentence, unknown_key_message, validation_message
 from promptopt_dagster.llm.model_settings import PROMPT_SERVICES, ModelSettings
 from promptopt_dagster.optimizers.registry import optimizer_class, optimizer_names, validate_options
@@ -101,6 +102,12 @@ class OptimizationSpec(_Strict):
         description="caps on the whole optimization, checked after each iteration (the iteration that crosses a "
         "cap finishes)",
     )
+    objective: Objective = Field(
+        default_factory=Objective,
+        description="what to value when candidates differ in cost: ceilings on prompt tokens or seconds per row, "
+        "or the cheapest prompt within some points of the best; empty: the optimizer's own rule (fewshot: the "
+        "cheapest candidate the best one does not beat for sure)",
+    )
     eval_size: int = Field(
         200, ge=0, description="confirm rows: dev rows on which a refined prompt is accepted or rejected (0: all)"
     )
@@ -163,8 +170,13 @@ class OptimizationSpec(_Strict):
         The contents of the files (CSV rows, the initial prompt) are data, not settings: not in it."""
         if dataset.name != self.dataset:
             raise ValueError(f"optimization {self.name!r} optimizes dataset {self.dataset!r}, not {dataset.name!r}")
-        # no source model: the key is left out, as before migrations existed
-        exclude = {"name", "description", *(() if self.source_model is not None else ("source_model",))}
+        # no source model, no objective: those keys are left out, as before migrations and objectives existed
+        exclude = {
+            "name",
+            "description",
+            *(() if self.source_model is not None else ("source_model",)),
+            *(() if self.objective.stated else ("objective",)),
+        }
         payload = self.model_dump(mode="json", exclude=exclude)
         payload["dataset_settings"] = dataset.model_dump(mode="json", exclude={"name", "description"})
         text = json.dumps(payload, sort_keys=True, ensure_ascii=False)

@@ -17,7 +17,9 @@ from promptopt_dagster.core.formatting import (  # noqa: F401
     fmt_signed,
     missing,
 )
+from promptopt_dagster.core.intervals import bootstrap_mean_interval
 from promptopt_dagster.core.prompts import PromptVersion, unified_diff
+from promptopt_dagster.optimizers.pool import cost_frontier
 
 
 def comparison_markdown(
@@ -282,3 +284,46 @@ def score_plot(report: dict, iterations: list[dict]) -> str:
         ax.legend(fontsize=7, loc="lower right")
 
     return png_markdown(draw, "score per iteration", size=(6.4, 3.6))
+
+
+def frontier_rows(pool: list, chosen_id: str | None, seed: int = 0) -> list[dict]:
+    """The pool's quality-versus-cost frontier (optimizers/pool.py::cost_frontier) as report rows: each
+    candidate's select score with its 95% interval, prompt tokens and seconds per row, and whether it is
+    the prompt the optimization chose. Select scores are what the search saw, not test scores: the
+    interval says how far apart two of them must be to mean anything."""
+    rows = []
+    for c in cost_frontier(pool):
+        interval = bootstrap_mean_interval(list(c.scores.values()), c.select_score, seed=seed) if c.scores else None
+        rows.append(
+            {
+                "candidate": c.id,
+                "choices": c.prompt.describe(),
+                "select_score": c.select_score,
+                "select_interval": [interval.low, interval.high] if interval else None,
+                "select_rows": len(c.scores),
+                "tokens_per_row": c.cost.prompt_tokens,
+                "seconds_per_row": c.cost.seconds,
+                "chosen": c.id == chosen_id,
+            }
+        )
+    return rows
+
+
+def frontier_markdown(rows: list[dict]) -> str:
+    if not rows:
+        return "No candidate with a measured cost per row (an optimizer that keeps no candidate pool)."
+    lines = [
+        "Candidates that no other one beats on both select score and prompt tokens per row, cheapest first.",
+        "",
+        "| candidate | choices | select score [95%] | tokens/row | s/row | chosen |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        bounds = r["select_interval"]
+        score = f"{r['select_score']:.3f}" + (f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds else "")
+        seconds = "-" if r["seconds_per_row"] is None else f"{r['seconds_per_row']:.2f}"
+        lines.append(
+            f"| `{r['candidate']}` | {_cell(r['choices'])} | {score} | {r['tokens_per_row']:.0f} | {seconds} "
+            f"| {'yes' if r['chosen'] else ''} |"
+        )
+    return "\n".join(lines)

@@ -34,6 +34,9 @@ FLAGS: tuple[tuple[str, ...], ...] = (
     ("budget", "max_tokens"),
     ("budget", "max_cost_usd"),
     ("budget", "max_metric_calls"),
+    ("objective", "max_tokens_per_row"),
+    ("objective", "max_seconds_per_row"),
+    ("objective", "within_points"),
     ("max_failed_fraction",),
 )
 

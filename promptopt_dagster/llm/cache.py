@@ -36,9 +36,12 @@ create table if not exists llm_cache (
     backend text, model text, request_json text,
     text text, prompt_tokens integer, completion_tokens integer, finish_reason text,
     label_scores text,
-    created_at text default current_timestamp
+    created_at text default current_timestamp,
+    latency_s real
 )"""
 _COLUMNS = "key, backend, model, request_json, text, prompt_tokens, completion_tokens, finish_reason, label_scores"
+#: columns added after the table was first created: (name, type), added to an older cache on open
+_ADDED = (("latency_s", "real"),)
 LEGACY_NAME = "llm_cache.duckdb"
 
 
@@ -64,6 +67,7 @@ class ResponseCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._con().execute(_SCHEMA)
+        self._add_columns()
         ledger.ensure_schema(self._con())
         self._import_legacy()
 
@@ -76,6 +80,16 @@ class ResponseCache:
             con.execute("pragma synchronous=normal")  # a commit survives the process being killed
             self._local.con, self._local.pid = con, os.getpid()
         return con
+
+    def _add_columns(self) -> None:
+        have = {row[1] for row in self._con().execute("pragma table_info(llm_cache)").fetchall()}
+        for name, kind in _ADDED:
+            if name not in have:
+                try:
+                    self._con().execute(f"alter table llm_cache add column {name} {kind}")
+                except sqlite3.OperationalError as exc:  # another process added it first
+                    if "duplicate column" not in str(exc):
+                        raise
 
     def _import_legacy(self) -> None:
         """Copy a DuckDB cache of an earlier version into this one, once (the DuckDB file is kept)."""
@@ -106,15 +120,19 @@ class ResponseCache:
         for start in range(0, len(keys), 500):  # SQLite caps the parameters of one statement
             chunk = keys[start : start + 500]
             rows = con.execute(
-                "select key, text, prompt_tokens, completion_tokens, finish_reason, label_scores "
+                "select key, text, prompt_tokens, completion_tokens, finish_reason, label_scores, latency_s "
                 f"from llm_cache where key in ({', '.join('?' * len(chunk))})",
                 chunk,
             ).fetchall()
-            for k, t, p, c, f, s in rows:
+            for k, t, p, c, f, s, latency in rows:
                 out[k] = LLMResponse(
                     text=t,
                     prompt_tokens=p,
                     completion_tokens=c,
+                    # the seconds the answer took when it was made: a prompt's cost per row reads the
+                    # same on a rerun from the cache as on the run that paid for it (0: cached before
+                    # the time was kept)
+                    latency_s=float(latency or 0.0),
                     finish_reason=f,
                     cached=True,
                     label_scores=json.loads(s) if s else None,
@@ -134,6 +152,7 @@ class ResponseCache:
                 r.completion_tokens,
                 r.finish_reason,
                 json.dumps(r.label_scores) if r.label_scores is not None else None,
+                r.latency_s,
             )
             for key, ident, req, r in items
             if r.error is None
@@ -142,7 +161,7 @@ class ResponseCache:
             return
         # replace: an answer asked again for its label scores gains them
         self._write(
-            f"insert or replace into llm_cache ({_COLUMNS}) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"insert or replace into llm_cache ({_COLUMNS}, latency_s) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
             lambda con: ledger.record(con, paid),
         )

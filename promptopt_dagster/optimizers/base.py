@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
+from promptopt_dagster.core.objective import Objective
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.optimizers.capabilities import Capabilities, writer_refusal
@@ -68,6 +69,10 @@ class OptimizerContext:
     # What this optimizer returned as Proposal.state in the previous iteration of the same optimization
     # (generation); None at iteration 0. Opaque to everyone else.
     state: bytes | None = None
+    # What the user values when candidates differ in cost (optimizations.yaml's `objective:`): ceilings
+    # on tokens or seconds per row, or the cheapest prompt within some points of the best. Empty: the
+    # optimizer's own rule. Optimizers that compare candidates apply it through pool.best.
+    objective: Objective = field(default_factory=Objective)
 
 
 @dataclass

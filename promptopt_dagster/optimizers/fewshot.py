@@ -27,7 +27,7 @@ from pydantic import Field, PositiveInt
 from promptopt_dagster.core.prompts import Demo, PromptVersion, Retrieval
 from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.optimizers.base import Evaluator, Optimizer, OptimizerContext, OptimizerOptions, Proposal
-from promptopt_dagster.optimizers.pool import Candidate, best, pick_parent, surely_better
+from promptopt_dagster.optimizers.pool import Candidate, best, pick_parent, row_cost, surely_better
 from promptopt_dagster.optimizers.registry import register
 
 log = logging.getLogger("promptopt.optimizer")
@@ -258,6 +258,7 @@ class FewShotOptimizer(Optimizer):
             result = evaluate(candidate.prompt, select)
             candidate.scores = dict(zip(select["row_id"].astype(int), map(float, result.per_row)))
             candidate.select_score = float(result.value)
+            candidate.cost = row_cost(result.answers)
             return candidate
 
         base = next((c for c in history if c.id == inp.prompt.id and c.select_score is not None), None)
@@ -270,6 +271,7 @@ class FewShotOptimizer(Optimizer):
                     "baseline",
                     dict(zip(rows["row_id"].astype(int), map(float, inp.baseline.per_row))),
                     inp.baseline.value,
+                    cost=row_cost(rows),
                 )
             else:
                 base = score_all(Candidate(inp.prompt, inp.iteration, "baseline"))
@@ -300,7 +302,7 @@ class FewShotOptimizer(Optimizer):
                 )
                 kind, why = "seed", why.describe(bool(inp.labels))
             else:
-                parent = pick_parent(history + new, rng, self.options.cost_confidence) or base
+                parent = pick_parent(history + new, rng, self.options.cost_confidence, inp.objective) or base
                 prompt, why = self.mutate(parent.prompt, inp, demo_pool, rng)
                 kind = "mutate"
             if _signature(prompt) in seen:
@@ -352,7 +354,7 @@ class FewShotOptimizer(Optimizer):
         )
         # The current prompt competes too: a costlier candidate a few select rows ahead of it would
         # cost a full confirm pass (a 16-retrieved-demo prompt took 3 minutes on sst2) to be rejected.
-        winner = best(field, self.options.cost_confidence)
+        winner = best(field, self.options.cost_confidence, inp.objective)
         beat_base = (
             winner is not None
             and winner is not base
@@ -363,15 +365,17 @@ class FewShotOptimizer(Optimizer):
             )
         )
         if not beat_base:
-            top = best(contenders)
+            top = best(contenders, objective=inp.objective)
             if not tried:
                 reason = "every candidate this iteration would repeat one already in the pool"
+            elif winner is None and inp.objective.stated:
+                reason = f"no candidate scored on the select rows meets the objective ({inp.objective.describe()})"
             elif race_winner == base.id:
                 reason = (
                     f"the baseline won the race of the leading retrieval-free candidates on the {len(select)} "
                     f"select rows and spare dev rows ({raced[base.id]:.4f})"
                 )
-            elif top is not None and top.select_score > base.select_score:
+            elif top is not None and top.select_score > base.select_score and not inp.objective.stated:
                 reason = (
                     f"the best candidate ({top.select_score:.4f} on the {len(select)} select rows, "
                     f"{top.prompt.describe()}) is not surely better than the baseline's "
@@ -389,6 +393,9 @@ class FewShotOptimizer(Optimizer):
                 "select_rows": len(select),
                 "baseline_select_score": base.select_score,
                 "choices": winner.prompt.describe(),
+                # tokens, not seconds: the prompt's record must read the same wherever it was measured
+                **({"prompt_tokens_per_row": round(winner.cost.prompt_tokens, 1)} if winner.cost else {}),
+                **({"objective": inp.objective.describe()} if inp.objective.stated else {}),
             }
         )
         return Proposal(prompt=winner.prompt, candidates=tried, pool=new)
@@ -415,7 +422,11 @@ class FewShotOptimizer(Optimizer):
         if spare is None or spare.empty or self.options.race_size <= 0 or self.options.race_top < 2:
             return {}
         cheap = sorted(
-            [c for c in [base] + contenders if c.select_score is not None and c.prompt.retrieval is None],
+            [
+                c
+                for c in [base] + contenders
+                if c.select_score is not None and c.prompt.retrieval is None and inp.objective.allows(c.cost)
+            ],
             key=lambda c: c.select_score,
             reverse=True,
         )
@@ -442,7 +453,8 @@ class FewShotOptimizer(Optimizer):
             result = evaluate(candidate.prompt, rows)
             per_row = dict(zip(rows["row_id"].astype(int), map(float, result.per_row)))
             candidate.scores = {int(i): per_row[int(i)] for i in select["row_id"]}
-            candidate.select_score = float(evaluate(candidate.prompt, select).value)  # answers from the cache
+            on_select = evaluate(candidate.prompt, select)  # answers from the cache
+            candidate.select_score, candidate.cost = float(on_select.value), row_cost(on_select.answers)
             raced[candidate.id] = float(result.value)
             new.append(candidate)
             tried.append(

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from promptopt_dagster.core.intervals import paired_bootstrap_gain
+from promptopt_dagster.core.objective import Objective, RowCost
 from promptopt_dagster.core.prompts import PromptVersion
 
 POOL_COLUMNS = {
@@ -28,6 +29,8 @@ POOL_COLUMNS = {
     "select_rows": "int64",
     "minibatch_score": "float64",
     "passed_minibatch": "bool",
+    "tokens_per_row": "float64",
+    "seconds_per_row": "float64",
     "scores_json": "string",
     "prompt_json": "string",
     "position": "int64",
@@ -43,6 +46,7 @@ class Candidate:
     select_score: float | None = None  # the target's aggregate on all select rows; None: stopped at the minibatch
     minibatch_score: float | None = None
     passed_minibatch: bool = True
+    cost: RowCost | None = None  # per row on the select rows; None: not measured (stopped at the minibatch)
 
     @property
     def id(self) -> str:
@@ -64,6 +68,8 @@ class Candidate:
             "select_rows": len(self.scores) if self.select_score is not None else 0,
             "minibatch_score": float("nan") if self.minibatch_score is None else self.minibatch_score,
             "passed_minibatch": self.passed_minibatch,
+            "tokens_per_row": float("nan") if self.cost is None else self.cost.prompt_tokens,
+            "seconds_per_row": float("nan") if self.cost is None or self.cost.seconds is None else self.cost.seconds,
             "scores_json": json.dumps({str(k): v for k, v in self.scores.items()}),
             "prompt_json": stored.to_json(),
         }
@@ -75,6 +81,12 @@ class Candidate:
             prompt.retrieval.pool = list(demo_pool)
         select = row["select_score"]
         mini = row["minibatch_score"]
+        tokens, seconds = row.get("tokens_per_row"), row.get("seconds_per_row")  # absent in older pools
+        cost = (
+            None
+            if tokens is None or pd.isna(tokens)
+            else RowCost(float(tokens), None if pd.isna(seconds) else float(seconds))
+        )
         return cls(
             prompt,
             int(row["born_iteration"]),
@@ -83,6 +95,7 @@ class Candidate:
             None if pd.isna(select) else float(select),
             None if pd.isna(mini) else float(mini),
             bool(row["passed_minibatch"]),
+            cost,
         )
 
 
@@ -97,7 +110,23 @@ def scored(pool: list[Candidate]) -> list[Candidate]:
     return [c for c in pool if c.select_score is not None]
 
 
-def best(pool: list[Candidate], confidence: float | None = None) -> Candidate | None:
+def row_cost(answers: pd.DataFrame) -> RowCost | None:
+    """Mean prompt tokens and seconds per row of a prompt's answers (None without those columns: a test's
+    evaluator). Seconds are those each answer took when it was made, which the response cache keeps."""
+    if answers is None or answers.empty or "prompt_tokens" not in answers:
+        return None
+    seconds = answers["latency_s"] if "latency_s" in answers else None
+    measured = seconds is not None and bool((seconds > 0).any())
+    return RowCost(float(answers["prompt_tokens"].mean()), float(seconds.mean()) if measured else None)
+
+
+def _tokens(c: Candidate) -> float:
+    return float("inf") if c.cost is None else c.cost.prompt_tokens
+
+
+def best(
+    pool: list[Candidate], confidence: float | None = None, objective: Objective | None = None
+) -> Candidate | None:
     """Highest select score; with `confidence`, the cheapest candidate the leader does not beat for sure.
 
     A prompt with retrieved demos costs several times a static one on every row it will ever answer,
@@ -105,8 +134,22 @@ def best(pool: list[Candidate], confidence: float | None = None) -> Candidate | 
     by 4 to 5 points on the select rows and then lost on the held-out test (docs/benchmarks.md). So a costlier
     prompt must earn its cost: it wins only where the paired bootstrap of the row scores puts its gain
     over every cheaper candidate above zero at this confidence. Among equally cheap ones the higher
-    score wins, then fewer demos, then the older candidate."""
+    score wins, then fewer demos, then the older candidate.
+
+    A stated `objective` replaces that rule with the user's: candidates over its ceilings are out, and
+    of the rest the best score wins, or, with `within_points`, the fewest prompt tokens per row among
+    those within that many points of the best (then the higher score)."""
     ranked = scored(pool)
+    if objective is not None and objective.stated:
+        allowed = [c for c in ranked if objective.allows(c.cost)]
+        if not allowed:
+            return None
+        top = max(allowed, key=lambda c: (c.select_score, -c.born_iteration))
+        slack = objective.within_points or 0.0
+        near = [c for c in allowed if c.select_score >= top.select_score - slack - 1e-12]
+        if objective.within_points is None:
+            return min(near, key=lambda c: (_tokens(c), len(c.prompt.demos), c.born_iteration))
+        return min(near, key=lambda c: (_tokens(c), -c.select_score, len(c.prompt.demos), c.born_iteration))
     if not ranked:
         return None
     top = max(ranked, key=lambda c: (c.select_score, -c.born_iteration))
@@ -162,22 +205,50 @@ def pareto_frontier(pool: list[Candidate]) -> dict[str, int]:
     return wins
 
 
-def pick_parent(pool: list[Candidate], rng: random.Random, confidence: float | None = None) -> Candidate | None:
+def pick_parent(
+    pool: list[Candidate], rng: random.Random, confidence: float | None = None, objective: Objective | None = None
+) -> Candidate | None:
     """Half the time the best (as `best` with this confidence picks it: the prompt that would be proposed),
     otherwise a frontier member drawn in proportion to the rows it wins.
 
     With a confidence, frontier members that cost more per row than the best are left out: they have
     already failed to earn their cost, their children mostly cost as much, and each child's minibatch
-    alone is slow (on sst2, children of retrieved-demo parents took most of iterations 1 and 2)."""
-    top = best(pool, confidence)
+    alone is slow (on sst2, children of retrieved-demo parents took most of iterations 1 and 2). With a
+    stated objective, the members over its ceilings are left out instead."""
+    top = best(pool, confidence, objective)
     wins = pareto_frontier(pool)
     if top is None or not wins or rng.random() < 0.5:
         return top
     # pool order, never id order: ids are random, and a rerun must draw the same parent (and so send
     # the same requests, all answered from the response cache)
+    stated = objective is not None and objective.stated
     frontier = [
-        c for c in scored(pool) if c.id in wins and (confidence is None or demo_cost(c.prompt) <= demo_cost(top.prompt))
+        c
+        for c in scored(pool)
+        if c.id in wins
+        and (
+            objective.allows(c.cost) if stated else (confidence is None or demo_cost(c.prompt) <= demo_cost(top.prompt))
+        )
     ]
     if not frontier:
         return top
     return rng.choices(frontier, weights=[wins[c.id] for c in frontier])[0]
+
+
+def cost_frontier(pool: list[Candidate]) -> list[Candidate]:
+    """The candidates no other one beats on both score and cost: none scores at least as well with at
+    most as many prompt tokens per row, and better on one of them. Cheapest first, so a reader walks it
+    from the cheapest prompt to the best and sees what each step up in cost buys."""
+    priced = [c for c in scored(pool) if c.cost is not None]
+    frontier = [
+        c
+        for c in priced
+        if not any(
+            o.select_score >= c.select_score
+            and o.cost.prompt_tokens <= c.cost.prompt_tokens
+            and (o.select_score > c.select_score or o.cost.prompt_tokens < c.cost.prompt_tokens)
+            for o in priced
+        )
+    ]
+    unique = {(round(c.select_score, 12), c.cost.prompt_tokens): c for c in reversed(frontier)}  # first of equals
+    return sorted(unique.values(), key=lambda c: (c.cost.prompt_tokens, c.select_score))

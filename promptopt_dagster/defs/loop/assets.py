@@ -384,6 +384,7 @@ def refined_prompt(
             calibration=task.ranks_labels,
             metric_call_budget=_metric_calls_left(optimization, loop, scored_rows[0]),
             state=previous_state,
+            objective=optimization.objective,
         ),
         evaluate,
         opt,

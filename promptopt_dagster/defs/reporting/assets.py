@@ -18,6 +18,8 @@ from promptopt_dagster.app.reports import (
     fmt_dollars,
     fmt_interval,
     fmt_score,
+    frontier_markdown,
+    frontier_rows,
     migration_markdown,
     score_plot,
     summary_markdown,
@@ -40,6 +42,7 @@ from promptopt_dagster.defs.state_store import WarehouseStateStore
 from promptopt_dagster.defs.webserver_client import asset_partition_url
 from promptopt_dagster.llm import ledger
 from promptopt_dagster.llm import usage as llm_usage
+from promptopt_dagster.optimizers.pool import row_cost
 
 REPORT_COLUMNS = {
     "optimization": "string",
@@ -118,6 +121,9 @@ def final_report(
         usage = llm_usage.merge(usage, source_usage)
     totals = llm_usage.total(usage)
     paid = paid_spend(task_model.cache_path, name, generation)
+    search = history["state"].search
+    frontier = frontier_rows(search.pool if search else [], best.id, optimization.seed)
+    test_cost = {which: row_cost(answers) for which, answers in test_answers.items()}
     report = {
         "optimization": name,
         "generation": generation,
@@ -152,6 +158,13 @@ def final_report(
         # a rerun answered from the cache adds nothing here (above, "usage" counts its answers as cache hits).
         **({"paid": paid} if paid is not None else {}),
         "best_prompt": json.loads(best.to_json()),
+        # what each prompt costs a row, measured on the test rows; and the search's score-versus-cost frontier
+        "cost_per_row": {
+            which: {"prompt_tokens": cost.prompt_tokens, "seconds": cost.seconds} if cost else None
+            for which, cost in test_cost.items()
+        },
+        "objective": optimization.objective.describe() if optimization.objective.stated else None,
+        "frontier": frontier,
         **({"migration": migration} if migration else {}),
     }
     context.log.info(
@@ -173,6 +186,7 @@ def final_report(
                 for i, end in enumerate(("low_95", "high_95"))
             },
             "best_prompt": prompt_md(best),
+            "quality_vs_cost": dg.MetadataValue.md(frontier_markdown(frontier)),
             **(migration_metadata(migration) if migration else {}),
             **usage_metadata(test_usage),
             **(
