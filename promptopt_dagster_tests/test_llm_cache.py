@@ -287,3 +287,35 @@ def test_a_duckdb_cache_of_an_earlier_version_is_copied_in_once(tmp_path):
     out = cached.generate([request])
     assert out[0].text == "kept" and out[0].cached and inner.requests == []
     assert len(ResponseCache(tmp_path / "llm_cache.sqlite")) == 1  # reopening does not copy again
+
+
+def test_a_cached_answer_keeps_the_seconds_it_took_and_an_older_cache_gains_the_column(db):
+    """A prompt's seconds per row (objective.max_seconds_per_row) must read the same on a rerun from the cache."""
+    import sqlite3
+
+    class Timed(FakeLLM):  # a backend that says how long each answer took, as the real ones do
+        def _generate(self, requests):
+            return [
+                dataclasses.replace(r, latency_s=0.05 + 0.01 * len(self.requests)) for r in super()._generate(requests)
+            ]
+
+    def timed(path) -> tuple[CachedClient, FakeLLM]:
+        inner = Timed(echo)
+        return CachedClient(inner, ResponseCache(path)), inner
+
+    cached, _ = timed(db)
+    first = [r for _, r in cached.stream(batch("a"))][0]
+    assert not first.cached and first.latency_s == pytest.approx(0.06)
+    again, inner = timed(db)
+    second = [r for _, r in again.stream(batch("a"))][0]
+    assert second.cached and inner.usage.requests == 0 and second.latency_s == pytest.approx(first.latency_s)
+
+    old = db.parent / "old.sqlite"  # a cache made before the column existed
+    with sqlite3.connect(old) as con:
+        con.execute(
+            "create table llm_cache (key text primary key, backend text, model text, request_json text, text text, "
+            "prompt_tokens integer, completion_tokens integer, finish_reason text, label_scores text, "
+            "created_at text default current_timestamp)"
+        )
+    assert [r.latency_s for _, r in timed(old)[0].stream(batch("b"))] == [pytest.approx(0.06)]
+    assert [(r.cached, r.latency_s) for _, r in timed(old)[0].stream(batch("b"))] == [(True, pytest.approx(0.06))]
