@@ -10,6 +10,7 @@ import dagster as dg
 import pytest
 from pydantic import ValidationError
 
+from promptopt_dagster.app.leaderboard import as_text, leaderboard
 from promptopt_dagster.app.optimizations import OptimizationSpec
 from promptopt_dagster.core.objective import Objective, RowCost
 from promptopt_dagster.core.prompts import Demo, PromptVersion
@@ -115,3 +116,6 @@ def test_a_token_ceiling_changes_the_proposal_and_the_report_shows_the_frontier(
         assert report["objective"].startswith(f"at most {ceiling}")
         assert report["cost_per_row"]["best"]["prompt_tokens"] > report["cost_per_row"]["initial"]["prompt_tokens"]
         assert "tokens/row" in meta["quality_vs_cost"].value
+        board = leaderboard("sst2", [report], {"sst2": 2})
+        assert board.iloc[0]["tokens_per_row"] == pytest.approx(report["cost_per_row"]["best"]["prompt_tokens"])
+        assert "tok/row" in as_text(board)

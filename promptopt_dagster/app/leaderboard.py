@@ -46,6 +46,10 @@ COLUMNS = {
     # Answers the optimization used, from the model or the cache alike: what its settings cost intrinsically,
     # whoever paid for them. cost_usd, llm_calls and requests above are what it paid (the usage ledger).
     "answers": "int64",
+    # What the best prompt costs a row on the test rows (the report's cost_per_row): what a user pays for the
+    # score in every later call. NaN for reports written before it was measured.
+    "tokens_per_row": "float64",
+    "seconds_per_row": "float64",
 }
 
 
@@ -90,6 +94,7 @@ def leaderboard(dataset: str, reports: Iterable[dict], current: dict[str, int]) 
                 "prompt_id": report["best_prompt"]["id"],
                 "prompt_version": int(report["best_prompt"]["version"]),
                 "fingerprint": report.get("fingerprint") or "",
+                **_best_cost(report),
             }
         )
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
@@ -109,6 +114,15 @@ def leaderboard(dataset: str, reports: Iterable[dict], current: dict[str, int]) 
 LABELS = "labels"
 
 
+def _best_cost(report: dict) -> dict[str, float]:
+    cost = (report.get("cost_per_row") or {}).get("best") or {}
+    seconds = cost.get("seconds")
+    return {
+        "tokens_per_row": float(cost.get("prompt_tokens", float("nan"))),
+        "seconds_per_row": float("nan") if seconds is None else float(seconds),
+    }
+
+
 def references_of(report: dict) -> str:
     """What the report's test score measures agreement with: the dataset's labels, or a migration's source."""
     migration = report.get("migration")
@@ -119,6 +133,10 @@ def from_report_rows(dataset: str, final_reports: pd.DataFrame, current: dict[st
     """The leaderboard of the `final_report` table's rows (one per optimization and generation)."""
     reports = [json.loads(text) for text in final_reports.get("report_json", pd.Series(dtype=str))]
     return leaderboard(dataset, reports, current)
+
+
+def _tokens(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:,.0f}"
 
 
 def _interval(row) -> str:
@@ -134,7 +152,8 @@ def as_text(frame: pd.DataFrame) -> str:
         f"{frame.iloc[0]['dataset']}: {metric} on up to {size} held-out test rows (95% interval); "
         "* marks each optimization's current generation",
         f"{'#':>2}  {'optimization':<20} {'gen':>3}  {'optimizer':<10} {'task model':<28} "
-        f"{'test':<22} {'dev':>6}  {'initial':>7}  {'cost $':>8} {'calls':>7} {'iter':>4}  stop / prompt",
+        f"{'test':<22} {'dev':>6}  {'initial':>7}  {'tok/row':>7}  {'cost $':>8} {'calls':>7} {'iter':>4}  "
+        "stop / prompt",
     ]
     for row in frame.itertuples():
         if row.references != LABELS and row.rank == 1:
@@ -143,7 +162,7 @@ def as_text(frame: pd.DataFrame) -> str:
         lines.append(
             f"{row.rank:>2}  {row.optimization:<20} {row.generation:>2}{'*' if row.current else ' '}  "
             f"{row.optimizer:<10} {row.task_model[:28]:<28} {test:<22} {row.best_dev_score:>6.4f}  "
-            f"{row.initial_test_score:>7.4f}  {row.cost_usd:>8.4f} {row.llm_calls:>7,} {row.iterations:>4}  "
+            f"{row.initial_test_score:>7.4f}  {_tokens(row.tokens_per_row):>7}  {row.cost_usd:>8.4f} {row.llm_calls:>7,} {row.iterations:>4}  "
             f"{row.stop_reason}; v{row.prompt_version} {row.prompt_id}"
         )
     return "\n".join(lines)
