@@ -32,6 +32,7 @@ setup(
         # TF-IDF retriever of per-input demos (core/retrieval.py); also the reference the accuracy and
         # f1 modules are tested against
         "scikit-learn>=1.4,<2",
+        "rank-bm25==0.2.2",  # BM25 retrieval of per-input demos beside TF-IDF (core/retrieval.py); needs only numpy
         "gepa==0.1.4",  # the gepa optimizer's search (its core needs no other package); exact pin: young API
         "tqdm>=4.66,<5",  # progress bars of `promptopt optimize` on a terminal
         "matplotlib>=3.8,<4",  # the leaderboard's score-versus-cost plot, a PNG in the asset's UI metadata

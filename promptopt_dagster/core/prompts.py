@@ -40,11 +40,27 @@ class Retrieval(BaseModel):
     k: int = Field(ge=1)
     method: str = "tfidf"  # a name known to core.retrieval
     pool: list[Demo]
+    # One demo per label: the nearest row of each of the k labels whose nearest row is closest. With many
+    # labels the k nearest rows often share two or three labels, and a small model copies the label its
+    # demos show most; covering more labels lets the right one appear at all.
+    per_label: bool = False
 
     def pick(self, user_input: str) -> list[Demo]:
         if not self.pool:
             return []
-        nearest = retriever_for_pool(self.method, self.pool).top(user_input, self.k)
+        retriever = retriever_for_pool(self.method, self.pool)
+        if not self.per_label:
+            nearest = retriever.top(user_input, self.k)
+        else:
+            nearest, seen = [], set()
+            # the ranked pool is searched far enough to find k labels in all but pathological pools
+            for i in retriever.top(user_input, min(len(self.pool), max(256, 32 * self.k))):
+                label = self.pool[i].ground_truth_output
+                if label not in seen:
+                    seen.add(label)
+                    nearest.append(i)
+                    if len(nearest) == self.k:
+                        break
         return [self.pool[i] for i in reversed(nearest)]
 
 
@@ -103,7 +119,10 @@ class PromptVersion(BaseModel):
         """One line of the search choices, for logs and tables."""
         parts = [f"{len(self.demos)} static demos" + (f" x {1 + len(self.ensemble)} sets" if self.ensembled else "")]
         if self.retrieval:
-            parts.append(f"{self.retrieval.k} retrieved ({self.retrieval.method}, pool {len(self.retrieval.pool)})")
+            cover = ", one per label" if self.retrieval.per_label else ""
+            parts.append(
+                f"{self.retrieval.k} retrieved ({self.retrieval.method}{cover}, pool {len(self.retrieval.pool)})"
+            )
         parts.append("label answers" if self.answer == "label" else "free answers")
         if self.calibrated:
             parts.append("calibrated")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -50,7 +51,39 @@ class TfidfRetriever:
         return [int(i) for i in order[:k]]
 
 
-_FACTORIES: dict[str, Callable[[Sequence[str]], Retriever]] = {"tfidf": TfidfRetriever}
+class Bm25Retriever:
+    """Okapi BM25 (rank-bm25) over the same lower-cased word tokens as TF-IDF.
+
+    BM25 saturates term frequency and normalises by length, where TF-IDF cosine does neither in the
+    same way: on long inputs (a news paragraph) a row that repeats one query word can outrank the row
+    that shares most of them, and on short ones (intent queries) the two mostly agree. Which pays is
+    data-dependent, so both are offered to the search (fewshot's `retrievers` option)."""
+
+    _TOKEN = re.compile(r"(?u)\b\w+\b")
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        from rank_bm25 import BM25Okapi  # start-up: only a prompt that retrieves with BM25 pays the import
+
+        self._bm25 = BM25Okapi([self._tokens(t) or [""] for t in texts])
+        self._size = len(texts)
+        self._memo: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def _tokens(cls, text: str) -> list[str]:
+        return cls._TOKEN.findall(text.lower())
+
+    def top(self, query: str, k: int) -> list[int]:
+        order = self._memo.get(query)
+        if order is None or len(order) < min(k, self._size):
+            scores = np.asarray(self._bm25.get_scores(self._tokens(query)), dtype=float)
+            order = np.argsort(-scores, kind="stable")[: max(k, 32)]  # ties keep pool order
+            if len(self._memo) > 50_000:
+                self._memo.clear()
+            self._memo[query] = order
+        return [int(i) for i in order[:k]]
+
+
+_FACTORIES: dict[str, Callable[[Sequence[str]], Retriever]] = {"tfidf": TfidfRetriever, "bm25": Bm25Retriever}
 _BUILT: OrderedDict[tuple[str, str], Retriever] = OrderedDict()
 
 

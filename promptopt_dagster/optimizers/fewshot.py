@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import pandas as pd
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, field_validator
 
 from promptopt_dagster.core.prompts import Demo, PromptVersion, Retrieval
+from promptopt_dagster.core.retrieval import retriever_names
 from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.optimizers.base import Evaluator, Optimizer, OptimizerContext, OptimizerOptions, Proposal
 from promptopt_dagster.optimizers.pool import Candidate, best, pick_parent, row_cost, surely_better
@@ -85,6 +86,23 @@ class FewShotOptions(OptimizerOptions):
         200, ge=0, description="spare dev rows the leading retrieval-free candidates are also scored on"
     )
     race_top: int = Field(3, ge=1, description="how many of them race")
+    retrievers: tuple[str, ...] = Field(
+        ("tfidf",),
+        min_length=1,
+        description="how retrieved demos are found: tfidf, bm25 (the first seeds the search; with more, "
+        "a mutation switches between them)",
+    )
+    per_label_retrieval: bool = Field(
+        False, description="also try retrieved demos one per label (the nearest row of each of the k nearest labels)"
+    )
+
+    @field_validator("retrievers")
+    @classmethod
+    def _known_retrievers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [v for v in value if v not in retriever_names()]
+        if unknown:
+            raise ValueError(f"unknown retriever {unknown[0]!r}; known: {', '.join(retriever_names())}")
+        return value
 
 
 @register
@@ -183,7 +201,13 @@ class FewShotOptimizer(Optimizer):
                 demos=[],
                 answer=answer,
                 labels=labels,
-                retrieval=Retrieval(k=choice.count, pool=demo_pool),
+                # a resized retrieval keeps how it retrieves; a new one starts from the first retriever
+                retrieval=Retrieval(
+                    k=choice.count,
+                    pool=demo_pool,
+                    method=parent.retrieval.method if parent.retrieval else self.options.retrievers[0],
+                    per_label=parent.retrieval.per_label if parent.retrieval else False,
+                ),
                 calibrate=False,
                 ensemble=[],
             )
@@ -208,6 +232,10 @@ class FewShotOptimizer(Optimizer):
             + (["answer"] if inp.labels else [])
             + (["instruction"] if len(instructions) > 1 else [])
         )
+        if parent.retrieval and len(self.options.retrievers) > 1:
+            moves.append("retriever")
+        if parent.retrieval and self.options.per_label_retrieval and len(inp.labels) > 1:
+            moves.append("cover")
         if parent.demos and not parent.retrieval:
             moves += ["swap", "swap"]  # refining a static set that works is the commonest useful move
             if inp.calibration and parent.answer == "label" and inp.labels and not parent.ensemble:
@@ -216,6 +244,16 @@ class FewShotOptimizer(Optimizer):
         retrieved = parent.retrieval is not None
         count = parent.retrieval.k if retrieved else len(parent.demos)
         answer = parent.answer
+        if move == "retriever":
+            others = [m for m in self.options.retrievers if m != parent.retrieval.method] or list(
+                self.options.retrievers
+            )
+            method = rng.choice(others)
+            return parent.child(retrieval=parent.retrieval.model_copy(update={"method": method})), f"{method} retrieval"
+        if move == "cover":
+            cover = not parent.retrieval.per_label
+            change = "one retrieved demo per label" if cover else "nearest retrieved demos"
+            return parent.child(retrieval=parent.retrieval.model_copy(update={"per_label": cover})), change
         if move == "swap":
             return parent.child(demos=self.mutate_demos(parent.demos, inp.train, rng)), "swap 1-2 demos"
         if move == "answer":
@@ -513,7 +551,7 @@ class FewShotOptimizer(Optimizer):
 
 def _signature(prompt: PromptVersion) -> tuple:
     """What makes two candidates the same prompt (ids and lineage aside)."""
-    retrieval = (prompt.retrieval.k, prompt.retrieval.method) if prompt.retrieval else None
+    retrieval = (prompt.retrieval.k, prompt.retrieval.method, prompt.retrieval.per_label) if prompt.retrieval else None
     return (
         prompt.system_prompt,
         prompt.output_prompt,

@@ -1,0 +1,93 @@
+"""BM25 beside TF-IDF, and retrieved demos that cover the labels: what the search may try on many labels."""
+
+from __future__ import annotations
+
+import random
+
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+
+from promptopt_dagster.core.prompts import Demo, PromptVersion, Retrieval
+from promptopt_dagster.core.retrieval import Bm25Retriever, TfidfRetriever
+from promptopt_dagster.optimizers.base import Evaluation, OptimizerContext
+from promptopt_dagster.optimizers.fewshot import FewShotOptimizer, FewShotOptions
+
+POOL = [
+    Demo(user_input="wake me up at seven tomorrow", ground_truth_output="alarm_set"),
+    Demo(user_input="set an alarm for seven", ground_truth_output="alarm_set"),
+    Demo(user_input="set an alarm for six thirty", ground_truth_output="alarm_set"),
+    Demo(user_input="remove the alarm for seven", ground_truth_output="alarm_remove"),
+    Demo(user_input="play some jazz music", ground_truth_output="play_music"),
+    Demo(user_input="turn the lights off", ground_truth_output="iot_hue_lightoff"),
+]
+
+
+@pytest.mark.parametrize("retriever", [TfidfRetriever, Bm25Retriever])
+def test_each_retriever_ranks_the_rows_that_share_the_query_words_first(retriever):
+    ranked = retriever([d.user_input for d in POOL]).top("set an alarm for seven", 3)
+    assert ranked[0] == 1 and set(ranked) <= {0, 1, 2, 3}
+    # deterministic: a tie keeps pool order, and asking again gives the same
+    assert retriever([d.user_input for d in POOL]).top("zzz", 6) == list(range(6))
+
+
+def test_bm25_weighs_a_repeated_word_less_than_tfidf_on_a_long_row():
+    texts = ["alarm " * 30 + "garden", "set the alarm for seven in the morning", "jazz"]
+    assert Bm25Retriever(texts).top("set alarm seven morning", 1) == [1]
+
+
+def test_per_label_retrieval_shows_the_nearest_row_of_each_of_the_nearest_labels():
+    near = Retrieval(k=3, pool=POOL).pick("set an alarm for seven")
+    assert [d.ground_truth_output for d in near].count("alarm_set") >= 2  # the nearest rows share a label
+    cover = Retrieval(k=3, pool=POOL, per_label=True).pick("set an alarm for seven")
+    labels = [d.ground_truth_output for d in cover]
+    assert len(set(labels)) == 3 and labels[-1] == "alarm_set"  # the nearest label's row is last, by the input
+    assert cover[-1].user_input == "set an alarm for seven" and "alarm_remove" in labels
+    assert (
+        "one per label"
+        in PromptVersion(
+            system_prompt="", output_prompt="{user_input}", retrieval=Retrieval(k=3, pool=POOL, per_label=True)
+        ).describe()
+    )
+
+
+def test_an_unknown_retriever_is_refused_with_the_known_ones():
+    with pytest.raises(ValidationError, match="unknown retriever 'bm26'; known: bm25, tfidf"):
+        FewShotOptions(retrievers=("bm26",))
+
+
+def test_the_search_switches_retriever_and_covers_labels_only_when_asked():
+    train = pd.DataFrame(
+        {
+            "row_id": range(len(POOL)),
+            "user_input": [d.user_input for d in POOL],
+            "ground_truth_output": [d.ground_truth_output for d in POOL],
+        }
+    )
+    labels = sorted({d.ground_truth_output for d in POOL})
+    parent = PromptVersion(system_prompt="Intent?", output_prompt="{user_input}", retrieval=Retrieval(k=2, pool=POOL))
+    context = OptimizerContext(
+        prompt=parent,
+        baseline=Evaluation(train.assign(prediction=""), [0.0] * len(train), 0.0),
+        metric="accuracy",
+        train=train,
+        select_rows=train,
+        labels=labels,
+        iteration=1,
+    )
+
+    def changes(**options) -> set[str]:
+        optimizer = FewShotOptimizer(**options)
+        rng = random.Random(0)
+        return {optimizer.mutate(parent, context, POOL, rng)[1] for _ in range(200)}
+
+    default = changes()
+    assert not any("bm25" in c or "per label" in c for c in default)
+    wider = changes(retrievers=("tfidf", "bm25"), per_label_retrieval=True)
+    assert {"bm25 retrieval", "one retrieved demo per label"} <= wider
+    optimizer = FewShotOptimizer(retrievers=("bm25", "tfidf"))
+    grown = [
+        optimizer.mutate(parent.child(retrieval=None, demos=POOL[:2]), context, POOL, random.Random(s))[0]
+        for s in range(50)
+    ]
+    assert {p.retrieval.method for p in grown if p.retrieval} == {"bm25"}  # a new retrieval starts from the first
