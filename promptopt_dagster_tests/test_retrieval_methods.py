@@ -91,3 +91,19 @@ def test_the_search_switches_retriever_and_covers_labels_only_when_asked():
         for s in range(50)
     ]
     assert {p.retrieval.method for p in grown if p.retrieval} == {"bm25"}  # a new retrieval starts from the first
+
+
+def test_long_retrieved_demos_are_cut_at_a_word_and_short_pools_are_left_whole():
+    from promptopt_dagster.core.prompts import shorten
+
+    paragraph = "Stocks rallied on Monday as investors weighed the central bank's decision " * 10
+    assert shorten(paragraph, 60).endswith("…") and len(shorten(paragraph, 60)) <= 60
+    assert shorten(paragraph, 60)[:-1] == paragraph[: len(shorten(paragraph, 60)) - 1]  # a prefix, cut at a space
+    pool = [Demo(user_input=f"{i} " + paragraph, ground_truth_output="business") for i in range(5)]
+    cut = Retrieval(k=2, pool=pool, max_chars=100).pick("stocks rallied")
+    assert all(len(d.user_input) <= 100 for d in cut) and cut[0].ground_truth_output == "business"
+    assert pool[0].user_input == "0 " + paragraph  # the pool (what the leakage gate checks) is untouched
+
+    optimizer = FewShotOptimizer()
+    assert optimizer.cut_length(pool) == 400 and optimizer.cut_length(POOL) is None
+    assert FewShotOptimizer(long_demo_chars=0).cut_length(pool) is None

@@ -32,6 +32,15 @@ class Demo(BaseModel):
     ground_truth_output: str
 
 
+def shorten(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters at a word boundary, marked with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut).rstrip() + "…"
+
+
 class Retrieval(BaseModel):
     """Demos chosen per input: the k pool rows most similar to it, rendered after the static demos with
     the most similar last (nearest the input). The pool travels with the version, so an exported
@@ -44,8 +53,23 @@ class Retrieval(BaseModel):
     # labels the k nearest rows often share two or three labels, and a small model copies the label its
     # demos show most; covering more labels lets the right one appear at all.
     per_label: bool = False
+    # Long rows as demos cost context on every row: a retrieved news paragraph is a few hundred tokens,
+    # and k of them per row made inference several times slower. Cut to this many characters (at a word
+    # boundary), a demo keeps what usually carries its label (a headline, a lead sentence).
+    max_chars: int | None = Field(None, ge=20)
 
     def pick(self, user_input: str) -> list[Demo]:
+        demos = self._nearest(user_input)
+        if self.max_chars is None:
+            return demos
+        return [
+            d
+            if len(d.user_input) <= self.max_chars
+            else d.model_copy(update={"user_input": shorten(d.user_input, self.max_chars)})
+            for d in demos
+        ]
+
+    def _nearest(self, user_input: str) -> list[Demo]:
         if not self.pool:
             return []
         retriever = retriever_for_pool(self.method, self.pool)
@@ -120,6 +144,7 @@ class PromptVersion(BaseModel):
         parts = [f"{len(self.demos)} static demos" + (f" x {1 + len(self.ensemble)} sets" if self.ensembled else "")]
         if self.retrieval:
             cover = ", one per label" if self.retrieval.per_label else ""
+            cover += f", cut to {self.retrieval.max_chars} chars" if self.retrieval.max_chars else ""
             parts.append(
                 f"{self.retrieval.k} retrieved ({self.retrieval.method}{cover}, pool {len(self.retrieval.pool)})"
             )

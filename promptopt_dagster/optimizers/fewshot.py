@@ -92,6 +92,12 @@ class FewShotOptions(OptimizerOptions):
         description="how retrieved demos are found: tfidf, bm25 (the first seeds the search; with more, "
         "a mutation switches between them)",
     )
+    long_demo_chars: int = Field(
+        400,
+        ge=0,
+        description="when the demo pool's median row is longer than this, retrieved demos are cut to this many "
+        "characters (a mutation tries them whole); 0: never cut",
+    )
     per_label_retrieval: bool = Field(
         False, description="also try retrieved demos one per label (the nearest row of each of the k nearest labels)"
     )
@@ -171,6 +177,15 @@ class FewShotOptimizer(Optimizer):
             order.append(order.pop(last))
         return [_demo(r) for _, r in order]
 
+    def cut_length(self, demo_pool: list[Demo]) -> int | None:
+        """The length retrieved demos are cut to for this pool: long_demo_chars when its median row is longer
+        (paragraphs, documents), else None (short rows are shown whole, and cutting them would change nothing)."""
+        limit = self.options.long_demo_chars
+        if not limit or not demo_pool:
+            return None
+        lengths = sorted(len(d.user_input) for d in demo_pool)
+        return limit if lengths[len(lengths) // 2] > limit else None
+
     def mutate_demos(self, demos: list[Demo], train: pd.DataFrame, rng: random.Random) -> list[Demo]:
         """Swap one or two demos for unused train rows with the same label, keeping the label mix and order."""
         out = list(demos)
@@ -207,6 +222,7 @@ class FewShotOptimizer(Optimizer):
                     pool=demo_pool,
                     method=parent.retrieval.method if parent.retrieval else self.options.retrievers[0],
                     per_label=parent.retrieval.per_label if parent.retrieval else False,
+                    max_chars=parent.retrieval.max_chars if parent.retrieval else self.cut_length(demo_pool),
                 ),
                 calibrate=False,
                 ensemble=[],
@@ -236,6 +252,8 @@ class FewShotOptimizer(Optimizer):
             moves.append("retriever")
         if parent.retrieval and self.options.per_label_retrieval and len(inp.labels) > 1:
             moves.append("cover")
+        if parent.retrieval and self.cut_length(demo_pool):
+            moves.append("cut")
         if parent.demos and not parent.retrieval:
             moves += ["swap", "swap"]  # refining a static set that works is the commonest useful move
             if inp.calibration and parent.answer == "label" and inp.labels and not parent.ensemble:
@@ -250,6 +268,10 @@ class FewShotOptimizer(Optimizer):
             )
             method = rng.choice(others)
             return parent.child(retrieval=parent.retrieval.model_copy(update={"method": method})), f"{method} retrieval"
+        if move == "cut":
+            cut = None if parent.retrieval.max_chars else self.cut_length(demo_pool)
+            change = f"retrieved demos cut to {cut} chars" if cut else "retrieved demos whole"
+            return parent.child(retrieval=parent.retrieval.model_copy(update={"max_chars": cut})), change
         if move == "cover":
             cover = not parent.retrieval.per_label
             change = "one retrieved demo per label" if cover else "nearest retrieved demos"
@@ -551,7 +573,11 @@ class FewShotOptimizer(Optimizer):
 
 def _signature(prompt: PromptVersion) -> tuple:
     """What makes two candidates the same prompt (ids and lineage aside)."""
-    retrieval = (prompt.retrieval.k, prompt.retrieval.method, prompt.retrieval.per_label) if prompt.retrieval else None
+    retrieval = (
+        (prompt.retrieval.k, prompt.retrieval.method, prompt.retrieval.per_label, prompt.retrieval.max_chars)
+        if prompt.retrieval
+        else None
+    )
     return (
         prompt.system_prompt,
         prompt.output_prompt,
