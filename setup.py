@@ -60,7 +60,12 @@ setup(
             # .ci/run's static checks: exact pins, so a new release cannot turn a green main red
             "ruff==0.14.14",  # lint and format (pyproject.toml [tool.ruff])
             "import-linter==2.17",  # the layer contract (pyproject.toml [tool.importlinter])
-        ]
+        ],
+        # bench/peers.py only: DSPy's optimizers on our model and splits, the peer the quality table is read
+        # beside. Not in the main install: DSPy brings litellm, boto3, tokenizers and more that nothing in
+        # the package uses. Exact pin: its custom-model contract (dspy.LM(engine=...)) is new in 3.4 and the
+        # old one goes in 3.5. 3.4.1 installs beside every pin above without moving any of them.
+        "bench": ["dspy==3.4.1"],
     },
     entry_points={"console_scripts": ["promptopt=promptopt_dagster.cli:run"]},
 )
