@@ -20,8 +20,15 @@ free answers, and `retrieved-label` (retrieved demos, answer ranked among the la
 reference is `LabelRanker(llm).rank` called directly). Target: platform <= 1.2x raw in every mode;
 the exit code is 1 if a mode misses it.
 
+`--many-labels N` adds the many-label case: N hwu64 dev rows (64 intents), for the initial prompt (the
+64 labels listed), 8 retrieved demos and label-balanced static demos (one per label: 64), each answered
+three ways on the same loaded model: free generation, label ranking with every label's score
+(`complete`, what ranking cost before it learned to stop) and the ranking the client uses (pruned: it
+stops when no other label can win). It prints seconds per row, prompt tokens per row, tokens evaluated
+past the prompt per row, and whether the two rankings chose alike; the ways take turns per chunk, as above.
+
     .venv/bin/python bench/local_inference.py [--rows 500] [--threads N] [--modes static,retrieved]
-        [--chunk 25]
+        [--chunk 25] [--many-labels 50]
 """
 
 from __future__ import annotations
@@ -145,7 +152,17 @@ def main() -> None:
     )
     ap.add_argument("--seed", type=int, default=0, help="seed of the static demo pick")
     ap.add_argument("--target", type=float, default=1.2, help="the largest acceptable platform/raw time ratio")
+    ap.add_argument(
+        "--many-labels",
+        type=int,
+        default=0,
+        metavar="ROWS",
+        help="also measure the many-label case on this many hwu64 dev rows (0: skip); with --modes '' only it",
+    )
     args = ap.parse_args()
+    if args.many_labels and not args.modes.strip():
+        many_labels(s, args)
+        return
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
@@ -236,8 +253,94 @@ def main() -> None:
         f"less its rows' time in the model call. median: the median of the per-chunk ratios. Chunks of {args.chunk or len(rows)} rows, order alternating. "
         f"Load average now {os.getloadavg()[0]:.2f}"
     )
+    if args.many_labels:
+        many_labels(s, args)
     if failed:
         sys.exit(1)
+
+
+def many_labels(s, args) -> None:
+    """Seconds and tokens per row on hwu64's 64 labels: free answers, complete ranking, pruned ranking."""
+    spec = yaml.safe_load((s.data_dir / "manifest.yaml").read_text())["datasets"]["hwu64"]
+    labels, max_tokens = spec["labels"], spec["max_output_tokens"]
+    train = read_csv(s.data_dir / "hwu64" / "train.csv")
+    rows = read_csv(s.data_dir / "hwu64" / "dev.csv").head(args.many_labels)
+    initial = PromptVersion.load(s.prompts_dir / spec["initial_prompt"])
+    opt = FewShotOptimizer()
+    prompts = {
+        "initial": initial,
+        "8 retrieved": initial.child(demos=[], retrieval=Retrieval(k=8, pool=opt.demo_pool(train))),
+        "64 balanced": initial.child(demos=opt.pick_demos(train, labels, 8, random.Random(args.seed), balanced=True)),
+    }
+    client = LlamaCppClient(s.model_dir, n_threads=args.threads)
+    llm, _lock = client._llama()
+    ranker = LabelRanker(llm)
+    print(
+        f"hwu64 (64 labels), {len(rows)} dev rows, {args.threads} threads, {os.cpu_count()} cores, "
+        f"max_tokens {max_tokens}; load average {os.getloadavg()[0]:.2f}"
+    )
+
+    def free(text: str) -> tuple[str, int]:
+        res = llm.create_completion(text, max_tokens=max_tokens, temperature=0.0, top_k=1, stop=STOP)
+        return res["choices"][0]["text"].strip(), res["usage"]["completion_tokens"]
+
+    ways = {
+        "free": free,
+        "complete": lambda text: (lambda r: (r.choice, r.label_tokens))(ranker.rank(text, labels, complete=True)),
+        "pruned": lambda text: (lambda r: (r.choice, r.label_tokens))(ranker.rank(text, labels, complete=False)),
+    }
+    print(
+        f"{'prompt':<12} {'prompt tok/row':>14} {'way':<9} {'s/row':>7} {'tok past prompt/row':>20} "
+        f"{'f1':>6} {'accuracy':>8}"
+    )
+    step = args.chunk or len(rows)
+    for index, (name, prompt) in enumerate(prompts.items()):
+        rendered = [prompt.render_completion(text) for text in rows["user_input"]]
+        prompt_tokens = statistics.mean(client.count_tokens(rendered))
+        seconds = dict.fromkeys(ways, 0.0)
+        extra = dict.fromkeys(ways, 0)
+        answers: dict[str, list[str]] = {w: [] for w in ways}
+        for number, start in enumerate(range(0, len(rows), step)):
+            order = list(ways)[(index + number) % 3 :] + list(ways)[: (index + number) % 3]
+            for way in order:  # each way goes first in turn, so none gets the quiet minutes alone
+                # every way starts from the same KV cache: the chunk's first prompt, as the row before left it
+                llm.create_completion(rendered[start], max_tokens=1, temperature=0.0, top_k=1)
+                started = time.perf_counter()
+                for text in rendered[start : start + step]:
+                    answer, tokens = ways[way](text)
+                    answers[way].append(answer)
+                    extra[way] += tokens
+                seconds[way] += time.perf_counter() - started
+        for way in ways:
+            truth, got = rows["ground_truth_output"].tolist(), answers[way]
+            accuracy = sum(a == b for a, b in zip(got, truth)) / len(rows)
+            f1 = macro_f1(truth, got, labels)
+            print(
+                f"{name:<12} {prompt_tokens:>14.0f} {way:<9} {seconds[way] / len(rows):>7.3f} "
+                f"{extra[way] / len(rows):>20.1f} {f1:>6.3f} {accuracy:>8.3f}"
+            )
+        differ = sum(a != b for a, b in zip(answers["complete"], answers["pruned"]))
+        print(
+            f"{'':<12} pruned/complete time {seconds['pruned'] / seconds['complete']:.2f}, "
+            f"pruned/free {seconds['pruned'] / seconds['free']:.2f}; rankings differ on {differ} row(s)"
+        )
+    print(
+        "prompt tok/row: the rendered prompt's tokens (a static prefix is evaluated once and reused from the "
+        "KV cache, so only its first row pays for it). tok past prompt: generated tokens (free) or label tokens "
+        f"evaluated (rankings). Load average now {os.getloadavg()[0]:.2f}"
+    )
+
+
+def macro_f1(truth: list[str], predicted: list[str], labels: list[str]) -> float:
+    """Macro F1 over the labels a row holds or an answer names, as the f1 scorer counts it."""
+    present = [l for l in labels if l in truth or l in predicted]
+    scores = []
+    for label in present:
+        tp = sum(t == label and p == label for t, p in zip(truth, predicted))
+        fp = sum(t != label and p == label for t, p in zip(truth, predicted))
+        fn = sum(t == label and p != label for t, p in zip(truth, predicted))
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return sum(scores) / len(scores) if scores else 0.0
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from promptopt_dagster.app.datasets import (
 )
 from promptopt_dagster.app.settings import PROJECT_ROOT
 from promptopt_dagster.core.errors import DatasetError, ManifestError
+from promptopt_dagster.core.prompts import PromptVersion
 
 DATA_DIR = PROJECT_ROOT / "data"
 HEADER = "user_input,ground_truth_output\n"
@@ -280,7 +281,7 @@ def test_manifest_good_defaults(tmp_path):
 @pytest.fixture(scope="module")
 def shipped():
     specs = load_manifest(DATA_DIR / "manifest.yaml")
-    return specs, {name: load_splits(specs[name], DATA_DIR) for name in ("sst2", "sms_spam")}
+    return specs, {name: load_splits(specs[name], DATA_DIR) for name in ("sst2", "sms_spam", "hwu64")}
 
 
 def test_shipped_manifest(shipped):
@@ -292,7 +293,7 @@ def test_shipped_manifest(shipped):
         assert (PROJECT_ROOT / "prompts" / spec.initial_prompt).exists()
 
 
-@pytest.mark.parametrize("name", ["sst2", "sms_spam"])
+@pytest.mark.parametrize("name", ["sst2", "sms_spam", "hwu64"])
 def test_shipped_splits(shipped, name):
     splits = shipped[1][name]
     inputs = {}
@@ -306,6 +307,24 @@ def test_shipped_splits(shipped, name):
     assert not inputs["train"] & inputs["dev"]
     assert not inputs["train"] & inputs["test"]
     assert not inputs["dev"] & inputs["test"]
+
+
+def test_hwu64_is_the_many_label_set_and_every_answer_is_one_of_its_labels(shipped):
+    """hwu64 is the set that checks label lists, ranking and demos at 64 labels: the manifest lists all of them
+    (read_split refuses an answer outside the list), every label has train rows for a demo, and the scorers
+    are atis_intent's (macro F1 the target, accuracy reported)."""
+    specs, splits = shipped
+    spec, frames = specs["hwu64"], splits["hwu64"]
+    assert len(spec.labels) == len(set(spec.labels)) == 64
+    assert [len(frames.split(s)) for s in ("train", "dev", "test")] == [9533, 500, 1000]
+    for split in ("train", "dev", "test"):
+        assert set(frames.split(split)["ground_truth_output"]) <= set(spec.labels)
+    assert set(frames.split("train")["ground_truth_output"]) == set(spec.labels)
+    assert spec.target_metric == "f1"
+    assert [(s.name, s.weight) for s in spec.scorers] == [("f1", 1.0), ("accuracy", 0.0)]
+    assert spec.max_output_tokens >= 6  # the longest labels are 6 Gemma tokens after the space
+    prompt = PromptVersion.load(PROJECT_ROOT / "prompts" / spec.initial_prompt)
+    assert all(label in prompt.system_prompt for label in spec.labels)
 
 
 # --- sampling and the long table ---------------------------------------------------------------

@@ -155,8 +155,12 @@ class LlamaCppClient(LLMClient):
         choices = list(req.choices)
         try:
             ranker = LabelRanker(llm)
-            ranked = ranker.rank(req.prompt, choices)
-            choice, prompt_tokens, scores = ranked.choice, ranked.prompt_tokens, ranked.scores
+            # Every label's score only where it is used (summed over demo sets, or calibrated); else the
+            # ranking stops once no other label can win, which on 64 labels is most of the work.
+            complete = req.want_label_scores or bool(req.calibration_prompts)
+            ranked = ranker.rank(req.prompt, choices, complete=complete)
+            choice, prompt_tokens = ranked.choice, ranked.prompt_tokens
+            scores = ranked.scores if complete else None
             if req.calibration_prompts:
                 scores = None  # the raw scores would not say how the calibrated choice was made
                 free = [self._content_free_scores(ranker, text, choices) for text in req.calibration_prompts]
