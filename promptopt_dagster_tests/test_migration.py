@@ -171,12 +171,13 @@ def test_source_model_is_a_validated_setting_that_enters_the_fingerprint(tmp_pat
         name="sms_spam", files={"train": "a.csv", "dev": "b.csv", "test": "c.csv"}, initial_prompt="sms_spam.json"
     )
     assert spec.fingerprint(dataset) != spec.model_copy(update={"source_model": None}).fingerprint(dataset)
-    # an optimization without one hashes no source_model key (its settings and its dataset's entry only)
+    # an optimization without one hashes no source_model key (its settings and its dataset's entry only; an
+    # objective left empty is left out the same way)
     plain = OptimizationSpec(name="sms_spam", dataset="sms_spam")
     import hashlib
 
     payload = {
-        **plain.model_dump(mode="json", exclude={"name", "description", "source_model"}),
+        **plain.model_dump(mode="json", exclude={"name", "description", "source_model", "objective"}),
         "dataset_settings": dataset.model_dump(mode="json", exclude={"name", "description"}),
     }
     assert plain.fingerprint(dataset) == hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
