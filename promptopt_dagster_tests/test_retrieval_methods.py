@@ -107,3 +107,15 @@ def test_long_retrieved_demos_are_cut_at_a_word_and_short_pools_are_left_whole()
     optimizer = FewShotOptimizer()
     assert optimizer.cut_length(pool) == 400 and optimizer.cut_length(POOL) is None
     assert FewShotOptimizer(long_demo_chars=0).cut_length(pool) is None
+
+
+def test_no_dataset_in_data_starts_with_cut_demos():
+    """The default long_demo_chars leaves the search over every shipped dataset as it was: their demo
+    pools' rows are short (the median is under 220 characters even for gsm8k's word problems)."""
+    from promptopt_dagster.app.datasets import load_manifest, load_splits
+    from promptopt_dagster_tests.dagster_helpers import DATA_DIR
+
+    optimizer = FewShotOptimizer()
+    for name, spec in load_manifest(DATA_DIR / "manifest.yaml").items():
+        pool = optimizer.demo_pool(load_splits(spec, DATA_DIR).train)
+        assert optimizer.cut_length(pool) is None, name

@@ -22,10 +22,6 @@ class RowCost:
     prompt_tokens: float  # mean prompt tokens sent per row, every member of an ensemble counted
     seconds: float | None  # mean seconds the model took per row when each answer was made; None: not measured
 
-    def describe(self) -> str:
-        seconds = "" if self.seconds is None else f", {self.seconds:.2f} s"
-        return f"{self.prompt_tokens:.0f} tokens{seconds} per row"
-
 
 class Objective(BaseModel):
     """optimizations.yaml's `objective:`. Empty (the default): the optimizer's own rule picks the

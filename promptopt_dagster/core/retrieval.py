@@ -26,32 +26,50 @@ class Retriever(Protocol):
         """Indices of the k most similar pool texts, most similar first."""
 
 
-class TfidfRetriever:
-    """Word unigrams and bigrams, sublinear term frequency, English-agnostic (no stop-word list)."""
+#: what a word is, for every retriever: lower-cased runs of word characters, any language
+TOKEN_PATTERN = r"(?u)\b\w+\b"
 
-    def __init__(self, texts: Sequence[str]) -> None:
-        # start-up: scikit-learn takes ~0.5 s to import; only a prompt with retrieved demos pays it
-        from sklearn.feature_extraction.text import TfidfVectorizer
 
-        self._vectorizer = TfidfVectorizer(
-            ngram_range=(1, 2), sublinear_tf=True, lowercase=True, token_pattern=r"(?u)\b\w+\b"
-        )
-        self._matrix = self._vectorizer.fit_transform(list(texts))  # rows are L2-normalised
+class _RankedRetriever:
+    """What every retriever shares: a similarity per pool text, ranked stably (equal similarity keeps
+    pool order, so ties are deterministic), remembered per query (rendering asks once per row, and
+    the rows of a search repeat)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
         self._memo: dict[str, np.ndarray] = {}
+
+    def _similarities(self, query: str) -> np.ndarray:
+        raise NotImplementedError
 
     def top(self, query: str, k: int) -> list[int]:
         order = self._memo.get(query)
-        if order is None or len(order) < min(k, self._matrix.shape[0]):
-            sims = (self._matrix @ self._vectorizer.transform([query]).T).toarray().ravel()
-            # stable sort on -similarity: equal similarity keeps pool order, so ties are deterministic
-            order = np.argsort(-sims, kind="stable")[: max(k, 32)]
+        if order is None or len(order) < min(k, self._size):
+            order = np.argsort(-self._similarities(query), kind="stable")[: max(k, 32)]
             if len(self._memo) > 50_000:
                 self._memo.clear()
             self._memo[query] = order
         return [int(i) for i in order[:k]]
 
 
-class Bm25Retriever:
+class TfidfRetriever(_RankedRetriever):
+    """Word unigrams and bigrams, sublinear term frequency, English-agnostic (no stop-word list)."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        # start-up: scikit-learn takes ~0.5 s to import; only a prompt with retrieved demos pays it
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        super().__init__(len(texts))
+        self._vectorizer = TfidfVectorizer(
+            ngram_range=(1, 2), sublinear_tf=True, lowercase=True, token_pattern=TOKEN_PATTERN
+        )
+        self._matrix = self._vectorizer.fit_transform(list(texts))  # rows are L2-normalised
+
+    def _similarities(self, query: str) -> np.ndarray:
+        return (self._matrix @ self._vectorizer.transform([query]).T).toarray().ravel()
+
+
+class Bm25Retriever(_RankedRetriever):
     """Okapi BM25 (rank-bm25) over the same lower-cased word tokens as TF-IDF.
 
     BM25 saturates term frequency and normalises by length, where TF-IDF cosine does neither in the
@@ -59,28 +77,16 @@ class Bm25Retriever:
     that shares most of them, and on short ones (intent queries) the two mostly agree. Which pays is
     data-dependent, so both are offered to the search (fewshot's `retrievers` option)."""
 
-    _TOKEN = re.compile(r"(?u)\b\w+\b")
+    _TOKEN = re.compile(TOKEN_PATTERN)
 
     def __init__(self, texts: Sequence[str]) -> None:
         from rank_bm25 import BM25Okapi  # start-up: only a prompt that retrieves with BM25 pays the import
 
-        self._bm25 = BM25Okapi([self._tokens(t) or [""] for t in texts])
-        self._size = len(texts)
-        self._memo: dict[str, np.ndarray] = {}
+        super().__init__(len(texts))
+        self._bm25 = BM25Okapi([self._TOKEN.findall(t.lower()) or [""] for t in texts])
 
-    @classmethod
-    def _tokens(cls, text: str) -> list[str]:
-        return cls._TOKEN.findall(text.lower())
-
-    def top(self, query: str, k: int) -> list[int]:
-        order = self._memo.get(query)
-        if order is None or len(order) < min(k, self._size):
-            scores = np.asarray(self._bm25.get_scores(self._tokens(query)), dtype=float)
-            order = np.argsort(-scores, kind="stable")[: max(k, 32)]  # ties keep pool order
-            if len(self._memo) > 50_000:
-                self._memo.clear()
-            self._memo[query] = order
-        return [int(i) for i in order[:k]]
+    def _similarities(self, query: str) -> np.ndarray:
+        return np.asarray(self._bm25.get_scores(self._TOKEN.findall(query.lower())), dtype=float)
 
 
 _FACTORIES: dict[str, Callable[[Sequence[str]], Retriever]] = {"tfidf": TfidfRetriever, "bm25": Bm25Retriever}

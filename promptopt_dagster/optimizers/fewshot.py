@@ -217,12 +217,13 @@ class FewShotOptimizer(Optimizer):
                 answer=answer,
                 labels=labels,
                 # a resized retrieval keeps how it retrieves; a new one starts from the first retriever
-                retrieval=Retrieval(
+                retrieval=parent.retrieval.model_copy(update={"k": choice.count, "pool": demo_pool})
+                if parent.retrieval
+                else Retrieval(
                     k=choice.count,
                     pool=demo_pool,
-                    method=parent.retrieval.method if parent.retrieval else self.options.retrievers[0],
-                    per_label=parent.retrieval.per_label if parent.retrieval else False,
-                    max_chars=parent.retrieval.max_chars if parent.retrieval else self.cut_length(demo_pool),
+                    method=self.options.retrievers[0],
+                    max_chars=self.cut_length(demo_pool),
                 ),
                 calibrate=False,
                 ensemble=[],

@@ -144,11 +144,9 @@ def best(
         allowed = [c for c in ranked if objective.allows(c.cost)]
         if not allowed:
             return None
-        top = max(allowed, key=lambda c: (c.select_score, -c.born_iteration))
-        slack = objective.within_points or 0.0
-        near = [c for c in allowed if c.select_score >= top.select_score - slack - 1e-12]
-        if objective.within_points is None:
-            return min(near, key=lambda c: (_tokens(c), len(c.prompt.demos), c.born_iteration))
+        top = max(c.select_score for c in allowed)
+        # without within_points, only the candidates tied with the best; the cheapest of them wins
+        near = [c for c in allowed if c.select_score >= top - (objective.within_points or 0.0) - 1e-12]
         return min(near, key=lambda c: (_tokens(c), -c.select_score, len(c.prompt.demos), c.born_iteration))
     if not ranked:
         return None
