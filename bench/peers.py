@@ -48,11 +48,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from promptopt_dagster.app.datasets import dev_parts, load_manifest, load_splits, sample_rows
+from promptopt_dagster.app.datasets import load_manifest, load_splits, sample_rows
+from promptopt_dagster.app.iteration_setup import IterationSetup
 from promptopt_dagster.app.optimizations import OptimizationSpec
-from promptopt_dagster.app.quality import drop_held_out
 from promptopt_dagster.app.settings import get_settings
-from promptopt_dagster.core.intervals import bootstrap_interval
 from promptopt_dagster.defs.resources import ProjectResource
 from promptopt_dagster.llm.base import LLMClient, LLMRequest
 from promptopt_dagster.llm.factory import build_client
@@ -166,13 +165,6 @@ def tfidf_embedder(train_texts: list[str]):
     return dspy.Embedder(lambda texts: vectorizer.transform(texts).toarray().astype(np.float32), caching=False)
 
 
-def interval(suite, predictions: list, references: list) -> tuple[float, float]:
-    """bench/quality.py's interval: the target recomputed on resampled rows (so macro F1 gets one too)."""
-    p, r = np.array(predictions, dtype=object), np.array(references, dtype=object)
-    found = bootstrap_interval(len(p), lambda ix: suite.score(list(p[ix]), list(r[ix])).value)
-    return found.low, found.high
-
-
 def compile_program(method: str, signature, trainset: list, valset: list, metric, args) -> dspy.Module:
     student = Answer(signature)
     if method == "zero_shot":
@@ -207,11 +199,12 @@ def run_dataset(name: str, args, settings, client: LLMClient) -> list[dict]:
     project = ProjectResource(data_dir=str(settings.data_dir), prompts_dir=str(settings.prompts_dir))
     spec, suite = project.spec(name), project.suite(name)
     splits = load_splits(spec, Path(settings.data_dir))
-    seed = DEFAULTS["seed"].default
-    test = sample_rows(splits.test, args.rows, seed)
-    select = dev_parts(splits.dev, DEFAULTS["eval_size"].default, args.dev_rows, seed)[0]
-    train = drop_held_out(splits.train, {"dev": splits.dev, "test": splits.test})
-    train = sample_rows(train, args.train_rows, seed)
+    # the rows an optimization of this dataset uses, cut as its iterations cut them (select rows: --dev-rows)
+    setup = IterationSetup.resolve(OptimizationSpec(name=name, dataset=name, select_size=args.dev_rows), splits)
+    seed = setup.spec.seed
+    test = sample_rows(setup.test, args.rows, seed)
+    select = setup.select
+    train = sample_rows(setup.demo_source(), args.train_rows, seed)
     output = LABEL if spec.labels else ANSWER
     signature = signature_for(project.initial_prompt(name).system_prompt or "", list(spec.labels))
     trainset, valset, testset = examples(train, output), examples(select, output), examples(test, output)
@@ -238,7 +231,8 @@ def run_dataset(name: str, args, settings, client: LLMClient) -> list[dict]:
         for example in tqdm(testset, desc=f"{name} {method} test", file=sys.stderr, mininterval=5):
             predictions.append(str(program(**example.inputs()).get(output) or ""))
         score = suite.score(predictions, references).value
-        low, high = interval(suite, predictions, references)
+        found = suite.target_interval(predictions, references)
+        low, high = found.low, found.high
         row = {
             "dataset": name,
             "method": method,

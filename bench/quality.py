@@ -29,14 +29,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 
-from promptopt_dagster.app.datasets import dev_parts, load_manifest, load_splits, sample_rows
-from promptopt_dagster.app.quality import drop_held_out
+from promptopt_dagster.app.datasets import load_manifest, load_splits, sample_rows
+from promptopt_dagster.app.iteration_setup import IterationSetup
+from promptopt_dagster.app.optimizations import OptimizationSpec
 from promptopt_dagster.app.settings import PROJECT_ROOT, get_settings
-from promptopt_dagster.core.intervals import bootstrap_interval
 from promptopt_dagster.core.prompts import Demo, PromptVersion
 from promptopt_dagster.defs.resources import ProjectResource
 from promptopt_dagster.llm.factory import build_client
@@ -89,10 +88,8 @@ def balanced_demos(train: pd.DataFrame, labels: list[str], k: int, seed: int) ->
     return picked
 
 
-def interval(suite, predictions: list, references: list) -> tuple[float, float]:
-    p, r = np.array(predictions, dtype=object), np.array(references, dtype=object)
-    found = bootstrap_interval(len(p), lambda ix: suite.score(list(p[ix]), list(r[ix])).value)
-    return found.low, found.high
+def _bounds(interval) -> tuple[float, float]:
+    return interval.low, interval.high
 
 
 def main() -> None:
@@ -161,9 +158,10 @@ def main() -> None:
             project = ProjectResource(data_dir=str(data_dir), prompts_dir=str(prompts_dir))
             spec, suite = project.spec(name), project.suite(name)
             splits = load_splits(spec, Path(data_dir))
-            confirm = dev_parts(splits.dev, args.eval_size, 100, 0)[1]
-            test = sample_rows(splits.test, args.test_size, 0)
-            train = drop_held_out(splits.train, {"dev": splits.dev, "test": splits.test})
+            # the rows the optimization used (its defaults, the bench's eval size), cut as its iterations cut them
+            setup = IterationSetup.resolve(OptimizationSpec(name=name, dataset=name, eval_size=args.eval_size), splits)
+            confirm, train = setup.confirm, setup.demo_source()
+            test = sample_rows(setup.test, args.test_size, setup.spec.seed)
             client = build_client(ModelSettings(), settings.model_dir, settings.llm_threads, state / "llm_cache.sqlite")
             calls_before = client.usage.llm_calls
 
@@ -197,10 +195,10 @@ def main() -> None:
                 "initial test": report["initial_test_score"],
                 "by-hand dev": hand_dev,
                 "by-hand test": hand_test,
-                "by-hand test 95%": interval(suite, hand_test_p, refs),
+                "by-hand test 95%": _bounds(suite.target_interval(hand_test_p, refs)),
                 "optimized dev": report["best_dev_score"],
                 "optimized test": best_test,
-                "optimized test 95%": interval(suite, best_test_p, refs),
+                "optimized test 95%": _bounds(suite.target_interval(best_test_p, refs)),
                 "dev-test drop": report["best_dev_score"] - best_test,
                 "model calls": report["llm_calls"],
                 "by-hand calls": hand_calls,

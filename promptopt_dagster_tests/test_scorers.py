@@ -366,3 +366,13 @@ def test_shipped_gsm8k_uses_numeric_match_and_watches_the_answer_format():
     assert result.value == pytest.approx(2 / 3) and result.aggregate == pytest.approx(2 / 3)  # weight 0: watched only
     assert np.isfinite(result.per_row_aggregate()).all()
     assert custom_scorers is not None
+
+
+def test_the_target_interval_recomputes_a_macro_target_on_resampled_rows():
+    suite = _suite([{"name": "f1"}], labels=["positive", "negative", "neutral"])
+    preds = ["positive", "negative", "neutral", "positive"] * 10 + ["negative"] * 10
+    refs = ["positive", "negative", "neutral", "neutral"] * 10 + ["negative"] * 10
+    value = suite.score(preds, refs).value
+    found = suite.target_interval(preds, refs)
+    assert found.low < value < found.high and found.confidence == 0.95
+    assert suite.target_interval(preds, refs) == found  # seeded: the same rows give the same interval

@@ -17,6 +17,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from promptopt_dagster.core.errors import ScorerError
+from promptopt_dagster.core.intervals import Interval, bootstrap_interval
 from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.scoring.registry import JUDGE, Scorer, ScoreResult, ScorerRegistry
 
@@ -208,6 +209,15 @@ class ScoringSuite:
                     predictions, references, inputs=inputs, labels=self.labels, **spec.options
                 )
         return SuiteResult(results, {s.name: s.weight for s in self.specs}, self.target)
+
+    def target_interval(
+        self, predictions: Sequence[str | None], references: Sequence[str], confidence: float = 0.95, seed: int = 0
+    ) -> Interval:
+        """A percentile bootstrap of the target recomputed on resampled rows, so a target that is not a
+        mean of row scores (macro F1, corpus BLEU) gets an interval too. Needs no model call unless the
+        suite has a judge, which would be asked again on every resample."""
+        p, r = np.array(predictions, dtype=object), np.array(references, dtype=object)
+        return bootstrap_interval(len(p), lambda ix: self.score(list(p[ix]), list(r[ix])).value, confidence, seed=seed)
 
     def _judge(self, spec: ScorerSpec, predictions, references, inputs) -> ScoreResult:
         # start-up: ~4 ms on every import of the suite (`promptopt --help` too); only a suite with the judge pays it
