@@ -50,6 +50,7 @@ import yaml  # noqa: E402
 from promptopt_dagster.app.settings import get_settings  # noqa: E402
 from promptopt_dagster.core import retrieval as retrieval_module  # noqa: E402
 from promptopt_dagster.core.prompts import PromptVersion, Retrieval  # noqa: E402
+from promptopt_dagster.defs.resources import ProjectResource  # noqa: E402
 from promptopt_dagster.llm.inference import predict  # noqa: E402
 from promptopt_dagster.llm.label_ranking import LabelRanker  # noqa: E402
 from promptopt_dagster.llm.local import LlamaCppClient  # noqa: E402
@@ -261,11 +262,12 @@ def main() -> None:
 
 def many_labels(s, args) -> None:
     """Seconds and tokens per row on hwu64's 64 labels: free answers, complete ranking, pruned ranking."""
-    spec = yaml.safe_load((s.data_dir / "manifest.yaml").read_text())["datasets"]["hwu64"]
-    labels, max_tokens = spec["labels"], spec["max_output_tokens"]
+    project = ProjectResource(data_dir=str(s.data_dir), prompts_dir=str(s.prompts_dir))
+    spec, suite = project.spec("hwu64"), project.suite("hwu64")  # macro f1 and accuracy as the loop scores them
+    labels, max_tokens = list(spec.labels), spec.max_output_tokens
     train = read_csv(s.data_dir / "hwu64" / "train.csv")
     rows = read_csv(s.data_dir / "hwu64" / "dev.csv").head(args.many_labels)
-    initial = PromptVersion.load(s.prompts_dir / spec["initial_prompt"])
+    initial = project.initial_prompt("hwu64")
     opt = FewShotOptimizer()
     prompts = {
         "initial": initial,
@@ -312,9 +314,8 @@ def many_labels(s, args) -> None:
                     extra[way] += tokens
                 seconds[way] += time.perf_counter() - started
         for way in ways:
-            truth, got = rows["ground_truth_output"].tolist(), answers[way]
-            accuracy = sum(a == b for a, b in zip(got, truth)) / len(rows)
-            f1 = macro_f1(truth, got, labels)
+            summary = suite.score(answers[way], rows["ground_truth_output"].tolist()).summary()
+            f1, accuracy = summary["f1"], summary["accuracy"]
             print(
                 f"{name:<12} {prompt_tokens:>14.0f} {way:<9} {seconds[way] / len(rows):>7.3f} "
                 f"{extra[way] / len(rows):>20.1f} {f1:>6.3f} {accuracy:>8.3f}"
@@ -329,18 +330,6 @@ def many_labels(s, args) -> None:
         "KV cache, so only its first row pays for it). tok past prompt: generated tokens (free) or label tokens "
         f"evaluated (rankings). Load average now {os.getloadavg()[0]:.2f}"
     )
-
-
-def macro_f1(truth: list[str], predicted: list[str], labels: list[str]) -> float:
-    """Macro F1 over the labels a row holds or an answer names, as the f1 scorer counts it."""
-    present = [l for l in labels if l in truth or l in predicted]
-    scores = []
-    for label in present:
-        tp = sum(t == label and p == label for t, p in zip(truth, predicted))
-        fp = sum(t != label and p == label for t, p in zip(truth, predicted))
-        fn = sum(t == label and p != label for t, p in zip(truth, predicted))
-        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return sum(scores) / len(scores) if scores else 0.0
 
 
 if __name__ == "__main__":
