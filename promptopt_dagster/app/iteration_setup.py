@@ -66,8 +66,8 @@ class IterationSetup:
         return drop_held_out(self.train, self.held_out())
 
     def to_frame(self) -> pd.DataFrame:
-        """One table: every row with its part and its position in it, and the settings on each row (one
-        value the warehouse stores once per block), so that the setup is read back whole, in order."""
+        """One table: every row with its part and its position in it, and the settings on each row, so that
+        the setup is read back whole, in order, by any asset of the iteration."""
         frames = [
             getattr(self, part)[["row_id", *COLUMNS]].assign(part=part, position=range(len(getattr(self, part))))
             for part in PARTS
