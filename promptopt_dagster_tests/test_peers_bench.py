@@ -3,12 +3,13 @@
 The table is what claims of "better than DSPy" are read from, so the smoke checks what would make
 such a claim wrong: a missing method, a score outside [0, 1] or outside its own interval, or model
 calls the engine counted differently from the client (a call DSPy made that the table hides).
-DSPy comes with the `bench` extra, which CI installs: a missing dspy fails here rather than skips.
+DSPy comes with the `bench` extra, which CI installs: there a missing dspy fails; elsewhere it skips.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 
 import pytest
@@ -19,7 +20,14 @@ METHODS = ["zero_shot", "labeled", "knn", "random_search"]
 
 
 def load_peers():
-    import dspy  # noqa: F401 (fails the test, not skips it, without the bench extra)
+    try:
+        import dspy  # noqa: F401
+    except ImportError:
+        # CI installs the bench extra (.ci/run): there a missing dspy fails; elsewhere (the README's
+        # `pip install -e ".[dev]"`) it skips, as the browser test does without chromium
+        if os.environ.get("CI"):
+            raise
+        pytest.skip('DSPy is not installed: pip install -e ".[bench]" to run the peer bench')
 
     spec = importlib.util.spec_from_file_location("bench_peers", PROJECT_ROOT / "bench" / "peers.py")
     module = importlib.util.module_from_spec(spec)
