@@ -44,6 +44,21 @@ def demos_help(request: LLMRequest) -> str:
     return " " + _LABELS[user_input] if has_demos else " maybe"
 
 
+def more_demos_help(request: LLMRequest) -> str:
+    """Right on every row with 12 or more labeled demos, on about half the rows with fewer, never without:
+    a costlier prompt that is better, so that the user's cost ceiling, not the score, decides."""
+    if not _LABELS:
+        _LABELS.update(_sst2_labels())
+    prompt = request.prompt or ""
+    user_input = prompt.rsplit("Review: ", 1)[-1].rsplit("\nSentiment:", 1)[0]
+    demos = prompt.count("\nSentiment: positive") + prompt.count("\nSentiment: negative")
+    label = _LABELS[user_input]
+    lucky = int(hashlib.sha256(user_input.encode()).hexdigest(), 16) % 2 == 0
+    if demos >= 12 or (demos and lucky):
+        return " " + label
+    return " negative" if label == "positive" else " positive"
+
+
 def never_right(request: LLMRequest) -> str:
     """Never the row's label: " maybe", or a wrong label when the answer is constrained to the labels."""
     if request.choices:
@@ -95,6 +110,7 @@ def quotes_a_row_it_was_shown(request: LLMRequest) -> str:
 SCRIPTS = {
     "quotes_a_row_it_was_shown": quotes_a_row_it_was_shown,
     "demos_help": demos_help,
+    "more_demos_help": more_demos_help,
     "never_right": never_right,
     "fails_one_row_in_five": fails_one_row_in_five,
     "judge_exact": judge_exact,

@@ -170,7 +170,7 @@ def test_every_optimizer_option_is_listed():
     for optimizer in OPTIMIZERS:
         for option in optimizer_class(optimizer).Options.model_fields:
             assert f"| `{optimizer}` | `{option}` |" in options, (optimizer, option)
-    assert "| `fewshot` | `cost_confidence` | float in [0.5, 1) | the entry's `confidence` |" in options
+    assert "| `fewshot` | `race_confidence` | float in [0.5, 1) | the entry's `confidence` |" in options
 
 
 def test_the_docs_link_to_the_reference_pages():

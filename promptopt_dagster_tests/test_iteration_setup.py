@@ -46,8 +46,27 @@ def test_the_parts_are_the_dev_split_cut_as_the_settings_say_and_survive_the_tab
 def test_the_demo_source_drops_train_rows_equal_to_a_held_out_row():
     splits = _splits()
     splits.train.loc[5, "user_input"] = "  DEV TEXT 3 "  # a dev row, up to case and whitespace
-    setup = IterationSetup.resolve(small_spec(), splits)
+    setup = IterationSetup.resolve(small_spec(spare_size=0), splits)
     assert 5 not in set(setup.demo_source()["row_id"]) and len(setup.demo_source()) == 39
+
+
+def test_a_short_dev_split_races_on_train_rows_held_out_of_the_demo_pool():
+    splits = _splits(dev=45)  # 20 confirm, 10 select, 15 spare dev rows
+    splits.train.loc[5, "user_input"] = "dev text 3"  # equal to a dev row: never a demo, so never a race row
+    setup = IterationSetup.resolve(small_spec(spare_size=25), splits)
+    assert len(setup.spare) == 15 and len(setup.spare_train) == 10
+    race = setup.race_rows()
+    assert len(race) == 25 and race.head(15)["user_input"].str.startswith("dev").all()  # dev rows first
+    held = set(setup.spare_train["row_id"])
+    assert 5 not in held and not held & set(setup.train["row_id"]) and not held & set(setup.demo_source()["row_id"])
+    assert len(setup.train) == 30  # 40 train rows less the 10 held out
+    assert IterationSetup.resolve(small_spec(spare_size=25), splits).race_rows().equals(race)  # every iteration
+    # never more than half of what could be demos, however many spare rows are asked for
+    assert len(IterationSetup.resolve(small_spec(spare_size=500), splits).spare_train) == 19
+    # a long dev split races on a seeded sample of its own spare rows only
+    roomy = IterationSetup.resolve(small_spec(spare_size=10), _splits(dev=60))
+    assert roomy.spare_train.empty and len(roomy.race_rows()) == 10
+    assert set(roomy.race_rows()["row_id"]) <= set(roomy.spare["row_id"])
 
 
 def test_no_dev_rows_and_no_stored_setup_each_name_the_fix():

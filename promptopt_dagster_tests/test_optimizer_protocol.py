@@ -135,7 +135,7 @@ def test_every_optimizers_options_are_a_model_with_working_defaults():
 
 def test_options_that_follow_the_optimizations_settings():
     spec = OptimizationSpec(name="a", dataset="sst2", confidence=0.8)
-    assert spec.optimizer_options() == {"cost_confidence": 0.8}
-    assert spec.model_copy(update={"options": {"cost_confidence": 0.7}}).optimizer_options() == {"cost_confidence": 0.7}
+    assert spec.optimizer_options() == {"race_confidence": 0.8}
+    assert spec.model_copy(update={"options": {"race_confidence": 0.7}}).optimizer_options() == {"race_confidence": 0.7}
     gepa = OptimizationSpec(name="a", dataset="sst2", optimizer="gepa", options={"minibatch_size": 2})
     assert gepa.optimizer_options() == {"minibatch_size": 2}

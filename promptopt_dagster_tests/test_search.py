@@ -254,21 +254,19 @@ def test_constrained_answers_are_always_a_label_with_the_real_model():
     assert not set(free["prediction"].str.strip()) <= set(labels)  # unconstrained, the model strays
 
 
-def test_a_costlier_prompt_must_be_surely_better_than_a_cheaper_one():
-    # 12 rows only the static prompt gets right, 16 only the retrieved one: +4 points, not a sure gain
+def test_without_an_objective_the_best_select_score_wins_and_a_tie_goes_to_the_cheaper_prompt():
+    from promptopt_dagster.core.objective import RowCost
+
     static = _candidate("static", {i: 1.0 for i in range(100)} | {i: 0.0 for i in range(84, 100)})
     static.prompt.demos = [Demo(user_input="x", ground_truth_output="a")] * 8
+    static.cost = RowCost(300.0, 0.1)
     retrieved = _candidate("retrieved", {i: 1.0 for i in range(100)} | {i: 0.0 for i in range(72, 84)})
     retrieved.prompt.retrieval = Retrieval(k=8, pool=POOL)
-    assert best([static, retrieved]) is retrieved  # no confidence: the higher score
-    assert best([static, retrieved], 0.9) is static  # four points of 100 rows do not pay for retrieval
-    retrieved.scores = {i: 1.0 for i in range(100)}
-    static.scores = {i: 1.0 for i in range(92)} | {i: 0.0 for i in range(92, 100)}
-    static.select_score, retrieved.select_score = 0.92, 1.0
-    assert best([static, retrieved], 0.9) is retrieved  # eight rows won and none lost do
-    retrieved.scores = {i: 1.0 for i in range(100)} | {i: 0.0 for i in range(80, 92)}
-    retrieved.select_score = 0.88
-    assert best([static, retrieved], 0.9) is static  # the cheaper one is also the better one
+    retrieved.cost = RowCost(900.0, 0.4)
+    assert best([static, retrieved]) is retrieved  # 0.88 against 0.84: the better score, whatever it costs
+    retrieved.scores = {i: 1.0 for i in range(100)} | {i: 0.0 for i in range(84, 100)}
+    retrieved.select_score = 0.84
+    assert best([static, retrieved]) is static  # tied: the fewer prompt tokens per row
 
 
 def test_the_local_model_runs_a_batch_in_prefix_order_and_answers_keep_their_index(monkeypatch, tmp_path):
@@ -302,16 +300,19 @@ SPARE = pd.DataFrame(
 
 
 def _race_evaluate(raced_rows):
-    """16 static demos lead on the select rows and fall behind 12 on spare rows; retrieval is poor."""
+    """Retrieved demos and 16 static ones lead on the select rows (0.90) and fall behind 12 static ones
+    (0.85 there) on the spare rows: 0.75 and 0.50 against 0.95."""
 
     def evaluate(prompt, rows):
         spare = rows["row_id"] >= 1000
         if spare.any():
             raced_rows.append((prompt.describe(), int(spare.sum()), len(rows)))
         ids = rows["row_id"].tolist()
-        if prompt.retrieval is not None or not prompt.demos:
-            per_row = [0.5 if prompt.demos or prompt.retrieval else 0.0] * len(rows)
-        elif len(prompt.demos) == 16:  # select: wrong on 4 rows; spare: on every other row
+        if prompt.retrieval is not None:  # select: wrong on 4 rows; spare: on every 4th
+            per_row = [float(i % 4 != 0) if i >= 1000 else float(not 10 <= i - 100 < 14) for i in ids]
+        elif not prompt.demos:
+            per_row = [0.0] * len(rows)
+        elif len(prompt.demos) == 16:  # select: wrong on 4 other rows; spare: on every other row
             per_row = [float(i % 2 == 0) if i >= 1000 else float(i - 100 >= 4) for i in ids]
         else:  # select: wrong on 6 other rows (not surely worse); spare: on every 20th row
             per_row = [float(i % 20 != 0) if i >= 1000 else float(not 4 <= i - 100 < 10) for i in ids]
@@ -320,21 +321,25 @@ def _race_evaluate(raced_rows):
     return evaluate
 
 
-def test_the_leading_static_candidates_race_on_spare_dev_rows_and_the_race_decides():
+def test_the_select_rows_leaders_race_on_spare_rows_by_successive_halving_and_the_race_decides():
     raced = []
-    optimizer = get_optimizer("fewshot", num_candidates=6, minibatch_size=10, race_size=200, race_top=3)
+    optimizer = get_optimizer("fewshot", num_candidates=6, minibatch_size=10, race_top=6)
     without = optimizer.propose(_input(), _race_evaluate(raced))
-    assert len(without.prompt.demos) == 16 and not raced  # no spare rows: the select rows decide
+    assert without.prompt.retrieval is not None and not raced  # no spare rows: the select rows decide
     inp = _input()
     inp.spare_rows = SPARE
     proposal = optimizer.propose(inp, _race_evaluate(raced))
     assert len(proposal.prompt.demos) == 12 and proposal.prompt.retrieval is None
     assert proposal.prompt.metadata["race_score"] > proposal.prompt.metadata["select_score"]
-    # select + 200 spare rows, for the two 12-demo sets and the 16-demo one; the baseline (no demos,
-    # all wrong) is surely beaten already and does not race
-    assert len(raced) == 3 and all(n == 200 and total == 240 for _, n, total in raced)
-    assert not any("retrieved" in d for d, _, _ in raced)  # retrieval costs too much per row to race
-    assert sum("race_score" in c for c in proposal.candidates) == 3
+    # rung 1: the six seeds on the 40 select rows and the first 150 spare rows (the baseline, wrong on
+    # every row, is surely beaten already and does not race); rung 2: the better half on all 300
+    rung1 = [r for r in raced if r[1] == 150]
+    rung2 = [r for r in raced if r[1] == 300]
+    assert len(rung1) == 6 and len(rung2) == 3 and len(raced) == 9
+    assert all(total == 40 + n for _, n, total in raced)
+    assert sum("retrieved" in d for d, _, _ in rung1) == 3  # retrieved demos race like any other prompt
+    assert sum("12" in d for d, _, _ in rung2) == 2  # both 12-demo sets went on
+    assert {c["race_rows"] for c in proposal.candidates if "race_score" in c} == {190, 340}
 
 
 def test_a_static_baseline_that_wins_the_race_is_kept():
@@ -365,16 +370,20 @@ def test_a_static_baseline_that_wins_the_race_is_kept():
     assert proposal.prompt is None and "baseline won the race" in proposal.rejected_reason
 
 
-def test_parents_costlier_than_the_best_are_not_drawn_from_the_frontier():
+def test_parents_over_the_objectives_ceiling_are_not_drawn_from_the_frontier():
     import random
 
+    from promptopt_dagster.core.objective import Objective, RowCost
     from promptopt_dagster.optimizers.pool import pick_parent
 
     static = _candidate("static", {i: 1.0 for i in range(100)} | {i: 0.0 for i in range(90, 100)})
     static.prompt.demos = [Demo(user_input="x", ground_truth_output="a")] * 8
+    static.cost = RowCost(300.0, None)
     retrieved = _candidate("retrieved", {i: 0.0 for i in range(90)} | {i: 1.0 for i in range(90, 100)})
     retrieved.prompt.retrieval = Retrieval(k=8, pool=POOL)  # on the frontier: alone right on 10 rows
+    retrieved.cost = RowCost(900.0, None)
     assert pareto_frontier([static, retrieved]) == {"static": 90, "retrieved": 10}
     rng = random.Random(0)
-    assert {pick_parent([static, retrieved], rng, 0.9).id for _ in range(200)} == {"static"}
+    ceiling = Objective(max_tokens_per_row=500)
+    assert {pick_parent([static, retrieved], rng, ceiling).id for _ in range(200)} == {"static"}
     assert {pick_parent([static, retrieved], rng).id for _ in range(200)} == {"static", "retrieved"}

@@ -9,8 +9,10 @@ place to read how an iteration's rows were chosen, and a lineage graph that read
 
 The parts of the dev split are disjoint: *select* rows choose among candidates (the optimizer sees
 them), *confirm* rows accept or reject (the optimizer never sees them), *spare* rows are neither and
-may be used by a race that wants more rows to choose on. *train* is the demo pool's source (rows
-equal to a held-out one removed); *test* is held out for the final report and only checked against.
+may be used by a race that wants more rows to choose on. When dev has fewer spare rows than the
+settings' `spare_size`, *spare_train* train rows make up the difference: held out of the demo pool, so
+no candidate is raced on a row it may carry as a demo. *train* is the demo pool's source (rows equal to
+a held-out one removed); *test* is held out for the final report and only checked against.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from promptopt_dagster.app.quality import drop_held_out
 from promptopt_dagster.core.errors import DatasetError
 
 #: the parts of an iteration's rows, in the order they are stored
-PARTS = ("train", "select", "confirm", "spare", "test")
+PARTS = ("train", "select", "confirm", "spare", "spare_train", "test")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class IterationSetup:
     select: pd.DataFrame
     confirm: pd.DataFrame
     spare: pd.DataFrame
+    spare_train: pd.DataFrame
     test: pd.DataFrame
 
     @classmethod
@@ -47,7 +50,14 @@ class IterationSetup:
                 "and start the optimization again."
             )
         select, confirm = dev_parts(splits.dev, spec.eval_size, spec.select_size, spec.seed)
-        return cls(spec, splits.train, select, confirm, spare_rows(splits.dev, select, confirm), splits.test)
+        spare = spare_rows(splits.dev, select, confirm)
+        # a small dev split (atis_intent has 100 spare rows) gets the rest from train, drawn from the rows
+        # that could be demos at all (none equal to a held-out row) and by the same seed every iteration
+        short = max(0, spec.spare_size - len(spare))
+        candidates = drop_held_out(splits.train, {"dev": splits.dev, "test": splits.test})
+        spare_train = candidates.sample(n=min(short, len(candidates) // 2), random_state=spec.seed)
+        train = splits.train[~splits.train["row_id"].isin(spare_train["row_id"])].reset_index(drop=True)
+        return cls(spec, train, select, confirm, spare, spare_train.reset_index(drop=True), splits.test)
 
     @property
     def dataset(self) -> str:
@@ -56,6 +66,14 @@ class IterationSetup:
     @property
     def dev(self) -> pd.DataFrame:
         return pd.concat([self.select, self.confirm, self.spare], ignore_index=True)
+
+    def race_rows(self) -> pd.DataFrame:
+        """The spare rows an optimizer may race on: `spare_size` of them, dev rows first (sampled by the
+        seed, so every iteration races on the same rows and a prompt raced before answers from the cache),
+        then the held-out train rows."""
+        size = self.spec.spare_size
+        dev = self.spare.sample(n=min(size, len(self.spare)), random_state=self.spec.seed)
+        return pd.concat([dev, self.spare_train.head(max(0, size - len(dev)))], ignore_index=True)
 
     def held_out(self) -> dict[str, pd.DataFrame]:
         """The rows no prompt may carry (leakage_gate), by the split they come from."""

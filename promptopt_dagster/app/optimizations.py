@@ -30,6 +30,9 @@ from promptopt_dagster.optimizers.registry import optimizer_class, optimizer_nam
 #: every optimizer's name, from the optimizer registry: OptimizationSpec's Literal and the CLI's --optimizer
 #: choices are built from it
 OPTIMIZERS = optimizer_names()
+#: spare rows by default: enough for a race to see a 3-point difference between two prompts that the
+#: 100 select rows cannot (a paired difference's standard error on 300 rows is about 2 points)
+SPARE_SIZE = 200
 OptimizerName = Literal[OPTIMIZERS]  # Literal[("a", "b")] is Literal["a", "b"]
 
 
@@ -105,14 +108,20 @@ class OptimizationSpec(_Strict):
     objective: Objective = Field(
         default_factory=Objective,
         description="what to value when candidates differ in cost: ceilings on prompt tokens or seconds per row, "
-        "or the cheapest prompt within some points of the best; empty: the optimizer's own rule (fewshot: the "
-        "cheapest candidate the best one does not beat for sure)",
+        "or the cheapest prompt within some points of the best; empty: the best score",
     )
     eval_size: int = Field(
         200, ge=0, description="confirm rows: dev rows on which a refined prompt is accepted or rejected (0: all)"
     )
     select_size: int = Field(
         100, ge=1, description="select rows: other dev rows on which the optimizer compares its candidates"
+    )
+    spare_size: int = Field(
+        SPARE_SIZE,
+        ge=0,
+        description="spare rows: rows besides the select rows on which an optimizer may race its leading candidates "
+        "(dev rows in neither select nor confirm, topped up with train rows held out of the demo pool when dev has "
+        "too few; 0: no race)",
     )
     test_size: int = Field(500, ge=0, description="held-out test rows in the report (0: all)")
     confidence: float = confidence_field()
@@ -170,12 +179,14 @@ class OptimizationSpec(_Strict):
         The contents of the files (CSV rows, the initial prompt) are data, not settings: not in it."""
         if dataset.name != self.dataset:
             raise ValueError(f"optimization {self.name!r} optimizes dataset {self.dataset!r}, not {dataset.name!r}")
-        # no source model, no objective: those keys are left out, as before migrations and objectives existed
+        # no source model, no objective, the default spare rows: those keys are left out, as before
+        # migrations, objectives and spare rows were settings
         exclude = {
             "name",
             "description",
             *(() if self.source_model is not None else ("source_model",)),
             *(() if self.objective.stated else ("objective",)),
+            *(() if self.spare_size != SPARE_SIZE else ("spare_size",)),
         }
         payload = self.model_dump(mode="json", exclude=exclude)
         payload["dataset_settings"] = dataset.model_dump(mode="json", exclude={"name", "description"})
@@ -187,7 +198,7 @@ class OptimizationSpec(_Strict):
 
     def optimizer_options(self) -> dict:
         """The optimizer's options, with those it takes from the optimization's settings unless set (fewshot's
-        cost rule follows `confidence`)."""
+        race follows `confidence`)."""
         follows = optimizer_class(self.optimizer).defaults_from_optimization
         return {**{option: getattr(self, setting) for option, setting in follows.items()}, **self.options}
 

@@ -279,7 +279,7 @@ def _header(title: str, source: str) -> str:
 
 def optimizer_options_rows() -> list[tuple[str, str, str, str, str]]:
     """(optimizer, option, type, default, description) for every option of every registered optimizer, from
-    its Options model. An option the entry fills in (fewshot's cost_confidence follows `confidence`) says
+    its Options model. An option the entry fills in (fewshot's race_confidence follows `confidence`) says
     which key it follows."""
     rows = []
     for name, cls in optimizer_classes().items():

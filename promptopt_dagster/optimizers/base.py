@@ -60,8 +60,9 @@ class OptimizerContext:
     iteration: int
     seed: int = 0
     label_descriptions: dict[str, str] = field(default_factory=dict)  # label -> what it means (manifest)
-    # Dev rows in neither select nor confirm: an optimizer may score its leading cheap candidates on
-    # some of them too, to tell apart what 100 select rows cannot (never rows that accept a candidate).
+    # Rows in neither select nor confirm (spare dev rows, then train rows held out of the demo pool): an
+    # optimizer may race its leading candidates on them, to tell apart what 100 select rows cannot
+    # (never rows that accept a candidate).
     spare_rows: pd.DataFrame | None = None
     history: list = field(default_factory=list)  # the candidate pool of earlier iterations (pool.Candidate)
     calibration: bool = False  # the task backend ranks labels, so calibrated label answers can be tried
@@ -71,7 +72,7 @@ class OptimizerContext:
     state: bytes | None = None
     # What the user values when candidates differ in cost (optimizations.yaml's `objective:`): ceilings
     # on tokens or seconds per row, or the cheapest prompt within some points of the best. Empty: the
-    # optimizer's own rule. Optimizers that compare candidates apply it through pool.best.
+    # best score. Optimizers that compare candidates apply it through pool.best.
     objective: Objective = field(default_factory=Objective)
 
 

@@ -6,11 +6,10 @@ shown (a fixed set, or the k train rows most similar to it), how many, and wheth
 only be a label. Iteration 0 seeds the pool with one candidate per region of that space; later
 iterations mutate one choice of a parent drawn from the pool's best and its per-row Pareto frontier
 (GEPA's rule). Every candidate first faces its parent on a seeded minibatch of the select rows and
-only a winner is scored on all of them (DSPy's and GEPA's minibatch gate). The proposal is the
-cheapest new candidate that the best one does not beat for sure (paired bootstrap at
-`cost_confidence`), so retrieved demos, which cost several times static ones on every row, must earn
-it; it is proposed only if it beats the baseline on the select rows. Acceptance is decided elsewhere, on
-confirm rows this search never sees.
+only a winner is scored on all of them (DSPy's and GEPA's minibatch gate). The leaders on the select
+rows then race on spare rows by successive halving, and the race's winner is the proposal (the best
+score, unless the optimization's objective says otherwise); it is proposed only if it beats the
+baseline. Acceptance is decided elsewhere, on confirm rows this search never sees.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from promptopt_dagster.core.prompts import Demo, PromptVersion, Retrieval
 from promptopt_dagster.core.retrieval import retriever_names
 from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.optimizers.base import Evaluator, Optimizer, OptimizerContext, OptimizerOptions, Proposal
-from promptopt_dagster.optimizers.pool import Candidate, best, pick_parent, row_cost, surely_better
+from promptopt_dagster.optimizers.pool import Candidate, best, pick_parent, row_cost, surely_better, tokens_per_row
 from promptopt_dagster.optimizers.registry import register
 
 log = logging.getLogger("promptopt.optimizer")
@@ -79,13 +78,17 @@ class FewShotOptions(OptimizerOptions):
     )
     minibatch_size: int = Field(30, ge=1, description="select rows a candidate must win on before it is scored on all")
     max_demo_chars: int = Field(300, ge=1, description="longer train rows are demos only when short ones are too few")
-    cost_confidence: float = Field(
-        0.9, ge=0.5, lt=1, description="a costlier prompt must beat cheaper ones at this confidence"
+    race_confidence: float = Field(
+        0.9,
+        ge=0.5,
+        lt=1,
+        description="a candidate the select rows' leader beats at this confidence (paired bootstrap) does not race",
     )
-    race_size: int = Field(
-        200, ge=0, description="spare dev rows the leading retrieval-free candidates are also scored on"
+    race_top: int = Field(
+        4,
+        ge=1,
+        description="how many leaders race on the spare rows: all on the first half, the better half of them on all",
     )
-    race_top: int = Field(3, ge=1, description="how many of them race")
     retrievers: tuple[str, ...] = Field(
         ("tfidf",),
         min_length=1,
@@ -116,8 +119,8 @@ class FewShotOptimizer(Optimizer):
     name = "fewshot"
     Options = FewShotOptions
     options: FewShotOptions
-    #: the cost rule follows the optimization's confidence unless cost_confidence is set
-    defaults_from_optimization = {"cost_confidence": "confidence"}
+    #: who races follows the optimization's confidence unless race_confidence is set
+    defaults_from_optimization = {"race_confidence": "confidence"}
 
     # --- the search space ---------------------------------------------------------------------
 
@@ -363,7 +366,7 @@ class FewShotOptimizer(Optimizer):
                 )
                 kind, why = "seed", why.describe(bool(inp.labels))
             else:
-                parent = pick_parent(history + new, rng, self.options.cost_confidence, inp.objective) or base
+                parent = pick_parent(history + new, rng, inp.objective) or base
                 prompt, why = self.mutate(parent.prompt, inp, demo_pool, rng)
                 kind = "mutate"
             if _signature(prompt) in seen:
@@ -404,43 +407,36 @@ class FewShotOptimizer(Optimizer):
                 else " (stopped at the minibatch)",
             )
         contenders = [c for c in new if c.kind != "baseline"]
-        raced = self.race(base, contenders, select, inp, evaluate, tried, seen, new)
+        rungs = self.race(base, contenders, select, inp, evaluate, tried, seen, new)
         contenders = [c for c in new if c.kind != "baseline"]  # with the race's ensembles
-        race_winner = max(raced, key=raced.get) if raced else None
-        # The race settles the retrieval-free candidates: only its winner stays in the field.
-        field = (
-            [c for c in [base] + contenders if c.prompt.retrieval is not None or c.id == race_winner]
-            if raced
-            else [base] + contenders
-        )
-        # The current prompt competes too: a costlier candidate a few select rows ahead of it would
-        # cost a full confirm pass (a 16-retrieved-demo prompt took 3 minutes on sst2) to be rejected.
-        winner = best(field, self.options.cost_confidence, inp.objective)
-        beat_base = (
-            winner is not None
-            and winner is not base
-            and (
-                winner.select_score > base.select_score
-                if base.id not in raced or winner.id not in raced
-                else raced[winner.id] > raced[base.id]
+        raced = rungs[-1] if rungs else {}
+        if raced:  # the race's last rung decides: the best score on the most rows, then the fewest tokens
+            winner = max(
+                (c for c in [base] + contenders if c.id in raced), key=lambda c: (raced[c.id], -tokens_per_row(c))
             )
-        )
+        else:
+            winner = best([base] + contenders, inp.objective)
+        beat_base = winner is not None and winner is not base and _beats(winner, base, rungs)
         if not beat_base:
-            top = best(contenders, objective=inp.objective)
+            top = best(contenders, inp.objective)
             if not tried:
                 reason = "every candidate this iteration would repeat one already in the pool"
             elif winner is None and inp.objective.stated:
                 reason = f"no candidate scored on the select rows meets the objective ({inp.objective.describe()})"
-            elif race_winner == base.id:
+            elif winner is base and raced:
                 reason = (
-                    f"the baseline won the race of the leading retrieval-free candidates on the {len(select)} "
-                    f"select rows and spare dev rows ({raced[base.id]:.4f})"
+                    f"the baseline won the race of the leading candidates on the {len(select)} select rows "
+                    f"and spare rows ({raced[base.id]:.4f})"
                 )
-            elif top is not None and top.select_score > base.select_score and not inp.objective.stated:
+            elif raced and winner is not None:
                 reason = (
-                    f"the best candidate ({top.select_score:.4f} on the {len(select)} select rows, "
-                    f"{top.prompt.describe()}) is not surely better than the baseline's "
-                    f"{base.select_score:.4f}, which costs less to run"
+                    f"the race's winner ({winner.prompt.describe()}) did not beat the baseline on the rows "
+                    "both raced on"
+                )
+            elif top is not None and inp.objective.within_points is not None:
+                reason = (
+                    f"the objective's choice ({top.prompt.describe()}, {top.select_score:.4f} on the "
+                    f"{len(select)} select rows) does not beat the baseline's {base.select_score:.4f}"
                 )
             else:
                 reason = f"no candidate beat the baseline's {base.select_score:.4f} on the {len(select)} select rows"
@@ -471,77 +467,82 @@ class FewShotOptimizer(Optimizer):
         tried: list[dict],
         seen: set,
         new: list[Candidate],
-    ) -> dict[str, float]:
-        """Scores of the leading retrieval-free candidates on the select rows plus spare dev rows, by id.
+    ) -> list[dict[str, float]]:
+        """Successive halving of the select rows' leaders over the spare rows: each rung's scores by id.
 
-        A hundred select rows cannot tell apart static demo sets a point or two apart, and their test
-        scores spread over several points, so the best on 100 rows is partly the luckiest. Static
-        demos sit in the cached prefix and cost little per row, so the leaders that the top one does
-        not already beat for sure (the baseline too, when it is among them) are scored on more rows:
-        successive halving in one step. Empty when there are fewer than two to race or no spare rows."""
+        A hundred select rows cannot tell apart candidates a few points apart (their 95% interval is
+        about 10 points wide), so the best on them is partly the luckiest: on sst2, retrieved demos led
+        static ones by 4 to 5 points on the select rows and then lost on test. The leaders that the top
+        one does not already beat for sure (the baseline too, when it is among them) are scored on the
+        select rows plus the first half of the spare rows; the better half of them, and ensembles of
+        the best static label sets, on all of them. A rung reads the rows of the one before from the
+        response cache, so a survivor pays only for its new rows. Empty when fewer than two race, there
+        are no spare rows, or the objective asks for the cheapest prompt near the best (a race for the
+        best score would not answer that)."""
         spare = inp.spare_rows
-        if spare is None or spare.empty or self.options.race_size <= 0 or self.options.race_top < 2:
-            return {}
-        cheap = sorted(
-            [
-                c
-                for c in [base] + contenders
-                if c.select_score is not None and c.prompt.retrieval is None and inp.objective.allows(c.cost)
-            ],
+        if spare is None or spare.empty or self.options.race_top < 2 or inp.objective.within_points is not None:
+            return []
+        entrants = sorted(
+            [c for c in [base] + contenders if c.select_score is not None and inp.objective.allows(c.cost)],
             key=lambda c: c.select_score,
             reverse=True,
         )
-        # only those the leader does not already beat for sure: a race cannot change a clear result
-        leaders = [c for c in cheap if c is cheap[0] or not surely_better(cheap[0], c, self.options.cost_confidence)]
+        confidence = self.options.race_confidence
+        leaders = [c for c in entrants if c is entrants[0] or not surely_better(entrants[0], c, confidence)]
         leaders = leaders[: self.options.race_top]
         if len(leaders) < 2:
-            return {}
-        # the same spare rows every iteration (seeded by the optimization, not the iteration), so a
-        # prompt that raced before answers them from the response cache
-        extra = spare.sample(n=min(self.options.race_size, len(spare)), random_state=inp.seed)
-        rows = pd.concat([select, extra[["row_id", "user_input", "ground_truth_output"]]], ignore_index=True)
-        raced = {c.id: float(evaluate(c.prompt, rows).value) for c in leaders}  # select rows: from the cache
-        for c in leaders:
-            log.info(
-                "fewshot race (%d select + %d spare rows): %s %s=%.3f",
-                len(select),
-                len(extra),
-                c.prompt.describe(),
-                inp.metric,
-                raced[c.id],
-            )
-        for candidate in self.ensembles(leaders, raced, inp, seen):
-            result = evaluate(candidate.prompt, rows)
-            per_row = dict(zip(rows["row_id"].astype(int), map(float, result.per_row)))
-            candidate.scores = {int(i): per_row[int(i)] for i in select["row_id"]}
-            on_select = evaluate(candidate.prompt, select)  # answers from the cache
-            candidate.select_score, candidate.cost = float(on_select.value), row_cost(on_select.answers)
-            raced[candidate.id] = float(result.value)
-            new.append(candidate)
-            tried.append(
-                {
-                    "candidate": candidate.id,
-                    "parent": candidate.prompt.parent_id,
-                    "kind": candidate.kind,
-                    "change": f"sum over {1 + len(candidate.prompt.ensemble)} raced demo sets",
-                    "choices": candidate.prompt.describe(),
-                    "minibatch_score": None,
-                    "parent_minibatch_score": None,
-                    "select_score": candidate.select_score,
-                }
-            )
-            log.info(
-                "fewshot race (%d select + %d spare rows): %s %s=%.3f",
-                len(select),
-                len(extra),
-                candidate.prompt.describe(),
-                inp.metric,
-                raced[candidate.id],
-            )
+            return []
+        extra = spare[["row_id", "user_input", "ground_truth_output"]]
+        half = len(extra) // 2
+        rows = [
+            pd.concat([select, extra.head(n)], ignore_index=True)
+            for n in ((half, len(extra)) if half else (len(extra),))
+        ]
+        rungs: list[dict[str, float]] = []
+        field = leaders
+        for i, rung_rows in enumerate(rows):
+            last = i == len(rows) - 1
+            if last and len(rows) > 1:  # the better half goes on; at least two, or there is no race
+                field = sorted(field, key=lambda c: -rungs[-1][c.id])[: max(2, (len(field) + 1) // 2)]
+            scores = {c.id: float(evaluate(c.prompt, rung_rows).value) for c in field}
+            if last:
+                for candidate in self.ensembles(leaders, rungs[-1] if rungs else scores, inp, seen):
+                    result = evaluate(candidate.prompt, rung_rows)
+                    on_select = evaluate(candidate.prompt, select)  # answers from the cache
+                    candidate.scores = dict(zip(select["row_id"].astype(int), map(float, on_select.per_row)))
+                    candidate.select_score, candidate.cost = float(on_select.value), row_cost(on_select.answers)
+                    scores[candidate.id] = float(result.value)
+                    new.append(candidate)
+                    tried.append(
+                        {
+                            "candidate": candidate.id,
+                            "parent": candidate.prompt.parent_id,
+                            "kind": candidate.kind,
+                            "change": f"sum over {1 + len(candidate.prompt.ensemble)} raced demo sets",
+                            "choices": candidate.prompt.describe(),
+                            "minibatch_score": None,
+                            "parent_minibatch_score": None,
+                            "select_score": candidate.select_score,
+                        }
+                    )
+            by_id = {c.id: c for c in [base] + contenders + new}
+            for cid, score in scores.items():
+                log.info(
+                    "fewshot race, rung %d (%d select + %d spare rows): %s %s=%.3f",
+                    i + 1,
+                    len(select),
+                    len(rung_rows) - len(select),
+                    by_id[cid].prompt.describe(),
+                    inp.metric,
+                    score,
+                )
+            rungs.append(scores)
         for entry in tried:
-            if entry["candidate"] in raced:
-                entry["race_score"] = raced[entry["candidate"]]
-        return raced
+            for i, scores in enumerate(rungs):
+                if entry["candidate"] in scores:
+                    entry["race_score"] = scores[entry["candidate"]]  # the last rung it reached
+                    entry["race_rows"] = len(rows[i])
+        return rungs
 
     def ensembles(
         self, leaders: list[Candidate], raced: dict[str, float], inp: OptimizerContext, seen: set
@@ -570,6 +571,15 @@ class FewShotOptimizer(Optimizer):
                 seen.add(_signature(prompt))
                 out.append(Candidate(prompt, inp.iteration, "ensemble"))
         return out
+
+
+def _beats(winner: Candidate, base: Candidate, rungs: list[dict[str, float]]) -> bool:
+    """Whether the proposal beats the baseline on the most rows both were scored on: the last race rung
+    the baseline reached, else the select rows (a baseline the leader beat for sure did not race)."""
+    for scores in reversed(rungs):
+        if winner.id in scores and base.id in scores:
+            return scores[winner.id] > scores[base.id]
+    return winner.select_score > base.select_score
 
 
 def _signature(prompt: PromptVersion) -> tuple:

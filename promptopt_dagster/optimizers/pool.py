@@ -120,44 +120,28 @@ def row_cost(answers: pd.DataFrame) -> RowCost | None:
     return RowCost(float(answers["prompt_tokens"].mean()), float(seconds.mean()) if measured else None)
 
 
-def _tokens(c: Candidate) -> float:
+def tokens_per_row(c: Candidate) -> float:
+    """Its prompt tokens per row; unmeasured counts as the most (it cannot be shown to be cheap)."""
     return float("inf") if c.cost is None else c.cost.prompt_tokens
 
 
-def best(
-    pool: list[Candidate], confidence: float | None = None, objective: Objective | None = None
-) -> Candidate | None:
-    """Highest select score; with `confidence`, the cheapest candidate the leader does not beat for sure.
+def best(pool: list[Candidate], objective: Objective | None = None) -> Candidate | None:
+    """The candidate to propose by its select scores: the highest, or the objective's choice.
 
-    A prompt with retrieved demos costs several times a static one on every row it will ever answer,
-    and a few rows' lead on ~100 select rows is mostly noise: on sst2 retrieved demos led static ones
-    by 4 to 5 points on the select rows and then lost on the held-out test (docs/benchmarks.md). So a costlier
-    prompt must earn its cost: it wins only where the paired bootstrap of the row scores puts its gain
-    over every cheaper candidate above zero at this confidence. Among equally cheap ones the higher
-    score wins, then fewer demos, then the older candidate.
-
-    A stated `objective` replaces that rule with the user's: candidates over its ceilings are out, and
-    of the rest the best score wins, or, with `within_points`, the fewest prompt tokens per row among
-    those within that many points of the best (then the higher score)."""
+    Without a stated objective the best score wins (ties: fewer prompt tokens per row, then fewer
+    demos, then the older candidate). The objective's ceilings leave out the candidates over them; with
+    `within_points`, the fewest prompt tokens per row among those within that many points of the best
+    wins (then the higher score). Whether a lead on ~100 select rows is real is not this function's
+    question: fewshot races its leaders on spare rows before trusting one (fewshot.race)."""
     ranked = scored(pool)
     if objective is not None and objective.stated:
-        allowed = [c for c in ranked if objective.allows(c.cost)]
-        if not allowed:
-            return None
-        top = max(c.select_score for c in allowed)
-        # without within_points, only the candidates tied with the best; the cheapest of them wins
-        near = [c for c in allowed if c.select_score >= top - (objective.within_points or 0.0) - 1e-12]
-        return min(near, key=lambda c: (_tokens(c), -c.select_score, len(c.prompt.demos), c.born_iteration))
+        ranked = [c for c in ranked if objective.allows(c.cost)]
     if not ranked:
         return None
-    top = max(ranked, key=lambda c: (c.select_score, -c.born_iteration))
-    near = [
-        c
-        for c in ranked
-        if c.select_score >= top.select_score - 1e-12
-        or (confidence is not None and not surely_better(top, c, confidence))
-    ]
-    return min(near, key=lambda c: (demo_cost(c.prompt), -c.select_score, len(c.prompt.demos), c.born_iteration))
+    top = max(c.select_score for c in ranked)
+    points = objective.within_points if objective is not None and objective.within_points is not None else 0.0
+    near = [c for c in ranked if c.select_score >= top - points - 1e-12]
+    return min(near, key=lambda c: (tokens_per_row(c), -c.select_score, len(c.prompt.demos), c.born_iteration))
 
 
 def surely_better(leader: Candidate, other: Candidate, confidence: float) -> bool:
@@ -168,14 +152,6 @@ def surely_better(leader: Candidate, other: Candidate, confidence: float) -> boo
         [other.scores[r] for r in rows], [leader.scores[r] for r in rows], confidence, resamples=500, seed=0
     )
     return gain.low > 0
-
-
-def demo_cost(prompt: PromptVersion) -> int:
-    """Demos evaluated anew for every row: the retrieved ones. Static demos sit in the shared prefix
-    that llama.cpp keeps cached (and remote providers cache too), so 12 or 16 of them cost a row about
-    the same (bench/local_inference.py: 86 ms a row with 8 static demos, 438 ms with 8 retrieved).
-    Each further demo set of an ensemble is one more evaluation of the row, about one retrieved demo's worth."""
-    return (prompt.retrieval.k if prompt.retrieval else 0) + (len(prompt.ensemble) if prompt.ensembled else 0)
 
 
 def pareto_frontier(pool: list[Candidate]) -> dict[str, int]:
@@ -203,31 +179,17 @@ def pareto_frontier(pool: list[Candidate]) -> dict[str, int]:
     return wins
 
 
-def pick_parent(
-    pool: list[Candidate], rng: random.Random, confidence: float | None = None, objective: Objective | None = None
-) -> Candidate | None:
-    """Half the time the best (as `best` with this confidence picks it: the prompt that would be proposed),
-    otherwise a frontier member drawn in proportion to the rows it wins.
-
-    With a confidence, frontier members that cost more per row than the best are left out: they have
-    already failed to earn their cost, their children mostly cost as much, and each child's minibatch
-    alone is slow (on sst2, children of retrieved-demo parents took most of iterations 1 and 2). With a
-    stated objective, the members over its ceilings are left out instead."""
-    top = best(pool, confidence, objective)
+def pick_parent(pool: list[Candidate], rng: random.Random, objective: Objective | None = None) -> Candidate | None:
+    """Half the time the best (as `best` picks it under this objective), otherwise a frontier member drawn
+    in proportion to the rows it wins; with a stated objective, only members within its ceilings (a child
+    mostly costs what its parent does)."""
+    top = best(pool, objective)
     wins = pareto_frontier(pool)
     if top is None or not wins or rng.random() < 0.5:
         return top
     # pool order, never id order: ids are random, and a rerun must draw the same parent (and so send
     # the same requests, all answered from the response cache)
-    stated = objective is not None and objective.stated
-    frontier = [
-        c
-        for c in scored(pool)
-        if c.id in wins
-        and (
-            objective.allows(c.cost) if stated else (confidence is None or demo_cost(c.prompt) <= demo_cost(top.prompt))
-        )
-    ]
+    frontier = [c for c in scored(pool) if c.id in wins and (objective is None or objective.allows(c.cost))]
     if not frontier:
         return top
     return rng.choices(frontier, weights=[wins[c.id] for c in frontier])[0]

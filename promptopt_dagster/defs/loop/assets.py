@@ -84,7 +84,8 @@ def iteration_setup(
     context: dg.AssetExecutionContext, optimization_settings: pd.DataFrame, optimization_rows: pd.DataFrame
 ) -> pd.DataFrame:
     """What this iteration works with, resolved once: its generation's settings (as stored when the
-    generation started) and the dataset's rows, cut into train, select, confirm, spare and test."""
+    generation started) and the dataset's rows, cut into train, select, confirm, spare (dev rows and, when
+    dev is short, held-out train rows) and test."""
     key = iteration_of(context)
     spec = settings_of(optimization_settings, key.generation)
     try:
@@ -380,7 +381,7 @@ def refined_prompt(
             seed=optimization.seed,
             select_rows=select,
             history=history,
-            spare_rows=setup.spare,
+            spare_rows=setup.race_rows(),
             calibration=task.ranks_labels,
             metric_call_budget=_metric_calls_left(optimization, loop, scored_rows[0]),
             state=previous_state,
