@@ -322,6 +322,8 @@ def _race_evaluate(raced_rows):
 
 
 def test_the_select_rows_leaders_race_on_spare_rows_by_successive_halving_and_the_race_decides():
+    from promptopt_dagster.optimizers.fewshot import _race_field
+
     raced = []
     optimizer = get_optimizer("fewshot", num_candidates=6, minibatch_size=10, race_top=6)
     without = optimizer.propose(_input(), _race_evaluate(raced))
@@ -331,15 +333,28 @@ def test_the_select_rows_leaders_race_on_spare_rows_by_successive_halving_and_th
     proposal = optimizer.propose(inp, _race_evaluate(raced))
     assert len(proposal.prompt.demos) == 12 and proposal.prompt.retrieval is None
     assert proposal.prompt.metadata["race_score"] > proposal.prompt.metadata["select_score"]
-    # rung 1: the six seeds on the 40 select rows and the first 150 spare rows (the baseline, wrong on
-    # every row, is surely beaten already and does not race); rung 2: the better half on all 300
+    # rung 1: the seeds on the 40 select rows and the first 150 spare rows (the 8 retrieved demos with
+    # free answers score as those with label answers and are left out; the baseline, wrong on every row,
+    # is surely beaten already and does not race); rung 2: the better half on all 300
     rung1 = [r for r in raced if r[1] == 150]
     rung2 = [r for r in raced if r[1] == 300]
-    assert len(rung1) == 6 and len(rung2) == 3 and len(raced) == 9
+    assert len(rung1) == 5 and len(rung2) == 3 and len(raced) == 8
     assert all(total == 40 + n for _, n, total in raced)
-    assert sum("retrieved" in d for d, _, _ in rung1) == 3  # retrieved demos race like any other prompt
+    assert sum("retrieved" in d for d, _, _ in rung1) == 2  # retrieved demos race like any other prompt
+    assert any("16" in d for d, _, _ in rung1) and not any("16" in d for d, _, _ in rung2)  # out after rung 1
     assert sum("12" in d for d, _, _ in rung2) == 2  # both 12-demo sets went on
     assert {c["race_rows"] for c in proposal.candidates if "race_score" in c} == {190, 340}
+
+    # the field takes static and retrieved leaders in turn, so one kind cannot fill it
+    def lead(cid, score, retrieved):
+        c = _candidate(cid, {i: float(i < score) for i in range(100)})
+        c.prompt.retrieval = Retrieval(k=8, pool=POOL) if retrieved else None
+        c.scores[0] = 0.5 + 0.001 * len(cid)  # distinct answers
+        return c
+
+    leaders = [lead("r1", 90, True), lead("r22", 89, True), lead("r333", 88, True), lead("s1", 80, False)]
+    leaders += [lead("s22", 79, False)]
+    assert [c.id for c in _race_field(leaders, 4)] == ["r1", "r22", "s1", "s22"]
 
 
 def test_a_static_baseline_that_wins_the_race_is_kept():
