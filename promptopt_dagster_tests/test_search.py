@@ -402,3 +402,27 @@ def test_parents_over_the_objectives_ceiling_are_not_drawn_from_the_frontier():
     ceiling = Objective(max_tokens_per_row=500)
     assert {pick_parent([static, retrieved], rng, ceiling).id for _ in range(200)} == {"static"}
     assert {pick_parent([static, retrieved], rng).id for _ in range(200)} == {"static", "retrieved"}
+
+
+def test_a_candidate_that_does_not_fit_the_context_is_left_out_and_the_search_goes_on():
+    from promptopt_dagster.core.errors import ContextWindowError
+
+    raced, refused = [], []
+    plain = _race_evaluate(raced)
+
+    def evaluate(prompt, rows):  # 8 retrieved demos fit every row; 4 do not (as a larger k would not)
+        if prompt.retrieval is not None and prompt.retrieval.k == 4:
+            refused.append(len(rows))
+            raise ContextWindowError("1 row(s) of the evaluation rows do not fit the task model's context window")
+        if prompt.retrieval is not None and prompt.retrieval.k == 8 and len(rows) > 40:
+            raise ContextWindowError("a spare row does not fit")  # fits the select rows, not a spare one
+        return plain(prompt, rows)
+
+    inp = _input()
+    inp.spare_rows = SPARE
+    proposal = get_optimizer("fewshot", num_candidates=6, minibatch_size=10, race_top=6).propose(inp, evaluate)
+    assert refused == [10]  # tried on the minibatch only
+    assert not any(c.prompt.retrieval is not None and c.prompt.retrieval.k == 4 for c in proposal.pool)
+    assert len(proposal.prompt.demos) == 12  # the race still decides among the rest
+    raced_ids = {c["candidate"] for c in proposal.candidates if "race_score" in c}
+    assert raced_ids and not any(c.id in raced_ids and c.prompt.retrieval is not None for c in proposal.pool)

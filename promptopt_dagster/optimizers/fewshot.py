@@ -23,6 +23,7 @@ from fractions import Fraction
 import pandas as pd
 from pydantic import Field, PositiveInt, field_validator
 
+from promptopt_dagster.core.errors import ContextWindowError
 from promptopt_dagster.core.prompts import Demo, PromptVersion, Retrieval
 from promptopt_dagster.core.retrieval import retriever_names
 from promptopt_dagster.llm.base import LLMClient
@@ -74,7 +75,9 @@ class FewShotOptions(OptimizerOptions):
     num_candidates: int = Field(8, ge=1, description="candidates tried per iteration")
     demo_counts: tuple[PositiveInt, ...] = Field((4, 8, 12, 16), min_length=1, description="static demo set sizes")
     retrieved_counts: tuple[PositiveInt, ...] = Field(
-        (4, 8, 16), min_length=1, description="retrieved demos per row (k)"
+        (4, 8, 16, 32),
+        min_length=1,
+        description="retrieved demos per row (k); a k whose prompts do not fit the task model's context is left out",
     )
     minibatch_size: int = Field(30, ge=1, description="select rows a candidate must win on before it is scored on all")
     max_demo_chars: int = Field(300, ge=1, description="longer train rows are demos only when short ones are too few")
@@ -374,14 +377,18 @@ class FewShotOptimizer(Optimizer):
                 continue
             seen.add(_signature(prompt))
             candidate = Candidate(prompt, inp.iteration, kind)
-            result = evaluate(prompt, minibatch)
-            candidate.minibatch_score = sum(result.per_row) / max(1, len(result.per_row))
-            parent_mb = sum(parent.scores.get(i, 0.0) for i in mb_ids) / max(1, len(mb_ids))
-            candidate.passed_minibatch = candidate.minibatch_score > parent_mb or (
-                seeding and candidate.minibatch_score >= parent_mb
-            )
-            if candidate.passed_minibatch:
-                score_all(candidate)
+            try:
+                result = evaluate(prompt, minibatch)
+                candidate.minibatch_score = sum(result.per_row) / max(1, len(result.per_row))
+                parent_mb = sum(parent.scores.get(i, 0.0) for i in mb_ids) / max(1, len(mb_ids))
+                candidate.passed_minibatch = candidate.minibatch_score > parent_mb or (
+                    seeding and candidate.minibatch_score >= parent_mb
+                )
+                if candidate.passed_minibatch:
+                    score_all(candidate)
+            except ContextWindowError:  # k grows until the context is full: past that, a candidate is left out
+                log.info("fewshot: %s (%s) does not fit the task model's context window; left out", why, kind)
+                continue
             new.append(candidate)
             tried.append(
                 {
@@ -505,7 +512,13 @@ class FewShotOptimizer(Optimizer):
             last = i == len(rows) - 1
             if last and len(rows) > 1:  # the better half goes on; at least two, or there is no race
                 field = sorted(field, key=lambda c: -rungs[-1][c.id])[: max(2, (len(field) + 1) // 2)]
-            scores = {c.id: float(evaluate(c.prompt, rung_rows).value) for c in field}
+            scores = {}
+            for c in field:
+                try:
+                    scores[c.id] = float(evaluate(c.prompt, rung_rows).value)
+                except ContextWindowError:  # a spare row too long for it: it cannot answer every row
+                    log.info("fewshot race: %s does not fit the context on the spare rows", c.prompt.describe())
+            field = [c for c in field if c.id in scores]
             if last:
                 for candidate in self.ensembles(leaders, rungs[-1] if rungs else scores, inp, seen):
                     result = evaluate(candidate.prompt, rung_rows)
