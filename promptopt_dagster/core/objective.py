@@ -24,8 +24,8 @@ class RowCost:
 
 
 class Objective(BaseModel):
-    """optimizations.yaml's `objective:`. Empty (the default): the optimizer's own rule picks the
-    proposal (for fewshot: the cheapest candidate the best one does not beat for sure)."""
+    """optimizations.yaml's `objective:`. Empty (the default): the best score (for fewshot: the winner of
+    its race on the spare rows)."""
 
     model_config = ConfigDict(extra="forbid")
 
