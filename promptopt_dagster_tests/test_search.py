@@ -426,3 +426,22 @@ def test_a_candidate_that_does_not_fit_the_context_is_left_out_and_the_search_go
     assert len(proposal.prompt.demos) == 12  # the race still decides among the rest
     raced_ids = {c["candidate"] for c in proposal.candidates if "race_score" in c}
     assert raced_ids and not any(c.id in raced_ids and c.prompt.retrieval is not None for c in proposal.pool)
+
+
+def test_the_race_winner_is_the_best_score_unless_a_cheaper_prompt_ties_it_on_the_raced_rows():
+    from promptopt_dagster.core.objective import RowCost
+
+    optimizer = get_optimizer("fewshot")
+    retrieved, static = _candidate("retrieved", {0: 1.0}), _candidate("static", {0: 1.0})
+    retrieved.cost, static.cost = RowCost(260.0, 0.36), RowCost(500.0, 0.07)
+    # 300 raced rows: retrieved right on 263, static on 261 (two rows apart: a tie)
+    per_row = {"retrieved": [1.0] * 263 + [0.0] * 37, "static": [1.0] * 261 + [0.0] * 39}
+    raced = {k: sum(v) / 300 for k, v in per_row.items()}
+    assert optimizer.race_winner([retrieved, static], raced, per_row) is static  # fewer seconds per row
+    static.cost = RowCost(500.0, None)  # seconds not measured for every tie: prompt tokens decide
+    assert optimizer.race_winner([retrieved, static], raced, per_row) is retrieved
+    # a 10-point lead is no tie, whatever the cost
+    static.cost = RowCost(500.0, 0.07)
+    per_row["static"] = [1.0] * 233 + [0.0] * 67
+    raced["static"] = 233 / 300
+    assert optimizer.race_winner([retrieved, static], raced, per_row) is retrieved
