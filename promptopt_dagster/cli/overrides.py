@@ -23,6 +23,7 @@ FLAGS: tuple[tuple[str, ...], ...] = (
     ("stop", "max_iterations"),
     ("eval_size",),
     ("select_size",),
+    ("spare_size",),
     ("confidence",),
     ("test_size",),
     ("optimizer",),
