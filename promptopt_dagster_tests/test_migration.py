@@ -177,7 +177,7 @@ def test_source_model_is_a_validated_setting_that_enters_the_fingerprint(tmp_pat
     import hashlib
 
     payload = {
-        **plain.model_dump(mode="json", exclude={"name", "description", "source_model", "objective"}),
+        **plain.model_dump(mode="json", exclude={"name", "description", "source_model", "objective", "spare_size"}),
         "dataset_settings": dataset.model_dump(mode="json", exclude={"name", "description"}),
     }
     assert plain.fingerprint(dataset) == hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

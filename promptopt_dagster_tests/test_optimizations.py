@@ -175,7 +175,9 @@ def test_the_default_fingerprint_is_pinned():
     dataset = load_manifest(Path(__file__).parents[1] / "data" / "manifest.yaml")["sst2"]
     spec = default_optimization("sst2")
     assert not spec.objective.stated  # an objective left empty is left out of the hash, as source_model is
-    assert spec.model_dump(mode="json", exclude={"name", "description", "source_model", "objective"}) == {
+    assert spec.spare_size == 200  # and so is the default spare_size
+    excluded = {"name", "description", "source_model", "objective", "spare_size"}
+    assert spec.model_dump(mode="json", exclude=excluded) == {
         "budget": {"max_cost_usd": 0.0, "max_metric_calls": 0, "max_requests": 0, "max_tokens": 0},
         "confidence": 0.9,
         "dataset": "sst2",
@@ -193,3 +195,4 @@ def test_the_default_fingerprint_is_pinned():
         "test_size": 500,
     }
     assert spec.fingerprint(dataset) == "53f9332f5c7b701c"
+    assert spec.model_copy(update={"spare_size": 300}).fingerprint(dataset) != "53f9332f5c7b701c"
