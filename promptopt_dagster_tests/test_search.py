@@ -431,17 +431,42 @@ def test_a_candidate_that_does_not_fit_the_context_is_left_out_and_the_search_go
 def test_the_race_winner_is_the_best_score_unless_a_cheaper_prompt_ties_it_on_the_raced_rows():
     from promptopt_dagster.core.objective import RowCost
 
+    def ev(per_row, recompute=None):
+        return Evaluation(pd.DataFrame(), per_row, float(np.mean(per_row)), recompute=recompute)
+
     optimizer = get_optimizer("fewshot")
     retrieved, static = _candidate("retrieved", {0: 1.0}), _candidate("static", {0: 1.0})
     retrieved.cost, static.cost = RowCost(260.0, 0.36), RowCost(500.0, 0.07)
     # 300 raced rows: retrieved right on 263, static on 261 (two rows apart: a tie)
-    per_row = {"retrieved": [1.0] * 263 + [0.0] * 37, "static": [1.0] * 261 + [0.0] * 39}
-    raced = {k: sum(v) / 300 for k, v in per_row.items()}
-    assert optimizer.race_winner([retrieved, static], raced, per_row) is static  # fewer seconds per row
+    rows = {"retrieved": ev([1.0] * 263 + [0.0] * 37), "static": ev([1.0] * 261 + [0.0] * 39)}
+    raced = {k: v.value for k, v in rows.items()}
+    assert optimizer.race_winner([retrieved, static], raced, rows) is static  # fewer seconds per row
     static.cost = RowCost(500.0, None)  # seconds not measured for every tie: prompt tokens decide
-    assert optimizer.race_winner([retrieved, static], raced, per_row) is retrieved
+    assert optimizer.race_winner([retrieved, static], raced, rows) is retrieved
     # a 10-point lead is no tie, whatever the cost
     static.cost = RowCost(500.0, 0.07)
-    per_row["static"] = [1.0] * 233 + [0.0] * 67
-    raced["static"] = 233 / 300
-    assert optimizer.race_winner([retrieved, static], raced, per_row) is retrieved
+    rows["static"] = ev([1.0] * 233 + [0.0] * 67)
+    raced["static"] = rows["static"].value
+    assert optimizer.race_winner([retrieved, static], raced, rows) is retrieved
+
+    # a target that is not the mean of its row scores (macro F1) is judged recomputed on resampled rows:
+    # the leader is right on 4 rows of a rare label the other misses, the other on 3 common rows the leader
+    # misses: a tie by row scores, 25 points apart on the target
+    rare = np.zeros(300, dtype=bool)
+    rare[:8] = True
+    right_top = np.ones(300)
+    right_top[100:103] = 0.0
+    right_other = np.ones(300)
+    right_other[:4] = 0.0  # half of the rare label wrong
+
+    def target(right):  # half the weight on the rare label's recall, as a two-label macro average would
+        return lambda ix: 0.5 * right[ix][~rare[ix]].mean() + 0.5 * (
+            right[ix][rare[ix]].mean() if rare[ix].any() else 1.0
+        )
+
+    rows = {"retrieved": ev(list(right_top)), "static": ev(list(right_other))}
+    raced = {"retrieved": target(right_top)(np.arange(300)), "static": target(right_other)(np.arange(300))}
+    assert raced["retrieved"] - raced["static"] > 0.2
+    assert optimizer.race_winner([retrieved, static], raced, rows) is static  # +4 -3 rows of 300: a tie by rows
+    rows = {"retrieved": ev(list(right_top), target(right_top)), "static": ev(list(right_other), target(right_other))}
+    assert optimizer.race_winner([retrieved, static], raced, rows) is retrieved  # recomputed: surely ahead

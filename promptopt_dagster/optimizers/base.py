@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
@@ -36,6 +37,10 @@ class Evaluation:
     per_row: list[float]  # one score per row of `answers`, in its order
     value: float  # the objective's aggregate over these rows
     rationales: list[str] | None = None  # per row, from scorers that explain themselves (the LLM judge)
+    # The objective recomputed on some of these rows (positions into `answers`), for a target that is not
+    # the mean of its row scores (macro F1): a paired bootstrap of row scores would misjudge its noise.
+    # None: the mean of per_row is the target (or recomputing would call a judge model).
+    recompute: Callable[[np.ndarray], float] | None = None
 
     @property
     def scored_rows(self) -> pd.DataFrame:

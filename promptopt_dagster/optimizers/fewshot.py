@@ -28,7 +28,14 @@ from promptopt_dagster.core.intervals import paired_bootstrap_gain
 from promptopt_dagster.core.prompts import Demo, PromptVersion, Retrieval
 from promptopt_dagster.core.retrieval import retriever_names
 from promptopt_dagster.llm.base import LLMClient
-from promptopt_dagster.optimizers.base import Evaluator, Optimizer, OptimizerContext, OptimizerOptions, Proposal
+from promptopt_dagster.optimizers.base import (
+    Evaluation,
+    Evaluator,
+    Optimizer,
+    OptimizerContext,
+    OptimizerOptions,
+    Proposal,
+)
 from promptopt_dagster.optimizers.pool import Candidate, best, pick_parent, row_cost, surely_better, tokens_per_row
 from promptopt_dagster.optimizers.registry import register
 
@@ -474,9 +481,9 @@ class FewShotOptimizer(Optimizer):
         tried: list[dict],
         seen: set,
         new: list[Candidate],
-    ) -> tuple[list[dict[str, float]], dict[str, list[float]]]:
+    ) -> tuple[list[dict[str, float]], dict[str, Evaluation]]:
         """Successive halving of the select rows' leaders over the spare rows: each rung's scores by id, and
-        the per-row scores of the last rung.
+        the evaluations of the last rung.
 
         A hundred select rows cannot tell apart candidates a few points apart (their 95% interval is
         about 10 points wide), so the best on them is partly the luckiest: on sst2, retrieved demos led
@@ -516,14 +523,14 @@ class FewShotOptimizer(Optimizer):
             for c in field:
                 try:
                     result = evaluate(c.prompt, rung_rows)
-                    scores[c.id], per_row[c.id] = float(result.value), list(map(float, result.per_row))
+                    scores[c.id], per_row[c.id] = float(result.value), result
                 except ContextWindowError:  # a spare row too long for it: it cannot answer every row
                     log.info("fewshot race: %s does not fit the context on the spare rows", c.prompt.describe())
             field = [c for c in field if c.id in scores]
             if last:
                 for candidate in self.ensembles(leaders, rungs[-1] if rungs else scores, inp, seen):
                     result = evaluate(candidate.prompt, rung_rows)
-                    per_row[candidate.id] = list(map(float, result.per_row))
+                    per_row[candidate.id] = result
                     on_select = evaluate(candidate.prompt, select)  # answers from the cache
                     candidate.scores = dict(zip(select["row_id"].astype(int), map(float, on_select.per_row)))
                     candidate.select_score, candidate.cost = float(on_select.value), row_cost(on_select.answers)
@@ -560,11 +567,10 @@ class FewShotOptimizer(Optimizer):
                     entry["race_rows"] = len(rows[i])
         return rungs, per_row
 
-    def race_winner(
-        self, field: list[Candidate], raced: dict[str, float], per_row: dict[str, list[float]]
-    ) -> Candidate:
+    def race_winner(self, field: list[Candidate], raced: dict[str, float], rows: dict[str, Evaluation]) -> Candidate:
         """The best score on the last rung's rows, unless a cheaper candidate is a tie there: one the best
-        does not beat for sure (paired bootstrap of the row scores at race_confidence) costs less per row
+        does not beat for sure (paired bootstrap at race_confidence: of the row scores, or of the target
+        recomputed on resampled rows where it is not their mean, as macro F1) costs less per row
         (measured seconds when every tie has them, else prompt tokens), and the cheaper wins.
 
         Three hundred rows see a 3-point lead at 0.9 (the paired difference's standard error is about
@@ -573,7 +579,7 @@ class FewShotOptimizer(Optimizer):
         led a sum of three static sets by one row in 300 (0.877 against 0.873) at twice the seconds
         per row (0.36 s against 0.19 s), and one static set by 2 rows at five times (0.07 s)."""
         top = max(field, key=lambda c: (raced[c.id], -tokens_per_row(c)))
-        ties = [c for c in field if c is top or not _surely_ahead(per_row[top.id], per_row[c.id], self.options)]
+        ties = [c for c in field if c is top or not _surely_ahead(rows[top.id], rows[c.id], self.options)]
         timed = all(c.cost is not None and c.cost.seconds is not None for c in ties)
         return min(
             ties,
@@ -629,8 +635,22 @@ def _race_field(leaders: list[Candidate], size: int) -> list[Candidate]:
     return sorted(field, key=lambda c: -c.select_score)
 
 
-def _surely_ahead(leader: list[float], other: list[float], options: FewShotOptions) -> bool:
-    gain = paired_bootstrap_gain(other, leader, options.race_confidence, resamples=500, seed=0)
+def _surely_ahead(leader: Evaluation, other: Evaluation, options: FewShotOptions) -> bool:
+    """Whether `leader` beats `other` for sure on the rows both answered (the same rows, in one order)."""
+    statistic = None
+    if leader.recompute is not None and other.recompute is not None:
+
+        def statistic(ix):
+            return other.recompute(ix), leader.recompute(ix)
+
+    gain = paired_bootstrap_gain(
+        other.per_row,
+        leader.per_row,
+        options.race_confidence,
+        resamples=500 if statistic is None else 300,
+        seed=0,
+        statistic=statistic,
+    )
     return gain.low > 0
 
 

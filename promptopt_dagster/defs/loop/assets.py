@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
 from promptopt_dagster.app.iteration_setup import IterationSetup
@@ -360,7 +361,15 @@ def refined_prompt(
             answers["ground_truth_output"].tolist(),
             inputs=answers["user_input"].tolist(),
         ).objective()
-        return Evaluation(answers, result.per_row, result.value, result.rationales)
+        recompute = None
+        if not suite.uses_judge and result.per_row and abs(float(np.mean(result.per_row)) - result.value) > 1e-9:
+            predictions = answers["prediction"].to_numpy(dtype=object)
+            references = answers["ground_truth_output"].to_numpy(dtype=object)
+
+            def recompute(ix: np.ndarray) -> float:  # macro F1 and the like, on resampled rows: no model call
+                return suite.score(list(predictions[ix]), list(references[ix])).objective().value
+
+        return Evaluation(answers, result.per_row, result.value, result.rationales, recompute)
 
     optimizer = get_optimizer(optimization.optimizer, **optimization.optimizer_options())
     previous = _continue_from(state_store, IterationKey(name, generation, iteration), optimizer.demo_pool(train))
