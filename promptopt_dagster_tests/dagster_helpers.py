@@ -168,7 +168,13 @@ def make_defs(
     )
 
 
-SMALL = {"eval_size": 20, "test_size": 20, "select_size": 10, "options": {"num_candidates": 2, "minibatch_size": 10}}
+SMALL = {
+    "eval_size": 20,
+    "test_size": 20,
+    "select_size": 10,
+    "spare_size": 20,
+    "options": {"num_candidates": 2, "minibatch_size": 10},
+}
 
 
 def small_spec(name: str = "sst2", dataset: str | None = None, **overrides) -> OptimizationSpec:

@@ -35,6 +35,7 @@ SPEC = {
     "eval_size": 10,
     "test_size": 10,
     "select_size": 5,
+    "spare_size": 20,
     "options": {"num_candidates": 2, "minibatch_size": 5},
     "stop": {"max_iterations": 2, "patience": 2, "target_score": 1.1},
 }

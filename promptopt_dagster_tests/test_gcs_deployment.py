@@ -39,6 +39,7 @@ def test_a_gcs_deployment_reads_its_inputs_from_and_writes_every_artifact_to_the
                     "toy": {
                         "dataset": "toy",
                         "select_size": 20,
+                        "spare_size": 20,
                         "eval_size": 20,
                         "test_size": 40,
                         "options": {"num_candidates": 2},

@@ -66,6 +66,7 @@ def toy_project(root: Path) -> Path:
                         "optimizer": "gepa",
                         "options": {"rows_per_iteration": 120, "minibatch_size": 3},
                         "select_size": 20,
+                        "spare_size": 20,
                         "eval_size": 20,
                         "test_size": 0,
                         "stop": {"max_iterations": 2, "patience": 2, "target_score": 1.1},

@@ -26,6 +26,7 @@ SMALL = {
     "dataset": "sst2",
     "eval_size": 10,
     "select_size": 5,
+    "spare_size": 20,
     "test_size": 10,
     "options": {"num_candidates": 2, "minibatch_size": 5},
 }

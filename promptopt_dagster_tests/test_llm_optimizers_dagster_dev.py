@@ -23,6 +23,7 @@ from promptopt_dagster_tests.test_vertex_optimizer import vertex_service
 SMALL = {
     "dataset": "toy",
     "select_size": 20,
+    "spare_size": 20,
     "eval_size": 20,
     "test_size": 40,
     "stop": {"max_iterations": 2, "patience": 2, "target_score": 1.1},

@@ -106,6 +106,7 @@ def source_block(server: FakeLLMServer) -> dict:
 SEARCH = {
     "eval_size": 12,
     "select_size": 12,
+    "spare_size": 20,
     "test_size": 0,
     "options": {"num_candidates": 2, "minibatch_size": 6},
     "stop": {"max_iterations": 1, "target_score": 1.1},

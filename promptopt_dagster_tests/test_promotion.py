@@ -81,6 +81,7 @@ def two_optimizations(tmp_path):
             optimizer="reflective",
             eval_size=20,
             select_size=10,
+            spare_size=20,
             test_size=20,
             stop={"max_iterations": 1},
         ),
@@ -285,6 +286,7 @@ def test_promote_roll_back_and_render_through_the_cli(tmp_path):
     entries["toy"] = {
         "dataset": "toy",
         "select_size": 20,
+        "spare_size": 20,
         "eval_size": 20,
         "test_size": 40,
         "options": {"num_candidates": 2},

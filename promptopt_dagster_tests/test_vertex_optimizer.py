@@ -199,6 +199,7 @@ def vertex_project(root):
                         "optimizer": "vertex",
                         "options": {"mode": "few_shot", "examples": 4},
                         "select_size": 20,
+                        "spare_size": 20,
                         "eval_size": 20,
                         "test_size": 0,
                         "stop": {"max_iterations": 2, "patience": 2, "target_score": 1.1},
