@@ -226,19 +226,25 @@ def test_later_iterations_mutate_the_best_demo_set():
     assert len({d.user_input for d in mutated}) == len(mutated)
 
 
-def _retrieval_ahead_by(rows_won: int):
-    """An evaluator under which any prompt with retrieved demos gets `rows_won` more of 30 rows right."""
+def _retrieval_vs_static(won: int, lost: int):
+    """An evaluator under which the static prompt gets 20 of every 30 rows right, and retrieved demos also
+    `won` of the other 10 and `lost` of those 20; retrieved prompts send 3 times the tokens."""
 
     def evaluate(prompt: PromptVersion, rows: pd.DataFrame) -> Evaluation:
-        ids = rows["row_id"].astype(int)
-        right = [1.0 if (i < 20 or (prompt.retrieval is not None and i < 20 + rows_won)) else 0.0 for i in ids]
-        return Evaluation(rows, right, sum(right) / len(right))
+        retrieved = prompt.retrieval is not None
+        ids = rows["row_id"].astype(int) % 30
+        right = [
+            1.0 if (i < 20 and not (retrieved and i < lost)) or (retrieved and 20 <= i < 20 + won) else 0.0 for i in ids
+        ]
+        answers = rows.assign(prompt_tokens=300 if retrieved else 100)
+        return Evaluation(answers, right, sum(right) / len(right))
 
     return evaluate
 
 
-@pytest.mark.parametrize("rows_won, proposed", [(2, False), (10, True)])
-def test_a_costlier_candidate_is_proposed_only_when_surely_better_than_the_current_prompt(rows_won, proposed):
+@pytest.mark.parametrize("won, lost, proposed", [(6, 5, False), (10, 0, True)])
+def test_a_costlier_candidate_is_proposed_only_when_the_race_sees_it_ahead_of_the_current_prompt(won, lost, proposed):
+    from promptopt_dagster.core.objective import RowCost
     from promptopt_dagster.optimizers.pool import Candidate
 
     demos = [
@@ -246,7 +252,12 @@ def test_a_costlier_candidate_is_proposed_only_when_surely_better_than_the_curre
     ]
     current = SEED.child(demos=demos, answer="label", labels=["positive", "negative"])
     inp = _input(current, iteration=1)
-    inp.history = [Candidate(current, 0, "seed", {i: 1.0 if i < 20 else 0.0 for i in range(30)}, 20 / 30)]
+    inp.history = [
+        Candidate(current, 0, "seed", {i: 1.0 if i < 20 else 0.0 for i in range(30)}, 20 / 30, cost=RowCost(100, None))
+    ]
+    inp.spare_rows = pd.DataFrame(
+        {"row_id": range(1000, 1300), "user_input": [f"spare {i}" for i in range(300)], "ground_truth_output": "x"}
+    )
     optimizer = get_optimizer("fewshot", num_candidates=6, minibatch_size=30)
 
     def to_retrieved(parent, inp, pool, rng):  # every mutation: retrieved demos
@@ -254,12 +265,14 @@ def test_a_costlier_candidate_is_proposed_only_when_surely_better_than_the_curre
         return optimizer.build(parent, choice, parent.system_prompt, inp, pool, rng), "retrieved"
 
     optimizer.mutate = to_retrieved
-    proposal = optimizer.propose(inp, _retrieval_ahead_by(rows_won), None)
+    proposal = optimizer.propose(inp, _retrieval_vs_static(won, lost), None)
     assert any(c["select_score"] is not None for c in proposal.candidates)  # one was scored on all select rows
-    if proposed:
+    if proposed:  # 10 rows in 30 ahead: no tie, whatever it costs (so clear on the select rows that no race runs)
         assert proposal.prompt is not None and proposal.prompt.retrieval is not None
-    else:
-        assert proposal.prompt is None and "not surely better" in proposal.rejected_reason
+    else:  # +6 -5 rows in 30: a tie on the raced rows, and the current prompt costs a third: it stays
+        # in the race past the halving though behind, and wins the last rung's tie
+        assert any("race_score" in c for c in proposal.candidates)
+        assert proposal.prompt is None and "baseline won the race" in proposal.rejected_reason
 
 
 def test_label_descriptions_become_an_instruction_variant_once():

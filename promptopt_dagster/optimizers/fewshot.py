@@ -514,11 +514,11 @@ class FewShotOptimizer(Optimizer):
             for n in ((half, len(extra)) if half else (len(extra),))
         ]
         rungs: list[dict[str, float]] = []
-        field = leaders
+        field, per_row = leaders, {}
         for i, rung_rows in enumerate(rows):
             last = i == len(rows) - 1
-            if last and len(rows) > 1:  # the better half goes on; at least two, or there is no race
-                field = sorted(field, key=lambda c: -rungs[-1][c.id])[: max(2, (len(field) + 1) // 2)]
+            if last and len(rows) > 1:
+                field = self.halve(field, rungs[-1], per_row)
             scores, per_row = {}, {}
             for c in field:
                 try:
@@ -580,11 +580,21 @@ class FewShotOptimizer(Optimizer):
         per row (0.36 s against 0.19 s), and one static set by 2 rows at five times (0.07 s)."""
         top = max(field, key=lambda c: (raced[c.id], -tokens_per_row(c)))
         ties = [c for c in field if c is top or not _surely_ahead(rows[top.id], rows[c.id], self.options)]
-        timed = all(c.cost is not None and c.cost.seconds is not None for c in ties)
-        return min(
-            ties,
-            key=lambda c: (c.cost.seconds if timed else tokens_per_row(c), -raced[c.id], c.born_iteration),
-        )
+        return min(ties, key=_cheapest_first(ties, raced))
+
+    def halve(self, field: list[Candidate], scores: dict[str, float], rows: dict[str, Evaluation]) -> list[Candidate]:
+        """Who goes on to the next rung: the better half (at least two, or there is no race), and the
+        cheapest candidate the rung's leader does not beat for sure when none of that half is as cheap,
+        so that a tie on the last rung can still go to the cheaper prompt."""
+        ranked = sorted(field, key=lambda c: -scores[c.id])
+        keep = ranked[: max(2, (len(ranked) + 1) // 2)]
+        ties = [c for c in ranked[len(keep) :] if not _surely_ahead(rows[ranked[0].id], rows[c.id], self.options)]
+        if ties:
+            order = _cheapest_first(keep + ties, scores)
+            cheapest = min(ties, key=order)
+            if order(cheapest) < min(order(c) for c in keep):
+                keep.append(cheapest)
+        return keep
 
     def ensembles(
         self, leaders: list[Candidate], raced: dict[str, float], inp: OptimizerContext, seen: set
@@ -633,6 +643,13 @@ def _race_field(leaders: list[Candidate], size: int) -> list[Candidate]:
                 seen_scores.add(key)
                 field.append(candidate)
     return sorted(field, key=lambda c: -c.select_score)
+
+
+def _cheapest_first(candidates: list[Candidate], scores: dict[str, float]):
+    """A sort key, cheapest first: measured seconds per row when every candidate has them, else prompt
+    tokens; then the higher score, then the older candidate."""
+    timed = all(c.cost is not None and c.cost.seconds is not None for c in candidates)
+    return lambda c: (c.cost.seconds if timed else tokens_per_row(c), -scores[c.id], c.born_iteration)
 
 
 def _surely_ahead(leader: Evaluation, other: Evaluation, options: FewShotOptions) -> bool:
