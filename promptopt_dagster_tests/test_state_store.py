@@ -113,7 +113,8 @@ def test_runs_with_an_empty_local_state_directory_each_give_the_same_best_prompt
             assert run_iteration(fresh(), instance, iteration, **settings).success
         got = _final_report(fresh(), instance)
     assert got == expected and expected["iterations"] == 2
-    assert expected["best_test_score"] == 1.0 and expected["best_prompt"]["demos"]
+    assert expected["best_test_score"] == 1.0
+    assert expected["best_prompt"]["demos"] or expected["best_prompt"]["retrieval"]
 
 
 FALLBACK = re.compile(r"When unsure, answer (\w+)\.")
