@@ -161,6 +161,8 @@ def test_real_model_optimizes_and_a_rerun_is_served_from_cache(tmp_path):
         "20",
         "--test-size",
         "20",
+        "--spare-size",
+        "20",
         "--report-json",
         str(root / "report.json"),
     ]

@@ -75,6 +75,8 @@ def test_the_real_model_is_optimized_on_a_user_scorer_by_dotted_path(tmp_path):
         "20",
         "--test-size",
         "20",
+        "--spare-size",
+        "20",
         "--report-json",
         str(root / "report.json"),
         backend="local",
