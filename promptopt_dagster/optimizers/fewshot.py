@@ -571,7 +571,7 @@ class FewShotOptimizer(Optimizer):
         """The best score on the last rung's rows, unless a cheaper candidate is a tie there: one the best
         does not beat for sure (paired bootstrap at race_confidence: of the row scores, or of the target
         recomputed on resampled rows where it is not their mean, as macro F1) costs less per row
-        (measured seconds when every tie has them, else prompt tokens), and the cheaper wins.
+        (`_cheapest_first`), and the cheaper wins.
 
         Three hundred rows see a 3-point lead at 0.9 (the paired difference's standard error is about
         1.5 points where the two disagree on a tenth of the rows); a smaller lead is noise, and the
@@ -646,10 +646,15 @@ def _race_field(leaders: list[Candidate], size: int) -> list[Candidate]:
 
 
 def _cheapest_first(candidates: list[Candidate], scores: dict[str, float]):
-    """A sort key, cheapest first: measured seconds per row when every candidate has them, else prompt
-    tokens; then the higher score, then the older candidate."""
-    timed = all(c.cost is not None and c.cost.seconds is not None for c in candidates)
-    return lambda c: (c.cost.seconds if timed else tokens_per_row(c), -scores[c.id], c.born_iteration)
+    """A sort key, cheapest first: demos evaluated anew for every row (retrieved k, plus one row's worth per
+    extra ensemble set; static demos sit in the prefix the server caches), then prompt tokens per row, then
+    the higher score, then the older candidate. Not measured seconds: they say the same on llama.cpp but
+    differ between a fresh run and a rerun from the response cache, and a rerun must decide the same."""
+    return lambda c: (_uncached_demos(c.prompt), tokens_per_row(c), -scores[c.id], c.born_iteration)
+
+
+def _uncached_demos(prompt: PromptVersion) -> int:
+    return (prompt.retrieval.k if prompt.retrieval else 0) + (len(prompt.ensemble) if prompt.ensembled else 0)
 
 
 def _surely_ahead(leader: Evaluation, other: Evaluation, options: FewShotOptions) -> bool:
