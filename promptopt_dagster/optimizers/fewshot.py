@@ -36,7 +36,15 @@ from promptopt_dagster.optimizers.base import (
     OptimizerOptions,
     Proposal,
 )
-from promptopt_dagster.optimizers.pool import Candidate, best, pick_parent, row_cost, surely_better, tokens_per_row
+from promptopt_dagster.optimizers.pool import (
+    Candidate,
+    best,
+    demo_cost,
+    pick_parent,
+    row_cost,
+    surely_better,
+    tokens_per_row,
+)
 from promptopt_dagster.optimizers.registry import register
 
 log = logging.getLogger("promptopt.optimizer")
@@ -650,11 +658,7 @@ def _cheapest_first(candidates: list[Candidate], scores: dict[str, float]):
     extra ensemble set; static demos sit in the prefix the server caches), then prompt tokens per row, then
     the higher score, then the older candidate. Not measured seconds: they say the same on llama.cpp but
     differ between a fresh run and a rerun from the response cache, and a rerun must decide the same."""
-    return lambda c: (_uncached_demos(c.prompt), tokens_per_row(c), -scores[c.id], c.born_iteration)
-
-
-def _uncached_demos(prompt: PromptVersion) -> int:
-    return (prompt.retrieval.k if prompt.retrieval else 0) + (len(prompt.ensemble) if prompt.ensembled else 0)
+    return lambda c: (demo_cost(c.prompt), tokens_per_row(c), -scores[c.id], c.born_iteration)
 
 
 def _surely_ahead(leader: Evaluation, other: Evaluation, options: FewShotOptions) -> bool:

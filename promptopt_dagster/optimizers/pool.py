@@ -144,6 +144,14 @@ def best(pool: list[Candidate], objective: Objective | None = None) -> Candidate
     return min(near, key=lambda c: (tokens_per_row(c), -c.select_score, len(c.prompt.demos), c.born_iteration))
 
 
+def demo_cost(prompt: PromptVersion) -> int:
+    """Demos evaluated anew for every row: the retrieved ones, plus one row's worth per extra ensemble set.
+    Static demos sit in the shared prefix that llama.cpp keeps cached (and remote providers cache too),
+    so 12 or 16 of them cost a row about the same (bench/local_inference.py: 86 ms a row with 8 static
+    demos, 438 ms with 8 retrieved)."""
+    return (prompt.retrieval.k if prompt.retrieval else 0) + (len(prompt.ensemble) if prompt.ensembled else 0)
+
+
 def surely_better(leader: Candidate, other: Candidate, confidence: float) -> bool:
     rows = sorted(leader.scores.keys() & other.scores.keys())
     if not rows:
