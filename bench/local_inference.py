@@ -27,8 +27,15 @@ three ways on the same loaded model: free generation, label ranking with every l
 stops when no other label can win). It prints seconds per row, prompt tokens per row, tokens evaluated
 past the prompt per row, and whether the two rankings chose alike; the ways take turns per chunk, as above.
 
+`--long-inputs N` adds the long-input case: N rows of about 970 characters (four gsm8k questions to a
+row: no labeled long-input set is in data/, so it measures cost, not accuracy) answered with 8
+retrieved demos and a label ranked among four, once with whole demos and once with demos cut to
+`--long-chars` (`Retrieval.max_chars`, what fewshot starts with when its demo pool's rows are long).
+On paragraphs the retrieved demos, which no two rows share, are most of a row's cost; the target is
+cut <= 0.5x whole in seconds, and the exit code is 1 if it misses.
+
     .venv/bin/python bench/local_inference.py [--rows 500] [--threads N] [--modes static,retrieved]
-        [--chunk 25] [--many-labels 50]
+        [--chunk 25] [--many-labels 50] [--long-inputs 40 --long-chars 400]
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ import yaml  # noqa: E402
 
 from promptopt_dagster.app.settings import get_settings  # noqa: E402
 from promptopt_dagster.core import retrieval as retrieval_module  # noqa: E402
-from promptopt_dagster.core.prompts import PromptVersion, Retrieval  # noqa: E402
+from promptopt_dagster.core.prompts import Demo, PromptVersion, Retrieval  # noqa: E402
 from promptopt_dagster.defs.resources import ProjectResource  # noqa: E402
 from promptopt_dagster.llm.inference import predict  # noqa: E402
 from promptopt_dagster.llm.label_ranking import LabelRanker  # noqa: E402
@@ -160,9 +167,20 @@ def main() -> None:
         metavar="ROWS",
         help="also measure the many-label case on this many hwu64 dev rows (0: skip); with --modes '' only it",
     )
+    ap.add_argument(
+        "--long-inputs",
+        type=int,
+        default=0,
+        metavar="ROWS",
+        help="also measure the long-input case on this many paragraph rows (0: skip); with --modes '' only it",
+    )
+    ap.add_argument("--long-chars", type=int, default=400, help="length the long case's retrieved demos are cut to")
     args = ap.parse_args()
-    if args.many_labels and not args.modes.strip():
-        many_labels(s, args)
+    if not args.modes.strip() and (args.many_labels or args.long_inputs):
+        if args.many_labels:
+            many_labels(s, args)
+        if args.long_inputs and not long_inputs(s, args):
+            sys.exit(1)
         return
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]
@@ -256,6 +274,8 @@ def main() -> None:
     )
     if args.many_labels:
         many_labels(s, args)
+    if args.long_inputs and not long_inputs(s, args):
+        failed = True
     if failed:
         sys.exit(1)
 
@@ -330,6 +350,63 @@ def many_labels(s, args) -> None:
         "KV cache, so only its first row pays for it). tok past prompt: generated tokens (free) or label tokens "
         f"evaluated (rankings). Load average now {os.getloadavg()[0]:.2f}"
     )
+
+
+LONG_LABELS = ["world", "sports", "business", "science"]
+
+
+def paragraphs(path: Path, n: int, per: int = 4) -> list[str]:
+    """Rows of about a news paragraph's length: `per` gsm8k questions joined."""
+    questions = read_csv(path)["user_input"].tolist()
+    return [" ".join(questions[i * per : (i + 1) * per]) for i in range(min(n, len(questions) // per))]
+
+
+def long_inputs(s, args) -> bool:
+    """Seconds and prompt tokens per row on paragraph inputs with 8 retrieved demos, whole and cut; True when
+    cut costs at most half the seconds of whole."""
+    data = s.data_dir / "gsm8k"
+    pool = [
+        Demo(user_input=t, ground_truth_output=LONG_LABELS[i % 4])
+        for i, t in enumerate(paragraphs(data / "train.csv", 400))
+    ]
+    rows = pd.DataFrame({"user_input": paragraphs(data / "test.csv", args.long_inputs)})
+    rows["row_id"] = range(len(rows))
+    rows["ground_truth_output"] = [LONG_LABELS[i % 4] for i in range(len(rows))]
+    base = PromptVersion(
+        system_prompt=f"Classify the topic of the text as one of: {', '.join(LONG_LABELS)}.",
+        output_prompt="Text: {user_input}\nTopic:",
+        answer="label",
+        labels=LONG_LABELS,
+    )
+    sides = {
+        "whole": base.child(retrieval=Retrieval(k=8, pool=pool)),
+        f"cut to {args.long_chars}": base.child(retrieval=Retrieval(k=8, pool=pool, max_chars=args.long_chars)),
+    }
+    client = LlamaCppClient(s.model_dir, n_threads=args.threads)  # the production context window
+    client.count_tokens(["warm up"])  # load the model before any clock starts
+    seconds, tokens = dict.fromkeys(sides, 0.0), dict.fromkeys(sides, 0)
+    step = args.chunk or len(rows)
+    for n, start in enumerate(range(0, len(rows), step)):
+        chunk = rows.iloc[start : start + step]
+        for name in list(sides) if n % 2 == 0 else list(reversed(sides)):  # each side goes first in turn
+            began = time.perf_counter()
+            answers = predict(client, sides[name], chunk, max_tokens=4, label=name, progress_interval_s=3600)
+            seconds[name] += time.perf_counter() - began
+            tokens[name] += int(answers["prompt_tokens"].sum())
+    print(
+        f"long inputs: {len(rows)} rows of about {int(rows['user_input'].str.len().mean())} characters, "
+        f"8 retrieved demos each, {args.threads} threads; load average {os.getloadavg()[0]:.2f}"
+    )
+    print(f"{'demos':<14} {'s/row':>7} {'tokens/row':>11}")
+    for name in sides:
+        print(f"{name:<14} {seconds[name] / len(rows):>7.3f} {tokens[name] / len(rows):>11.0f}")
+    whole, cut = list(sides)
+    ratio = seconds[cut] / seconds[whole]
+    print(
+        f"cut/whole: {ratio:.2f}x the seconds, {tokens[cut] / tokens[whole]:.2f}x the tokens "
+        f"(target: at most 0.5x the seconds){'' if ratio <= 0.5 else '  MISSED'}"
+    )
+    return ratio <= 0.5
 
 
 if __name__ == "__main__":
