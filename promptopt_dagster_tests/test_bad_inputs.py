@@ -275,6 +275,15 @@ CASES = [
         2,
         ".env: PROMPTOPT_DEPLOYMENT: Input should be 'local' or 'gcs' (got 'cloud')",
     ),
+    (
+        ".env",
+        "cache_url_with_password",  # refused, and the password is not echoed (the check below: not in the output)
+        DOTENV + "PROMPTOPT_CACHE_URL=postgresql://promptopt:hunter2-secret@db.internal:5432/promptopt\n",
+        2,
+        ".env: PROMPTOPT_CACHE_URL: the Postgres URL holds a password; remove it and set PGPASSWORD "
+        "(or ~/.pgpass) instead.",
+    ),
+    (".env", "cache_url_not_postgres", DOTENV + "PROMPTOPT_CACHE_URL=mysql://db/x\n", 2, "is not a Postgres URL"),
     # flags
     ("flags", "eval_size_negative", ["--eval-size", "-5"], 2, "argument --eval-size: must be 0 or more, got -5"),
     (
@@ -359,6 +368,7 @@ def test_a_bad_input_is_one_error_line_and_changes_nothing(optimized, tmp_path, 
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr[-2000:]
     assert all(f in lines[0] for f in ((fragment,) if isinstance(fragment, str) else fragment)), lines[0][:500]
     assert "Traceback" not in done.stderr and "pydantic.dev" not in lines[0] and "sk-not" not in done.stderr
+    assert "hunter2" not in done.stderr + done.stdout  # a password in a refused setting is not repeated
     assert len(lines[0]) < 1000, lines[0][:300]
     if kind != "flags":
         assert str(path) in lines[0]

@@ -35,8 +35,24 @@ def _req(text: str) -> LLMRequest:
     return LLMRequest(prompt=f"Review: {text}\nSentiment:", max_tokens=4)
 
 
-def _ledger_rows(path: Path) -> list[dict]:
-    with sqlite3.connect(path) as con:
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request, tmp_path):
+    """Where the cache and the ledger live: the SQLite file of one machine, or a Postgres database (a URL)
+    of the shared deployment, on a real server (conftest.postgres_server)."""
+    if request.param == "postgres":
+        return request.getfixturevalue("postgres_url")
+    return tmp_path / "llm_cache.sqlite"
+
+
+def _ledger_rows(location: Path | str) -> list[dict]:
+    if isinstance(location, str):
+        import psycopg2
+        import psycopg2.extras
+
+        with psycopg2.connect(location) as con, con.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            cur.execute("select * from llm_ledger order by id")
+            return [dict(r) for r in cur.fetchall()]
+    with sqlite3.connect(location) as con:
         con.row_factory = sqlite3.Row
         return [dict(r) for r in con.execute("select * from llm_ledger order by id")]
 
@@ -44,8 +60,8 @@ def _ledger_rows(path: Path) -> list[dict]:
 # --- the ledger itself ------------------------------------------------------------------------------------------
 
 
-def test_a_paid_answer_is_recorded_once_and_a_cached_rerun_pays_nothing(tmp_path):
-    path = tmp_path / "llm_cache.sqlite"
+def test_a_paid_answer_is_recorded_once_and_a_cached_rerun_pays_nothing(store):
+    path = store
     client = CachedClient(FakeLLM(responder=lambda r: "positive"), ResponseCache(path))
     client.attribution = ledger.Attribution("sst2", 1, 0, "run-1", "task")
     requests = [_req("good"), _req("bad"), _req("good")]  # the third is the first again: sent once
@@ -65,8 +81,7 @@ def test_a_paid_answer_is_recorded_once_and_a_cached_rerun_pays_nothing(tmp_path
         )
         for r in rows
     } == {("sst2", 1, 0, "run-1", "task", "fake", 1, 0)}
-    with sqlite3.connect(path) as con:
-        assert {r["cache_key"] for r in rows} == {k for (k,) in con.execute("select key from llm_cache")}
+    assert {r["cache_key"] for r in rows} == {k for (k,) in ResponseCache(path)._execute("select key from llm_cache")}
 
     again = CachedClient(FakeLLM(responder=lambda r: "positive"), ResponseCache(path))
     again.attribution = ledger.Attribution("other", 1, 0, "run-2", "task")
@@ -76,8 +91,8 @@ def test_a_paid_answer_is_recorded_once_and_a_cached_rerun_pays_nothing(tmp_path
     assert ledger.spend(path, run_id="run-1").requests == 2
 
 
-def test_the_ledger_row_and_the_cached_answer_are_one_transaction(tmp_path, monkeypatch):
-    path = tmp_path / "llm_cache.sqlite"
+def test_the_ledger_row_and_the_cached_answer_are_one_transaction(store, monkeypatch):
+    path = store
     client = CachedClient(FakeLLM(responder=lambda r: "positive"), ResponseCache(path))
 
     def broken(con, rows):
@@ -92,8 +107,8 @@ def test_the_ledger_row_and_the_cached_answer_are_one_transaction(tmp_path, monk
     assert len(ResponseCache(path)) == 1 and len(_ledger_rows(path)) == 1
 
 
-def test_a_failed_call_that_was_sent_is_paid_and_not_cached(tmp_path):
-    path = tmp_path / "llm_cache.sqlite"
+def test_a_failed_call_that_was_sent_is_paid_and_not_cached(store):
+    path = store
 
     def flaky(request):
         if "bad" in request.prompt:
@@ -116,21 +131,21 @@ def test_a_failed_call_that_was_sent_is_paid_and_not_cached(tmp_path):
     assert ledger.spend(path).requests == 7
 
 
-def test_calls_without_tags_are_recorded_with_no_optimization(tmp_path):
-    path = tmp_path / "llm_cache.sqlite"
+def test_calls_without_tags_are_recorded_with_no_optimization(store):
+    path = store
     CachedClient(FakeLLM(), ResponseCache(path)).generate([_req("fine")])
     assert [r["optimization"] for r in _ledger_rows(path)] == [None]
 
 
 def _write_many(path: str, name: str, n: int) -> None:
-    client = CachedClient(FakeLLM(responder=lambda r: "positive"), ResponseCache(Path(path)))
+    client = CachedClient(FakeLLM(responder=lambda r: "positive"), ResponseCache(path))
     client.attribution = ledger.Attribution(name, 1, 0, f"run-{name}", "task")
     for i in range(n):  # one answer per call: as many commits as answers, interleaved with the other process
         client.generate([_req(f"{name} row {i}")])
 
 
-def test_two_processes_record_side_by_side(tmp_path):
-    path = tmp_path / "llm_cache.sqlite"
+def test_two_processes_record_side_by_side(store):
+    path = store
     ResponseCache(path)
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_write_many, args=(str(path), name, 60)) for name in ("a", "b")]
@@ -143,11 +158,11 @@ def test_two_processes_record_side_by_side(tmp_path):
     assert len(ResponseCache(path)) == 120 and len(_ledger_rows(path)) == 120
 
 
-def test_the_budget_counts_what_a_killed_run_paid(tmp_path):
+def test_the_budget_counts_what_a_killed_run_paid(store):
     from promptopt_dagster.core.decisions import Budget, LoopState, Spend, StopPolicy, decide
     from promptopt_dagster.defs.loop.assets import with_paid
 
-    path = tmp_path / "llm_cache.sqlite"
+    path = store
     killed = CachedClient(FakeLLM(responder=lambda r: "positive"), ResponseCache(path))
     killed.attribution = ledger.Attribution("sst2", 1, 0, "killed-run", "task")
     killed.generate([_req(f"row {i}") for i in range(7)])  # paid, then the run died before its assets were stored

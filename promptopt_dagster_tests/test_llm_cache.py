@@ -28,8 +28,12 @@ def batch(*prompts: str, **kw) -> list[LLMRequest]:
     return [LLMRequest(prompt=p, **kw) for p in prompts]
 
 
-@pytest.fixture
-def db(tmp_path):
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request, tmp_path):
+    """Each test on both stores: the SQLite file of one machine, and a Postgres database (a URL) of the
+    shared deployment, on a real server (conftest.postgres_server)."""
+    if request.param == "postgres":
+        return request.getfixturevalue("postgres_url")
     return tmp_path / "state" / "llm_cache.sqlite"
 
 
@@ -75,13 +79,13 @@ def test_fresh_cache_object_on_same_file_hits(db):
 def test_cross_process(db):
     script = textwrap.dedent(
         f"""
-        from pathlib import Path
+        from pathlib import PosixPath
         from promptopt_dagster.llm.base import LLMRequest
         from promptopt_dagster.llm.cache import CachedClient, ResponseCache
         from promptopt_dagster.llm.fake import FakeLLM
 
         inner = FakeLLM(lambda r: "written by the child process: " + r.prompt)
-        client = CachedClient(inner, ResponseCache(Path({str(db)!r})))
+        client = CachedClient(inner, ResponseCache({db!r}))
         out = client.generate([LLMRequest(prompt="p1"), LLMRequest(prompt="p2", max_tokens=4)])
         assert client.usage.llm_calls == 2, client.usage
         print("OK", len(inner.requests))
@@ -289,7 +293,7 @@ def test_a_duckdb_cache_of_an_earlier_version_is_copied_in_once(tmp_path):
     assert len(ResponseCache(tmp_path / "llm_cache.sqlite")) == 1  # reopening does not copy again
 
 
-def test_a_cached_answer_keeps_the_seconds_it_took_and_an_older_cache_gains_the_column(db):
+def test_a_cached_answer_keeps_the_seconds_it_took_and_an_older_cache_gains_the_column(db, tmp_path):
     """A prompt's seconds per row (objective.max_seconds_per_row) must read the same on a rerun from the cache."""
     import sqlite3
 
@@ -310,7 +314,7 @@ def test_a_cached_answer_keeps_the_seconds_it_took_and_an_older_cache_gains_the_
     second = [r for _, r in again.stream(batch("a"))][0]
     assert second.cached and inner.usage.requests == 0 and second.latency_s == pytest.approx(first.latency_s)
 
-    old = db.parent / "old.sqlite"  # a cache made before the column existed
+    old = tmp_path / "old.sqlite"  # a cache made before the column existed
     with sqlite3.connect(old) as con:
         con.execute(
             "create table llm_cache (key text primary key, backend text, model text, request_json text, text text, "

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from promptopt_dagster.core.errors import PromptOptError
 from promptopt_dagster.core.storage import mirror
 from promptopt_dagster.llm.model_settings import ModelSettings
+from promptopt_dagster.llm.store_location import check_url
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,6 +67,16 @@ class Settings(BaseSettings):
     gcs_bucket: str | None = Field(None, description="gcs deployment: the bucket (it must exist)")
     gcs_prefix: str = Field("promptopt", description="gcs deployment: the folder inside the bucket")
     gcs_project: str | None = Field(None, description="gcs deployment: the project billed (default: ADC's)")
+    cache_url: str | None = Field(
+        None,
+        description="Postgres database of the response cache and usage ledger, postgresql://USER@HOST:PORT/DATABASE "
+        "(no password in it: set PGPASSWORD); for runs that share no disk. Unset: llm_cache.sqlite in the state dir",
+    )
+
+    @field_validator("cache_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        return check_url(value) if value else None
 
     @field_validator("data_dir", "prompts_dir", mode="before")
     @classmethod
@@ -99,7 +110,13 @@ class Settings(BaseSettings):
 
     @property
     def llm_cache_path(self) -> Path:
+        """The response cache's file on one machine (also where `cache_url` is unset)."""
         return self.state_dir / "llm_cache.sqlite"
+
+    @property
+    def llm_cache(self) -> Path | str:
+        """Where the response cache and the usage ledger live: `cache_url`, else the file in the state dir."""
+        return self.cache_url or self.llm_cache_path
 
     @property
     def dagster_home(self) -> Path:
@@ -155,6 +172,10 @@ def check_dotenv(path: Path = Path(".env")) -> None:
             )
 
 
+#: settings whose refused value is not repeated in the error: it may hold a secret (a password in a URL)
+NOT_ECHOED = frozenset({"cache_url"})
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     dotenv = Path(".env").resolve()
@@ -169,6 +190,5 @@ def get_settings() -> Settings:
             if name in os.environ or name not in dotenv_settings(dotenv)
             else f"{dotenv}: {name}"
         )
-        raise SettingsError(
-            f"{where}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})."
-        ) from None
+        got = "" if err["loc"][0] in NOT_ECHOED else f" (got {err.get('input')!r})"
+        raise SettingsError(f"{where}: {err['msg'].removeprefix('Value error, ')}{got}.") from None

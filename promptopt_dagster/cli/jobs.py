@@ -120,8 +120,8 @@ def _where(run: RunView) -> str:
 def _ledger_path():
     """The response cache holding the usage ledger, when this machine has it (None: status falls back to the
     spend the runs' assets recorded, which misses canceled and killed runs)."""
-    path = get_settings().llm_cache_path
-    return path if path.exists() else None
+    location = get_settings().llm_cache
+    return location if isinstance(location, str) or location.exists() else None
 
 
 def _generation_of(runs: list[RunView]) -> int | None:

@@ -69,7 +69,7 @@ def rewrite(args: argparse.Namespace) -> int:
         prompt = PromptVersion.load(args.prompt)
         labels = [x.strip() for x in (args.labels or "").split(",") if x.strip()]
         descriptions, name, description = {}, args.prompt.stem, args.description
-    client = build_client(settings.optimizer, settings.model_dir, settings.llm_threads, settings.llm_cache_path)
+    client = build_client(settings.optimizer, settings.model_dir, settings.llm_threads, settings.llm_cache)
     proposal = MetaPromptOptimizer(guidelines=args.guidelines).rewrite(
         prompt, client, labels, descriptions, description, scored=False
     )

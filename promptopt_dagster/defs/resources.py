@@ -16,7 +16,7 @@ from promptopt_dagster.app.optimizations import OptimizationSpec, load_optimizat
 from promptopt_dagster.app.settings import get_settings
 from promptopt_dagster.core.errors import ManifestError
 from promptopt_dagster.core.prompts import PromptVersion
-from promptopt_dagster.llm import ledger
+from promptopt_dagster.llm import ledger, store_location
 from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.llm.factory import build_client
 from promptopt_dagster.llm.model_settings import ModelSettings, api_key_from_env
@@ -103,7 +103,7 @@ class LLMResource(dg.ConfigurableResource, ModelSettings):
     api_key: str | None = None  # None: read the variable named by api_key_env (or the backend default)
     model_dir: str
     threads: int
-    cache_path: str | None = None  # None disables the response cache (and with it the usage ledger)
+    cache_path: str | None = None  # a file or a postgresql:// URL; None disables the cache (and the usage ledger)
     role: str = "task"  # what its calls are recorded as in the usage ledger: task, optimizer or judge
 
     _client: LLMClient | None = PrivateAttr(default=None)
@@ -123,7 +123,7 @@ class LLMResource(dg.ConfigurableResource, ModelSettings):
                 self.settings(),
                 Path(self.model_dir),
                 self.threads,
-                Path(self.cache_path) if self.cache_path else None,
+                store_location.resolve(self.cache_path),
                 api_key=self.api_key,
             )
         return attribute(self._client, self.role)
@@ -142,7 +142,7 @@ class LLMResource(dg.ConfigurableResource, ModelSettings):
                 ModelSettings(**model.model_dump()),
                 Path(self.model_dir),
                 self.threads,
-                Path(self.cache_path) if self.cache_path else None,
+                store_location.resolve(self.cache_path),
                 api_key=api_key_from_env(model),
             )
         return attribute(self._named[key], role or self.role)
@@ -206,7 +206,7 @@ def model_resource(settings: ModelSettings, role: str = "task") -> LLMResource:
         api_key=api_key,
         model_dir=str(s.model_dir),
         threads=s.llm_threads,
-        cache_path=str(s.llm_cache_path),
+        cache_path=str(s.llm_cache),
         role=role,
     )
 

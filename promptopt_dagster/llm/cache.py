@@ -11,6 +11,11 @@ A cache from before (llm_cache.duckdb beside the file) is copied in once, so no 
 
 The same file holds the usage ledger (llm/ledger.py): each answer a backend was paid for is recorded
 there in the transaction that caches it, so what an optimization paid survives a canceled or killed run.
+
+Where runs share no disk (the `cluster` deployment: each run in its own container), the cache and the
+ledger live in Postgres instead, named by a `postgresql://` URL: the same tables, the same statements
+(SQLite and Postgres both speak `insert ... on conflict`), one transaction per answer, so every answer
+is durable the moment it is paid for and every machine reads what any other paid for.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pathlib import Path
 
 from promptopt_dagster.llm import ledger
 from promptopt_dagster.llm.base import LLMClient, LLMRequest, LLMResponse
+from promptopt_dagster.llm.store_location import check_url, connect_postgres, is_url, postgres_sql
 
 log = logging.getLogger("promptopt.llm")
 
@@ -43,6 +49,12 @@ _COLUMNS = "key, backend, model, request_json, text, prompt_tokens, completion_t
 #: columns added after the table was first created: (name, type), added to an older cache on open
 _ADDED = (("latency_s", "real"),)
 LEGACY_NAME = "llm_cache.duckdb"
+#: an answer asked again for its label scores gains them (SQLite and Postgres both run this)
+_UPSERT = (
+    f"insert into llm_cache ({_COLUMNS}, latency_s) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict (key) do update "
+    "set text = excluded.text, prompt_tokens = excluded.prompt_tokens, completion_tokens = excluded.completion_tokens, "
+    "finish_reason = excluded.finish_reason, label_scores = excluded.label_scores, latency_s = excluded.latency_s"
+)
 
 
 def cache_key(identity: dict, request: LLMRequest) -> str:
@@ -59,34 +71,72 @@ def cache_key(identity: dict, request: LLMRequest) -> str:
 
 
 class ResponseCache:
-    """One SQLite file shared by every process of the project; a connection per process and thread."""
+    """One store shared by every process of the project: a SQLite file (a path), or a Postgres database (a
+    `postgresql://` URL); a connection per process and thread."""
 
-    def __init__(self, path: Path, lock_timeout_s: float = 120.0) -> None:
-        self.path = Path(path)
+    def __init__(self, location: Path | str, lock_timeout_s: float = 120.0) -> None:
+        self.postgres = is_url(location)
+        self.location: Path | str = check_url(location) if self.postgres else Path(location)
         self.lock_timeout_s = lock_timeout_s
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._con().execute(_SCHEMA)
+        if self.postgres:
+            self._create_postgres()
+            return
+        self.path = Path(location)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._execute(_SCHEMA)
         self._add_columns()
-        ledger.ensure_schema(self._con())
+        ledger.ensure_schema(self._execute)
         self._import_legacy()
 
-    def _con(self) -> sqlite3.Connection:
-        """This thread's connection; a forked child opens its own (a SQLite handle must not cross a fork)."""
+    def _con(self):
+        """This thread's connection; a forked child opens its own (a handle must not cross a fork)."""
         con = getattr(self._local, "con", None)
         if con is None or self._local.pid != os.getpid():
-            con = sqlite3.connect(self.path, timeout=self.lock_timeout_s, isolation_level=None)
-            con.execute("pragma journal_mode=wal")  # readers never wait for the writer
-            con.execute("pragma synchronous=normal")  # a commit survives the process being killed
+            if self.postgres:
+                con = connect_postgres(self.location, self.lock_timeout_s)
+            else:
+                con = sqlite3.connect(self.path, timeout=self.lock_timeout_s, isolation_level=None)
+                con.execute("pragma journal_mode=wal")  # readers never wait for the writer
+                con.execute("pragma synchronous=normal")  # a commit survives the process being killed
             self._local.con, self._local.pid = con, os.getpid()
         return con
 
+    def _execute(self, sql: str, params=()) -> list:
+        """Rows of one statement on this thread's connection, in either store's dialect."""
+        con = self._con()
+        if not self.postgres:
+            return con.execute(sql, params).fetchall()
+        with con.cursor() as cur:
+            cur.execute(postgres_sql(sql), params)
+            return cur.fetchall() if cur.description else []
+
+    def _executemany(self, sql: str, rows: Sequence) -> None:
+        con = self._con()
+        if not self.postgres:
+            con.executemany(sql, rows)
+            return
+        with con.cursor() as cur:
+            cur.executemany(postgres_sql(sql), rows)
+
+    def _create_postgres(self) -> None:
+        """The tables, once: processes starting together wait on one advisory lock, as `create table if not
+        exists` alone can collide in Postgres's catalog."""
+        schema = _SCHEMA.replace("latency_s real", "latency_s double precision")
+
+        def create() -> None:
+            self._execute("select pg_advisory_xact_lock(hashtext('promptopt.llm_cache'))")
+            self._execute(schema)
+            ledger.ensure_schema(self._execute, postgres=True)
+
+        self._write("", [], lambda _execute: create())
+
     def _add_columns(self) -> None:
-        have = {row[1] for row in self._con().execute("pragma table_info(llm_cache)").fetchall()}
+        have = {row[1] for row in self._execute("pragma table_info(llm_cache)")}
         for name, kind in _ADDED:
             if name not in have:
                 try:
-                    self._con().execute(f"alter table llm_cache add column {name} {kind}")
+                    self._execute(f"alter table llm_cache add column {name} {kind}")
                 except sqlite3.OperationalError as exc:  # another process added it first
                     if "duplicate column" not in str(exc):
                         raise
@@ -110,20 +160,21 @@ class ResponseCache:
                 f"select key, backend, model, request_json, text, prompt_tokens, completion_tokens, "
                 f"finish_reason, {scores} from llm_cache"
             ).fetchall()
-        self._write(f"insert or ignore into llm_cache ({_COLUMNS}) values (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        self._write(
+            f"insert into llm_cache ({_COLUMNS}) values (?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict do nothing", rows
+        )
         log.info("copied %d cached answers from %s into %s", len(rows), legacy, self.path)
 
     def get_many(self, keys: Sequence[str]) -> dict[str, LLMResponse]:
         out: dict[str, LLMResponse] = {}
-        con = self._con()
         keys = list(keys)
         for start in range(0, len(keys), 500):  # SQLite caps the parameters of one statement
             chunk = keys[start : start + 500]
-            rows = con.execute(
+            rows = self._execute(
                 "select key, text, prompt_tokens, completion_tokens, finish_reason, label_scores, latency_s "
                 f"from llm_cache where key in ({', '.join('?' * len(chunk))})",
                 chunk,
-            ).fetchall()
+            )
             for k, t, p, c, f, s, latency in rows:
                 out[k] = LLMResponse(
                     text=t,
@@ -159,29 +210,24 @@ class ResponseCache:
         ]
         if not rows and not any(p is not None for p in paid):
             return
-        # replace: an answer asked again for its label scores gains them
-        self._write(
-            f"insert or replace into llm_cache ({_COLUMNS}, latency_s) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
-            lambda con: ledger.record(con, paid),
-        )
+        self._write(_UPSERT, rows, lambda execute: ledger.record(self._executemany, paid))
 
     def _write(self, sql: str, rows: list, also=None) -> None:
-        """One transaction; `begin immediate` takes the write lock up front, waiting up to lock_timeout_s."""
-        con = self._con()
-        con.execute("begin immediate")
+        """One transaction. SQLite: `begin immediate` takes the write lock up front, waiting up to
+        lock_timeout_s; Postgres locks rows as they are written."""
+        self._execute("begin immediate" if not self.postgres else "begin")
         try:
             if rows:
-                con.executemany(sql, rows)
+                self._executemany(sql, rows)
             if also is not None:
-                also(con)
+                also(self._execute)
         except BaseException:
-            con.execute("rollback")
+            self._execute("rollback")
             raise
-        con.execute("commit")
+        self._execute("commit")
 
     def __len__(self) -> int:
-        return self._con().execute("select count(*) from llm_cache").fetchone()[0]
+        return self._execute("select count(*) from llm_cache")[0][0]
 
 
 class CachedClient(LLMClient):

@@ -26,7 +26,11 @@ _UNPRICED_WARNED: set[str] = set()
 
 
 def build_client(
-    settings: ModelSettings, model_dir: Path, threads: int, cache_path: Path | None, api_key: str | None = None
+    settings: ModelSettings,
+    model_dir: Path,
+    threads: int,
+    cache_path: Path | str | None,
+    api_key: str | None = None,
 ) -> LLMClient:
     """A ready client; `api_key` None means: read it from the environment variable the settings name."""
     s = settings

@@ -18,10 +18,11 @@ This module is the llm layer: it imports neither dagster nor the project's defs 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from promptopt_dagster.llm.store_location import connect_postgres, is_url, postgres_sql
 from promptopt_dagster.llm.usage import UsageByModel, UsageStats, total
 
 TABLE = "llm_ledger"
@@ -35,6 +36,15 @@ create table if not exists {TABLE} (
     cache_key text,
     created_at text default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 )"""
+#: the same table in Postgres (the shared deployment's store): its own spelling of a serial id and a UTC time
+POSTGRES_SCHEMA = (
+    SCHEMA.replace("id integer primary key autoincrement", "id bigserial primary key")
+    .replace("cost_usd real", "cost_usd double precision")
+    .replace(
+        "default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+        """default (to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))""",
+    )
+)
 INDEXES = (
     f"create index if not exists {TABLE}_optimization on {TABLE} (optimization, generation)",
     f"create index if not exists {TABLE}_run on {TABLE} (run_id)",
@@ -57,10 +67,11 @@ class Attribution:
     role: str | None = None
 
 
-def ensure_schema(con: sqlite3.Connection) -> None:
-    con.execute(SCHEMA)
+def ensure_schema(execute: Callable, postgres: bool = False) -> None:
+    """Create the table and its indexes with `execute(sql)` (the cache's statement runner, either store)."""
+    execute(POSTGRES_SCHEMA if postgres else SCHEMA)
     for sql in INDEXES:
-        con.execute(sql)
+        execute(sql)
 
 
 def row(tags: Attribution | None, backend: str, model: str, response, key: str | None = None) -> tuple | None:
@@ -85,27 +96,43 @@ def row(tags: Attribution | None, backend: str, model: str, response, key: str |
     )
 
 
-def record(con: sqlite3.Connection, rows: Iterable[tuple]) -> None:
-    """Insert ledger rows on `con`, inside the caller's transaction (the cache write of the same answers); a
-    None (a response nothing was paid for, see `row`) is skipped."""
+def record(executemany: Callable, rows: Iterable[tuple]) -> None:
+    """Insert ledger rows with `executemany(sql, rows)`, inside the caller's transaction (the cache write of the
+    same answers); a None (a response nothing was paid for, see `row`) is skipped."""
     rows = [r for r in rows if r is not None]
     if rows:
-        con.executemany(_INSERT, rows)
+        executemany(_INSERT, rows)
 
 
 # --- reading ----------------------------------------------------------------------------------------------
 
 
-def _connect(path: Path) -> sqlite3.Connection | None:
-    path = Path(path)
-    if not path.exists():
-        return None
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-    found = con.execute("select 1 from sqlite_master where type = 'table' and name = ?", (TABLE,)).fetchone()
-    if not found:
-        con.close()
-        return None
-    return con
+class _Reader:
+    """Read access to the ledger wherever it lives; `rows` is None when it holds no ledger yet."""
+
+    def __init__(self, location: Path | str, timeout_s: float = 30.0) -> None:
+        self.postgres = is_url(location)
+        self.con = None
+        if self.postgres:
+            self.con = connect_postgres(location, timeout_s)
+            if self.query("select to_regclass(?)", (TABLE,))[0][0] is None:
+                self.close()
+        elif Path(location).exists():
+            self.con = sqlite3.connect(f"file:{location}?mode=ro", uri=True, timeout=timeout_s)
+            if not self.query("select 1 from sqlite_master where type = 'table' and name = ?", (TABLE,)):
+                self.close()
+
+    def query(self, sql: str, params=()) -> list:
+        if not self.postgres:
+            return self.con.execute(sql, params).fetchall()
+        with self.con.cursor() as cur:
+            cur.execute(postgres_sql(sql), params)
+            return cur.fetchall() if cur.description else []
+
+    def close(self) -> None:
+        if self.con is not None:
+            self.con.close()
+            self.con = None
 
 
 def _where(optimization: str | None, generation: int | None, run_id: str | None, unassigned: bool) -> tuple[str, list]:
@@ -126,20 +153,25 @@ def _where(optimization: str | None, generation: int | None, run_id: str | None,
 
 
 def _grouped(
-    path: Path, group: str, optimization: str | None, generation: int | None, run_id: str | None, unassigned: bool
+    location: Path | str,
+    group: str,
+    optimization: str | None,
+    generation: int | None,
+    run_id: str | None,
+    unassigned: bool,
 ) -> dict[str, UsageStats]:
-    con = _connect(path)
-    if con is None:
+    reader = _Reader(location)
+    if reader.con is None:
         return {}
     where, params = _where(optimization, generation, run_id, unassigned)
     try:
-        rows = con.execute(
+        rows = reader.query(
             f"select {group}, count(*), sum(requests), sum(error), sum(prompt_tokens), "
             f"sum(completion_tokens), sum(cost_usd) from {TABLE}{where} group by 1",
             params,
-        ).fetchall()
+        )
     finally:
-        con.close()
+        reader.close()
     return {
         str(key): UsageStats(
             llm_calls=n,
@@ -154,7 +186,7 @@ def _grouped(
 
 
 def spend_by_model(
-    path: Path,
+    location: Path | str,
     optimization: str | None = None,
     generation: int | None = None,
     run_id: str | None = None,
@@ -163,44 +195,52 @@ def spend_by_model(
     """What was paid, keyed by "backend/model" as UsageByModel is; cache_hits is always 0 (nothing cached is paid).
 
     unassigned: with a generation, also count this optimization's calls not yet given a generation."""
-    return _grouped(path, "backend || '/' || model", optimization, generation, run_id, unassigned)
+    return _grouped(location, "backend || '/' || model", optimization, generation, run_id, unassigned)
 
 
 def spend(
-    path: Path,
+    location: Path | str,
     optimization: str | None = None,
     generation: int | None = None,
     run_id: str | None = None,
     unassigned: bool = False,
 ) -> UsageStats:
     """Totals of what was paid: llm_calls are answers (and failures) a backend sent, requests their attempts."""
-    return total(spend_by_model(path, optimization, generation, run_id, unassigned))
+    return total(spend_by_model(location, optimization, generation, run_id, unassigned))
 
 
 def spend_by_role(
-    path: Path, optimization: str, generation: int | None = None, unassigned: bool = False
+    location: Path | str, optimization: str, generation: int | None = None, unassigned: bool = False
 ) -> dict[str, UsageStats]:
-    return _grouped(path, "coalesce(role, 'task')", optimization, generation, None, unassigned)
+    return _grouped(location, "coalesce(role, 'task')", optimization, generation, None, unassigned)
 
 
-def spend_by_run(path: Path, optimization: str) -> dict[str, UsageStats]:
+def spend_by_run(location: Path | str, optimization: str) -> dict[str, UsageStats]:
     """Each run's paid calls for the optimization (a canceled or killed run included)."""
-    return _grouped(path, "coalesce(run_id, '')", optimization, None, None, False)
+    return _grouped(location, "coalesce(run_id, '')", optimization, None, None, False)
 
 
-def claim(path: Path, optimization: str, generation: int, timeout_s: float = 120.0) -> int:
+def claim(location: Path | str, optimization: str, generation: int, timeout_s: float = 120.0) -> int:
     """Give this optimization's calls that have no generation yet (its migration references, its final report)
     to `generation`; the number of rows claimed. Called by the final report of that generation, the first
     report after the start that paid them."""
-    path = Path(path)
+    sql = f"update {TABLE} set generation = ? where optimization = ? and generation is null"
+    if is_url(location):
+        reader = _Reader(location, timeout_s)
+        if reader.con is None:
+            return 0
+        try:
+            with reader.con.cursor() as cur:
+                cur.execute(postgres_sql(sql), (generation, optimization))
+                return cur.rowcount
+        finally:
+            reader.close()
+    path = Path(location)
     if not path.exists():
         return 0
     con = sqlite3.connect(path, timeout=timeout_s, isolation_level=None)
     try:
-        ensure_schema(con)
-        return con.execute(
-            f"update {TABLE} set generation = ? where optimization = ? and generation is null",
-            (generation, optimization),
-        ).rowcount
+        ensure_schema(con.execute)
+        return con.execute(sql, (generation, optimization)).rowcount
     finally:
         con.close()

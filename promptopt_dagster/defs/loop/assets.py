@@ -11,7 +11,6 @@ cannot map a dynamic partition to its predecessor. The work is done by the layer
 
 import dataclasses
 import json
-from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -58,7 +57,7 @@ from promptopt_dagster.defs.state_store import WarehouseStateStore
 from promptopt_dagster.defs.table_types import METRICS, PREDICTIONS, MetricsFrame, PredictionsFrame, column_schema
 from promptopt_dagster.defs.tables import prompt_frame, prompt_from_frame, with_partition
 from promptopt_dagster.defs.webserver_client import asset_partition_url
-from promptopt_dagster.llm import ledger
+from promptopt_dagster.llm import ledger, store_location
 from promptopt_dagster.llm import usage as llm_usage
 from promptopt_dagster.llm.usage import UsageByModel
 from promptopt_dagster.optimizers import Evaluation, OptimizerContext, get_optimizer
@@ -676,9 +675,9 @@ def with_paid(this: Spend, before: Spend, cache_path: str | None, name: str, gen
     to at least what the usage ledger says its generation paid: a canceled or killed run's calls count toward
     the budget, though no asset recorded them. (metric_calls, llm_calls and cache_hits stay what the
     materialized assets used.)"""
-    if not cache_path or not Path(cache_path).exists():
+    if not store_location.exists(cache_path):
         return this
-    paid = ledger.spend(Path(cache_path), name, generation, unassigned=True)
+    paid = ledger.spend(store_location.resolve(cache_path), name, generation, unassigned=True)
     return dataclasses.replace(
         this,
         requests=max(this.requests, paid.requests - before.requests),

@@ -2,7 +2,6 @@
 dataset's leaderboard of every optimization's final report."""
 
 import json
-from pathlib import Path
 from urllib.parse import urlparse
 
 import dagster as dg
@@ -40,7 +39,7 @@ from promptopt_dagster.defs.partitions import (
 from promptopt_dagster.defs.resources import LLMResource, ProjectResource
 from promptopt_dagster.defs.state_store import WarehouseStateStore
 from promptopt_dagster.defs.webserver_client import asset_partition_url
-from promptopt_dagster.llm import ledger
+from promptopt_dagster.llm import ledger, store_location
 from promptopt_dagster.llm import usage as llm_usage
 from promptopt_dagster.optimizers.pool import row_cost
 
@@ -225,16 +224,15 @@ def paid_spend(cache_path: str | None, name: str, generation: int) -> dict | Non
 
     Calls made before the generation was known (its migration references) or in this report are claimed
     for it first."""
-    if not cache_path or not Path(cache_path).exists():
+    if not store_location.exists(cache_path):
         return None
-    ledger.claim(Path(cache_path), name, generation)
-    by_model = ledger.spend_by_model(Path(cache_path), name, generation)
+    location = store_location.resolve(cache_path)
+    ledger.claim(location, name, generation)
+    by_model = ledger.spend_by_model(location, name, generation)
     return {
         "total": llm_usage.total(by_model).to_dict(),
         "by_model": {m: u.to_dict() for m, u in sorted(by_model.items())},
-        "by_role": {
-            r: u.to_dict() for r, u in sorted(ledger.spend_by_role(Path(cache_path), name, generation).items())
-        },
+        "by_role": {r: u.to_dict() for r, u in sorted(ledger.spend_by_role(location, name, generation).items())},
     }
 
 
