@@ -7,7 +7,6 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
-from dagster_duckdb import DuckDBResource
 
 from promptopt_dagster.app.optimizations import OptimizationSpec
 from promptopt_dagster.app.settings import PROJECT_ROOT
@@ -16,6 +15,7 @@ from promptopt_dagster.defs.artifact_io_managers import LocalArtifactIOManager
 from promptopt_dagster.defs.io_managers import WarehouseIOManager
 from promptopt_dagster.defs.partitions import ensure_iteration, iteration_key
 from promptopt_dagster.defs.resources import LLMResource, ProjectResource
+from promptopt_dagster.defs.warehouse import WarehouseResource
 from promptopt_dagster.llm.base import LLMClient, LLMRequest
 from promptopt_dagster.llm.fake import FakeLLM
 
@@ -159,7 +159,7 @@ def make_defs(
             "task_model": ScriptedLLMResource(**llm),
             "optimizer_model": ScriptedLLMResource(**{**llm, "script": optimizer_script or script}),
             "judge_model": ScriptedLLMResource(**{**llm, "script": judge_script}),
-            "warehouse": DuckDBResource(database=warehouse),
+            "warehouse": WarehouseResource(database=warehouse),
             "io_manager": WarehouseIOManager(database=warehouse, schema="promptopt"),
             "artifact_io_manager": LocalArtifactIOManager(
                 root=str(tmp_path / "artifacts"), database=warehouse, schema="promptopt"

@@ -18,7 +18,6 @@ import dagster as dg
 import pandas as pd
 import pytest
 import yaml
-from dagster_duckdb import DuckDBResource
 
 from promptopt_dagster.app.datasets import DatasetSpec, read_split
 from promptopt_dagster.app.migration import reference_of
@@ -30,6 +29,7 @@ from promptopt_dagster.defs.artifact_io_managers import LocalArtifactIOManager
 from promptopt_dagster.defs.io_managers import WarehouseIOManager
 from promptopt_dagster.defs.partitions import ensure_iteration, iteration_key
 from promptopt_dagster.defs.resources import LLMResource, ProjectResource
+from promptopt_dagster.defs.warehouse import WarehouseResource
 from promptopt_dagster_tests.dagster_helpers import generation_of, prepare, start
 from promptopt_dagster_tests.fake_llm_servers import FakeLLMServer
 from promptopt_dagster_tests.remote_helpers import run_cli, warehouse
@@ -331,7 +331,7 @@ def _defs(root: Path, tmp_path: Path, target: FakeLLMServer) -> dg.Definitions:
             ),
             "optimizer_model": LLMResource(backend="fake", **model),
             "judge_model": LLMResource(backend="fake", **model),
-            "warehouse": DuckDBResource(database=db),
+            "warehouse": WarehouseResource(database=db),
             "io_manager": WarehouseIOManager(database=db, schema="promptopt"),
             "artifact_io_manager": LocalArtifactIOManager(
                 root=str(tmp_path / "artifacts"), database=db, schema="promptopt"

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster_duckdb import DuckDBResource
 
 from promptopt_dagster.app.state import (
     IterationKey,
@@ -25,6 +24,7 @@ from promptopt_dagster.app.state import (
 from promptopt_dagster.core.decisions import LoopState, Spend
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.defs.state_store import WarehouseStateStore
+from promptopt_dagster.defs.warehouse import WarehouseResource
 from promptopt_dagster.llm.base import LLMRequest
 from promptopt_dagster.optimizers.pool import Candidate
 from promptopt_dagster_tests.dagster_helpers import SCRIPTS, make_defs, prepare, run_iteration
@@ -33,9 +33,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "promptopt_dagster"
 START = PromptVersion(system_prompt="Classify.", output_prompt="Review: {user_input}\nLabel:")
 
 
-@pytest.fixture
-def store(tmp_path) -> WarehouseStateStore:
-    return WarehouseStateStore(warehouse=DuckDBResource(database=str(tmp_path / "w.duckdb")))
+@pytest.fixture(params=["duckdb", "postgres"])
+def store(request, tmp_path) -> WarehouseStateStore:
+    """The store in both warehouses: the DuckDB file of one machine, and Postgres (a real server) for runs that
+    share no disk."""
+    database = request.getfixturevalue("postgres_url") if request.param == "postgres" else str(tmp_path / "w.duckdb")
+    return WarehouseStateStore(warehouse=WarehouseResource(database=database))
 
 
 def test_search_and_outcome_round_trip_and_a_rerun_search_voids_the_old_decision(store):
@@ -203,6 +206,7 @@ def test_no_sql_outside_the_state_store_and_the_warehouse_modules():
     allowed = {
         "defs/state_store.py",
         "defs/io_managers.py",
+        "defs/warehouse.py",
         "defs/artifact_io_managers.py",
         "llm/cache.py",
         "llm/ledger.py",

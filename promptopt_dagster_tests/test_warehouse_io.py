@@ -1,10 +1,12 @@
-"""The warehouse IO manager: tables keep taking rows after their first frame had an empty column."""
+"""The warehouse IO managers: tables keep taking rows after their first frame had an empty column; the Postgres
+one (runs that share no disk) replaces a partition in one transaction and reads back what DuckDB would."""
 
 import dagster as dg
 import duckdb
 import pandas as pd
 
-from promptopt_dagster.defs.io_managers import WarehouseIOManager
+from promptopt_dagster.defs.io_managers import PostgresWarehouseIOManager, WarehouseIOManager
+from promptopt_dagster.defs.warehouse import connect
 
 parts = dg.StaticPartitionsDefinition(["a", "b"])
 
@@ -70,3 +72,63 @@ def test_a_table_from_an_earlier_version_takes_frames_with_columns_added_and_col
             "select part, answer, best_score, error, latency_s from public.timed order by part"
         ).fetchall()
     assert rows == [("a", "positive", 0.5, "x", None), ("b", "negative", None, "late", 1.5)]
+
+
+@dg.asset(partitions_def=parts, metadata={"partition_expr": "part"})
+def scored(context: dg.AssetExecutionContext) -> pd.DataFrame:
+    n = 3 if context.partition_key == "a" else 2
+    return pd.DataFrame(
+        {
+            "part": [context.partition_key] * n,
+            "row_id": list(range(n)),
+            "score": [1.0, 0.0, 0.5][:n],
+            "accepted": [True, False, True][:n],
+            "answer": ["positive", None, "negative"][:n],
+            "tokens": pd.array([12, None, 7][:n], dtype="Int64"),
+        }
+    )
+
+
+@dg.asset(partitions_def=parts, metadata={"partition_expr": "part"})
+def scored_again(scored: pd.DataFrame) -> pd.DataFrame:
+    return scored.assign(score=scored["score"] * 2)
+
+
+def test_postgres_tables_replace_a_partition_and_read_back_as_duckdb_would(tmp_path, postgres_url):
+    """Each partition written twice (a retried run): its rows are there once; the downstream asset reads them
+    with DuckDB's types, and a column added by a newer frame lands by name."""
+    instance = dg.DagsterInstance.ephemeral()
+    outputs = {}
+    for name, io_manager in (
+        ("duckdb", WarehouseIOManager(database=str(tmp_path / "w.duckdb"), schema="public")),
+        ("postgres", PostgresWarehouseIOManager(database=postgres_url, schema="public")),
+    ):
+        for key in ("a", "b", "a"):
+            result = dg.materialize(
+                [scored, scored_again], partition_key=key, resources={"io_manager": io_manager}, instance=instance
+            )
+            assert result.success
+        with connect(io_manager.database) as con:
+            outputs[name] = con.fetchdf("select * from public.scored_again order by part, row_id")
+    assert len(outputs["postgres"]) == 5  # a's rows once, though written twice
+    pd.testing.assert_frame_equal(outputs["postgres"], outputs["duckdb"], check_dtype=True)
+
+    @dg.asset(partitions_def=parts, metadata={"partition_expr": "part"}, name="scored")
+    def wider(context: dg.AssetExecutionContext) -> pd.DataFrame:  # a newer version's frame: one column more
+        return pd.DataFrame(
+            {
+                "part": ["b"],
+                "latency_s": [0.25],
+                "row_id": [0],
+                "score": [1.0],
+                "accepted": [True],
+                "answer": ["positive"],
+                "tokens": pd.array([3], dtype="Int64"),
+            }
+        )
+
+    io_manager = PostgresWarehouseIOManager(database=postgres_url, schema="public")
+    assert dg.materialize([wider], partition_key="b", resources={"io_manager": io_manager}, instance=instance).success
+    with connect(postgres_url) as con:
+        rows = con.execute("select part, row_id, latency_s from public.scored order by part, row_id")
+    assert rows == [("a", 0, None), ("a", 1, None), ("a", 2, None), ("b", 0, 0.25)]

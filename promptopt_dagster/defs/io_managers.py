@@ -1,4 +1,5 @@
-"""DuckDB tables for every asset, including the dataset x iteration ones.
+"""Warehouse tables for every asset, including the dataset x iteration ones: DuckDB on one machine,
+Postgres where runs share no disk (`PostgresWarehouseIOManager`).
 
 dagster-duckdb-pandas fails on a MultiPartitionsDefinition with a dynamic dimension ("The instance
 is not available to load partitions", dagster issues #32631 and #17838) because resolving the
@@ -9,12 +10,23 @@ that without re-implementing the table writes.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dagster as dg
 import duckdb
 import pandas as pd
+from dagster._core.storage.db_io_manager import (  # the framework dagster-duckdb is built on
+    DbClient,
+    DbIOManager,
+    DbTypeHandler,
+    TableSlice,
+    static_where_clause,
+)
 from dagster_duckdb_pandas import DuckDBPandasIOManager
+from pydantic import Field
+
+from promptopt_dagster.defs import warehouse
 
 
 class _WithInstance(dg.IOManager):
@@ -72,21 +84,21 @@ def _fit_to_table(database: str, schema: str, table: str, obj):
     a wider frame, and a narrower one (a column a newer version no longer writes, such as the loop
     state that moved from the prompt tables to the state store) would land in the wrong columns.
     Added columns are NULL for old rows; a column no longer written is NULL for new ones. Every
-    stored row and the history stay."""
+    stored row and the history stay. `database`: the DuckDB file's path or the Postgres URL."""
     if not isinstance(obj, pd.DataFrame):
         return obj
     key = (database, schema, table)
     if key not in _STORED:  # once per table and process, not on every output
-        with _connect(database) as con:
+        with warehouse.connect(database) as con:
             try:
                 described = con.execute(
                     "select column_name, data_type from information_schema.columns where table_schema = ? and "
                     "table_name = ? order by ordinal_position",
                     [schema, table],
-                ).fetchall()
-            except duckdb.Error:
+                )
+            except (duckdb.Error, warehouse.MissingTable):
                 return obj
-            if not described:  # the library creates the table from this frame
+            if not described:  # the IO manager creates the table from this frame
                 return obj
             for name, kind in described:  # created from an all-None column by an earlier version: see _typed_nulls
                 if kind == '"NULL"' or kind == "NULL":
@@ -94,8 +106,9 @@ def _fit_to_table(database: str, schema: str, table: str, obj):
             stored = [name for name, _ in described]
             types = {"int64": "BIGINT", "Int64": "BIGINT", "float64": "DOUBLE", "bool": "BOOLEAN"}
             for column in [c for c in obj.columns if c not in stored]:
-                kind = types.get(str(obj[column].dtype), "VARCHAR")
-                con.execute(f'alter table "{schema}"."{table}" add column "{column}" {kind}')
+                dtype = obj[column].dtype
+                kind = warehouse.pg_type(dtype) if con.postgres else types.get(str(dtype), "VARCHAR")
+                con.execute(f'alter table "{schema}"."{table}" add column if not exists "{column}" {kind}')
                 stored.append(column)
         _STORED[key] = stored
     stored = _STORED[key]
@@ -112,14 +125,106 @@ def _fit_to_table(database: str, schema: str, table: str, obj):
     return fitted[stored]
 
 
-def _connect(database: str, wait_s: float = 120.0):
-    """A connection that waits, with backoff, while another run's process holds the file."""
-    deadline, delay = time.monotonic() + wait_s, 0.05
-    while True:
+# --- Postgres -------------------------------------------------------------------------------------------------
+
+
+def _lock(cur, name: str) -> None:
+    """Serialize creating one schema or table: concurrent `create ... if not exists` can collide in Postgres's
+    catalog (a unique violation), so runs that start together take turns, until their transaction ends."""
+    cur.execute("select pg_advisory_xact_lock(hashtext(%s))", (name,))
+
+
+class _PostgresClient(DbClient):
+    """dagster's DbIOManager on Postgres: a partition's delete and insert are one transaction."""
+
+    @staticmethod
+    def delete_table_slice(context: dg.OutputContext, table_slice: TableSlice, connection) -> None:
+        with connection.cursor() as cur:
+            cur.execute("select to_regclass(%s)", (f"{table_slice.schema}.{table_slice.table}",))
+            if cur.fetchone()[0] is None:
+                return
+            where = " and ".join(static_where_clause(d) for d in table_slice.partition_dimensions)
+            cur.execute(f"delete from {table_slice.schema}.{table_slice.table}" + (f" where {where}" if where else ""))
+
+    @staticmethod
+    def ensure_schema_exists(context: dg.OutputContext, table_slice: TableSlice, connection) -> None:
+        with connection.cursor() as cur:
+            _lock(cur, f"schema {table_slice.schema}")
+            cur.execute(f"create schema if not exists {table_slice.schema}")
+
+    @staticmethod
+    def get_select_statement(table_slice: TableSlice) -> str:
+        columns = ", ".join(table_slice.columns) if table_slice.columns else "*"
+        statement = f"select {columns} from {table_slice.schema}.{table_slice.table}"
+        if table_slice.partition_dimensions:
+            statement += " where " + " and ".join(static_where_clause(d) for d in table_slice.partition_dimensions)
+        return statement
+
+    @staticmethod
+    @contextmanager
+    def connect(context, _) -> Iterator:
+        import psycopg2
+
+        con = psycopg2.connect(context.resource_config["database"], connect_timeout=60)
         try:
-            return duckdb.connect(database)
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            with con:  # commit on success, roll back on an error
+                yield con
+        finally:
+            con.close()
+
+
+class _PostgresPandas(DbTypeHandler[pd.DataFrame]):
+    def handle_output(self, context: dg.OutputContext, table_slice: TableSlice, obj: pd.DataFrame, connection):
+        name = f"{table_slice.schema}.{table_slice.table}"
+        if obj.empty:
+            context.log.warning("Skipping the write of an empty DataFrame: no table is created for it.")
+        else:
+            with connection.cursor() as cur:
+                _lock(cur, f"table {name}")
+                columns = ", ".join(f'"{c}" {warehouse.pg_type(t)}' for c, t in obj.dtypes.items())
+                cur.execute(f"create table if not exists {name} ({columns})")
+            warehouse.Connection(connection, postgres=True).insert(name, obj)
+        context.add_output_metadata(
+            {
+                ("partition_row_count" if context.has_partition_key else "row_count"): obj.shape[0],
+                "dataframe_columns": dg.MetadataValue.table_schema(
+                    dg.TableSchema(columns=[dg.TableColumn(name=n, type=str(t)) for n, t in obj.dtypes.items()])
+                ),
+            }
+        )
+
+    def load_input(self, context: dg.InputContext, table_slice: TableSlice, connection) -> pd.DataFrame:
+        if table_slice.partition_dimensions and len(context.asset_partition_keys) == 0:
+            return pd.DataFrame()
+        with connection.cursor() as cur:
+            cur.execute("select to_regclass(%s)", (f"{table_slice.schema}.{table_slice.table}",))
+            if cur.fetchone()[0] is None:  # a table nothing has written reads as no rows (see _WithInstance)
+                return pd.DataFrame()
+            cur.execute(_PostgresClient.get_select_statement(table_slice))
+            return warehouse.frame(cur.description, cur.fetchall())
+
+    @property
+    def supported_types(self):
+        return [pd.DataFrame]
+
+
+class PostgresWarehouseIOManager(dg.ConfigurableIOManagerFactory):
+    """The tables in a Postgres database, for runs that share no disk: many runs write at once, each partition
+    in one transaction (its old rows deleted, its new rows inserted), and a run on any machine reads them.
+
+    `database` is the URL (postgresql://USER@HOST:PORT/DB, the password in PGPASSWORD), named `database` as
+    the DuckDB IO manager's file is, so the artifact IO managers take either."""
+
+    database: str = Field(description="postgresql://USER@HOST:PORT/DATABASE (no password: set PGPASSWORD)")
+    schema_: str | None = Field(default=None, alias="schema", description="the schema of the tables")
+
+    def create_io_manager(self, context) -> dg.IOManager:
+        inner = DbIOManager(
+            db_client=_PostgresClient(),
+            database=self.database,
+            schema=self.schema_,
+            type_handlers=[_PostgresPandas()],
+            default_load_type=pd.DataFrame,
+            io_manager_name="PostgresWarehouseIOManager",
+        )
+        return _WithInstance(inner, self.database, self.schema_ or "public")

@@ -216,10 +216,9 @@ def default_resources() -> dict:
     one per environment. Both keep tables in DuckDB under the state dir; they differ in where artifacts (JSON
     copies of prompts and reports) and promoted prompts go: `local` on disk, `gcs` in the bucket."""
     # cycle: the IO managers' module imports this one; and only the code location builds a resource set
-    from dagster_duckdb import DuckDBResource
-
     from promptopt_dagster.defs.artifact_io_managers import GCSArtifactIOManager, LocalArtifactIOManager
     from promptopt_dagster.defs.io_managers import WarehouseIOManager
+    from promptopt_dagster.defs.warehouse import WarehouseResource
 
     s = get_settings()
     s.state_dir.mkdir(parents=True, exist_ok=True)
@@ -240,7 +239,7 @@ def default_resources() -> dict:
         "task_model": model_resource(s.task, "task"),
         "optimizer_model": model_resource(s.optimizer, "optimizer"),
         "judge_model": model_resource(s.judge, "judge"),
-        "warehouse": DuckDBResource(database=str(s.warehouse_path)),
+        "warehouse": WarehouseResource(database=str(s.warehouse_path)),
         "io_manager": WarehouseIOManager(**table),
         "artifact_io_manager": artifacts,
     }

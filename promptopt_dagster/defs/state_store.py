@@ -16,9 +16,7 @@ import json
 from datetime import datetime, timezone
 
 import dagster as dg
-import duckdb
 import pandas as pd
-from dagster_duckdb import DuckDBResource
 
 from promptopt_dagster.app.state import (
     IterationKey,
@@ -31,6 +29,7 @@ from promptopt_dagster.app.state import (
     pool_to_json,
 )
 from promptopt_dagster.core.prompts import Demo
+from promptopt_dagster.defs.warehouse import Connection, MissingTable, WarehouseResource
 from promptopt_dagster.llm import usage as llm_usage
 
 SCHEMA = "promptopt"
@@ -56,35 +55,42 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _fetch(con, sql: str, params: list) -> pd.DataFrame:
+def _fetch(con: Connection, sql: str, params: list) -> pd.DataFrame:
     """Rows of a query on the warehouse; empty when the table does not exist yet (nothing finished)."""
     try:
-        return con.execute(sql, params).fetchdf()
-    except duckdb.CatalogException:
+        return con.fetchdf(sql, params)
+    except MissingTable:
         return pd.DataFrame()
 
 
 class WarehouseStateStore(dg.ConfigurableResource):
-    """app/state.py's StateStore in the warehouse (DuckDB), plus the reads of earlier partitions.
+    """app/state.py's StateStore in the warehouse (a DuckDB file, or Postgres where runs share no disk), plus
+    the reads of earlier partitions.
 
     A resource, so a deployment could put the state elsewhere by swapping it; by default the
     Definitions build it on their `warehouse` resource."""
 
-    warehouse: DuckDBResource
+    warehouse: WarehouseResource
 
     # --- IterationState ------------------------------------------------------------------------
+
+    def _create(self, con: Connection) -> None:
+        if con.postgres:  # runs that start together would collide creating it: they take turns
+            con.execute("select pg_advisory_xact_lock(hashtext(?))", [STATE_TABLE])
+            con.execute(_CREATE.replace(" blob,", " bytea,"))
+        else:
+            con.execute(_CREATE)
 
     def _upsert(self, key: IterationKey, columns: dict) -> None:
         """Write some of the key's columns, keeping the others (the search and the outcome are saved by
         different assets); a new row gets the key and its link to the previous iteration."""
         previous = key.previous()
-        with self.warehouse.get_connection() as con:
-            con.execute(_CREATE)
-            con.execute("begin transaction")
+        with self.warehouse.connect() as con, con.transaction():
+            self._create(con)
             exists = con.execute(
                 f"select 1 from {STATE_TABLE} where optimization = ? and generation = ? and iteration = ?",
                 [key.optimization, key.generation, key.iteration],
-            ).fetchone()
+            )
             if not exists:
                 con.execute(
                     f"insert into {STATE_TABLE} (optimization, generation, iteration, partition, continued_from) "
@@ -94,9 +100,8 @@ class WarehouseStateStore(dg.ConfigurableResource):
             assignments = ", ".join(f"{name} = ?" for name in columns)
             con.execute(
                 f"update {STATE_TABLE} set {assignments} where optimization = ? and generation = ? and iteration = ?",
-                [*columns.values(), key.optimization, key.generation, key.iteration],
+                [*_binary(con, columns.values()), key.optimization, key.generation, key.iteration],
             )
-            con.execute("commit")
 
     def save_search(self, key: IterationKey, search: Search) -> None:
         self._upsert(
@@ -115,25 +120,25 @@ class WarehouseStateStore(dg.ConfigurableResource):
         self._upsert(key, {"outcome_json": outcome_to_json(outcome), "outcome_written_at": _now()})
 
     def load(self, key: IterationKey, demo_pool: list[Demo] | None = None) -> IterationState | None:
-        with self.warehouse.get_connection() as con:
+        with self.warehouse.connect() as con:
             try:
-                row = con.execute(
+                rows = con.execute(
                     f"select pool_json, optimizer_state, outcome_json from {STATE_TABLE} "
                     "where optimization = ? and generation = ? and iteration = ?",
                     [key.optimization, key.generation, key.iteration],
-                ).fetchone()
-            except duckdb.CatalogException:  # nothing saved in this warehouse yet
+                )
+            except MissingTable:  # nothing saved in this warehouse yet
                 return None
-        if row is None:
+        if not rows:
             return None
-        pool_json, optimizer_state, outcome_json = row
+        pool_json, optimizer_state, outcome_json = rows[0]
         search = None if pool_json is None else Search(pool_from_json(pool_json, demo_pool), optimizer_state)
         outcome = None if outcome_json is None else outcome_from_json(outcome_json)
         return IterationState(key, key.previous(), search, outcome)
 
     def last_finished(self, optimization: str, generation: int) -> IterationState | None:
         """The generation's latest iteration with a decision: what its final report reports."""
-        with self.warehouse.get_connection() as con:
+        with self.warehouse.connect() as con:
             found = _fetch(
                 con,
                 f"select iteration from {STATE_TABLE} where optimization = ? and generation = ? "
@@ -159,22 +164,28 @@ class WarehouseStateStore(dg.ConfigurableResource):
         step = last.key.iteration
         report = f"{SCHEMA}.comparison_report"
         where = "where optimization = ? and generation = ?"
-        with self.warehouse.get_connection() as con:
+        with self.warehouse.connect() as con:
             first = con.execute(
                 f"select baseline_score, scores_json from {report} {where} and step = 0", [optimization, generation]
-            ).fetchone()
-            accepted = con.execute(
-                f"select scores_json from {report} {where} and step <= ? and accepted order by step desc limit 1",
-                [optimization, generation, step],
-            ).fetchone()
+            )[0]
+            accepted = next(
+                iter(
+                    con.execute(
+                        f"select scores_json from {report} {where} and step <= ? and accepted order by step desc "
+                        "limit 1",
+                        [optimization, generation, step],
+                    )
+                ),
+                None,
+            )
             per_iteration = con.execute(
                 f"select usage_json from {report} {where} and step <= ?", [optimization, generation, step]
-            ).fetchall()
-            steps = con.execute(
+            )
+            steps = con.fetchdf(
                 f"select step, baseline_score, refined_score, accepted, best_score, why from {report} {where} "
                 "and step <= ? order by step",
                 [optimization, generation, step],
-            ).fetchdf()
+            )
         best_scores = json.loads(accepted[0])["refined"] if accepted else json.loads(first[1])["baseline"]
         return {
             "state": last,
@@ -191,7 +202,7 @@ class WarehouseStateStore(dg.ConfigurableResource):
     def other_generation_reports(self, optimization: str, generation: int) -> pd.DataFrame:
         """The final_report rows of the optimization's other generations, which its new report must keep:
         the IO manager replaces the optimization's whole partition, and an old generation stays readable."""
-        with self.warehouse.get_connection() as con:
+        with self.warehouse.connect() as con:
             return _fetch(
                 con,
                 f"select * from {SCHEMA}.final_report where optimization = ? and generation <> ? order by generation",
@@ -201,5 +212,14 @@ class WarehouseStateStore(dg.ConfigurableResource):
     def promotion_events(self, dataset: str) -> pd.DataFrame:
         """The dataset's promotion audit so far, which the next request appends to (the IO manager replaces
         the dataset's whole partition) and which says what is served now."""
-        with self.warehouse.get_connection() as con:
+        with self.warehouse.connect() as con:
             return _fetch(con, f"select * from {SCHEMA}.promotion_audit where dataset = ? order by event_id", [dataset])
+
+
+def _binary(con: Connection, values) -> list:
+    """Bytes as the driver binds a binary column (psycopg2 wants Binary; DuckDB takes bytes)."""
+    if not con.postgres:
+        return list(values)
+    import psycopg2
+
+    return [psycopg2.Binary(v) if isinstance(v, bytes) else v for v in values]
