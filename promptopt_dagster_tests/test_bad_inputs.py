@@ -273,7 +273,7 @@ CASES = [
         "type_choice",
         DOTENV + "PROMPTOPT_DEPLOYMENT=cloud\n",
         2,
-        ".env: PROMPTOPT_DEPLOYMENT: Input should be 'local' or 'gcs' (got 'cloud')",
+        ".env: PROMPTOPT_DEPLOYMENT: Input should be 'local', 'gcs' or 'cluster' (got 'cloud')",
     ),
     (
         ".env",
@@ -284,6 +284,13 @@ CASES = [
         "(or ~/.pgpass) instead.",
     ),
     (".env", "cache_url_not_postgres", DOTENV + "PROMPTOPT_CACHE_URL=mysql://db/x\n", 2, "is not a Postgres URL"),
+    (
+        ".env",
+        "cluster_without_warehouse",
+        DOTENV + "PROMPTOPT_DEPLOYMENT=cluster\nPROMPTOPT_GCS_BUCKET=b\n",
+        2,
+        ".env: PROMPTOPT_DEPLOYMENT=cluster needs PROMPTOPT_WAREHOUSE_URL (a Postgres database).",
+    ),
     # flags
     ("flags", "eval_size_negative", ["--eval-size", "-5"], 2, "argument --eval-size: must be 0 or more, got -5"),
     (

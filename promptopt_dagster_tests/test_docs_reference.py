@@ -104,7 +104,7 @@ def test_choices_bounds_and_defaults_are_the_fields():
     assert OPTIMIZATIONS["target_metric"][1] == "target_metric in data/manifest.yaml"  # what None stands for
     assert MANIFEST["scorers[].weight"][:2] == ["float ≥ 0", "`1`"]
     assert MANIFEST["completion_stop"][1] == '`["\\n"]`' and MANIFEST["files"][1] == "required"
-    assert SETTINGS["PROMPTOPT_DEPLOYMENT"][0] == "one of local, gcs"
+    assert SETTINGS["PROMPTOPT_DEPLOYMENT"][0] == "one of local, gcs, cluster"
     assert SETTINGS["PROMPTOPT_MAX_CONCURRENT_RUNS"][:2] == ["int ≥ 1", "`3`"]
     assert SETTINGS["PROMPTOPT_TASK__MAX_ATTEMPTS"][1] == f"`{ModelSettings().max_attempts}`"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from dotenv import dotenv_values
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from promptopt_dagster.core.errors import PromptOptError
@@ -59,24 +59,43 @@ class Settings(BaseSettings):
     dagster_url: str = Field(
         "http://127.0.0.1:3000", description="The Dagster webserver `promptopt submit`, `status` and `cancel` talk to."
     )
-    deployment: Literal["local", "gcs"] = Field(
+    deployment: Literal["local", "gcs", "cluster"] = Field(
         "local",
         description="local: tables in DuckDB, artifacts and promoted prompts on disk; gcs: tables in DuckDB, "
-        "artifacts and promoted prompts in gs://GCS_BUCKET/GCS_PREFIX",
+        "artifacts and promoted prompts in gs://GCS_BUCKET/GCS_PREFIX; cluster (runs on machines that share no "
+        "disk): tables, optimization state, response cache and Dagster's instance in the Postgres database "
+        "WAREHOUSE_URL, artifacts and promoted prompts in gs://GCS_BUCKET/GCS_PREFIX",
     )
-    gcs_bucket: str | None = Field(None, description="gcs deployment: the bucket (it must exist)")
-    gcs_prefix: str = Field("promptopt", description="gcs deployment: the folder inside the bucket")
-    gcs_project: str | None = Field(None, description="gcs deployment: the project billed (default: ADC's)")
+    gcs_bucket: str | None = Field(None, description="gcs and cluster deployments: the bucket (it must exist)")
+    gcs_prefix: str = Field("promptopt", description="gcs and cluster deployments: the folder inside the bucket")
+    gcs_project: str | None = Field(
+        None, description="gcs and cluster deployments: the project billed (default: ADC's)"
+    )
+    warehouse_url: str | None = Field(
+        None,
+        description="cluster deployment: the Postgres database, postgresql://USER@HOST:PORT/DATABASE (no password "
+        "in it: set PGPASSWORD)",
+    )
     cache_url: str | None = Field(
         None,
         description="Postgres database of the response cache and usage ledger, postgresql://USER@HOST:PORT/DATABASE "
-        "(no password in it: set PGPASSWORD); for runs that share no disk. Unset: llm_cache.sqlite in the state dir",
+        "(no password in it: set PGPASSWORD). Unset: WAREHOUSE_URL in the cluster deployment, else "
+        "llm_cache.sqlite in the state dir",
     )
 
-    @field_validator("cache_url")
+    @field_validator("cache_url", "warehouse_url")
     @classmethod
     def _postgres_url(cls, value: str | None) -> str | None:
         return check_url(value) if value else None
+
+    @model_validator(mode="after")
+    def _deployment_needs(self):
+        """What each deployment needs, said when the settings are read rather than in the middle of a run."""
+        if self.deployment == "cluster" and not self.warehouse_url:
+            raise ValueError("PROMPTOPT_DEPLOYMENT=cluster needs PROMPTOPT_WAREHOUSE_URL (a Postgres database)")
+        if self.deployment in ("gcs", "cluster") and not self.gcs_bucket:
+            raise ValueError(f"PROMPTOPT_DEPLOYMENT={self.deployment} needs PROMPTOPT_GCS_BUCKET (an existing bucket)")
+        return self
 
     @field_validator("data_dir", "prompts_dir", mode="before")
     @classmethod
@@ -98,15 +117,19 @@ class Settings(BaseSettings):
 
     def artifacts_root(self) -> str:
         """Where artifact assets are written as readable JSON (and promoted prompts served)."""
-        if self.deployment == "gcs":
-            if not self.gcs_bucket:
-                raise ValueError("PROMPTOPT_DEPLOYMENT=gcs needs PROMPTOPT_GCS_BUCKET (an existing bucket)")
+        if self.deployment in ("gcs", "cluster"):
             return f"gs://{self.gcs_bucket}/{self.gcs_prefix.strip('/')}"
         return str(self.state_dir / "artifacts")
 
     @property
     def warehouse_path(self) -> Path:
+        """The DuckDB file of the local and gcs deployments."""
         return self.state_dir / "warehouse.duckdb"
+
+    @property
+    def warehouse(self) -> str:
+        """Where the tables and the optimization state live: the cluster's Postgres URL, else the DuckDB file."""
+        return self.warehouse_url if self.deployment == "cluster" else str(self.warehouse_path)
 
     @property
     def llm_cache_path(self) -> Path:
@@ -115,8 +138,9 @@ class Settings(BaseSettings):
 
     @property
     def llm_cache(self) -> Path | str:
-        """Where the response cache and the usage ledger live: `cache_url`, else the file in the state dir."""
-        return self.cache_url or self.llm_cache_path
+        """Where the response cache and the usage ledger live: `cache_url`; else the cluster's database; else the
+        file in the state dir."""
+        return self.cache_url or (self.warehouse_url if self.deployment == "cluster" else None) or self.llm_cache_path
 
     @property
     def dagster_home(self) -> Path:
@@ -173,7 +197,7 @@ def check_dotenv(path: Path = Path(".env")) -> None:
 
 
 #: settings whose refused value is not repeated in the error: it may hold a secret (a password in a URL)
-NOT_ECHOED = frozenset({"cache_url"})
+NOT_ECHOED = frozenset({"cache_url", "warehouse_url"})
 
 
 @lru_cache(maxsize=1)
@@ -184,6 +208,10 @@ def get_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         err = exc.errors()[0]
+        if not err["loc"]:  # a rule across settings (`_deployment_needs`): its message names the variables
+            from_file = "PROMPTOPT_DEPLOYMENT" not in os.environ and "PROMPTOPT_DEPLOYMENT" in dotenv_settings(dotenv)
+            where = str(dotenv) if from_file else "environment"
+            raise SettingsError(f"{where}: {err['msg'].removeprefix('Value error, ')}.") from None
         name = "PROMPTOPT_" + "__".join(str(part).upper() for part in err["loc"])
         where = (
             f"environment variable {name}"

@@ -1,8 +1,8 @@
 """Artifacts: tables that people open (prompt versions, comparison and final reports, candidate pools).
 
-They stay DuckDB tables, which the next assets read, and each materialization is also written as
+They stay warehouse tables, which the next assets read, and each materialization is also written as
 readable JSON to `<root>/<asset>/<partition>.json`: the deployment decides the root. `local` writes
-under `.promptopt/artifacts/`; `gcs` writes to `gs://BUCKET/PREFIX/` through dagster-gcp's
+under `.promptopt/artifacts/`; `gcs` and `cluster` write to `gs://BUCKET/PREFIX/` through dagster-gcp's
 GCSResource, whose client uses Application Default Credentials (and STORAGE_EMULATOR_HOST in tests).
 Columns ending in `_json` are embedded as JSON, not as strings of JSON, so a reader sees the prompt.
 """
@@ -15,7 +15,7 @@ import pandas as pd
 from dagster_gcp import GCSResource
 
 from promptopt_dagster.core.storage import write_text
-from promptopt_dagster.defs.io_managers import WarehouseIOManager
+from promptopt_dagster.defs.io_managers import PostgresWarehouseIOManager, WarehouseIOManager
 
 
 def artifact_path(context: dg.OutputContext) -> str:
@@ -70,8 +70,9 @@ class LocalArtifactIOManager(WarehouseIOManager):
         return _TableAndArtifact(super().create_io_manager(context), write)
 
 
-class GCSArtifactIOManager(WarehouseIOManager):
-    """The gcs deployment: the DuckDB table plus a JSON object at gs://bucket/prefix/<asset>/<partition>.json."""
+class _GCSArtifacts(dg.ConfigurableIOManagerFactory):
+    """The table (the warehouse IO manager this is mixed into) plus a JSON object at
+    gs://bucket/prefix/<asset>/<partition>.json."""
 
     gcs: GCSResource
     gcs_bucket: str
@@ -85,3 +86,11 @@ class GCSArtifactIOManager(WarehouseIOManager):
             bucket.blob(f"{prefix}/{path}").upload_from_string(text, content_type="application/json")
 
         return _TableAndArtifact(super().create_io_manager(context), write)
+
+
+class GCSArtifactIOManager(_GCSArtifacts, WarehouseIOManager):
+    """The gcs deployment: the DuckDB table plus a JSON object in the bucket."""
+
+
+class ClusterArtifactIOManager(_GCSArtifacts, PostgresWarehouseIOManager):
+    """The cluster deployment: the Postgres table plus a JSON object in the bucket."""

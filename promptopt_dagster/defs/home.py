@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from promptopt_dagster.app.settings import get_settings
+from promptopt_dagster.llm.store_location import sqlalchemy_url
 
 # Runs go side by side (PROMPTOPT_MAX_CONCURRENT_RUNS, default 3): every warehouse write is a short
 # DuckDB transaction that waits for the file lock, and the response cache is SQLite in WAL mode.
@@ -61,12 +62,26 @@ python_logs:
 )
 
 
+# The cluster deployment keeps Dagster's runs, event logs and schedules in its Postgres database (dagster-postgres),
+# so a run on any machine, the daemon and the webserver see one instance. The URL holds no password: libpq reads
+# PGPASSWORD. (On Kubernetes, Dagster's Helm chart writes the instance instead; docs/deploy.md.)
+POSTGRES_STORAGE = """\
+storage:
+  postgres:
+    postgres_url: {url}
+"""
+
+
 def ensure_dagster_home(path: Path, max_concurrent_runs: int | None = None) -> Path:
     """The home with a dagster.yaml that follows the settings, unless a person took the file over."""
     path.mkdir(parents=True, exist_ok=True)
     config = path / "dagster.yaml"
-    limit = max_concurrent_runs or get_settings().max_concurrent_runs
+    settings = get_settings()
+    limit = max_concurrent_runs or settings.max_concurrent_runs
     if not config.exists() or config.read_text() in _EARLIER_YAML or config.read_text().startswith(HEADER):
-        config.write_text(DAGSTER_YAML.format(max_concurrent_runs=limit, storage_dir=json.dumps(str(path / "storage"))))
+        text = DAGSTER_YAML.format(max_concurrent_runs=limit, storage_dir=json.dumps(str(path / "storage")))
+        if settings.deployment == "cluster":
+            text += POSTGRES_STORAGE.format(url=json.dumps(sqlalchemy_url(settings.warehouse_url)))
+        config.write_text(text)
     os.environ["DAGSTER_HOME"] = str(path)
     return path

@@ -213,33 +213,40 @@ def model_resource(settings: ModelSettings, role: str = "task") -> LLMResource:
 
 def default_resources() -> dict:
     """The resource set of the deployment PROMPTOPT_DEPLOYMENT names, as Dagster's fully-featured example picks
-    one per environment. Both keep tables in DuckDB under the state dir; they differ in where artifacts (JSON
-    copies of prompts and reports) and promoted prompts go: `local` on disk, `gcs` in the bucket."""
+    one per environment. `local` and `gcs` keep tables in DuckDB under the state dir and differ in where
+    artifacts (JSON copies of prompts and reports) and promoted prompts go: on disk, or in the bucket.
+    `cluster` is for runs that share no disk (each in its own container or pod): tables and optimization state
+    in Postgres, artifacts and promoted prompts in the bucket, and (settings.llm_cache) the response cache and
+    usage ledger in Postgres too, so nothing a later run needs is left on the machine of the run before."""
     # cycle: the IO managers' module imports this one; and only the code location builds a resource set
-    from promptopt_dagster.defs.artifact_io_managers import GCSArtifactIOManager, LocalArtifactIOManager
-    from promptopt_dagster.defs.io_managers import WarehouseIOManager
+    from promptopt_dagster.defs.artifact_io_managers import (
+        ClusterArtifactIOManager,
+        GCSArtifactIOManager,
+        LocalArtifactIOManager,
+    )
+    from promptopt_dagster.defs.io_managers import PostgresWarehouseIOManager, WarehouseIOManager
     from promptopt_dagster.defs.warehouse import WarehouseResource
 
     s = get_settings()
     s.state_dir.mkdir(parents=True, exist_ok=True)
-    table = dict(database=str(s.warehouse_path), schema="promptopt")
-    if s.deployment == "gcs":
-        from dagster_gcp import GCSResource  # only the gcs deployment needs it
+    table = dict(database=s.warehouse, schema="promptopt")
+    promoted = ""
+    if s.deployment in ("gcs", "cluster"):
+        from dagster_gcp import GCSResource  # only these deployments need it
 
-        root = s.artifacts_root()
-        artifacts = GCSArtifactIOManager(
-            gcs=GCSResource(project=s.gcs_project), gcs_bucket=s.gcs_bucket, gcs_prefix=s.gcs_prefix, **table
-        )
-        promoted = f"{root}/promoted"
+        bucket = dict(gcs=GCSResource(project=s.gcs_project), gcs_bucket=s.gcs_bucket, gcs_prefix=s.gcs_prefix)
+        kind = ClusterArtifactIOManager if s.deployment == "cluster" else GCSArtifactIOManager
+        artifacts = kind(**bucket, **table)
+        promoted = f"{s.artifacts_root()}/promoted"
     else:
         artifacts = LocalArtifactIOManager(root=s.artifacts_root(), **table)
-        promoted = ""
+    tables = PostgresWarehouseIOManager(**table) if s.deployment == "cluster" else WarehouseIOManager(**table)
     return {
         "project": ProjectResource(data_dir=str(s.data_dir), prompts_dir=str(s.prompts_dir), promoted_root=promoted),
         "task_model": model_resource(s.task, "task"),
         "optimizer_model": model_resource(s.optimizer, "optimizer"),
         "judge_model": model_resource(s.judge, "judge"),
-        "warehouse": WarehouseResource(database=str(s.warehouse_path)),
-        "io_manager": WarehouseIOManager(**table),
+        "warehouse": WarehouseResource(database=s.warehouse),
+        "io_manager": tables,
         "artifact_io_manager": artifacts,
     }

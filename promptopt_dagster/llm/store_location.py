@@ -56,3 +56,10 @@ def resolve(location: str | Path | None) -> str | Path | None:
     if not location:
         return None
     return location if is_url(location) else Path(location)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The URL with psycopg2 named as its driver, for SQLAlchemy (Dagster's Postgres storage): SQLAlchemy 2.1 reads a
+    bare postgresql:// as psycopg 3, which is not installed; dagster-postgres brings psycopg2."""
+    scheme, rest = url.split("://", 1)
+    return f"postgresql+psycopg2://{rest}" if scheme in SCHEMES else url
