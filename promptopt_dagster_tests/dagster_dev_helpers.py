@@ -159,6 +159,23 @@ def wait_for(env: dict, done, timeout_s: float, what: str):
             for r in runs
             if r.status == dg.DagsterRunStatus.FAILURE and r.tags.get("promptopt/driver") != "cli"
         ]
-        assert not failed, f"runs failed while waiting for {what}: {failed}"
+        assert not failed, f"runs failed while waiting for {what}: {failed}\n{_failures(env, runs)}"
         time.sleep(2)
     raise AssertionError(f"timed out waiting for {what}: {[(r.job_name, r.status.value) for r in runs]}")
+
+
+def _failures(env: dict, runs: list) -> str:
+    """What the failed runs' logs say: their failure events' messages and errors (the end of each)."""
+    out = []
+    with open_instance(env) as instance:
+        for run in runs:
+            if run.status != dg.DagsterRunStatus.FAILURE:
+                continue
+            for record in instance.all_logs(run.run_id):
+                event = record.dagster_event
+                if event is not None and event.is_failure:
+                    error = event.step_failure_data.error.to_string() if event.is_step_failure else ""
+                    out.append(f"{run.job_name}: {event.message} {error}"[-2000:])
+                elif record.level >= 40:
+                    out.append(f"{run.job_name}: {record.user_message}"[-2000:])
+    return "\n".join(out)

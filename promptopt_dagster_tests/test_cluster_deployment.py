@@ -117,3 +117,112 @@ def test_an_optimization_on_one_machine_is_finished_on_another_that_shares_only_
         state = tmp_path / machine / "state"
         assert not (state / "warehouse.duckdb").exists() and not (state / "llm_cache.sqlite").exists()
         assert not (state / "artifacts").exists()
+
+
+NAMES = [f"toy_{i}" for i in range(1, 7)]
+
+
+def _six_optimizations(root: Path) -> None:
+    spec = {
+        "dataset": "toy",
+        "select_size": 10,
+        "spare_size": 10,
+        "eval_size": 10,
+        "test_size": 20,
+        "options": {"num_candidates": 2, "minibatch_size": 5},
+        "stop": {"max_iterations": 1, "patience": 1, "target_score": 1.1},
+    }
+    optimizations = {name: {**spec, "seed": i} for i, name in enumerate(NAMES)}
+    (root / "data" / "optimizations.yaml").write_text(yaml.safe_dump({"optimizations": optimizations}))
+
+
+@pytest.mark.slow
+def test_a_backfill_of_six_optimizations_runs_three_at_a_time_each_run_in_an_empty_directory(
+    tmp_path, gcs_emulator, postgres_url
+):
+    """Issue 25's stateless runs: `promptopt ui` (webserver and daemon) on the cluster deployment, each run in a
+    fresh process with an empty working directory, HOME and state dir (FreshProcessRunLauncher), three at once.
+    Every optimization reaches its final report, every table row is there once, and a second backfill of the
+    same optimizations is answered from the shared response cache alone."""
+    import dagster as dg
+
+    from promptopt_dagster.defs.process_launcher import WORKDIR_TAG
+    from promptopt_dagster_tests.dagster_dev_helpers import (
+        backfill,
+        free_port,
+        open_instance,
+        start_ui,
+        stop_ui,
+        wait_for,
+        wait_for_webserver,
+    )
+
+    root = toy_project(tmp_path / "project")
+    _six_optimizations(root)
+    upload(root / "data", "project/data")
+    upload(root / "prompts", "project/prompts")
+    with FakeLLMServer("openai", answer=task) as server:
+        cluster = {
+            "PROMPTOPT_DATA_DIR": f"gs://{BUCKET}/project/data",
+            "PROMPTOPT_PROMPTS_DIR": f"gs://{BUCKET}/project/prompts",
+            "PROMPTOPT_DEPLOYMENT": "cluster",
+            "PROMPTOPT_WAREHOUSE_URL": postgres_url,
+            "PROMPTOPT_GCS_BUCKET": BUCKET,
+            "PROMPTOPT_TASK__BACKEND": "openai",
+            "PROMPTOPT_TASK__BASE_URL": server.openai_base_url,
+            "OPENAI_API_KEY": "sk-cluster-test-secret",
+            "PROMPTOPT_MAX_CONCURRENT_RUNS": "3",
+            "STORAGE_EMULATOR_HOST": os.environ["STORAGE_EMULATOR_HOST"],
+            "GOOGLE_CLOUD_PROJECT": os.environ["GOOGLE_CLOUD_PROJECT"],
+        }
+        port, log = free_port(), tmp_path / "dagster_dev.log"
+        proc, env = start_ui(tmp_path / "ui_state", port, log, cluster)
+        try:
+            wait_for_webserver(port, proc, log)
+            backfill(port, "prepare_dataset", ["toy"])
+            wait_for(
+                env,
+                lambda runs: any(r.job_name == "prepare_dataset" and r.is_finished for r in runs),
+                300,
+                "the dataset to load",
+            )
+            backfill(port, "start_optimization", NAMES)
+            runs = wait_for(
+                env,
+                lambda runs: sum(r.job_name == "final_report_job" and r.is_finished for r in runs) == 6,
+                1200,
+                "six final reports",
+            )
+            paid = server.request_count
+            backfill(port, "start_optimization", NAMES)  # again: a new generation of each, every answer cached
+            wait_for(
+                env,
+                lambda runs: sum(r.job_name == "final_report_job" and r.is_finished for r in runs) == 12,
+                1200,
+                "six more final reports",
+            )
+            again = wait_for(env, lambda runs: all(r.is_finished for r in runs), 300, "the last runs to end")
+            with open_instance(env) as instance:
+                iteration_runs = [r for r in runs if r.job_name == "optimize_iteration"]
+                stats = [instance.get_run_stats(r.run_id) for r in iteration_runs]
+        finally:
+            stop_ui(proc)
+        assert server.request_count == paid > 0  # the second backfill sent nothing: the cache is shared
+
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in again if r.job_name != "prepare_dataset"), [
+        (r.job_name, r.status.value) for r in again if r.status != dg.DagsterRunStatus.SUCCESS
+    ]
+    workdirs = [r.tags.get(WORKDIR_TAG) for r in again]
+    assert all(workdirs) and len(set(workdirs)) == len(again)  # every run had its own directory
+    assert not any(Path(w).exists() for w in workdirs)  # and it went with the run, as a pod's does
+    spans = [(s.start_time, s.end_time) for s in stats]
+    assert max(sum(start <= t < end for start, end in spans) for t, _ in spans) >= 3, spans  # three at once
+    with connect(postgres_url) as con:
+        finals = con.execute("select optimization, count(*) from promptopt.final_report group by 1 order by 1")
+        kept = con.execute(
+            "select optimization, iteration, count(*) from promptopt.best_prompt group by 1, 2 having count(*) > 1"
+        )
+        states = con.execute("select count(*) from promptopt.iteration_state")[0][0]
+    partitions = {r.tags.get("dagster/partition") for r in again if r.job_name == "optimize_iteration"}
+    assert finals == [(name, 1) for name in NAMES]  # the second backfill reran the same generation: one row each
+    assert kept == [] and states == len(partitions) == 6  # every partition's row once, written twice

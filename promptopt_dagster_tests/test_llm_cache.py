@@ -323,3 +323,17 @@ def test_a_cached_answer_keeps_the_seconds_it_took_and_an_older_cache_gains_the_
         )
     assert [r.latency_s for _, r in timed(old)[0].stream(batch("b"))] == [pytest.approx(0.06)]
     assert [(r.cached, r.latency_s) for _, r in timed(old)[0].stream(batch("b"))] == [(True, pytest.approx(0.06))]
+
+
+def test_an_answer_without_label_scores_never_erases_the_scores_stored_for_it(db):
+    """Two runs send one request at once, one asking for label scores: whichever answer lands last, the stored
+    answer keeps its scores, so a later run that wants them is served from the cache (it paid again before)."""
+    from promptopt_dagster.llm.base import LLMResponse
+
+    cache = ResponseCache(db)
+    ident, request = {"backend": "fake", "model": "fake-1"}, LLMRequest(prompt="Review: fine\nSentiment:")
+    key = cache_key(ident, request)
+    scored = LLMResponse(text="positive", label_scores={"positive": -0.1, "negative": -2.3})
+    cache.put_many([(key, ident, request, scored)])
+    cache.put_many([(key, ident, request, LLMResponse(text="positive"))])  # the other run's answer, later
+    assert cache.get_many([key])[key].label_scores == {"positive": -0.1, "negative": -2.3}

@@ -65,10 +65,15 @@ python_logs:
 # The cluster deployment keeps Dagster's runs, event logs and schedules in its Postgres database (dagster-postgres),
 # so a run on any machine, the daemon and the webserver see one instance. The URL holds no password: libpq reads
 # PGPASSWORD. (On Kubernetes, Dagster's Helm chart writes the instance instead; docs/deploy.md.)
+# Each run starts as a pod would, in its own process and empty directories (defs/process_launcher.py), which run
+# monitoring can health-check.
 POSTGRES_STORAGE = """\
 storage:
   postgres:
     postgres_url: {url}
+run_launcher:
+  module: promptopt_dagster.defs.process_launcher
+  class: FreshProcessRunLauncher
 """
 
 

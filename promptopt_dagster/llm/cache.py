@@ -49,11 +49,14 @@ _COLUMNS = "key, backend, model, request_json, text, prompt_tokens, completion_t
 #: columns added after the table was first created: (name, type), added to an older cache on open
 _ADDED = (("latency_s", "real"),)
 LEGACY_NAME = "llm_cache.duckdb"
-#: an answer asked again for its label scores gains them (SQLite and Postgres both run this)
+#: an answer asked again for its label scores gains them, and one that arrives without scores (a process that
+#: sent the same request at the same time, not asking for them) never erases scores stored before it: a later
+#: run that wants them would pay for the answer again. SQLite and Postgres both run this.
 _UPSERT = (
     f"insert into llm_cache ({_COLUMNS}, latency_s) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict (key) do update "
     "set text = excluded.text, prompt_tokens = excluded.prompt_tokens, completion_tokens = excluded.completion_tokens, "
-    "finish_reason = excluded.finish_reason, label_scores = excluded.label_scores, latency_s = excluded.latency_s"
+    "finish_reason = excluded.finish_reason, label_scores = coalesce(excluded.label_scores, llm_cache.label_scores), "
+    "latency_s = excluded.latency_s"
 )
 
 
