@@ -8,6 +8,13 @@ every iteration in between launched by the sensor; each optimization runs exactl
 settings, same server in both: only the run queue limit differs.
 
     .venv/bin/python bench/backfill.py [--latency-s 0.1] [--datasets sst2 sms_spam atis_intent]
+
+`--cluster` runs the cluster deployment instead (docs/deploy.md): Dagster's instance, the tables, the state
+and the response cache in Postgres (a throwaway cluster of Debian's server, a fresh database per setting),
+artifacts in gcp-storage-emulator, every run its own process in an empty directory
+(FreshProcessRunLauncher), two optimizations of each dataset (six by default), at concurrency 1 and 6:
+
+    .venv/bin/python bench/backfill.py --cluster [--concurrency 6]
 """
 
 from __future__ import annotations
@@ -37,15 +44,20 @@ from promptopt_dagster_tests.dagster_dev_helpers import (  # noqa: E402
 from promptopt_dagster_tests.fake_llm_servers import FakeLLMServer  # noqa: E402
 
 
-def equal_loops(datasets: list[str], work: Path) -> Path:
-    """A copy of data/ whose optimizations.yaml gives every dataset's optimization exactly 3 iterations, so
-    the comparison measures runs side by side, not which dataset's loop happens to stop first."""
+def equal_loops(datasets: list[str], work: Path, per_dataset: int = 1) -> tuple[Path, list[str]]:
+    """A copy of data/ whose optimizations.yaml gives every optimization exactly 3 iterations, so the comparison
+    measures runs side by side, not which dataset's loop happens to stop first; with `per_dataset` > 1, that
+    many optimizations of each dataset (different seeds). The data dir and the optimizations' names."""
     data = work / "data"
+    stop = {"stop": {"max_iterations": 3, "patience": 3, "target_score": 1.1}}
+    if per_dataset == 1:
+        entries = {d: stop for d in datasets}
+    else:
+        entries = {f"{d}_{i}": {**stop, "dataset": d, "seed": i} for d in datasets for i in range(per_dataset)}
     if not data.exists():
         shutil.copytree(PROJECT_ROOT / "data", data)
-        entries = {d: {"stop": {"max_iterations": 3, "patience": 3, "target_score": 1.1}} for d in datasets}
         (data / "optimizations.yaml").write_text(yaml.safe_dump({"optimizations": entries}))
-    return data
+    return data, list(entries)
 
 
 def breakdown(env: dict) -> dict:
@@ -84,20 +96,27 @@ def breakdown(env: dict) -> dict:
         "executing_s": mean([r["end"] - r["start"] for r in rows]),
         "executing_iteration_s": mean([r["end"] - r["start"] for r in rows if r["job"] == "optimize_iteration"]),
         "sensor_wait_s": mean(sensor_waits),
+        "max_queued_and_starting_s": max([r["start"] - r["created"] for r in rows], default=float("nan")),
+        "max_sensor_wait_s": max(sensor_waits, default=float("nan")),
     }
 
 
-def one_setting(datasets: list[str], concurrency: int, server: FakeLLMServer, work: Path) -> tuple[float, int, dict]:
+def one_setting(
+    datasets: list[str], concurrency: int, server: FakeLLMServer, work: Path, cluster: dict | None = None
+) -> tuple[float, int, dict]:
     """Wall seconds from the backfill of the optimizations to the last final report (the datasets are loaded
-    first, by their own backfill, and not counted), the runs it took, and where the time went."""
+    first, by their own backfill, and not counted), the runs it took, and where the time went. `cluster`: the
+    cluster deployment's settings (Postgres, bucket) for this setting."""
     state, port = work / f"state-{concurrency}", free_port()
+    data, names = equal_loops(datasets, work, 2 if cluster else 1)
     env = {
         "PROMPTOPT_TASK__BACKEND": "openai",
         "PROMPTOPT_TASK__BASE_URL": server.openai_base_url,
         "OPENAI_API_KEY": "sk-bench",
         "PROMPTOPT_TASK__MAX_IN_FLIGHT": "4",
         "PROMPTOPT_MAX_CONCURRENT_RUNS": str(concurrency),
-        "PROMPTOPT_DATA_DIR": str(equal_loops(datasets, work)),
+        "PROMPTOPT_DATA_DIR": str(data),
+        **(cluster or {}),
     }
     proc, dagster_env = start_ui(state, port, work / f"dagster_dev-{concurrency}.log", extra_env=env)
     try:
@@ -116,10 +135,10 @@ def one_setting(datasets: list[str], concurrency: int, server: FakeLLMServer, wo
             f"  max_concurrent_runs={concurrency}: datasets loaded in {started - loading:.0f} s (not counted below)",
             flush=True,
         )
-        backfill(port, "start_optimization", datasets)  # each dataset's optimization; the sensor does the rest
+        backfill(port, "start_optimization", names)  # the optimizations; the sensor does the rest
         runs = wait_for(
             dagster_env,
-            lambda runs: sum(r.job_name == "final_report_job" and r.is_finished for r in runs) == len(datasets),
+            lambda runs: sum(r.job_name == "final_report_job" and r.is_finished for r in runs) == len(names),
             3600,
             "the final reports",
         )
@@ -139,25 +158,60 @@ def main() -> None:
         help="datasets of data/manifest.yaml to backfill",
     )
     parser.add_argument("--latency-s", type=float, default=0.1, help="the fake model's seconds per answer")
-    parser.add_argument("--concurrency", type=int, default=3, help="the run queue limit compared with 1")
+    parser.add_argument("--concurrency", type=int, help="the run queue limit compared with 1 (3; 6 with --cluster)")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="the cluster deployment: Postgres instance, tables and cache, runs in fresh processes, six optimizations",
+    )
     args = parser.parse_args()
+    concurrency = args.concurrency or (6 if args.cluster else 3)
+    target = 4.0 if args.cluster else 2.5
     with (
         tempfile.TemporaryDirectory() as tmp,
         FakeLLMServer("openai", answer=lambda r: "positive", latency_s=args.latency_s) as server,
     ):
+        postgres = emulator = None
+        if args.cluster:
+            from gcp_storage_emulator.server import create_server
+
+            from promptopt_dagster_tests.postgres_server import PostgresServer
+
+            postgres = PostgresServer().start()
+            port = free_port()
+            emulator = create_server("127.0.0.1", port, in_memory=True, default_bucket="promptopt-bench")
+            emulator.start()
         results = {}
-        for concurrency in (1, args.concurrency):
-            wall, runs, spent = one_setting(args.datasets, concurrency, server, Path(tmp))
-            results[concurrency] = wall
-            print(
-                f"max_concurrent_runs={concurrency}: {wall:.0f} s for {runs} runs "
-                f"({len(args.datasets)} datasets, fake model latency {args.latency_s * 1000:.0f} ms); per run, mean: "
-                f"{spent['queued_and_starting_s']:.1f} s queued and starting, {spent['executing_s']:.1f} s executing "
-                f"({spent['executing_iteration_s']:.1f} s an iteration), {spent['sensor_wait_s']:.1f} s waiting "
-                "for the sensor to chain it",
-                flush=True,
-            )
-    print(f"speedup at {args.concurrency}: {results[1] / results[args.concurrency]:.2f}x (target at least 2.5x)")
+        try:
+            for setting in (1, concurrency):
+                cluster = None
+                if args.cluster:
+                    cluster = {
+                        "PROMPTOPT_DEPLOYMENT": "cluster",
+                        "PROMPTOPT_WAREHOUSE_URL": postgres.database(),  # nothing carried over between settings
+                        "PROMPTOPT_GCS_BUCKET": "promptopt-bench",
+                        "PROMPTOPT_GCS_PREFIX": f"setting-{setting}",
+                        "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}",
+                        "GOOGLE_CLOUD_PROJECT": "promptopt-bench",
+                    }
+                wall, runs, spent = one_setting(args.datasets, setting, server, Path(tmp), cluster)
+                results[setting] = wall
+                print(
+                    f"max_concurrent_runs={setting}: {wall:.0f} s for {runs} runs "
+                    f"({len(args.datasets) * (2 if args.cluster else 1)} optimizations, fake model latency "
+                    f"{args.latency_s * 1000:.0f} ms); per run, mean (max): "
+                    f"{spent['queued_and_starting_s']:.1f} s ({spent['max_queued_and_starting_s']:.1f}) queued and "
+                    f"starting, {spent['executing_s']:.1f} s executing ({spent['executing_iteration_s']:.1f} s an "
+                    f"iteration), {spent['sensor_wait_s']:.1f} s ({spent['max_sensor_wait_s']:.1f}) waiting for the "
+                    "sensor to chain it",
+                    flush=True,
+                )
+        finally:
+            if emulator is not None:
+                emulator.stop()
+            if postgres is not None:
+                postgres.stop()
+    print(f"speedup at {concurrency}: {results[1] / results[concurrency]:.2f}x (target at least {target}x)")
 
 
 if __name__ == "__main__":

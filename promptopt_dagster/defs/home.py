@@ -66,7 +66,9 @@ python_logs:
 # so a run on any machine, the daemon and the webserver see one instance. The URL holds no password: libpq reads
 # PGPASSWORD. (On Kubernetes, Dagster's Helm chart writes the instance instead; docs/deploy.md.)
 # Each run starts as a pod would, in its own process and empty directories (defs/process_launcher.py), which run
-# monitoring can health-check.
+# monitoring can health-check: a run whose process died is marked failed, and the daemon retries it (from the
+# failed step, twice at most) only then, never after an asset's own failure. The retry pays for nothing the dead
+# run was answered: each answer was committed to the shared response cache as it arrived.
 POSTGRES_STORAGE = """\
 storage:
   postgres:
@@ -74,6 +76,10 @@ storage:
 run_launcher:
   module: promptopt_dagster.defs.process_launcher
   class: FreshProcessRunLauncher
+run_retries:
+  enabled: true
+  max_retries: 2
+  retry_on_asset_or_op_failure: false
 """
 
 
