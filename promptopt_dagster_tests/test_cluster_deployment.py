@@ -226,3 +226,149 @@ def test_a_backfill_of_six_optimizations_runs_three_at_a_time_each_run_in_an_emp
     partitions = {r.tags.get("dagster/partition") for r in again if r.job_name == "optimize_iteration"}
     assert finals == [(name, 1) for name in NAMES]  # the second backfill reran the same generation: one row each
     assert kept == [] and states == len(partitions) == 6  # every partition's row once, written twice
+
+
+def _six_datasets(root: Path) -> list[str]:
+    """Six copies of the toy dataset whose rows differ (each carries its dataset's name), so no request of one
+    optimization is a request of another: a request the fake server answers twice was paid twice."""
+    toy_project(root)
+    data, names = root / "data", [f"toy{i}" for i in range(1, 7)]
+    manifest = yaml.safe_load((data / "manifest.yaml").read_text())
+    entry = manifest["datasets"]["toy"]
+    for name in names:
+        (data / name).mkdir()
+        for split in ("train", "dev", "test"):
+            text = (data / "toy" / f"{split}.csv").read_text().replace("review number", f"{name} review number")
+            (data / name / f"{split}.csv").write_text(text)
+        manifest["datasets"][name] = {**entry, "files": {s: f"{name}/{s}.csv" for s in ("train", "dev", "test")}}
+    (data / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    spec = {
+        "select_size": 10,
+        "spare_size": 10,
+        "eval_size": 10,
+        "test_size": 20,
+        "options": {"num_candidates": 3, "minibatch_size": 5},
+        "stop": {"max_iterations": 2, "patience": 2, "target_score": 1.1},
+    }
+    (data / "optimizations.yaml").write_text(
+        yaml.safe_dump({"optimizations": {name: {**spec, "dataset": name} for name in names}})
+    )
+    return names
+
+
+@pytest.mark.slow
+def test_two_runs_killed_mid_iteration_and_a_daemon_stop_lose_no_optimization_and_pay_nothing_twice(
+    tmp_path, gcs_emulator, postgres_url
+):
+    """Issue 25's faults at scale, on the setup of the stateless backfill: two iteration runs SIGKILLed while they
+    wait on the model, then the webserver and daemon stopped and started again. Run monitoring marks the killed
+    runs failed (their processes are gone), the daemon retries each from its failed step, the sensor carries
+    every optimization to its final report, and the fake server answered no request twice beyond the few the
+    killed runs had in flight (answered after the kill, never committed)."""
+    import signal
+    import time
+
+    import dagster as dg
+
+    from promptopt_dagster.defs.process_launcher import PID_TAG
+    from promptopt_dagster_tests.dagster_dev_helpers import (
+        backfill,
+        free_port,
+        open_instance,
+        start_ui,
+        stop_ui,
+        wait_for,
+        wait_for_webserver,
+    )
+
+    root = tmp_path / "project"
+    names = _six_datasets(root)
+    upload(root / "data", "project/data")
+    upload(root / "prompts", "project/prompts")
+    in_flight = 2
+    with FakeLLMServer("openai", answer=task, latency_s=0.3) as server:
+        cluster = {
+            "PROMPTOPT_DATA_DIR": f"gs://{BUCKET}/project/data",
+            "PROMPTOPT_PROMPTS_DIR": f"gs://{BUCKET}/project/prompts",
+            "PROMPTOPT_DEPLOYMENT": "cluster",
+            "PROMPTOPT_WAREHOUSE_URL": postgres_url,
+            "PROMPTOPT_GCS_BUCKET": BUCKET,
+            "PROMPTOPT_TASK__BACKEND": "openai",
+            "PROMPTOPT_TASK__BASE_URL": server.openai_base_url,
+            "PROMPTOPT_TASK__MAX_IN_FLIGHT": str(in_flight),
+            "OPENAI_API_KEY": "sk-cluster-test-secret",
+            "PROMPTOPT_MAX_CONCURRENT_RUNS": "3",
+            "STORAGE_EMULATOR_HOST": os.environ["STORAGE_EMULATOR_HOST"],
+            "GOOGLE_CLOUD_PROJECT": os.environ["GOOGLE_CLOUD_PROJECT"],
+        }
+        state, log = tmp_path / "ui_state", tmp_path / "dagster_dev.log"
+        port = free_port()
+        proc, env = start_ui(state, port, log, cluster)
+        try:
+            wait_for_webserver(port, proc, log)
+            backfill(port, "prepare_dataset", names)
+            wait_for(
+                env,
+                lambda runs: sum(r.job_name == "prepare_dataset" and r.is_finished for r in runs) == 6,
+                300,
+                "the datasets to load",
+            )
+            backfill(port, "start_optimization", names)
+
+            def waiting_on_the_model(runs):  # two iteration runs started, each well into its model calls
+                started = [
+                    r
+                    for r in runs
+                    if r.job_name == "optimize_iteration"
+                    and r.status == dg.DagsterRunStatus.STARTED
+                    and PID_TAG in r.tags
+                ]
+                return len(started) >= 2 and server.request_count >= 30 and started[:2]
+
+            deadline = time.time() + 600
+            victims = None
+            while victims is None and time.time() < deadline:
+                with open_instance(env) as instance:
+                    victims = waiting_on_the_model(list(instance.get_runs())) or None
+                time.sleep(1)
+            assert victims, "no two iteration runs were running at once"
+            time.sleep(2)  # mid-iteration: answers committed, more in flight
+            for run in victims:
+                os.kill(int(run.tags[PID_TAG]), signal.SIGKILL)
+
+            # The daemon stops once (with the webserver: `promptopt ui` is both); the runs left go on in their own
+            # processes, and the next daemon picks the optimizations up from Postgres.
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+            time.sleep(5)
+            port = free_port()
+            proc, env = start_ui(state, port, log.with_name("dagster_dev_2.log"), cluster)
+            wait_for_webserver(port, proc, log.with_name("dagster_dev_2.log"))
+
+            deadline, runs = time.time() + 1500, []
+            while time.time() < deadline:
+                with open_instance(env) as instance:
+                    runs = list(instance.get_runs())
+                if sum(r.job_name == "final_report_job" and r.status == dg.DagsterRunStatus.SUCCESS for r in runs) == 6:
+                    break
+                time.sleep(3)
+        finally:
+            stop_ui(proc)
+        bodies = [json.dumps(r.body, sort_keys=True) for r in server.requests if r.status == 200]
+
+    killed = {r.run_id for r in victims}
+    by_id = {r.run_id: r for r in runs}
+    finals = sorted(
+        r.tags.get("dagster/partition")
+        for r in runs
+        if r.job_name == "final_report_job" and r.status == dg.DagsterRunStatus.SUCCESS
+    )
+    assert finals == names, [(r.job_name, r.status.value, r.tags.get("dagster/partition")) for r in runs]
+    for run_id in killed:  # marked failed by run monitoring, then retried (from the failed step) to success
+        assert by_id[run_id].status == dg.DagsterRunStatus.FAILURE
+        retries = [r for r in runs if r.tags.get("dagster/parent_run_id") == run_id]
+        assert retries and retries[-1].status == dg.DagsterRunStatus.SUCCESS, [r.status for r in retries]
+    failed = [r for r in runs if r.status == dg.DagsterRunStatus.FAILURE and r.run_id not in killed]
+    assert not failed, [(r.job_name, r.tags.get("dagster/partition")) for r in failed]
+    twice = len(bodies) - len(set(bodies))
+    assert twice <= len(killed) * in_flight, twice  # only what the killed runs had in flight was asked again
