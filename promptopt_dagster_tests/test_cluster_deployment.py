@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -202,6 +203,12 @@ def test_a_backfill_of_six_optimizations_runs_three_at_a_time_each_run_in_an_emp
                 "six more final reports",
             )
             again = wait_for(env, lambda runs: all(r.is_finished for r in runs), 300, "the last runs to end")
+            # A run is marked finished just before its process exits; the launcher removes the directory after.
+            deadline = time.time() + 60
+            while time.time() < deadline and any(
+                WORKDIR_TAG in r.tags and Path(r.tags[WORKDIR_TAG]).exists() for r in again
+            ):
+                time.sleep(1)
             with open_instance(env) as instance:
                 iteration_runs = [r for r in runs if r.job_name == "optimize_iteration"]
                 stats = [instance.get_run_stats(r.run_id) for r in iteration_runs]
@@ -266,7 +273,6 @@ def test_two_runs_killed_mid_iteration_and_a_daemon_stop_lose_no_optimization_an
     every optimization to its final report, and the fake server answered no request twice beyond the few the
     killed runs had in flight (answered after the kill, never committed)."""
     import signal
-    import time
 
     import dagster as dg
 
