@@ -55,12 +55,13 @@ class Connection:
     def __init__(self, con, postgres: bool) -> None:
         self.con, self.postgres = con, postgres
 
-    def execute(self, sql: str, params: Sequence = ()) -> list[tuple]:
+    def _run(self, sql: str, params: Sequence, read):
+        """`read(cursor)` after the statement runs, in either store; a missing table raises MissingTable."""
         if not self.postgres:
             import duckdb
 
             try:
-                return self.con.execute(sql, list(params)).fetchall()
+                return read(self.con.execute(sql, list(params)))
             except duckdb.CatalogException as exc:
                 raise MissingTable(str(exc)) from exc
         import psycopg2.errors
@@ -68,26 +69,23 @@ class Connection:
         try:
             with self.con.cursor() as cur:
                 cur.execute(postgres_sql(sql), tuple(params))
-                return [tuple(_plain(v) for v in row) for row in cur.fetchall()] if cur.description else []
+                return read(cur)
         except (psycopg2.errors.UndefinedTable, psycopg2.errors.InvalidSchemaName) as exc:
             raise MissingTable(str(exc)) from exc
+
+    def execute(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        if not self.postgres:
+            return self._run(sql, params, lambda cur: cur.fetchall())
+        return self._run(
+            sql,
+            params,
+            lambda cur: [tuple(_plain(v) for v in row) for row in cur.fetchall()] if cur.description else [],
+        )
 
     def fetchdf(self, sql: str, params: Sequence = ()) -> pd.DataFrame:
         if not self.postgres:
-            import duckdb
-
-            try:
-                return self.con.execute(sql, list(params)).fetchdf()
-            except duckdb.CatalogException as exc:
-                raise MissingTable(str(exc)) from exc
-        import psycopg2.errors
-
-        try:
-            with self.con.cursor() as cur:
-                cur.execute(postgres_sql(sql), tuple(params))
-                return frame(cur.description, cur.fetchall())
-        except (psycopg2.errors.UndefinedTable, psycopg2.errors.InvalidSchemaName) as exc:
-            raise MissingTable(str(exc)) from exc
+            return self._run(sql, params, lambda cur: cur.fetchdf())
+        return self._run(sql, params, lambda cur: frame(cur.description, cur.fetchall()))
 
     def insert(self, table: str, obj: pd.DataFrame) -> None:
         """Append the frame's rows to an existing table whose columns are the frame's, in order."""
