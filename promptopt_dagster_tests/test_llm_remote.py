@@ -103,6 +103,21 @@ def test_transient_failures_are_retried_until_answered(protocol, kind, adc):
 
 
 @pytest.mark.parametrize("protocol", ["gemini", "openai"])
+def test_a_dropped_connection_is_retried_by_the_platform_not_silently_by_the_sdk(protocol, adc):
+    """A long timeout, so nothing but the transport can resend: google-genai's aiohttp path, left to
+    itself, sleeps 1-10 s after a dropped connection and re-sends the POST, an attempt the platform
+    never counts (and the server bills)."""
+    with FakeLLMServer(protocol, answer=echo, faults=FaultPlan(script=["drop"])) as srv:
+        adc(srv)
+        client = make_client(protocol, srv, timeout_s=30, retry=RetryPolicy(max_attempts=3, initial_backoff_s=0.01))
+        started = time.perf_counter()
+        [res] = client.generate([chat("row 1")])
+    assert (res.error, res.text, res.attempts) == (None, "answer to row 1", 2)
+    assert srv.request_count == client.usage.requests == 2
+    assert time.perf_counter() - started < 1.0, "the retry waited as the SDK's implicit one does"
+
+
+@pytest.mark.parametrize("protocol", ["gemini", "openai"])
 def test_retry_after_is_honoured(protocol, adc):
     plan = FaultPlan(script=["429"], retry_after_s=1)
     with FakeLLMServer(protocol, faults=plan) as srv:

@@ -31,23 +31,24 @@ class GeminiClient(RemoteClient):
         credentials: Any = None,
         **engine: Any,
     ) -> None:
-        # start-up: google-genai and httpx take ~0.4 s to import; only a process with a Gemini model pays it
-        import httpx
+        # start-up: google-genai takes ~0.4 s to import; only a process with a Gemini model pays it
         from google import genai
         from google.genai import types
 
         self._vertexai, self._project, self._location, self._base_url = vertexai, project, location, base_url
         super().__init__(model or DEFAULT_MODEL, secrets=[api_key or ""], **engine)
-        # httpx, not the aiohttp the SDK prefers when installed: aiohttp silently re-sends a POST when a
-        # kept-alive connection drops (billed twice, counted once); the 'drop' case of
+        # The SDK's aiohttp transport (aiohttp comes with openai[aiohttp]): under the httpx transport,
+        # httpcore's connection pool rescans every connection on every request event, and that CPU
+        # capped a 2-core machine at ~0.55 of the ideal request rate (bench/llm_throughput.py).
+        # retry_options with one attempt is what turns OFF the SDK's implicit retry on the aiohttp
+        # path: without it a dropped connection makes the SDK sleep 1-10 s and re-send the POST
+        # itself (billed twice, counted once). Retries stay in llm/remote.py; the 'drop' case of
         # test_llm_remote.py::test_transient_failures_are_retried_until_answered pins the exact count.
         http = types.HttpOptions(
             base_url=base_url,
             api_version=api_version,
             timeout=int(self.timeout_s * 1000),
-            httpx_async_client=httpx.AsyncClient(
-                timeout=self.timeout_s, limits=httpx.Limits(max_connections=max(100, self.max_in_flight))
-            ),
+            retry_options=types.HttpRetryOptions(attempts=1),
         )
         if vertexai:
             if not project or not location:
