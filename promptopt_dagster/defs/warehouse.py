@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import dagster as dg
 import pandas as pd
 
-from promptopt_dagster.llm.store_location import connect_postgres, is_url, postgres_sql
+from promptopt_dagster.llm.store_location import connect_postgres, is_url, run_postgres
 
 
 class MissingTable(Exception):
@@ -67,9 +67,7 @@ class Connection:
         import psycopg2.errors
 
         try:
-            with self.con.cursor() as cur:
-                cur.execute(postgres_sql(sql), tuple(params))
-                return read(cur)
+            return run_postgres(self.con, sql, params, read)
         except (psycopg2.errors.UndefinedTable, psycopg2.errors.InvalidSchemaName) as exc:
             raise MissingTable(str(exc)) from exc
 

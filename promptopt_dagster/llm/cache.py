@@ -32,7 +32,7 @@ from pathlib import Path
 
 from promptopt_dagster.llm import ledger
 from promptopt_dagster.llm.base import LLMClient, LLMRequest, LLMResponse
-from promptopt_dagster.llm.store_location import check_url, connect_postgres, is_url, postgres_sql
+from promptopt_dagster.llm.store_location import check_url, connect_postgres, is_url, postgres_sql, run_postgres
 
 log = logging.getLogger("promptopt.llm")
 
@@ -110,9 +110,7 @@ class ResponseCache:
         con = self._con()
         if not self.postgres:
             return con.execute(sql, params).fetchall()
-        with con.cursor() as cur:
-            cur.execute(postgres_sql(sql), params)
-            return cur.fetchall() if cur.description else []
+        return run_postgres(con, sql, params)
 
     def _executemany(self, sql: str, rows: Sequence) -> None:
         con = self._con()

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from promptopt_dagster.llm.store_location import connect_postgres, is_url, postgres_sql
+from promptopt_dagster.llm.store_location import connect_postgres, is_url, run_postgres
 from promptopt_dagster.llm.usage import UsageByModel, UsageStats, total
 
 TABLE = "llm_ledger"
@@ -125,9 +125,7 @@ class _Reader:
     def query(self, sql: str, params=()) -> list:
         if not self.postgres:
             return self.con.execute(sql, params).fetchall()
-        with self.con.cursor() as cur:
-            cur.execute(postgres_sql(sql), params)
-            return cur.fetchall() if cur.description else []
+        return run_postgres(self.con, sql, params)
 
     def close(self) -> None:
         if self.con is not None:
@@ -230,9 +228,7 @@ def claim(location: Path | str, optimization: str, generation: int, timeout_s: f
         if reader.con is None:
             return 0
         try:
-            with reader.con.cursor() as cur:
-                cur.execute(postgres_sql(sql), (generation, optimization))
-                return cur.rowcount
+            return run_postgres(reader.con, sql, (generation, optimization), lambda cur: cur.rowcount)
         finally:
             reader.close()
     path = Path(location)

@@ -7,6 +7,7 @@ share a Postgres database instead; both stores hold the same tables and run the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -41,6 +42,17 @@ def connect_postgres(url: str, timeout_s: float):
 def postgres_sql(sql: str) -> str:
     """A statement written with SQLite's `?` placeholders, in psycopg2's (no statement here has a literal `?`)."""
     return sql.replace("?", "%s")
+
+
+def run_postgres(con, sql: str, params: Sequence = (), read=None):
+    """One statement on a psycopg2 connection, in the project's `?` dialect: `read(cursor)` if given,
+    else its rows (none for a statement that returns none). The one runner the cache, the ledger and
+    the warehouse share, so the dialect is translated in one place."""
+    with con.cursor() as cur:
+        cur.execute(postgres_sql(sql), tuple(params))
+        if read is not None:
+            return read(cur)
+        return cur.fetchall() if cur.description else []
 
 
 def exists(location: str | Path | None) -> bool:
