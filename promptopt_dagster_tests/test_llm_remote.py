@@ -6,10 +6,11 @@ import time
 
 import pytest
 
+from promptopt_dagster.llm.base import LLMRequest
 from promptopt_dagster.llm.cache import CachedClient, ResponseCache
 from promptopt_dagster.llm.gemini import GeminiClient
 from promptopt_dagster.llm.openai_compat import OpenAIClient
-from promptopt_dagster.llm.remote import LLMConfigurationError, RetryPolicy
+from promptopt_dagster.llm.remote import LLMConfigurationError, MalformedReply, RetryPolicy
 from promptopt_dagster_tests.fake_llm_servers import ACCESS_TOKEN, FakeLLMServer, FaultPlan
 from promptopt_dagster_tests.remote_helpers import SECRET, chat, echo, gemini_client, make_client, openai_client
 
@@ -35,6 +36,70 @@ def test_gemini_vertex_request_path_body_and_adc_token(adc):
     assert sent.body["systemInstruction"]["parts"] == [{"text": "Answer in one word."}]
     assert sent.body["contents"] == [{"role": "user", "parts": [{"text": "great film"}]}]
     assert sent.body["generationConfig"] == {"temperature": 0.0, "maxOutputTokens": 4, "stopSequences": ["\n"]}
+
+
+@pytest.mark.parametrize("vertexai", [True, False])
+def test_gemini_fast_body_is_the_sdks_own(vertexai, adc):
+    """GeminiClient builds each body itself (the SDK's per-request pydantic work capped throughput); it must be
+    exactly what google-genai's public generate_content would send, for every shape of request the platform
+    makes. Checked against the SDK's own converter, so an SDK upgrade that changes either fails here."""
+    from google.genai import _common, models, types
+
+    with FakeLLMServer("gemini") as srv:
+        adc(srv)
+        client = (
+            gemini_client(srv)
+            if vertexai
+            else GeminiClient("gemini-2.5-flash", vertexai=False, api_key=SECRET, base_url=srv.url)
+        )
+    requests = [
+        chat("great film", temperature=0.0, max_tokens=4, stop=("\n",)),
+        chat("x", json_schema=SCHEMA, max_tokens=32),
+        chat("x", choices=("positive", "negative"), max_tokens=4),
+        LLMRequest(messages=(("system", "a"), ("system", "b"), ("user", "q"), ("assistant", "r"), ("user", "q2"))),
+        LLMRequest(messages=(("user", "no system"),), temperature=0.7),
+        LLMRequest(prompt="Review: fine\nSentiment:", max_tokens=3, stop=("\n",)),
+    ]
+    for request in requests:
+        if request.prompt is not None:
+            contents, system = [types.Content(role="user", parts=[types.Part(text=request.prompt)])], None
+        else:
+            system = "\n\n".join(c for r, c in request.messages if r == "system") or None
+            contents = [
+                types.Content(role="model" if r == "assistant" else "user", parts=[types.Part(text=c)])
+                for r, c in request.messages
+                if r != "system"
+            ]
+        params = types._GenerateContentParameters(
+            model="gemini-2.5-flash", contents=contents, config=client._config(request, system)
+        )
+        convert = (
+            models._GenerateContentParameters_to_vertex if vertexai else models._GenerateContentParameters_to_mldev
+        )
+        sdk = _common.encode_unserializable_types(
+            _common.convert_to_dict(convert(client._client._api_client, params, None, params))
+        )
+        path = "{model}:generateContent".format_map(sdk.pop("_url"))
+        sdk.pop("config", None)
+        assert client._body(request) == (path, sdk), request
+
+
+def test_gemini_reads_blocked_withheld_and_malformed_replies():
+    """What the fake server never sends: a blocked prompt, an answer withheld for safety, a reply without candidates."""
+    ask, pick = chat("x"), chat("x", choices=("a", "b"))
+    blocked = GeminiClient._read(
+        {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 5}}, ask
+    )
+    assert (blocked.error, blocked.prompt_tokens) == ("blocked: the prompt was blocked (SAFETY)", 5)
+    withheld = GeminiClient._read({"candidates": [{"finishReason": "SAFETY", "content": {"parts": []}}]}, ask)
+    assert withheld.error == "blocked: the answer was withheld (SAFETY)" and withheld.finish_reason == "SAFETY"
+    off = GeminiClient._read({"candidates": [{"finishReason": "STOP", "content": {"parts": [{"text": " c "}]}}]}, pick)
+    assert off.error.startswith("not_a_choice: the model answered 'c'")
+    two = GeminiClient._read({"candidates": [{"content": {"parts": [{"text": "a"}, {"text": "b"}]}}]}, ask)
+    assert (two.text, two.finish_reason, two.error) == ("ab", None, None)
+    for bad in ({}, {"candidates": []}, [], {"candidates": ["x"]}):
+        with pytest.raises(MalformedReply):
+            GeminiClient._read(bad, ask)
 
 
 def test_gemini_json_mode_sends_mime_type_and_schema(adc):
