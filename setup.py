@@ -46,7 +46,8 @@ setup(
         "python-dotenv>=1,<2",  # .env: promptopt ui passes its PROMPTOPT_* lines on; unknown ones are refused
         "pyyaml>=6",
         "google-cloud-storage>=2.14,<4",
-        # Production models. google-genai stays below 3 so google-cloud-aiplatform 2.7 can sit beside it.
+        # Production models. google-genai stays below 3 so google-cloud-aiplatform 2.7 can sit beside it, and is
+        # pinned exactly: llm/gemini.py reuses its (private) request converter; test_llm_remote.py checks the body.
         "google-genai==2.34.0",
         "openai[aiohttp]==3.52.0",  # aiohttp transport: less CPU per request than httpx
         # The `vertex` optimizer: Google's Vertex AI Prompt Optimizer through its `agentplatform` client
