@@ -16,13 +16,42 @@ import sys
 import time
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import yaml
 
+from promptopt_dagster.defs.process_launcher import PID_TAG, WORKDIR_TAG
 from promptopt_dagster.defs.warehouse import connect
+from promptopt_dagster_tests.dagster_dev_helpers import (
+    backfill,
+    free_port,
+    open_instance,
+    start_ui,
+    stop_ui,
+    wait_for,
+    wait_for_webserver,
+)
 from promptopt_dagster_tests.fake_llm_servers import FakeLLMServer
 from promptopt_dagster_tests.test_gcs_deployment import BUCKET, upload
 from promptopt_dagster_tests.test_gepa_end_to_end import task, toy_project
+
+
+def _cluster_env(postgres_url: str, server: FakeLLMServer, **extra: str) -> dict:
+    """What every machine of the cluster is given: project files in the bucket, tables, state, cache and
+    instance in Postgres, the task model on the fake server."""
+    return {
+        "PROMPTOPT_DATA_DIR": f"gs://{BUCKET}/project/data",
+        "PROMPTOPT_PROMPTS_DIR": f"gs://{BUCKET}/project/prompts",
+        "PROMPTOPT_DEPLOYMENT": "cluster",
+        "PROMPTOPT_WAREHOUSE_URL": postgres_url,
+        "PROMPTOPT_GCS_BUCKET": BUCKET,
+        "PROMPTOPT_TASK__BACKEND": "openai",
+        "PROMPTOPT_TASK__BASE_URL": server.openai_base_url,
+        "OPENAI_API_KEY": "sk-cluster-test-secret",
+        "STORAGE_EMULATOR_HOST": os.environ["STORAGE_EMULATOR_HOST"],
+        "GOOGLE_CLOUD_PROJECT": os.environ["GOOGLE_CLOUD_PROJECT"],
+        **extra,
+    }
 
 
 def _machine(root: Path, env: dict):
@@ -71,16 +100,7 @@ def test_an_optimization_on_one_machine_is_finished_on_another_that_shares_only_
     with FakeLLMServer("openai", answer=task) as server:
         env = {
             **os.environ,
-            "PROMPTOPT_DATA_DIR": f"gs://{BUCKET}/project/data",
-            "PROMPTOPT_PROMPTS_DIR": f"gs://{BUCKET}/project/prompts",
-            "PROMPTOPT_DEPLOYMENT": "cluster",
-            "PROMPTOPT_WAREHOUSE_URL": postgres_url,
-            "PROMPTOPT_GCS_BUCKET": BUCKET,
-            "PROMPTOPT_GCS_PREFIX": "runs",
-            "PROMPTOPT_TASK__BACKEND": "openai",
-            "PROMPTOPT_TASK__BASE_URL": server.openai_base_url,
-            "OPENAI_API_KEY": "sk-cluster-test-secret",
-            "PROMPTOPT_OPTIMIZER__BACKEND": "fake",
+            **_cluster_env(postgres_url, server, PROMPTOPT_GCS_PREFIX="runs", PROMPTOPT_OPTIMIZER__BACKEND="fake"),
         }
         env.pop("DAGSTER_HOME", None)
         first = _machine(tmp_path / "a", env)
@@ -145,37 +165,12 @@ def test_a_backfill_of_six_optimizations_runs_three_at_a_time_each_run_in_an_emp
     fresh process with an empty working directory, HOME and state dir (FreshProcessRunLauncher), three at once.
     Every optimization reaches its final report, every table row is there once, and a second backfill of the
     same optimizations is answered from the shared response cache alone."""
-    import dagster as dg
-
-    from promptopt_dagster.defs.process_launcher import WORKDIR_TAG
-    from promptopt_dagster_tests.dagster_dev_helpers import (
-        backfill,
-        free_port,
-        open_instance,
-        start_ui,
-        stop_ui,
-        wait_for,
-        wait_for_webserver,
-    )
-
     root = toy_project(tmp_path / "project")
     _six_optimizations(root)
     upload(root / "data", "project/data")
     upload(root / "prompts", "project/prompts")
     with FakeLLMServer("openai", answer=task) as server:
-        cluster = {
-            "PROMPTOPT_DATA_DIR": f"gs://{BUCKET}/project/data",
-            "PROMPTOPT_PROMPTS_DIR": f"gs://{BUCKET}/project/prompts",
-            "PROMPTOPT_DEPLOYMENT": "cluster",
-            "PROMPTOPT_WAREHOUSE_URL": postgres_url,
-            "PROMPTOPT_GCS_BUCKET": BUCKET,
-            "PROMPTOPT_TASK__BACKEND": "openai",
-            "PROMPTOPT_TASK__BASE_URL": server.openai_base_url,
-            "OPENAI_API_KEY": "sk-cluster-test-secret",
-            "PROMPTOPT_MAX_CONCURRENT_RUNS": "3",
-            "STORAGE_EMULATOR_HOST": os.environ["STORAGE_EMULATOR_HOST"],
-            "GOOGLE_CLOUD_PROJECT": os.environ["GOOGLE_CLOUD_PROJECT"],
-        }
+        cluster = _cluster_env(postgres_url, server, PROMPTOPT_MAX_CONCURRENT_RUNS="3")
         port, log = free_port(), tmp_path / "dagster_dev.log"
         proc, env = start_ui(tmp_path / "ui_state", port, log, cluster)
         try:
@@ -274,39 +269,15 @@ def test_two_runs_killed_mid_iteration_and_a_daemon_stop_lose_no_optimization_an
     killed runs had in flight (answered after the kill, never committed)."""
     import signal
 
-    import dagster as dg
-
-    from promptopt_dagster.defs.process_launcher import PID_TAG
-    from promptopt_dagster_tests.dagster_dev_helpers import (
-        backfill,
-        free_port,
-        open_instance,
-        start_ui,
-        stop_ui,
-        wait_for,
-        wait_for_webserver,
-    )
-
     root = tmp_path / "project"
     names = _six_datasets(root)
     upload(root / "data", "project/data")
     upload(root / "prompts", "project/prompts")
     in_flight = 2
     with FakeLLMServer("openai", answer=task, latency_s=0.3) as server:
-        cluster = {
-            "PROMPTOPT_DATA_DIR": f"gs://{BUCKET}/project/data",
-            "PROMPTOPT_PROMPTS_DIR": f"gs://{BUCKET}/project/prompts",
-            "PROMPTOPT_DEPLOYMENT": "cluster",
-            "PROMPTOPT_WAREHOUSE_URL": postgres_url,
-            "PROMPTOPT_GCS_BUCKET": BUCKET,
-            "PROMPTOPT_TASK__BACKEND": "openai",
-            "PROMPTOPT_TASK__BASE_URL": server.openai_base_url,
-            "PROMPTOPT_TASK__MAX_IN_FLIGHT": str(in_flight),
-            "OPENAI_API_KEY": "sk-cluster-test-secret",
-            "PROMPTOPT_MAX_CONCURRENT_RUNS": "3",
-            "STORAGE_EMULATOR_HOST": os.environ["STORAGE_EMULATOR_HOST"],
-            "GOOGLE_CLOUD_PROJECT": os.environ["GOOGLE_CLOUD_PROJECT"],
-        }
+        cluster = _cluster_env(
+            postgres_url, server, PROMPTOPT_TASK__MAX_IN_FLIGHT=str(in_flight), PROMPTOPT_MAX_CONCURRENT_RUNS="3"
+        )
         state, log = tmp_path / "ui_state", tmp_path / "dagster_dev.log"
         port = free_port()
         proc, env = start_ui(state, port, log, cluster)
