@@ -20,6 +20,7 @@ artifacts in gcp-storage-emulator, every run its own process in an empty directo
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -32,6 +33,7 @@ import dagster as dg  # noqa: E402
 import yaml  # noqa: E402
 
 from promptopt_dagster.app.settings import PROJECT_ROOT  # noqa: E402
+from promptopt_dagster.defs.process_launcher import CPU_TAG  # noqa: E402
 from promptopt_dagster_tests.dagster_dev_helpers import (  # noqa: E402
     backfill,
     free_port,
@@ -77,6 +79,7 @@ def breakdown(env: dict) -> dict:
                 "created": record.create_timestamp.timestamp(),
                 "start": stat.start_time,
                 "end": stat.end_time,
+                "cpu": float(run.tags[CPU_TAG]) if CPU_TAG in run.tags else None,
             }
         )
     rows = [r for r in rows if r["start"] and r["end"]]
@@ -90,7 +93,10 @@ def breakdown(env: dict) -> dict:
         if row["job"] in ("optimize_iteration", "final_report_job") and earlier:
             sensor_waits.append(row["created"] - max(earlier))
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    cpu = [r["cpu"] for r in rows if r["cpu"] is not None]  # runs of the cluster's FreshProcessRunLauncher
     return {
+        "run_cpu_s": mean(cpu),
+        "runs_cpu_s": sum(cpu),
         "runs": len(rows),
         "queued_and_starting_s": mean([r["start"] - r["created"] for r in rows]),
         "executing_s": mean([r["end"] - r["start"] for r in rows]),
@@ -206,6 +212,12 @@ def main() -> None:
                     "sensor to chain it",
                     flush=True,
                 )
+                if spent["runs_cpu_s"]:
+                    print(
+                        f"  the run processes used {spent['runs_cpu_s']:.0f} CPU seconds ({spent['run_cpu_s']:.1f} a run): "
+                        f"on {os.cpu_count()} cores they alone need at least {spent['runs_cpu_s'] / os.cpu_count():.0f} s",
+                        flush=True,
+                    )
         finally:
             if emulator is not None:
                 emulator.stop()

@@ -20,7 +20,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from promptopt_dagster.defs.process_launcher import PID_TAG, WORKDIR_TAG
+from promptopt_dagster.defs.process_launcher import CPU_TAG, PID_TAG, WORKDIR_TAG
 from promptopt_dagster.defs.warehouse import connect
 from promptopt_dagster_tests.dagster_dev_helpers import (
     backfill,
@@ -207,6 +207,7 @@ def test_a_backfill_of_six_optimizations_runs_three_at_a_time_each_run_in_an_emp
             with open_instance(env) as instance:
                 iteration_runs = [r for r in runs if r.job_name == "optimize_iteration"]
                 stats = [instance.get_run_stats(r.run_id) for r in iteration_runs]
+                costs = [instance.get_run_by_id(r.run_id).tags.get(CPU_TAG) for r in again]
         finally:
             stop_ui(proc)
         assert server.request_count == paid > 0  # the second backfill sent nothing: the cache is shared
@@ -217,6 +218,7 @@ def test_a_backfill_of_six_optimizations_runs_three_at_a_time_each_run_in_an_emp
     workdirs = [r.tags.get(WORKDIR_TAG) for r in again]
     assert all(workdirs) and len(set(workdirs)) == len(again)  # every run had its own directory
     assert not any(Path(w).exists() for w in workdirs)  # and it went with the run, as a pod's does
+    assert all(c and float(c) > 0 for c in costs), costs  # each run's CPU seconds, recorded as it exited
     spans = [(s.start_time, s.end_time) for s in stats]
     assert max(sum(start <= t < end for start, end in spans) for t, _ in spans) >= 3, spans  # three at once
     with connect(postgres_url) as con:

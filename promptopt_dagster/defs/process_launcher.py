@@ -32,6 +32,8 @@ from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
 PID_TAG = "promptopt/run_pid"
 WORKDIR_TAG = "promptopt/run_workdir"
+CPU_TAG = "promptopt/run_cpu_s"  # the run process's CPU seconds (user + system), set when it exits
+PEAK_RSS_TAG = "promptopt/run_peak_rss_mb"  # its peak resident memory
 
 
 class FreshProcessRunLauncher(RunLauncher, ConfigurableClass):
@@ -41,6 +43,7 @@ class FreshProcessRunLauncher(RunLauncher, ConfigurableClass):
         self._inst_data = inst_data
         self._keep = keep_workdirs
         self._children: dict[str, subprocess.Popen] = {}
+        self._exits: dict[str, int] = {}  # exit codes of the runs the reaper has waited for
         self._lock = threading.Lock()
         super().__init__()
 
@@ -88,8 +91,27 @@ class FreshProcessRunLauncher(RunLauncher, ConfigurableClass):
         threading.Thread(target=self._reap, args=(run.run_id, process, root), daemon=True).start()
 
     def _reap(self, run_id: str, process: subprocess.Popen, root: Path) -> None:
-        """Wait for the run's process (no zombie is left) and remove its directory, as a pod's goes with it."""
-        process.wait()
+        """Wait for the run's process (no zombie is left), record what it cost, and remove its directory, as a
+        pod's goes with it.
+
+        The CPU seconds and peak memory tags are what a pod's resource requests are sized from, and what
+        bench/backfill.py divides by the cores to say how far concurrency can go on a machine. `wait4`
+        rather than Popen.wait because only it returns the child's resource usage; the exit code is then
+        kept here for the health check, which must not wait for the process a second time."""
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        except ChildProcessError:  # reaped elsewhere: nothing to record
+            code, usage = process.wait(), None
+        else:
+            code = process.returncode = os.waitstatus_to_exitcode(status)
+        with self._lock:
+            self._exits[run_id] = code
+        if usage is not None:
+            cost = {CPU_TAG: f"{usage.ru_utime + usage.ru_stime:.2f}", PEAK_RSS_TAG: str(usage.ru_maxrss // 1024)}
+            try:
+                self._instance.add_run_tags(run_id, cost)
+            except Exception:  # noqa: BLE001 - the storage went away with the daemon: the run is done all the same
+                pass
         if not self._keep:
             shutil.rmtree(root, ignore_errors=True)
 
@@ -116,9 +138,8 @@ class FreshProcessRunLauncher(RunLauncher, ConfigurableClass):
     def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
         """RUNNING while the run's process lives; FAILED when it is gone and the run never finished."""
         with self._lock:
-            process = self._children.get(run.run_id)
+            process, code = self._children.get(run.run_id), self._exits.get(run.run_id)
         if process is not None:
-            code = process.poll()
             if code is None:
                 return CheckRunHealthResult(WorkerStatus.RUNNING)
             return CheckRunHealthResult(
