@@ -71,7 +71,9 @@ def test_gemini_fast_body_is_the_sdks_own(vertexai, adc):
                 if r != "system"
             ]
         params = types._GenerateContentParameters(
-            model="gemini-2.5-flash", contents=contents, config=client._config(request, system)
+            model="gemini-2.5-flash",
+            contents=contents,
+            config=client._config(request).model_copy(update={"system_instruction": system}),
         )
         convert = (
             models._GenerateContentParameters_to_vertex if vertexai else models._GenerateContentParameters_to_mldev

@@ -43,8 +43,8 @@ class GeminiClient(RemoteClient):
         # capped a 2-core machine at ~0.55 of the ideal request rate (bench/llm_throughput.py).
         # retry_options with one attempt is what turns OFF the SDK's implicit retry on the aiohttp
         # path: without it a dropped connection makes the SDK sleep 1-10 s and re-send the POST
-        # itself (billed twice, counted once). Retries stay in llm/remote.py; the 'drop' case of
-        # test_llm_remote.py::test_transient_failures_are_retried_until_answered pins the exact count.
+        # itself (billed twice, counted once). Retries stay in llm/remote.py;
+        # test_llm_remote.py::test_a_dropped_connection_is_retried_by_the_platform_not_silently_by_the_sdk pins it.
         http = types.HttpOptions(
             base_url=base_url,
             api_version=api_version,
@@ -81,15 +81,14 @@ class GeminiClient(RemoteClient):
     async def _aclose(self) -> None:
         await self._client.aio.aclose()
 
-    def _config(self, request: LLMRequest, system: str | None):
+    def _config(self, request: LLMRequest):
+        """The request's settings as the SDK's config (the system instruction travels in the body)."""
         t = self._types
         kwargs: dict[str, Any] = dict(
             temperature=request.temperature,
             max_output_tokens=request.max_tokens,
             stop_sequences=list(request.stop) or None,
         )
-        if system:
-            kwargs["system_instruction"] = system
         if request.choices:
             # The enum MIME type makes Gemini answer the bare value (application/json would quote it).
             kwargs.update(
@@ -122,7 +121,7 @@ class GeminiClient(RemoteClient):
             from google.genai import _common, models
 
             t = self._types
-            params = t._GenerateContentParameters(model=self.model, contents="-", config=self._config(request, None))
+            params = t._GenerateContentParameters(model=self.model, contents="-", config=self._config(request))
             convert = (
                 models._GenerateContentParameters_to_vertex
                 if self._vertexai
