@@ -106,6 +106,13 @@ def main() -> None:
     parser.add_argument("--eval-size", type=int, default=200, help="confirm rows, as `promptopt optimize`")
     parser.add_argument("--test-size", type=int, default=500, help="held-out test rows, as `promptopt optimize`")
     parser.add_argument("--keep", type=Path, help="keep each dataset's state dir under this directory")
+    parser.add_argument(
+        "--peer-rows",
+        type=int,
+        default=200,
+        help="also score both prompts on the first N of the test rows, the rows `bench/peers.py --rows N` scores "
+        "(sample_rows draws a permutation, so they are a subset; 0: skip)",
+    )
     args = parser.parse_args()
 
     settings = get_settings()
@@ -187,6 +194,14 @@ def main() -> None:
             hand_calls = client.usage.llm_calls - calls_before
             hand_test = suite.score(hand_test_p, refs).value
             best_test = suite.score(best_test_p, refs).value
+            peers = {}
+            if 0 < args.peer_rows < len(test):
+                keep = test["row_id"].isin(sample_rows(setup.test, args.peer_rows, setup.spec.seed)["row_id"]).tolist()
+                sub_refs = [r for r, k in zip(refs, keep) if k]
+                for label, answers_ in (("by-hand", hand_test_p), ("optimized", best_test_p)):
+                    sub = [a for a, k in zip(answers_, keep) if k]
+                    peers[f"{label} test@{args.peer_rows}"] = suite.score(sub, sub_refs).value
+                    peers[f"{label} test@{args.peer_rows} 95%"] = _bounds(suite.target_interval(sub, sub_refs))
             row = {
                 "dataset": name,
                 "metric": suite.target,
@@ -206,6 +221,7 @@ def main() -> None:
                 "iterations": report["iterations"],
                 "stop": report["stop_reason"],
                 "choices": PromptVersion.model_validate(report["best_prompt"]).describe(),
+                **peers,
             }
             rows_out.append(row)
             print(json.dumps(row), flush=True)
