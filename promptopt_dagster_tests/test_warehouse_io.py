@@ -132,3 +132,36 @@ def test_postgres_tables_replace_a_partition_and_read_back_as_duckdb_would(tmp_p
     with connect(postgres_url) as con:
         rows = con.execute("select part, row_id, latency_s from public.scored order by part, row_id")
     assert rows == [("a", 0, None), ("a", 1, None), ("a", 2, None), ("b", 0, 0.25)]
+
+
+@dg.asset(partitions_def=parts, metadata={"partition_expr": "part"})
+def drawn(context: dg.AssetExecutionContext) -> pd.DataFrame:
+    return pd.DataFrame({"part": context.partition_key, "row_id": [5, 3, 0, 4, 1, 2]})
+
+
+@dg.asset(partitions_def=parts, metadata={"partition_expr": "part"})
+def read_back(drawn: pd.DataFrame) -> pd.DataFrame:
+    return drawn.assign(seen_at=range(len(drawn)))
+
+
+def test_postgres_reads_a_partition_in_the_order_its_frame_had_after_the_rows_moved_on_disk(tmp_path, postgres_url):
+    """Postgres returns rows as they lie on disk; a rewritten partition that landed in space other rows freed
+    comes back shuffled, and an optimizer that draws demos by position then sends prompts the cache has never
+    seen. CLUSTER moves the rows into row_id order on disk, as free-space reuse can: the next asset still
+    reads them in the order they were written, and the position column shows in no frame."""
+    io_manager = PostgresWarehouseIOManager(database=postgres_url, schema="public")
+    resources, instance = {"io_manager": io_manager}, dg.DagsterInstance.ephemeral()
+    assert dg.materialize([drawn], partition_key="a", resources=resources, instance=instance).success
+    with connect(postgres_url) as con:
+        con.execute("create index drawn_by_row on public.drawn (row_id)")
+        con.execute("cluster public.drawn using drawn_by_row")
+        on_disk = [r[0] for r in con.execute("select row_id from public.drawn")]
+    assert on_disk == [0, 1, 2, 3, 4, 5]  # the rows did move
+    result = dg.materialize(
+        [drawn, read_back], partition_key="a", resources=resources, instance=instance, selection=[read_back]
+    )
+    assert result.success
+    with connect(postgres_url) as con:
+        frame = con.fetchdf("select * from public.read_back order by seen_at")
+    assert frame["row_id"].tolist() == [5, 3, 0, 4, 1, 2]
+    assert list(frame.columns) == ["part", "row_id", "seen_at"]

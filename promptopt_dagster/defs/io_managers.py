@@ -134,6 +134,15 @@ def _lock(cur, name: str) -> None:
     cur.execute("select pg_advisory_xact_lock(hashtext(%s))", (name,))
 
 
+def _has_position(cur, table_slice: TableSlice) -> bool:
+    """Whether the table keeps each row's position (warehouse.ROW_POSITION): every table this version wrote."""
+    cur.execute(
+        "select 1 from information_schema.columns where table_schema = %s and table_name = %s and column_name = %s",
+        (table_slice.schema, table_slice.table, warehouse.ROW_POSITION),
+    )
+    return cur.fetchone() is not None
+
+
 class _PostgresClient(DbClient):
     """dagster's DbIOManager on Postgres: a partition's delete and insert are one transaction."""
 
@@ -153,12 +162,13 @@ class _PostgresClient(DbClient):
             cur.execute(f"create schema if not exists {table_slice.schema}")
 
     @staticmethod
-    def get_select_statement(table_slice: TableSlice) -> str:
+    def get_select_statement(table_slice: TableSlice, ordered: bool = False) -> str:
+        """`ordered`: the rows in the order their frame had (the table keeps each row's position)."""
         columns = ", ".join(table_slice.columns) if table_slice.columns else "*"
         statement = f"select {columns} from {table_slice.schema}.{table_slice.table}"
         if table_slice.partition_dimensions:
             statement += " where " + " and ".join(static_where_clause(d) for d in table_slice.partition_dimensions)
-        return statement
+        return statement + (f' order by "{warehouse.ROW_POSITION}"' if ordered else "")
 
     @staticmethod
     @contextmanager
@@ -175,15 +185,18 @@ class _PostgresClient(DbClient):
 
 class _PostgresPandas(DbTypeHandler[pd.DataFrame]):
     def handle_output(self, context: dg.OutputContext, table_slice: TableSlice, obj: pd.DataFrame, connection):
-        name = f"{table_slice.schema}.{table_slice.table}"
+        name, position = f"{table_slice.schema}.{table_slice.table}", warehouse.ROW_POSITION
+        obj = obj.drop(columns=[position], errors="ignore")  # _fit_to_table's empty slot for it: filled below
         if obj.empty:
             context.log.warning("Skipping the write of an empty DataFrame: no table is created for it.")
         else:
             with connection.cursor() as cur:
                 _lock(cur, f"table {name}")
                 columns = ", ".join(f'"{c}" {warehouse.pg_type(t)}' for c, t in obj.dtypes.items())
-                cur.execute(f"create table if not exists {name} ({columns})")
-            warehouse.Connection(connection, postgres=True).insert(name, obj)
+                cur.execute(f'create table if not exists {name} ({columns}, "{position}" bigint)')
+                if not _has_position(cur, table_slice):  # a table written before rows kept their position
+                    cur.execute(f'alter table {name} add column if not exists "{position}" bigint')
+            warehouse.Connection(connection, postgres=True).insert(name, obj.assign(**{position: range(len(obj))}))
         context.add_output_metadata(
             {
                 ("partition_row_count" if context.has_partition_key else "row_count"): obj.shape[0],
@@ -200,7 +213,7 @@ class _PostgresPandas(DbTypeHandler[pd.DataFrame]):
             cur.execute("select to_regclass(%s)", (f"{table_slice.schema}.{table_slice.table}",))
             if cur.fetchone()[0] is None:  # a table nothing has written reads as no rows (see _WithInstance)
                 return pd.DataFrame()
-            cur.execute(_PostgresClient.get_select_statement(table_slice))
+            cur.execute(_PostgresClient.get_select_statement(table_slice, ordered=_has_position(cur, table_slice)))
             return warehouse.frame(cur.description, cur.fetchall())
 
     @property

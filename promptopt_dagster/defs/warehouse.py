@@ -21,6 +21,13 @@ import pandas as pd
 
 from promptopt_dagster.llm.store_location import connect_postgres, is_url, run_postgres
 
+#: Each row's position in the frame that wrote it, kept in every Postgres table the IO manager writes and
+#: never shown (`frame` leaves it out). Postgres returns rows in the order they lie on disk, and a partition
+#: rewritten into space that other partitions' old rows left (a second backfill, after autovacuum) comes back
+#: shuffled; an optimizer that samples demos from the rows it reads would then send new prompts for what the
+#: cache already answered. DuckDB returns rows in the order they were inserted (preserve_insertion_order).
+ROW_POSITION = "_row_position"
+
 
 class MissingTable(Exception):
     """The statement named a table nothing has written yet."""
@@ -86,7 +93,8 @@ class Connection:
         return self._run(sql, params, lambda cur: frame(cur.description, cur.fetchall()))
 
     def insert(self, table: str, obj: pd.DataFrame) -> None:
-        """Append the frame's rows to an existing table whose columns are the frame's, in order."""
+        """Append the frame's rows to an existing table that has the frame's columns (in order, in DuckDB;
+        by name, in Postgres)."""
         if not self.postgres:
             self.con.register("_promptopt_rows", obj)
             try:
@@ -97,8 +105,9 @@ class Connection:
         from psycopg2.extras import execute_values
 
         rows = obj.astype(object).where(obj.notna(), None).itertuples(index=False, name=None)
+        columns = ", ".join(f'"{c}"' for c in obj.columns)
         with self.con.cursor() as cur:
-            execute_values(cur, f"insert into {table} values %s", list(rows), page_size=500)
+            execute_values(cur, f"insert into {table} ({columns}) values %s", list(rows), page_size=500)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -116,9 +125,11 @@ def _plain(value):
 
 
 def frame(description, rows: list[tuple]) -> pd.DataFrame:
-    """A Postgres result as DuckDB's fetchdf would type it."""
+    """A Postgres result as DuckDB's fetchdf would type it, without the rows' positions (ROW_POSITION)."""
     columns = {}
     for i, column in enumerate(description):
+        if column.name == ROW_POSITION:
+            continue
         values = [_plain(row[i]) for row in rows]
         oid, has_null = column.type_code, any(v is None for v in values)
         if oid in _INTEGER_OIDS:
@@ -131,7 +142,7 @@ def frame(description, rows: list[tuple]) -> pd.DataFrame:
             columns[column.name] = pd.to_datetime(pd.Series(values, dtype=object))
         else:
             columns[column.name] = pd.Series(values, dtype=object)
-    return pd.DataFrame(columns, columns=[c.name for c in description])
+    return pd.DataFrame(columns, columns=[c.name for c in description if c.name != ROW_POSITION])
 
 
 def duckdb_connect(database: str, wait_s: float = 120.0):
