@@ -67,6 +67,14 @@ def test_a_short_dev_split_races_on_train_rows_held_out_of_the_demo_pool():
     roomy = IterationSetup.resolve(small_spec(spare_size=10), _splits(dev=60))
     assert roomy.spare_train.empty and len(roomy.race_rows()) == 10
     assert set(roomy.race_rows()["row_id"]) <= set(roomy.spare["row_id"])
+    # its other spare rows are the deciding rows, up to spare_size of them, none a race row; a short one has none
+    deciding = roomy.deciding_rows()
+    assert len(roomy.spare) == 30 and len(deciding) == 10
+    assert set(deciding["row_id"]) <= set(roomy.spare["row_id"]) and not set(deciding["row_id"]) & set(
+        roomy.race_rows()["row_id"]
+    )
+    assert len(IterationSetup.resolve(small_spec(spare_size=25), _splits(dev=60)).deciding_rows()) == 5
+    assert setup.deciding_rows().empty
 
 
 def test_no_dev_rows_and_no_stored_setup_each_name_the_fix():

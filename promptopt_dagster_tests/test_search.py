@@ -470,3 +470,54 @@ def test_the_race_winner_is_the_best_score_unless_a_cheaper_prompt_ties_it_on_th
     assert optimizer.race_winner([retrieved, static], raced, rows) is static  # +4 -3 rows of 300: a tie by rows
     rows = {"retrieved": ev(list(right_top), target(right_top)), "static": ev(list(right_other), target(right_other))}
     assert optimizer.race_winner([retrieved, static], raced, rows) is retrieved  # recomputed: surely ahead
+
+
+def test_a_leader_a_point_or_more_ahead_of_the_cheaper_tie_races_it_again_on_the_deciding_rows():
+    """sms_spam's case: 8 retrieved demos 2 points ahead of 16 static ones on the last rung's 300 rows, not
+    surely, so the tie rule picked the static set; on more spare dev rows the lead shows for sure."""
+    from promptopt_dagster.core.objective import RowCost
+
+    optimizer = get_optimizer("fewshot")
+    retrieved, static = _candidate("retrieved", {0: 1.0}), _candidate("static", {0: 1.0})
+    retrieved.prompt.retrieval = Retrieval(k=8, pool=POOL)
+    retrieved.cost, static.cost = RowCost(250.0, 0.37), RowCost(505.0, 0.06)
+    last_rows = pd.DataFrame({"row_id": range(300), "user_input": ["x"] * 300, "ground_truth_output": ["ham"] * 300})
+    deciding = pd.DataFrame(
+        {"row_id": range(300, 700), "user_input": ["y"] * 400, "ground_truth_output": ["ham"] * 400}
+    )
+    wrong = {"retrieved": {5, 40, 80, 120, 160, 200, 240}, "static": set(range(0, 300, 23))}  # 7 and 14 of 300
+    seen = []
+
+    def evaluate(prompt, rows):
+        who = "retrieved" if prompt.retrieval is not None else "static"
+        seen.append((who, len(rows)))
+        ids = rows["row_id"].tolist()
+        step = 50 if who == "retrieved" else 20  # on the deciding rows: 8 and 20 of 400 wrong
+        per_row = [float(i not in wrong[who]) if i < 300 else float(i % step != 0) for i in ids]
+        return Evaluation(rows, per_row, float(np.mean(per_row)))
+
+    per_row = {"retrieved": evaluate(retrieved.prompt, last_rows), "static": evaluate(static.prompt, last_rows)}
+    last = {k: v.value for k, v in per_row.items()}
+    assert 0.02 <= last["retrieved"] - last["static"] < 0.03
+    assert optimizer.race_winner([retrieved, static], last, per_row) is static  # a tie on 300 rows
+    inp, seen[:] = _input(), []
+    assert optimizer.deciding_rung([last], per_row, last_rows, [retrieved, static], inp, evaluate) is None  # no rows
+    inp.deciding_rows = deciding
+    rows, scores, evaluations = optimizer.deciding_rung([last], per_row, last_rows, [retrieved, static], inp, evaluate)
+    assert len(rows) == 700 and sorted(seen) == [("retrieved", 700), ("static", 700)]
+    assert optimizer.race_winner([retrieved, static], scores, evaluations) is retrieved  # surely ahead on 700
+    # a lead under decide_lead stays the tie it was, and pays for no rows
+    seen[:] = []
+    assert (
+        get_optimizer("fewshot", decide_lead=0.03).deciding_rung(
+            [last], per_row, last_rows, [retrieved, static], inp, evaluate
+        )
+        is None
+    )
+    assert (
+        get_optimizer("fewshot", decide_lead=0).deciding_rung(
+            [last], per_row, last_rows, [retrieved, static], inp, evaluate
+        )
+        is None
+        and not seen
+    )

@@ -72,8 +72,18 @@ class IterationSetup:
         seed, so every iteration races on the same rows and a prompt raced before answers from the cache),
         then the held-out train rows."""
         size = self.spec.spare_size
-        dev = self.spare.sample(n=min(size, len(self.spare)), random_state=self.spec.seed)
+        dev = self._spare_order().head(size)
         return pd.concat([dev, self.spare_train.head(max(0, size - len(dev)))], ignore_index=True)
+
+    def _spare_order(self) -> pd.DataFrame:
+        """The spare dev rows in the seed's order: race rows first, deciding rows after them."""
+        return self.spare.sample(frac=1.0, random_state=self.spec.seed)
+
+    def deciding_rows(self) -> pd.DataFrame:
+        """Up to `spare_size` more spare dev rows, none of them race rows (sampled by the seed after those):
+        the rows a race's last two may be raced again on. Empty where dev has no more (its spare rows all race)."""
+        size = self.spec.spare_size
+        return self._spare_order().iloc[size : 2 * size].reset_index(drop=True)
 
     def held_out(self) -> dict[str, pd.DataFrame]:
         """The rows no prompt may carry (leakage_gate), by the split they come from."""

@@ -69,6 +69,9 @@ class OptimizerContext:
     # optimizer may race its leading candidates on them, to tell apart what 100 select rows cannot
     # (never rows that accept a candidate).
     spare_rows: pd.DataFrame | None = None
+    # More spare dev rows, none of them in spare_rows: where a race's leader is ahead of a cheaper prompt by
+    # a margin its rows cannot confirm, the two may be raced again on these before the tie goes to the cheaper.
+    deciding_rows: pd.DataFrame | None = None
     history: list = field(default_factory=list)  # the candidate pool of earlier iterations (pool.Candidate)
     calibration: bool = False  # the task backend ranks labels, so calibrated label answers can be tried
     metric_call_budget: int | None = None  # rows this iteration may still score; None: no cap

@@ -390,6 +390,7 @@ def refined_prompt(
             select_rows=select,
             history=history,
             spare_rows=setup.race_rows(),
+            deciding_rows=setup.deciding_rows(),
             calibration=task.ranks_labels,
             metric_call_budget=_metric_calls_left(optimization, loop, scored_rows[0]),
             state=previous_state,
