@@ -134,13 +134,22 @@ def _lock(cur, name: str) -> None:
     cur.execute("select pg_advisory_xact_lock(hashtext(%s))", (name,))
 
 
+#: (database, schema, table) of the tables this process has seen keep their rows' positions: a column once
+#: there stays, so each table is looked up once per process, not on every read and write
+_POSITIONED: set[tuple[str, str, str]] = set()
+
+
 def _has_position(cur, table_slice: TableSlice) -> bool:
     """Whether the table keeps each row's position (warehouse.ROW_POSITION): every table this version wrote."""
-    cur.execute(
-        "select 1 from information_schema.columns where table_schema = %s and table_name = %s and column_name = %s",
-        (table_slice.schema, table_slice.table, warehouse.ROW_POSITION),
-    )
-    return cur.fetchone() is not None
+    key = (cur.connection.dsn, table_slice.schema, table_slice.table)
+    if key not in _POSITIONED:
+        cur.execute(
+            "select 1 from information_schema.columns where table_schema = %s and table_name = %s and column_name = %s",
+            (table_slice.schema, table_slice.table, warehouse.ROW_POSITION),
+        )
+        if cur.fetchone() is not None:
+            _POSITIONED.add(key)
+    return key in _POSITIONED
 
 
 class _PostgresClient(DbClient):

@@ -25,7 +25,8 @@ from promptopt_dagster.llm.store_location import connect_postgres, is_url, run_p
 #: never shown (`frame` leaves it out). Postgres returns rows in the order they lie on disk, and a partition
 #: rewritten into space that other partitions' old rows left (a second backfill, after autovacuum) comes back
 #: shuffled; an iteration that samples its select, confirm and demo rows by position from the optimization's
-#: rows (rewritten by each start) would then draw other rows and send prompts the cache never saw. DuckDB returns rows in the order they were inserted (preserve_insertion_order).
+#: rows (rewritten by each start) would then draw other rows and send prompts the cache never saw. DuckDB
+#: returns rows in the order they were inserted (preserve_insertion_order).
 ROW_POSITION = "_row_position"
 
 

@@ -613,7 +613,7 @@ class FewShotOptimizer(Optimizer):
         field = [by_id[cid] for cid in last if cid in by_id and cid in per_row]
         if len(field) < 2:
             return None
-        top = max(field, key=lambda c: (last[c.id], -tokens_per_row(c)))
+        top = _race_leader(field, last)
         pick = self.race_winner(field, last, per_row)
         if pick is top or last[top.id] - last[pick.id] < self.options.decide_lead:
             return None
@@ -646,7 +646,7 @@ class FewShotOptimizer(Optimizer):
         tie goes to the prompt that costs less on every row it will answer. On sst2, 8 retrieved demos
         led a sum of three static sets by one row in 300 (0.877 against 0.873) at twice the seconds
         per row (0.36 s against 0.19 s), and one static set by 2 rows at five times (0.07 s)."""
-        top = max(field, key=lambda c: (raced[c.id], -tokens_per_row(c)))
+        top = _race_leader(field, raced)
         ties = [c for c in field if c is top or not _surely_ahead(rows[top.id], rows[c.id], self.options)]
         return min(ties, key=_cheapest_first(ties, raced))
 
@@ -711,6 +711,11 @@ def _race_field(leaders: list[Candidate], size: int) -> list[Candidate]:
                 seen_scores.add(key)
                 field.append(candidate)
     return sorted(field, key=lambda c: -c.select_score)
+
+
+def _race_leader(field: list[Candidate], raced: dict[str, float]) -> Candidate:
+    """The best score on the raced rows (equal scores: fewer prompt tokens per row)."""
+    return max(field, key=lambda c: (raced[c.id], -tokens_per_row(c)))
 
 
 def _cheapest_first(candidates: list[Candidate], scores: dict[str, float]):
