@@ -48,6 +48,7 @@ DSPy is not part of the main install: `pip install -e ".[bench]"` (setup.py says
     .venv/bin/python bench/peers.py sst2 --rows 200          # one dataset, 200 test rows
     .venv/bin/python bench/peers.py sst2 --methods zero_shot,knn --json peers.json
     .venv/bin/python bench/peers.py sst2 --adapter chat      # DSPy's own ChatAdapter framing, as first measured
+    .venv/bin/python bench/peers.py atis_intent --methods knn --predictions answers/  # and each test answer
 """
 
 from __future__ import annotations
@@ -362,6 +363,15 @@ def run_dataset(name: str, args, settings, client: LLMClient) -> list[dict]:
         for example in tqdm(testset, desc=f"{name} {method} test", file=sys.stderr, mininterval=5):
             predictions.append(str(program(**example.inputs()).get(output) or ""))
         score = suite.score(predictions, references).value
+        if args.predictions:
+            args.predictions.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame(
+                {
+                    "user_input": test["user_input"].tolist(),
+                    "ground_truth_output": references,
+                    "prediction": predictions,
+                }
+            ).to_csv(args.predictions / f"{name}.{method}.csv", index=False)
         found = suite.target_interval(predictions, references)
         low, high = found.low, found.high
         row = {
@@ -437,6 +447,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--candidates", type=int, default=4, help="random search: random candidate programs")
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"].default, help="MIPROv2's seed")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument(
+        "--predictions",
+        type=Path,
+        help="also write each method's test answers here, one CSV per dataset and method "
+        "(DATASET.METHOD.csv: user_input, ground_truth_output, prediction), for a paired comparison "
+        "(bench/adhoc/peer_paired.py)",
+    )
     args = parser.parse_args(argv)
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:

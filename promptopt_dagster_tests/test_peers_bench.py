@@ -14,9 +14,12 @@ import importlib.util
 import os
 import sys
 
+import pandas as pd
 import pytest
 
-from promptopt_dagster.app.settings import PROJECT_ROOT
+from promptopt_dagster.app.datasets import load_splits, sample_rows
+from promptopt_dagster.app.settings import PROJECT_ROOT, get_settings
+from promptopt_dagster.defs.resources import ProjectResource
 
 METHODS = ["zero_shot", "labeled", "knn", "random_search"]
 
@@ -39,7 +42,7 @@ def load_peers():
 
 
 @pytest.mark.slow
-def test_peers_smoke_on_sst2(capsys):
+def test_peers_smoke_on_sst2(capsys, tmp_path):
     peers = load_peers()
     rows = peers.main(
         [
@@ -58,6 +61,8 @@ def test_peers_smoke_on_sst2(capsys):
             "1",
             "--methods",
             ",".join(METHODS),
+            "--predictions",
+            str(tmp_path / "answers"),
         ]
     )
     printed = capsys.readouterr().out
@@ -78,6 +83,16 @@ def test_peers_smoke_on_sst2(capsys):
     assert all(r["model calls"] - r["compile calls"] >= 20 for r in rows)
     # The completion adapter has no fallback: one call per test row, whatever the model answers.
     assert all(r["model calls"] - r["compile calls"] == 20 for r in rows)
+    # The saved answers are the test rows the table scored: the same rows, and the same score from them.
+    settings = get_settings()
+    project = ProjectResource(data_dir=str(settings.data_dir), prompts_dir=str(settings.prompts_dir))
+    test = sample_rows(load_splits(project.spec("sst2"), settings.data_dir).test, 20, 0)
+    for r in rows:
+        saved = pd.read_csv(tmp_path / "answers" / f"sst2.{r['method']}.csv", keep_default_na=False, dtype=str)
+        assert saved["user_input"].tolist() == test["user_input"].tolist()
+        assert saved["ground_truth_output"].tolist() == test["ground_truth_output"].astype(str).tolist()
+        rescored = project.suite("sst2").score(saved["prediction"].tolist(), saved["ground_truth_output"].tolist())
+        assert rescored.value == pytest.approx(r["test"]), r
 
 
 def test_peers_uses_the_reports_test_rows():

@@ -129,7 +129,9 @@ class FewShotOptions(OptimizerOptions):
         "characters (a mutation tries them whole); 0: never cut",
     )
     per_label_retrieval: bool = Field(
-        False, description="also try retrieved demos one per label (the nearest row of each of the k nearest labels)"
+        False,
+        description="also try retrieved demos one per label (the nearest row of each of the k nearest labels); "
+        "off: it scored far below the nearest rows on atis_intent and hwu64",
     )
 
     @field_validator("retrievers")

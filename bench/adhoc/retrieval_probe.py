@@ -1,0 +1,86 @@
+"""Ad hoc: dev scores of variants of a kept run's best retrieved prompt (retrieval k, method, one demo per
+label, calibration, label-covering rows), each with the suite's 95% interval.
+
+Why: fewshot's per-label retrieval and BM25 are off by default until measured; this measures them (and
+variants the search does not have) on the dev rows with no optimizer in the way, from the kept run's
+response cache where it can.
+
+    .venv/bin/python bench/adhoc/retrieval_probe.py STATE_DIR DATASET '{}' '{"per_label": true}' \
+        '{"method": "bm25"}' '{"k": 12}' '{"calibrate": true}' '{"cover": 2}'
+
+Each variant is a JSON object: keys of `Retrieval` (k, method, per_label, max_chars) change the
+retrieval, `calibrate` the prompt, `cover: N` adds the nearest row of each of the N nearest labels the
+k nearest rows do not show (before them, farthest first).
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from promptopt_dagster.app.datasets import load_splits
+from promptopt_dagster.app.settings import get_settings
+from promptopt_dagster.core.prompts import PromptVersion, Retrieval
+from promptopt_dagster.core.retrieval import retriever_for_pool
+from promptopt_dagster.defs.resources import ProjectResource
+from promptopt_dagster.llm.factory import build_client
+from promptopt_dagster.llm.inference import predict
+from promptopt_dagster.llm.model_settings import ModelSettings
+
+
+class CoverRetrieval(Retrieval):
+    """The k nearest rows, after up to `cover` more: the nearest row of each next-nearest label not shown."""
+
+    cover: int = 0
+
+    def _nearest(self, user_input):
+        if not self.cover:
+            return super()._nearest(user_input)
+        ranked = retriever_for_pool(self.method, self.pool).top(user_input, min(len(self.pool), 256))
+        near, seen, extra = ranked[: self.k], {self.pool[i].ground_truth_output for i in ranked[: self.k]}, []
+        for i in ranked[self.k :]:
+            if len(extra) == self.cover:
+                break
+            if self.pool[i].ground_truth_output not in seen:
+                seen.add(self.pool[i].ground_truth_output)
+                extra.append(i)
+        return [self.pool[i] for i in [*reversed(extra), *reversed(near)]]
+
+
+def main() -> None:
+    state, name, variants = Path(sys.argv[1]), sys.argv[2], [json.loads(v) for v in sys.argv[3:]] or [{}]
+    settings = get_settings()
+    project = ProjectResource(data_dir=str(settings.data_dir), prompts_dir=str(settings.prompts_dir))
+    spec, suite = project.spec(name), project.suite(name)
+    dev = load_splits(spec, settings.data_dir).dev
+    base = PromptVersion.model_validate(json.loads((state / "report.json").read_text())["best_prompt"])
+    client = build_client(ModelSettings(), settings.model_dir, settings.llm_threads, state / "llm_cache.sqlite")
+    for variant in variants:
+        change = dict(variant)
+        calibrate = change.pop("calibrate", base.calibrate)
+        retrieval = CoverRetrieval(**{**base.retrieval.model_dump(), **change})
+        prompt = base.model_copy(update={"retrieval": retrieval, "calibrate": calibrate})
+        started, before = time.perf_counter(), client.usage.llm_calls
+        out = predict(
+            client, prompt, dev, spec.max_output_tokens, stop=tuple(spec.completion_stop), progress_interval_s=1e9
+        )
+        predictions, references = out["prediction"].fillna("").tolist(), out["ground_truth_output"].tolist()
+        found = suite.target_interval(predictions, references)
+        print(
+            json.dumps(
+                {
+                    "variant": variant,
+                    suite.target: round(suite.score(predictions, references).value, 3),
+                    "95%": [round(found.low, 3), round(found.high, 3)],
+                    "dev rows": len(dev),
+                    "model calls": client.usage.llm_calls - before,
+                    "wall s": round(time.perf_counter() - started),
+                }
+            ),
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
