@@ -148,6 +148,38 @@ def test_sensor_updates_the_leaderboard_after_a_final_report(tmp_path, instance)
     assert "promptopt/optimization" not in second.run_requests[0].tags  # the dataset's board, not the chain's
 
 
+def test_final_reports_that_arrive_while_a_leaderboard_run_waits_request_no_other(tmp_path, instance):
+    """A queued board run reads every report when it runs: reports written before it starts ride along,
+    two reports in one tick ask for one run, and a board run that has started does not count."""
+    defs = make_defs(tmp_path)
+    prepare(defs, instance)
+    run_iteration(defs, instance, 0, target_score=0.9)
+    cursor = _tick(defs, instance).cursor
+    final = defs.resolve_job_def("final_report_job")
+
+    def report_twice_then_tick(cursor):
+        for _ in range(2):
+            assert final.execute_in_process(
+                partition_key="sst2", instance=instance, tags={DRIVER_TAG: "sensor"}
+            ).success
+        return _tick(defs, instance, cursor=cursor)
+
+    tick = report_twice_then_tick(cursor)
+    assert [(r.job_name, r.partition_key) for r in tick.run_requests] == [("leaderboard_job", "sst2")]
+
+    # created and not yet started (queued runs look the same to the check; the instance here has no queue)
+    waiting = dg.DagsterRun(
+        job_name="leaderboard_job", status=dg.DagsterRunStatus.NOT_STARTED, tags={"dagster/partition": "sst2"}
+    )
+    instance.add_run(waiting)
+    tick = report_twice_then_tick(tick.cursor)
+    assert tick.run_requests == []
+
+    instance.report_run_failed(waiting)  # no longer waiting: the next report asks for a run again
+    tick = report_twice_then_tick(tick.cursor)
+    assert [(r.job_name, r.partition_key) for r in tick.run_requests] == [("leaderboard_job", "sst2")]
+
+
 def test_sensor_stops_on_patience(tmp_path, instance):
     defs = make_defs(tmp_path, script="never_right")
     prepare(defs, instance)

@@ -1,5 +1,6 @@
 """The iteration sensor: a started optimization runs iteration 0, each finished iteration runs the next,
-and each final report updates its dataset's leaderboard.
+and each final report updates its dataset's leaderboard (one run for the reports that arrive while an
+earlier one waits in the queue).
 
 It keeps a cursor on the event log, so every start and every finished iteration is acted on exactly
 once, and its run keys include the triggering event, so a rerun of an old iteration can start a
@@ -33,6 +34,19 @@ def _spec(record) -> OptimizationSpec:
     return OptimizationSpec.model_validate(getattr(value, "data", value))
 
 
+def _board_waiting(instance: dg.DagsterInstance, dataset: str) -> bool:
+    """Whether a leaderboard run of this dataset is queued and has not started: it reads every final report
+    when it runs, so a report written before then needs no run of its own. A backfill of fifty
+    optimizations of one dataset then refreshes its board a few times, not fifty; a run already started
+    may have read the reports before this one, so it does not count."""
+    waiting = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]
+    return bool(
+        instance.get_run_ids(
+            dg.RunsFilter(job_name=LEADERBOARD_JOB, statuses=waiting, tags={"dagster/partition": dataset}), limit=1
+        )
+    )
+
+
 def build_iteration_sensor(jobs: list) -> dg.SensorDefinition:
     """Every 5 s, the daemon's shortest sensor loop: each wait is paid once per iteration of every
     optimization. A tick is a few indexed event-log reads, cheap next to an iteration."""
@@ -50,6 +64,7 @@ def build_iteration_sensor(jobs: list) -> dg.SensorDefinition:
         cursors = dict(part.split("=", 1) for part in (context.cursor or "").split(",") if "=" in part)
         new_iterations: list[str] = []
         requests: list[dg.RunRequest] = []
+        boards: set[str] = set()  # datasets whose leaderboard this tick already requests
         for key in WATCHED:
             after = int(cursors[key.path[-1]]) if key.path[-1] in cursors else None
             records = context.instance.fetch_materializations(
@@ -64,6 +79,13 @@ def build_iteration_sensor(jobs: list) -> dg.SensorDefinition:
                 if key.path[-1] == "final_report":  # the dataset's board, not part of the optimization's chain
                     job, partition, step = LEADERBOARD_JOB, DATASET_OF[record.partition_key], None
                     tags = {DRIVER_TAG: "sensor", "promptopt/dataset": partition}
+                    if partition in boards or _board_waiting(context.instance, partition):
+                        context.log.info(
+                            f"final_report {record.partition_key}: the {partition} leaderboard run already "
+                            "waiting will read it"
+                        )
+                        continue
+                    boards.add(partition)
                 elif key.path[-1] == "optimization_settings":
                     name, generation, step = record.partition_key, _generation(record), 0
                     job, partition = ITERATION_JOB, iteration_key(name, generation, 0)
