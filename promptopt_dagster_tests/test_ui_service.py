@@ -59,6 +59,8 @@ def _start(home: Path, port: int, log_path: Path) -> subprocess.Popen:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # as `promptopt ui &` in a script starts it: SIGINT ignored, which dagster dev must not inherit
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         )
 
 

@@ -112,7 +112,12 @@ def ui(args: argparse.Namespace) -> int:
 def _interrupt_when_orphaned() -> None:
     """In the child, before exec: if this process is killed outright (SIGKILL leaves no handler to run), the
     kernel sends dagster dev SIGINT, its own clean shutdown, so no webserver or daemon is left behind. Linux
-    only (prctl); elsewhere a SIGKILL of `promptopt ui` leaves `dagster dev` to be stopped by hand."""
+    only (prctl); elsewhere a SIGKILL of `promptopt ui` leaves `dagster dev` to be stopped by hand.
+
+    SIGINT is set back to its default first: a process started in the background by a shell without job
+    control (`cmd &` in a script, as CI and service wrappers do) inherits SIGINT ignored, exec keeps it
+    ignored, and dagster dev would then ignore both this signal and the SIGINT `stop` sends it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     if sys.platform.startswith("linux"):
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGINT), 0, 0, 0)
