@@ -11,30 +11,21 @@ label's mean score over the dev rows subtracted, Zhou et al. 2023) is the fit-fr
 """
 
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from promptopt_dagster.app.datasets import load_splits, sample_rows
-from promptopt_dagster.app.settings import get_settings
-from promptopt_dagster.core.prompts import PromptVersion
-from promptopt_dagster.defs.resources import ProjectResource
-from promptopt_dagster.llm.factory import build_client
+from kept import kept_run
+
+from promptopt_dagster.app.datasets import sample_rows
 from promptopt_dagster.llm.inference import build_requests
-from promptopt_dagster.llm.model_settings import ModelSettings
 
 
 def main() -> None:
     state, name = Path(sys.argv[1]), sys.argv[2]
-    settings = get_settings()
-    project = ProjectResource(data_dir=str(settings.data_dir), prompts_dir=str(settings.prompts_dir))
-    spec, suite = project.spec(name), project.suite(name)
-    splits = load_splits(spec, settings.data_dir)
-    prompt = PromptVersion.model_validate(json.loads((state / "report.json").read_text())["best_prompt"])
-    client = build_client(ModelSettings(), settings.model_dir, settings.llm_threads, state / "llm_cache.sqlite")
+    spec, suite, splits, prompt, client = kept_run(state, name)
     labels = list(prompt.labels)
 
     def label_scores(rows) -> np.ndarray:

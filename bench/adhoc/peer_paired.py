@@ -11,7 +11,6 @@ STATE_DIR is a kept `bench/quality.py --keep` directory: its report's best promp
 from its response cache (its final report asked the same questions).
 """
 
-import json
 import sys
 from pathlib import Path
 
@@ -19,27 +18,20 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from promptopt_dagster.app.datasets import load_splits, sample_rows
-from promptopt_dagster.app.settings import get_settings
-from promptopt_dagster.core.prompts import PromptVersion
-from promptopt_dagster.defs.resources import ProjectResource
-from promptopt_dagster.llm.factory import build_client
+from kept import kept_run
+
+from promptopt_dagster.app.datasets import sample_rows
+from promptopt_dagster.core.intervals import bootstrap_interval
 from promptopt_dagster.llm.inference import predict
-from promptopt_dagster.llm.model_settings import ModelSettings
 
 
 def main() -> None:
     state, name, peer_csv = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
-    settings = get_settings()
-    project = ProjectResource(data_dir=str(settings.data_dir), prompts_dir=str(settings.prompts_dir))
-    spec, suite = project.spec(name), project.suite(name)
+    spec, suite, splits, prompt, client = kept_run(state, name)
     peer = pd.read_csv(peer_csv, keep_default_na=False, dtype=str)
-    test = sample_rows(load_splits(spec, settings.data_dir).test, len(peer), 0)
+    test = sample_rows(splits.test, len(peer), 0)
     if test["user_input"].tolist() != peer["user_input"].tolist():
         raise SystemExit(f"{peer_csv}: its rows are not the {len(peer)} test rows bench/quality.py samples")
-    report = json.loads((state / "report.json").read_text())
-    prompt = PromptVersion.model_validate(report["best_prompt"])
-    client = build_client(ModelSettings(), settings.model_dir, settings.llm_threads, state / "llm_cache.sqlite")
     out = predict(
         client, prompt, test, spec.max_output_tokens, stop=tuple(spec.completion_stop), progress_interval_s=1e9
     )
@@ -51,12 +43,14 @@ def main() -> None:
         return suite.score(list(p[ix]), list(gold[ix])).value
 
     every = np.arange(len(gold))
-    rng = np.random.default_rng(0)
-    diffs = []
-    for _ in range(2000):
-        ix = rng.integers(0, len(gold), len(gold))
+    diffs = []  # every resample's difference, kept for the share of resamples the platform leads in
+
+    def difference(ix) -> float:
         diffs.append(target(ours, ix) - target(theirs, ix))
-    low, high = np.percentile(diffs, [2.5, 97.5])
+        return diffs[-1]
+
+    found = bootstrap_interval(len(gold), difference, resamples=2000)
+    low, high = found.low, found.high
     print(
         f"{name} {suite.target} on {len(gold)} test rows: platform {target(ours, every):.3f}, peer {target(theirs, every):.3f}"
     )

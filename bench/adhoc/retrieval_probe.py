@@ -19,14 +19,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from promptopt_dagster.app.datasets import load_splits
-from promptopt_dagster.app.settings import get_settings
-from promptopt_dagster.core.prompts import PromptVersion, Retrieval
+from kept import kept_run
+
+from promptopt_dagster.core.prompts import Retrieval
 from promptopt_dagster.core.retrieval import retriever_for_pool
-from promptopt_dagster.defs.resources import ProjectResource
-from promptopt_dagster.llm.factory import build_client
 from promptopt_dagster.llm.inference import predict
-from promptopt_dagster.llm.model_settings import ModelSettings
 
 
 class CoverRetrieval(Retrieval):
@@ -50,12 +47,8 @@ class CoverRetrieval(Retrieval):
 
 def main() -> None:
     state, name, variants = Path(sys.argv[1]), sys.argv[2], [json.loads(v) for v in sys.argv[3:]] or [{}]
-    settings = get_settings()
-    project = ProjectResource(data_dir=str(settings.data_dir), prompts_dir=str(settings.prompts_dir))
-    spec, suite = project.spec(name), project.suite(name)
-    dev = load_splits(spec, settings.data_dir).dev
-    base = PromptVersion.model_validate(json.loads((state / "report.json").read_text())["best_prompt"])
-    client = build_client(ModelSettings(), settings.model_dir, settings.llm_threads, state / "llm_cache.sqlite")
+    spec, suite, splits, base, client = kept_run(state, name)
+    dev = splits.dev
     for variant in variants:
         change = dict(variant)
         calibrate = change.pop("calibrate", base.calibrate)
