@@ -76,6 +76,55 @@ def machine_busy_s() -> float | None:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+SERVICES = (  # (name, how its command line starts), first match wins; run processes are counted by their tag
+    ("runs", "dagster api execute_run"),
+    ("webserver", "-m dagster_webserver"),
+    ("daemon", "-m dagster._daemon"),
+    ("code server", "-m dagster api grpc"),
+    ("code server", "-m dagster code-server"),
+    ("dagster dev", "-m dagster dev"),
+    ("dagster dev", "promptopt ui"),
+    ("Postgres", "/usr/lib/postgresql/"),  # the postmaster; a backend retitles itself "postgres: ..."
+    ("Postgres", "postgres:"),
+)
+
+
+def _service(command: str) -> str | None:
+    """The service a command line belongs to, read from its head: the tail of a Dagster process's holds the
+    instance's settings (where "postgres" can appear whatever the process is)."""
+    head = command[:120]
+    return next((name for name, needle in SERVICES if needle in head), None)
+
+
+def service_cpu_s() -> dict[str, float]:
+    """CPU seconds each long-lived process of a setting has used so far, by service (Linux /proc; {} elsewhere).
+
+    The difference over a setting splits the machine's busy time that the run processes' own tag does not
+    count. A process's own time only (utime + stime), except Postgres's postmaster, whose reaped children (a
+    backend per connection, most gone by the end) are in its cutime + cstime. This bench's process holds the
+    fake model server, the bucket emulator and its own polling of the instance."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        own, children = int(stat[11]) + int(stat[12]), int(stat[13]) + int(stat[14])
+        if int(entry.name) == os.getpid():
+            name = "this bench (fake model, bucket emulator)"
+        else:
+            name = _service(command)
+            if name is None or name == "runs":
+                continue
+        postmaster = name == "Postgres" and not command.startswith("postgres:")
+        out[name] = out.get(name, 0.0) + (own + (children if postmaster else 0)) / tick
+    return out
+
+
 def breakdown(env: dict) -> dict:
     """Where a setting's time went, from the instance's run records: seconds a run spent queued and
     starting (created -> RUN_START: dequeue, process start, imports), executing (RUN_START -> end), and,
@@ -121,12 +170,26 @@ def breakdown(env: dict) -> dict:
     }
 
 
+def postgres_sessions(url: str) -> int:
+    """Connections Postgres has accepted since its start, over all databases (pg_stat_database, Postgres 14+)."""
+    import psycopg2
+
+    con = psycopg2.connect(url)
+    try:
+        with con.cursor() as cur:
+            cur.execute("select coalesce(sum(sessions), 0) from pg_stat_database")
+            return int(cur.fetchone()[0])
+    finally:
+        con.close()
+
+
 def one_setting(
     datasets: list[str], concurrency: int, server: FakeLLMServer, work: Path, cluster: dict | None = None
 ) -> tuple[float, int, dict]:
     """Wall seconds from the backfill of the optimizations to the last final report (the datasets are loaded
     first, by their own backfill, and not counted), the runs it took, and where the time went. `cluster`: the
     cluster deployment's settings (Postgres, bucket) for this setting."""
+    sessions = (lambda: postgres_sessions(cluster["PROMPTOPT_WAREHOUSE_URL"])) if cluster else (lambda: 0)
     state, port = work / f"state-{concurrency}", free_port()
     data, names = equal_loops(datasets, work, 2 if cluster else 1)
     env = {
@@ -150,7 +213,7 @@ def one_setting(
             600,
             "the datasets to load",
         )
-        started, busy = time.perf_counter(), machine_busy_s()
+        started, busy, services, opened = time.perf_counter(), machine_busy_s(), service_cpu_s(), sessions()
         print(
             f"  max_concurrent_runs={concurrency}: datasets loaded in {started - loading:.0f} s (not counted below)",
             flush=True,
@@ -162,8 +225,10 @@ def one_setting(
             3600,
             "the final reports",
         )
-        wall, busy_after = time.perf_counter() - started, machine_busy_s()
+        wall, busy_after, services_after = time.perf_counter() - started, machine_busy_s(), service_cpu_s()
         spent = breakdown(dagster_env)
+        spent["services_s"] = {k: v - services.get(k, 0.0) for k, v in services_after.items()}
+        spent["postgres_sessions"] = sessions() - opened
         spent["machine_busy_s"] = busy_after - busy if busy is not None and busy_after is not None else None
         return wall, len(runs), spent
     finally:
@@ -245,6 +310,15 @@ def main() -> None:
                     )
                     print(
                         f"  the machine was busy {busy:.0f} of {core_s:.0f} core-seconds ({busy / core_s:.0%}){rest}",
+                        flush=True,
+                    )
+                if spent["services_s"]:
+                    named = sorted(spent["services_s"].items(), key=lambda kv: -kv[1])
+                    print("  services' CPU: " + ", ".join(f"{k} {v:.0f} s" for k, v in named), flush=True)
+                if spent["postgres_sessions"]:
+                    print(
+                        f"  Postgres accepted {spent['postgres_sessions']} connections "
+                        f"({spent['postgres_sessions'] / runs:.0f} a run)",
                         flush=True,
                     )
         finally:

@@ -147,20 +147,22 @@ def backfill(port: int, job: str, partitions: list[str], run_config: dict | None
 
 
 def wait_for(env: dict, done, timeout_s: float, what: str):
+    """Poll the instance every 2 s until `done(runs)`, with one instance for the whole wait: making one reads
+    the storage's tables anew and, on Postgres, opens new connections, work a benchmark would count."""
     deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        with open_instance(env) as instance:
+    with open_instance(env) as instance:
+        while time.time() < deadline:
             runs = list(instance.get_runs())
-        found = done(runs)
-        if found:
-            return runs
-        failed = [
-            (r.job_name, r.tags.get("dagster/partition"))
-            for r in runs
-            if r.status == dg.DagsterRunStatus.FAILURE and r.tags.get("promptopt/driver") != "cli"
-        ]
-        assert not failed, f"runs failed while waiting for {what}: {failed}\n{_failures(env, runs)}"
-        time.sleep(2)
+            found = done(runs)
+            if found:
+                return runs
+            failed = [
+                (r.job_name, r.tags.get("dagster/partition"))
+                for r in runs
+                if r.status == dg.DagsterRunStatus.FAILURE and r.tags.get("promptopt/driver") != "cli"
+            ]
+            assert not failed, f"runs failed while waiting for {what}: {failed}\n{_failures(env, runs)}"
+            time.sleep(2)
     raise AssertionError(f"timed out waiting for {what}: {[(r.job_name, r.status.value) for r in runs]}")
 
 

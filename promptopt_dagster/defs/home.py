@@ -62,8 +62,9 @@ python_logs:
 )
 
 
-# The cluster deployment keeps Dagster's runs, event logs and schedules in its Postgres database (dagster-postgres),
-# so a run on any machine, the daemon and the webserver see one instance. The URL holds no password: libpq reads
+# The cluster deployment keeps Dagster's runs, event logs and schedules in its Postgres database (dagster-postgres,
+# its connections kept open: defs/postgres_storage.py), so a run on any machine, the daemon and the webserver see
+# one instance. The URL holds no password: libpq reads
 # PGPASSWORD. (On Kubernetes, Dagster's Helm chart writes the instance instead; docs/deploy.md.)
 # Each run starts as a pod would, in its own process and empty directories (defs/process_launcher.py), which run
 # monitoring can health-check: a run whose process died is marked failed, and the daemon retries it (from the
@@ -71,8 +72,11 @@ python_logs:
 # run was answered: each answer was committed to the shared response cache as it arrived.
 POSTGRES_STORAGE = """\
 storage:
-  postgres:
-    postgres_url: {url}
+  custom:
+    module: promptopt_dagster.defs.postgres_storage
+    class: PooledPostgresStorage
+    config:
+      postgres_url: {url}
 run_launcher:
   module: promptopt_dagster.defs.process_launcher
   class: FreshProcessRunLauncher

@@ -16,4 +16,6 @@ LOOP = "prompt_optimization"
 ARTIFACTS = "artifact_io_manager"
 DRIVER_TAG = "promptopt/driver"  # "cli" runs are driven by the CLI itself; the sensor leaves them alone
 OPTIMIZATION_TAG = "promptopt/optimization"
+#: Dagster's own tag naming a run's partition (public in its UI and GraphQL; its constant is private to Dagster)
+PARTITION_TAG = "dagster/partition"
 SUBMISSION_TAG = "promptopt/submission"  # one `promptopt submit`: its start run and every run the sensor chains to it

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from promptopt_dagster.defs.names import DRIVER_TAG
+from promptopt_dagster.defs.names import DRIVER_TAG, PARTITION_TAG
 
 PID_TAG, HOST_TAG, PROC_START_TAG = "promptopt/pid", "promptopt/host", "promptopt/proc_start"
 
@@ -73,6 +73,6 @@ def fail_dead_cli_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
 
 
 def describe(run: dg.DagsterRun) -> str:
-    partition = run.tags.get("dagster/partition")
+    partition = run.tags.get(PARTITION_TAG)
     driver = run.tags.get(DRIVER_TAG) or "the UI or a backfill"
     return f"run {run.run_id[:8]} ({run.job_name}{', partition ' + partition if partition else ''}; from {driver})"

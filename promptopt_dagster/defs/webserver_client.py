@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote, urlparse
 
 from promptopt_dagster.core.errors import PromptOptError
+from promptopt_dagster.defs.names import PARTITION_TAG
 
 LOCATION = "promptopt_dagster.definitions"  # the code location workspace.yaml loads
 REPOSITORY = "__repository__"  # a Definitions object's repository name
@@ -98,7 +99,7 @@ class RunView:
 
     @property
     def partition(self) -> str | None:
-        return self.tags.get("dagster/partition")
+        return self.tags.get(PARTITION_TAG)
 
     @property
     def finished(self) -> bool:
@@ -183,7 +184,7 @@ class Webserver:
                 repository_location_name=LOCATION,
                 repository_name=REPOSITORY,
                 run_config=run_config or {},
-                tags={**tags, "dagster/partition": partition},
+                tags={**tags, PARTITION_TAG: partition},
             ),
         )
 

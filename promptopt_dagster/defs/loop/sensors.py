@@ -12,7 +12,7 @@ import dagster as dg
 
 from promptopt_dagster.app.optimizations import OptimizationSpec
 from promptopt_dagster.defs.loop.chain import chain_tags, next_step, optimization_tags, stop_reason_of
-from promptopt_dagster.defs.names import DRIVER_TAG, ITERATION_JOB, LEADERBOARD_JOB
+from promptopt_dagster.defs.names import DRIVER_TAG, ITERATION_JOB, LEADERBOARD_JOB, PARTITION_TAG
 from promptopt_dagster.defs.partitions import DATASET_OF, iteration_dimension, iteration_key, iteration_name, parse_key
 from promptopt_dagster.defs.runs import PID_TAG, describe, fail_dead_cli_runs
 
@@ -42,7 +42,7 @@ def _board_waiting(instance: dg.DagsterInstance, dataset: str) -> bool:
     waiting = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]
     return bool(
         instance.get_run_ids(
-            dg.RunsFilter(job_name=LEADERBOARD_JOB, statuses=waiting, tags={"dagster/partition": dataset}), limit=1
+            dg.RunsFilter(job_name=LEADERBOARD_JOB, statuses=waiting, tags={PARTITION_TAG: dataset}), limit=1
         )
     )
 
