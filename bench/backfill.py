@@ -172,13 +172,11 @@ def breakdown(env: dict) -> dict:
 
 def postgres_sessions(url: str) -> int:
     """Connections Postgres has accepted since its start, over all databases (pg_stat_database, Postgres 14+)."""
-    import psycopg2
+    from promptopt_dagster.llm.store_location import connect_postgres, run_postgres
 
-    con = psycopg2.connect(url)
+    con = connect_postgres(url, timeout_s=60)
     try:
-        with con.cursor() as cur:
-            cur.execute("select coalesce(sum(sessions), 0) from pg_stat_database")
-            return int(cur.fetchone()[0])
+        return int(run_postgres(con, "select coalesce(sum(sessions), 0) from pg_stat_database")[0][0])
     finally:
         con.close()
 
