@@ -49,7 +49,7 @@ def _input(prompt: PromptVersion = SEED, iteration: int = 0) -> OptimizerContext
 
 
 def _by_demo_count(prompt: PromptVersion, rows: pd.DataFrame) -> Evaluation:
-    value = len(prompt.demos) / 10
+    value = len(prompt.demos) / 20  # scores stay in [0, 1], as every scorer's do
     return Evaluation(rows, [value] * len(rows), value)
 
 
