@@ -337,3 +337,37 @@ def test_an_answer_without_label_scores_never_erases_the_scores_stored_for_it(db
     cache.put_many([(key, ident, request, scored)])
     cache.put_many([(key, ident, request, LLMResponse(text="positive"))])  # the other run's answer, later
     assert cache.get_many([key])[key].label_scores == {"positive": -0.1, "negative": -2.3}
+
+
+def test_an_answer_asked_again_for_its_label_scores_keeps_the_answer_first_stored(db):
+    """llama.cpp's label ranking stops early when no scores are asked for, and its arithmetic follows the
+    batch, so the second answer can name another label. The rows scored with the first must read the same
+    when a rerun reads them back (an ensemble had rewritten its members' answers: a rerun paid again)."""
+    calls = []
+
+    def ranker(req: LLMRequest) -> str:
+        calls.append(req.want_label_scores)
+        return "positive" if len(calls) == 1 else "negative"  # the second answer differs
+
+    from promptopt_dagster.llm.base import LLMResponse
+
+    class Scoring(FakeLLM):  # a backend that returns label scores when asked, as llama.cpp does
+        def _generate(self, requests):
+            return [
+                dataclasses.replace(r, label_scores={"positive": -0.7, "negative": -0.6}) if q.want_label_scores else r
+                for q, r in zip(requests, super()._generate(requests))
+            ]
+
+    cached = CachedClient(Scoring(ranker), ResponseCache(db))
+    plain = LLMRequest(prompt="Review: fine\nSentiment:", choices=["positive", "negative"])
+    assert cached.generate([plain])[0].text == "positive"
+    again = cached.generate([dataclasses.replace(plain, want_label_scores=True)])[0]
+    assert calls == [False, True]  # sent again: the scores were not stored
+    assert again.text == "positive" and again.label_scores == {"positive": -0.7, "negative": -0.6}
+    assert isinstance(again, LLMResponse) and not again.cached
+    rerun = CachedClient(Scoring(ranker), ResponseCache(db))
+    assert [r.text for r in rerun.generate([plain, dataclasses.replace(plain, want_label_scores=True)])] == [
+        "positive",
+        "positive",
+    ]
+    assert calls == [False, True]  # the rerun sent nothing

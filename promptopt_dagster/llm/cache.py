@@ -49,14 +49,16 @@ _COLUMNS = "key, backend, model, request_json, text, prompt_tokens, completion_t
 #: columns added after the table was first created: (name, type), added to an older cache on open
 _ADDED = (("latency_s", "real"),)
 LEGACY_NAME = "llm_cache.duckdb"
-#: an answer asked again for its label scores gains them, and one that arrives without scores (a process that
-#: sent the same request at the same time, not asking for them) never erases scores stored before it: a later
-#: run that wants them would pay for the answer again. SQLite and Postgres both run this.
+#: The first answer stored for a request stays its answer: one asked again only for its label scores gains
+#: them and nothing else, and one that arrives later from a process that sent the same request at the same
+#: time changes nothing stored (nor erases scores stored before it: a later run that wants them would pay for
+#: the answer again). A second answer can differ from the first (llama.cpp's label ranking stops early when
+#: no scores are asked for, and its arithmetic follows the batch), and the candidates scored with the first
+#: must score the same when a rerun reads them back: on sst2 a rerun with an AVX-512 build of llama.cpp sent
+#: 1,153 requests after an ensemble had rewritten its members' answers. SQLite and Postgres both run this.
 _UPSERT = (
     f"insert into llm_cache ({_COLUMNS}, latency_s) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict (key) do update "
-    "set text = excluded.text, prompt_tokens = excluded.prompt_tokens, completion_tokens = excluded.completion_tokens, "
-    "finish_reason = excluded.finish_reason, label_scores = coalesce(excluded.label_scores, llm_cache.label_scores), "
-    "latency_s = excluded.latency_s"
+    "set label_scores = coalesce(llm_cache.label_scores, excluded.label_scores)"
 )
 
 
@@ -283,6 +285,8 @@ class CachedClient(LLMClient):
             i = to_send[j]
             paid = ledger.row(self.attribution, self.inner.backend, self.inner.model, r, keys[i])
             self.cache.put_many([(keys[i], ident, requests[i], r)], [paid])
+            if keys[i] in found and r.error is None:  # asked again for its scores: the stored answer stands
+                r = dataclasses.replace(found[keys[i]], label_scores=r.label_scores, cached=False)
             yield i, r
             for dup in duplicates[keys[i]]:  # answered once, not sent again
                 yield dup, dataclasses.replace(r, cached=True)
