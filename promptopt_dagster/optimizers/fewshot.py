@@ -567,7 +567,7 @@ class FewShotOptimizer(Optimizer):
                 try:
                     result = evaluate(c.prompt, rung_rows)
                     scores[c.id], per_row[c.id] = float(result.value), result
-                    if _at_maximum(result):
+                    if _all_at_maximum(result.per_row) and result.value >= 1.0:
                         unbeatable = c
                 except ContextWindowError:  # a spare row too long for it: it cannot answer every row
                     log.info("fewshot race: %s does not fit the context on the spare rows", c.prompt.describe())
@@ -760,9 +760,10 @@ def _evaluation_order(c: Candidate) -> tuple:
     return demo_cost(c.prompt), tokens_per_row(c), c.born_iteration
 
 
-def _at_maximum(result: Evaluation) -> bool:
+def _all_at_maximum(row_scores) -> bool:
     """Every row scored the maximum (scorers score a row in [0, 1]): no prompt can do better on these rows."""
-    return len(result.per_row) > 0 and min(result.per_row) >= 1.0 and result.value >= 1.0
+    row_scores = list(row_scores)
+    return bool(row_scores) and min(row_scores) >= 1.0
 
 
 def _perfect_on(pool: list[Candidate], row_ids: list[int], inp: OptimizerContext) -> Candidate | None:
@@ -777,8 +778,7 @@ def _perfect_on(pool: list[Candidate], row_ids: list[int], inp: OptimizerContext
         for c in pool
         if c.select_score is not None
         and inp.objective.allows(c.cost)
-        and row_ids
-        and all(c.scores.get(r, 0.0) >= 1.0 for r in row_ids)
+        and _all_at_maximum(c.scores.get(r, 0.0) for r in row_ids)
     ]
     return min(perfect, key=lambda c: demo_cost(c.prompt), default=None)
 
@@ -788,7 +788,7 @@ def _cheapest_first(candidates: list[Candidate], scores: dict[str, float]):
     extra ensemble set; static demos sit in the prefix the server caches), then prompt tokens per row, then
     the higher score, then the older candidate. Not measured seconds: they say the same on llama.cpp but
     differ between a fresh run and a rerun from the response cache, and a rerun must decide the same."""
-    return lambda c: (demo_cost(c.prompt), tokens_per_row(c), -scores[c.id], c.born_iteration)
+    return lambda c: (*_evaluation_order(c)[:2], -scores[c.id], c.born_iteration)
 
 
 def _surely_ahead(leader: Evaluation, other: Evaluation, options: FewShotOptions) -> bool:
