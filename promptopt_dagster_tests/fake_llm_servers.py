@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
@@ -94,6 +94,7 @@ class RecordedRequest:
     body: dict | None
     fault: str | None
     status: int | None  # None when the connection was closed without a response
+    at: float = field(default_factory=time.time)  # when it was answered (or refused): a duplicate's timing
 
 
 @dataclass(frozen=True)
