@@ -87,8 +87,10 @@ def test_pruned_ranking_chooses_what_the_complete_ranking_chooses(client, name, 
         assert sum(r.evaluations for r in ranked[False]) < sum(r.evaluations for r in ranked[True]) / 3
 
 
-def test_the_client_returns_label_scores_only_when_asked_and_then_every_label(client):
-    """An ensemble sums each label's score over demo sets, so a request that wants them gets all 64."""
+def test_the_client_returns_every_label_score_when_asked_and_keeps_those_a_ranking_completed_anyway(client):
+    """An ensemble sums each label's score over demo sets, so a request that wants them gets all 64; one that
+    does not gets none when the ranking stopped early (64 labels), and all of them when it scored every label
+    anyway (two labels): stored in the cache, they spare an ensemble built on those rows asking again."""
     from promptopt_dagster.llm.base import LLMRequest
 
     spec, _train, dev, initial = dataset("hwu64", 1)
@@ -101,3 +103,11 @@ def test_the_client_returns_label_scores_only_when_asked_and_then_every_label(cl
     assert wanted.text == max(spec.labels, key=lambda c: wanted.label_scores[c])
     assert plain.label_scores is None
     assert set(wanted.label_scores) == set(spec.labels)
+
+    spec, _train, dev, initial = dataset("sst2", 1)
+    request = LLMRequest(
+        prompt=initial.render_completion(dev["user_input"][0]), max_tokens=8, choices=tuple(spec.labels)
+    )
+    plain, wanted = client.generate([request, dataclasses.replace(request, want_label_scores=True)])
+    assert plain.text == wanted.text and plain.label_scores == wanted.label_scores
+    assert set(plain.label_scores) == {"positive", "negative"}

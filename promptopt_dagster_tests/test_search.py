@@ -390,6 +390,47 @@ def test_a_seed_that_could_only_tie_a_cheaper_perfect_one_on_the_select_rows_is_
     assert proposal.prompt.retrieval.k == 4
 
 
+def _retrieved_eight(evaluated, free_right):
+    """8 retrieved demos are right on rows whose id is not a multiple of 3 with label answers, and on
+    `free_right(row_id)` with free answers; everything else on half the rows. Records (prompt, rows)."""
+
+    def evaluate(prompt, rows):
+        evaluated.append((prompt.describe(), len(rows)))
+        if prompt.retrieval is not None and prompt.retrieval.k == 8:
+            right = free_right if prompt.answer == "free" else (lambda i: i % 3 != 0)
+            per_row = [float(right(i)) for i in rows["row_id"]]
+        else:
+            per_row = [float(i % 2 == 0) for i in rows["row_id"]]
+        return Evaluation(rows.assign(prompt_tokens=100), per_row, float(np.mean(per_row)))
+
+    return evaluate
+
+
+def test_a_seed_reading_answers_the_other_way_goes_on_only_if_it_beats_its_twin_on_the_minibatch():
+    """sst2's case: 8 retrieved demos with free answers tied the same demos with label answers on the minibatch,
+    then paid 100 retrieved rows to tie on the select rows as well."""
+    for free_right, scored in ((lambda i: i % 3 != 0, False), (lambda i: True, True)):
+        evaluated = []
+        proposal = get_optimizer("fewshot", num_candidates=8, minibatch_size=10).propose(
+            _input(), _retrieved_eight(evaluated, free_right)
+        )
+        free = [
+            c
+            for c in proposal.candidates
+            if c["choices"].startswith("0 static demos, 8 retrieved") and "free answers" in c["choices"]
+        ]
+        label = [
+            c
+            for c in proposal.candidates
+            if c["choices"].startswith("0 static demos, 8 retrieved") and "label answers" in c["choices"]
+        ]
+        assert len(free) == len(label) == 1
+        assert free[0]["parent"] == label[0]["candidate"]  # faced its twin, not the baseline
+        assert (free[0]["select_score"] is not None) == scored, free[0]
+        free_rows = sum(n for p, n in evaluated if "8 retrieved" in p and "free answers" in p)
+        assert free_rows == (10 + len(SELECT) if scored else 10)  # the minibatch, then all select rows if it won
+
+
 def test_a_race_stops_evaluating_once_a_cheaper_candidate_scores_the_maximum_on_a_rung():
     evaluated = []
     inp = _input()

