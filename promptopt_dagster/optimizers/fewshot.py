@@ -423,10 +423,15 @@ class FewShotOptimizer(Optimizer):
             try:
                 result = evaluate(prompt, minibatch)
                 candidate.minibatch_score = sum(result.per_row) / max(1, len(result.per_row))
-                parent_mb = sum(parent.scores.get(i, 0.0) for i in mb_ids) / max(1, len(mb_ids))
-                candidate.passed_minibatch = candidate.minibatch_score > parent_mb or (
-                    seeding and parent is base and candidate.minibatch_score >= parent_mb
-                )
+                base_mb = sum(base.scores.get(i, 0.0) for i in mb_ids) / max(1, len(mb_ids))
+                if seeding:  # a seed ties the current prompt or beats it; one with a twin also beats the twin
+                    parent_mb = base_mb if parent is base else parent.minibatch_score  # same minibatch
+                    candidate.passed_minibatch = candidate.minibatch_score >= base_mb and (
+                        parent is base or candidate.minibatch_score > parent_mb
+                    )
+                else:
+                    parent_mb = sum(parent.scores.get(i, 0.0) for i in mb_ids) / max(1, len(mb_ids))
+                    candidate.passed_minibatch = candidate.minibatch_score > parent_mb
                 if candidate.passed_minibatch:
                     score_all(candidate)
             except ContextWindowError:  # k grows until the context is full: past that, a candidate is left out
