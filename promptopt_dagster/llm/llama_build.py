@@ -27,7 +27,7 @@ AVX512_EXTENSIONS = (
     ("GGML_AVX512_VNNI", "AVX512_VNNI", frozenset({"avx512_vnni"})),
     ("GGML_AVX512_BF16", "AVX512_BF16", frozenset({"avx512_bf16"})),
 )
-PORTABLE_NEEDS = ("AVX2", frozenset({"avx2", "fma", "f16c"}))
+AVX2 = ("GGML_AVX2", "AVX2", frozenset({"avx2", "fma", "f16c"}))  # the portable build's (on by default)
 AMX = ("AMX_INT8", "AMX_BF16", "AMX_TILE")  # never built: the kernels crash
 
 
@@ -79,11 +79,7 @@ def build_problem(system_info: str, flags: set[str]) -> str | None:
         )
     if not flags:
         return None
-    lacking = [
-        name
-        for _, name, needs in (AVX512, *AVX512_EXTENSIONS, ("", *PORTABLE_NEEDS))
-        if name in built and not needs <= flags
-    ]
+    lacking = [name for _, name, needs in (AVX2, AVX512, *AVX512_EXTENSIONS) if name in built and not needs <= flags]
     if lacking:
         return (
             f"the installed llama-cpp-python was built for {', '.join(lacking)}, which this CPU lacks (a wheel built "

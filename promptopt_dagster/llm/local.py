@@ -179,7 +179,7 @@ class LlamaCppClient(LLMClient):
             complete = req.want_label_scores or bool(req.calibration_prompts)
             ranked = ranker.rank(req.prompt, choices, complete=complete)
             choice, prompt_tokens = ranked.choice, ranked.prompt_tokens
-            # A ranking that scored every label anyway (two labels usually do) keeps the scores: the cache stores
+            # A ranking that scored every label anyway (it may, with few labels) keeps the scores: the cache stores
             # them, and an ensemble built later on this prompt's rows finds them instead of asking again.
             scores = ranked.scores if complete or len(ranked.scores) == len(choices) else None
             if req.calibration_prompts:

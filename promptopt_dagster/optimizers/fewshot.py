@@ -832,31 +832,34 @@ def _beats(winner: Candidate, base: Candidate, rungs: list[dict[str, float]]) ->
 def _answer_twin(prompt: PromptVersion, candidates: list[Candidate]) -> Candidate | None:
     """The candidate with this one's demos (static, or retrieved alike) that reads answers the other way (label
     or free). The instruction may differ: seeds draw theirs at random."""
-
-    def demos(signature: tuple) -> tuple:
-        return signature[1:4] + signature[5:]
-
-    mine = _signature(prompt)
-    for c in candidates:
-        theirs = _signature(c.prompt)
-        if c.kind != "baseline" and theirs[4] != mine[4] and demos(theirs) == demos(mine):
-            return c
-    return None
+    mine = _shown(prompt)
+    return next(
+        (
+            c
+            for c in candidates
+            if c.kind != "baseline" and c.prompt.answer != prompt.answer and _shown(c.prompt) == mine
+        ),
+        None,
+    )
 
 
 def _signature(prompt: PromptVersion) -> tuple:
     """What makes two candidates the same prompt (ids and lineage aside)."""
+    return (prompt.system_prompt, prompt.answer, *_shown(prompt))
+
+
+def _shown(prompt: PromptVersion) -> tuple:
+    """Everything of a prompt but its instruction and its answer mode: output prompt, demos (static, retrieved,
+    ensembled) and calibration."""
     retrieval = (
         (prompt.retrieval.k, prompt.retrieval.method, prompt.retrieval.per_label, prompt.retrieval.max_chars)
         if prompt.retrieval
         else None
     )
     return (
-        prompt.system_prompt,
         prompt.output_prompt,
         tuple((d.user_input, d.ground_truth_output) for d in prompt.demos),
         retrieval,
-        prompt.answer,
         prompt.calibrated,
         tuple(tuple((d.user_input, d.ground_truth_output) for d in demos) for demos in prompt.ensemble),
     )
