@@ -431,6 +431,48 @@ def test_a_seed_reading_answers_the_other_way_goes_on_only_if_it_beats_its_twin_
         assert free_rows == (10 + len(SELECT) if scored else 10)  # the minibatch, then all select rows if it won
 
 
+def _right_per_k(evaluated, right_per_k):
+    """Retrieved demos with label answers are right on the first `right_per_k[k]` of every 10 rows by row id;
+    everything else on half the rows. Records (k or None, rows)."""
+
+    def evaluate(prompt, rows):
+        k = prompt.retrieval.k if prompt.retrieval is not None and prompt.answer == "label" else None
+        evaluated.append((k, len(rows)))
+        per_row = [float(i % 10 < right_per_k[k]) if k else float(i % 2 == 0) for i in rows["row_id"]]
+        return Evaluation(rows.assign(prompt_tokens=100 + 50 * (k or 0)), per_row, float(np.mean(per_row)))
+
+    return evaluate
+
+
+@pytest.mark.parametrize(
+    "right_per_k, grown",
+    [
+        ({4: 6, 8: 7, 16: 8, 32: 7}, [(16, 8), (32, 16)]),  # 16 pays, 32 does not: the growth stops there
+        ({4: 6, 8: 7, 16: 7, 32: 9}, [(16, 8)]),  # 16 ties 8 on the minibatch: 32 is never tried
+        ({4: 7, 8: 7, 16: 9, 32: 9}, []),  # 8 did not beat 4: no growth
+    ],
+)
+def test_retrieved_k_grows_in_iteration_zero_only_while_more_demos_score_higher(right_per_k, grown):
+    """How many neighbours pay depends on the data (16 led 4 by 10 points on a 6-class question set; 8 and 12
+    are level on atis_intent): a larger k is tried after the largest one tried so far beat the one below it, on
+    that one's instruction, and goes on past the minibatch only if it beats it there."""
+    evaluated = []
+    proposal = get_optimizer("fewshot", num_candidates=8, minibatch_size=10).propose(
+        _input(), _right_per_k(evaluated, right_per_k)
+    )
+    by_id = {c.id: c for c in proposal.pool}
+    growth = [c for c in proposal.candidates if "(k grows)" in c["change"]]
+    assert [(by_id[c["candidate"]].prompt.retrieval.k, by_id[c["parent"]].prompt.retrieval.k) for c in growth] == grown
+    for c in growth:  # the same instruction as the k it grew from: only k changes
+        assert by_id[c["candidate"]].prompt.system_prompt == by_id[c["parent"]].prompt.system_prompt
+    assert len(proposal.candidates) == 8  # a grown k takes the place of a seed further down the list
+    # a k scored on all select rows only after winning its minibatch; the last k tried stopped there
+    select_rows = {k for k, n in evaluated if k and n == len(SELECT)}
+    assert select_rows == {4, 8} | {k for k, _ in grown if right_per_k[k] > right_per_k[k // 2]}
+    best_k = max((k for k in right_per_k if k in select_rows), key=lambda k: right_per_k[k])
+    assert proposal.prompt.retrieval.k == best_k
+
+
 def test_a_race_stops_evaluating_once_a_cheaper_candidate_scores_the_maximum_on_a_rung():
     evaluated = []
     inp = _input()
