@@ -19,6 +19,7 @@ target recomputed on resampled rows (so macro F1 gets one too).
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import random
@@ -37,6 +38,7 @@ from promptopt_dagster.app.iteration_setup import IterationSetup
 from promptopt_dagster.app.optimizations import OptimizationSpec
 from promptopt_dagster.app.settings import PROJECT_ROOT, get_settings
 from promptopt_dagster.core.prompts import Demo, PromptVersion
+from promptopt_dagster.core.retrieval import TfidfRetriever
 from promptopt_dagster.defs.resources import ProjectResource
 from promptopt_dagster.llm.factory import build_client
 from promptopt_dagster.llm.inference import predict
@@ -88,6 +90,16 @@ def balanced_demos(train: pd.DataFrame, labels: list[str], k: int, seed: int) ->
     return picked
 
 
+def nearest_majority(pool: pd.DataFrame, rows: pd.DataFrame, k: int) -> list[str]:
+    """Each row's most common label among its k nearest pool rows by TF-IDF (a tie: the label met first, nearest)."""
+    retriever = TfidfRetriever(pool["user_input"].tolist())
+    labels = pool["ground_truth_output"].tolist()
+    return [
+        collections.Counter(labels[i] for i in retriever.top(text, k)).most_common(1)[0][0]
+        for text in rows["user_input"]
+    ]
+
+
 def _bounds(interval) -> tuple[float, float]:
     return interval.low, interval.high
 
@@ -112,6 +124,13 @@ def main() -> None:
         default=200,
         help="also score both prompts on the first N of the test rows, the rows `bench/peers.py --rows N` scores "
         "(sample_rows draws a permutation, so they are a subset; 0: skip)",
+    )
+    parser.add_argument(
+        "--neighbours",
+        type=int,
+        default=8,
+        help="also score the majority label of the N train rows nearest each test row (TF-IDF, no model call): "
+        "the retrieval retrieved demos use, as a classifier on its own (0: skip)",
     )
     args = parser.parse_args()
 
@@ -202,6 +221,10 @@ def main() -> None:
                     sub = [a for a, k in zip(answers_, keep) if k]
                     peers[f"{label} test@{args.peer_rows}"] = suite.score(sub, sub_refs).value
                     peers[f"{label} test@{args.peer_rows} 95%"] = _bounds(suite.target_interval(sub, sub_refs))
+            if args.neighbours > 0:
+                near = nearest_majority(train, test, args.neighbours)
+                peers[f"nearest-{args.neighbours} majority test"] = suite.score(near, refs).value
+                peers[f"nearest-{args.neighbours} majority test 95%"] = _bounds(suite.target_interval(near, refs))
             row = {
                 "dataset": name,
                 "metric": suite.target,

@@ -465,7 +465,7 @@ def test_retrieved_k_grows_in_iteration_zero_only_while_more_demos_score_higher(
     assert [(by_id[c["candidate"]].prompt.retrieval.k, by_id[c["parent"]].prompt.retrieval.k) for c in growth] == grown
     for c in growth:  # the same instruction as the k it grew from: only k changes
         assert by_id[c["candidate"]].prompt.system_prompt == by_id[c["parent"]].prompt.system_prompt
-    assert len(proposal.candidates) == 8  # a grown k takes the place of a seed further down the list
+    assert len(proposal.candidates) == 8 + len(grown)  # a grown k comes beyond the list's eight seeds
     # a k scored on all select rows only after winning its minibatch; the last k tried stopped there
     select_rows = {k for k, n in evaluated if k and n == len(SELECT)}
     assert select_rows == {4, 8} | {k for k, _ in grown if right_per_k[k] > right_per_k[k // 2]}

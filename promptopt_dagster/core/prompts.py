@@ -21,6 +21,8 @@ from promptopt_dagster.core.retrieval import retriever_for_pool
 from promptopt_dagster.core.storage import read_text, write_text
 
 PLACEHOLDER = "{user_input}"
+#: A vote's pseudo-count per label: a label none of the k retrieved rows carries still gets this much of a row.
+VOTE_SMOOTHING = 0.1
 #: Inputs that carry no content, for contextual calibration (the choice of Zhao et al., 2021).
 CONTENT_FREE_INPUTS = ("N/A", "[MASK]", "")
 # `{name}` where name is an identifier: anything else in braces (JSON examples) is literal text.
@@ -57,6 +59,12 @@ class Retrieval(BaseModel):
     # and k of them per row made inference several times slower. Cut to this many characters (at a word
     # boundary), a demo keeps what usually carries its label (a headline, a lead sentence).
     max_chars: int | None = Field(None, ge=20)
+    # The retrieved rows' labels as a vote beside the model's label scores (0: no vote). A label answer is then
+    # the label with the highest log-probability (normalized over the labels) plus `vote` times the log of its
+    # smoothed share of the k rows. A small model shown its neighbours still often answers a label none of
+    # them carries: on hwu64 (64 intents) the 8 nearest rows' majority scored 0.80 macro F1 on test where the
+    # model shown 16 of them scored 0.73. Needs label scores (llama.cpp); other backends answer unweighed.
+    vote: float = Field(0.0, ge=0)
 
     def pick(self, user_input: str) -> list[Demo]:
         demos = self._nearest(user_input)
@@ -145,6 +153,7 @@ class PromptVersion(BaseModel):
         if self.retrieval:
             cover = ", one per label" if self.retrieval.per_label else ""
             cover += f", cut to {self.retrieval.max_chars} chars" if self.retrieval.max_chars else ""
+            cover += f", vote {self.retrieval.vote:g}" if self.voted else ""
             parts.append(
                 f"{self.retrieval.k} retrieved ({self.retrieval.method}{cover}, pool {len(self.retrieval.pool)})"
             )
@@ -165,6 +174,30 @@ class PromptVersion(BaseModel):
         if not self.ensembled:
             return []
         return [self.model_copy(update={"demos": demos, "ensemble": []}) for demos in [self.demos, *self.ensemble]]
+
+    @property
+    def voted(self) -> bool:
+        """Whether the retrieved rows' labels weigh in on the answer: label answers on nearest rows only (one row
+        per label would give every label the same vote), not summed over sets or calibrated."""
+        return (
+            self.retrieval is not None
+            and self.retrieval.vote > 0
+            and not self.retrieval.per_label
+            and self.answer == "label"
+            and bool(self.labels)
+            and not self.ensembled
+            and not self.calibrated
+        )
+
+    def vote_shares(self, user_input: str) -> dict[str, float]:
+        """Each label's share of the rows retrieved for this input, smoothed (VOTE_SMOOTHING rows per label) so a
+        label none of them carries keeps a small share and the model's scores can still choose it."""
+        counts = {label: VOTE_SMOOTHING for label in self.labels}
+        for demo in self.retrieval.pick(user_input):
+            if demo.ground_truth_output in counts:
+                counts[demo.ground_truth_output] += 1
+        total = sum(counts.values())
+        return {label: n / total for label, n in counts.items()}
 
     @property
     def calibrated(self) -> bool:
@@ -301,7 +334,7 @@ def unified_diff(old: PromptVersion, new: PromptVersion) -> str:
         if p.retrieval:
             out.append(
                 f"[retrieved demos: {p.retrieval.k} nearest of {len(p.retrieval.pool)} pool rows "
-                f"({p.retrieval.method})]"
+                f"({p.retrieval.method}{f', their labels voting x{p.retrieval.vote:g}' if p.voted else ''})]"
             )
         out.append(
             f"[answer: {'one of ' + ', '.join(p.labels) if p.answer == 'label' else 'free text'}"

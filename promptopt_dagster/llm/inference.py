@@ -90,6 +90,19 @@ def summed_answer(choices: Sequence[str], members: Sequence[LLMResponse]) -> LLM
     return LLMResponse(text=choices[int(np.argmax(total))], finish_reason="choice", **cost)
 
 
+def voted_answer(choices: Sequence[str], response: LLMResponse, shares: dict[str, float], weight: float) -> LLMResponse:
+    """One row's answer with its retrieved rows' vote: each label's log-probability (normalized over the labels)
+    plus `weight` times the log of its share of those rows (PromptVersion.vote_shares)."""
+    if response.error is not None:
+        return response
+    if response.label_scores is None:
+        return dataclasses.replace(response, error="the backend returned no label scores to weigh the vote with")
+    scores = np.array([response.label_scores[c] for c in choices], dtype=np.float64)
+    total = scores - np.logaddexp.reduce(scores) + weight * np.log([shares[c] for c in choices])
+    # argmax keeps the first of equals, as ranking does
+    return dataclasses.replace(response, text=choices[int(np.argmax(total))], finish_reason="choice")
+
+
 def check_context(
     client: LLMClient, requests: list[LLMRequest], row_ids: list[int], prompt: PromptVersion, where: str
 ) -> None:
@@ -154,6 +167,14 @@ def predict(
             prompt.version,
             client.backend,
         )
+    if prompt.voted and not client.ranks_labels:
+        log.warning(
+            "prompt v%d weighs label answers with its retrieved rows' vote, but the %s backend returns no label "
+            "scores: it answers without the vote",
+            prompt.version,
+            client.backend,
+        )
+    voted = prompt.voted and client.ranks_labels
     members = prompt.ensemble_members() if client.ranks_labels else []
     if members:  # every row once per demo set, all in one batch: the backend orders them to share prefixes
         requests = [
@@ -164,6 +185,8 @@ def predict(
         label = f"{label} ({len(members)} demo sets)"
     else:
         requests = build_requests(client, prompt, rows, max_tokens, stop)
+        if voted:  # the same requests as without the vote (and the same cache entries), with every label's score
+            requests = [dataclasses.replace(r, want_label_scores=True) for r in requests]
     check_context(client, requests, [int(r["row_id"]) for r in inputs] * max(1, len(members)), prompt, where)
     progress = Progress(len(requests), label, progress_interval_s)
 
@@ -177,6 +200,12 @@ def predict(
     if members:
         n = len(inputs)
         responses = [summed_answer(prompt.choices, responses[i::n]) for i in range(n)]
+    elif voted:
+        weight = prompt.retrieval.vote
+        responses = [
+            voted_answer(prompt.choices, r, prompt.vote_shares(row["user_input"]), weight)
+            for row, r in zip(inputs, responses)
+        ]
     records = [
         {
             "row_id": row["row_id"],

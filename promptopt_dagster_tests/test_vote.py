@@ -1,0 +1,140 @@
+"""The retrieved rows' label vote: a label answer weighed by the labels of the rows a prompt retrieved."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from promptopt_dagster.core.prompts import VOTE_SMOOTHING, Demo, PromptVersion, Retrieval
+from promptopt_dagster.llm.base import LLMClient, LLMResponse
+from promptopt_dagster.llm.cache import CachedClient, ResponseCache
+from promptopt_dagster.llm.fake import FakeLLM
+from promptopt_dagster.llm.inference import predict
+from promptopt_dagster.optimizers import Evaluation, get_optimizer
+from promptopt_dagster_tests.test_search import SELECT, _input
+
+LABELS = ["alarm", "music", "weather"]
+POOL = [
+    Demo(user_input="wake me up at seven", ground_truth_output="alarm"),
+    Demo(user_input="set an alarm for seven", ground_truth_output="alarm"),
+    Demo(user_input="play some jazz", ground_truth_output="music"),
+    Demo(user_input="will it rain tomorrow", ground_truth_output="weather"),
+]
+PROMPT = PromptVersion(
+    system_prompt="Classify.",
+    output_prompt="Request: {user_input}\nIntent:",
+    answer="label",
+    labels=LABELS,
+    retrieval=Retrieval(k=2, pool=POOL, vote=1.0),
+)
+
+
+class Leaning(LLMClient):
+    """Ranks labels like llama.cpp, leaning to `music` by `margin` nats over the other two labels."""
+
+    backend, mode, ranks_labels = "leaning", "completion", True
+
+    def __init__(self, margin: float) -> None:
+        super().__init__()
+        self.margin = margin
+        self.asked_for_scores: list[bool] = []
+
+    @property
+    def model(self) -> str:
+        return "leaning-1"
+
+    def _generate(self, requests):
+        out = []
+        for r in requests:
+            self.asked_for_scores.append(r.want_label_scores)
+            scores = {c: (self.margin if c == "music" else 0.0) - 2.0 for c in r.choices}
+            out.append(
+                LLMResponse(
+                    text=max(scores, key=scores.get),
+                    prompt_tokens=10,
+                    completion_tokens=1,
+                    label_scores=scores if r.want_label_scores else None,
+                )
+            )
+        return out
+
+
+ROWS = pd.DataFrame({"row_id": [0], "user_input": ["set an alarm at seven please"], "ground_truth_output": ["alarm"]})
+
+
+def test_vote_shares_count_the_retrieved_rows_labels_and_keep_a_little_for_the_rest():
+    shares = PROMPT.vote_shares("set an alarm at seven please")  # both nearest rows are alarms
+    total = 2 + VOTE_SMOOTHING * len(LABELS)
+    expected = {"alarm": 2 + VOTE_SMOOTHING, "music": VOTE_SMOOTHING, "weather": VOTE_SMOOTHING}
+    assert shares == pytest.approx({label: n / total for label, n in expected.items()})
+    assert PROMPT.voted and "vote 1" in PROMPT.describe()
+    assert PromptVersion.model_validate_json(PROMPT.to_json()).retrieval.vote == 1.0
+    # no vote where it means nothing: free answers, or one retrieved row per label (every label one vote)
+    assert not PROMPT.child(answer="free").voted
+    assert not PROMPT.child(retrieval=PROMPT.retrieval.model_copy(update={"per_label": True})).voted
+
+
+def test_the_vote_overrules_a_weak_lean_of_the_model_and_not_a_strong_one(tmp_path):
+    weak, strong = Leaning(margin=1.0), Leaning(margin=6.0)
+    assert predict(weak, PROMPT.child(retrieval=PROMPT.retrieval.model_copy(update={"vote": 0.0})), ROWS, 4)[
+        "prediction"
+    ].tolist() == ["music"]  # no vote: the model's answer
+    assert weak.asked_for_scores == [False]
+    assert predict(weak, PROMPT, ROWS, 4)["prediction"].tolist() == ["alarm"]  # log share ratio 3.0 > 1.0
+    assert weak.asked_for_scores[-1] is True  # every label's score, to weigh
+    assert predict(strong, PROMPT, ROWS, 4)["prediction"].tolist() == ["music"]  # 6.0 > 3.0
+    heavy = PROMPT.child(retrieval=PROMPT.retrieval.model_copy(update={"vote": 2.0}))
+    assert predict(strong, heavy, ROWS, 4)["prediction"].tolist() == ["alarm"]  # 6.0 < 2 x 3.0
+
+
+def test_a_voted_prompt_asks_what_the_plain_prompt_asked_and_reads_it_from_the_cache(tmp_path):
+    inner = Leaning(margin=1.0)
+    client = CachedClient(inner, ResponseCache(tmp_path / "cache.sqlite"))
+    plain = PROMPT.child(retrieval=PROMPT.retrieval.model_copy(update={"vote": 0.0}))
+    scored = predict(client, plain.child(), ROWS, 4)  # stored without label scores: the vote asks once more
+    assert scored["prediction"].tolist() == ["music"] and inner.usage.requests == 1
+    assert predict(client, PROMPT, ROWS, 4)["prediction"].tolist() == ["alarm"] and inner.usage.requests == 2
+    again = predict(client, PROMPT.child(retrieval=PROMPT.retrieval.model_copy(update={"vote": 2.0})), ROWS, 4)
+    assert again["cached"].all() and inner.usage.requests == 2  # another weight: the stored scores suffice
+
+
+def test_a_backend_without_label_scores_answers_without_the_vote(caplog):
+    client = FakeLLM(lambda r: "music")
+    assert predict(client, PROMPT, ROWS, 4)["prediction"].tolist() == ["music"]
+    assert "answers without the vote" in caplog.text
+
+
+def _voting_helps(evaluated):
+    """Retrieved demos with label answers are right on 6 of every 10 rows, 9 with the vote; the rest on half."""
+
+    def evaluate(prompt, rows):
+        evaluated.append((prompt.describe(), len(rows)))
+        if prompt.retrieval is not None and prompt.answer == "label":
+            right = 9 if prompt.voted else 6
+            per_row = [float(i % 10 < right) for i in rows["row_id"]]
+        else:
+            per_row = [float(i % 2 == 0) for i in rows["row_id"]]
+        return Evaluation(rows.assign(prompt_tokens=100), per_row, float(np.mean(per_row)))
+
+    return evaluate
+
+
+def test_the_search_tries_the_best_retrieved_seed_with_the_vote_and_proposes_it_when_it_wins():
+    evaluated = []
+    inp = _input()
+    inp.calibration = True  # the backend ranks labels
+    proposal = get_optimizer("fewshot", num_candidates=8, minibatch_size=10).propose(inp, _voting_helps(evaluated))
+    by_id = {c.id: c for c in proposal.pool}
+    voted = [c for c in proposal.candidates if "with the retrieved rows' vote" in c["change"]]
+    assert len(voted) == 1
+    parent = by_id[voted[0]["parent"]].prompt
+    assert parent.retrieval is not None and not parent.voted  # it faced the retrieved seed it votes on
+    assert by_id[voted[0]["candidate"]].prompt.retrieval.k == parent.retrieval.k
+    assert voted[0]["select_score"] is not None and proposal.prompt.voted
+    assert sum(n == len(SELECT) for p, n in evaluated if "vote" in p) == 1  # scored on all select rows once
+
+    # a backend without label scores: never tried
+    inp.calibration = False
+    proposal = get_optimizer("fewshot", num_candidates=8, minibatch_size=10).propose(inp, _voting_helps([]))
+    assert not any("vote" in c["change"] for c in proposal.candidates) and not proposal.prompt.voted
