@@ -336,10 +336,11 @@ def test_the_select_rows_leaders_race_on_spare_rows_by_successive_halving_and_th
     assert proposal.prompt.metadata["race_score"] > proposal.prompt.metadata["select_score"]
     # rung 1: the seeds on the 40 select rows and the first 150 spare rows (the 8 retrieved demos with
     # free answers score as those with label answers and are left out; the baseline, wrong on every row,
-    # is surely beaten already and does not race); rung 2: the better half on all 300
+    # is surely beaten already and does not race); rung 2: the better half on all 300, less the retrieved
+    # demos: costlier than the 12 static ones and behind them on rung 1, they could only lose a tie to them
     rung1 = [r for r in raced if r[1] == 150]
     rung2 = [r for r in raced if r[1] == 300]
-    assert len(rung1) == 5 and len(rung2) == 3 and len(raced) == 8
+    assert len(rung1) == 5 and len(rung2) == 2 and len(raced) == 7
     assert all(total == 40 + n for _, n, total in raced)
     assert sum("retrieved" in d for d, _, _ in rung1) == 2  # retrieved demos race like any other prompt
     assert any("16" in d for d, _, _ in rung1) and not any("16" in d for d, _, _ in rung2)  # out after rung 1
@@ -471,6 +472,26 @@ def test_retrieved_k_grows_in_iteration_zero_only_while_more_demos_score_higher(
     assert select_rows == {4, 8} | {k for k, _ in grown if right_per_k[k] > right_per_k[k // 2]}
     best_k = max((k for k in right_per_k if k in select_rows), key=lambda k: right_per_k[k])
     assert proposal.prompt.retrieval.k == best_k
+
+
+def test_a_costlier_candidate_behind_a_cheaper_one_on_a_rung_stops_racing_and_with_one_left_the_race_ends():
+    """The package-sections stand-in's case: 8 retrieved paragraphs trailed 4 on the first rung and paid 170 s
+    more to trail on the second. With labels a backend cannot rank there is no sum to race the survivor."""
+    evaluated = []
+
+    def evaluate(prompt, rows):  # retrieved demos with label answers only: 4 and 8 alike on the select rows (right
+        # on 9 of 10), on the spare rows 4 on 9 of 10 and 8 on 8 of 10; everything else never right
+        evaluated.append((prompt.retrieval.k if prompt.retrieval else 0, int((rows["row_id"] >= 1000).sum())))
+        k = prompt.retrieval.k if prompt.retrieval and prompt.answer == "label" else 0
+        per_row = [float(k in (4, 8) and i % 10 < (9 if i < 1000 or k == 4 else 8)) for i in rows["row_id"]]
+        return Evaluation(rows.assign(prompt_tokens=100), per_row, float(np.mean(per_row)))
+
+    inp = _input()
+    inp.spare_rows = SPARE
+    proposal = get_optimizer("fewshot", num_candidates=8, minibatch_size=10).propose(inp, evaluate)
+    raced = sorted((k, spare) for k, spare in evaluated if spare)
+    assert raced == [(4, 150), (8, 150)]  # rung 1 only: the 8 trailed the cheaper 4 there, and the 4 was alone
+    assert proposal.prompt.retrieval.k == 4 and proposal.prompt.metadata["race_score"] == 0.9
 
 
 def test_a_race_stops_evaluating_once_a_cheaper_candidate_scores_the_maximum_on_a_rung():
