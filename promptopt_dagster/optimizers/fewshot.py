@@ -483,7 +483,7 @@ class FewShotOptimizer(Optimizer):
             log.info(
                 "fewshot candidate %d/%d (%s: %s): minibatch %.3f vs parent %.3f%s",
                 len(tried),
-                self.options.num_candidates,
+                self.options.num_candidates + extras,  # a larger k and the vote come beyond num_candidates
                 kind,
                 why,
                 candidate.minibatch_score,
