@@ -552,7 +552,7 @@ class FewShotOptimizer(Optimizer):
 
         How many neighbours a small model needs depends on the data: on a 6-class question set 16 retrieved
         demos led 4 by 10 points on the select rows, on hwu64's 64 intents 16 led 8 by 5 points in the race,
-        on sst2 and atis_intent 8 and 12 are level. A fixed seed list either pays for 16 and 32 everywhere or
+        on sst2 16 tied 8 on the minibatch. A fixed seed list either pays for 16 and 32 everywhere or
         reaches them only by a chance mutation in a later iteration; a line search pays one minibatch where
         more demos stop helping, and goes on only while they help."""
         answer = "label" if inp.labels else "free"
@@ -578,10 +578,10 @@ class FewShotOptimizer(Optimizer):
         the select rows, and k no longer growing): the best of them with label answers. None where the backend
         returns no label scores or there are no labels.
 
-        The vote often decides where a small model does not follow its neighbours: on hwu64 the 8 nearest rows'
-        majority alone scored 0.765 macro F1 on test where the model shown 16 scored 0.730, on atis_intent 0.861
-        against 0.699; on sst2 the majority is far below the model (0.73 against 0.89), and a vote there only has to lose its minibatch. On two labels the
-        ranking has scored both labels anyway, so the cache answers the minibatch."""
+        A small model shown its neighbours can score below their majority (hwu64: the 8 nearest rows' majority
+        0.765 macro F1 on test, the model shown 16 of them 0.730), and the vote weighs the two; on dev rows it
+        moved scores by 2 points at most (docs/benchmarks.md), so it goes on only if it wins its minibatch. On
+        two labels the ranking has scored both anyway, so the cache answers that minibatch."""
         if not (inp.calibration and inp.labels):
             return None
         retrieved = [
@@ -800,7 +800,7 @@ class FewShotOptimizer(Optimizer):
                 keep.append(cheapest)
         # A costlier candidate no better than a cheaper one here could win only by overtaking it for sure on rows it
         # has yet to see (a tie goes to the cheaper): it stops. On the package-sections stand-in 8 retrieved
-        # paragraphs trailed 4 on the first rung and paid 170 s more to trail on the second.
+        # paragraphs trailed 4 on the first rung, and the second would have cost them about 170 s more.
         return [
             c
             for c in keep
