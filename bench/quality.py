@@ -11,7 +11,8 @@ scorers, same model), so the table says what the search adds over picking demos 
 
 A directory outside data/ gets a generated manifest entry (labels: the distinct train answers,
 target: accuracy) and a generic initial prompt, as a new user's first try would. Each dataset runs
-`promptopt optimize` with its defaults in a fresh state dir (a cold run: every model call is made);
+`promptopt optimize` with its defaults in a fresh state dir (a cold run: every model call is made;
+its log goes to STATE/optimize.log, so `--keep DIR` lets a long run be followed with `tail -f`);
 the by-hand prompts use the same response cache. Intervals are 95% percentile bootstraps of the
 target recomputed on resampled rows (so macro F1 gets one too).
 """
@@ -154,30 +155,32 @@ def main() -> None:
             env.pop("DAGSTER_HOME", None)
             report_path = state / "report.json"
             started = time.perf_counter()
-            done = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "promptopt_dagster.cli",
-                    "optimize",
-                    "--dataset",
-                    name,
-                    "--eval-size",
-                    str(args.eval_size),
-                    "--test-size",
-                    str(args.test_size),
-                    "--report-json",
-                    str(report_path),
-                ],
-                env=env,
-                cwd=PROJECT_ROOT,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+            log_path = state / "optimize.log"  # the run's progress, to follow with `tail -f` while it runs
+            with log_path.open("w") as log:
+                done = subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "promptopt_dagster.cli",
+                        "optimize",
+                        "--dataset",
+                        name,
+                        "--eval-size",
+                        str(args.eval_size),
+                        "--test-size",
+                        str(args.test_size),
+                        "--report-json",
+                        str(report_path),
+                    ],
+                    env=env,
+                    cwd=PROJECT_ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
             wall = time.perf_counter() - started
             if done.returncode != 0:
-                print(f"{name}: promptopt optimize failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+                print(f"{name}: promptopt optimize failed:\n{log_path.read_text()[-2000:]}", file=sys.stderr)
                 continue
             report = json.loads(report_path.read_text())
 
