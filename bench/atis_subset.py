@@ -30,12 +30,17 @@ def main() -> None:
         name: pd.read_csv(source / f"{name}.csv", dtype=str, keep_default_na=False) for name in ("train", "dev", "test")
     }
     kept = {name: rows[rows["ground_truth_output"].isin(INTENTS)] for name, rows in split.items()}
+    write_halved(kept, args.out)
+
+
+def write_halved(kept: dict[str, pd.DataFrame], out: Path) -> None:
+    """train.csv as kept; the kept dev and test rows shuffled (seed 1) and halved into dev.csv and test.csv."""
     held = pd.concat([kept["dev"], kept["test"]]).sample(frac=1, random_state=1)
     half = len(held) // 2
-    args.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train", kept["train"]), ("dev", held[:half]), ("test", held[half:])):
-        rows.to_csv(args.out / f"{name}.csv", index=False)
-    print(f"{args.out}: train {len(kept['train'])}, dev {half}, test {len(held) - half}")
+        rows.to_csv(out / f"{name}.csv", index=False)
+    print(f"{out}: train {len(kept['train'])}, dev {half}, test {len(held) - half}")
 
 
 if __name__ == "__main__":

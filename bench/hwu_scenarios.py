@@ -19,6 +19,7 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
+from atis_subset import write_halved  # bench/ is on sys.path when a bench script runs
 
 from promptopt_dagster.app.settings import get_settings
 
@@ -37,12 +38,7 @@ def main() -> None:
     for name, rows in split.items():
         scenario = rows["ground_truth_output"].str.split("_").str[0]
         kept[name] = rows[scenario.isin(SCENARIOS)].assign(ground_truth_output=scenario)
-    held = pd.concat([kept["dev"], kept["test"]]).sample(frac=1, random_state=1)
-    half = len(held) // 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("train", kept["train"]), ("dev", held[:half]), ("test", held[half:])):
-        rows.to_csv(args.out / f"{name}.csv", index=False)
-    print(f"{args.out}: train {len(kept['train'])}, dev {half}, test {len(held) - half}")
+    write_halved(kept, args.out)
 
 
 if __name__ == "__main__":

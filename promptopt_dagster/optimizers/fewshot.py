@@ -557,11 +557,9 @@ class FewShotOptimizer(Optimizer):
         more demos stop helping, and goes on only while they help."""
         answer = "label" if inp.labels else "free"
         by_k: dict[int, Candidate] = {}
-        for c in new:
-            r = c.prompt.retrieval
-            if c.kind == "seed" and r is not None and not r.per_label and c.prompt.answer == answer:
-                if c.select_score is not None and (r.k not in by_k or c.select_score > by_k[r.k].select_score):
-                    by_k[r.k] = c
+        for c in _retrieved_seeds(new, answer):
+            if c.prompt.retrieval.k not in by_k or c.select_score > by_k[c.prompt.retrieval.k].select_score:
+                by_k[c.prompt.retrieval.k] = c
         if len(by_k) < 2:
             return None
         smaller, larger = (by_k[k] for k in sorted(by_k)[-2:])
@@ -584,15 +582,7 @@ class FewShotOptimizer(Optimizer):
         two labels the ranking has scored both anyway, so the cache answers that minibatch."""
         if not (inp.calibration and inp.labels):
             return None
-        retrieved = [
-            c
-            for c in new
-            if c.kind == "seed"
-            and c.prompt.retrieval is not None
-            and not c.prompt.retrieval.per_label
-            and c.prompt.answer == "label"
-            and c.select_score is not None
-        ]
+        retrieved = _retrieved_seeds(new, "label")
         if len({c.prompt.retrieval.k for c in retrieved}) < 2:
             return None
         return max(retrieved, key=lambda c: c.select_score)
@@ -857,6 +847,19 @@ def _race_field(leaders: list[Candidate], size: int) -> list[Candidate]:
                 seen_scores.add(key)
                 field.append(candidate)
     return sorted(field, key=lambda c: -c.select_score)
+
+
+def _retrieved_seeds(candidates: list[Candidate], answer: str) -> list[Candidate]:
+    """This iteration's seeds with the nearest retrieved rows and `answer` answers, scored on the select rows."""
+    return [
+        c
+        for c in candidates
+        if c.kind == "seed"
+        and c.prompt.retrieval is not None
+        and not c.prompt.retrieval.per_label
+        and c.prompt.answer == answer
+        and c.select_score is not None
+    ]
 
 
 def _race_leader(field: list[Candidate], raced: dict[str, float]) -> Candidate:
