@@ -5,7 +5,7 @@ Why: fewshot's per-label retrieval and BM25 are off by default until measured; t
 variants the search does not have) on the dev rows with no optimizer in the way, from the kept run's
 response cache where it can.
 
-    .venv/bin/python bench/adhoc/retrieval_probe.py STATE_DIR DATASET '{}' '{"per_label": true}' \
+    .venv/bin/python bench/adhoc/retrieval_probe.py [--rows N] STATE_DIR DATASET '{}' '{"per_label": true}' \
         '{"method": "bm25"}' '{"k": 12}' '{"calibrate": true}' '{"cover": 2}'
 
 Each variant is a JSON object: keys of `Retrieval` (k, method, per_label, max_chars) change the
@@ -46,9 +46,13 @@ class CoverRetrieval(Retrieval):
 
 
 def main() -> None:
-    state, name, variants = Path(sys.argv[1]), sys.argv[2], [json.loads(v) for v in sys.argv[3:]] or [{}]
+    args = sys.argv[1:]
+    rows = None
+    if args[:1] == ["--rows"]:  # only the first N dev rows
+        rows, args = int(args[1]), args[2:]
+    state, name, variants = Path(args[0]), args[1], [json.loads(v) for v in args[2:]] or [{}]
     spec, suite, splits, base, client = kept_run(state, name)
-    dev = splits.dev
+    dev = splits.dev if rows is None else splits.dev.head(rows)
     for variant in variants:
         change = dict(variant)
         calibrate = change.pop("calibrate", base.calibrate)
@@ -66,6 +70,7 @@ def main() -> None:
                     "variant": variant,
                     suite.target: round(suite.score(predictions, references).value, 3),
                     "95%": [round(found.low, 3), round(found.high, 3)],
+                    "accuracy": round(sum(p == r for p, r in zip(predictions, references)) / len(references), 3),
                     "dev rows": len(dev),
                     "model calls": client.usage.llm_calls - before,
                     "wall s": round(time.perf_counter() - started),
