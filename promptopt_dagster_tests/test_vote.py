@@ -75,6 +75,26 @@ def test_vote_shares_count_the_retrieved_rows_labels_and_keep_a_little_for_the_r
     assert not PROMPT.child(retrieval=PROMPT.retrieval.model_copy(update={"per_label": True})).voted
 
 
+def test_more_rows_can_vote_than_are_shown_and_the_requests_stay_those_of_the_k_shown():
+    # one row shown (the nearest alarm), all four voting: alarm 2, music 1, weather 1
+    one = PROMPT.child(retrieval=PROMPT.retrieval.model_copy(update={"k": 1, "voters": 4}))
+    shares = one.vote_shares("set an alarm at seven please")
+    total = 4 + VOTE_SMOOTHING * len(LABELS)
+    assert shares == pytest.approx(
+        {
+            "alarm": (2 + VOTE_SMOOTHING) / total,
+            "music": (1 + VOTE_SMOOTHING) / total,
+            "weather": (1 + VOTE_SMOOTHING) / total,
+        }
+    )
+    assert len(one.demos_for("set an alarm at seven please")) == 1
+    assert one.render_completion("x") == one.child(
+        retrieval=one.retrieval.model_copy(update={"voters": None})
+    ).render_completion("x")
+    assert "vote 1 of 4" in one.describe()
+    assert PromptVersion.model_validate_json(one.to_json()).retrieval.voters == 4
+
+
 def test_the_vote_overrules_a_weak_lean_of_the_model_and_not_a_strong_one(tmp_path):
     weak, strong = Leaning(margin=1.0), Leaning(margin=6.0)
     assert predict(weak, PROMPT.child(retrieval=PROMPT.retrieval.model_copy(update={"vote": 0.0})), ROWS, 4)[
@@ -138,3 +158,55 @@ def test_the_search_tries_the_best_retrieved_seed_with_the_vote_and_proposes_it_
     inp.calibration = False
     proposal = get_optimizer("fewshot", num_candidates=8, minibatch_size=10).propose(inp, _voting_helps([]))
     assert not any("vote" in c["change"] for c in proposal.candidates) and not proposal.prompt.voted
+
+
+def test_the_vote_seed_takes_the_grid_point_best_on_the_minibatch_and_only_its_first_point_asks_the_model():
+    evaluated = []
+
+    def wide_helps(prompt, rows):
+        evaluated.append((prompt.describe(), len(rows)))
+        if prompt.retrieval is not None and prompt.answer == "label":
+            wide = prompt.voted and (prompt.retrieval.voters or prompt.retrieval.k) > prompt.retrieval.k
+            if wide and prompt.retrieval.vote == 2:
+                per_row = [1.0] * len(rows)  # right on every row
+            else:
+                per_row = [float(i % 2 == 0 if prompt.voted else i % 10 < 3) for i in rows["row_id"]]
+        else:
+            per_row = [float(i % 10 < 2) for i in rows["row_id"]]
+        return Evaluation(rows.assign(prompt_tokens=100), per_row, float(np.mean(per_row)))
+
+    inp = _input()
+    inp.calibration = True
+    proposal = get_optimizer("fewshot", num_candidates=8, minibatch_size=10).propose(inp, wide_helps)
+    voted = [c for c in proposal.candidates if "with the retrieved rows' vote" in c["change"]]
+    assert len(voted) == 1
+    chosen = {c.id: c for c in proposal.pool}[voted[0]["candidate"]].prompt.retrieval
+    assert chosen.vote == 2 and chosen.voters == max(16, 2 * chosen.k)
+    assert proposal.prompt.retrieval.voters == chosen.voters
+    # the four grid points each read the minibatch once, then the choice faces its seed there (the cache answers)
+    assert sum(n == 10 and "vote" in p for p, n in evaluated) == 5
+
+
+def test_the_vote_mutation_moves_the_weight_or_widens_and_narrows_the_panel():
+    import random
+
+    optimizer = get_optimizer("fewshot")
+    inp = _input()
+    inp.calibration = True
+    parent = PROMPT.child(labels=inp.labels, retrieval=PROMPT.retrieval.model_copy(update={"k": 4, "vote": 2.0}))
+    seen = set()
+    for seed in range(60):
+        child, change = optimizer.mutate(parent, inp, POOL, random.Random(seed))
+        if child.retrieval is not None and child.retrieval.model_dump(
+            exclude={"vote", "voters"}
+        ) == parent.retrieval.model_dump(exclude={"vote", "voters"}):
+            seen.add((child.retrieval.vote, child.retrieval.voters, change))
+    assert (2.0, 16, "the nearest 16 rows vote") in seen  # a wide panel: max(16, 2k)
+    assert {w for w, v, _ in seen if v is None} - {2.0} <= {0.0, 0.5, 1.0, 4.0} and len(seen) >= 3
+    wide = parent.child(retrieval=parent.retrieval.model_copy(update={"voters": 16}))
+    narrowed = {
+        child.retrieval.voters
+        for child, change in (optimizer.mutate(wide, inp, POOL, random.Random(s)) for s in range(60))
+        if change == "the rows shown vote"
+    }
+    assert narrowed == {None}

@@ -65,6 +65,9 @@ class Retrieval(BaseModel):
     # hwu64 (64 intents) the 8 nearest rows' majority scored 0.765 macro F1 on test where the model shown 16
     # of them scored 0.730. Needs label scores (llama.cpp); other backends answer without the vote.
     vote: float = Field(0.0, ge=0)
+    # How many nearest rows vote (None: the k shown). The vote costs no model time, so more rows can vote than
+    # are shown: on long inputs each shown demo costs a few hundred tokens on every row, a voting row nothing.
+    voters: int | None = Field(None, ge=1)
 
     def pick(self, user_input: str) -> list[Demo]:
         demos = self._nearest(user_input)
@@ -75,6 +78,15 @@ class Retrieval(BaseModel):
             if len(d.user_input) <= self.max_chars
             else d.model_copy(update={"user_input": shorten(d.user_input, self.max_chars)})
             for d in demos
+        ]
+
+    def voting_labels(self, user_input: str) -> list[str]:
+        """The labels of the rows that vote for this input: the `voters` nearest (the k shown when unset)."""
+        if not self.pool:
+            return []
+        count = self.voters or self.k
+        return [
+            self.pool[i].ground_truth_output for i in retriever_for_pool(self.method, self.pool).top(user_input, count)
         ]
 
     def _nearest(self, user_input: str) -> list[Demo]:
@@ -153,7 +165,8 @@ class PromptVersion(BaseModel):
         if self.retrieval:
             cover = ", one per label" if self.retrieval.per_label else ""
             cover += f", cut to {self.retrieval.max_chars} chars" if self.retrieval.max_chars else ""
-            cover += f", vote {self.retrieval.vote:g}" if self.voted else ""
+            voters = f" of {self.retrieval.voters}" if self.retrieval.voters not in (None, self.retrieval.k) else ""
+            cover += f", vote {self.retrieval.vote:g}{voters}" if self.voted else ""
             parts.append(
                 f"{self.retrieval.k} retrieved ({self.retrieval.method}{cover}, pool {len(self.retrieval.pool)})"
             )
@@ -193,9 +206,9 @@ class PromptVersion(BaseModel):
         """Each label's share of the rows retrieved for this input, smoothed (VOTE_SMOOTHING rows per label) so a
         label none of them carries keeps a small share and the model's scores can still choose it."""
         counts = {label: VOTE_SMOOTHING for label in self.labels}
-        for demo in self.retrieval.pick(user_input):
-            if demo.ground_truth_output in counts:
-                counts[demo.ground_truth_output] += 1
+        for label in self.retrieval.voting_labels(user_input):
+            if label in counts:
+                counts[label] += 1
         total = sum(counts.values())
         return {label: n / total for label, n in counts.items()}
 
@@ -321,6 +334,13 @@ def prompt_problem(system_prompt: str, output_prompt: str) -> str | None:
     return placeholder_problem(output_prompt) or system_prompt_problem(system_prompt)
 
 
+def _vote_text(p: PromptVersion) -> str:
+    if not p.voted:
+        return ""
+    voters = p.retrieval.voters or p.retrieval.k
+    return f", the labels of the {voters} nearest rows voting x{p.retrieval.vote:g}"
+
+
 def unified_diff(old: PromptVersion, new: PromptVersion) -> str:
     """A line diff of everything the model sees, for the UI's fenced diff block."""
 
@@ -334,7 +354,7 @@ def unified_diff(old: PromptVersion, new: PromptVersion) -> str:
         if p.retrieval:
             out.append(
                 f"[retrieved demos: {p.retrieval.k} nearest of {len(p.retrieval.pool)} pool rows "
-                f"({p.retrieval.method}{f', their labels voting x{p.retrieval.vote:g}' if p.voted else ''})]"
+                f"({p.retrieval.method}{_vote_text(p)})]"
             )
         out.append(
             f"[answer: {'one of ' + ', '.join(p.labels) if p.answer == 'label' else 'free text'}"
