@@ -128,6 +128,15 @@ def test_the_pareto_frontier_keeps_a_candidate_best_on_some_row_and_drops_a_domi
     assert [(r.id, r.scores, r.select_score) for r in restored] == [(x.id, x.scores, x.select_score) for x in (a, b, c)]
 
 
+def test_a_stored_retrieval_candidate_describes_its_pool_once_the_pool_is_re_attached_and_never_as_pool_0():
+    pool = [Demo(user_input=f"row {i}", ground_truth_output="positive") for i in range(5)]
+    prompt = SEED.child(retrieval=Retrieval(k=2, pool=pool), answer="label", labels=["positive", "negative"])
+    record = Candidate(prompt, 0, "seed", {0: 1.0}, 1.0).to_record()
+    assert "pool 5" in record["choices"]
+    assert "pool" not in Candidate.from_record(record).prompt.describe()  # the report's frontier reads these
+    assert "pool 5" in Candidate.from_record(record, pool).prompt.describe()
+
+
 TRAIN = pd.DataFrame(
     {
         "row_id": range(60),

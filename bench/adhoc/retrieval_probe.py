@@ -5,7 +5,7 @@ Why: fewshot's per-label retrieval and BM25 are off by default until measured; t
 variants the search does not have) on the dev rows with no optimizer in the way, from the kept run's
 response cache where it can.
 
-    .venv/bin/python bench/adhoc/retrieval_probe.py [--rows N | --confirm EVAL_SIZE] STATE_DIR DATASET '{}' '{"per_label": true}' \
+    .venv/bin/python bench/adhoc/retrieval_probe.py [--rows N | --confirm EVAL_SIZE | --test N] STATE_DIR DATASET '{}' '{"per_label": true}' \
         '{"method": "bm25"}' '{"k": 12}' '{"calibrate": true}' '{"cover": 2}'
 
 Each variant is a JSON object: keys of `Retrieval` (k, method, per_label, max_chars, vote, voters) change the
@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from kept import kept_run
 
+from promptopt_dagster.app.datasets import sample_rows
 from promptopt_dagster.app.iteration_setup import IterationSetup
 from promptopt_dagster.app.optimizations import OptimizationSpec
 from promptopt_dagster.core.prompts import Retrieval
@@ -54,11 +55,17 @@ def main() -> None:
         rows, args = int(args[1]), args[2:]
     if args[:1] == ["--confirm"]:  # the optimization's N confirm rows (its cache answers what it asked)
         confirm, args = int(args[1]), args[2:]
+    test = None
+    if args[:1] == ["--test"]:  # the report's N test rows: to check a variant chosen on dev, never to choose one
+        test, args = int(args[1]), args[2:]
     state, name, variants = Path(args[0]), args[1], [json.loads(v) for v in args[2:]] or [{}]
     spec, suite, splits, base, client = kept_run(state, name)
     dev = splits.dev if rows is None else splits.dev.head(rows)
     if confirm is not None:
         dev = IterationSetup.resolve(OptimizationSpec(name=name, dataset=name, eval_size=confirm), splits).confirm
+    if test is not None:
+        setup = IterationSetup.resolve(OptimizationSpec(name=name, dataset=name), splits)
+        dev = sample_rows(setup.test, test, setup.spec.seed)
     for variant in variants:
         change = dict(variant)
         calibrate = change.pop("calibrate", base.calibrate)

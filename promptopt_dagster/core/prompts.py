@@ -167,9 +167,9 @@ class PromptVersion(BaseModel):
             cover += f", cut to {self.retrieval.max_chars} chars" if self.retrieval.max_chars else ""
             voters = f" of {self.retrieval.voters}" if self.retrieval.voters not in (None, self.retrieval.k) else ""
             cover += f", vote {self.retrieval.vote:g}{voters}" if self.voted else ""
-            parts.append(
-                f"{self.retrieval.k} retrieved ({self.retrieval.method}{cover}, pool {len(self.retrieval.pool)})"
-            )
+            # a stored candidate's pool is its size only (optimizers/pool.py): no "pool 0" for a pool not re-attached
+            pool = f", pool {len(self.retrieval.pool)}" if self.retrieval.pool else ""
+            parts.append(f"{self.retrieval.k} retrieved ({self.retrieval.method}{cover}{pool})")
         parts.append("label answers" if self.answer == "label" else "free answers")
         if self.calibrated:
             parts.append("calibrated")

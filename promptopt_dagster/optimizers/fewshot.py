@@ -440,7 +440,7 @@ class FewShotOptimizer(Optimizer):
                     # the best retrieved seed with its rows' labels voting: the same requests, with every label's score
                     voted, parent = True, vote
                     prompt = self._vote_point(vote, minibatch, evaluate)
-                    kind, why = "seed", f"{vote.prompt.describe()}, with the retrieved rows' vote"
+                    kind, why = "seed", f"{prompt.describe()}: the best retrieved seed with the retrieved rows' vote"
                 else:
                     if not schedule:
                         break
