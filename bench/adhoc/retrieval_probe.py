@@ -60,12 +60,13 @@ def main() -> None:
         test, args = int(args[1]), args[2:]
     state, name, variants = Path(args[0]), args[1], [json.loads(v) for v in args[2:]] or [{}]
     spec, suite, splits, base, client = kept_run(state, name)
-    dev = splits.dev if rows is None else splits.dev.head(rows)
+    dev, which = (splits.dev, "dev") if rows is None else (splits.dev.head(rows), "first dev")
     if confirm is not None:
-        dev = IterationSetup.resolve(OptimizationSpec(name=name, dataset=name, eval_size=confirm), splits).confirm
+        setup = IterationSetup.resolve(OptimizationSpec(name=name, dataset=name, eval_size=confirm), splits)
+        dev, which = setup.confirm, "confirm"
     if test is not None:
         setup = IterationSetup.resolve(OptimizationSpec(name=name, dataset=name), splits)
-        dev = sample_rows(setup.test, test, setup.spec.seed)
+        dev, which = sample_rows(setup.test, test, setup.spec.seed), "test"
     for variant in variants:
         change = dict(variant)
         calibrate = change.pop("calibrate", base.calibrate)
@@ -84,7 +85,7 @@ def main() -> None:
                     suite.target: round(suite.score(predictions, references).value, 3),
                     "95%": [round(found.low, 3), round(found.high, 3)],
                     "accuracy": round(sum(p == r for p, r in zip(predictions, references)) / len(references), 3),
-                    "dev rows": len(dev),
+                    "rows": f"{len(dev)} {which}",
                     "model calls": client.usage.llm_calls - before,
                     "wall s": round(time.perf_counter() - started),
                 }

@@ -80,13 +80,18 @@ class Retrieval(BaseModel):
             for d in demos
         ]
 
+    @property
+    def panel(self) -> int:
+        """How many nearest rows vote: `voters`, or the k shown when unset."""
+        return self.voters or self.k
+
     def voting_labels(self, user_input: str) -> list[str]:
-        """The labels of the rows that vote for this input: the `voters` nearest (the k shown when unset)."""
+        """The labels of the `panel` nearest rows: the rows that vote for this input."""
         if not self.pool:
             return []
-        count = self.voters or self.k
         return [
-            self.pool[i].ground_truth_output for i in retriever_for_pool(self.method, self.pool).top(user_input, count)
+            self.pool[i].ground_truth_output
+            for i in retriever_for_pool(self.method, self.pool).top(user_input, self.panel)
         ]
 
     def _nearest(self, user_input: str) -> list[Demo]:
@@ -165,7 +170,7 @@ class PromptVersion(BaseModel):
         if self.retrieval:
             cover = ", one per label" if self.retrieval.per_label else ""
             cover += f", cut to {self.retrieval.max_chars} chars" if self.retrieval.max_chars else ""
-            voters = f" of {self.retrieval.voters}" if self.retrieval.voters not in (None, self.retrieval.k) else ""
+            voters = f" of {self.retrieval.panel}" if self.retrieval.panel != self.retrieval.k else ""
             cover += f", vote {self.retrieval.vote:g}{voters}" if self.voted else ""
             # a stored candidate's pool is its size only (optimizers/pool.py): no "pool 0" for a pool not re-attached
             pool = f", pool {len(self.retrieval.pool)}" if self.retrieval.pool else ""
@@ -337,8 +342,7 @@ def prompt_problem(system_prompt: str, output_prompt: str) -> str | None:
 def _vote_text(p: PromptVersion) -> str:
     if not p.voted:
         return ""
-    voters = p.retrieval.voters or p.retrieval.k
-    return f", the labels of the {voters} nearest rows voting x{p.retrieval.vote:g}"
+    return f", the labels of the {p.retrieval.panel} nearest rows voting x{p.retrieval.vote:g}"
 
 
 def unified_diff(old: PromptVersion, new: PromptVersion) -> str:

@@ -106,7 +106,7 @@ def wide_panel(k: int) -> int:
     (paragraphs, 4 labels; docs/benchmarks.md) 4 retrieved demos cut to 400 characters scored 0.89 on the 200
     confirm rows, with their own 4 rows voting at weight 2 0.93, with the nearest 16 voting 0.95: level with 8
     whole paragraphs voting (0.955), at a third of the seconds per row. On atis_intent's rare intents a wider
-    panel outvotes them (macro F1 0.738 with 8 voting, 0.731 with 16, 0.693 with 32 at weight 2): the
+    panel outvotes them (macro F1 0.738 with 8 voting, 0.734 with 16, 0.693 with 32 at weight 2): the
     minibatch and the select rows choose."""
     return max(WIDE_PANEL, 2 * k)
 
@@ -334,9 +334,8 @@ class FewShotOptimizer(Optimizer):
         if move == "vote":
             # the weight, or (voting already) the panel: the k shown or a wide one
             current = parent.retrieval
-            wide = wide_panel(current.k)
             if current.vote > 0 and rng.random() < 0.5:
-                voters = None if (current.voters or current.k) != current.k else wide
+                voters = None if current.panel != current.k else wide_panel(current.k)
                 change = f"the nearest {voters} rows vote" if voters else "the rows shown vote"
                 return parent.child(retrieval=current.model_copy(update={"voters": voters})), change
             weight = rng.choice([w for w in VOTE_WEIGHTS if w != current.vote])
@@ -475,15 +474,15 @@ class FewShotOptimizer(Optimizer):
             candidate = Candidate(prompt, inp.iteration, kind)
             try:
                 result = evaluate(prompt, minibatch)
-                candidate.minibatch_score = sum(result.per_row) / max(1, len(result.per_row))
-                base_mb = sum(base.scores.get(i, 0.0) for i in mb_ids) / max(1, len(mb_ids))
+                candidate.minibatch_score = _mean(result.per_row)
+                base_mb = _mean(base.scores.get(i, 0.0) for i in mb_ids)
                 if seeding:  # a seed ties the current prompt or beats it; one with a twin (or grown) beats that too
                     parent_mb = base_mb if parent is base else parent.minibatch_score  # same minibatch
                     candidate.passed_minibatch = candidate.minibatch_score >= base_mb and (
                         parent is base or candidate.minibatch_score > parent_mb
                     )
                 else:
-                    parent_mb = sum(parent.scores.get(i, 0.0) for i in mb_ids) / max(1, len(mb_ids))
+                    parent_mb = _mean(parent.scores.get(i, 0.0) for i in mb_ids)
                     candidate.passed_minibatch = candidate.minibatch_score > parent_mb
                 if candidate.passed_minibatch:
                     score_all(candidate)
@@ -911,6 +910,7 @@ def _evaluation_order(c: Candidate) -> tuple:
 
 
 def _mean(row_scores) -> float:
+    """The mean row score (0 for no rows): a minibatch's score, whatever the target (macro F1 needs more rows)."""
     row_scores = list(row_scores)
     return sum(row_scores) / max(1, len(row_scores))
 
@@ -1003,7 +1003,7 @@ def _shown(prompt: PromptVersion) -> tuple:
             prompt.retrieval.per_label,
             prompt.retrieval.max_chars,
             prompt.retrieval.vote,
-            prompt.retrieval.voters or prompt.retrieval.k,
+            prompt.retrieval.panel,
         )
         if prompt.retrieval
         else None
