@@ -3,6 +3,7 @@ demos, label-constrained answers, the persistent candidate pool and the leakage 
 
 from __future__ import annotations
 
+import collections
 import json
 
 import dagster as dg
@@ -17,6 +18,7 @@ from promptopt_dagster.core.intervals import paired_bootstrap_gain
 from promptopt_dagster.core.prompts import Demo, PromptVersion, Retrieval
 from promptopt_dagster.core.retrieval import TfidfRetriever, get_retriever
 from promptopt_dagster.optimizers import Evaluation, OptimizerContext, get_optimizer
+from promptopt_dagster.optimizers.fewshot import SEEDS
 from promptopt_dagster.optimizers.pool import Candidate, best, pareto_frontier, pool_frame
 from promptopt_dagster_tests.dagster_helpers import make_defs, prepare, query, run_iteration
 
@@ -343,15 +345,17 @@ def test_the_select_rows_leaders_race_on_spare_rows_by_successive_halving_and_th
     proposal = optimizer.propose(inp, _race_evaluate(raced))
     assert len(proposal.prompt.demos) == 12 and proposal.prompt.retrieval is None
     assert proposal.prompt.metadata["race_score"] > proposal.prompt.metadata["select_score"]
-    # rung 1: the seeds on the 40 select rows and the first 150 spare rows (the 8 retrieved demos with
-    # free answers score as those with label answers and are left out; the baseline, wrong on every row,
-    # is surely beaten already and does not race); rung 2: the better half on all 300, less the retrieved
-    # demos: costlier than the 12 static ones and behind them on rung 1, they could only lose a tie to them
+    # rung 1: the seeds on the 40 select rows and the first 150 spare rows (8 retrieved demos score as 4 and
+    # stop at the minibatch they face 4 on; the baseline, wrong on every row, is surely beaten already and does
+    # not race); rung 2: the better half on all 300, less the retrieved demos: costlier than the 12 static ones
+    # and behind them on rung 1, they could only lose a tie to them
     rung1 = [r for r in raced if r[1] == 150]
     rung2 = [r for r in raced if r[1] == 300]
-    assert len(rung1) == 5 and len(rung2) == 2 and len(raced) == 7
+    assert len(rung1) == 4 and len(rung2) == 2 and len(raced) == 6
     assert all(total == 40 + n for _, n, total in raced)
-    assert sum("retrieved" in d for d, _, _ in rung1) == 2  # retrieved demos race like any other prompt
+    assert [d for d, _, _ in rung1 if "retrieved" in d] == [
+        "0 static demos, 4 retrieved (tfidf, pool 60), label answers"
+    ]
     assert any("16" in d for d, _, _ in rung1) and not any("16" in d for d, _, _ in rung2)  # out after rung 1
     assert sum("12" in d for d, _, _ in rung2) == 2  # both 12-demo sets went on
     assert {c["race_rows"] for c in proposal.candidates if "race_score" in c} == {190, 340}
@@ -392,11 +396,12 @@ def test_a_seed_that_could_only_tie_a_cheaper_perfect_one_on_the_select_rows_is_
         inp, _perfect_when_retrieved(evaluated)
     )
     retrieved = [(c.prompt.retrieval.k, c.prompt.answer) for c in proposal.pool if c.prompt.retrieval]
-    # the first seed (nothing perfect yet), then one with fewer demos per row than the perfect one; 8 retrieved
-    # with free answers and 16 retrieved, which come next in the seed list, are never evaluated
-    assert retrieved == [(8, "label"), (4, "label")]
-    assert sum("retrieved" in p for p, _, _ in evaluated) == 4  # those two, each on the minibatch and all rows
-    assert len(proposal.candidates) == 8  # static seeds further down the list took their places
+    # the first seed (nothing perfect yet); 8 retrieved with label and free answers, which come later in the seed
+    # list, are never evaluated
+    assert retrieved == [(4, "label")]
+    # on the minibatch, on the second one (costlier a row than the prompt it faces), and on all select rows
+    assert [n for p, n, _ in evaluated if "retrieved" in p] == [10, 10, len(SELECT)]
+    assert len(proposal.candidates) == len(SEEDS) - 2  # every other seed of the list
     assert proposal.prompt.retrieval.k == 4
 
 
@@ -459,15 +464,16 @@ def _right_per_k(evaluated, right_per_k):
     [
         ({4: 6, 8: 7, 16: 8, 32: 7}, [(16, 8), (32, 16)]),  # 16 pays, 32 does not: the growth stops there
         ({4: 6, 8: 7, 16: 7, 32: 9}, [(16, 8)]),  # 16 ties 8 on the minibatch: 32 is never tried
-        ({4: 7, 8: 7, 16: 9, 32: 9}, []),  # 8 did not beat 4: no growth
+        ({4: 7, 8: 7, 16: 9, 32: 9}, []),  # 8 ties 4 on the minibatch it faces 4 on: no growth
     ],
 )
 def test_retrieved_k_grows_in_iteration_zero_only_while_more_demos_score_higher(right_per_k, grown):
     """How many neighbours pay depends on the data (16 led 4 by 10 points on a 6-class question set; 8 and 12
     are level on atis_intent): a larger k is tried after the largest one tried so far beat the one below it, on
-    that one's instruction, and goes on past the minibatch only if it beats it there."""
+    that one's instruction, and goes on past the minibatch only if it beats it there. (The minibatch is every
+    select row here, so that a one-row-in-ten lead shows on it.)"""
     evaluated = []
-    proposal = get_optimizer("fewshot", num_candidates=8, minibatch_size=10).propose(
+    proposal = get_optimizer("fewshot", num_candidates=8, minibatch_size=len(SELECT)).propose(
         _input(), _right_per_k(evaluated, right_per_k)
     )
     by_id = {c.id: c for c in proposal.pool}
@@ -476,11 +482,56 @@ def test_retrieved_k_grows_in_iteration_zero_only_while_more_demos_score_higher(
     for c in growth:  # the same instruction as the k it grew from: only k changes
         assert by_id[c["candidate"]].prompt.system_prompt == by_id[c["parent"]].prompt.system_prompt
     assert len(proposal.candidates) == 8 + len(grown)  # a grown k comes beyond the list's eight seeds
-    # a k scored on all select rows only after winning its minibatch; the last k tried stopped there
-    select_rows = {k for k, n in evaluated if k and n == len(SELECT)}
-    assert select_rows == {4, 8} | {k for k, _ in grown if right_per_k[k] > right_per_k[k // 2]}
-    best_k = max((k for k in right_per_k if k in select_rows), key=lambda k: right_per_k[k])
+    # a k scored on all select rows only after beating the k below it (8 faces 4) on its minibatch, which here is
+    # every select row; the last k tried stopped there
+    won = sorted(
+        c.prompt.retrieval.k
+        for c in proposal.pool
+        if c.prompt.retrieval and c.prompt.answer == "label" and c.select_score is not None and c.prompt.retrieval.k > 4
+    )
+    tried = [8] + [k for k, _ in grown]
+    assert won == [k for k in tried if right_per_k[k] > right_per_k[k // 2]]
+    best_k = max((k for k in right_per_k if k == 4 or k in won), key=lambda k: right_per_k[k])
     assert proposal.prompt.retrieval.k == best_k
+
+
+@pytest.mark.parametrize("holds", [False, True])
+def test_a_costlier_candidate_must_stay_ahead_on_a_second_minibatch_before_the_rest_of_the_select_rows(holds):
+    """The package-sections stand-in's case: mutations to more or whole retrieved paragraphs passed a 30-row
+    minibatch by one row each, then paid 100 select rows at 1 to 5 s a row to tie their parent there. 8 retrieved
+    demos face 4 (right on the even rows): one row ahead on the minibatch, then one behind on the second minibatch
+    (a tie on both: it stops) or level there (still ahead: it goes on to every select row)."""
+    rows_seen = collections.defaultdict(list)
+
+    def evaluate(prompt, rows):
+        k = prompt.retrieval.k if prompt.retrieval and prompt.answer == "label" else 0
+        ids = rows["row_id"].tolist()
+        per_row = [float(k > 0 and i % 2 == 0) for i in ids]
+        rows_seen[(prompt.describe(), prompt.id) if k != 8 else 8].append(ids)
+        if k == 8 and len(rows_seen[8]) == 1:  # the minibatch: right on one odd row too
+            per_row[next(j for j, i in enumerate(ids) if i % 2)] = 1.0
+        if k == 8 and len(rows_seen[8]) == 2 and not holds:  # the second minibatch: wrong on one even row
+            per_row[next(j for j, i in enumerate(ids) if i % 2 == 0)] = 0.0
+        return Evaluation(rows.assign(prompt_tokens=100 + 50 * k), per_row, float(np.mean(per_row)))
+
+    proposal = get_optimizer("fewshot", num_candidates=8, minibatch_size=10).propose(_input(), evaluate)
+    eight = next(c for c in proposal.candidates if c["choices"].startswith("0 static demos, 8 retrieved"))
+    four = next(c for c in proposal.candidates if c["choices"].startswith("0 static demos, 4 retrieved"))
+    assert eight["parent"] == four["candidate"]  # the costlier k faces the cheaper one, not the current prompt
+    first, second, *rest = rows_seen[8]
+    assert (
+        len(first) == len(second) == 10 and not set(first) & set(second) and set(first + second) <= set(SELECT.row_id)
+    )
+    assert eight["minibatch_score"] == eight["parent_minibatch_score"] + 0.1  # one row ahead on the first
+    ahead = eight["both_minibatches_score"] - eight["parent_both_minibatches_score"]
+    assert ahead == pytest.approx(0.05 if holds else 0.0)
+    assert (eight["select_score"] is not None) == holds
+    assert [len(r) for r in rest] == ([len(SELECT)] if holds else [])  # the rest of the select rows only if it held
+    # the 4 faced the current prompt (no demos) and is costlier too: two minibatches, then every select row; a
+    # static set (no demo evaluated anew for each row, prompts as long here) faces one minibatch only
+    assert [len(r) for r in rows_seen[next(p for p in rows_seen if p != 8 and "4 retrieved" in str(p))]] == [10, 10, 40]
+    static = [p for p in rows_seen if p != 8 and "static" in str(p) and "retrieved" not in str(p)]
+    assert static and all([len(r) for r in rows_seen[p]] in ([10], [10, 40]) for p in static)
 
 
 def test_a_costlier_candidate_behind_a_cheaper_one_on_a_rung_stops_racing_and_with_one_left_the_race_ends():
@@ -488,16 +539,19 @@ def test_a_costlier_candidate_behind_a_cheaper_one_on_a_rung_stops_racing_and_wi
     more to trail on the second. With labels a backend cannot rank there is no sum to race the survivor."""
     evaluated = []
 
-    def evaluate(prompt, rows):  # retrieved demos with label answers only: 4 and 8 alike on the select rows (right
-        # on 9 of 10), on the spare rows 4 on 9 of 10 and 8 on 8 of 10; everything else never right
+    def evaluate(prompt, rows):  # retrieved demos with label answers only: on the select rows right on 9 of 10, 8
+        # on one row more (a lead it passes its minibatch by, not a sure one), on the spare rows 4 on 9 of 10 and 8
+        # on 8 of 10; everything else never right
         evaluated.append((prompt.retrieval.k if prompt.retrieval else 0, int((rows["row_id"] >= 1000).sum())))
         k = prompt.retrieval.k if prompt.retrieval and prompt.answer == "label" else 0
-        per_row = [float(k in (4, 8) and i % 10 < (9 if i < 1000 or k == 4 else 8)) for i in rows["row_id"]]
+        right = [(i % 10 < (9 if i < 1000 or k == 4 else 8)) or (k == 8 and i == 109) for i in rows["row_id"]]
+        per_row = [float(k in (4, 8) and r) for r in right]
         return Evaluation(rows.assign(prompt_tokens=100), per_row, float(np.mean(per_row)))
 
     inp = _input()
     inp.spare_rows = SPARE
-    proposal = get_optimizer("fewshot", num_candidates=8, minibatch_size=10).propose(inp, evaluate)
+    # the minibatch is every select row, so that the one-row lead shows on it
+    proposal = get_optimizer("fewshot", num_candidates=8, minibatch_size=len(SELECT)).propose(inp, evaluate)
     raced = sorted((k, spare) for k, spare in evaluated if spare)
     assert raced == [(4, 150), (8, 150)]  # rung 1 only: the 8 trailed the cheaper 4 there, and the 4 was alone
     assert proposal.prompt.retrieval.k == 4 and proposal.prompt.metadata["race_score"] == 0.9
@@ -507,15 +561,21 @@ def test_a_race_stops_evaluating_once_a_cheaper_candidate_scores_the_maximum_on_
     evaluated = []
     inp = _input()
     inp.spare_rows = SPARE
-    proposal = get_optimizer("fewshot", num_candidates=8, minibatch_size=10).propose(
-        inp, _perfect_when_retrieved(evaluated)
-    )
+    perfect_static = _perfect_when_retrieved(evaluated)
+
+    def evaluate(prompt, rows):  # static sets of 12 demos are perfect too
+        result = perfect_static(prompt, rows)
+        if not prompt.retrieval and len(prompt.demos) == 12:
+            result = Evaluation(result.answers, [1.0] * len(rows), 1.0)
+        return result
+
+    proposal = get_optimizer("fewshot", num_candidates=8, minibatch_size=10).propose(inp, evaluate)
     raced = [(p, n_select, n_spare) for p, n_select, n_spare in evaluated if n_spare]
-    # 8 and 4 retrieved demos both perfect on the select rows; the cheaper 4 goes first on the first rung,
-    # is perfect there too, and the 8 could only tie it: it is not evaluated, and with one left the race
-    # ends (no second rung on all 300 spare rows)
-    assert [(n_select, n_spare) for _, n_select, n_spare in raced] == [(40, 150)] and "4 retrieved" in raced[0][0]
-    assert proposal.prompt.retrieval.k == 4 and proposal.prompt.metadata["race_score"] == 1.0
+    # 4 retrieved and 12 static demos both perfect on the select rows; the static set (no demo evaluated anew
+    # for each row) goes first on the first rung, is perfect there too, and the 4 retrieved could only tie it:
+    # they are not evaluated, and with one left the race ends (no second rung on all 300 spare rows)
+    assert [(n_select, n_spare) for _, n_select, n_spare in raced] == [(40, 150)] and "12 static" in raced[0][0]
+    assert proposal.prompt.retrieval is None and proposal.prompt.metadata["race_score"] == 1.0
     assert {c["race_rows"] for c in proposal.candidates if "race_score" in c} == {190}
 
     # a cheaper candidate short of the maximum stops nothing: 8 retrieved (perfect) races 4 (half right)

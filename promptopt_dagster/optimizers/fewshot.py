@@ -74,13 +74,14 @@ class Choice:
 #: data whose smaller labels still matter (bench/atis_subset.py: balanced by-hand 12-shot 0.92 on test).
 #: Free answers stay in the race where the labels rank badly. The last two are more static draws:
 #: which rows a static set holds moves its test score by several points, they cost little, and the
-#: race on spare dev rows tells the draws apart. Retrieved k beyond 8 is not listed: it grows while it
-#: pays (`_grown_k`), and the best retrieved seed is tried with its rows' vote (`_vote_seed`), both
-#: beyond the list's num_candidates.
+#: race on spare dev rows tells the draws apart. The cheaper retrieved k comes first and the costlier one
+#: faces it (`_rival`): 8 retrieved paragraphs cost the package-sections stand-in about 430 s of iteration 0
+#: and never led 4. Retrieved k beyond 8 is not listed: it grows while it pays (`_grown_k`), and the best
+#: retrieved seed is tried with its rows' vote (`_vote_seed`), both beyond the list's num_candidates.
 SEEDS = (
-    Choice("retrieved", 8, "label"),
-    Choice("static", 12, "label"),
     Choice("retrieved", 4, "label"),
+    Choice("static", 12, "label"),
+    Choice("retrieved", 8, "label"),
     Choice("static", 12, "label", "balanced"),
     Choice("retrieved", 8, "free"),
     Choice("static", 16, "label"),
@@ -97,6 +98,9 @@ VOTE_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0)
 VOTE_GRID = ((1.0, False), (2.0, False), (1.0, True), (2.0, True))
 #: A wide voting panel: at least this many nearest rows, twice the k shown.
 WIDE_PANEL = 16
+#: A candidate whose prompt is this many times as long a row as the one it faces (or that evaluates more demos
+#: anew for every row) is costlier: it must stay ahead on a second minibatch before the rest of the select rows.
+COSTLIER_TOKENS = 1.25
 
 
 def wide_panel(k: int) -> int:
@@ -415,6 +419,8 @@ class FewShotOptimizer(Optimizer):
 
         minibatch = select.sample(n=min(self.options.minibatch_size, len(select)), random_state=rng.randrange(2**31))
         mb_ids = minibatch["row_id"].astype(int).tolist()
+        # drawn apart from `rng`, whose draws (instructions, parents, mutations) must not move with it
+        second = self._second_minibatch(select, minibatch, random.Random(f"{inp.seed}:{inp.iteration}:second"))
         select_ids = select["row_id"].astype(int).tolist()
         seen = {_signature(c.prompt) for c in history + new}
         instructions = self.instruction_variants(inp.prompt, inp.labels, inp.label_descriptions)
@@ -452,7 +458,7 @@ class FewShotOptimizer(Optimizer):
                     # same demos) faces that one on the minibatch, as a mutation faces its parent: it goes on
                     # only if it wins there. Same demos, so the same cost or more; on sst2 the free twin of 8
                     # retrieved demos tied on the minibatch and paid 100 retrieved rows to tie on select too.
-                    parent = _answer_twin(prompt, new) or base
+                    parent = _rival(prompt, new) or base
             else:
                 adaptive = False
                 parent = pick_parent(history + new, rng, inp.objective) or base
@@ -484,6 +490,12 @@ class FewShotOptimizer(Optimizer):
                 else:
                     parent_mb = _mean(parent.scores.get(i, 0.0) for i in mb_ids)
                     candidate.passed_minibatch = candidate.minibatch_score > parent_mb
+                held = None  # (its score, the parent's) on both minibatches, where it had to face the second
+                if candidate.passed_minibatch and second is not None and _costlier(prompt, result, parent):
+                    both = mb_ids + second["row_id"].astype(int).tolist()
+                    held = _on_both(result, evaluate(prompt, second), parent, both)
+                    may_tie = seeding and parent is base  # as on the first minibatch: a seed may tie the current prompt
+                    candidate.passed_minibatch = held[0] > held[1] or (may_tie and held[0] >= held[1])
                 if candidate.passed_minibatch:
                     score_all(candidate)
             except ContextWindowError:  # k grows until the context is full: past that, a candidate is left out
@@ -500,20 +512,25 @@ class FewShotOptimizer(Optimizer):
                     "choices": prompt.describe(),
                     "minibatch_score": candidate.minibatch_score,
                     "parent_minibatch_score": parent_mb,
+                    **({"both_minibatches_score": held[0], "parent_both_minibatches_score": held[1]} if held else {}),
                     "select_score": candidate.select_score,
                 }
             )
+            costlier = (
+                f"; costlier a row, on both minibatches {held[0]:.3f} vs {held[1]:.3f}" if held is not None else ""
+            )
             log.info(
-                "fewshot candidate %d/%d (%s: %s): minibatch %.3f vs parent %.3f%s",
+                "fewshot candidate %d/%d (%s: %s): minibatch %.3f vs parent %.3f%s%s",
                 len(tried),
                 self.options.num_candidates + extras,  # a larger k and the vote come beyond num_candidates
                 kind,
                 why,
                 candidate.minibatch_score,
                 parent_mb,
+                costlier,
                 f", select {inp.metric}={candidate.select_score:.3f}"
                 if candidate.passed_minibatch
-                else " (stopped at the minibatch)",
+                else f" (stopped at the {'second ' if held else ''}minibatch)",
             )
         contenders = [c for c in new if c.kind != "baseline"]
         rungs, last_rows = self.race(base, contenders, select, inp, evaluate, tried, seen, new)
@@ -564,6 +581,21 @@ class FewShotOptimizer(Optimizer):
         )
         return Proposal(prompt=winner.prompt, candidates=tried, pool=new)
 
+    def _second_minibatch(
+        self, select: pd.DataFrame, minibatch: pd.DataFrame, rng: random.Random
+    ) -> pd.DataFrame | None:
+        """Select rows outside the minibatch, as many again, that a costlier candidate must also stay ahead on.
+
+        A candidate that costs more a row pays that on every row it answers: on the package-sections stand-in
+        mutations to 8 or 32 retrieved paragraphs, or whole ones, passed a 30-row minibatch by one row each
+        and then paid 100 select rows at 1 to 5 s a row, over 23 minutes of one iteration, to tie their parent
+        there. These rows are select rows, so a candidate that stays ahead pays nothing more for them, and
+        one that does not stops 40 rows sooner. None when no select row is left outside the minibatch."""
+        rest = select.drop(index=minibatch.index)
+        if rest.empty:
+            return None
+        return rest.sample(n=min(self.options.minibatch_size, len(rest)), random_state=rng.randrange(2**31))
+
     def _grown_k(
         self, new: list[Candidate], inp: OptimizerContext, grown_to: set[int]
     ) -> tuple[Candidate, Choice] | None:
@@ -595,8 +627,8 @@ class FewShotOptimizer(Optimizer):
         return larger, Choice("retrieved", bigger[0], answer)
 
     def _vote_seed(self, new: list[Candidate], inp: OptimizerContext) -> Candidate | None:
-        """The retrieved seed to try with its rows' labels voting, once the retrieved seeds are in (two k scored on
-        the select rows, and k no longer growing): the best of them with label answers. None where the backend
+        """The retrieved seed to try with its rows' labels voting, once the retrieved seeds are in (two k tried,
+        and k no longer growing): the best of them with label answers. None where the backend
         returns no label scores or there are no labels.
 
         A small model shown its neighbours can score below their majority (hwu64: the 8 nearest rows' majority
@@ -605,10 +637,17 @@ class FewShotOptimizer(Optimizer):
         two labels the ranking has scored both anyway, so the cache answers that minibatch."""
         if not (inp.calibration and inp.labels):
             return None
-        retrieved = _retrieved_seeds(new, "label")
-        if len({c.prompt.retrieval.k for c in retrieved}) < 2:
+        tried = {
+            c.prompt.retrieval.k
+            for c in new
+            if c.kind == "seed"
+            and c.prompt.retrieval
+            and not c.prompt.retrieval.per_label
+            and c.prompt.answer == "label"
+        }
+        if len(tried) < 2:  # a costlier k stopped at the minibatch counts: it was tried
             return None
-        return max(retrieved, key=lambda c: c.select_score)
+        return max(_retrieved_seeds(new, "label"), key=lambda c: c.select_score, default=None)
 
     def _vote_point(self, seed: Candidate, minibatch: pd.DataFrame, evaluate: Evaluator) -> PromptVersion:
         """The seed with its rows' vote at the point of VOTE_GRID that scores best on the minibatch (the first of
@@ -974,11 +1013,17 @@ def _beats(winner: Candidate, base: Candidate, rungs: list[dict[str, float]]) ->
     return winner.select_score > base.select_score
 
 
-def _answer_twin(prompt: PromptVersion, candidates: list[Candidate]) -> Candidate | None:
-    """The candidate with this one's demos (static, or retrieved alike) that reads answers the other way (label
-    or free). The instruction may differ: seeds draw theirs at random."""
+def _rival(prompt: PromptVersion, candidates: list[Candidate]) -> Candidate | None:
+    """The earlier seed a seed faces instead of the current prompt: the one with its demos (static, or retrieved
+    alike) that reads answers the other way (label or free), else, for nearest retrieved demos, the scored seed
+    with the most of them below its k that reads answers alike. None: it faces the current prompt.
+
+    Each must beat what it adds to: free answers on sst2's 8 retrieved demos tied label answers on the minibatch
+    and paid 100 retrieved rows to tie on the select rows too; 8 retrieved paragraphs never led 4 on the
+    package-sections stand-in and cost about 430 s of iteration 0. The instruction may differ: seeds draw theirs
+    at random."""
     mine = _shown(prompt)
-    return next(
+    twin = next(
         (
             c
             for c in candidates
@@ -986,6 +1031,33 @@ def _answer_twin(prompt: PromptVersion, candidates: list[Candidate]) -> Candidat
         ),
         None,
     )
+    if twin is not None or prompt.retrieval is None or prompt.retrieval.per_label:
+        return twin
+    fewer = [c for c in _retrieved_seeds(candidates, prompt.answer) if c.prompt.retrieval.k < prompt.retrieval.k]
+    return max(fewer, key=lambda c: c.prompt.retrieval.k, default=None)
+
+
+def _costlier(prompt: PromptVersion, result: Evaluation, parent: Candidate) -> bool:
+    """Whether a candidate costs more a row than the parent it faces: more demos evaluated anew for every row
+    (`demo_cost`), or as many and prompts over COSTLIER_TOKENS times as long on its minibatch as the parent's on
+    the select rows (whole paragraphs where the parent cut them). Tokens are compared with a margin: another
+    instruction or a static draw moves them a little either way, and the minibatch is a sample of the rows."""
+    if parent.select_score is None:  # stopped at its own minibatch: no scores on the second one to face
+        return False
+    mine, theirs = demo_cost(prompt), demo_cost(parent.prompt)
+    if mine != theirs:
+        return mine > theirs
+    cost = row_cost(result.answers)
+    return (
+        cost is not None
+        and parent.cost is not None
+        and cost.prompt_tokens > COSTLIER_TOKENS * parent.cost.prompt_tokens
+    )
+
+
+def _on_both(first: Evaluation, second: Evaluation, parent: Candidate, row_ids: list[int]) -> tuple[float, float]:
+    """A candidate's mean row score on both minibatches (`row_ids`, in that order) and its parent's there."""
+    return _mean([*first.per_row, *second.per_row]), _mean(parent.scores.get(i, 0.0) for i in row_ids)
 
 
 def _signature(prompt: PromptVersion) -> tuple:
