@@ -6,7 +6,8 @@ shown (a fixed set, or the k train rows most similar to it), how many, and wheth
 only be a label. Iteration 0 seeds the pool with one candidate per region of that space; later
 iterations mutate one choice of a parent drawn from the pool's best and its per-row Pareto frontier
 (GEPA's rule). Every candidate first faces its parent on a seeded minibatch of the select rows and
-only a winner is scored on all of them (DSPy's and GEPA's minibatch gate). The leaders on the select
+only a winner is scored on all of them (DSPy's and GEPA's minibatch gate); one that costs more a row
+than its parent must stay ahead on a second minibatch too. The leaders on the select
 rows then race on spare rows by successive halving, and the race's winner is the proposal (the best
 score, unless the optimization's objective says otherwise); it is proposed only if it beats the
 baseline. Once a candidate scores the maximum on every row a step sees, a costlier one is not
@@ -123,7 +124,12 @@ class FewShotOptions(OptimizerOptions):
         min_length=1,
         description="retrieved demos per row (k); a k whose prompts do not fit the task model's context is left out",
     )
-    minibatch_size: int = Field(30, ge=1, description="select rows a candidate must win on before it is scored on all")
+    minibatch_size: int = Field(
+        30,
+        ge=1,
+        description="select rows a candidate must win on before it is scored on all (a candidate costlier a row "
+        "than its parent: as many more, too)",
+    )
     max_demo_chars: int = Field(300, ge=1, description="longer train rows are demos only when short ones are too few")
     race_confidence: float = Field(
         0.9,
