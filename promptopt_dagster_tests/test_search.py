@@ -507,10 +507,10 @@ def test_a_costlier_candidate_must_stay_ahead_on_a_second_minibatch_before_the_r
         k = prompt.retrieval.k if prompt.retrieval and prompt.answer == "label" else 0
         ids = rows["row_id"].tolist()
         per_row = [float(k > 0 and i % 2 == 0) for i in ids]
-        rows_seen[(prompt.describe(), prompt.id) if k != 8 else 8].append(ids)
-        if k == 8 and len(rows_seen[8]) == 1:  # the minibatch: right on one odd row too
+        rows_seen[prompt.id].append(ids)
+        if k == 8 and len(rows_seen[prompt.id]) == 1:  # the minibatch: right on one odd row too
             per_row[next(j for j, i in enumerate(ids) if i % 2)] = 1.0
-        if k == 8 and len(rows_seen[8]) == 2 and not holds:  # the second minibatch: wrong on one even row
+        if k == 8 and len(rows_seen[prompt.id]) == 2 and not holds:  # the second minibatch: wrong on one even row
             per_row[next(j for j, i in enumerate(ids) if i % 2 == 0)] = 0.0
         return Evaluation(rows.assign(prompt_tokens=100 + 50 * k), per_row, float(np.mean(per_row)))
 
@@ -518,7 +518,7 @@ def test_a_costlier_candidate_must_stay_ahead_on_a_second_minibatch_before_the_r
     eight = next(c for c in proposal.candidates if c["choices"].startswith("0 static demos, 8 retrieved"))
     four = next(c for c in proposal.candidates if c["choices"].startswith("0 static demos, 4 retrieved"))
     assert eight["parent"] == four["candidate"]  # the costlier k faces the cheaper one, not the current prompt
-    first, second, *rest = rows_seen[8]
+    first, second, *rest = rows_seen[eight["candidate"]]
     assert (
         len(first) == len(second) == 10 and not set(first) & set(second) and set(first + second) <= set(SELECT.row_id)
     )
@@ -529,9 +529,9 @@ def test_a_costlier_candidate_must_stay_ahead_on_a_second_minibatch_before_the_r
     assert [len(r) for r in rest] == ([len(SELECT)] if holds else [])  # the rest of the select rows only if it held
     # the 4 faced the current prompt (no demos) and is costlier too: two minibatches, then every select row; a
     # static set (no demo evaluated anew for each row, prompts as long here) faces one minibatch only
-    assert [len(r) for r in rows_seen[next(p for p in rows_seen if p != 8 and "4 retrieved" in str(p))]] == [10, 10, 40]
-    static = [p for p in rows_seen if p != 8 and "static" in str(p) and "retrieved" not in str(p)]
-    assert static and all([len(r) for r in rows_seen[p]] in ([10], [10, 40]) for p in static)
+    assert [len(r) for r in rows_seen[four["candidate"]]] == [10, 10, len(SELECT)]
+    static = [c["candidate"] for c in proposal.candidates if "retrieved" not in c["choices"]]
+    assert static and all([len(r) for r in rows_seen[c]] in ([10], [10, len(SELECT)]) for c in static)
 
 
 def test_a_costlier_candidate_behind_a_cheaper_one_on_a_rung_stops_racing_and_with_one_left_the_race_ends():

@@ -486,22 +486,21 @@ class FewShotOptimizer(Optimizer):
             candidate = Candidate(prompt, inp.iteration, kind)
             try:
                 result = evaluate(prompt, minibatch)
-                candidate.minibatch_score = _mean(result.per_row)
+                candidate.minibatch_score = mb = _mean(result.per_row)
                 base_mb = _mean(base.scores.get(i, 0.0) for i in mb_ids)
-                if seeding:  # a seed ties the current prompt or beats it; one with a twin (or grown) beats that too
+                # a seed ties the current prompt or beats it; one with a rival (twin, fewer retrieved, grown from)
+                # beats that too; a mutation beats its parent
+                may_tie = seeding and parent is base
+                if seeding:
                     parent_mb = base_mb if parent is base else parent.minibatch_score  # same minibatch
-                    candidate.passed_minibatch = candidate.minibatch_score >= base_mb and (
-                        parent is base or candidate.minibatch_score > parent_mb
-                    )
                 else:
                     parent_mb = _mean(parent.scores.get(i, 0.0) for i in mb_ids)
-                    candidate.passed_minibatch = candidate.minibatch_score > parent_mb
+                candidate.passed_minibatch = (not seeding or mb >= base_mb) and _ahead(mb, parent_mb, may_tie)
                 held = None  # (its score, the parent's) on both minibatches, where it had to face the second
                 if candidate.passed_minibatch and second is not None and _costlier(prompt, result, parent):
                     both = mb_ids + second["row_id"].astype(int).tolist()
                     held = _on_both(result, evaluate(prompt, second), parent, both)
-                    may_tie = seeding and parent is base  # as on the first minibatch: a seed may tie the current prompt
-                    candidate.passed_minibatch = held[0] > held[1] or (may_tie and held[0] >= held[1])
+                    candidate.passed_minibatch = _ahead(*held, may_tie)
                 if candidate.passed_minibatch:
                     score_all(candidate)
             except ContextWindowError:  # k grows until the context is full: past that, a candidate is left out
@@ -594,8 +593,8 @@ class FewShotOptimizer(Optimizer):
 
         A candidate that costs more a row pays that on every row it answers: on the package-sections stand-in
         mutations to 8 or 32 retrieved paragraphs, or whole ones, passed a 30-row minibatch by one row each
-        and then paid 100 select rows at 1 to 5 s a row, over 23 minutes of one iteration, to tie their parent
-        there. These rows are select rows, so a candidate that stays ahead pays nothing more for them, and
+        and then paid 100 select rows at 1 to 5 s a row to tie their parent there (that iteration ran over 23
+        minutes). These rows are select rows, so a candidate that stays ahead pays nothing more for them, and
         one that does not stops 40 rows sooner. None when no select row is left outside the minibatch."""
         rest = select.drop(index=minibatch.index)
         if rest.empty:
@@ -643,14 +642,7 @@ class FewShotOptimizer(Optimizer):
         two labels the ranking has scored both anyway, so the cache answers that minibatch."""
         if not (inp.calibration and inp.labels):
             return None
-        tried = {
-            c.prompt.retrieval.k
-            for c in new
-            if c.kind == "seed"
-            and c.prompt.retrieval
-            and not c.prompt.retrieval.per_label
-            and c.prompt.answer == "label"
-        }
+        tried = {c.prompt.retrieval.k for c in _retrieved_seeds(new, "label", scored=False)}
         if len(tried) < 2:  # a costlier k stopped at the minibatch counts: it was tried
             return None
         return max(_retrieved_seeds(new, "label"), key=lambda c: c.select_score, default=None)
@@ -929,8 +921,9 @@ def _race_field(leaders: list[Candidate], size: int) -> list[Candidate]:
     return sorted(field, key=lambda c: -c.select_score)
 
 
-def _retrieved_seeds(candidates: list[Candidate], answer: str) -> list[Candidate]:
-    """This iteration's seeds with the nearest retrieved rows and `answer` answers, scored on the select rows."""
+def _retrieved_seeds(candidates: list[Candidate], answer: str, scored: bool = True) -> list[Candidate]:
+    """This iteration's seeds with the nearest retrieved rows and `answer` answers, scored on the select rows
+    (`scored`), or tried at all (stopped at a minibatch too)."""
     return [
         c
         for c in candidates
@@ -938,7 +931,7 @@ def _retrieved_seeds(candidates: list[Candidate], answer: str) -> list[Candidate
         and c.prompt.retrieval is not None
         and not c.prompt.retrieval.per_label
         and c.prompt.answer == answer
-        and c.select_score is not None
+        and (c.select_score is not None or not scored)
     ]
 
 
@@ -1059,6 +1052,12 @@ def _costlier(prompt: PromptVersion, result: Evaluation, parent: Candidate) -> b
         and parent.cost is not None
         and cost.prompt_tokens > COSTLIER_TOKENS * parent.cost.prompt_tokens
     )
+
+
+def _ahead(mine: float, theirs: float, may_tie: bool) -> bool:
+    """A minibatch's verdict: a higher mean row score, or an equal one where a tie is allowed (a seed facing the
+    current prompt)."""
+    return mine > theirs or (may_tie and mine >= theirs)
 
 
 def _on_both(first: Evaluation, second: Evaluation, parent: Candidate, row_ids: list[int]) -> tuple[float, float]:
