@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -11,7 +12,7 @@ from pydantic import ValidationError
 from promptopt_dagster.core.prompts import Demo, PromptVersion, Retrieval
 from promptopt_dagster.core.retrieval import Bm25Retriever, TfidfRetriever
 from promptopt_dagster.optimizers.base import Evaluation, OptimizerContext
-from promptopt_dagster.optimizers.fewshot import FewShotOptimizer, FewShotOptions
+from promptopt_dagster.optimizers.fewshot import Choice, FewShotOptimizer, FewShotOptions
 
 POOL = [
     Demo(user_input="wake me up at seven tomorrow", ground_truth_output="alarm_set"),
@@ -105,8 +106,30 @@ def test_long_retrieved_demos_are_cut_at_a_word_and_short_pools_are_left_whole()
     assert pool[0].user_input == "0 " + paragraph  # the pool (what the leakage gate checks) is untouched
 
     optimizer = FewShotOptimizer()
-    assert optimizer.cut_length(pool) == 400 and optimizer.cut_length(POOL) is None
-    assert FewShotOptimizer(long_demo_chars=0).cut_length(pool) is None
+    assert optimizer.cut_length(pool, 4) == 400 and optimizer.cut_length(POOL, 4) is None
+    assert FewShotOptimizer(long_demo_chars=0).cut_length(pool, 4) is None
+
+
+def test_more_retrieved_demos_of_long_rows_share_the_length_four_had():
+    """On long inputs a larger k shows more, shorter demos, so growing k does not multiply the prompt a row:
+    up to 4 demos are cut to long_demo_chars, 8 to half of it, 16 to a quarter, never shorter than a quarter."""
+    paragraph = "Stocks rallied on Monday as investors weighed the central bank's decision " * 10
+    pool = [Demo(user_input=f"{i} " + paragraph, ground_truth_output="business") for i in range(40)]
+    optimizer = FewShotOptimizer()
+    assert [optimizer.cut_length(pool, k) for k in (1, 4, 8, 16, 32)] == [400, 400, 200, 100, 100]
+    assert FewShotOptimizer(long_demo_chars=40).cut_length(pool, 32) == 20  # Retrieval.max_chars' floor
+
+    def shown(retrieval: Retrieval) -> int:
+        return sum(len(d.user_input) for d in retrieval.pick("stocks rallied"))
+
+    four = Retrieval(k=4, pool=pool, max_chars=optimizer.cut_length(pool, 4))
+    parent = PromptVersion(version=1, system_prompt="Classify.", output_prompt="{user_input}", retrieval=four)
+    choice = Choice("retrieved", 16, "free")
+    inp = SimpleNamespace(labels=[], train=pd.DataFrame(columns=["user_input", "ground_truth_output"]))
+    grown = optimizer.build(parent, choice, "Classify.", inp, pool, random.Random(0)).retrieval
+    assert grown.k == 16 and grown.max_chars == 100 and shown(grown) <= shown(four)
+    whole = parent.child(retrieval=four.model_copy(update={"max_chars": None}))
+    assert optimizer.build(whole, choice, "Classify.", inp, pool, random.Random(0)).retrieval.max_chars is None
 
 
 def test_no_dataset_in_data_starts_with_cut_demos():
@@ -118,4 +141,4 @@ def test_no_dataset_in_data_starts_with_cut_demos():
     optimizer = FewShotOptimizer()
     for name, spec in load_manifest(DATA_DIR / "manifest.yaml").items():
         pool = optimizer.demo_pool(load_splits(spec, DATA_DIR).train)
-        assert optimizer.cut_length(pool) is None, name
+        assert optimizer.cut_length(pool, 4) is None, name

@@ -102,6 +102,11 @@ WIDE_PANEL = 16
 #: A candidate whose prompt is this many times as long a row as the one it faces (or that evaluates more demos
 #: anew for every row) is costlier: it must stay ahead on a second minibatch before the rest of the select rows.
 COSTLIER_TOKENS = 1.25
+#: On long inputs, this many retrieved demos are cut to long_demo_chars each and more share that many times
+#: long_demo_chars (`FewShotOptimizer.cut_length`); no demo is cut shorter than MIN_CUT characters
+#: (`Retrieval.max_chars`' floor).
+CUT_SHARED = 4
+MIN_CUT = 20
 
 
 def wide_panel(k: int) -> int:
@@ -159,8 +164,9 @@ class FewShotOptions(OptimizerOptions):
     long_demo_chars: int = Field(
         400,
         ge=0,
-        description="when the demo pool's median row is longer than this, retrieved demos are cut to this many "
-        "characters (a mutation tries them whole); 0: never cut",
+        description="when the demo pool's median row is longer than this, up to 4 retrieved demos are cut to this "
+        "many characters and more share 4 times as many (a quarter of it at least), so a larger k costs about "
+        "the same a row (a mutation tries them whole); 0: never cut",
     )
     per_label_retrieval: bool = Field(
         False,
@@ -243,14 +249,22 @@ class FewShotOptimizer(Optimizer):
             order.append(order.pop(last))
         return [_demo(r) for _, r in order]
 
-    def cut_length(self, demo_pool: list[Demo]) -> int | None:
-        """The length retrieved demos are cut to for this pool: long_demo_chars when its median row is longer
-        (paragraphs, documents), else None (short rows are shown whole, and cutting them would change nothing)."""
+    def cut_length(self, demo_pool: list[Demo], k: int) -> int | None:
+        """The length k retrieved demos are cut to for this pool, None where its median row is no longer than
+        long_demo_chars (short rows are shown whole, and cutting them would change nothing).
+
+        Up to CUT_SHARED demos are cut to long_demo_chars each; more share CUT_SHARED times that (each at least
+        a quarter of it), so a larger k shows more rows in about the same prompt. Every demo is prompt tokens on
+        every row: on the package-sections stand-in 16 retrieved demos of 400 characters cost 2.8 s a row against
+        4's 0.7, and one such candidate, 2 points better on the confirm rows and rejected as not sure, took 14 of
+        the optimization's 38 minutes (docs/benchmarks.md)."""
         limit = self.options.long_demo_chars
         if not limit or not demo_pool:
             return None
         lengths = sorted(len(d.user_input) for d in demo_pool)
-        return limit if lengths[len(lengths) // 2] > limit else None
+        if lengths[len(lengths) // 2] <= limit:
+            return None
+        return max(MIN_CUT, limit // 4, limit * CUT_SHARED // max(k, CUT_SHARED))
 
     def mutate_demos(self, demos: list[Demo], train: pd.DataFrame, rng: random.Random) -> list[Demo]:
         """Swap one or two demos for unused train rows with the same label, keeping the label mix and order."""
@@ -283,13 +297,19 @@ class FewShotOptimizer(Optimizer):
                 answer=answer,
                 labels=labels,
                 # a resized retrieval keeps how it retrieves; a new one starts from the first retriever
-                retrieval=parent.retrieval.model_copy(update={"k": choice.count, "pool": demo_pool})
+                retrieval=parent.retrieval.model_copy(
+                    update={
+                        "k": choice.count,
+                        "pool": demo_pool,
+                        "max_chars": parent.retrieval.max_chars and self.cut_length(demo_pool, choice.count),
+                    }
+                )
                 if parent.retrieval
                 else Retrieval(
                     k=choice.count,
                     pool=demo_pool,
                     method=self.options.retrievers[0],
-                    max_chars=self.cut_length(demo_pool),
+                    max_chars=self.cut_length(demo_pool, choice.count),
                 ),
                 calibrate=False,
                 ensemble=[],
@@ -319,7 +339,7 @@ class FewShotOptimizer(Optimizer):
             moves.append("retriever")
         if parent.retrieval and self.options.per_label_retrieval and len(inp.labels) > 1:
             moves.append("cover")
-        if parent.retrieval and self.cut_length(demo_pool):
+        if parent.retrieval and self.cut_length(demo_pool, parent.retrieval.k):
             moves.append("cut")
         if parent.retrieval and not parent.retrieval.per_label and parent.answer == "label" and inp.calibration:
             moves.append("vote")
@@ -338,7 +358,7 @@ class FewShotOptimizer(Optimizer):
             method = rng.choice(others)
             return parent.child(retrieval=parent.retrieval.model_copy(update={"method": method})), f"{method} retrieval"
         if move == "cut":
-            cut = None if parent.retrieval.max_chars else self.cut_length(demo_pool)
+            cut = None if parent.retrieval.max_chars else self.cut_length(demo_pool, parent.retrieval.k)
             change = f"retrieved demos cut to {cut} chars" if cut else "retrieved demos whole"
             return parent.child(retrieval=parent.retrieval.model_copy(update={"max_chars": cut})), change
         if move == "vote":
