@@ -76,9 +76,10 @@ class Choice:
 #: Free answers stay in the race where the labels rank badly. The last two are more static draws:
 #: which rows a static set holds moves its test score by several points, they cost little, and the
 #: race on spare dev rows tells the draws apart. The cheaper retrieved k comes first and the costlier one
-#: faces it (`_rival`): 8 retrieved paragraphs cost the package-sections stand-in about 430 s of iteration 0
-#: and never led 4. Retrieved k beyond 8 is not listed: it grows while it pays (`_grown_k`), and the best
-#: retrieved seed is tried with its rows' vote (`_vote_seed`), both beyond the list's num_candidates.
+#: faces it (`_rival`): 8 retrieved paragraphs (400 characters each then) cost the package-sections stand-in
+#: about 430 s of iteration 0 and never led 4. Retrieved k beyond 8 is not listed: it grows while it pays
+#: (`_grown_k`), and the best retrieved seed is tried with its rows' vote (`_vote_seed`), both beyond the
+#: list's num_candidates.
 SEEDS = (
     Choice("retrieved", 4, "label"),
     Choice("static", 12, "label"),
