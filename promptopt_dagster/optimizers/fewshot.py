@@ -165,9 +165,9 @@ class FewShotOptions(OptimizerOptions):
     long_demo_chars: int = Field(
         400,
         ge=0,
-        description="when the demo pool's median row is longer than this, up to 4 retrieved demos are cut to this "
-        "many characters and more share 4 times as many (a quarter of it at least), so a larger k costs about "
-        "the same a row (a mutation tries them whole); 0: never cut",
+        description=f"when the demo pool's median row is longer than this, up to {CUT_SHARED} retrieved demos are "
+        f"cut to this many characters and more share {CUT_SHARED} times as many (a quarter of it at least), so a "
+        "larger k costs about the same a row (a mutation tries them whole); 0: never cut",
     )
     per_label_retrieval: bool = Field(
         False,
