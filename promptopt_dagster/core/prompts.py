@@ -43,6 +43,10 @@ def shorten(text: str, limit: int) -> str:
     return (cut[:space] if space > limit // 2 else cut).rstrip() + "…"
 
 
+#: The shortest a retrieved demo is cut to (`Retrieval.max_chars`): shorter keeps too little of a row to show.
+MIN_CUT_CHARS = 20
+
+
 class Retrieval(BaseModel):
     """Demos chosen per input: the k pool rows most similar to it, rendered after the static demos with
     the most similar last (nearest the input). The pool travels with the version, so an exported
@@ -58,7 +62,7 @@ class Retrieval(BaseModel):
     # Long rows as demos cost context on every row: a retrieved news paragraph is a few hundred tokens,
     # and k of them per row made inference several times slower. Cut to this many characters (at a word
     # boundary), a demo keeps what usually carries its label (a headline, a lead sentence).
-    max_chars: int | None = Field(None, ge=20)
+    max_chars: int | None = Field(None, ge=MIN_CUT_CHARS)
     # The retrieved rows' labels as a vote beside the model's label scores (0: no vote). A label answer is then
     # the label with the highest log-probability (normalized over the labels) plus `vote` times the log of its
     # smoothed share of the k rows. A small model shown its neighbours can do worse than their majority: on

@@ -28,7 +28,7 @@ from pydantic import Field, PositiveInt, field_validator
 
 from promptopt_dagster.core.errors import ContextWindowError
 from promptopt_dagster.core.intervals import paired_bootstrap_gain
-from promptopt_dagster.core.prompts import Demo, PromptVersion, Retrieval
+from promptopt_dagster.core.prompts import MIN_CUT_CHARS, Demo, PromptVersion, Retrieval
 from promptopt_dagster.core.retrieval import retriever_names
 from promptopt_dagster.llm.base import LLMClient
 from promptopt_dagster.optimizers.base import (
@@ -104,10 +104,8 @@ WIDE_PANEL = 16
 #: anew for every row) is costlier: it must stay ahead on a second minibatch before the rest of the select rows.
 COSTLIER_TOKENS = 1.25
 #: On long inputs, this many retrieved demos are cut to long_demo_chars each and more share that many times
-#: long_demo_chars (`FewShotOptimizer.cut_length`); no demo is cut shorter than MIN_CUT characters
-#: (`Retrieval.max_chars`' floor).
+#: long_demo_chars (`FewShotOptimizer.cut_length`), none shorter than a quarter of it or MIN_CUT_CHARS.
 CUT_SHARED = 4
-MIN_CUT = 20
 
 
 def wide_panel(k: int) -> int:
@@ -265,7 +263,7 @@ class FewShotOptimizer(Optimizer):
         lengths = sorted(len(d.user_input) for d in demo_pool)
         if lengths[len(lengths) // 2] <= limit:
             return None
-        return max(MIN_CUT, limit // 4, limit * CUT_SHARED // max(k, CUT_SHARED))
+        return max(MIN_CUT_CHARS, limit // 4, limit * CUT_SHARED // max(k, CUT_SHARED))
 
     def mutate_demos(self, demos: list[Demo], train: pd.DataFrame, rng: random.Random) -> list[Demo]:
         """Swap one or two demos for unused train rows with the same label, keeping the label mix and order."""
