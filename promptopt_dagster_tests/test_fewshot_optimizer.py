@@ -287,3 +287,39 @@ def test_label_descriptions_become_an_instruction_variant_once():
         for v in optimizer.instruction_variants(described, ["positive", "negative"], descriptions)
     )
     assert len(optimizer.instruction_variants(SEED, ["positive", "negative"])) == 2  # none given: no such variant
+
+
+def test_after_iteration_0_only_candidates_above_the_current_prompt_race_it():
+    """A mutation that ties the current prompt on the select rows does not race it on the spare rows (it could
+    be accepted only on a sure gain on the confirm rows); one above it does, and in iteration 0 a tie races."""
+    from promptopt_dagster.optimizers.pool import Candidate
+
+    def static(n: int) -> PromptVersion:
+        return SEED.child(demos=[Demo(user_input=f"review {i}", ground_truth_output="negative") for i in range(n)])
+
+    def right(rows: range) -> dict[int, float]:
+        return {i: 1.0 if i in rows else 0.0 for i in range(30)}
+
+    current = Candidate(static(4), 0, "seed", right(range(20)), 20 / 30)
+    tie = Candidate(static(5), 1, "mutate", right(range(10, 30)), 20 / 30)
+    above = Candidate(static(6), 1, "mutate", right(range(21)), 21 / 30)
+    spare = pd.DataFrame({"row_id": range(100, 400), "user_input": [f"s {i}" for i in range(300)]})
+    spare["ground_truth_output"] = "negative"
+    raced: list[str] = []
+
+    def evaluate(prompt: PromptVersion, rows: pd.DataFrame) -> Evaluation:
+        raced.append(prompt.id)
+        per_row = [1.0 if i % 3 else 0.0 for i in rows["row_id"]]
+        return Evaluation(rows, per_row, sum(per_row) / len(per_row))
+
+    def race(iteration: int, contenders: list[Candidate]) -> dict[str, float]:
+        inp = _input(current.prompt, iteration=iteration)
+        inp.history = [current] if iteration else []
+        inp.spare_rows = spare
+        rungs, _ = get_optimizer("fewshot").race(current, contenders, ROWS, inp, evaluate, [], set(), [])
+        return rungs[0] if rungs else {}
+
+    assert race(1, [tie]) == {} and raced == []  # nobody to race: no spare row answered
+    assert set(race(1, [tie, above])) == {current.id, above.id}
+    current.kind = "baseline"  # iteration 0: the initial prompt, and the seeds that tie it race
+    assert set(race(0, [tie])) == {current.id, tie.id}

@@ -106,39 +106,42 @@ def test_long_retrieved_demos_are_cut_at_a_word_and_short_pools_are_left_whole()
     assert pool[0].user_input == "0 " + paragraph  # the pool (what the leakage gate checks) is untouched
 
     optimizer = FewShotOptimizer()
-    assert optimizer.cut_length(pool, 4) == 400 and optimizer.cut_length(POOL, 4) is None
-    assert FewShotOptimizer(long_demo_chars=0).cut_length(pool, 4) is None
+    assert optimizer.cut_length(pool) == 100 and optimizer.cut_length(POOL) is None
+    assert FewShotOptimizer(long_demo_chars=0).cut_length(pool) is None
 
 
-def test_more_retrieved_demos_of_long_rows_share_the_length_four_had():
-    """On long inputs a larger k shows more, shorter demos, so growing k does not multiply the prompt a row:
-    up to 4 demos are cut to long_demo_chars, 8 to half of it, 16 to a quarter, never shorter than a quarter."""
-    paragraph = "Stocks rallied on Monday as investors weighed the central bank's decision " * 10
-    pool = [Demo(user_input=f"{i} " + paragraph, ground_truth_output="business") for i in range(40)]
+def test_paragraphs_are_cut_at_every_k_and_shorter_rows_or_free_answers_never():
+    """Retrieved demos are cut to long_demo_chars (100) where the pool's median row is over twice that, whatever k
+    (a resized retrieval keeps its cut, and a parent the "cut" mutation made whole keeps whole demos); rows up to
+    twice the cut are shown whole, and so are free-form answers (a cut word problem would lose its question)."""
+
+    def pool_of(length: int) -> list[Demo]:
+        return [Demo(user_input=f"{i:03d} " + "w" * (length - 4), ground_truth_output="sports") for i in range(40)]
+
     optimizer = FewShotOptimizer()
-    assert [optimizer.cut_length(pool, k) for k in (1, 4, 8, 16, 32)] == [400, 400, 200, 100, 100]
-    assert FewShotOptimizer(long_demo_chars=40).cut_length(pool, 32) == 20  # Retrieval.max_chars' floor
+    assert [optimizer.cut_length(pool_of(n)) for n in (750, 250, 201, 200, 99)] == [100, 100, 100, None, None]
+    assert optimizer.cut_length(pool_of(750), labelled=False) is None
+    assert FewShotOptimizer(long_demo_chars=5).cut_length(pool_of(750)) == 20  # Retrieval.max_chars' floor
 
-    def shown(retrieval: Retrieval) -> int:
-        return sum(len(d.user_input) for d in retrieval.pick("stocks rallied"))
-
-    four = Retrieval(k=4, pool=pool, max_chars=optimizer.cut_length(pool, 4))
+    pool = pool_of(250)
+    four = Retrieval(k=4, pool=pool, max_chars=optimizer.cut_length(pool))
     parent = PromptVersion(version=1, system_prompt="Classify.", output_prompt="{user_input}", retrieval=four)
-    choice = Choice("retrieved", 16, "free")
-    inp = SimpleNamespace(labels=[], train=pd.DataFrame(columns=["user_input", "ground_truth_output"]))
+    choice = Choice("retrieved", 16, "label")
+    inp = SimpleNamespace(labels=["sports"], train=pd.DataFrame(columns=["user_input", "ground_truth_output"]))
     grown = optimizer.build(parent, choice, "Classify.", inp, pool, random.Random(0)).retrieval
-    assert grown.k == 16 and grown.max_chars == 100 and shown(grown) <= shown(four)
+    assert grown.k == 16 and grown.max_chars == 100
+    assert all(len(d.user_input) <= 100 for d in grown.pick("w"))
     whole = parent.child(retrieval=four.model_copy(update={"max_chars": None}))
     assert optimizer.build(whole, choice, "Classify.", inp, pool, random.Random(0)).retrieval.max_chars is None
 
 
-def test_no_dataset_in_data_starts_with_cut_demos():
-    """The default long_demo_chars leaves the search over every shipped dataset as it was: their demo
-    pools' rows are short (the median is under 220 characters even for gsm8k's word problems)."""
+def test_no_dataset_in_data_has_its_retrieved_demos_cut():
+    """The default long_demo_chars leaves the search over every shipped dataset as it was: their demo pools'
+    median rows are no longer than twice the cut (sst2's is 99 characters), and gsm8k's answers are free-form."""
     from promptopt_dagster.app.datasets import load_manifest, load_splits
     from promptopt_dagster_tests.dagster_helpers import DATA_DIR
 
     optimizer = FewShotOptimizer()
     for name, spec in load_manifest(DATA_DIR / "manifest.yaml").items():
         pool = optimizer.demo_pool(load_splits(spec, DATA_DIR).train)
-        assert optimizer.cut_length(pool, 4) is None, name
+        assert optimizer.cut_length(pool, labelled=bool(spec.labels)) is None, name

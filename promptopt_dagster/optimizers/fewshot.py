@@ -103,9 +103,9 @@ WIDE_PANEL = 16
 #: A candidate whose prompt is this many times as long a row as the one it faces (or that evaluates more demos
 #: anew for every row) is costlier: it must stay ahead on a second minibatch before the rest of the select rows.
 COSTLIER_TOKENS = 1.25
-#: On long inputs, this many retrieved demos are cut to long_demo_chars each and more share that many times
-#: long_demo_chars (`FewShotOptimizer.cut_length`), none shorter than a quarter of it or MIN_CUT_CHARS.
-CUT_SHARED = 4
+#: Retrieved demos are cut to long_demo_chars where the demo pool's median row is over this many times as long
+#: (`FewShotOptimizer.cut_length`): a row up to twice the cut would lose at most half, and save little.
+CUT_FROM = 2
 
 
 def wide_panel(k: int) -> int:
@@ -161,11 +161,10 @@ class FewShotOptions(OptimizerOptions):
         "a mutation switches between them)",
     )
     long_demo_chars: int = Field(
-        400,
+        100,
         ge=0,
-        description=f"when the demo pool's median row is longer than this, up to {CUT_SHARED} retrieved demos are "
-        f"cut to this many characters and more share {CUT_SHARED} times as many (a quarter of it at least), so a "
-        "larger k costs about the same a row (a mutation tries them whole); 0: never cut",
+        description=f"on labelled tasks, retrieved demos are cut at a word to this many characters where the demo "
+        f"pool's median row is over {CUT_FROM} times as long (paragraphs); a mutation tries them whole; 0: never cut",
     )
     per_label_retrieval: bool = Field(
         False,
@@ -248,22 +247,21 @@ class FewShotOptimizer(Optimizer):
             order.append(order.pop(last))
         return [_demo(r) for _, r in order]
 
-    def cut_length(self, demo_pool: list[Demo], k: int) -> int | None:
-        """The length k retrieved demos are cut to for this pool, None where its median row is no longer than
-        long_demo_chars (short rows are shown whole, and cutting them would change nothing).
+    def cut_length(self, demo_pool: list[Demo], labelled: bool = True) -> int | None:
+        """The length retrieved demos from this pool are cut to, or None: they are shown whole.
 
-        Up to CUT_SHARED demos are cut to long_demo_chars each; more share CUT_SHARED times that (each at least
-        a quarter of it), so a larger k shows more rows in about the same prompt. Every demo is prompt tokens on
-        every row: on the package-sections stand-in 16 retrieved demos of 400 characters cost 2.8 s a row against
-        4's 0.7, and one such candidate, 2 points better on the confirm rows and rejected as not sure, took 14 of
-        the optimization's 38 minutes (docs/benchmarks.md)."""
+        Every retrieved demo is prompt tokens on every row, and on 2 cores the tokens are the time. On the
+        package-sections stand-in (paragraphs, median 438 characters) 4 retrieved demos scored 0.930 on the 200
+        confirm rows cut to 400 characters (0.72 s a row), to 200 (0.64 s) and to 100 (0.42 s) alike, and 8 cut
+        to 100 scored 0.950 at 0.56 s: a paragraph's first 100 characters (a summary line, a headline) carry
+        most of what its label needs (docs/benchmarks.md). Pools of shorter rows are shown whole (a row at most
+        twice the cut loses little time and maybe its point), and so are free-form answers: a cut demo would
+        show an answer to text it does not show (a word problem's last sentence holds its question)."""
         limit = self.options.long_demo_chars
-        if not limit or not demo_pool:
+        if not limit or not demo_pool or not labelled:
             return None
         lengths = sorted(len(d.user_input) for d in demo_pool)
-        if lengths[len(lengths) // 2] <= limit:
-            return None
-        return max(MIN_CUT_CHARS, limit // 4, limit * CUT_SHARED // max(k, CUT_SHARED))
+        return max(MIN_CUT_CHARS, limit) if lengths[len(lengths) // 2] > CUT_FROM * limit else None
 
     def mutate_demos(self, demos: list[Demo], train: pd.DataFrame, rng: random.Random) -> list[Demo]:
         """Swap one or two demos for unused train rows with the same label, keeping the label mix and order."""
@@ -290,6 +288,12 @@ class FewShotOptimizer(Optimizer):
         labels = list(inp.labels)
         answer = choice.answer if labels else "free"
         if choice.demos == "retrieved":  # calibrating would rank content-free prompts for every row
+            # a resized retrieval keeps whole demos where its parent had them (the "cut" mutation made it so)
+            cut = (
+                None
+                if parent.retrieval and parent.retrieval.max_chars is None
+                else self.cut_length(demo_pool, bool(labels))
+            )
             return parent.child(
                 system_prompt=instruction,
                 demos=[],
@@ -300,7 +304,7 @@ class FewShotOptimizer(Optimizer):
                     update={
                         "k": choice.count,
                         "pool": demo_pool,
-                        "max_chars": parent.retrieval.max_chars and self.cut_length(demo_pool, choice.count),
+                        "max_chars": cut,
                     }
                 )
                 if parent.retrieval
@@ -308,7 +312,7 @@ class FewShotOptimizer(Optimizer):
                     k=choice.count,
                     pool=demo_pool,
                     method=self.options.retrievers[0],
-                    max_chars=self.cut_length(demo_pool, choice.count),
+                    max_chars=cut,
                 ),
                 calibrate=False,
                 ensemble=[],
@@ -338,7 +342,7 @@ class FewShotOptimizer(Optimizer):
             moves.append("retriever")
         if parent.retrieval and self.options.per_label_retrieval and len(inp.labels) > 1:
             moves.append("cover")
-        if parent.retrieval and self.cut_length(demo_pool, parent.retrieval.k):
+        if parent.retrieval and self.cut_length(demo_pool, bool(inp.labels)):
             moves.append("cut")
         if parent.retrieval and not parent.retrieval.per_label and parent.answer == "label" and inp.calibration:
             moves.append("vote")
@@ -357,7 +361,7 @@ class FewShotOptimizer(Optimizer):
             method = rng.choice(others)
             return parent.child(retrieval=parent.retrieval.model_copy(update={"method": method})), f"{method} retrieval"
         if move == "cut":
-            cut = None if parent.retrieval.max_chars else self.cut_length(demo_pool, parent.retrieval.k)
+            cut = None if parent.retrieval.max_chars else self.cut_length(demo_pool, bool(inp.labels))
             change = f"retrieved demos cut to {cut} chars" if cut else "retrieved demos whole"
             return parent.child(retrieval=parent.retrieval.model_copy(update={"max_chars": cut})), change
         if move == "vote":
@@ -449,7 +453,7 @@ class FewShotOptimizer(Optimizer):
         select_ids = select["row_id"].astype(int).tolist()
         seen = {_signature(c.prompt) for c in history + new}
         instructions = self.instruction_variants(inp.prompt, inp.labels, inp.label_descriptions)
-        seeding = not any(c.kind != "baseline" for c in history)
+        seeding = _seeding(history)
         tried = []
         # iteration 0 seeds the list's first num_candidates, and beyond them a larger k and the vote where they pay
         schedule, grown_to, voted, extras = list(SEEDS), set(), False, 0
@@ -703,12 +707,25 @@ class FewShotOptimizer(Optimizer):
         best tie it, and a tie goes to the cheaper prompt; with one candidate left the race ends (on the
         paragraph stand-in two 1.000 candidates raced over 200 and 300 rows for five minutes). Empty when
         fewer than two race, there are no spare rows, or the objective asks for the cheapest prompt near
-        the best (a race for the best score would not answer that)."""
+        the best (a race for the best score would not answer that).
+
+        After iteration 0 a candidate races the current prompt only if it scores above it on the select rows.
+        One that ties there can be accepted only if its gain on the confirm rows holds at the optimization's
+        confidence, which a tie on 100 rows seldom turns into, and racing it costs the spare rows at its cost
+        a row: on the package-sections stand-in a mutation that tied the current prompt at 0.900 raced 449
+        rows, 328 s of a 32-minute optimization, and lost."""
         spare = inp.spare_rows
         if spare is None or spare.empty or self.options.race_top < 2 or inp.objective.within_points is not None:
             return [], {}
+        later = not _seeding(inp.history)
         entrants = sorted(
-            [c for c in [base] + contenders if c.select_score is not None and inp.objective.allows(c.cost)],
+            [
+                c
+                for c in [base] + contenders
+                if c.select_score is not None
+                and inp.objective.allows(c.cost)
+                and (c is base or not later or c.select_score > base.select_score)
+            ],
             key=lambda c: c.select_score,
             reverse=True,
         )
@@ -918,6 +935,11 @@ class FewShotOptimizer(Optimizer):
                 seen.add(_signature(prompt))
                 out.append(Candidate(prompt, inp.iteration, "ensemble"))
         return out
+
+
+def _seeding(history: list[Candidate]) -> bool:
+    """Whether this is the search's first iteration: nothing but baselines in the pool yet."""
+    return not any(c.kind != "baseline" for c in history)
 
 
 def _race_field(leaders: list[Candidate], size: int) -> list[Candidate]:
