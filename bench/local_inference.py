@@ -35,7 +35,7 @@ On paragraphs the retrieved demos, which no two rows share, are most of a row's 
 cut <= 0.5x whole in seconds, and the exit code is 1 if it misses.
 
     .venv/bin/python bench/local_inference.py [--rows 500] [--threads N] [--modes static,retrieved]
-        [--chunk 25] [--many-labels 50] [--long-inputs 40 --long-chars 400]
+        [--chunk 25] [--many-labels 50] [--long-inputs 40 --long-chars 100]
 """
 
 from __future__ import annotations
@@ -174,7 +174,12 @@ def main() -> None:
         metavar="ROWS",
         help="also measure the long-input case on this many paragraph rows (0: skip); with --modes '' only it",
     )
-    ap.add_argument("--long-chars", type=int, default=400, help="length the long case's retrieved demos are cut to")
+    ap.add_argument(
+        "--long-chars",
+        type=int,
+        default=FewShotOptimizer.Options.model_fields["long_demo_chars"].default,  # what fewshot cuts paragraphs to
+        help="length the long case's retrieved demos are cut to (default: fewshot's long_demo_chars)",
+    )
     args = ap.parse_args()
     if not args.modes.strip() and (args.many_labels or args.long_inputs):
         if args.many_labels:
