@@ -90,6 +90,7 @@ def main() -> None:
                     "wall s": round(time.perf_counter() - started),
                     # measured when each answer was made, so answers from the cache keep their cost
                     "s/row as answered": round(float(out["latency_s"].mean()), 2),
+                    "prompt tokens/row": round(float(out["prompt_tokens"].mean())),
                 }
             ),
             flush=True,

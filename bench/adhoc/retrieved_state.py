@@ -25,7 +25,9 @@ setup = IterationSetup.resolve(OptimizationSpec(name=name, dataset=name), load_s
 opt = get_optimizer("fewshot")
 pool = opt.demo_pool(setup.demo_source())
 prompt = project.initial_prompt(name).child(
-    answer="label", labels=list(spec.labels), retrieval=Retrieval(k=k, pool=pool, max_chars=opt.cut_length(pool, bool(spec.labels)))
+    answer="label",
+    labels=list(spec.labels),
+    retrieval=Retrieval(k=k, pool=pool, max_chars=opt.cut_length(pool, bool(spec.labels))),
 )
 state.mkdir(parents=True, exist_ok=True)
 (state / "report.json").write_text(json.dumps({"best_prompt": json.loads(prompt.to_json())}))

@@ -288,12 +288,6 @@ class FewShotOptimizer(Optimizer):
         labels = list(inp.labels)
         answer = choice.answer if labels else "free"
         if choice.demos == "retrieved":  # calibrating would rank content-free prompts for every row
-            # a resized retrieval keeps whole demos where its parent had them (the "cut" mutation made it so)
-            cut = (
-                None
-                if parent.retrieval and parent.retrieval.max_chars is None
-                else self.cut_length(demo_pool, bool(labels))
-            )
             return parent.child(
                 system_prompt=instruction,
                 demos=[],
@@ -304,7 +298,8 @@ class FewShotOptimizer(Optimizer):
                     update={
                         "k": choice.count,
                         "pool": demo_pool,
-                        "max_chars": cut,
+                        # whole demos stay whole (the "cut" mutation made them so)
+                        "max_chars": parent.retrieval.max_chars and self.cut_length(demo_pool, bool(labels)),
                     }
                 )
                 if parent.retrieval
@@ -312,7 +307,7 @@ class FewShotOptimizer(Optimizer):
                     k=choice.count,
                     pool=demo_pool,
                     method=self.options.retrievers[0],
-                    max_chars=cut,
+                    max_chars=self.cut_length(demo_pool, bool(labels)),
                 ),
                 calibrate=False,
                 ensemble=[],
