@@ -275,6 +275,66 @@ def test_a_costlier_candidate_is_proposed_only_when_the_race_sees_it_ahead_of_th
         assert proposal.prompt is None and "baseline won the race" in proposal.rejected_reason
 
 
+def _retrieved_right_static_wrong(static_right_every: int):
+    """Retrieved prompts answer every row right; static ones one row in `static_right_every`."""
+
+    def evaluate(prompt: PromptVersion, rows: pd.DataFrame) -> Evaluation:
+        ids = rows["row_id"].astype(int)
+        right = [1.0 if prompt.retrieval is not None or i % static_right_every == 0 else 0.0 for i in ids]
+        answers = rows.assign(prompt_tokens=200 if prompt.demos or prompt.retrieval else 20)
+        return Evaluation(answers, right, sum(right) / len(right))
+
+    return evaluate
+
+
+@pytest.mark.parametrize(
+    "options, objective, right_every, gated",
+    [
+        ({}, None, 5, True),  # 2 of 10 minibatch rows against 10: surely behind, not scored on the rest
+        ({"seed_gate": 0}, None, 5, False),  # the gate off: every seed that beats the initial prompt is scored
+        ({}, {"within_points": 0.05}, 5, False),  # a stated objective: the cheap seed may be the one it wants
+    ],
+)
+def test_a_seed_surely_behind_the_best_seed_on_its_minibatches_is_not_scored_on_the_rest(
+    options, objective, right_every, gated
+):
+    """In the first iteration, a seed the best seed so far beats for sure on the minibatch rows it answered stops
+    there: it is neither scored on the other select rows nor drawn as a later parent (no select score)."""
+    from promptopt_dagster.core.objective import Objective
+
+    inp = _input()
+    if objective:
+        inp.objective = Objective(**objective)
+    asked: list[tuple[bool, int]] = []
+    evaluate = _retrieved_right_static_wrong(right_every)
+
+    def counting(prompt: PromptVersion, rows: pd.DataFrame) -> Evaluation:
+        asked.append((prompt.retrieval is not None, len(rows)))
+        return evaluate(prompt, rows)
+
+    proposal = get_optimizer("fewshot", num_candidates=2, minibatch_size=10, **options).propose(inp, counting, None)
+    first, static = proposal.candidates[:2]
+    assert "retrieved 4" in first["change"] and first["select_score"] == 1.0
+    assert "static 12" in static["change"] and static["minibatch_score"] > 0  # it beat the initial prompt's 0
+    assert (static["select_score"] is None) is gated
+    assert (static.get("stopped_by") == first["candidate"]) is gated
+    static_rows = sum(n for retrieved, n in asked if not retrieved)
+    assert static_rows == (10 if gated else 40)  # the minibatch, then (not gated) the 30 select rows
+
+
+def test_a_seed_close_to_the_best_seed_is_scored_on_every_select_row():
+    """One row in ten wrong against none is not surely behind at 0.99 on 10 rows: the select rows decide."""
+
+    def evaluate(prompt: PromptVersion, rows: pd.DataFrame) -> Evaluation:
+        ids = rows["row_id"].astype(int)
+        right = [1.0 if prompt.retrieval is not None or i % 10 else 0.0 for i in ids]
+        return Evaluation(rows.assign(prompt_tokens=200), right, sum(right) / len(right))
+
+    proposal = get_optimizer("fewshot", num_candidates=2, minibatch_size=10).propose(_input(), evaluate, None)
+    static = proposal.candidates[1]
+    assert "static 12" in static["change"] and static["select_score"] == 0.9
+
+
 def test_label_descriptions_become_an_instruction_variant_once():
     optimizer = get_optimizer("fewshot")
     descriptions = {"positive": "the reviewer liked the film"}
