@@ -290,9 +290,10 @@ def _retrieved_right_static_wrong(static_right_every: int):
 @pytest.mark.parametrize(
     "options, objective, right_every, gated",
     [
-        ({}, None, 5, True),  # 2 of 10 minibatch rows against 10: surely behind, not scored on the rest
-        ({"seed_gate": 0}, None, 5, False),  # the gate off: every seed that beats the initial prompt is scored
-        ({}, {"within_points": 0.05}, 5, False),  # a stated objective: the cheap seed may be the one it wants
+        # at most 3 of 10 minibatch rows against 10: 7 or more rows lost, none won, surely behind (p <= 1/128)
+        ({}, None, 10, True),
+        ({"seed_gate": 0}, None, 10, False),  # the gate off: every seed that beats the initial prompt is scored
+        ({}, {"within_points": 0.05}, 10, False),  # a stated objective: the cheap seed may be the one it wants
     ],
 )
 def test_a_seed_surely_behind_the_best_seed_on_its_minibatches_is_not_scored_on_the_rest(
@@ -315,7 +316,7 @@ def test_a_seed_surely_behind_the_best_seed_on_its_minibatches_is_not_scored_on_
     proposal = get_optimizer("fewshot", num_candidates=2, minibatch_size=10, **options).propose(inp, counting, None)
     first, static = proposal.candidates[:2]
     assert "retrieved 4" in first["change"] and first["select_score"] == 1.0
-    assert "static 12" in static["change"] and static["minibatch_score"] > 0  # it beat the initial prompt's 0
+    assert "static 12" in static["change"]  # it tied or beat the initial prompt (0 right) on the minibatch
     assert (static["select_score"] is None) is gated
     assert (static.get("stopped_by") == first["candidate"]) is gated
     static_rows = sum(n for retrieved, n in asked if not retrieved)
@@ -323,7 +324,8 @@ def test_a_seed_surely_behind_the_best_seed_on_its_minibatches_is_not_scored_on_
 
 
 def test_a_seed_close_to_the_best_seed_is_scored_on_every_select_row():
-    """One row in ten wrong against none is not surely behind at 0.99 on 10 rows: the select rows decide."""
+    """One row in ten wrong against none (at most 3 rows lost of the 10, none won) is not surely behind at 0.99:
+    the select rows decide."""
 
     def evaluate(prompt: PromptVersion, rows: pd.DataFrame) -> Evaluation:
         ids = rows["row_id"].astype(int)

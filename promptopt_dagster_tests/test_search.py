@@ -14,7 +14,7 @@ import pytest
 from promptopt_dagster.app.datasets import dev_parts
 from promptopt_dagster.app.quality import leakage_gate
 from promptopt_dagster.core.decisions import LoopState, StopPolicy, decide
-from promptopt_dagster.core.intervals import paired_bootstrap_gain
+from promptopt_dagster.core.intervals import paired_bootstrap_gain, sign_test
 from promptopt_dagster.core.prompts import Demo, PromptVersion, Retrieval
 from promptopt_dagster.core.retrieval import TfidfRetriever, get_retriever
 from promptopt_dagster.optimizers import Evaluation, OptimizerContext, get_optimizer
@@ -62,6 +62,20 @@ def test_a_one_row_gain_on_200_rows_is_rejected_and_a_clear_gain_accepted():
     decision = decide(0, base.mean(), clear.mean(), LoopState(), policy, gain=gain)
     assert decision.accepted and gain.low > 0.0 and decision.best_score == clear.mean()
     assert "paired bootstrap, 200 rows" in decision.why
+
+
+def test_the_sign_test_counts_only_the_rows_the_two_score_differently():
+    """Exact binomial tails: 7 of 7 differing rows won is 1/128, 7 of 8 is 9/256; shared rows change nothing."""
+    assert sign_test([0.0] * 7, [1.0] * 7) == 1 / 128
+    assert sign_test([0.0] * 7 + [1.0] * 20, [1.0] * 7 + [1.0] * 20) == 1 / 128
+    assert sign_test([0.0] * 7 + [1.0], [1.0] * 7 + [0.0]) == 9 / 256
+    assert sign_test([1.0] * 7 + [0.0], [0.0] * 7 + [1.0]) == 255 / 256  # the other way round: no evidence
+    assert sign_test([0.5, 0.5], [0.5, 0.5]) == 1.0  # no row differs
+    # on 60 rows a bootstrap at 0.99 already calls 8 of 9 differing rows sure; the exact test does not (10/512)
+    worse, better = [0.0] * 8 + [1.0] + [1.0] * 51, [1.0] * 8 + [0.0] + [1.0] * 51
+    assert paired_bootstrap_gain(worse, better, 0.99, seed=0).low > 0 and sign_test(worse, better) > 0.01
+    with pytest.raises(ValueError, match="same number of rows"):
+        sign_test([1.0], [1.0, 0.0])
 
 
 def test_the_paired_test_recomputes_a_target_that_is_not_a_row_mean():

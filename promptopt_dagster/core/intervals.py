@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from math import comb
 
 import numpy as np
 
@@ -115,3 +116,16 @@ def bootstrap_interval(
     tail = (1.0 - confidence) / 2
     low, high = np.quantile(values, [tail, 1.0 - tail])
     return Interval(float(low), float(high), confidence)
+
+
+def sign_test(worse: Sequence[float], better: Sequence[float]) -> float:
+    """The one-sided p-value of the sign test that `better` wins the rows the two score differently no more
+    often than `worse` does: the chance of at least its wins in a fair coin's tosses, one per such row.
+
+    For a verdict on a few dozen rows: a bootstrap's percentile interval is too narrow when only a handful
+    of rows differ (8 of 9 such rows won in 60 already looks sure to it at 0.99); the exact test is not."""
+    if len(worse) != len(better):
+        raise ValueError(f"paired test needs the same number of rows ({len(worse)} vs {len(better)})")
+    wins = sum(b > w for w, b in zip(worse, better))
+    differing = wins + sum(w > b for w, b in zip(worse, better))
+    return sum(comb(differing, k) for k in range(wins, differing + 1)) / 2**differing
