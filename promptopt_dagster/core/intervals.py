@@ -123,7 +123,8 @@ def sign_test(worse: Sequence[float], better: Sequence[float]) -> float:
     often than `worse` does: the chance of at least its wins in a fair coin's tosses, one per such row.
 
     For a verdict on a few dozen rows: a bootstrap's percentile interval is too narrow when only a handful
-    of rows differ (8 of 9 such rows won in 60 already looks sure to it at 0.99); the exact test is not."""
+    of rows differ (8 of 9 such rows won in 60 already looks sure to it at 0.99); the exact test is not.
+    Three lines of binomial tail, not scipy.stats.binomtest: scipy is not a dependency of the main install."""
     if len(worse) != len(better):
         raise ValueError(f"paired test needs the same number of rows ({len(worse)} vs {len(better)})")
     wins = sum(b > w for w, b in zip(worse, better))

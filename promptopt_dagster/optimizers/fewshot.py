@@ -522,12 +522,11 @@ class FewShotOptimizer(Optimizer):
                     parent_mb = _mean(parent.scores.get(i, 0.0) for i in mb_ids)
                 candidate.passed_minibatch = (not seeding or mb >= base_mb) and _ahead(mb, parent_mb, may_tie)
                 held = None  # (its score, the parent's) on both minibatches, where it had to face the second
-                answered = dict(zip(mb_ids, map(float, result.per_row)))
+                answered = dict(zip(mb_ids, map(float, result.per_row)))  # row id -> its score, both minibatches
                 if candidate.passed_minibatch and second is not None and _costlier(prompt, result, parent):
-                    both = mb_ids + second["row_id"].astype(int).tolist()
                     on_second = evaluate(prompt, second)
                     answered.update(zip(second["row_id"].astype(int), map(float, on_second.per_row)))
-                    held = _on_both(result, on_second, parent, both)
+                    held = _mean(answered.values()), _mean(parent.scores.get(i, 0.0) for i in answered)
                     candidate.passed_minibatch = _ahead(*held, may_tie)
                 gate = None  # the seed that is surely ahead of this one on the rows it answered
                 if candidate.passed_minibatch and seeding:
@@ -1137,11 +1136,6 @@ def _ahead(mine: float, theirs: float, may_tie: bool) -> bool:
     """A minibatch's verdict: a higher mean row score, or an equal one where a tie is allowed (a seed facing the
     current prompt)."""
     return mine > theirs or (may_tie and mine >= theirs)
-
-
-def _on_both(first: Evaluation, second: Evaluation, parent: Candidate, row_ids: list[int]) -> tuple[float, float]:
-    """A candidate's mean row score on both minibatches (`row_ids`, in that order) and its parent's there."""
-    return _mean([*first.per_row, *second.per_row]), _mean(parent.scores.get(i, 0.0) for i in row_ids)
 
 
 def _signature(prompt: PromptVersion) -> tuple:
