@@ -50,37 +50,31 @@ def test_the_demo_source_drops_train_rows_equal_to_a_held_out_row():
     assert 5 not in set(setup.demo_source()["row_id"]) and len(setup.demo_source()) == 39
 
 
-def test_a_short_dev_split_races_and_decides_on_train_rows_held_out_of_the_demo_pool():
+def test_a_short_dev_split_races_on_train_rows_held_out_of_the_demo_pool():
     splits = _splits(dev=45)  # 20 confirm, 10 select, 15 spare dev rows
     splits.train.loc[5, "user_input"] = "dev text 3"  # equal to a dev row: never a demo, so never a race row
-    setup = IterationSetup.resolve(small_spec(spare_size=12), splits)
-    # 24 spare rows wanted (12 to race on, 12 to decide on): the 15 dev rows and 9 train rows
-    assert len(setup.spare) == 15 and len(setup.spare_train) == 9
-    race, deciding = setup.race_rows(), setup.deciding_rows()
-    assert len(race) == 12 and race["user_input"].str.startswith("dev").all()  # dev rows first
-    assert len(deciding) == 12 and deciding.head(3)["user_input"].str.startswith("dev").all()
-    assert deciding.tail(9)["row_id"].tolist() == setup.spare_train["row_id"].tolist()
-    assert not set(race["user_input"]) & set(deciding["user_input"])  # row ids count within a split
+    setup = IterationSetup.resolve(small_spec(spare_size=25), splits)
+    assert len(setup.spare) == 15 and len(setup.spare_train) == 10
+    race = setup.race_rows()
+    assert len(race) == 25 and race.head(15)["user_input"].str.startswith("dev").all()  # dev rows first
     held = set(setup.spare_train["row_id"])
     assert 5 not in held and not held & set(setup.train["row_id"]) and not held & set(setup.demo_source()["row_id"])
-    assert len(setup.train) == 31  # 40 train rows less the 9 held out
-    again = IterationSetup.resolve(small_spec(spare_size=12), splits)  # every iteration: the same rows
-    assert again.race_rows().equals(race) and again.deciding_rows().equals(deciding)
-    # the race rows come first in the train draw: asking for deciding rows too leaves them as they were
-    wide = IterationSetup.resolve(small_spec(spare_size=25), splits)
-    assert len(wide.spare_train) == 19  # never more than half of what could be demos
-    assert wide.race_rows().tail(10)["row_id"].tolist() == wide.spare_train.head(10)["row_id"].tolist()
-    assert wide.spare_train.head(9)["row_id"].tolist() == setup.spare_train["row_id"].tolist()
-    assert len(wide.deciding_rows()) == 9  # what is left of the 19 after the race's 10
-    # a long dev split races and decides on a seeded sample of its own spare rows only
+    assert len(setup.train) == 30  # 40 train rows less the 10 held out
+    assert IterationSetup.resolve(small_spec(spare_size=25), splits).race_rows().equals(race)  # every iteration
+    # never more than half of what could be demos, however many spare rows are asked for
+    assert len(IterationSetup.resolve(small_spec(spare_size=500), splits).spare_train) == 19
+    # a long dev split races on a seeded sample of its own spare rows only
     roomy = IterationSetup.resolve(small_spec(spare_size=10), _splits(dev=60))
     assert roomy.spare_train.empty and len(roomy.race_rows()) == 10
     assert set(roomy.race_rows()["row_id"]) <= set(roomy.spare["row_id"])
+    # its other spare rows are the deciding rows, up to spare_size of them, none a race row; a short one has none
     deciding = roomy.deciding_rows()
     assert len(roomy.spare) == 30 and len(deciding) == 10
     assert set(deciding["row_id"]) <= set(roomy.spare["row_id"]) and not set(deciding["row_id"]) & set(
         roomy.race_rows()["row_id"]
     )
+    assert len(IterationSetup.resolve(small_spec(spare_size=25), _splits(dev=60)).deciding_rows()) == 5
+    assert setup.deciding_rows().empty
 
 
 def test_no_dev_rows_and_no_stored_setup_each_name_the_fix():

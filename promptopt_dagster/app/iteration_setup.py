@@ -9,9 +9,9 @@ place to read how an iteration's rows were chosen, and a lineage graph that read
 
 The parts of the dev split are disjoint: *select* rows choose among candidates (the optimizer sees
 them), *confirm* rows accept or reject (the optimizer never sees them), *spare* rows are neither and
-may be used by a race that wants more rows to choose on: `spare_size` race rows, then up to as many
-deciding rows. When dev has fewer spare rows than twice `spare_size`, *spare_train* train rows make up
-the difference: held out of the demo pool, so no candidate is raced on a row it may carry as a demo. *train* is the demo pool's source (rows equal to
+may be used by a race that wants more rows to choose on. When dev has fewer spare rows than the
+settings' `spare_size`, *spare_train* train rows make up the difference: held out of the demo pool, so
+no candidate is raced on a row it may carry as a demo. *train* is the demo pool's source (rows equal to
 a held-out one removed); *test* is held out for the final report and only checked against.
 """
 
@@ -51,13 +51,9 @@ class IterationSetup:
             )
         select, confirm = dev_parts(splits.dev, spec.eval_size, spec.select_size, spec.seed)
         spare = spare_rows(splits.dev, select, confirm)
-        # a small dev split (atis_intent has 100 spare rows) gets the rest of its race and deciding rows from
-        # train, drawn from the rows that could be demos at all (none equal to a held-out row) and by the same
-        # seed every iteration; the race rows come first in the draw, so asking for deciding rows too leaves
-        # the race rows as they were. Without deciding rows a short dev split's race ended in a tie rule with
-        # nothing left to decide it on: atis_intent's 8 retrieved demos led 4 by 8 points of macro F1 on 300
-        # rows, and the cheaper 4 won (5.8 points lower on test than on the confirm rows)
-        short = max(0, 2 * spec.spare_size - len(spare))
+        # a small dev split (atis_intent has 100 spare rows) gets the rest from train, drawn from the rows
+        # that could be demos at all (none equal to a held-out row) and by the same seed every iteration
+        short = max(0, spec.spare_size - len(spare))
         candidates = drop_held_out(splits.train, {"dev": splits.dev, "test": splits.test})
         spare_train = candidates.sample(n=min(short, len(candidates) // 2), random_state=spec.seed)
         train = splits.train[~splits.train["row_id"].isin(spare_train["row_id"])].reset_index(drop=True)
@@ -72,21 +68,22 @@ class IterationSetup:
         return pd.concat([self.select, self.confirm, self.spare], ignore_index=True)
 
     def race_rows(self) -> pd.DataFrame:
-        """The spare rows an optimizer may race on: the first `spare_size` of them (`_spare_order`), so every
-        iteration races on the same rows and a prompt raced before answers from the cache."""
-        return self._spare_order().head(self.spec.spare_size).reset_index(drop=True)
-
-    def deciding_rows(self) -> pd.DataFrame:
-        """Up to `spare_size` more spare rows, none of them race rows: the rows a race's last two may be raced
-        again on. Empty where there are no more (a tiny train split gives at most half its rows)."""
+        """The spare rows an optimizer may race on: `spare_size` of them, dev rows first (sampled by the
+        seed, so every iteration races on the same rows and a prompt raced before answers from the cache),
+        then the held-out train rows."""
         size = self.spec.spare_size
-        return self._spare_order().iloc[size : 2 * size].reset_index(drop=True)
+        dev = self._spare_order().head(size)
+        return pd.concat([dev, self.spare_train.head(max(0, size - len(dev)))], ignore_index=True)
 
     def _spare_order(self) -> pd.DataFrame:
-        """Every spare row in the order races take them: the dev rows sampled by the seed, then the held-out
-        train rows in their draw's order (dev rows first: they are what the confirm rows are like)."""
-        dev = self.spare.sample(frac=1.0, random_state=self.spec.seed)
-        return pd.concat([dev, self.spare_train], ignore_index=True)
+        """The spare dev rows in the seed's order: race rows first, deciding rows after them."""
+        return self.spare.sample(frac=1.0, random_state=self.spec.seed)
+
+    def deciding_rows(self) -> pd.DataFrame:
+        """Up to `spare_size` more spare dev rows, none of them race rows (sampled by the seed after those):
+        the rows a race's last two may be raced again on. Empty where dev has no more (its spare rows all race)."""
+        size = self.spec.spare_size
+        return self._spare_order().iloc[size : 2 * size].reset_index(drop=True)
 
     def held_out(self) -> dict[str, pd.DataFrame]:
         """The rows no prompt may carry (leakage_gate), by the split they come from."""

@@ -119,9 +119,9 @@ class OptimizationSpec(_Strict):
     spare_size: int = Field(
         SPARE_SIZE,
         ge=0,
-        description="spare rows: rows besides the select rows on which an optimizer may race its leading candidates, "
-        "and as many more to decide a close race on (dev rows in neither select nor confirm, topped up with train "
-        "rows held out of the demo pool when dev has too few; 0: no race)",
+        description="spare rows: rows besides the select rows on which an optimizer may race its leading candidates "
+        "(dev rows in neither select nor confirm, topped up with train rows held out of the demo pool when dev has "
+        "too few; 0: no race)",
     )
     test_size: int = Field(500, ge=0, description="held-out test rows in the report (0: all)")
     confidence: float = confidence_field()

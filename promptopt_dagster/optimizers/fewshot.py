@@ -153,8 +153,7 @@ class FewShotOptions(OptimizerOptions):
         ge=0,
         le=1,
         description="a race leader at least this far ahead of the cheaper prompt the tie rule would pick races it "
-        "again on up to spare_size more spare rows (dev rows, then train rows held out of the demo pool) before the "
-        "tie is called (0: never)",
+        "again on up to spare_size more spare dev rows before the tie is called (0: never)",
     )
     race_top: int = Field(
         6,
