@@ -372,7 +372,7 @@ def test_after_iteration_0_only_candidates_above_the_current_prompt_race_it():
         inp = _input(current.prompt, iteration=iteration)
         inp.history = [current] if iteration else []
         inp.spare_rows = spare
-        rungs, _ = get_optimizer("fewshot").race(current, contenders, ROWS, inp, evaluate, [], set(), [])
+        rungs, _ = get_optimizer("fewshot").racer().run(current, contenders, ROWS, inp, evaluate, [], set(), [])
         return rungs[0] if rungs else {}
 
     assert race(1, [tie]) == {} and raced == []  # nobody to race: no spare row answered

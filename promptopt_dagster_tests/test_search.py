@@ -348,7 +348,7 @@ def _race_evaluate(raced_rows):
 
 
 def test_the_select_rows_leaders_race_on_spare_rows_by_successive_halving_and_the_race_decides():
-    from promptopt_dagster.optimizers.fewshot import _race_field
+    from promptopt_dagster.optimizers.race import _race_field
 
     raced = []
     optimizer = get_optimizer("fewshot", num_candidates=6, minibatch_size=10, race_top=6)
@@ -685,12 +685,12 @@ def test_the_race_winner_is_the_best_score_unless_a_cheaper_prompt_ties_it_on_th
     rows = {"retrieved": ev([1.0] * 263 + [0.0] * 37), "static": ev([1.0] * 261 + [0.0] * 39)}
     raced = {k: v.value for k, v in rows.items()}
     # static demos sit in the cached prefix: fewer demos evaluated anew per row, whatever the tokens
-    assert optimizer.race_winner([retrieved, static], raced, rows) is static
+    assert optimizer.racer().winner([retrieved, static], raced, rows) is static
     # a 10-point lead is no tie, whatever the cost
     static.cost = RowCost(500.0, 0.07)
     rows["static"] = ev([1.0] * 233 + [0.0] * 67)
     raced["static"] = rows["static"].value
-    assert optimizer.race_winner([retrieved, static], raced, rows) is retrieved
+    assert optimizer.racer().winner([retrieved, static], raced, rows) is retrieved
 
     # a target that is not the mean of its row scores (macro F1) is judged recomputed on resampled rows:
     # the leader is right on 4 rows of a rare label the other misses, the other on 3 common rows the leader
@@ -710,9 +710,9 @@ def test_the_race_winner_is_the_best_score_unless_a_cheaper_prompt_ties_it_on_th
     rows = {"retrieved": ev(list(right_top)), "static": ev(list(right_other))}
     raced = {"retrieved": target(right_top)(np.arange(300)), "static": target(right_other)(np.arange(300))}
     assert raced["retrieved"] - raced["static"] > 0.2
-    assert optimizer.race_winner([retrieved, static], raced, rows) is static  # +4 -3 rows of 300: a tie by rows
+    assert optimizer.racer().winner([retrieved, static], raced, rows) is static  # +4 -3 rows of 300: a tie by rows
     rows = {"retrieved": ev(list(right_top), target(right_top)), "static": ev(list(right_other), target(right_other))}
-    assert optimizer.race_winner([retrieved, static], raced, rows) is retrieved  # recomputed: surely ahead
+    assert optimizer.racer().winner([retrieved, static], raced, rows) is retrieved  # recomputed: surely ahead
 
 
 def test_a_leader_a_point_or_more_ahead_of_the_cheaper_tie_races_it_again_on_the_deciding_rows():
@@ -742,25 +742,29 @@ def test_a_leader_a_point_or_more_ahead_of_the_cheaper_tie_races_it_again_on_the
     per_row = {"retrieved": evaluate(retrieved.prompt, last_rows), "static": evaluate(static.prompt, last_rows)}
     last = {k: v.value for k, v in per_row.items()}
     assert 0.02 <= last["retrieved"] - last["static"] < 0.03
-    assert optimizer.race_winner([retrieved, static], last, per_row) is static  # a tie on 300 rows
+    assert optimizer.racer().winner([retrieved, static], last, per_row) is static  # a tie on 300 rows
     inp, seen[:] = _input(), []
-    assert optimizer.deciding_rung([last], per_row, last_rows, [retrieved, static], inp, evaluate) is None  # no rows
+    assert (
+        optimizer.racer().deciding_rung([last], per_row, last_rows, [retrieved, static], inp, evaluate) is None
+    )  # no rows
     inp.deciding_rows = deciding
-    rows, scores, evaluations = optimizer.deciding_rung([last], per_row, last_rows, [retrieved, static], inp, evaluate)
+    rows, scores, evaluations = optimizer.racer().deciding_rung(
+        [last], per_row, last_rows, [retrieved, static], inp, evaluate
+    )
     assert len(rows) == 700 and sorted(seen) == [("retrieved", 700), ("static", 700)]
-    assert optimizer.race_winner([retrieved, static], scores, evaluations) is retrieved  # surely ahead on 700
+    assert optimizer.racer().winner([retrieved, static], scores, evaluations) is retrieved  # surely ahead on 700
     # a lead under decide_lead stays the tie it was, and pays for no rows
     seen[:] = []
     assert (
-        get_optimizer("fewshot", decide_lead=0.03).deciding_rung(
-            [last], per_row, last_rows, [retrieved, static], inp, evaluate
-        )
+        get_optimizer("fewshot", decide_lead=0.03)
+        .racer()
+        .deciding_rung([last], per_row, last_rows, [retrieved, static], inp, evaluate)
         is None
     )
     assert (
-        get_optimizer("fewshot", decide_lead=0).deciding_rung(
-            [last], per_row, last_rows, [retrieved, static], inp, evaluate
-        )
+        get_optimizer("fewshot", decide_lead=0)
+        .racer()
+        .deciding_rung([last], per_row, last_rows, [retrieved, static], inp, evaluate)
         is None
         and not seen
     )

@@ -220,3 +220,37 @@ def cost_frontier(pool: list[Candidate]) -> list[Candidate]:
     ]
     unique = {(round(c.select_score, 12), c.cost.prompt_tokens): c for c in reversed(frontier)}  # first of equals
     return sorted(unique.values(), key=lambda c: (c.cost.prompt_tokens, c.select_score))
+
+
+def first_iteration(history: list[Candidate]) -> bool:
+    """Whether this is the search's first iteration: nothing but baselines in the pool yet."""
+    return not any(c.kind != "baseline" for c in history)
+
+
+def signature(prompt: PromptVersion) -> tuple:
+    """What makes two candidates the same prompt (ids and lineage aside)."""
+    return (prompt.system_prompt, prompt.answer, *shown(prompt))
+
+
+def shown(prompt: PromptVersion) -> tuple:
+    """Everything of a prompt but its instruction and its answer mode: output prompt, demos (static, retrieved,
+    ensembled) and calibration."""
+    retrieval = (
+        (
+            prompt.retrieval.k,
+            prompt.retrieval.method,
+            prompt.retrieval.per_label,
+            prompt.retrieval.max_chars,
+            prompt.retrieval.vote,
+            prompt.retrieval.panel,
+        )
+        if prompt.retrieval
+        else None
+    )
+    return (
+        prompt.output_prompt,
+        tuple((d.user_input, d.ground_truth_output) for d in prompt.demos),
+        retrieval,
+        prompt.calibrated,
+        tuple(tuple((d.user_input, d.ground_truth_output) for d in demos) for demos in prompt.ensemble),
+    )
