@@ -15,6 +15,12 @@ target: accuracy) and a generic initial prompt, as a new user's first try would.
 its log goes to STATE/optimize.log, so `--keep DIR` lets a long run be followed with `tail -f`);
 the by-hand prompts use the same response cache. Intervals are 95% percentile bootstraps of the
 target recomputed on resampled rows (so macro F1 gets one too).
+
+The dev-test drop comes with its own interval (confirm and test rows resampled apart: they are
+different rows) and beside the drop of a prompt-free classifier on the same rows, the majority label
+of each row's nearest train rows: where that drops as far, the split's dev rows are easier than its
+test rows, and the drop is not the search's choosing on luck. The confirm rows' answers of the best
+prompt come from the run's response cache (no model call).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -103,6 +110,19 @@ def nearest_majority(pool: pd.DataFrame, rows: pd.DataFrame, k: int) -> list[str
 
 def _bounds(interval) -> tuple[float, float]:
     return interval.low, interval.high
+
+
+def drop_interval(suite, dev: tuple[list, list], test: tuple[list, list], resamples: int = 1000) -> tuple[float, float]:
+    """A 95% percentile interval of the dev score minus the test score, each recomputed on its own rows resampled
+    (dev and test are different rows, so the two are drawn apart, not paired)."""
+    rng = np.random.default_rng(0)
+    (dp, dr), (tp, tr) = ((np.array(a, dtype=object), np.array(b, dtype=object)) for a, b in (dev, test))
+    drops = []
+    for _ in range(resamples):
+        i, j = rng.integers(0, len(dp), len(dp)), rng.integers(0, len(tp), len(tp))
+        drops.append(suite.score(list(dp[i]), list(dr[i])).value - suite.score(list(tp[j]), list(tr[j])).value)
+    low, high = np.percentile(drops, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def main() -> None:
@@ -212,7 +232,9 @@ def main() -> None:
                 tries.append((suite.score(*answers(prompt, confirm)).value, seed, prompt))
             hand_dev, _, hand = max(tries, key=lambda t: (t[0], -t[1]))
             hand_test_p, refs = answers(hand, test)
-            best_test_p, _ = answers(PromptVersion.model_validate(report["best_prompt"]), test)
+            best_prompt = PromptVersion.model_validate(report["best_prompt"])
+            best_test_p, _ = answers(best_prompt, test)
+            best_dev_p, dev_refs = answers(best_prompt, confirm)  # the run's accepted answers: from the cache
             hand_calls = client.usage.llm_calls - calls_before
             hand_test = suite.score(hand_test_p, refs).value
             best_test = suite.score(best_test_p, refs).value
@@ -226,8 +248,13 @@ def main() -> None:
                     peers[f"{label} test@{args.peer_rows} 95%"] = _bounds(suite.target_interval(sub, sub_refs))
             if args.neighbours > 0:
                 near = nearest_majority(train, test, args.neighbours)
-                peers[f"nearest-{args.neighbours} majority test"] = suite.score(near, refs).value
-                peers[f"nearest-{args.neighbours} majority test 95%"] = _bounds(suite.target_interval(near, refs))
+                near_dev = nearest_majority(train, confirm, args.neighbours)
+                panel = f"nearest-{args.neighbours} majority"
+                peers[f"{panel} test"] = suite.score(near, refs).value
+                peers[f"{panel} test 95%"] = _bounds(suite.target_interval(near, refs))
+                peers[f"{panel} dev"] = suite.score(near_dev, dev_refs).value
+                peers[f"{panel} dev-test drop"] = peers[f"{panel} dev"] - peers[f"{panel} test"]
+                peers[f"{panel} dev-test drop 95%"] = drop_interval(suite, (near_dev, dev_refs), (near, refs))
             row = {
                 "dataset": name,
                 "metric": suite.target,
@@ -241,6 +268,7 @@ def main() -> None:
                 "optimized test": best_test,
                 "optimized test 95%": _bounds(suite.target_interval(best_test_p, refs)),
                 "dev-test drop": report["best_dev_score"] - best_test,
+                "dev-test drop 95%": drop_interval(suite, (best_dev_p, dev_refs), (best_test_p, refs)),
                 "model calls": report["llm_calls"],
                 "by-hand calls": hand_calls,
                 "wall s": round(wall),
@@ -255,17 +283,21 @@ def main() -> None:
     print()
     print(
         "| dataset | metric | rows dev/test | initial dev/test | by-hand dev/test [95%] | optimized dev/test [95%] "
-        "| dev-test drop | model calls | wall | best prompt |"
+        "| dev-test drop [95%] | the split's drop | model calls | wall | best prompt |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows_out:
         bl, bh = r["by-hand test 95%"]
         ol, oh = r["optimized test 95%"]
+        dl, dh = r["dev-test drop 95%"]
+        split = next((k for k in r if k.endswith("majority dev-test drop")), None)
+        split_drop = f"{r[split]:+.3f} ({split.split(' dev-test')[0]})" if split else "-"
         print(
             f"| {r['dataset']} | {r['metric']} | {r['rows dev/test']} | {r['initial dev']:.3f} / {r['initial test']:.3f} "
             f"| {r['by-hand dev']:.3f} / {r['by-hand test']:.3f} [{bl:.3f}, {bh:.3f}] "
             f"| {r['optimized dev']:.3f} / {r['optimized test']:.3f} [{ol:.3f}, {oh:.3f}] "
-            f"| {r['dev-test drop']:+.3f} | {r['model calls']} (+{r['by-hand calls']} by hand) | {r['wall s']} s "
+            f"| {r['dev-test drop']:+.3f} [{dl:+.3f}, {dh:+.3f}] | {split_drop} "
+            f"| {r['model calls']} (+{r['by-hand calls']} by hand) | {r['wall s']} s "
             f"| {r['choices']}; {r['iterations']} iterations, {r['stop']} |"
         )
 
