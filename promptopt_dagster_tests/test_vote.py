@@ -12,6 +12,7 @@ from promptopt_dagster.llm.cache import CachedClient, ResponseCache
 from promptopt_dagster.llm.fake import FakeLLM
 from promptopt_dagster.llm.inference import predict
 from promptopt_dagster.optimizers import Evaluation, get_optimizer
+from promptopt_dagster.optimizers.fewshot import VOTE_GRID
 from promptopt_dagster_tests.test_search import SELECT, _input
 
 LABELS = ["alarm", "music", "weather"]
@@ -152,7 +153,9 @@ def test_the_search_tries_the_best_retrieved_seed_with_the_vote_and_proposes_it_
     assert parent.retrieval is not None and not parent.voted  # it faced the retrieved seed it votes on
     assert by_id[voted[0]["candidate"]].prompt.retrieval.k == parent.retrieval.k
     assert voted[0]["select_score"] is not None and proposal.prompt.voted
-    assert sum(n == len(SELECT) for p, n in evaluated if "vote" in p) == 1  # scored on all select rows once
+    # the pick scored on all select rows once, and the grid's other points read the same rows (in a run, from the
+    # response cache: test_a_voted_prompt_asks_what_the_plain_prompt_asked_and_reads_it_from_the_cache)
+    assert sum(n == len(SELECT) for p, n in evaluated if "vote" in p) == len(VOTE_GRID)
 
     # a backend without label scores: never tried
     inp.calibration = False
@@ -185,6 +188,52 @@ def test_the_vote_seed_takes_the_grid_point_best_on_the_minibatch_and_only_its_f
     assert proposal.prompt.retrieval.voters == chosen.voters
     # the four grid points each read the minibatch once, then the choice faces its seed there (the cache answers)
     assert sum(n == 10 and "vote" in p for p, n in evaluated) == 5
+
+
+def test_where_the_minibatch_cannot_tell_the_grid_apart_the_select_rows_choose_the_vote_seeds_point():
+    evaluated = []
+
+    def select_tells(prompt, rows):
+        evaluated.append((prompt.describe(), len(rows)))
+        if prompt.retrieval is not None and prompt.answer == "label":
+            if prompt.voted:
+                wide_x2 = prompt.retrieval.vote == 2 and prompt.retrieval.panel > prompt.retrieval.k
+                # every point alike on the 10 minibatch rows; beyond them the nearest 16 voting x2 is right on more
+                per_row = [float(i % 2 == 0 or (wide_x2 and len(rows) > 10 and i % 4 == 1)) for i in rows["row_id"]]
+            else:
+                per_row = [float(i % 10 < 3) for i in rows["row_id"]]
+        else:
+            per_row = [float(i % 10 < 2) for i in rows["row_id"]]
+        return Evaluation(rows.assign(prompt_tokens=100), per_row, float(np.mean(per_row)))
+
+    inp = _input()
+    inp.calibration = True
+    proposal = get_optimizer("fewshot", num_candidates=8, minibatch_size=10).propose(inp, select_tells)
+    voted = [c for c in proposal.candidates if "with the retrieved rows' vote" in c["change"]]
+    assert len(voted) == 1
+    chosen = {c.id: c for c in proposal.pool}[voted[0]["candidate"]]
+    assert chosen.prompt.retrieval.vote == 2 and chosen.prompt.retrieval.voters == max(
+        16, 2 * chosen.prompt.retrieval.k
+    )
+    assert "vote 2 of" in voted[0]["change"] and voted[0]["choices"] == chosen.prompt.describe()
+    first = select_tells(chosen.prompt.child(retrieval=chosen.prompt.retrieval.model_copy(update={"vote": 1.0,
+        "voters": None})), SELECT).value  # fmt: skip
+    assert chosen.select_score == voted[0]["select_score"] > first  # its own select score, above the minibatch's pick
+    assert proposal.prompt.id == chosen.prompt.id
+
+    # where the minibatch's pick is also the best on the select rows, it stands (the first of equals)
+    evaluated.clear()
+
+    def grid_alike(prompt, rows):
+        if prompt.retrieval is not None and prompt.answer == "label" and prompt.voted:
+            per_row = [float(i % 2 == 0) for i in rows["row_id"]]
+            return Evaluation(rows.assign(prompt_tokens=100), per_row, float(np.mean(per_row)))
+        return select_tells(prompt, rows)
+
+    proposal = get_optimizer("fewshot", num_candidates=8, minibatch_size=10).propose(inp, grid_alike)
+    voted = [c for c in proposal.candidates if "with the retrieved rows' vote" in c["change"]]
+    kept = {c.id: c for c in proposal.pool}[voted[0]["candidate"]].prompt.retrieval
+    assert (kept.vote, kept.voters) == (VOTE_GRID[0][0], None)
 
 
 def test_the_vote_mutation_moves_the_weight_or_widens_and_narrows_the_panel():
