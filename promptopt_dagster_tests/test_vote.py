@@ -221,6 +221,18 @@ def test_where_the_minibatch_cannot_tell_the_grid_apart_the_select_rows_choose_t
     assert chosen.select_score == voted[0]["select_score"] > first  # its own select score, above the minibatch's pick
     assert proposal.prompt.id == chosen.prompt.id
 
+    # a point behind the seed on the minibatch stays out, however it scores on the select rows
+    def behind_on_minibatch(prompt, rows):
+        wide_x2 = prompt.voted and prompt.retrieval.vote == 2 and prompt.retrieval.panel > prompt.retrieval.k
+        if wide_x2 and len(rows) == 10:
+            return Evaluation(rows.assign(prompt_tokens=100), [0.0] * len(rows), 0.0)
+        return select_tells(prompt, rows)
+
+    proposal = get_optimizer("fewshot", num_candidates=8, minibatch_size=10).propose(inp, behind_on_minibatch)
+    voted = [c for c in proposal.candidates if "with the retrieved rows' vote" in c["change"]]
+    kept = {c.id: c for c in proposal.pool}[voted[0]["candidate"]].prompt.retrieval
+    assert (kept.vote, kept.voters) == (VOTE_GRID[0][0], None)
+
     # where the minibatch's pick is also the best on the select rows, it stands (the first of equals)
     evaluated.clear()
 
