@@ -46,7 +46,7 @@ from promptopt_dagster.app.iteration_setup import IterationSetup
 from promptopt_dagster.app.optimizations import OptimizationSpec
 from promptopt_dagster.app.settings import PROJECT_ROOT, get_settings
 from promptopt_dagster.core.prompts import Demo, PromptVersion
-from promptopt_dagster.core.retrieval import TfidfRetriever
+from promptopt_dagster.core.retrieval import get_retriever
 from promptopt_dagster.defs.resources import ProjectResource
 from promptopt_dagster.llm.factory import build_client
 from promptopt_dagster.llm.inference import predict
@@ -100,7 +100,7 @@ def balanced_demos(train: pd.DataFrame, labels: list[str], k: int, seed: int) ->
 
 def nearest_majority(pool: pd.DataFrame, rows: pd.DataFrame, k: int) -> list[str]:
     """Each row's most common label among its k nearest pool rows by TF-IDF (a tie: the label met first, nearest)."""
-    retriever = TfidfRetriever(pool["user_input"].tolist())
+    retriever = get_retriever("tfidf", pool["user_input"].tolist())  # built once per pool: test and confirm rows ask
     labels = pool["ground_truth_output"].tolist()
     return [
         collections.Counter(labels[i] for i in retriever.top(text, k)).most_common(1)[0][0]
@@ -290,8 +290,8 @@ def main() -> None:
         bl, bh = r["by-hand test 95%"]
         ol, oh = r["optimized test 95%"]
         dl, dh = r["dev-test drop 95%"]
-        split = next((k for k in r if k.endswith("majority dev-test drop")), None)
-        split_drop = f"{r[split]:+.3f} ({split.split(' dev-test')[0]})" if split else "-"
+        panel = f"nearest-{args.neighbours} majority"
+        split_drop = f"{r[panel + ' dev-test drop']:+.3f} ({panel})" if args.neighbours > 0 else "-"
         print(
             f"| {r['dataset']} | {r['metric']} | {r['rows dev/test']} | {r['initial dev']:.3f} / {r['initial test']:.3f} "
             f"| {r['by-hand dev']:.3f} / {r['by-hand test']:.3f} [{bl:.3f}, {bh:.3f}] "

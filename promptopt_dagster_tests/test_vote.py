@@ -163,27 +163,46 @@ def test_the_search_tries_the_best_retrieved_seed_with_the_vote_and_proposes_it_
     assert not any("vote" in c["change"] for c in proposal.candidates) and not proposal.prompt.voted
 
 
-def test_the_vote_seed_takes_the_grid_point_best_on_the_minibatch_and_only_its_first_point_asks_the_model():
-    evaluated = []
+def _graded(voted_right, evaluated: list):
+    """An evaluator: retrieved label prompts with the vote right on the rows `voted_right(prompt, rows, row_id)`
+    says, without it on 3 rows of 10; every other prompt on 2 of 10. Records (description, row count) per call."""
 
-    def wide_helps(prompt, rows):
+    def evaluate(prompt, rows):
         evaluated.append((prompt.describe(), len(rows)))
         if prompt.retrieval is not None and prompt.answer == "label":
-            wide = prompt.voted and (prompt.retrieval.voters or prompt.retrieval.k) > prompt.retrieval.k
-            if wide and prompt.retrieval.vote == 2:
-                per_row = [1.0] * len(rows)  # right on every row
-            else:
-                per_row = [float(i % 2 == 0 if prompt.voted else i % 10 < 3) for i in rows["row_id"]]
+            right = (lambda i: voted_right(prompt, rows, i)) if prompt.voted else (lambda i: i % 10 < 3)
         else:
-            per_row = [float(i % 10 < 2) for i in rows["row_id"]]
+            right = lambda i: i % 10 < 2  # noqa: E731
+        per_row = [float(right(i)) for i in rows["row_id"]]
         return Evaluation(rows.assign(prompt_tokens=100), per_row, float(np.mean(per_row)))
 
-    inp = _input()
-    inp.calibration = True
-    proposal = get_optimizer("fewshot", num_candidates=8, minibatch_size=10).propose(inp, wide_helps)
+    return evaluate
+
+
+def _wide_x2(prompt: PromptVersion) -> bool:
+    """The grid's last point: weight 2, a panel wider than the k shown."""
+    return prompt.retrieval.vote == 2 and prompt.retrieval.panel > prompt.retrieval.k
+
+
+def _vote_seed(proposal) -> tuple[dict, object]:
+    """The vote seed's entry in the tried candidates, and its pool candidate."""
     voted = [c for c in proposal.candidates if "with the retrieved rows' vote" in c["change"]]
     assert len(voted) == 1
-    chosen = {c.id: c for c in proposal.pool}[voted[0]["candidate"]].prompt.retrieval
+    return voted[0], {c.id: c for c in proposal.pool}[voted[0]["candidate"]]
+
+
+def _propose(evaluate):
+    inp = _input()
+    inp.calibration = True  # the backend ranks labels
+    return get_optimizer("fewshot", num_candidates=8, minibatch_size=10).propose(inp, evaluate)
+
+
+def test_the_vote_seed_takes_the_grid_point_best_on_the_minibatch_and_only_its_first_point_asks_the_model():
+    evaluated = []
+    # the nearest 16 voting x2 right on every row, the other points on half
+    proposal = _propose(_graded(lambda prompt, rows, i: _wide_x2(prompt) or i % 2 == 0, evaluated))
+    _, seed = _vote_seed(proposal)
+    chosen = seed.prompt.retrieval
     assert chosen.vote == 2 and chosen.voters == max(16, 2 * chosen.k)
     assert proposal.prompt.retrieval.voters == chosen.voters
     # the four grid points each read the minibatch once, then the choice faces its seed there (the cache answers)
@@ -191,60 +210,30 @@ def test_the_vote_seed_takes_the_grid_point_best_on_the_minibatch_and_only_its_f
 
 
 def test_where_the_minibatch_cannot_tell_the_grid_apart_the_select_rows_choose_the_vote_seeds_point():
-    evaluated = []
+    def select_tells(prompt, rows, i):
+        # every point alike on the 10 minibatch rows; beyond them the nearest 16 voting x2 is right on more
+        return i % 2 == 0 or (_wide_x2(prompt) and len(rows) > 10 and i % 4 == 1)
 
-    def select_tells(prompt, rows):
-        evaluated.append((prompt.describe(), len(rows)))
-        if prompt.retrieval is not None and prompt.answer == "label":
-            if prompt.voted:
-                wide_x2 = prompt.retrieval.vote == 2 and prompt.retrieval.panel > prompt.retrieval.k
-                # every point alike on the 10 minibatch rows; beyond them the nearest 16 voting x2 is right on more
-                per_row = [float(i % 2 == 0 or (wide_x2 and len(rows) > 10 and i % 4 == 1)) for i in rows["row_id"]]
-            else:
-                per_row = [float(i % 10 < 3) for i in rows["row_id"]]
-        else:
-            per_row = [float(i % 10 < 2) for i in rows["row_id"]]
-        return Evaluation(rows.assign(prompt_tokens=100), per_row, float(np.mean(per_row)))
-
-    inp = _input()
-    inp.calibration = True
-    proposal = get_optimizer("fewshot", num_candidates=8, minibatch_size=10).propose(inp, select_tells)
-    voted = [c for c in proposal.candidates if "with the retrieved rows' vote" in c["change"]]
-    assert len(voted) == 1
-    chosen = {c.id: c for c in proposal.pool}[voted[0]["candidate"]]
-    assert chosen.prompt.retrieval.vote == 2 and chosen.prompt.retrieval.voters == max(
-        16, 2 * chosen.prompt.retrieval.k
-    )
-    assert "vote 2 of" in voted[0]["change"] and voted[0]["choices"] == chosen.prompt.describe()
-    first = select_tells(chosen.prompt.child(retrieval=chosen.prompt.retrieval.model_copy(update={"vote": 1.0,
-        "voters": None})), SELECT).value  # fmt: skip
-    assert chosen.select_score == voted[0]["select_score"] > first  # its own select score, above the minibatch's pick
+    proposal = _propose(_graded(select_tells, []))
+    entry, chosen = _vote_seed(proposal)
+    assert _wide_x2(chosen.prompt) and chosen.prompt.retrieval.voters == max(16, 2 * chosen.prompt.retrieval.k)
+    assert "vote 2 of" in entry["change"] and entry["choices"] == chosen.prompt.describe()
+    pick = chosen.prompt.child(retrieval=chosen.prompt.retrieval.model_copy(update={"vote": 1.0, "voters": None}))
+    first = _graded(select_tells, [])(pick, SELECT).value
+    assert chosen.select_score == entry["select_score"] > first  # its own select score, above the minibatch's pick
     assert proposal.prompt.id == chosen.prompt.id
 
     # a point behind the seed on the minibatch stays out, however it scores on the select rows
-    def behind_on_minibatch(prompt, rows):
-        wide_x2 = prompt.voted and prompt.retrieval.vote == 2 and prompt.retrieval.panel > prompt.retrieval.k
-        if wide_x2 and len(rows) == 10:
-            return Evaluation(rows.assign(prompt_tokens=100), [0.0] * len(rows), 0.0)
-        return select_tells(prompt, rows)
-
-    proposal = get_optimizer("fewshot", num_candidates=8, minibatch_size=10).propose(inp, behind_on_minibatch)
-    voted = [c for c in proposal.candidates if "with the retrieved rows' vote" in c["change"]]
-    kept = {c.id: c for c in proposal.pool}[voted[0]["candidate"]].prompt.retrieval
+    proposal = _propose(
+        _graded(
+            lambda prompt, rows, i: not (_wide_x2(prompt) and len(rows) == 10) and select_tells(prompt, rows, i), []
+        )
+    )
+    kept = _vote_seed(proposal)[1].prompt.retrieval
     assert (kept.vote, kept.voters) == (VOTE_GRID[0][0], None)
 
     # where the minibatch's pick is also the best on the select rows, it stands (the first of equals)
-    evaluated.clear()
-
-    def grid_alike(prompt, rows):
-        if prompt.retrieval is not None and prompt.answer == "label" and prompt.voted:
-            per_row = [float(i % 2 == 0) for i in rows["row_id"]]
-            return Evaluation(rows.assign(prompt_tokens=100), per_row, float(np.mean(per_row)))
-        return select_tells(prompt, rows)
-
-    proposal = get_optimizer("fewshot", num_candidates=8, minibatch_size=10).propose(inp, grid_alike)
-    voted = [c for c in proposal.candidates if "with the retrieved rows' vote" in c["change"]]
-    kept = {c.id: c for c in proposal.pool}[voted[0]["candidate"]].prompt.retrieval
+    kept = _vote_seed(_propose(_graded(lambda prompt, rows, i: i % 2 == 0, [])))[1].prompt.retrieval
     assert (kept.vote, kept.voters) == (VOTE_GRID[0][0], None)
 
 

@@ -424,8 +424,9 @@ class FewShotOptimizer(Optimizer):
         history = [c for c in inp.history]
         new: list[Candidate] = []
 
-        def score_all(candidate: Candidate) -> Candidate:
-            result = evaluate(candidate.prompt, select)
+        def score_all(candidate: Candidate, result: Evaluation | None = None) -> Candidate:
+            """The candidate with its select-row scores: from `result` where the caller evaluated it there."""
+            result = result or evaluate(candidate.prompt, select)
             candidate.scores = dict(zip(select["row_id"].astype(int), map(float, result.per_row)))
             candidate.select_score = float(result.value)
             candidate.cost = row_cost(result.answers)
@@ -541,13 +542,13 @@ class FewShotOptimizer(Optimizer):
                     candidate.passed_minibatch = gate is None
                 if candidate.passed_minibatch:
                     score_all(candidate)
-                    on_select = self._vote_on_select(candidate, vote_points, select, parent_mb, evaluate)
-                    if on_select is not None:  # the grid's best on the select rows, from the answers just cached
-                        seen.add(signature(on_select))
-                        prompt = candidate.prompt = on_select
-                        candidate.minibatch_score = _mean(evaluate(on_select, minibatch).per_row)
-                        score_all(candidate)
-                        why = f"{on_select.describe()}: the best retrieved seed with the retrieved rows' vote"
+                    better = self._vote_on_select(candidate, vote_points, select, parent_mb, evaluate)
+                    if better is not None:  # the grid's best on the select rows, from the answers just cached
+                        prompt, candidate.minibatch_score, on_select = better
+                        seen.add(signature(prompt))
+                        candidate.prompt = prompt
+                        score_all(candidate, on_select)
+                        why = f"{prompt.describe()}: the best retrieved seed with the retrieved rows' vote"
             except ContextWindowError:  # k grows until the context is full: past that, a candidate is left out
                 log.info("fewshot: %s (%s) does not fit the task model's context window; left out", why, kind)
                 continue
@@ -587,11 +588,12 @@ class FewShotOptimizer(Optimizer):
                 else f" (stopped at the {'second ' if held else ''}minibatch)",
             )
         contenders = [c for c in new if c.kind != "baseline"]
-        rungs, last_rows = self.racer().run(base, contenders, select, inp, evaluate, tried, seen, new)
+        race = self.racer()
+        rungs, last_rows = race.run(base, contenders, select, inp, evaluate, tried, seen, new)
         contenders = [c for c in new if c.kind != "baseline"]  # with the race's ensembles
         raced = rungs[-1] if rungs else {}
         if raced:  # the race's last rung decides
-            winner = self.racer().winner([c for c in [base] + contenders if c.id in raced], raced, last_rows)
+            winner = race.winner([c for c in [base] + contenders if c.id in raced], raced, last_rows)
         else:
             winner = best([base] + contenders, inp.objective)
         beat_base = winner is not None and winner is not base and beats(winner, base, rungs)
@@ -749,11 +751,11 @@ class FewShotOptimizer(Optimizer):
         select: pd.DataFrame,
         seed_mb: float,
         evaluate: Evaluator,
-    ) -> PromptVersion | None:
+    ) -> tuple[PromptVersion, float, Evaluation] | None:
         """Another point of the vote seed's grid (`points`, with their minibatch scores) that scores above the
         minibatch's pick on the select rows (the best of them, the first of equals) and beat the seed on the
         minibatch as the pick did (`seed_mb`: the seed's score there), once the pick has been scored on the
-        select rows; None: the pick stands.
+        select rows: the point, its minibatch score and its select-row evaluation; None: the pick stands.
 
         Thirty rows cannot tell the grid's points apart, and the pick was the first of several equals: on the
         package-sections stand-in the minibatch kept the nearest 16 voting at weight 1, which scored 0.930 on the
@@ -763,14 +765,14 @@ class FewShotOptimizer(Optimizer):
         rows (macro F1 0.740 against 0.739) after trailing the seed by 7 points on the minibatch."""
         if not points or candidate.select_score is None:
             return None
-        best_value, best_point = candidate.select_score, None
+        best_value, best = candidate.select_score, None
         for point, on_minibatch in points:
             if point.id == candidate.prompt.id or not _ahead(on_minibatch, seed_mb, may_tie=False):
                 continue
-            value = float(evaluate(point, select).value)
-            if value > best_value:
-                best_value, best_point = value, point
-        return best_point
+            result = evaluate(point, select)
+            if result.value > best_value:
+                best_value, best = float(result.value), (point, on_minibatch, result)
+        return best
 
 
 def _retrieved_seeds(candidates: list[Candidate], answer: str, scored: bool = True) -> list[Candidate]:
