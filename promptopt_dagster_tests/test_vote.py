@@ -197,44 +197,34 @@ def _propose(evaluate):
     return get_optimizer("fewshot", num_candidates=8, minibatch_size=10).propose(inp, evaluate)
 
 
-def test_the_vote_seed_takes_the_grid_point_best_on_the_minibatch_and_only_its_first_point_asks_the_model():
+def test_the_vote_seed_takes_the_grid_point_best_on_the_select_rows_where_the_minibatch_cannot_tell_them_apart():
     evaluated = []
-    # the nearest 16 voting x2 right on every row, the other points on half
-    proposal = _propose(_graded(lambda prompt, rows, i: _wide_x2(prompt) or i % 2 == 0, evaluated))
-    _, seed = _vote_seed(proposal)
-    chosen = seed.prompt.retrieval
-    assert chosen.vote == 2 and chosen.voters == max(16, 2 * chosen.k)
-    assert proposal.prompt.retrieval.voters == chosen.voters
-    # the four grid points each read the minibatch once, then the choice faces its seed there (the cache answers)
-    assert sum(n == 10 and "vote" in p for p, n in evaluated) == 5
 
-
-def test_where_the_minibatch_cannot_tell_the_grid_apart_the_select_rows_choose_the_vote_seeds_point():
     def select_tells(prompt, rows, i):
-        # every point alike on the 10 minibatch rows; beyond them the nearest 16 voting x2 is right on more
+        # every point alike on the 10 minibatch rows; on the select rows the nearest 16 voting x2 is right on more
         return i % 2 == 0 or (_wide_x2(prompt) and len(rows) > 10 and i % 4 == 1)
 
-    proposal = _propose(_graded(select_tells, []))
+    proposal = _propose(_graded(select_tells, evaluated))
     entry, chosen = _vote_seed(proposal)
     assert _wide_x2(chosen.prompt) and chosen.prompt.retrieval.voters == max(16, 2 * chosen.prompt.retrieval.k)
     assert "vote 2 of" in entry["change"] and entry["choices"] == chosen.prompt.describe()
-    pick = chosen.prompt.child(retrieval=chosen.prompt.retrieval.model_copy(update={"vote": 1.0, "voters": None}))
-    first = _graded(select_tells, [])(pick, SELECT).value
-    assert chosen.select_score == entry["select_score"] > first  # its own select score, above the minibatch's pick
+    first = chosen.prompt.child(retrieval=chosen.prompt.retrieval.model_copy(update={"vote": 1.0, "voters": None}))
+    assert chosen.select_score == entry["select_score"] > _graded(select_tells, [])(first, SELECT).value
     assert proposal.prompt.id == chosen.prompt.id
+    # each grid point read the select rows once (in a run only the first asks the model); the choice then read
+    # its minibatch once, for its record
+    assert sum(n == len(SELECT) and "vote" in p for p, n in evaluated) == len(VOTE_GRID)
+    assert sum(n == 10 and "vote" in p for p, n in evaluated) == 1
 
-    # a point behind the seed on the minibatch stays out, however it scores on the select rows
-    proposal = _propose(
-        _graded(
-            lambda prompt, rows, i: not (_wide_x2(prompt) and len(rows) == 10) and select_tells(prompt, rows, i), []
-        )
-    )
-    kept = _vote_seed(proposal)[1].prompt.retrieval
-    assert (kept.vote, kept.voters) == (VOTE_GRID[0][0], None)
-
-    # where the minibatch's pick is also the best on the select rows, it stands (the first of equals)
+    # equal points on the select rows: the first of the grid
     kept = _vote_seed(_propose(_graded(lambda prompt, rows, i: i % 2 == 0, [])))[1].prompt.retrieval
     assert (kept.vote, kept.voters) == (VOTE_GRID[0][0], None)
+
+
+def test_a_vote_seed_no_better_than_its_seed_on_the_select_rows_stops_however_it_does_on_the_minibatch():
+    # right on every minibatch row, and on the select rows exactly where its seed is (3 rows of 10)
+    entry, seed = _vote_seed(_propose(_graded(lambda prompt, rows, i: len(rows) == 10 or i % 10 < 3, [])))
+    assert entry["minibatch_score"] == 1.0 and entry["select_score"] is None and seed.select_score is None
 
 
 def test_the_vote_mutation_moves_the_weight_or_widens_and_narrows_the_panel():
