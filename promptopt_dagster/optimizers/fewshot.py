@@ -226,7 +226,10 @@ class FewShotOptimizer(Optimizer):
         """Train rows retrieved demos come from, in train order; short ones when most rows are short."""
         short = train[train["user_input"].str.len() <= self.options.max_demo_chars]
         rows = short if len(short) >= max(50, len(train) // 2) else train
-        return [_demo(r) for _, r in rows.iterrows()]
+        # columns zipped, not iterrows: a pool of 120,000 rows takes 0.3 s, not 3 s, every iteration
+        return [
+            Demo(user_input=u, ground_truth_output=g) for u, g in zip(rows["user_input"], rows["ground_truth_output"])
+        ]
 
     def pick_demos(
         self, train: pd.DataFrame, labels: list[str], count: int, rng: random.Random, balanced: bool = False

@@ -55,9 +55,9 @@ class Candidate:
     def to_record(self) -> dict[str, Any]:
         """One pool-table row. A retrieval pool is stored as its size only: it is the optimization's demo
         pool, the same for every candidate, and re-attached when a candidate becomes a parent."""
-        stored = self.prompt.model_copy(deep=True)
+        stored = self.prompt  # not a deep copy: that would copy the pool (120,000 demos: 27 s of a 190 s run)
         if stored.retrieval is not None:
-            stored.retrieval.pool = []
+            stored = stored.model_copy(update={"retrieval": stored.retrieval.model_copy(update={"pool": []})})
         return {
             "candidate_id": self.id,
             "parent_id": self.prompt.parent_id,
