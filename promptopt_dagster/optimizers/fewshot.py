@@ -536,9 +536,13 @@ class FewShotOptimizer(Optimizer):
                     candidate.passed_minibatch = judged.value > parent.select_score
                 held = None  # (its score, the parent's) on both minibatches, where it had to face the second
                 answered = dict(zip(mb_ids, map(float, result.per_row)))  # row id -> its score, both minibatches
-                if judged is not None:
-                    pass  # the same requests as its seed: no second minibatch, no gate
-                elif candidate.passed_minibatch and second is not None and _costlier(prompt, result, parent):
+                # the vote seed asks what its seed asks: it faces no second minibatch and no gate
+                if (
+                    judged is None
+                    and candidate.passed_minibatch
+                    and second is not None
+                    and _costlier(prompt, result, parent)
+                ):
                     on_second = evaluate(prompt, second)
                     answered.update(zip(second["row_id"].astype(int), map(float, on_second.per_row)))
                     held = _mean(answered.values()), _mean(parent.scores.get(i, 0.0) for i in answered)
@@ -751,11 +755,11 @@ class FewShotOptimizer(Optimizer):
         The points ask what the seed asked: the first asks the select rows again for every label's score where
         the seed's answers were stored without them (more than two labels), the others read the cache. So the
         select rows choose for one seed's worth of calls, and choose by the target. The 30-row minibatch the
-        points used to face cannot: on the 6-class hwu6 stand-in
-        every point tied the seed there (28 rows of 30) and stopped, while weight 2 led it by 1 point on the
-        select rows and by 3 on the race's 300 rows, spare rows it had not been chosen on (docs/benchmarks.md);
-        and on a target that is not a mean of row scores (macro F1) the minibatch counts rows right, where the
-        vote moves which label a rare row gets. The race on spare rows then judges the choice, as any seed's."""
+        points used to face cannot: on the 6-class hwu6 stand-in every point tied the seed there (28 rows of 30)
+        and stopped, while weight 2 led it by 1 point on the select rows and by 3 on the race's 300 rows, spare
+        rows it had not been chosen on (docs/benchmarks.md); and on a target that is not a mean of row scores
+        (macro F1) the minibatch counts rows right, where the vote moves which label a rare row gets. The race
+        on spare rows then judges the choice, as any seed's."""
         scored = [(p, evaluate(p, select)) for p in points]
         return max(enumerate(scored), key=lambda t: (t[1][1].value, -t[0]))[1]
 
