@@ -168,6 +168,7 @@ def main() -> None:
         "the retrieval retrieved demos use, as a classifier on its own (0: skip)",
     )
     args = parser.parse_args()
+    panel = f"nearest-{args.neighbours} majority"  # the prompt-free classifier's name in the rows
 
     settings = get_settings()
     names = args.datasets or [n for n, s in load_manifest(settings.manifest_path).items() if s.labels]
@@ -263,7 +264,6 @@ def main() -> None:
             if args.neighbours > 0:
                 near = nearest_majority(train, test, args.neighbours)
                 near_dev = nearest_majority(train, confirm, args.neighbours)
-                panel = f"nearest-{args.neighbours} majority"
                 peers[f"{panel} test"] = suite.score(near, refs).value
                 peers[f"{panel} test 95%"] = _bounds(suite.target_interval(near, refs))
                 peers[f"{panel} dev"] = suite.score(near_dev, dev_refs).value
@@ -308,7 +308,6 @@ def main() -> None:
         ol, oh = r["optimized test 95%"]
         dl, dh = r["dev-test drop 95%"]
         gl, gh = r["optimized - by-hand test 95%"]
-        panel = f"nearest-{args.neighbours} majority"
         split_drop = f"{r[panel + ' dev-test drop']:+.3f} ({panel})" if args.neighbours > 0 else "-"
         print(
             f"| {r['dataset']} | {r['metric']} | {r['rows dev/test']} | {r['initial dev']:.3f} / {r['initial test']:.3f} "

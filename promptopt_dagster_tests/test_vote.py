@@ -211,10 +211,10 @@ def test_the_vote_seed_takes_the_grid_point_best_on_the_select_rows_where_the_mi
     first = chosen.prompt.child(retrieval=chosen.prompt.retrieval.model_copy(update={"vote": 1.0, "voters": None}))
     assert chosen.select_score == entry["select_score"] > _graded(select_tells, [])(first, SELECT).value
     assert proposal.prompt.id == chosen.prompt.id
-    # each grid point read the select rows once (in a run only the first asks the model); the choice then read
-    # its minibatch once, for its record
+    # each grid point read the select rows once (in a run only the first asks the model); the choice's minibatch
+    # score comes from those rows, not another read
     assert sum(n == len(SELECT) and "vote" in p for p, n in evaluated) == len(VOTE_GRID)
-    assert sum(n == 10 and "vote" in p for p, n in evaluated) == 1
+    assert sum(n == 10 and "vote" in p for p, n in evaluated) == 0
 
     # equal points on the select rows: the first of the grid
     kept = _vote_seed(_propose(_graded(lambda prompt, rows, i: i % 2 == 0, [])))[1].prompt.retrieval
@@ -222,9 +222,12 @@ def test_the_vote_seed_takes_the_grid_point_best_on_the_select_rows_where_the_mi
 
 
 def test_a_vote_seed_no_better_than_its_seed_on_the_select_rows_stops_however_it_does_on_the_minibatch():
-    # right on every minibatch row, and on the select rows exactly where its seed is (3 rows of 10)
-    entry, seed = _vote_seed(_propose(_graded(lambda prompt, rows, i: len(rows) == 10 or i % 10 < 3, [])))
-    assert entry["minibatch_score"] == 1.0 and entry["select_score"] is None and seed.select_score is None
+    # right on every minibatch row if it were asked there, and on the select rows exactly where its seed is (3 of 10)
+    evaluated = []
+    entry, seed = _vote_seed(_propose(_graded(lambda prompt, rows, i: len(rows) == 10 or i % 10 < 3, evaluated)))
+    assert entry["select_score"] is None and seed.select_score is None
+    # the minibatch is never asked: its score is the select rows' on those rows
+    assert not any(n == 10 and "vote" in p for p, n in evaluated) and entry["minibatch_score"] < 1.0
 
 
 def test_the_vote_mutation_moves_the_weight_or_widens_and_narrows_the_panel():

@@ -429,7 +429,8 @@ class FewShotOptimizer(Optimizer):
 
         def score_all(candidate: Candidate, result: Evaluation | None = None) -> Candidate:
             """The candidate with its select-row scores: from `result` where the caller evaluated it there."""
-            result = result or evaluate(candidate.prompt, select)
+            if result is None:
+                result = evaluate(candidate.prompt, select)
             candidate.scores = dict(zip(select["row_id"].astype(int), map(float, result.per_row)))
             candidate.select_score = float(result.value)
             candidate.cost = row_cost(result.answers)
@@ -521,8 +522,13 @@ class FewShotOptimizer(Optimizer):
                 continue
             candidate = Candidate(prompt, inp.iteration, kind)
             try:
-                result = evaluate(prompt, minibatch)
-                candidate.minibatch_score = mb = _mean(result.per_row)
+                if judged is not None:  # the vote seed: its select-row scores hold the minibatch's
+                    on_select = dict(zip(select_ids, map(float, judged.per_row)))
+                    answered = {i: on_select[i] for i in mb_ids}
+                else:
+                    result = evaluate(prompt, minibatch)
+                    answered = dict(zip(mb_ids, map(float, result.per_row)))  # row id -> its score, both minibatches
+                candidate.minibatch_score = mb = _mean(answered.values())
                 base_mb = _mean(base.scores.get(i, 0.0) for i in mb_ids)
                 # a seed ties the current prompt or beats it; one with a rival (twin, fewer retrieved, grown from)
                 # beats that too; a mutation beats its parent
@@ -531,11 +537,11 @@ class FewShotOptimizer(Optimizer):
                     parent_mb = base_mb if parent is base else parent.minibatch_score  # same minibatch
                 else:
                     parent_mb = _mean(parent.scores.get(i, 0.0) for i in mb_ids)
-                candidate.passed_minibatch = (not seeding or mb >= base_mb) and _ahead(mb, parent_mb, may_tie)
                 if judged is not None:  # the select rows chose it: it goes on if it beats its seed there
                     candidate.passed_minibatch = judged.value > parent.select_score
+                else:
+                    candidate.passed_minibatch = (not seeding or mb >= base_mb) and _ahead(mb, parent_mb, may_tie)
                 held = None  # (its score, the parent's) on both minibatches, where it had to face the second
-                answered = dict(zip(mb_ids, map(float, result.per_row)))  # row id -> its score, both minibatches
                 # the vote seed asks what its seed asks: it faces no second minibatch and no gate
                 if (
                     judged is None
