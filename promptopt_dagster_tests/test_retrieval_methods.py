@@ -5,12 +5,13 @@ from __future__ import annotations
 import random
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 from pydantic import ValidationError
 
 from promptopt_dagster.core.prompts import Demo, PromptVersion, Retrieval
-from promptopt_dagster.core.retrieval import Bm25Retriever, TfidfRetriever
+from promptopt_dagster.core.retrieval import Bm25Retriever, TfidfRetriever, nearest, tfidf_vectorizer
 from promptopt_dagster.optimizers.base import Evaluation, OptimizerContext
 from promptopt_dagster.optimizers.fewshot import Choice, FewShotOptimizer, FewShotOptions
 
@@ -145,3 +146,33 @@ def test_no_dataset_in_data_has_its_retrieved_demos_cut():
     for name, spec in load_manifest(DATA_DIR / "manifest.yaml").items():
         pool = optimizer.demo_pool(load_splits(spec, DATA_DIR).train)
         assert optimizer.cut_length(pool, labelled=bool(spec.labels)) is None, name
+
+
+def test_nearest_is_a_stable_sort_of_the_whole_pool_cut_to_n_ties_at_the_cut_included():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        size = int(rng.integers(1, 60))
+        similarities = rng.integers(0, 5, size).astype(float) / 4  # many exact ties, at the cut too
+        n = int(rng.integers(1, 70))
+        assert nearest(similarities, n).tolist() == np.argsort(-similarities, kind="stable")[:n].tolist()
+
+
+def test_tfidf_similarities_are_the_cosine_of_the_rows_and_equal_rows_tie_to_the_lower_index():
+    from sklearn.metrics.pairwise import cosine_similarity
+
+    texts = [
+        "you have 1 new message please call 08715205273",
+        "set an alarm for seven",
+        "you have 1 new message please call 08712400200",
+        "play some jazz music please",
+    ]
+    retriever = TfidfRetriever(texts)
+    query = "you have a new message please call us"
+    matrix = tfidf_vectorizer().fit(texts)
+    expected = cosine_similarity(matrix.transform([query]), matrix.transform(texts)).ravel()
+    assert np.allclose(retriever._similarities(query), expected, atol=1e-12)
+    # the two messages differ only by a number seen once each: equal similarity, to the last bit
+    similarities = retriever._similarities(query)
+    assert similarities[0] == similarities[2] > similarities[3] > 0
+    assert retriever.top(query, 2) == [0, 2]
+    assert TfidfRetriever(texts[::-1]).top(query, 2) == [1, 3]  # the lower index first, whichever message it holds
