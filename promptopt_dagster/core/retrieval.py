@@ -79,7 +79,7 @@ class TfidfRetriever(_RankedRetriever):
 
     The pool is kept by term (a column per word or bigram): a query's similarities are the sum of the few
     columns of its own terms, rather than a pass over every entry of the pool. On 120,000 paragraphs
-    (16.5 million entries) that is about 2 ms a query against 190 ms (`bench/adhoc/retrieval_scale.py`).
+    (16.5 million entries) that is about 4 ms a query against 200 ms (`bench/adhoc/retrieval_scale.py`).
     Each row's terms are summed in one order, the terms' (the same for every row), so rows whose similarity
     is equal come out exactly equal and the tie goes to the lower pool index."""
 
