@@ -168,8 +168,8 @@ def test_tfidf_similarities_are_the_cosine_of_the_rows_and_equal_rows_tie_to_the
     ]
     retriever = TfidfRetriever(texts)
     query = "you have a new message please call us"
-    matrix = tfidf_vectorizer().fit(texts)
-    expected = cosine_similarity(matrix.transform([query]), matrix.transform(texts)).ravel()
+    fitted = tfidf_vectorizer().fit(texts)
+    expected = cosine_similarity(fitted.transform([query]), fitted.transform(texts)).ravel()
     assert np.allclose(retriever._similarities(query), expected, atol=1e-12)
     # the two messages differ only by a number seen once each: equal similarity, to the last bit
     similarities = retriever._similarities(query)

@@ -59,5 +59,6 @@ def main() -> None:
         i = next(i for i in range(32) if a[i] != b[i])
         print(f"  at rank {i + 1}: {texts[a[i]][:60]!r} before, {texts[b[i]][:60]!r} now")
 
+
 if __name__ == "__main__":
     main()
