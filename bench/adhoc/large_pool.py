@@ -30,21 +30,26 @@ from promptopt_dagster.app.settings import PROJECT_ROOT  # noqa: E402
 LABELS = ["world", "sports", "business", "scitech"]
 
 
-def write_set(out: Path, train: int, seed: int = 0) -> None:
-    """train/dev/test CSVs: rows of 70 words, a quarter drawn from the label's own 400 words, the rest shared."""
+def synthetic_rows(labels: list[str], size: int, seed: int = 0) -> pd.DataFrame:
+    """`size` rows cycling through `labels`: 70 words each, a quarter drawn from the label's own 400 words, the rest
+    from 3,000 shared ones."""
     rng = random.Random(seed)
-    own = {label: [f"{label[:3]}{i}" for i in range(400)] for label in LABELS}
+    own = {label: [f"{label[:3]}{i}" for i in range(400)] for label in labels}
     shared = [f"w{i}" for i in range(3000)]
 
     def row(label: str) -> str:
         return " ".join(rng.choice(own[label]) if rng.random() < 0.25 else rng.choice(shared) for _ in range(70))
 
+    cycled = [labels[i % len(labels)] for i in range(size)]
+    return pd.DataFrame({"user_input": [row(x) for x in cycled], "ground_truth_output": cycled})
+
+
+def write_set(out: Path, train: int, seed: int = 0) -> None:
+    """train/dev/test CSVs of synthetic rows (`synthetic_rows`), 500 dev and test rows."""
     out.mkdir(parents=True, exist_ok=True)
-    for split, size in (("train", train), ("dev", 500), ("test", 500)):
-        labels = [LABELS[i % 4] for i in range(size)]
-        pd.DataFrame({"user_input": [row(x) for x in labels], "ground_truth_output": labels}).to_csv(
-            out / f"{split}.csv", index=False
-        )
+    rows = synthetic_rows(LABELS, train + 1000, seed)  # one draw, in the order the splits were written before
+    for split, part in (("train", rows[:train]), ("dev", rows[train : train + 500]), ("test", rows[train + 500 :])):
+        part.reset_index(drop=True).to_csv(out / f"{split}.csv", index=False)
 
 
 def main() -> None:
