@@ -170,9 +170,9 @@ def test_tfidf_similarities_are_the_cosine_of_the_rows_and_equal_rows_tie_to_the
     query = "you have a new message please call us"
     fitted = tfidf_vectorizer().fit(texts)
     expected = cosine_similarity(fitted.transform([query]), fitted.transform(texts)).ravel()
-    assert np.allclose(retriever._similarities(query), expected, atol=1e-12)
-    # the two messages differ only by a number seen once each: equal similarity, to the last bit
     similarities = retriever._similarities(query)
+    assert np.allclose(similarities, expected, atol=1e-12)
+    # the two messages differ only by a number seen once each: equal similarity, to the last bit
     assert similarities[0] == similarities[2] > similarities[3] > 0
     assert retriever.top(query, 2) == [0, 2]
     assert TfidfRetriever(texts[::-1]).top(query, 2) == [1, 3]  # the lower index first, whichever message it holds

@@ -26,13 +26,16 @@ from promptopt_dagster.core.retrieval import TfidfRetriever, tfidf_vectorizer
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("csv", type=Path, help="a CSV with a user_input column: the demo pool")
-    parser.add_argument("--queries", type=int, default=50, help="pool rows asked as queries")
+    parser.add_argument("--queries", type=int, default=50, help="pool rows asked as queries (0: every one)")
+    parser.add_argument("--also", type=Path, nargs="*", default=[], help="CSVs whose rows are asked too (dev, test)")
     args = parser.parse_args()
     texts = pd.read_csv(args.csv)["user_input"].astype(str).tolist()
     started = time.perf_counter()
     retriever = TfidfRetriever(texts)
     print(f"{len(texts)} rows: built in {time.perf_counter() - started:.1f} s")
-    queries = texts[: args.queries]
+    queries = (texts[: args.queries] if args.queries else texts) + [
+        q for extra in args.also for q in pd.read_csv(extra)["user_input"].astype(str)
+    ]
     vectorizer = tfidf_vectorizer()
     matrix = vectorizer.fit_transform(texts)  # the pool by row, as the retriever kept it up to session 26
 
@@ -52,10 +55,9 @@ def main() -> None:
         print(f"{name}: {timings[name] * 1000:.0f} ms a query")
     ref, new = timings.values()
     print(f"the retriever's / reference: {new / ref:.2f}x")
-    differ = [q for q in queries if reference(q) != own(q)]
+    differ = [(a, b) for a, b in ((reference(q), own(q)) for q in queries) if a != b]
     print(f"queries whose 32 nearest rows differ in order: {len(differ)} of {len(queries)}")
-    for q in differ[:5]:  # rows of equal similarity, ordered by rounding before and by pool index now
-        a, b = reference(q), own(q)
+    for a, b in differ[:5]:  # rows of equal similarity, ordered by rounding before and by pool index now
         i = next(i for i in range(32) if a[i] != b[i])
         print(f"  at rank {i + 1}: {texts[a[i]][:60]!r} before, {texts[b[i]][:60]!r} now")
 
