@@ -322,6 +322,35 @@ def test_a_seed_surely_behind_the_best_seed_on_its_minibatches_is_not_scored_on_
     assert static_rows == (10 if gated else 40)  # the minibatch, then (not gated) the 30 select rows
 
 
+def test_a_costlier_seed_surely_behind_after_its_first_minibatch_does_not_pay_the_second():
+    """A seed that costs more a row than the initial prompt must stay ahead on a second minibatch; one the best
+    seed is already surely ahead of on the first stops there, before paying the second (on long inputs each such
+    row is a paragraph-length prompt). One not surely behind on the first still faces the second."""
+
+    def run(static_right) -> tuple[dict, dict, int]:
+        inp = _input()
+        inp.baseline = Evaluation(ROWS.assign(prompt_tokens=20), ROWS["score"].tolist(), 0.0)  # measured: 20 a row
+        asked: list[int] = []
+        evaluate = _retrieved_right(static_right)
+
+        def counting(prompt: PromptVersion, rows: pd.DataFrame) -> Evaluation:
+            if prompt.retrieval is None:
+                asked.append(len(rows))
+            return evaluate(prompt, rows)
+
+        proposal = get_optimizer("fewshot", num_candidates=2, minibatch_size=10).propose(inp, counting, None)
+        first, static = proposal.candidates[:2]
+        assert "retrieved 4" in first["change"] and "static 12" in static["change"]
+        return first, static, sum(asked)
+
+    first, behind, rows = run(lambda i: False)  # 10 rows lost, none won, on the first minibatch: p = 1/1024
+    assert behind["stopped_by"] == first["candidate"] and "both_minibatches_score" not in behind
+    assert rows == 10  # the first minibatch only
+    _, close, rows = run(lambda i: i % 10 != 0)  # one row in ten lost: not surely behind, so it faces the second
+    assert "stopped_by" not in close and 0.8 <= close["both_minibatches_score"] < 1  # 1 to 3 of its 20 rows lost
+    assert rows == 50  # both minibatches (20), then the 30 select rows (this evaluator keeps no answers)
+
+
 def test_a_seed_close_to_the_best_seed_is_scored_on_every_select_row():
     """One row in ten wrong against none (at most 3 rows lost, none won) is not surely behind at 0.99: the select
     rows decide."""
