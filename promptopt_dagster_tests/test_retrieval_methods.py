@@ -153,6 +153,8 @@ def test_nearest_is_a_stable_sort_of_the_whole_pool_cut_to_n_ties_at_the_cut_inc
     for _ in range(200):
         size = int(rng.integers(1, 60))
         similarities = rng.integers(0, 5, size).astype(float) / 4  # many exact ties, at the cut too
+        if rng.random() < 0.5:  # most rows at the floor, as a large pool's rows that share no word with a query
+            similarities[rng.random(size) < 0.8] = similarities.min() - float(rng.integers(0, 2))
         n = int(rng.integers(1, 70))
         assert nearest(similarities, n).tolist() == np.argsort(-similarities, kind="stable")[:n].tolist()
 
