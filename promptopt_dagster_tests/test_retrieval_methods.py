@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from promptopt_dagster.core.prompts import Demo, PromptVersion, Retrieval
-from promptopt_dagster.core.retrieval import Bm25Retriever, TfidfRetriever, nearest, tfidf_vectorizer
+from promptopt_dagster.core.retrieval import Bm25Retriever, TfidfRetriever, fingerprint, nearest, tfidf_vectorizer
 from promptopt_dagster.optimizers.base import Evaluation, OptimizerContext
 from promptopt_dagster.optimizers.fewshot import Choice, FewShotOptimizer, FewShotOptions
 
@@ -157,6 +157,16 @@ def test_nearest_is_a_stable_sort_of_the_whole_pool_cut_to_n_ties_at_the_cut_inc
             similarities[rng.random(size) < 0.8] = similarities.min() - float(rng.integers(0, 2))
         n = int(rng.integers(1, 70))
         assert nearest(similarities, n).tolist() == np.argsort(-similarities, kind="stable")[:n].tolist()
+
+
+def test_pools_share_a_retriever_only_when_their_texts_are_the_same():
+    """The retriever cache's key: a copy of a pool (as every prompt read from storage brings) finds the same
+    retriever; pools whose texts only join to the same string do not."""
+    pool = ["set an alarm", "play jazz"]
+    assert fingerprint(list(pool)) == fingerprint(tuple(pool))
+    assert fingerprint(["ab", "c"]) != fingerprint(["a", "bc"])
+    assert fingerprint(["a", ""]) != fingerprint(["a"]) != fingerprint(["a", "b"])
+    assert fingerprint(["naïve"]) != fingerprint(["naive"])
 
 
 def test_tfidf_similarities_are_the_cosine_of_the_rows_and_equal_rows_tie_to_the_lower_index():
