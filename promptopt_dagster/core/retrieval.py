@@ -37,9 +37,9 @@ def nearest(similarities: np.ndarray, n: int) -> np.ndarray:
     at the cut still goes to the lower index.
 
     Only the rows above the pool's least similarity are partitioned: in a large pool most rows share no
-    word with a query and tie at that floor (zero), and numpy's partition of 120,000 values mostly equal
-    takes about 15 ms against 1.5 for distinct ones: the padded 120,000-paragraph pool's queries went from
-    4 ms to 1 (`bench/adhoc/retrieval_scale.py`). Floor rows come last, in pool order, as the stable sort
+    word with a query and tie at that floor (zero), and numpy partitions mostly equal values slowly: on a
+    120,000-paragraph pool a partition of the whole pool took 15 ms a query, of the rows above the floor
+    0.08 ms (`bench/adhoc/retrieval_scale.py`). Floor rows come last, in pool order, as the stable sort
     puts them."""
     size = len(similarities)
     if n >= size:
@@ -90,7 +90,7 @@ class TfidfRetriever(_RankedRetriever):
 
     The pool is kept by term (a column per word or bigram): a query's similarities are the sum of the few
     columns of its own terms, rather than a pass over every entry of the pool. On 120,000 paragraphs
-    (16.5 million entries) that is about 1 ms a query against 200 ms (`bench/adhoc/retrieval_scale.py`).
+    (16.5 million entries) that is 1 to 2 ms a query against 200 ms (`bench/adhoc/retrieval_scale.py`).
     Each row's terms are summed in one order, the terms' (the same for every row), so rows whose similarity
     is equal come out exactly equal and the tie goes to the lower pool index."""
 
@@ -145,7 +145,8 @@ def retriever_names() -> list[str]:
 def fingerprint(texts: Sequence[str]) -> str:
     """A pool's key in this process's retrievers: its texts, each prefixed by its length, so no two pools
     share the bytes hashed. Every prompt read from storage brings its own copy of the pool, so this runs
-    once per read: on 120,000 paragraphs 0.05 s, where hashing the pool's JSON took 0.37."""
+    once per read: on 120,000 paragraphs 0.05 s, where hashing the pool's JSON took 0.4
+    (`bench/adhoc/retrieval_scale.py`)."""
     digest = hashlib.sha256()
     for text in texts:
         data = text.encode("utf-8")

@@ -662,9 +662,7 @@ class FewShotOptimizer(Optimizer):
         """The best seed scored so far, where it is surely ahead of a new seed on the minibatch rows that seed
         answered (an exact sign test on the rows the two score differently, at `seed_gate`); else None, and the
         seed goes on to the rest of the select rows. Asked after the first minibatch and, for a seed that must
-        face a second one, again after that: on the package-sections stand-in five static sets 0.20 to 0.63 on
-        their first 30 rows, against 0.90 for the leader, each paid 30 more paragraph prompts before this
-        stopped them (150 in all; now none).
+        face a second one, again after that, so the static sets below stop at 30 rows, not 60.
 
         In the first iteration a seed goes on when it ties or beats the initial prompt, which a task's first
         demos nearly always do: on the package-sections stand-in five static sets scoring 0.20 to 0.63 on the
