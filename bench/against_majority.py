@@ -67,7 +67,7 @@ def main() -> None:
         client = build_client(ModelSettings(), settings.model_dir, settings.llm_threads, state / "llm_cache.sqlite")
         answers = predict(
             client,
-            PromptVersion.model_validate(report["best_prompt"]),
+            PromptVersion.load(state / "best_prompts" / f"{report['optimization']}.json"),  # carries its pool
             test,
             spec.max_output_tokens,
             stop=tuple(spec.completion_stop),

@@ -247,7 +247,8 @@ def main() -> None:
                 tries.append((suite.score(*answers(prompt, confirm)).value, seed, prompt))
             hand_dev, _, hand = max(tries, key=lambda t: (t[0], -t[1]))
             hand_test_p, refs = answers(hand, test)
-            best_prompt = PromptVersion.model_validate(report["best_prompt"])
+            # the exported prompt: the report names a retrieval pool by reference, this file carries it
+            best_prompt = PromptVersion.load(state / "best_prompts" / f"{report['optimization']}.json")
             best_test_p, _ = answers(best_prompt, test)
             best_dev_p, dev_refs = answers(best_prompt, confirm)  # the run's accepted answers: from the cache
             hand_calls = client.usage.llm_calls - calls_before

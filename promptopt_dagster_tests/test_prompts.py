@@ -9,7 +9,7 @@ import pytest
 from promptopt_dagster.app.quality import prompt_gate
 from promptopt_dagster.app.settings import PROJECT_ROOT
 from promptopt_dagster.core.errors import PromptError
-from promptopt_dagster.core.prompts import Demo, PromptVersion, fill, placeholder_problem
+from promptopt_dagster.core.prompts import Demo, PoolRef, PromptVersion, Retrieval, fill, placeholder_problem
 
 SYSTEM = "Classify the sentiment as positive or negative."
 OUTPUT = "Review: {user_input}\nSentiment:"
@@ -184,6 +184,36 @@ def test_child_chain_and_unique_ids():
 
 
 # --- persistence -------------------------------------------------------------------------------
+
+
+def _retrieving(pool: list[Demo]) -> PromptVersion:
+    return PromptVersion(
+        system_prompt="Classify.", output_prompt="Review: {user_input}\nSentiment:", retrieval=Retrieval(k=2, pool=pool)
+    )
+
+
+POOL = [
+    Demo(user_input=f"row {i} {'great' if i % 2 else 'awful'} film", ground_truth_output=f"l{i % 2}") for i in range(9)
+]
+
+
+def test_a_stored_prompt_names_its_pool_by_content_and_refuses_to_answer_until_the_pool_is_back():
+    prompt = _retrieving(POOL)
+    stored, pool = prompt.without_pool()
+    assert pool == POOL and isinstance(stored.retrieval.pool, PoolRef) and stored.pool_ref.size == 9
+    assert "great film" not in stored.to_json() and stored.describe() == prompt.describe()
+    with pytest.raises(PromptError, match="stored apart and was not attached"):
+        stored.render_completion("a great film")  # never a silent render without demos
+    back = PromptVersion.model_validate_json(stored.to_json()).with_pool(list(POOL))
+    assert back.render_completion("row 3 great film") == prompt.render_completion("row 3 great film")
+    assert back.without_pool() == (stored, back.retrieval.pool)
+    # the id is the content: equal pools share it, one changed label does not
+    assert _retrieving(list(POOL)).without_pool()[0].pool_ref == stored.pool_ref
+    relabeled = [*POOL[:-1], POOL[-1].model_copy(update={"ground_truth_output": "l1"})]
+    assert _retrieving(relabeled).without_pool()[0].pool_ref.id != stored.pool_ref.id
+    with pytest.raises(PromptError, match="has 8 rows where the prompt expects 9"):
+        stored.with_pool(POOL[:-1])
+    assert prompt.with_pool(POOL) is prompt and not stored.carries_pool and prompt.carries_pool
 
 
 def test_save_load_round_trip(tmp_path):

@@ -7,6 +7,7 @@ every run an empty local state directory and expect what one directory for all o
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from promptopt_dagster.app.state import (
     loop_before,
 )
 from promptopt_dagster.core.decisions import LoopState, Spend
-from promptopt_dagster.core.prompts import PromptVersion
+from promptopt_dagster.core.prompts import Demo, PoolRef, PromptVersion, Retrieval
+from promptopt_dagster.defs import state_store as state_store_module
 from promptopt_dagster.defs.state_store import WarehouseStateStore
 from promptopt_dagster.defs.warehouse import WarehouseResource
 from promptopt_dagster.llm.base import LLMRequest
@@ -86,6 +88,88 @@ def _final_report(defs, instance) -> dict:
         **{k: report[k] for k in keep},
         "best_prompt": {k: v for k, v in report["best_prompt"].items() if k not in fresh},
     }
+
+
+def test_a_retrieval_pool_is_stored_once_and_every_stored_version_refers_to_it(store, tmp_path, monkeypatch):
+    pool = [
+        Demo(user_input=f"review {i}: {'fine' if i % 3 else 'dull'}", ground_truth_output=str(i % 3)) for i in range(50)
+    ]
+    first = START.child(retrieval=Retrieval(k=3, pool=pool))
+    second = first.child(calibrate=True)  # another version of the same optimization: the same pool
+    stored = [store.stored_form(p) for p in (first, second)]
+    assert all(isinstance(p.retrieval.pool, PoolRef) for p in stored) and stored[0].pool_ref == stored[1].pool_ref
+    with store.warehouse.connect() as con:
+        assert con.execute("select count(*), max(size) from promptopt.demo_pools") == [(1, 50)]
+    key = IterationKey("sst2", 1, 0)
+    store.save_outcome(key, Outcome(second, LoopState(best_score=0.5)))  # the decision stores the reference too
+    loaded = store.load(key).outcome.best_prompt
+    assert loaded == stored[1] and "review 7" not in loaded.to_json()
+    monkeypatch.setattr(state_store_module, "_POOLS", {})  # another process: the pool comes from the warehouse
+    back = store.with_pool(loaded)
+    assert back.retrieval.pool == pool and back.render_completion("review 4: fine") == second.render_completion(
+        "review 4: fine"
+    )
+    monkeypatch.setattr(state_store_module, "_POOLS", {})
+    elsewhere = WarehouseStateStore(warehouse=WarehouseResource(database=str(tmp_path / "other.duckdb")))
+    with pytest.raises(dg.Failure, match=r"retrieval pool \w{12} \(50 rows\) of a stored prompt is not in this"):
+        elsewhere.with_pool(loaded)
+
+
+def _neighbours_help(request: LLMRequest) -> str:
+    """Right only when a demo shown shares two longer words with the review: retrieved demos do, static ones
+    seldom."""
+    blocks = (request.prompt or "").split("\n\n")
+    review = blocks[-1].removeprefix("Review: ").removesuffix("\nSentiment:")
+    words = {w for w in review.split() if len(w) > 3}
+    shown = [b.split("\nSentiment:")[0].removeprefix("Review: ") for b in blocks[1:-1] if b.startswith("Review: ")]
+    label = TRUTH.setdefault("sst2", _sst2_truth())[review]
+    if any(len(words & {w for w in demo.split() if len(w) > 3}) >= 2 for demo in shown):
+        return " " + label
+    return " negative" if label == "positive" else " positive"
+
+
+def _sst2_truth() -> dict[str, str]:
+    import pandas as pd
+
+    frames = [
+        pd.read_csv(DATA / f"{split}.csv", dtype=str, keep_default_na=False) for split in ("train", "dev", "test")
+    ]
+    return {row.user_input: row.ground_truth_output for frame in frames for row in frame.itertuples()}
+
+
+DATA = PACKAGE.parent / "data" / "sst2"
+TRUTH: dict[str, dict[str, str]] = {}
+SCRIPTS["neighbours_help"] = _neighbours_help
+
+
+def test_an_optimization_keeps_one_copy_of_its_retrieval_pool_and_answers_with_it_in_every_step(tmp_path):
+    """The stored prompt versions, the loop state and the report name the pool; every step that answers gets it
+    back (a step answering without it fails loudly, so the test scores prove it was attached)."""
+    options = {"demo_counts": [2], "retrieved_counts": [4]}
+    with dg.instance_for_test() as instance:
+        defs = make_defs(tmp_path, script="neighbours_help")
+        assert prepare(defs, instance).success
+        for iteration in (0, 1):
+            assert run_iteration(defs, instance, iteration, target_score=1.1, max_iterations=2, options=options).success
+        report = _final_report(defs, instance)
+    ref = report["best_prompt"]["retrieval"]["pool"]
+    # without a neighbour among its demos the model is always wrong: the test rows were answered with the pool
+    assert set(ref) == {"id", "size"} and ref["size"] > 100 and report["best_test_score"] > 0.5
+    with WarehouseResource(database=str(tmp_path / "warehouse.duckdb")).connect() as con:
+        assert con.execute("select pool_id, size from promptopt.demo_pools") == [(ref["id"], ref["size"])]
+        some_row = con.execute("select user_input from promptopt.dataset_splits where split = 'train' limit 1")[0][0]
+        stored = [
+            text
+            for table, column in [
+                *((t, "prompt_json") for t in ("baseline_prompt", "refined_prompt", "best_prompt")),
+                ("iteration_state", "outcome_json"),
+            ]
+            for (text,) in con.execute(f"select {column} from promptopt.{table}")
+        ]
+    assert len(stored) == 8 and sum(ref["id"] in text for text in stored) >= 5
+    assert not any(json.dumps(some_row)[1:-1] in text for text in stored)  # no version carries the pool's rows
+    artifacts = list((tmp_path / "artifacts").rglob("*.json"))
+    assert artifacts and max(path.stat().st_size for path in artifacts) < 200_000
 
 
 def test_runs_with_an_empty_local_state_directory_each_give_the_same_best_prompt_and_report(tmp_path):

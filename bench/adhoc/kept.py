@@ -1,8 +1,8 @@
 """What the ad hoc probes share: a dataset's spec, scoring suite and splits, a kept bench state dir's best
 prompt, and a local client answering from that dir's response cache (so a probe pays only for new questions).
 
-A state dir is what `bench/quality.py DATASET --keep DIR` leaves: report.json (its `best_prompt`) and
-llm_cache.sqlite."""
+A state dir is what `bench/quality.py DATASET --keep DIR` leaves: best_prompts/NAME.json (the exported best
+prompt, its retrieval pool included; older dirs: report.json's `best_prompt`) and llm_cache.sqlite."""
 
 import json
 import sys
@@ -30,6 +30,11 @@ def kept_run(state: Path, name: str) -> KeptRun:
     settings = get_settings()
     project = ProjectResource(data_dir=str(settings.data_dir), prompts_dir=str(settings.prompts_dir))
     spec = project.spec(name)
-    prompt = PromptVersion.model_validate(json.loads((state / "report.json").read_text())["best_prompt"])
+    exported = state / "best_prompts" / f"{name}.json"
+    prompt = (
+        PromptVersion.load(exported)
+        if exported.exists()
+        else PromptVersion.model_validate(json.loads((state / "report.json").read_text())["best_prompt"])
+    )
     client = build_client(ModelSettings(), settings.model_dir, settings.llm_threads, state / "llm_cache.sqlite")
     return KeptRun(spec, project.suite(name), load_splits(spec, settings.data_dir), prompt, client)

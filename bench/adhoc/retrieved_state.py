@@ -1,5 +1,5 @@
 """Ad hoc: a state dir for the probes (kept.py) holding a prompt no run proposed: DATASET's initial prompt with K retrieved
-TF-IDF demos from the demo pool fewshot builds, label answers, written as STATE/report.json's best_prompt.
+TF-IDF demos from the demo pool fewshot builds, label answers, written as STATE/best_prompts/NAME.json.
 
 Why: to probe a retrieved prompt (the vote, another k) on a data/ set with no kept bench run.
 
@@ -7,7 +7,6 @@ Why: to probe a retrieved prompt (the vote, another k) on a data/ set with no ke
     .venv/bin/python bench/adhoc/retrieval_probe.py --rows 150 STATE hwu64 '{}' '{"vote": 1}'
 """
 
-import json
 import sys
 from pathlib import Path
 from promptopt_dagster.app.datasets import load_splits
@@ -17,6 +16,7 @@ from promptopt_dagster.app.settings import get_settings
 from promptopt_dagster.core.prompts import Retrieval
 from promptopt_dagster.defs.resources import ProjectResource
 from promptopt_dagster.optimizers import get_optimizer
+
 state, name, k = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 s = get_settings()
 project = ProjectResource(data_dir=str(s.data_dir), prompts_dir=str(s.prompts_dir))
@@ -29,6 +29,6 @@ prompt = project.initial_prompt(name).child(
     labels=list(spec.labels),
     retrieval=Retrieval(k=k, pool=pool, max_chars=opt.cut_length(pool, bool(spec.labels))),
 )
-state.mkdir(parents=True, exist_ok=True)
-(state / "report.json").write_text(json.dumps({"best_prompt": json.loads(prompt.to_json())}))
+(state / "best_prompts").mkdir(parents=True, exist_ok=True)
+prompt.save(state / "best_prompts" / f"{name}.json")
 print(prompt.describe())

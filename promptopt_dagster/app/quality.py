@@ -105,8 +105,9 @@ def leakage_gate(prompt: PromptVersion, held_out: dict[str, pd.DataFrame], min_s
     candidates inflates acceptance; neither shows up in any other number. `held_out` maps a split
     name to its rows (row_id, user_input); spans are compared case- and whitespace-insensitively."""
     found: list[str] = []
-    # retrieved demos come from the pool, so a held-out row in the pool is as bad as one in the demos
-    sets = [prompt.demos, *prompt.ensemble, prompt.retrieval.pool if prompt.retrieval else []]
+    # retrieved demos come from the pool, so a held-out row in the pool is as bad as one in the demos (`rows`
+    # refuses a pool stored apart and not attached: an unchecked pool must not pass)
+    sets = [prompt.demos, *prompt.ensemble, prompt.retrieval.rows if prompt.retrieval else []]
     demos = {squash(d.user_input) for demos in sets for d in demos}
     for split, rows in held_out.items():
         inputs = {squash(t): int(i) for t, i in zip(rows["user_input"], rows["row_id"])}

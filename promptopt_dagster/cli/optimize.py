@@ -29,6 +29,7 @@ from promptopt_dagster.cli.runs import definitions_here, step_failure_text
 from promptopt_dagster.cli.summary import summary_text
 from promptopt_dagster.core.errors import PromptOptError
 from promptopt_dagster.core.formatting import fmt_refined
+from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.core.yaml_input import load_yaml_text
 from promptopt_dagster.defs.names import DATASET_JOB, DRIVER_TAG, ITERATION_JOB, LEADERBOARD_JOB, REPORT_JOB, START_JOB
 from promptopt_dagster.llm.progress import bars_shown
@@ -183,7 +184,9 @@ def optimize(args: argparse.Namespace) -> int:
     text = json.dumps(report, indent=2, ensure_ascii=False)
     best_path = settings.state_dir / "best_prompts" / f"{name}.json"
     best_path.parent.mkdir(parents=True, exist_ok=True)
-    best_path.write_text(json.dumps(report["best_prompt"], indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    # the report names a retrieval pool by reference; the best-prompt file, read by applications alone, carries it
+    best = defs.resources["state_store"].with_pool(PromptVersion.model_validate(report["best_prompt"]))
+    best_path.write_text(json.dumps(json.loads(best.to_json()), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if args.report_json:
         args.report_json.parent.mkdir(parents=True, exist_ok=True)
         args.report_json.write_text(text + "\n", encoding="utf-8")

@@ -7,6 +7,7 @@ so the lineage of the best prompt can be walked from the stored records alone.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import re
 import uuid
@@ -14,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from promptopt_dagster.core.errors import PromptError
 from promptopt_dagster.core.retrieval import retriever_for_pool
@@ -47,14 +48,41 @@ def shorten(text: str, limit: int) -> str:
 MIN_CUT_CHARS = 20
 
 
+def pool_id(demos: list[Demo]) -> str:
+    """A pool's content id: the sha256 of its rows, each text prefixed by its length, so no two pools share
+    the bytes hashed. Equal pools get equal ids, so a pool used by many versions is stored once."""
+    digest = hashlib.sha256()
+    for demo in demos:
+        for text in (demo.user_input, demo.ground_truth_output):
+            data = text.encode("utf-8")
+            digest.update(len(data).to_bytes(8, "little"))
+            digest.update(data)
+    return digest.hexdigest()
+
+
+class PoolRef(BaseModel):
+    """A retrieval pool stored apart from the version that uses it: its content id and size.
+
+    Every version an optimization stores (baseline, refined and best of each iteration, the loop state,
+    the report) retrieves from the same pool; on a 120,000-row news set that pool is ~60 MB of JSON,
+    which each stored version used to carry. Stored versions hold this reference instead and the state
+    store holds the pool once (defs/state_store.py); a version loaded from storage gets its pool back
+    before it is used. Exported and promoted prompts carry the pool itself: applications read them alone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    size: int = Field(ge=0)
+
+
 class Retrieval(BaseModel):
     """Demos chosen per input: the k pool rows most similar to it, rendered after the static demos with
-    the most similar last (nearest the input). The pool travels with the version, so an exported
-    prompt retrieves exactly what was measured."""
+    the most similar last (nearest the input). The pool travels with an exported version, so it retrieves
+    exactly what was measured; inside the platform a stored version refers to it (`PoolRef`)."""
 
     k: int = Field(ge=1)
     method: str = "tfidf"  # a name known to core.retrieval
-    pool: list[Demo]
+    pool: list[Demo] | PoolRef
     # One demo per label: the nearest row of each of the k labels whose nearest row is closest. With many
     # labels the k nearest rows often share two or three labels, and a small model copies the label its
     # demos show most; covering more labels lets the right one appear at all.
@@ -89,32 +117,48 @@ class Retrieval(BaseModel):
         """How many nearest rows vote: `voters`, or the k shown when unset."""
         return self.voters or self.k
 
+    @property
+    def size(self) -> int:
+        """The pool's row count, attached or not."""
+        return self.pool.size if isinstance(self.pool, PoolRef) else len(self.pool)
+
+    @property
+    def rows(self) -> list[Demo]:
+        """The pool's demos. A version whose pool is a reference was loaded from storage without it: using
+        it must fail loudly, not retrieve nothing."""
+        if isinstance(self.pool, PoolRef):
+            raise PromptError(
+                f"this prompt's retrieval pool ({self.pool.size} rows, id {self.pool.id[:12]}) is stored apart "
+                "and was not attached: load the prompt through the state store, or use an exported prompt file "
+                "(`promptopt render`), which carries its pool"
+            )
+        return self.pool
+
     def voting_labels(self, user_input: str) -> list[str]:
         """The labels of the `panel` nearest rows: the rows that vote for this input."""
-        if not self.pool:
+        pool = self.rows
+        if not pool:
             return []
-        return [
-            self.pool[i].ground_truth_output
-            for i in retriever_for_pool(self.method, self.pool).top(user_input, self.panel)
-        ]
+        return [pool[i].ground_truth_output for i in retriever_for_pool(self.method, pool).top(user_input, self.panel)]
 
     def _nearest(self, user_input: str) -> list[Demo]:
-        if not self.pool:
+        pool = self.rows
+        if not pool:
             return []
-        retriever = retriever_for_pool(self.method, self.pool)
+        retriever = retriever_for_pool(self.method, pool)
         if not self.per_label:
             nearest = retriever.top(user_input, self.k)
         else:
             nearest, seen = [], set()
             # the ranked pool is searched far enough to find k labels in all but pathological pools
-            for i in retriever.top(user_input, min(len(self.pool), max(256, 32 * self.k))):
-                label = self.pool[i].ground_truth_output
+            for i in retriever.top(user_input, min(len(pool), max(256, 32 * self.k))):
+                label = pool[i].ground_truth_output
                 if label not in seen:
                     seen.add(label)
                     nearest.append(i)
                     if len(nearest) == self.k:
                         break
-        return [self.pool[i] for i in reversed(nearest)]
+        return [pool[i] for i in reversed(nearest)]
 
 
 class PromptVersion(BaseModel):
@@ -177,7 +221,7 @@ class PromptVersion(BaseModel):
             voters = f" of {self.retrieval.panel}" if self.retrieval.panel != self.retrieval.k else ""
             cover += f", vote {self.retrieval.vote:g}{voters}" if self.voted else ""
             # a stored candidate's pool is its size only (optimizers/pool.py): no "pool 0" for a pool not re-attached
-            pool = f", pool {len(self.retrieval.pool)}" if self.retrieval.pool else ""
+            pool = f", pool {self.retrieval.size}" if self.retrieval.size else ""
             parts.append(f"{self.retrieval.k} retrieved ({self.retrieval.method}{cover}{pool})")
         parts.append("label answers" if self.answer == "label" else "free answers")
         if self.calibrated:
@@ -260,6 +304,36 @@ class PromptVersion(BaseModel):
         return messages
 
     # --- persistence -----------------------------------------------------------------------
+
+    def without_pool(self) -> tuple[PromptVersion, list[Demo] | None]:
+        """This version with its retrieval pool replaced by a `PoolRef`, and the pool itself for the store to
+        keep once; (self, None) when there is no attached pool to take out."""
+        if not self.carries_pool:
+            return self, None
+        r = self.retrieval
+        ref = PoolRef(id=pool_id(r.pool), size=len(r.pool))
+        return self.model_copy(update={"retrieval": r.model_copy(update={"pool": ref})}), r.pool
+
+    @property
+    def carries_pool(self) -> bool:
+        """Whether the version holds retrieval rows itself (not a reference, not an empty pool)."""
+        r = self.retrieval
+        return r is not None and not isinstance(r.pool, PoolRef) and bool(r.pool)
+
+    @property
+    def pool_ref(self) -> PoolRef | None:
+        """The reference to attach a pool for; None when the version has none stored apart."""
+        r = self.retrieval
+        return r.pool if r is not None and isinstance(r.pool, PoolRef) else None
+
+    def with_pool(self, demos: list[Demo]) -> PromptVersion:
+        """This version with the pool its `PoolRef` names attached (the caller found it by the ref's id)."""
+        ref = self.pool_ref
+        if ref is None:
+            return self
+        if len(demos) != ref.size:
+            raise PromptError(f"retrieval pool {ref.id[:12]} has {len(demos)} rows where the prompt expects {ref.size}")
+        return self.model_copy(update={"retrieval": self.retrieval.model_copy(update={"pool": demos})})
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
@@ -361,7 +435,7 @@ def unified_diff(old: PromptVersion, new: PromptVersion) -> str:
             out += [f"- {d.user_input!r} -> {d.ground_truth_output}" for d in demos]
         if p.retrieval:
             out.append(
-                f"[retrieved demos: {p.retrieval.k} nearest of {len(p.retrieval.pool)} pool rows "
+                f"[retrieved demos: {p.retrieval.k} nearest of {p.retrieval.size} pool rows "
                 f"({p.retrieval.method}{_vote_text(p)})]"
             )
         out.append(

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 
 import dagster as dg
 import pandas as pd
+from pydantic import TypeAdapter
 
 from promptopt_dagster.app.state import (
     IterationKey,
@@ -28,7 +29,7 @@ from promptopt_dagster.app.state import (
     pool_from_json,
     pool_to_json,
 )
-from promptopt_dagster.core.prompts import Demo
+from promptopt_dagster.core.prompts import Demo, PoolRef, PromptVersion, pool_id
 from promptopt_dagster.defs.warehouse import Connection, MissingTable, WarehouseResource
 from promptopt_dagster.llm import usage as llm_usage
 
@@ -49,6 +50,26 @@ create table if not exists {STATE_TABLE} (
     outcome_written_at varchar,
     primary key (optimization, generation, iteration)
 )"""
+
+
+POOL_TABLE = f"{SCHEMA}.demo_pools"
+_CREATE_POOLS = f"""
+create schema if not exists {SCHEMA};
+create table if not exists {POOL_TABLE} (
+    pool_id varchar primary key,
+    size bigint not null,
+    demos_json varchar not null,
+    written_at varchar
+)"""
+_DEMOS = TypeAdapter(list[Demo])
+#: Pools read in this process, by content id (so never stale): the steps of a run read the same pool several times.
+_POOLS: dict[str, list[Demo]] = {}
+
+
+def _remember(key: str, demos: list[Demo]) -> None:
+    while len(_POOLS) >= 4:  # a process uses one or two pools; a long-lived one must not keep them all
+        _POOLS.pop(next(iter(_POOLS)))
+    _POOLS[key] = demos
 
 
 def _now() -> str:
@@ -117,7 +138,9 @@ class WarehouseStateStore(dg.ConfigurableResource):
         )
 
     def save_outcome(self, key: IterationKey, outcome: Outcome) -> None:
-        self._upsert(key, {"outcome_json": outcome_to_json(outcome), "outcome_written_at": _now()})
+        """The decision, its best prompt in stored form (`with_pool` makes it usable again once loaded)."""
+        stored = Outcome(self.stored_form(outcome.best_prompt), outcome.loop, outcome.stop_reason)
+        self._upsert(key, {"outcome_json": outcome_to_json(stored), "outcome_written_at": _now()})
 
     def load(self, key: IterationKey, demo_pool: list[Demo] | None = None) -> IterationState | None:
         with self.warehouse.connect() as con:
@@ -148,6 +171,51 @@ class WarehouseStateStore(dg.ConfigurableResource):
         if found.empty:
             return None
         return self.load(IterationKey(optimization, generation, int(found.iloc[0]["iteration"])))
+
+    # --- retrieval pools, stored once ---------------------------------------------------------------
+
+    def stored_form(self, prompt: PromptVersion) -> PromptVersion:
+        """The prompt as the platform stores it: its retrieval pool kept here once, by content id, and a
+        `PoolRef` in its place (core/prompts.py says why). Every stored prompt goes through here."""
+        stored, demos = prompt.without_pool()
+        if demos is None:
+            return stored
+        ref = stored.pool_ref
+        with self.warehouse.connect() as con, con.transaction():
+            if con.postgres:  # runs that start together would collide creating it: they take turns
+                con.execute("select pg_advisory_xact_lock(hashtext(?))", [POOL_TABLE])
+            con.execute(_CREATE_POOLS)
+            if not con.execute(f"select 1 from {POOL_TABLE} where pool_id = ?", [ref.id]):
+                con.execute(
+                    f"insert into {POOL_TABLE} (pool_id, size, demos_json, written_at) values (?, ?, ?, ?)",
+                    [ref.id, ref.size, _DEMOS.dump_json(demos).decode("utf-8"), _now()],
+                )
+        _remember(ref.id, demos)
+        return stored
+
+    def with_pool(self, prompt: PromptVersion) -> PromptVersion:
+        """A stored prompt made usable: the pool its `PoolRef` names attached (unchanged when it has none)."""
+        ref = prompt.pool_ref
+        return prompt if ref is None else prompt.with_pool(self._pool(ref))
+
+    def _pool(self, ref: PoolRef) -> list[Demo]:
+        if ref.id in _POOLS:
+            return _POOLS[ref.id]
+        with self.warehouse.connect() as con:
+            try:
+                rows = con.execute(f"select demos_json from {POOL_TABLE} where pool_id = ?", [ref.id])
+            except MissingTable:
+                rows = []
+        if not rows:
+            raise dg.Failure(
+                f"the retrieval pool {ref.id[:12]} ({ref.size} rows) of a stored prompt is not in this warehouse: "
+                "the prompt was stored by another one. Rerun the optimization here (`promptopt optimize`)."
+            )
+        demos = _DEMOS.validate_json(rows[0][0])
+        if pool_id(demos) != ref.id:
+            raise dg.Failure(f"the retrieval pool {ref.id[:12]} stored in this warehouse does not match its id")
+        _remember(ref.id, demos)
+        return demos
 
     # --- reads of earlier partitions' asset tables -------------------------------------------------
 

@@ -48,7 +48,11 @@ def prompt_frame(
 ) -> pd.DataFrame:
     """A prompt version and what wrote it; the loop's state is not here but in the state store.
     usage_json: model usage of the asset that wrote the row (refined_prompt); metric_calls: rows the
-    optimizer scored (refined_prompt). Stored tables follow: see io_managers._fit_to_table."""
+    optimizer scored (refined_prompt). Stored tables follow: see io_managers._fit_to_table.
+
+    `prompt` is in stored form (WarehouseStateStore.stored_form): a retrieval pool is kept once, apart."""
+    if prompt.carries_pool:
+        raise ValueError(f"prompt {prompt.id} carries its retrieval pool: store it with state_store.stored_form first")
     row: dict[str, Any] = {
         "optimization": optimization,
         "iteration": iteration_name(generation, iteration),
@@ -72,6 +76,7 @@ def prompt_frame(
 
 
 def prompt_from_frame(frame: pd.DataFrame) -> PromptVersion:
+    """The stored prompt; a retrieval pool is a reference until the state store's `with_pool` attaches it."""
     if len(frame) != 1:
         raise ValueError(f"expected one prompt row, got {len(frame)}")
     return PromptVersion.model_validate_json(frame.iloc[0]["prompt_json"])

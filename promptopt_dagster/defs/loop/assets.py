@@ -147,7 +147,12 @@ def baseline_prompt(
         {"prompt": prompt_md(prompt), "version": prompt.version, "prompt_id": prompt.id, **metadata}
     )
     return prompt_frame(
-        key.optimization, key.generation, key.iteration, optimization.dataset, prompt, status="baseline"
+        key.optimization,
+        key.generation,
+        key.iteration,
+        optimization.dataset,
+        state_store.stored_form(prompt),
+        status="baseline",
     )
 
 
@@ -169,10 +174,11 @@ def _predictions(
     prompt_table: pd.DataFrame,
     project: ProjectResource,
     task_model: LLMResource,
+    state_store: WarehouseStateStore,
 ):
     name, generation, iteration = split_key(context)
     optimization = setup.spec
-    spec, prompt = project.spec(setup.dataset), prompt_from_frame(prompt_table)
+    spec, prompt = project.spec(setup.dataset), state_store.with_pool(prompt_from_frame(prompt_table))
     rows = setup.confirm
     preds = predict_rows(
         task_model.client_for(optimization.task_model),
@@ -217,10 +223,11 @@ def baseline_predictions(
     baseline_prompt: pd.DataFrame,
     project: ProjectResource,
     task_model: LLMResource,
+    state_store: WarehouseStateStore,
 ):
     """The task model's answers to the confirm rows with the baseline prompt."""
     yield from _predictions(
-        context, "baseline_predictions", _setup(iteration_setup), baseline_prompt, project, task_model
+        context, "baseline_predictions", _setup(iteration_setup), baseline_prompt, project, task_model, state_store
     )
 
 
@@ -341,7 +348,7 @@ def refined_prompt(
     name, generation, iteration = split_key(context)
     setup = _setup(iteration_setup)
     optimization, dataset = setup.spec, setup.dataset
-    spec, prompt = project.spec(dataset), prompt_from_frame(baseline_prompt)
+    spec, prompt = project.spec(dataset), state_store.with_pool(prompt_from_frame(baseline_prompt))
     suite = suite_of(project, dataset, judge_model, optimization)
     select, confirm = setup.select, setup.confirm
     held_out = setup.held_out()
@@ -435,7 +442,7 @@ def refined_prompt(
             generation,
             iteration,
             dataset,
-            refined,
+            state_store.stored_form(refined),
             status=status,
             note=proposal.rejected_reason,
             usage_json=llm_usage.to_json(usage),
@@ -495,10 +502,11 @@ def refined_predictions(
     refined_prompt: pd.DataFrame,
     project: ProjectResource,
     task_model: LLMResource,
+    state_store: WarehouseStateStore,
 ):
     """The task model's answers to the same confirm rows with the refined prompt."""
     yield from _predictions(
-        context, "refined_predictions", _setup(iteration_setup), refined_prompt, project, task_model
+        context, "refined_predictions", _setup(iteration_setup), refined_prompt, project, task_model, state_store
     )
 
 

@@ -150,7 +150,7 @@ def promotion_audit(
     }
     scorer = _Scorer(dataset, optimization_settings, dataset_splits, project, task_model, judge_model)
     if config.action == "promote":
-        row.update(_candidate(config, dataset, final_report, optimization_settings, stack, scorer))
+        row.update(_candidate(config, dataset, final_report, optimization_settings, stack, scorer, state_store))
     else:
         row.update(_rollback(config, dataset, stack, scorer))
     prompt = po.prompt_of(json.loads(row["document_json"])) if row.get("document_json") else None
@@ -273,8 +273,11 @@ def _candidate(
     optimization_settings: pd.DataFrame,
     stack: list[dict],
     scorer: _Scorer,
+    state_store: WarehouseStateStore,
 ) -> dict:
-    """The named optimization's best prompt, and both it and the served prompt scored on its test rows."""
+    """The named optimization's best prompt, and both it and the served prompt scored on its test rows.
+
+    The report holds the prompt in stored form; the exported document carries its retrieval pool itself."""
     name = config.optimization
     settings = (
         optimization_settings[
@@ -304,7 +307,7 @@ def _candidate(
     if scorer.rows.empty:
         raise dg.Failure(f"nothing to promote: dataset '{dataset}' has no rows in this warehouse. {_run_first(name)}.")
     report = json.loads(reports.iloc[0]["report_json"])
-    candidate = PromptVersion.model_validate(report["best_prompt"])
+    candidate = state_store.with_pool(PromptVersion.model_validate(report["best_prompt"]))
     score, metric, test, client, spec = scorer.on_rows_of(name, generation)
     candidate_score = score(candidate, "candidate")
     current = stack[-1] if stack else None

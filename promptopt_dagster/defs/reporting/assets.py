@@ -87,7 +87,8 @@ def final_report(
     suite = suite_of(project, dataset, judge_model, optimization)
     history = state_store.history(name, generation)
     outcome = history["state"].outcome
-    best = outcome.best_prompt
+    stored_best = outcome.best_prompt  # a retrieval pool by reference: the report names it, the answers need it
+    best = state_store.with_pool(stored_best)
     initial = project.initial_prompt(dataset)
     test = sample_rows(splits_of(optimization_rows, dataset).test, optimization.test_size, optimization.seed)
     client = task_model.client_for(optimization.task_model)
@@ -156,7 +157,9 @@ def final_report(
         # What this generation paid, from the usage ledger: every run's calls, canceled and killed ones included;
         # a rerun answered from the cache adds nothing here (above, "usage" counts its answers as cache hits).
         **({"paid": paid} if paid is not None else {}),
-        "best_prompt": json.loads(best.to_json()),
+        # stored form: a retrieval pool is a reference (the exported prompt, `promptopt optimize`'s
+        # best_prompts/<name>.json and a promotion, carries the pool itself)
+        "best_prompt": json.loads(stored_best.to_json()),
         # what each prompt costs a row, measured on the test rows; and the search's score-versus-cost frontier
         "cost_per_row": {
             which: {"prompt_tokens": cost.prompt_tokens, "seconds": cost.seconds} if cost else None
