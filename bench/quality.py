@@ -47,12 +47,13 @@ from promptopt_dagster.app.datasets import load_manifest, load_splits, sample_ro
 from promptopt_dagster.app.iteration_setup import IterationSetup
 from promptopt_dagster.app.optimizations import OptimizationSpec
 from promptopt_dagster.app.settings import PROJECT_ROOT, get_settings
+from promptopt_dagster.core.errors import ContextWindowError
 from promptopt_dagster.core.intervals import bootstrap_interval
 from promptopt_dagster.core.prompts import Demo, PromptVersion
 from promptopt_dagster.core.retrieval import get_retriever
 from promptopt_dagster.defs.resources import ProjectResource
 from promptopt_dagster.llm.factory import build_client
-from promptopt_dagster.llm.inference import predict
+from promptopt_dagster.llm.inference import build_requests, check_context, predict
 from promptopt_dagster.llm.model_settings import ModelSettings
 
 GENERIC_PROMPT = {
@@ -240,10 +241,27 @@ def main() -> None:
                 )
                 return out["prediction"].fillna("").tolist(), out["ground_truth_output"].tolist()
 
+            def fits(prompt: PromptVersion, rows: pd.DataFrame) -> bool:
+                """Whether every row's prompt fits the model's context (a token count, no model call)."""
+                stop = tuple(spec.completion_stop)
+                try:
+                    requests = build_requests(client, prompt, rows, spec.max_output_tokens, stop)
+                    check_context(client, requests, rows["row_id"].astype(int).tolist(), prompt, "")
+                except ContextWindowError:
+                    return False
+                return True
+
             initial = project.initial_prompt(name)
             tries = []
             for seed in range(args.tries):
-                prompt = initial.child(demos=balanced_demos(train, spec.labels, args.k, seed))
+                # a person keeps a by-hand prompt that fits the model: k halves until every dev and test row fits
+                k = args.k
+                prompt = initial.child(demos=balanced_demos(train, spec.labels, k, seed))
+                while k and not fits(prompt, pd.concat([confirm, test])):
+                    k //= 2
+                    prompt = initial.child(demos=balanced_demos(train, spec.labels, k, seed))
+                if k < args.k:
+                    print(f"{name}: by-hand try {seed} fits the context with {k} demos, not {args.k}", flush=True)
                 tries.append((suite.score(*answers(prompt, confirm)).value, seed, prompt))
             hand_dev, _, hand = max(tries, key=lambda t: (t[0], -t[1]))
             hand_test_p, refs = answers(hand, test)

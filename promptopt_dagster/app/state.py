@@ -91,6 +91,15 @@ class StateStore(Protocol):
         demos are drawn from, re-attached to the pool's retrieval candidates (not stored twice)."""
         ...
 
+    def stored_form(self, prompt: PromptVersion) -> PromptVersion:
+        """The prompt as it is stored: a retrieval pool kept once in the store, a `PoolRef` in its place. Saving
+        an outcome does this itself; a Dagster asset that stores a prompt does it before writing it."""
+        ...
+
+    def with_pool(self, prompt: PromptVersion) -> PromptVersion:
+        """A stored prompt with the pool its `PoolRef` names attached: what answering with it needs."""
+        ...
+
 
 class NotContinuable(Exception):
     """The iteration a run continues from has not finished: its message says what to run first."""
