@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import yaml
 
+from promptopt_dagster.core.prompts import PoolRef, PromptVersion
 from promptopt_dagster_tests.fake_llm_servers import FakeLLMServer, FaultPlan
 from promptopt_dagster_tests.remote_helpers import SECRET, gemini_env, lexicon_model, run_cli, warehouse
 from promptopt_dagster_tests.test_cli import _small_project
@@ -102,3 +106,71 @@ def test_the_api_key_never_reaches_logs_tables_cache_or_reports(tmp_path):
     assert len(errors) and errors["error"].str.contains(r"\[REDACTED\]").all()  # the echo was there, redacted
     assert SECRET not in done.stdout and SECRET not in done.stderr
     assert _scan_for(root, SECRET.encode()) == [], "the key was written to disk"
+
+
+CODES = ("amber", "birch", "cobalt", "dune")
+PART = re.compile(r"\bp\d{3}\b")
+
+
+def _parts_project(root: Path) -> Path:
+    """A task only retrieval solves: each part number's code is arbitrary, and only the train row of the same
+    part shows it. Train rows and the rows asked about share the part number and nothing else that matters."""
+    data = root / "data"
+    (data / "parts").mkdir(parents=True)
+    code = {n: CODES[(n * 7) % 4] for n in range(60)}
+    rows = {
+        "train": [(f"catalog entry for part p{n:03d} in aisle {n % 9}", code[n]) for n in range(60)],
+        "dev": [(f"customer asks about p{n:03d} again today", code[n]) for n in range(60)],
+        "test": [(f"order placed for p{n:03d} this week", code[n]) for n in range(0, 60, 3)],
+    }
+    for split, pairs in rows.items():
+        frame = pd.DataFrame(pairs, columns=["user_input", "ground_truth_output"])
+        frame.to_csv(data / "parts" / f"{split}.csv", index=False)
+    entry = {
+        "files": {split: f"parts/{split}.csv" for split in rows},
+        "labels": list(CODES),
+        "target_metric": "accuracy",
+        "initial_prompt": "parts.json",
+        "max_output_tokens": 4,
+    }
+    (data / "manifest.yaml").write_text(yaml.safe_dump({"datasets": {"parts": entry}}))
+    sizes = {"eval_size": 20, "test_size": 20, "select_size": 20, "spare_size": 20}
+    stop = {"max_iterations": 1, "target_score": 1.1}
+    (data / "optimizations.yaml").write_text(
+        yaml.safe_dump({"optimizations": {"parts": {"dataset": "parts", **sizes, "stop": stop}}})
+    )
+    (root / "prompts").mkdir()
+    prompt = {"system_prompt": "Give the part's code.", "output_prompt": "Item: {user_input}\nCode:"}
+    (root / "prompts" / "parts.json").write_text(json.dumps(prompt))
+    return root
+
+
+def _copies_the_demo_of_the_same_part(req) -> str:
+    """A model that answers from what it is sent: the code a demo of the same part shows, else the first code."""
+    *shown, (_, asked) = req.messages
+    part = PART.search(asked).group(0)
+    demos = zip(shown[::2], shown[1::2])
+    return next((answer for (_, text), (_, answer) in demos if part in text), CODES[0])
+
+
+def test_the_exported_best_prompt_carries_the_retrieval_pool_the_report_names(tmp_path):
+    root = _parts_project(tmp_path / "project")
+    with FakeLLMServer("openai", answer=_copies_the_demo_of_the_same_part) as srv:
+        env = {
+            "PROMPTOPT_TASK__BACKEND": "openai",
+            "PROMPTOPT_TASK__BASE_URL": srv.openai_base_url,
+            "PROMPTOPT_DATA_DIR": str(root / "data"),
+            "PROMPTOPT_PROMPTS_DIR": str(root / "prompts"),
+            "OPENAI_API_KEY": "sk-test",
+        }
+        report_path = root / "report.json"
+        done = run_cli(root / "state", env, "--optimization", "parts", "--report-json", str(report_path), cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    named = PoolRef.model_validate(report["best_prompt"]["retrieval"]["pool"])  # the report: the pool's id and size
+    exported = PromptVersion.load(root / "state" / "best_prompts" / "parts.json")
+    assert named.size == 60 and exported.retrieval.size == 60 and exported.carries_pool
+    assert exported.without_pool()[0].pool_ref == named and exported.id == report["best_prompt"]["id"]
+    # the exported file alone answers as the report's test rows were answered: with the part's own train row
+    assert report["best_test_score"] == 1.0
+    assert "p042" in exported.render_completion("order placed for p042 this week").split("Item: ")[-2]
