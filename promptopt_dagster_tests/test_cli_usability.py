@@ -15,11 +15,14 @@ import pandas as pd
 import pytest
 
 from promptopt_dagster.app.quality import predictions_gate
+from promptopt_dagster.app.settings import PROJECT_ROOT, get_settings
 from promptopt_dagster.core.errors import ContextWindowError
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.llm.cache import ResponseCache
+from promptopt_dagster.llm.factory import build_client
 from promptopt_dagster.llm.fake import FakeLLM
-from promptopt_dagster.llm.inference import predict
+from promptopt_dagster.llm.inference import build_requests, check_context, predict
+from promptopt_dagster.llm.model_settings import ModelSettings
 from promptopt_dagster_tests.fake_llm_servers import FakeLLMServer, FaultPlan
 from promptopt_dagster_tests.test_cli import _promptopt, _small_project, _tables
 
@@ -287,10 +290,33 @@ def test_real_model_refuses_an_over_long_row_before_any_call(project):
     done = _promptopt(project, "optimize", "--dataset", "sst2", "--eval-size", "0", backend="local")
     assert done.returncode == 2, done.stderr[-3000:]
     assert "dev.csv" in done.stderr and "data row(s) 8 (" in done.stderr and "4096 tokens" in done.stderr
+    assert "PROMPTOPT_TASK__CONTEXT_TOKENS" in done.stderr  # the way out, for the embedded model
     assert len([line for line in done.stderr.splitlines() if line.startswith("error: ")]) == 1
     assert "Traceback" not in done.stderr
     assert not (project / "state" / "warehouse.duckdb").exists() or _tables(project) == {}
     assert len(ResponseCache(project / "state" / "llm_cache.sqlite")) == 0  # no answer was asked for
+
+
+def test_the_embedded_model_takes_the_row_once_its_context_setting_is_raised(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PROMPTOPT_TASK__CONTEXT_TOKENS", "8192")
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+    finally:
+        get_settings.cache_clear()
+    rows = pd.DataFrame({"row_id": [7], "user_input": ["a remarkably long and winding review " * 900]})
+    prompt = PromptVersion.load(PROJECT_ROOT / "prompts" / "sst2.json")
+    for task in (ModelSettings(), settings.task):  # the default window, then the one the environment asks for
+        client = build_client(task, settings.model_dir, 1, None)
+        requests = build_requests(client, prompt, rows, 4)
+        assert client.context_window() == task.context_tokens
+        if task.context_tokens == 4096:
+            with pytest.raises(ContextWindowError, match=r"data row\(s\) 8 \(\d{4} tokens\)"):
+                check_context(client, requests, [7], prompt, "dev.csv")
+        else:
+            check_context(client, requests, [7], prompt, "dev.csv")  # fits: no error
+    assert settings.task.context_tokens == 8192
 
 
 @pytest.mark.parametrize(

@@ -47,7 +47,10 @@ def build_client(
     )
     if s.backend == "local":
         client: LLMClient = LlamaCppClient(
-            model_dir=model_dir, model_path=Path(s.model) if s.model else None, n_threads=threads
+            model_dir=model_dir,
+            model_path=Path(s.model) if s.model else None,
+            n_ctx=s.context_tokens,
+            n_threads=threads,
         )
     elif s.backend == "gemini":
         client = GeminiClient(

@@ -133,7 +133,8 @@ def check_context(
     raise ContextWindowError(
         f"{len(over)} row(s) of {where} do not fit the task model's context window of {window} tokens "
         f"with prompt v{prompt.version} ({budget} tokens kept for the answer): data row(s) {shown}{more}. "
-        "No model call was made. Shorten or remove those rows, or use a task model with a longer context."
+        "No model call was made. Shorten or remove those rows, or give the task model a longer context (the "
+        "embedded model: PROMPTOPT_TASK__CONTEXT_TOKENS, up to 32768), or use a model with a longer one."
     )
 
 

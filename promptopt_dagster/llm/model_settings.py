@@ -38,6 +38,16 @@ class ModelSettings(BaseModel):
     json_mode: Literal["schema", "object", "off"] = Field(
         "schema", description="openai: how to ask for JSON (json_schema, json_object, or not at all)"
     )
+    # how much it reads
+    context_tokens: int = Field(
+        4096,
+        ge=512,
+        le=131072,
+        description="local: context window in tokens. Every dev and test row must fit it with the initial prompt "
+        "(longer rows are refused before any call); Gemma 3 270M was trained on 32,768. A longer window fits "
+        "longer rows and lets the optimizer try more demos on long inputs; the default model's KV cache takes 18 KiB a "
+        "token (72 MiB at 4096, 576 MiB at 32768)",
+    )
     # how fast
     max_in_flight: int = Field(16, description="Requests sent at once (remote backends), on one event loop per process")
     rpm: int | None = Field(
