@@ -146,12 +146,21 @@ def test_an_optimization_keeps_one_copy_of_its_retrieval_pool_and_answers_with_i
     """The stored prompt versions, the loop state and the report name the pool; every step that answers gets it
     back (a step answering without it fails loudly, so the test scores prove it was attached)."""
     options = {"demo_counts": [2], "retrieved_counts": [4]}
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "sst2.json").write_text((PACKAGE.parent / "prompts" / "sst2.json").read_text())
     with dg.instance_for_test() as instance:
-        defs = make_defs(tmp_path, script="neighbours_help")
+        defs = make_defs(tmp_path, script="neighbours_help", prompts_dir=prompts)
         assert prepare(defs, instance).success
         for iteration in (0, 1):
             assert run_iteration(defs, instance, iteration, target_score=1.1, max_iterations=2, options=options).success
         report = _final_report(defs, instance)
+        promoted = defs.resolve_job_def("promote_prompt").execute_in_process(
+            partition_key="sst2",
+            instance=instance,
+            run_config={"ops": {"promotion_audit": {"config": {"requested_by": "ana", "optimization": "sst2"}}}},
+        )
+    assert promoted.success
     ref = report["best_prompt"]["retrieval"]["pool"]
     # without a neighbour among its demos the model is always wrong: the test rows were answered with the pool
     assert set(ref) == {"id", "size"} and ref["size"] > 100 and report["best_test_score"] > 0.5
@@ -168,8 +177,12 @@ def test_an_optimization_keeps_one_copy_of_its_retrieval_pool_and_answers_with_i
         ]
     assert len(stored) == 8 and sum(ref["id"] in text for text in stored) >= 5
     assert not any(json.dumps(some_row)[1:-1] in text for text in stored)  # no version carries the pool's rows
-    artifacts = list((tmp_path / "artifacts").rglob("*.json"))
-    assert artifacts and max(path.stat().st_size for path in artifacts) < 200_000
+    # the loop's and the report's artifacts name it too (a promotion's audit row holds the served document, whole)
+    artifacts = [p for p in (tmp_path / "artifacts").rglob("*.json") if "promotion_audit" not in p.parts]
+    assert len(artifacts) > 8 and max(path.stat().st_size for path in artifacts) < 200_000
+    # the promoted file, which applications read alone, carries the pool the report names
+    served = PromptVersion.model_validate(json.loads((prompts / "promoted" / "sst2.json").read_text())["prompt"])
+    assert served.carries_pool and served.without_pool()[0].pool_ref == PoolRef.model_validate(ref)
 
 
 def test_runs_with_an_empty_local_state_directory_each_give_the_same_best_prompt_and_report(tmp_path):
