@@ -29,7 +29,7 @@ from promptopt_dagster.defs.state_store import WarehouseStateStore
 from promptopt_dagster.defs.warehouse import WarehouseResource
 from promptopt_dagster.llm.base import LLMRequest
 from promptopt_dagster.optimizers.pool import Candidate
-from promptopt_dagster_tests.dagster_helpers import SCRIPTS, make_defs, prepare, run_iteration
+from promptopt_dagster_tests.dagster_helpers import _LABELS, SCRIPTS, _sst2_labels, make_defs, prepare, run_iteration
 
 PACKAGE = Path(__file__).resolve().parents[1] / "promptopt_dagster"
 START = PromptVersion(system_prompt="Classify.", output_prompt="Review: {user_input}\nLabel:")
@@ -122,23 +122,14 @@ def _neighbours_help(request: LLMRequest) -> str:
     review = blocks[-1].removeprefix("Review: ").removesuffix("\nSentiment:")
     words = {w for w in review.split() if len(w) > 3}
     shown = [b.split("\nSentiment:")[0].removeprefix("Review: ") for b in blocks[1:-1] if b.startswith("Review: ")]
-    label = TRUTH.setdefault("sst2", _sst2_truth())[review]
+    if not _LABELS:
+        _LABELS.update(_sst2_labels())
+    label = _LABELS[review]
     if any(len(words & {w for w in demo.split() if len(w) > 3}) >= 2 for demo in shown):
         return " " + label
     return " negative" if label == "positive" else " positive"
 
 
-def _sst2_truth() -> dict[str, str]:
-    import pandas as pd
-
-    frames = [
-        pd.read_csv(DATA / f"{split}.csv", dtype=str, keep_default_na=False) for split in ("train", "dev", "test")
-    ]
-    return {row.user_input: row.ground_truth_output for frame in frames for row in frame.itertuples()}
-
-
-DATA = PACKAGE.parent / "data" / "sst2"
-TRUTH: dict[str, dict[str, str]] = {}
 SCRIPTS["neighbours_help"] = _neighbours_help
 
 

@@ -76,6 +76,15 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _create(con: Connection, table: str, ddl: str) -> None:
+    """Create a store table if missing, in the caller's transaction."""
+    if con.postgres:  # runs that start together would collide creating it: they take turns
+        con.execute("select pg_advisory_xact_lock(hashtext(?))", [table])
+        con.execute(ddl.replace(" blob,", " bytea,"))
+    else:
+        con.execute(ddl)
+
+
 def _fetch(con: Connection, sql: str, params: list) -> pd.DataFrame:
     """Rows of a query on the warehouse; empty when the table does not exist yet (nothing finished)."""
     try:
@@ -95,19 +104,12 @@ class WarehouseStateStore(dg.ConfigurableResource):
 
     # --- IterationState ------------------------------------------------------------------------
 
-    def _create(self, con: Connection) -> None:
-        if con.postgres:  # runs that start together would collide creating it: they take turns
-            con.execute("select pg_advisory_xact_lock(hashtext(?))", [STATE_TABLE])
-            con.execute(_CREATE.replace(" blob,", " bytea,"))
-        else:
-            con.execute(_CREATE)
-
     def _upsert(self, key: IterationKey, columns: dict) -> None:
         """Write some of the key's columns, keeping the others (the search and the outcome are saved by
         different assets); a new row gets the key and its link to the previous iteration."""
         previous = key.previous()
         with self.warehouse.connect() as con, con.transaction():
-            self._create(con)
+            _create(con, STATE_TABLE, _CREATE)
             exists = con.execute(
                 f"select 1 from {STATE_TABLE} where optimization = ? and generation = ? and iteration = ?",
                 [key.optimization, key.generation, key.iteration],
@@ -182,9 +184,7 @@ class WarehouseStateStore(dg.ConfigurableResource):
             return stored
         ref = stored.pool_ref
         with self.warehouse.connect() as con, con.transaction():
-            if con.postgres:  # runs that start together would collide creating it: they take turns
-                con.execute("select pg_advisory_xact_lock(hashtext(?))", [POOL_TABLE])
-            con.execute(_CREATE_POOLS)
+            _create(con, POOL_TABLE, _CREATE_POOLS)
             if not con.execute(f"select 1 from {POOL_TABLE} where pool_id = ?", [ref.id]):
                 con.execute(
                     f"insert into {POOL_TABLE} (pool_id, size, demos_json, written_at) values (?, ?, ?, ?)",

@@ -46,7 +46,7 @@ class ModelSettings(BaseModel):
         description="local: context window in tokens. Every dev and test row must fit it with the initial prompt "
         "(longer rows are refused before any call); Gemma 3 270M was trained on 32,768. A longer window fits "
         "longer rows and lets the optimizer try more demos on long inputs; the default model's KV cache takes 18 KiB a "
-        "token (72 MiB at 4096, 576 MiB at 32768)",
+        "token (72 MiB at 4096, 576 MiB at 32768: bench/adhoc/kv_cache.py)",
     )
     # how fast
     max_in_flight: int = Field(16, description="Requests sent at once (remote backends), on one event loop per process")
