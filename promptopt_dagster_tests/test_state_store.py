@@ -115,6 +115,27 @@ def test_a_retrieval_pool_is_stored_once_and_every_stored_version_refers_to_it(s
         elsewhere.with_pool(loaded)
 
 
+def test_a_candidate_comes_back_with_the_pool_it_was_scored_with_not_the_optimizations_train_rows(store, monkeypatch):
+    """A migration's baseline candidate retrieves from the pool its promoted prompt carries, not from the new
+    run's train rows; the candidates fewshot makes retrieve from those. Each must come back with its own."""
+    own = [Demo(user_input=f"old review {i}", ground_truth_output=str(i % 2)) for i in range(8)]
+    train = [Demo(user_input=f"new review {i}", ground_truth_output=str(i % 2)) for i in range(12)]
+    migrated = START.child(retrieval=Retrieval(k=2, pool=own))
+    made = START.child(retrieval=Retrieval(k=2, pool=train))
+    grown = made.child(retrieval=made.retrieval.model_copy(update={"k": 4}))
+    key = IterationKey("sst2", 1, 0)
+    candidates = [Candidate(p, 0, "seed", {1: 1.0}, 1.0, None, True) for p in (migrated, made, grown, START)]
+    stored = store.save_search(key, Search(candidates, None))
+    assert [c.prompt.pool_ref and c.prompt.pool_ref.size for c in stored] == [8, 12, 12, None]
+    with store.warehouse.connect() as con:  # the train rows once for both candidates that retrieve from them
+        assert con.execute("select size from promptopt.demo_pools order by size") == [(8,), (12,)]
+    monkeypatch.setattr(state_store_module, "_POOLS", {})  # the next iteration runs in another process
+    loaded = store.load(key, list(train)).search.pool  # the caller holds an equal copy of the train rows
+    assert [c.prompt.retrieval.pool if c.prompt.retrieval else None for c in loaded] == [own, train, train, None]
+    assert loaded[1].prompt.retrieval.pool is loaded[2].prompt.retrieval.pool  # one list, not one per candidate
+    assert loaded[0].prompt.render_completion("old review 3") == migrated.render_completion("old review 3")
+
+
 def _neighbours_help(request: LLMRequest) -> str:
     """Right only when a demo shown shares two longer words with the review: retrieved demos do, static ones
     seldom."""

@@ -82,13 +82,17 @@ class StateStore(Protocol):
     """Saves and loads IterationState. Each save replaces its part of the key's state (a rerun of an
     iteration overwrites what its earlier attempt left) in one transaction."""
 
-    def save_search(self, key: IterationKey, search: Search) -> None: ...
+    def save_search(self, key: IterationKey, search: Search) -> list[Candidate]:
+        """Save the search; its candidates are stored as `stored_form` stores a prompt, and returned so."""
+        ...
 
     def save_outcome(self, key: IterationKey, outcome: Outcome) -> None: ...
 
     def load(self, key: IterationKey, demo_pool: list[Demo] | None = None) -> IterationState | None:
-        """The key's state, None when nothing was saved for it. `demo_pool`: the train rows retrieved
-        demos are drawn from, re-attached to the pool's retrieval candidates (not stored twice)."""
+        """The key's state, None when nothing was saved for it, its candidates usable (each with the retrieval
+        pool it was stored with). `demo_pool`: the train rows retrieved demos are drawn from, which most
+        candidates retrieve from (read from the caller, not the store) and which candidates saved before
+        pools were stored apart get back."""
         ...
 
     def stored_form(self, prompt: PromptVersion) -> PromptVersion:

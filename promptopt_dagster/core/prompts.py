@@ -47,10 +47,26 @@ def shorten(text: str, limit: int) -> str:
 MIN_CUT_CHARS = 20
 
 
+#: Pool ids computed in this process, by the pool list's identity (each entry keeps its list alive, so the id
+#: cannot be reused by another list while cached).
+_POOL_IDS: dict[int, tuple[list[Demo], str]] = {}
+
+
 def pool_id(demos: list[Demo]) -> str:
     """A pool's content id: the digest of its rows' inputs and answers. Equal pools get equal ids, so a pool
-    used by many versions is stored once."""
-    return texts_digest(text for demo in demos for text in (demo.user_input, demo.ground_truth_output))
+    used by many versions is stored once.
+
+    Remembered by the list's identity: a search's candidates share one pool list (`child()` passes the
+    retrieval on as it is), and saving them all would otherwise hash 120,000 rows per candidate (80 ms
+    each). Pools are never changed in place: a version with other rows gets another list."""
+    hit = _POOL_IDS.get(id(demos))
+    if hit is not None and hit[0] is demos:
+        return hit[1]
+    digest = texts_digest(text for demo in demos for text in (demo.user_input, demo.ground_truth_output))
+    if len(_POOL_IDS) >= 16:  # a process sees a few pools; a long-lived one must not keep them all alive
+        _POOL_IDS.pop(next(iter(_POOL_IDS)))
+    _POOL_IDS[id(demos)] = (demos, digest)
+    return digest
 
 
 class PoolRef(BaseModel):

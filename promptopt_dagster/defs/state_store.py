@@ -12,6 +12,7 @@ a container) that has never seen the previous one: only the warehouse is shared.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime, timezone
 
@@ -32,6 +33,7 @@ from promptopt_dagster.app.state import (
 from promptopt_dagster.core.prompts import Demo, PoolRef, PromptVersion, pool_id
 from promptopt_dagster.defs.warehouse import Connection, MissingTable, WarehouseResource
 from promptopt_dagster.llm import usage as llm_usage
+from promptopt_dagster.optimizers.pool import Candidate
 
 SCHEMA = "promptopt"
 STATE_TABLE = f"{SCHEMA}.iteration_state"
@@ -126,11 +128,17 @@ class WarehouseStateStore(dg.ConfigurableResource):
                 [*_binary(con, columns.values()), key.optimization, key.generation, key.iteration],
             )
 
-    def save_search(self, key: IterationKey, search: Search) -> None:
+    def save_search(self, key: IterationKey, search: Search) -> list[Candidate]:
+        """The search's candidates saved in stored form (each names its retrieval pool, kept once), which it
+        returns: the candidate_pool table shows what is stored."""
+        stored = [
+            dataclasses.replace(c, prompt=p)
+            for c, p in zip(search.pool, self._stored_forms([c.prompt for c in search.pool]))
+        ]
         self._upsert(
             key,
             {
-                "pool_json": pool_to_json(search.pool),
+                "pool_json": pool_to_json(stored),
                 "optimizer_state": search.optimizer_state,
                 "search_written_at": _now(),
                 # a rerun's new search invalidates the decision its earlier attempt made
@@ -138,6 +146,7 @@ class WarehouseStateStore(dg.ConfigurableResource):
                 "outcome_written_at": None,
             },
         )
+        return stored
 
     def save_outcome(self, key: IterationKey, outcome: Outcome) -> None:
         """The decision, its best prompt in stored form (`with_pool` makes it usable again once loaded)."""
@@ -157,7 +166,14 @@ class WarehouseStateStore(dg.ConfigurableResource):
         if not rows:
             return None
         pool_json, optimizer_state, outcome_json = rows[0]
-        search = None if pool_json is None else Search(pool_from_json(pool_json, demo_pool), optimizer_state)
+        search = None
+        if pool_json is not None:
+            if demo_pool:  # most candidates retrieve from the train rows the caller holds: no warehouse read
+                _remember(pool_id(demo_pool), demo_pool)
+            candidates = pool_from_json(pool_json, demo_pool)
+            search = Search(
+                [dataclasses.replace(c, prompt=self.with_pool(c.prompt)) for c in candidates], optimizer_state
+            )
         outcome = None if outcome_json is None else outcome_from_json(outcome_json)
         return IterationState(key, key.previous(), search, outcome)
 
@@ -179,19 +195,24 @@ class WarehouseStateStore(dg.ConfigurableResource):
     def stored_form(self, prompt: PromptVersion) -> PromptVersion:
         """The prompt as the platform stores it: its retrieval pool kept here once, by content id, and a
         `PoolRef` in its place (core/prompts.py says why). Every stored prompt goes through here."""
-        stored, demos = prompt.without_pool()
-        if demos is None:
-            return stored
-        ref = stored.pool_ref
-        with self.warehouse.connect() as con, con.transaction():
-            _create(con, POOL_TABLE, _CREATE_POOLS)
-            if not con.execute(f"select 1 from {POOL_TABLE} where pool_id = ?", [ref.id]):
-                con.execute(
-                    f"insert into {POOL_TABLE} (pool_id, size, demos_json, written_at) values (?, ?, ?, ?)",
-                    [ref.id, ref.size, _DEMOS.dump_json(demos).decode("utf-8"), _now()],
-                )
-        _remember(ref.id, demos)
-        return stored
+        return self._stored_forms([prompt])[0]
+
+    def _stored_forms(self, prompts: list[PromptVersion]) -> list[PromptVersion]:
+        """stored_form for many prompts in one transaction, each distinct pool written once."""
+        split = [p.without_pool() for p in prompts]
+        pools = {stored.pool_ref.id: (stored.pool_ref, demos) for stored, demos in split if demos is not None}
+        if pools:
+            with self.warehouse.connect() as con, con.transaction():
+                _create(con, POOL_TABLE, _CREATE_POOLS)
+                for ref, demos in pools.values():
+                    if not con.execute(f"select 1 from {POOL_TABLE} where pool_id = ?", [ref.id]):
+                        con.execute(
+                            f"insert into {POOL_TABLE} (pool_id, size, demos_json, written_at) values (?, ?, ?, ?)",
+                            [ref.id, ref.size, _DEMOS.dump_json(demos).decode("utf-8"), _now()],
+                        )
+            for ref, demos in pools.values():
+                _remember(ref.id, demos)
+        return [stored for stored, _ in split]
 
     def with_pool(self, prompt: PromptVersion) -> PromptVersion:
         """A stored prompt made usable: the pool its `PoolRef` names attached (unchanged when it has none)."""

@@ -53,10 +53,12 @@ class Candidate:
         return self.prompt.id
 
     def to_record(self) -> dict[str, Any]:
-        """One pool-table row. A retrieval pool is stored as its size only: it is the optimization's demo
-        pool, the same for every candidate, and re-attached when a candidate becomes a parent."""
+        """One pool-table row. The state store saves candidates in stored form (`StateStore.stored_form`: the
+        retrieval pool kept once, a `PoolRef` naming it here), so each loads with its own pool; a pool still
+        attached is written as [] and gets the optimization's demo pool back on load, as candidates stored
+        before pools were stored apart did."""
         stored = self.prompt  # not a deep copy: that would copy the pool (120,000 demos: 27 s of a 190 s run)
-        if stored.retrieval is not None:
+        if stored.carries_pool:
             stored = stored.model_copy(update={"retrieval": stored.retrieval.model_copy(update={"pool": []})})
         return {
             "candidate_id": self.id,
@@ -76,9 +78,11 @@ class Candidate:
 
     @classmethod
     def from_record(cls, row: dict[str, Any], demo_pool=None) -> Candidate:
+        """A candidate as stored. A `PoolRef` stays for the state store to attach (`with_pool`); an empty pool
+        (a record written before pools were stored apart) gets `demo_pool`, the optimization's train rows."""
         prompt = PromptVersion.model_validate_json(row["prompt_json"])
-        if prompt.retrieval is not None and demo_pool is not None:
-            prompt.retrieval.pool = list(demo_pool)
+        if prompt.retrieval is not None and prompt.pool_ref is None and demo_pool is not None:
+            prompt.retrieval.pool = demo_pool  # shared, not copied: pools are never changed in place
         select = row["select_score"]
         mini = row["minibatch_score"]
         tokens, seconds = row.get("tokens_per_row"), row.get("seconds_per_row")  # absent in older pools

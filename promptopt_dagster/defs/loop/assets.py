@@ -412,7 +412,7 @@ def refined_prompt(
     else:
         refined, status = proposal.prompt, "proposed"
     pool = history + proposal.pool
-    state_store.save_search(IterationKey(name, generation, iteration), Search(pool, proposal.state))
+    stored_pool = state_store.save_search(IterationKey(name, generation, iteration), Search(pool, proposal.state))
     frontier = pareto_frontier(pool)
     top = best(pool)
     context.log.info(
@@ -454,7 +454,7 @@ def refined_prompt(
     yield gate("prompt_is_usable", prompt_gate(refined), "refined_prompt")
     yield gate("no_held_out_rows", leakage_gate(refined, {**held_out, "confirm": confirm}), "refined_prompt")
     yield dg.Output(
-        with_partition(pool_frame(pool), name, generation, iteration),
+        with_partition(pool_frame(stored_pool), name, generation, iteration),
         output_name="candidate_pool",
         metadata={
             "candidates": len(pool),
