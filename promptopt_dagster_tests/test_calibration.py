@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -12,6 +13,7 @@ from promptopt_dagster.core.prompts import CONTENT_FREE_INPUTS, Demo, PromptVers
 from promptopt_dagster.llm.base import LLMRequest
 from promptopt_dagster.llm.cache import cache_key
 from promptopt_dagster.llm.inference import build_request
+from promptopt_dagster.llm.label_ranking import first_best
 from promptopt_dagster.llm.local import calibrated_choice
 from promptopt_dagster.optimizers import Evaluation, OptimizerContext, get_optimizer
 
@@ -95,6 +97,14 @@ def test_calibration_removes_the_lean_a_demo_set_gives_and_keeps_what_the_input_
         calibrated_choice(LABELS, {k: v - 5 for k, v in row.items()}, [{k: v - 3 for k, v in lean.items()}])
         == "negative"
     )
+
+
+def test_a_tie_in_exact_arithmetic_goes_to_the_first_label_whatever_the_last_bits_say():
+    # log(mean(exp(x))) == x in exact arithmetic; numpy's vector exp and log leave the last bits to the CPU
+    # (this test's calibration case above picked the second label on an AVX2 machine before first_best)
+    assert first_best([-1.0, np.nextafter(-1.0, 0.0)]) == 0  # the second is one unit in the last place higher
+    assert first_best([-0.105, -0.105 + 1e-6]) == 1  # a real difference still wins
+    assert first_best([-np.inf, -np.inf]) == 0 and first_best([-np.inf, -3.0]) == 1
 
 
 def _input(calibration: bool, prompt: PromptVersion) -> OptimizerContext:

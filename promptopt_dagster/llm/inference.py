@@ -12,6 +12,7 @@ import pandas as pd
 from promptopt_dagster.core.errors import ContextWindowError
 from promptopt_dagster.core.prompts import PromptVersion
 from promptopt_dagster.llm.base import LLMClient, LLMRequest, LLMResponse
+from promptopt_dagster.llm.label_ranking import first_best
 from promptopt_dagster.llm.progress import Progress
 
 log = logging.getLogger("promptopt.llm")
@@ -86,8 +87,7 @@ def summed_answer(choices: Sequence[str], members: Sequence[LLMResponse]) -> LLM
     for r in members:
         scores = np.array([r.label_scores[c] for c in choices], dtype=np.float64)
         total += scores - np.logaddexp.reduce(scores)
-    # argmax keeps the first of equals, as ranking does
-    return LLMResponse(text=choices[int(np.argmax(total))], finish_reason="choice", **cost)
+    return LLMResponse(text=choices[first_best(total)], finish_reason="choice", **cost)  # the first of equals
 
 
 def voted_answer(choices: Sequence[str], response: LLMResponse, shares: dict[str, float], weight: float) -> LLMResponse:
@@ -99,8 +99,8 @@ def voted_answer(choices: Sequence[str], response: LLMResponse, shares: dict[str
         return dataclasses.replace(response, error="the backend returned no label scores to weigh the vote with")
     scores = np.array([response.label_scores[c] for c in choices], dtype=np.float64)
     total = scores - np.logaddexp.reduce(scores) + weight * np.log([shares[c] for c in choices])
-    # argmax keeps the first of equals, as ranking does
-    return dataclasses.replace(response, text=choices[int(np.argmax(total))], finish_reason="choice")
+    # the first of equals, as ranking does
+    return dataclasses.replace(response, text=choices[first_best(total)], finish_reason="choice")
 
 
 def check_context(

@@ -20,6 +20,7 @@ the same choice (bench/local_inference.py --many-labels measures it).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,16 +38,45 @@ class Ranked:
     label_tokens: int = 0  # tokens evaluated past the prompt, over all its evaluations
 
 
+#: Label totals closer than this are equal (log-probabilities; the noise below is about 1e-16).
+TIE = 1e-9
+
+
+def first_best(totals: Sequence[float] | np.ndarray) -> int:
+    """The index of the highest total, the first of those within TIE of it.
+
+    Totals that are equal in exact arithmetic (a calibrated row that adds nothing to its content-free lean,
+    two voting labels with the same score) can differ in their last bits with the CPU's vector code: numpy's
+    exp and log round differently under AVX2 and AVX-512. A tie must go to the first label on every machine,
+    so that an answer rebuilt from cached label scores is the same wherever it is rebuilt."""
+    values = np.asarray(totals, dtype=np.float64)
+    top = values.max()
+    if not np.isfinite(top):  # -inf everywhere, or a NaN: what argmax gives
+        return int(np.argmax(values))
+    return int(np.flatnonzero(values >= top - TIE)[0])
+
+
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
     top = float(logits.max())
     return logits - (top + np.log(np.exp(logits - top).sum()))
 
 
+#: Per loaded model: the log-probabilities already read after each token sequence of the prompt last ranked.
+_READ: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 class LabelRanker:
-    """Works on one loaded `llama_cpp.Llama`; the caller holds the model's lock."""
+    """Works on one loaded `llama_cpp.Llama`; the caller holds the model's lock.
+
+    The same prompt ranked again (the same row asked for every label's score after a ranking that stopped
+    early, or answered again by another demo set of an ensemble) reads the log-probabilities it read the first
+    time instead of evaluating its last token again: the same request then gets the same scores. Evaluated
+    again, the last token alone is a batch of another shape than the whole prompt was, and llama.cpp's sums
+    round differently for different shapes; on an AVX2 machine (no AVX-512) that moved a label's score by 0.1."""
 
     def __init__(self, llm) -> None:
         self.llm = llm
+        self._read = _READ.setdefault(llm, {})
         self._newlines = sorted(
             {t for text in ("\n", "\n\n") for t in llm.tokenize(text.encode(), add_bos=False, special=False)[:1]}
         )
@@ -55,9 +85,13 @@ class LabelRanker:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=bos, special=False)
 
     def _eval_to(self, tokens: list[int]) -> np.ndarray:
-        """Log-probabilities of the next token after `tokens`, reusing the KV cache for the shared prefix."""
+        """Log-probabilities of the next token after `tokens`, reusing the KV cache for the shared prefix (and
+        what was read after these very tokens while ranking this prompt, see the class)."""
         from llama_cpp import Llama  # start-up: the native llama.cpp library, loaded only with a local model
 
+        read = self._read.get(tuple(tokens))
+        if read is not None:
+            return read
         llm = self.llm
         keep = min(Llama.longest_token_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens), len(tokens) - 1)
         if keep <= 0 or not llm._ctx.kv_cache_seq_rm(-1, keep, -1):
@@ -65,7 +99,8 @@ class LabelRanker:
         llm.n_tokens = keep
         llm.eval(tokens[keep:])
         logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
-        return _log_softmax(logits.astype(np.float64))
+        self._read[tuple(tokens)] = logprobs = _log_softmax(logits.astype(np.float64))
+        return logprobs
 
     def _eval_node(self, head: list[int], node: tuple) -> np.ndarray:
         """Log-probabilities after `head` + `node`, always evaluated from the end of `head`.
@@ -111,6 +146,9 @@ class LabelRanker:
         points = {c: [t[:i] for i in range(len(t) + 1) if t[:i] in needed] for c, t in tails.items()}
         logprobs: dict[tuple, np.ndarray] = {}
         head = list(full[choices[0]][:context])
+        if self._read.get("head") != head:  # another prompt: what was read for the last one is of no use
+            self._read.clear()
+            self._read["head"] = head
 
         def score(choice: str) -> float:
             """The label's score from the nodes evaluated so far: exact once all its points are."""

