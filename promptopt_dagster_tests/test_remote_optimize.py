@@ -45,9 +45,10 @@ def test_sst2_optimize_on_fake_gemini_with_20_percent_failures(tmp_path):
     assert usage["requests"] == first["requests"] == report["requests"]
     # A success the server sends after the client's 0.5 s timeout (a loaded 2-core machine) is counted
     # by the server and asked again by the client: the client may count a few requests' tokens less
-    # than the server, never more (seen once in CI: 416,797 against 416,843, one request's prompt).
+    # than the server, never more (seen once in CI: 416,797 against 416,843, one request's prompt; on a 2-core
+    # AVX2 machine, 2 to 3 times slower under the whole suite: 647,248 against 657,122, 1.5%, about 30 requests).
     for kind in ("prompt_tokens", "completion_tokens"):
-        assert 0 <= first[kind] - usage[kind] <= 0.01 * first[kind], kind
+        assert 0 <= first[kind] - usage[kind] <= 0.03 * first[kind], kind
     assert usage["errors"] == 0 and usage["cost_usd"] > 0
     for table, rows in tables.items():
         assert rows["error"].isna().all(), f"{table} has unanswered rows"
