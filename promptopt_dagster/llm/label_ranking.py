@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -61,7 +61,15 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return logits - (top + np.log(np.exp(logits - top).sum()))
 
 
-#: Per loaded model: the log-probabilities already read after each token sequence of the prompt last ranked.
+@dataclass
+class _Read:
+    """What one loaded model read while ranking its last prompt: log-probabilities after each token sequence."""
+
+    head: list[int] | None = None
+    logprobs: dict[tuple[int, ...], np.ndarray] = field(default_factory=dict)
+
+
+#: Per loaded model (weakly: a model let go takes its entry with it).
 _READ: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -76,7 +84,7 @@ class LabelRanker:
 
     def __init__(self, llm) -> None:
         self.llm = llm
-        self._read = _READ.setdefault(llm, {})
+        self._read = _READ.setdefault(llm, _Read())
         self._newlines = sorted(
             {t for text in ("\n", "\n\n") for t in llm.tokenize(text.encode(), add_bos=False, special=False)[:1]}
         )
@@ -89,9 +97,9 @@ class LabelRanker:
         what was read after these very tokens while ranking this prompt, see the class)."""
         from llama_cpp import Llama  # start-up: the native llama.cpp library, loaded only with a local model
 
-        read = self._read.get(tuple(tokens))
-        if read is not None:
-            return read
+        key = tuple(tokens)
+        if key in self._read.logprobs:
+            return self._read.logprobs[key]
         llm = self.llm
         keep = min(Llama.longest_token_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens), len(tokens) - 1)
         if keep <= 0 or not llm._ctx.kv_cache_seq_rm(-1, keep, -1):
@@ -99,7 +107,7 @@ class LabelRanker:
         llm.n_tokens = keep
         llm.eval(tokens[keep:])
         logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
-        self._read[tuple(tokens)] = logprobs = _log_softmax(logits.astype(np.float64))
+        self._read.logprobs[key] = logprobs = _log_softmax(logits.astype(np.float64))
         return logprobs
 
     def _eval_node(self, head: list[int], node: tuple) -> np.ndarray:
@@ -146,9 +154,8 @@ class LabelRanker:
         points = {c: [t[:i] for i in range(len(t) + 1) if t[:i] in needed] for c, t in tails.items()}
         logprobs: dict[tuple, np.ndarray] = {}
         head = list(full[choices[0]][:context])
-        if self._read.get("head") != head:  # another prompt: what was read for the last one is of no use
-            self._read.clear()
-            self._read["head"] = head
+        if self._read.head != head:  # another prompt: what was read for the last one is of no use
+            self._read.head, self._read.logprobs = head, {}
 
         def score(choice: str) -> float:
             """The label's score from the nodes evaluated so far: exact once all its points are."""
